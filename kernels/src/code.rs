@@ -1,0 +1,173 @@
+//! A prepared code: nodes, the encode matrix, and decode weights for any responder set.
+
+use crate::berrut;
+use crate::error::{Error, Result};
+use crate::matrix::Matrix;
+use crate::nodes::NodeTable;
+use crate::params::CodeParams;
+
+/// One Berrut code, prepared from validated [`CodeParams`]: build it once, then encode and
+/// decode any number of groups with it.
+#[derive(Clone, Debug)]
+pub struct Code {
+    params: CodeParams,
+    nodes: NodeTable,
+    /// `alpha_j - beta_n`, `K x N` row-major, from the exact angles: an exact `0.0` marks a
+    /// data node that coincides with a worker node. Both the encode matrix and every decode
+    /// matrix are built from this one table (the GPU decode kernel receives it too).
+    data_minus_worker: Vec<f64>,
+    encode: Matrix,
+}
+
+impl Code {
+    /// Prepares the code: node angles, the difference table and the `N x K` encode matrix.
+    pub fn new(params: CodeParams) -> Result<Self> {
+        let nodes = NodeTable::new(&params);
+        let (k, n) = (params.queries(), params.workers());
+        let mut data_minus_worker = Vec::with_capacity(k * n);
+        for alpha in &nodes.data {
+            data_minus_worker.extend(nodes.workers.iter().map(|&beta| alpha.cos_difference(beta)));
+        }
+        // Row n: weights of the data nodes at beta_n, i.e. differences beta_n - alpha_j.
+        let encode = Matrix::from_rows(n, k, |worker, row| {
+            berrut::weights_into((0..k).map(|j| -data_minus_worker[j * n + worker]), row)
+        });
+        check_finite("encode", &encode)?;
+        Ok(Code { params, nodes, data_minus_worker, encode })
+    }
+
+    /// The parameters this code was built from.
+    pub fn params(&self) -> &CodeParams {
+        &self.params
+    }
+
+    /// The node angles.
+    pub fn nodes(&self) -> &NodeTable {
+        &self.nodes
+    }
+
+    /// The data node values `alpha_j`, decreasing.
+    pub fn alpha(&self) -> Vec<f64> {
+        self.nodes.alpha()
+    }
+
+    /// The worker node values `beta_n`, decreasing.
+    pub fn beta(&self) -> Vec<f64> {
+        self.nodes.beta()
+    }
+
+    /// The `N x K` encode matrix `E`: coded query `n` is `sum_j E[n, j] X_j`.
+    pub fn encode_matrix(&self) -> &Matrix {
+        &self.encode
+    }
+
+    /// `alpha_j - beta_n` as a `K x N` row-major table (exact zeros at coincident nodes).
+    pub fn data_minus_worker(&self) -> &[f64] {
+        &self.data_minus_worker
+    }
+
+    /// Validates a list of responding workers (any order) against this code.
+    pub fn responders(&self, workers: &[usize]) -> Result<Responders> {
+        let n = self.params.workers();
+        if workers.len() > n {
+            return Err(Error::TooManyResponders { received: workers.len(), workers: n });
+        }
+        if let Some(&worker) = workers.iter().find(|&&w| w >= n) {
+            return Err(Error::ResponderOutOfRange { worker, workers: n });
+        }
+        let mut sorted = workers.to_vec();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(Error::DuplicateResponder { worker: pair[0] });
+        }
+        self.check_enough(sorted.len(), None)?;
+        Ok(Responders { workers: sorted, total: n })
+    }
+
+    /// Validates a responder mask (`mask[n]` is true when worker `n` answered).
+    pub fn responders_from_mask(&self, mask: &[bool]) -> Result<Responders> {
+        self.check_mask_len(mask.len())?;
+        let workers: Vec<usize> = mask.iter().enumerate().filter(|(_, answered)| **answered).map(|(n, _)| n).collect();
+        self.check_enough(workers.len(), None)?;
+        Ok(Responders { workers, total: mask.len() })
+    }
+
+    /// The `K x |F|` decode matrix `D_F`: `f(X_j) ~= sum_i D_F[j, i] Y~_{F_i}`.
+    pub fn decode_matrix(&self, responders: &Responders) -> Result<Matrix> {
+        let m = Matrix::from_rows(self.params.queries(), responders.len(), |j, row| {
+            self.decode_row_into(j, responders.as_slice(), row)
+        });
+        check_finite("decode", &m)?;
+        Ok(m)
+    }
+
+    /// Row `j` of the decode matrix for `responders` (sorted, validated). Signs alternate by
+    /// position in the responder list, which is sorted node order since every node family
+    /// is decreasing in the worker index.
+    pub(crate) fn decode_row_into(&self, query: usize, responders: &[usize], row: &mut [f64]) {
+        let table = &self.data_minus_worker[query * self.params.workers()..][..self.params.workers()];
+        berrut::weights_into(responders.iter().map(|&i| table[i]), row);
+    }
+
+    pub(crate) fn check_mask_len(&self, len: usize) -> Result<()> {
+        let n = self.params.workers();
+        if len != n {
+            return Err(Error::ShapeMismatch { what: "responder mask", expected: n, actual: len });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_enough(&self, received: usize, group: Option<usize>) -> Result<()> {
+        let p = &self.params;
+        if received < p.min_responders() {
+            return Err(Error::NotEnoughResponders {
+                group,
+                received,
+                workers: p.workers(),
+                stragglers: p.stragglers(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A validated set of responding workers, sorted by index (= sorted node order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Responders {
+    workers: Vec<usize>,
+    /// `N`, the number of workers of the code.
+    total: usize,
+}
+
+impl Responders {
+    /// The responding workers, increasing.
+    pub fn as_slice(&self) -> &[usize] {
+        &self.workers
+    }
+    /// How many responded.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+    /// Never true for a validated set, which holds at least `N - S >= K >= 1` workers.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+    /// The set as a mask over all `N` workers.
+    pub fn to_mask(&self) -> Vec<bool> {
+        let mut mask = vec![false; self.total];
+        for &w in &self.workers {
+            mask[w] = true;
+        }
+        mask
+    }
+}
+
+/// Rejects a matrix with a NaN or infinite entry.
+pub(crate) fn check_finite(name: &'static str, m: &Matrix) -> Result<()> {
+    for (r, row) in m.iter_rows().enumerate() {
+        if let Some((c, &value)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFiniteWeight { matrix: name, row: r, col: c, value });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Batched decoding: each group has its own responder mask, hence its own decode matrix.
+
+use rayon::prelude::*;
+
+use super::combine::combine_rows;
+use super::element::{Accumulator, Element};
+use super::{expect_len, whole_groups};
+use crate::code::{Code, check_finite};
+use crate::error::Result;
+use crate::matrix::Matrix;
+
+/// Decodes worker outputs `[B, N, row_len]` into `[B, K, row_len]`, where `masks[b, n]` says
+/// whether worker `n` answered for group `b`.
+///
+/// Rows of workers that did not answer are never read, so they may hold anything (NaN from
+/// an unfinished buffer, say). Every mask is checked before anything is written: a bad group
+/// leaves `decoded` untouched.
+pub fn decode<T: Element>(code: &Code, outputs: &[T], row_len: usize, masks: &[bool], decoded: &mut [T]) -> Result<()> {
+    let (k, n) = (code.params().queries(), code.params().workers());
+    let groups = whole_groups("worker outputs", outputs.len(), n, row_len)?;
+    expect_len("responder masks", masks.len(), groups * n)?;
+    expect_len("decoded outputs", decoded.len(), groups * k * row_len)?;
+    for (group, mask) in masks.chunks_exact(n).enumerate() {
+        code.check_enough(mask.iter().filter(|&&answered| answered).count(), Some(group))?;
+    }
+    outputs
+        .par_chunks_exact(n * row_len)
+        .zip(masks.par_chunks_exact(n))
+        .zip(decoded.par_chunks_exact_mut(k * row_len))
+        .try_for_each(|((group, mask), out)| {
+            let responders: Vec<usize> = (0..n).filter(|&w| mask[w]).collect();
+            let matrix = Matrix::from_rows(k, responders.len(), |j, row| code.decode_row_into(j, &responders, row));
+            check_finite("decode", &matrix)?;
+            let weights: Vec<T::Acc> = matrix.as_slice().iter().map(|&w| T::Acc::from_weight(w)).collect();
+            let inputs: Vec<&[T]> = responders.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
+            let mut rows: Vec<&mut [T]> = out.chunks_exact_mut(row_len).collect();
+            combine_rows(&weights, &inputs, &mut rows);
+            Ok(())
+        })
+}
+
+/// [`decode`] into a new buffer.
+pub fn decode_to_vec<T: Element + Default>(code: &Code, outputs: &[T], row_len: usize, masks: &[bool]) -> Result<Vec<T>> {
+    let groups = whole_groups("worker outputs", outputs.len(), code.params().workers(), row_len)?;
+    let mut decoded = vec![T::default(); groups * code.params().queries() * row_len];
+    decode(code, outputs, row_len, masks, &mut decoded)?;
+    Ok(decoded)
+}

@@ -1,0 +1,82 @@
+//! The one error type of the codec. Every variant carries the numbers involved and its
+//! message states the violated condition, so a user can fix the input from the message alone.
+
+use crate::params::NodeFamily;
+
+/// Everything that can be wrong with the parameters, responder sets or buffers given to the
+/// codec. Nothing in this crate panics on user data; it returns one of these instead.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// `K = 0`: a group must hold at least one query.
+    #[error("K >= 1 violated: a group must hold at least one query (K = 0)")]
+    NoQueries,
+
+    /// More workers than the codec's node tables are sized for.
+    #[error("N <= {max} violated: N = {workers} workers is more than the codec supports")]
+    TooManyWorkers { workers: usize, max: usize },
+
+    /// `N < K + S`: not enough workers to lose `S` and still hear from `K`.
+    #[error(
+        "N >= K + S violated: N = {workers} < K + S = {queries} + {stragglers} = {}",
+        queries.saturating_add(*stragglers)
+    )]
+    TooFewWorkers { workers: usize, queries: usize, stragglers: usize },
+
+    /// `N < 2K + 2A + S - 1` with `A > 0`: the Byzantine locator needs that many workers.
+    #[error(
+        "N >= 2K + 2A + S - 1 violated: N = {workers} < 2*{queries} + 2*{byzantine} + {stragglers} - 1 = {}",
+        (2 * queries + stragglers).saturating_add(byzantine.saturating_mul(2)) - 1
+    )]
+    TooFewWorkersForByzantine { workers: usize, queries: usize, byzantine: usize, stragglers: usize },
+
+    /// The node family is not defined for so few workers (second-kind points need two).
+    #[error("N >= {min} violated for {family} worker nodes: N = {workers}")]
+    TooFewWorkersForNodes { family: NodeFamily, workers: usize, min: usize },
+
+    /// A responder index that names no worker.
+    #[error("worker index < N violated: responder {worker} but N = {workers}")]
+    ResponderOutOfRange { worker: usize, workers: usize },
+
+    /// The same worker listed twice among the responders.
+    #[error("responders must be distinct: worker {worker} is listed twice")]
+    DuplicateResponder { worker: usize },
+
+    /// More responders than workers.
+    #[error("responders <= N violated: {received} responders but N = {workers}")]
+    TooManyResponders { received: usize, workers: usize },
+
+    /// Fewer responders than the code was built to tolerate (`N - S`).
+    #[error(
+        "responders >= N - S violated{}: {received} < {workers} - {stragglers} = {}",
+        group.map(|g| format!(" in group {g}")).unwrap_or_default(),
+        workers - stragglers
+    )]
+    NotEnoughResponders {
+        group: Option<usize>,
+        received: usize,
+        workers: usize,
+        stragglers: usize,
+    },
+
+    /// A row length (`D` for queries, `C` for outputs) of zero.
+    #[error("{what} > 0 violated: rows of length 0")]
+    EmptyRows { what: &'static str },
+
+    /// A buffer whose length is not a whole number of groups.
+    #[error(
+        "{what}: length {len} is not a whole number of groups of {rows_per_group} rows x {row_len} values"
+    )]
+    NotWholeGroups { what: &'static str, len: usize, rows_per_group: usize, row_len: usize },
+
+    /// A buffer whose length does not match what the other arguments imply.
+    #[error("{what}: expected {expected} values, got {actual}")]
+    ShapeMismatch { what: &'static str, expected: usize, actual: usize },
+
+    /// A coding weight that is NaN or infinite. Valid parameters never produce one; this is
+    /// the guard that keeps a numerical fault from reaching user data silently.
+    #[error("{matrix} weight [{row}, {col}] is {value}, not finite")]
+    NonFiniteWeight { matrix: &'static str, row: usize, col: usize, value: f64 },
+}
+
+/// The codec's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,124 @@
+//! The `approxifer` command line.
+//!
+//! Every failure ends as one line on stderr (`error: ...`) and a non-zero exit status;
+//! nothing here panics on user input.
+
+mod codec;
+mod demo;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::kernels::{Code, CodeParams, Layout, NodeFamily};
+
+/// Resilient, model-agnostic prediction serving with Berrut-coded queries (ApproxIFER).
+///
+/// Without a subcommand, runs the demo.
+#[derive(Debug, Parser)]
+#[command(name = "approxifer", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Code and decode a smooth model's queries with stragglers on the CPU, and print how
+    /// close the decoded predictions come (the default command).
+    Demo(demo::DemoArgs),
+    /// Print a code's nodes, its encode matrix and, given responders, its decode matrix.
+    Code(codec::CodeCmd),
+    /// Encode queries from a .npy file of shape [B*K, ...] into coded queries [B*N, ...].
+    Encode(codec::EncodeCmd),
+    /// Decode worker outputs [B*N, C] from the responders into predictions [B*K, C].
+    Decode(codec::DecodeCmd),
+}
+
+/// The options that define a code, shared by `code`, `encode` and `decode`.
+#[derive(Debug, Args)]
+struct CodeArgs {
+    /// Queries per group.
+    #[arg(long = "k", value_name = "K")]
+    queries: usize,
+    /// Workers per group (one coded query each).
+    #[arg(long = "n", value_name = "N")]
+    workers: usize,
+    /// Workers that may not answer; decoding needs N - S responders.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    stragglers: usize,
+    /// Workers that may answer wrongly (needs N >= 2K + 2A + S - 1).
+    #[arg(long, value_name = "A", default_value_t = 0)]
+    byzantine: usize,
+    /// Worker nodes: chebyshev2 (default), chebyshev1 (default with --systematic) or authors.
+    #[arg(long, value_name = "FAMILY")]
+    nodes: Option<NodeFamily>,
+    /// Send K of the N workers the raw queries (systematic layout).
+    #[arg(long)]
+    systematic: bool,
+}
+
+impl CodeArgs {
+    fn build(&self) -> anyhow::Result<Code> {
+        let layout = if self.systematic { Layout::Systematic } else { Layout::NonSystematic };
+        let mut builder = CodeParams::builder(self.queries, self.workers)
+            .stragglers(self.stragglers)
+            .byzantine(self.byzantine)
+            .layout(layout);
+        if let Some(nodes) = self.nodes {
+            builder = builder.nodes(nodes);
+        }
+        Ok(Code::new(builder.build()?)?)
+    }
+}
+
+/// Parses the arguments, runs the command and turns any failure into one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print as clap formats them.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let rendered = e.render().to_string();
+            eprintln!("{}", rendered.lines().next().unwrap_or("error: invalid arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    match cli.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`approxifer code ... | head`) is the reader's choice, not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let io = cause.downcast_ref::<std::io::Error>();
+        let json = cause.downcast_ref::<serde_json::Error>().and_then(|j| j.io_error_kind());
+        io.map(|io| io.kind()).or(json) == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+impl Cli {
+    fn run(self) -> anyhow::Result<()> {
+        let command = self.command.unwrap_or(Command::Demo(demo::DemoArgs::default()));
+        let mut stdout = std::io::stdout().lock();
+        match command {
+            Command::Demo(args) => demo::run(&args, &mut stdout)?,
+            Command::Code(args) => codec::code(&args, &mut stdout)?,
+            Command::Encode(args) => codec::encode(&args)?,
+            Command::Decode(args) => codec::decode(&args)?,
+        }
+        stdout.flush()?;
+        Ok(())
+    }
+}
