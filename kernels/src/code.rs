@@ -32,7 +32,7 @@ impl Code {
         let encode = Matrix::from_rows(n, k, |worker, row| {
             berrut::weights_into((0..k).map(|j| -data_minus_worker[j * n + worker]), row)
         });
-        check_finite("encode", &encode)?;
+        encode.ensure_finite("encode")?;
         Ok(Code { params, nodes, data_minus_worker, encode })
     }
 
@@ -97,7 +97,7 @@ impl Code {
         let m = Matrix::from_rows(self.params.queries(), responders.len(), |j, row| {
             self.decode_row_into(j, responders.as_slice(), row)
         });
-        check_finite("decode", &m)?;
+        m.ensure_finite("decode")?;
         Ok(m)
     }
 
@@ -160,14 +160,4 @@ impl Responders {
         }
         mask
     }
-}
-
-/// Rejects a matrix with a NaN or infinite entry.
-pub(crate) fn check_finite(name: &'static str, m: &Matrix) -> Result<()> {
-    for (r, row) in m.iter_rows().enumerate() {
-        if let Some((c, &value)) = row.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::NonFiniteWeight { matrix: name, row: r, col: c, value });
-        }
-    }
-    Ok(())
 }

@@ -1,5 +1,7 @@
 //! A small dense row-major `f64` matrix: the encode and decode weights.
 
+use crate::error::{Error, Result};
+
 /// A dense row-major matrix of coding weights.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Matrix {
@@ -43,5 +45,16 @@ impl Matrix {
     /// The rows as nested vectors (for JSON and printing).
     pub fn to_nested(&self) -> Vec<Vec<f64>> {
         self.iter_rows().map(<[f64]>::to_vec).collect()
+    }
+
+    /// Rejects a matrix with a NaN or infinite entry, naming it `name` in the error. Valid
+    /// codes never produce one; this guard keeps a numerical fault away from user data.
+    pub fn ensure_finite(&self, name: &'static str) -> Result<()> {
+        for (row, values) in self.iter_rows().enumerate() {
+            if let Some((col, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::NonFiniteWeight { matrix: name, row, col, value });
+            }
+        }
+        Ok(())
     }
 }

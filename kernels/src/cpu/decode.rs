@@ -2,10 +2,10 @@
 
 use rayon::prelude::*;
 
-use super::combine::combine_rows;
+use super::combine::{Store, combine_rows};
 use super::element::{Accumulator, Element};
 use super::{expect_len, whole_groups};
-use crate::code::{Code, check_finite};
+use crate::code::Code;
 use crate::error::Result;
 use crate::matrix::Matrix;
 
@@ -23,6 +23,7 @@ pub fn decode<T: Element>(code: &Code, outputs: &[T], row_len: usize, masks: &[b
     for (group, mask) in masks.chunks_exact(n).enumerate() {
         code.check_enough(mask.iter().filter(|&&answered| answered).count(), Some(group))?;
     }
+    let store = Store::for_output_bytes(std::mem::size_of_val(decoded));
     outputs
         .par_chunks_exact(n * row_len)
         .zip(masks.par_chunks_exact(n))
@@ -30,11 +31,11 @@ pub fn decode<T: Element>(code: &Code, outputs: &[T], row_len: usize, masks: &[b
         .try_for_each(|((group, mask), out)| {
             let responders: Vec<usize> = (0..n).filter(|&w| mask[w]).collect();
             let matrix = Matrix::from_rows(k, responders.len(), |j, row| code.decode_row_into(j, &responders, row));
-            check_finite("decode", &matrix)?;
+            matrix.ensure_finite("decode")?;
             let weights: Vec<T::Acc> = matrix.as_slice().iter().map(|&w| T::Acc::from_weight(w)).collect();
             let inputs: Vec<&[T]> = responders.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
             let mut rows: Vec<&mut [T]> = out.chunks_exact_mut(row_len).collect();
-            combine_rows(&weights, &inputs, &mut rows);
+            combine_rows(&weights, &inputs, &mut rows, store);
             Ok(())
         })
 }

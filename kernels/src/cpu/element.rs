@@ -8,17 +8,48 @@ use std::ops::{Add, Mul};
 pub trait Accumulator: Copy + Default + PartialEq + Send + Sync + Add<Output = Self> + Mul<Output = Self> + 'static {
     /// A coding weight (always computed in `f64`) in this precision.
     fn from_weight(weight: f64) -> Self;
+    /// `self * a + b` with one rounding. Only called where the CPU has FMA instructions.
+    fn fused_multiply_add(self, a: Self, b: Self) -> Self;
+    /// `dst.copy_from_slice(src)`, bypassing the cache where the CPU can.
+    #[inline(always)]
+    fn store_streaming(dst: &mut [Self], src: &[Self]) {
+        dst.copy_from_slice(src);
+    }
 }
 
 impl Accumulator for f32 {
     fn from_weight(weight: f64) -> Self {
         weight as f32
     }
+    #[inline(always)]
+    fn store_streaming(dst: &mut [Self], src: &[Self]) {
+        #[cfg(target_arch = "x86_64")]
+        if dst.as_ptr() as usize % 16 == 0 {
+            use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+            let mut d = dst.chunks_exact_mut(4);
+            let mut s = src.chunks_exact(4);
+            for (d, s) in d.by_ref().zip(s.by_ref()) {
+                // SAFETY: SSE is part of x86_64; `d` holds 4 floats at a 16-byte-aligned address.
+                unsafe { _mm_stream_ps(d.as_mut_ptr(), _mm_loadu_ps(s.as_ptr())) };
+            }
+            d.into_remainder().copy_from_slice(s.remainder());
+            return;
+        }
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn fused_multiply_add(self, a: Self, b: Self) -> Self {
+        self.mul_add(a, b)
+    }
 }
 
 impl Accumulator for f64 {
     fn from_weight(weight: f64) -> Self {
         weight
+    }
+    #[inline(always)]
+    fn fused_multiply_add(self, a: Self, b: Self) -> Self {
+        self.mul_add(a, b)
     }
 }
 
@@ -32,6 +63,17 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn widen(src: &[Self], dst: &mut [Self::Acc]);
     /// Converts accumulators back to storage, rounding to nearest.
     fn narrow(src: &[Self::Acc], dst: &mut [Self]);
+    /// The slice itself when storage already is the accumulator type, so kernels read and
+    /// write it in place instead of converting through scratch memory.
+    fn as_acc(values: &[Self]) -> Option<&[Self::Acc]> {
+        let _ = values;
+        None
+    }
+    /// Mutable [`as_acc`](Self::as_acc).
+    fn as_acc_mut(values: &mut [Self]) -> Option<&mut [Self::Acc]> {
+        let _ = values;
+        None
+    }
 }
 
 impl Element for f32 {
@@ -43,6 +85,12 @@ impl Element for f32 {
     fn narrow(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
+    fn as_acc(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
+    fn as_acc_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+        Some(values)
+    }
 }
 
 impl Element for f64 {
@@ -53,6 +101,12 @@ impl Element for f64 {
     }
     fn narrow(src: &[f64], dst: &mut [Self]) {
         dst.copy_from_slice(src);
+    }
+    fn as_acc(values: &[Self]) -> Option<&[f64]> {
+        Some(values)
+    }
+    fn as_acc_mut(values: &mut [Self]) -> Option<&mut [f64]> {
+        Some(values)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::combine::combine_rows;
+use super::combine::{Store, combine_rows};
 use super::element::{Accumulator, Element};
 use super::{expect_len, whole_groups};
 use crate::code::Code;
@@ -16,10 +16,11 @@ pub fn encode<T: Element>(code: &Code, queries: &[T], row_len: usize, coded: &mu
     let groups = whole_groups("queries", queries.len(), k, row_len)?;
     expect_len("coded queries", coded.len(), groups * n * row_len)?;
     let weights: Vec<T::Acc> = code.encode_matrix().as_slice().iter().map(|&w| T::Acc::from_weight(w)).collect();
+    let store = Store::for_output_bytes(std::mem::size_of_val(coded));
     queries.par_chunks_exact(k * row_len).zip(coded.par_chunks_exact_mut(n * row_len)).for_each(|(group, out)| {
         let inputs: Vec<&[T]> = group.chunks_exact(row_len).collect();
         let mut outputs: Vec<&mut [T]> = out.chunks_exact_mut(row_len).collect();
-        combine_rows(&weights, &inputs, &mut outputs);
+        combine_rows(&weights, &inputs, &mut outputs, store);
     });
     Ok(())
 }
