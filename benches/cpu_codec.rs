@@ -37,7 +37,8 @@ fn encode_large_rows(c: &mut Criterion) {
         let queries: Vec<f32> = (0..groups * k * row_len).map(|i| (i % 251) as f32 * 0.01).collect();
         let mut coded = vec![0.0f32; groups * n * row_len];
         let bytes = ((queries.len() + coded.len()) * 4) as u64;
-        let mut group = c.benchmark_group(format!("cpu encode K={k} N={n} D={row_len} B={groups} ({} MiB moved)", bytes >> 20));
+        let mut group =
+            c.benchmark_group(format!("cpu encode K={k} N={n} D={row_len} B={groups} ({} MiB moved)", bytes >> 20));
         group.sample_size(10).throughput(Throughput::Bytes(bytes));
         let copy_len = (queries.len() + coded.len()) / 2;
         let (src, mut dst) = (vec![1.0f32; copy_len], vec![0.0f32; copy_len]);

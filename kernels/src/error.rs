@@ -51,21 +51,14 @@ pub enum Error {
         group.map(|g| format!(" in group {g}")).unwrap_or_default(),
         workers - stragglers
     )]
-    NotEnoughResponders {
-        group: Option<usize>,
-        received: usize,
-        workers: usize,
-        stragglers: usize,
-    },
+    NotEnoughResponders { group: Option<usize>, received: usize, workers: usize, stragglers: usize },
 
     /// A row length (`D` for queries, `C` for outputs) of zero.
     #[error("{what} > 0 violated: rows of length 0")]
     EmptyRows { what: &'static str },
 
     /// A buffer whose length is not a whole number of groups.
-    #[error(
-        "{what}: length {len} is not a whole number of groups of {rows_per_group} rows x {row_len} values"
-    )]
+    #[error("{what}: length {len} is not a whole number of groups of {rows_per_group} rows x {row_len} values")]
     NotWholeGroups { what: &'static str, len: usize, rows_per_group: usize, row_len: usize },
 
     /// A buffer whose length does not match what the other arguments imply.

@@ -11,7 +11,9 @@ fn code(k: usize, n: usize, s: usize) -> Code {
 }
 
 fn all_layouts_and_families() -> impl Iterator<Item = (Layout, NodeFamily)> {
-    [Layout::NonSystematic, Layout::Systematic].into_iter().flat_map(|l| NodeFamily::ALL.into_iter().map(move |f| (l, f)))
+    [Layout::NonSystematic, Layout::Systematic]
+        .into_iter()
+        .flat_map(|l| NodeFamily::ALL.into_iter().map(move |f| (l, f)))
 }
 
 /// Every valid small code, every layout and family.
@@ -19,7 +21,8 @@ fn sweep() -> impl Iterator<Item = Code> {
     all_layouts_and_families().flat_map(|(layout, nodes)| {
         (1..=16).flat_map(move |k| {
             (k.max(2)..=k + 12).map(move |n| {
-                Code::new(CodeParams::builder(k, n).stragglers(n - k).nodes(nodes).layout(layout).build().unwrap()).unwrap()
+                Code::new(CodeParams::builder(k, n).stragglers(n - k).nodes(nodes).layout(layout).build().unwrap())
+                    .unwrap()
             })
         })
     })
@@ -48,7 +51,9 @@ fn k2_n3_by_hand() {
     let code = code(2, 3, 1);
     let h = std::f64::consts::FRAC_1_SQRT_2;
     let expected = [[0.5 + h, 0.5 - h], [0.5, 0.5], [0.5 - h, 0.5 + h]];
-    Tolerance::STRICT.check(code.encode_matrix().as_slice().iter().copied(), expected.iter().flatten().copied()).unwrap();
+    Tolerance::STRICT
+        .check(code.encode_matrix().as_slice().iter().copied(), expected.iter().flatten().copied())
+        .unwrap();
     // Decoding from workers 0 and 2 (nodes 1 and -1) at alpha_0 = 1/√2: linear interpolation
     // between the ends, weights ((1 + 1/√2)/2, (1 - 1/√2)/2).
     let d = code.decode_matrix(&code.responders(&[2, 0]).unwrap()).unwrap();
@@ -255,7 +260,12 @@ fn shape_mismatch() {
 
 /// A valid code and a valid responder set for it.
 fn code_and_responders() -> impl Strategy<Value = (Layout, NodeFamily, usize, usize, usize, Vec<usize>)> {
-    (prop::sample::select(vec![Layout::NonSystematic, Layout::Systematic]), prop::sample::select(NodeFamily::ALL.to_vec()), 1usize..24, 0usize..30)
+    (
+        prop::sample::select(vec![Layout::NonSystematic, Layout::Systematic]),
+        prop::sample::select(NodeFamily::ALL.to_vec()),
+        1usize..24,
+        0usize..30,
+    )
         .prop_flat_map(|(layout, family, k, extra)| {
             let n = (k + extra).max(2);
             (Just(layout), Just(family), Just(k), Just(n), 0..=n - k)

@@ -125,7 +125,9 @@ fn round_trip<T: Storage>(code: &Code, groups: usize, len: usize, seed: u64) {
 fn encode_and_decode_match_reference_in_every_storage_type() {
     // D = 1, a width that is not a multiple of anything, one tile plus a bit, a width split
     // across threads (> 16 tiles), and B = 1.
-    for (k, n, s, groups, len) in [(2, 3, 1, 5, 1), (8, 10, 2, 7, 13), (5, 9, 2, 3, 1025), (8, 9, 1, 1, 40_000), (12, 13, 1, 64, 10)] {
+    for (k, n, s, groups, len) in
+        [(2, 3, 1, 5, 1), (8, 10, 2, 7, 13), (5, 9, 2, 3, 1025), (8, 9, 1, 1, 40_000), (12, 13, 1, 64, 10)]
+    {
         let c = code(k, n, s);
         round_trip::<f64>(&c, groups, len, 1);
         round_trip::<f32>(&c, groups, len, 2);
@@ -239,7 +241,9 @@ fn shape_mismatch_in_batches() {
 fn not_enough_responders_in_a_group_writes_nothing() {
     let c = code(2, 4, 1);
     let outputs = vec![1.0f32; 3 * 4];
-    let masks = [true, true, true, true, /* group 1 */ true, false, true, true, /* group 2 */ false, true, false, true];
+    let masks = [
+        true, true, true, true, /* group 1 */ true, false, true, true, /* group 2 */ false, true, false, true,
+    ];
     let sentinel = -7.0f32;
     let mut decoded = vec![sentinel; 3 * 2];
     let e = cpu::decode(&c, &outputs, 1, &masks, &mut decoded).unwrap_err();

@@ -107,7 +107,11 @@ pub(super) fn code(args: &CodeCmd, out: &mut impl Write) -> anyhow::Result<()> {
 }
 
 fn print_report(r: &CodeReport, out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(out, "K = {}, N = {}, S = {}, A = {}, {} nodes, {} layout", r.k, r.n, r.stragglers, r.byzantine, r.nodes, r.layout)?;
+    writeln!(
+        out,
+        "K = {}, N = {}, S = {}, A = {}, {} nodes, {} layout",
+        r.k, r.n, r.stragglers, r.byzantine, r.nodes, r.layout
+    )?;
     if let Some(workers) = &r.systematic_workers {
         writeln!(out, "systematic workers (query j -> worker): {workers:?}")?;
     }
@@ -160,7 +164,12 @@ pub(super) fn decode(args: &DecodeCmd) -> anyhow::Result<()> {
 
 /// Splits an array's first dimension into groups of `rows_per_group` rows; returns the
 /// number of groups and the length of one row (the product of the other dimensions).
-fn split_groups(array: &Array, rows_per_group: usize, path: &std::path::Path, what: &str) -> anyhow::Result<(usize, usize)> {
+fn split_groups(
+    array: &Array,
+    rows_per_group: usize,
+    path: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<(usize, usize)> {
     let rows = array.shape[0];
     ensure!(
         rows % rows_per_group == 0,

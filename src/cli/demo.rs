@@ -27,7 +27,8 @@ impl Default for DemoArgs {
 }
 
 /// `(K, S, extra workers beyond K + S)` for each row of the demo table.
-const SETTINGS: [(usize, usize, usize); 7] = [(4, 1, 0), (8, 1, 0), (8, 2, 0), (8, 1, 4), (8, 1, 12), (12, 1, 0), (12, 3, 0)];
+const SETTINGS: [(usize, usize, usize); 7] =
+    [(4, 1, 0), (8, 1, 0), (8, 2, 0), (8, 1, 4), (8, 1, 12), (12, 1, 0), (12, 3, 0)];
 
 pub(super) fn run(args: &DemoArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let net = TwoLayerNet::random(64, 128, 10, args.seed);
@@ -49,11 +50,18 @@ pub(super) fn run(args: &DemoArgs, out: &mut impl Write) -> anyhow::Result<()> {
             serde_json::to_writer(&mut *out, &r)?;
             writeln!(out)?;
         } else {
-            writeln!(out, "{:>4} {:>4} {:>4} {:>12.4} {:>16.4}", r.k, r.n, r.stragglers, r.relative_error, r.label_agreement)?;
+            writeln!(
+                out,
+                "{:>4} {:>4} {:>4} {:>12.4} {:>16.4}",
+                r.k, r.n, r.stragglers, r.relative_error, r.label_agreement
+            )?;
         }
     }
     if !args.json {
-        writeln!(out, "label agreement: fraction of decoded argmax equal to the model's own answer on the uncoded query")?;
+        writeln!(
+            out,
+            "label agreement: fraction of decoded argmax equal to the model's own answer on the uncoded query"
+        )?;
     }
     Ok(())
 }

@@ -57,7 +57,13 @@ pub(crate) fn combine_rows<T: Element>(weights: &[T::Acc], inputs: &[&[T]], outp
 
 /// Runs the kernel compiled for the widest instruction set the CPU has (the feature checks
 /// are cached loads), with the store mode fixed at compile time.
-fn combine_tiles<T: Element>(weights: &[T::Acc], inputs: &[&[T]], outputs: &mut [&mut [T]], width: usize, store: Store) {
+fn combine_tiles<T: Element>(
+    weights: &[T::Acc],
+    inputs: &[&[T]],
+    outputs: &mut [&mut [T]],
+    width: usize,
+    store: Store,
+) {
     match store {
         Store::Cached => combine_tiles_isa::<T, false>(weights, inputs, outputs, width),
         Store::Streaming => {
@@ -72,7 +78,12 @@ fn combine_tiles<T: Element>(weights: &[T::Acc], inputs: &[&[T]], outputs: &mut 
     }
 }
 
-fn combine_tiles_isa<T: Element, const STREAM: bool>(weights: &[T::Acc], inputs: &[&[T]], outputs: &mut [&mut [T]], width: usize) {
+fn combine_tiles_isa<T: Element, const STREAM: bool>(
+    weights: &[T::Acc],
+    inputs: &[&[T]],
+    outputs: &mut [&mut [T]],
+    width: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::is_x86_feature_detected as has;
@@ -91,14 +102,24 @@ fn combine_tiles_isa<T: Element, const STREAM: bool>(weights: &[T::Acc], inputs:
 /// The kernel compiled for AVX2 + FMA: 8 lanes a register, fused multiply-adds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn combine_tiles_avx2_fma<T: Element, const STREAM: bool>(weights: &[T::Acc], inputs: &[&[T]], outputs: &mut [&mut [T]], width: usize) {
+unsafe fn combine_tiles_avx2_fma<T: Element, const STREAM: bool>(
+    weights: &[T::Acc],
+    inputs: &[&[T]],
+    outputs: &mut [&mut [T]],
+    width: usize,
+) {
     combine_tiles_portable::<T, true, 64, STREAM>(weights, inputs, outputs, width);
 }
 
 /// The kernel compiled for AVX-512: 16 lanes a register.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn combine_tiles_avx512<T: Element, const STREAM: bool>(weights: &[T::Acc], inputs: &[&[T]], outputs: &mut [&mut [T]], width: usize) {
+unsafe fn combine_tiles_avx512<T: Element, const STREAM: bool>(
+    weights: &[T::Acc],
+    inputs: &[&[T]],
+    outputs: &mut [&mut [T]],
+    width: usize,
+) {
     combine_tiles_portable::<T, true, 128, STREAM>(weights, inputs, outputs, width);
 }
 
@@ -148,7 +169,11 @@ fn combine_tiles_portable<T: Element, const FMA: bool, const LANES: usize, const
 /// `out = sum_c weights[c] * rows[c]`. Each block of `LANES` columns is summed over all rows
 /// in registers and stored once, rather than read and written back for every row.
 #[inline(always)]
-fn sum_rows<A: Accumulator, const FMA: bool, const LANES: usize, const STREAM: bool>(weights: &[A], rows: &[&[A]], out: &mut [A]) {
+fn sum_rows<A: Accumulator, const FMA: bool, const LANES: usize, const STREAM: bool>(
+    weights: &[A],
+    rows: &[&[A]],
+    out: &mut [A],
+) {
     let zero = A::default();
     let offset = out.len() / LANES * LANES;
     let mut blocks = out.chunks_exact_mut(LANES);

@@ -41,7 +41,12 @@ pub fn decode<T: Element>(code: &Code, outputs: &[T], row_len: usize, masks: &[b
 }
 
 /// [`decode`] into a new buffer.
-pub fn decode_to_vec<T: Element + Default>(code: &Code, outputs: &[T], row_len: usize, masks: &[bool]) -> Result<Vec<T>> {
+pub fn decode_to_vec<T: Element + Default>(
+    code: &Code,
+    outputs: &[T],
+    row_len: usize,
+    masks: &[bool],
+) -> Result<Vec<T>> {
     let groups = whole_groups("worker outputs", outputs.len(), code.params().workers(), row_len)?;
     let mut decoded = vec![T::default(); groups * code.params().queries() * row_len];
     decode(code, outputs, row_len, masks, &mut decoded)?;

@@ -5,7 +5,9 @@ use std::ops::{Add, Mul};
 
 /// The arithmetic type of a kernel's sums: `f32` for 32-bit and 16-bit storage, `f64` for
 /// 64-bit storage.
-pub trait Accumulator: Copy + Default + PartialEq + Send + Sync + Add<Output = Self> + Mul<Output = Self> + 'static {
+pub trait Accumulator:
+    Copy + Default + PartialEq + Send + Sync + Add<Output = Self> + Mul<Output = Self> + 'static
+{
     /// A coding weight (always computed in `f64`) in this precision.
     fn from_weight(weight: f64) -> Self;
     /// `self * a + b` with one rounding. Only called where the CPU has FMA instructions.

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need on a Debian machine, when it is missing.
+# Safe to run again: it only acts on what is absent.
+#   - Mesa's lavapipe (mesa-vulkan-drivers) and the Vulkan loader: a real Vulkan driver on the
+#     CPU, so the GPU code paths run (and are tested) on machines without a GPU.
+set -euo pipefail
+
+need=()
+for pkg in mesa-vulkan-drivers libvulkan1; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || {
+    echo "setup: cargo is missing; install the Rust toolchain (https://rustup.rs) and run again" >&2
+    exit 1
+}

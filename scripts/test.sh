@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, set-up included: `scripts/test.sh` from the repository root.
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p approxifer-kernels`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+# The Vulkan loader warns on every start when this is unset; give it a private directory.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    export XDG_RUNTIME_DIR="${TMPDIR:-/tmp}/approxifer-runtime-$(id -u)"
+    mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
+fi
+
+# Release mode: the accuracy sweeps and property tests are slow unoptimised, and the README's
+# main command builds the same profile, so the two share one target directory.
+exec cargo test --release --workspace "$@"

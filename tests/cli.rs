@@ -1,0 +1,412 @@
+//! The `approxifer` command line, run as a user would: JSON and `.npy` files checked against
+//! the independent reference implementation, and every kind of bad input.
+
+#[path = "../kernels/tests/reference/mod.rs"]
+mod reference;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use approxifer::npy::{self, Data};
+use assert_cmd::Command;
+use proptest::prelude::*;
+use serde_json::Value;
+
+fn approxifer(args: &[&str]) -> Output {
+    Command::cargo_bin("approxifer").unwrap().args(args).output().unwrap()
+}
+
+fn stdout_json(args: &[&str]) -> Value {
+    let out = approxifer(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn numbers(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+fn matrix(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array().unwrap().iter().map(numbers).collect()
+}
+
+/// Runs a command that must fail, and checks it failed the way a user deserves: a non-zero
+/// status, exactly one line on stderr, starting `error:`, mentioning `needle`, and no panic.
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let out = approxifer(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert_ne!(out.status.code(), Some(101), "{args:?} panicked: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: stderr is not one line:\n{stderr}");
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: expected '{needle}' in: {stderr}");
+}
+
+// ---- code --------------------------------------------------------------------------------
+
+#[test]
+fn code_json_k2_n3() {
+    let v = stdout_json(&["code", "--k", "2", "--n", "3", "--stragglers", "1", "--responders", "2,0", "--json"]);
+    let h = std::f64::consts::FRAC_1_SQRT_2;
+    assert_eq!((v["k"].as_u64(), v["n"].as_u64(), v["stragglers"].as_u64()), (Some(2), Some(3), Some(1)));
+    assert_eq!(v["nodes"], "chebyshev2");
+    assert_eq!(v["layout"], "non-systematic");
+    assert!(reference::max_abs_diff(&[numbers(&v["alpha"])], &[vec![h, -h]]) < 1e-15);
+    assert!(reference::max_abs_diff(&[numbers(&v["beta"])], &[vec![1.0, 0.0, -1.0]]) < 1e-15);
+    let expected = [[0.5 + h, 0.5 - h], [0.5, 0.5], [0.5 - h, 0.5 + h]].map(|r| r.to_vec()).to_vec();
+    assert!(reference::max_abs_diff(&matrix(&v["encode"]), &expected) < 1e-15);
+    assert_eq!(v["responders"], serde_json::json!([0, 2]));
+    assert_eq!(matrix(&v["decode"]).len(), 2);
+}
+
+#[test]
+fn code_text_output_is_readable() {
+    let out = approxifer(&["code", "--k", "3", "--n", "5", "--responders", "0,1,3,4,2"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("K = 3, N = 5"), "{text}");
+    assert!(text.contains("encode (N x K)") && text.contains("decode (K x |F|)"), "{text}");
+}
+
+/// Checks one `code --json` invocation against the reference.
+fn check_code_against_reference(k: usize, n: usize, s: usize, family: &str, systematic: bool, responders: &[usize]) {
+    let list = responders.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let (k_s, n_s, s_s) = (k.to_string(), n.to_string(), s.to_string());
+    let mut args = vec![
+        "code",
+        "--k",
+        &k_s,
+        "--n",
+        &n_s,
+        "--stragglers",
+        &s_s,
+        "--nodes",
+        family,
+        "--responders",
+        &list,
+        "--json",
+    ];
+    if systematic {
+        args.push("--systematic");
+    }
+    let v = stdout_json(&args);
+    let beta = reference::worker_nodes(family, n);
+    let alpha = if systematic {
+        v["systematic_workers"].as_array().unwrap().iter().map(|w| beta[w.as_u64().unwrap() as usize]).collect()
+    } else {
+        reference::chebyshev1(k)
+    };
+    let tol = 1e-9;
+    assert!(reference::max_abs_diff(&[numbers(&v["alpha"])], &[alpha.clone()]) < tol, "{args:?}");
+    assert!(reference::max_abs_diff(&[numbers(&v["beta"])], &[beta.clone()]) < tol, "{args:?}");
+    let e = reference::encode_matrix(&alpha, &beta);
+    assert!(reference::max_abs_diff(&matrix(&v["encode"]), &e) < tol, "{args:?}");
+    let mut sorted = responders.to_vec();
+    sorted.sort_unstable();
+    let d = reference::decode_matrix(&alpha, &beta, &sorted);
+    assert!(reference::max_abs_diff(&matrix(&v["decode"]), &d) < tol, "{args:?}");
+}
+
+#[test]
+fn code_agrees_with_reference_at_coincident_nodes() {
+    check_code_against_reference(3, 5, 0, "chebyshev2", false, &[0, 1, 2, 3, 4]);
+    check_code_against_reference(8, 17, 2, "chebyshev2", false, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16]);
+    check_code_against_reference(4, 9, 2, "chebyshev1", true, &[8, 7, 6, 5, 4, 3, 2]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn code_agrees_with_reference(
+        (k, n, s, responders) in (1usize..14, 0usize..12).prop_flat_map(|(k, extra)| {
+            let n = (k + extra).max(2);
+            (Just(k), Just(n), 0..=n - k)
+        }).prop_flat_map(|(k, n, s)| {
+            (Just(k), Just(n), Just(s), prop::sample::subsequence((0..n).collect::<Vec<_>>(), n - s..=n).prop_shuffle())
+        }),
+        family in prop::sample::select(vec!["chebyshev2", "chebyshev1", "authors"]),
+        systematic in any::<bool>(),
+    ) {
+        check_code_against_reference(k, n, s, family, systematic, &responders);
+    }
+}
+
+// ---- encode / decode on .npy files -----------------------------------------------------------
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Deterministic values without a random generator: a smooth, sign-changing pattern.
+fn pattern(len: usize, phase: f64) -> Vec<f64> {
+    (0..len).map(|i| ((i as f64) * 0.37 + phase).sin() * 3.0).collect()
+}
+
+#[test]
+fn encode_then_decode_f64_matches_reference_to_1e9() {
+    let dir = temp_dir();
+    let (k, n, groups, shape_tail) = (4usize, 7usize, 3usize, [2usize, 3usize]);
+    let row_len = 6;
+    let queries = pattern(groups * k * row_len, 0.1);
+    let input = dir.path().join("queries.npy");
+    npy::write(&input, &[groups * k, shape_tail[0], shape_tail[1]], &Data::F64(queries.clone())).unwrap();
+    let coded_path = dir.path().join("coded.npy");
+    let out = approxifer(&[
+        "encode",
+        "--k",
+        "4",
+        "--n",
+        "7",
+        "--stragglers",
+        "2",
+        "--input",
+        path_str(&input),
+        "--output",
+        path_str(&coded_path),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let coded = npy::read(&coded_path).unwrap();
+    assert_eq!(coded.shape, [groups * n, 2, 3]);
+    let Data::F64(coded) = coded.data else { panic!("dtype changed: {:?}", coded.data.dtype()) };
+
+    let (alpha, beta) = (reference::chebyshev1(k), reference::worker_nodes("chebyshev2", n));
+    let e = reference::encode_matrix(&alpha, &beta);
+    let rows = |v: &[f64], per: usize| -> Vec<Vec<Vec<f64>>> {
+        v.chunks(per * row_len).map(|g| g.chunks(row_len).map(<[f64]>::to_vec).collect()).collect()
+    };
+    let expected: Vec<f64> = rows(&queries, k).iter().flat_map(|g| reference::apply(&e, g).concat()).collect();
+    assert!(reference::max_abs_diff(&[coded.clone()], &[expected]) < 1e-9);
+
+    // A "model": square every element. Workers 1 and 5 straggle (their rows are NaN).
+    let mut outputs: Vec<f64> = coded.iter().map(|x| x * x).collect();
+    for g in 0..groups {
+        for w in [1, 5] {
+            outputs[(g * n + w) * row_len..][..row_len].fill(f64::NAN);
+        }
+    }
+    let outputs_path = dir.path().join("outputs.npy");
+    npy::write(&outputs_path, &[groups * n, 2, 3], &Data::F64(outputs.clone())).unwrap();
+    let decoded_path = dir.path().join("decoded.npy");
+    let out = approxifer(&[
+        "decode",
+        "--k",
+        "4",
+        "--n",
+        "7",
+        "--stragglers",
+        "2",
+        "--input",
+        path_str(&outputs_path),
+        "--responders",
+        "0,2,3,4,6",
+        "--output",
+        path_str(&decoded_path),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let decoded = npy::read(&decoded_path).unwrap();
+    assert_eq!(decoded.shape, [groups * k, 2, 3]);
+    let Data::F64(decoded) = decoded.data else { panic!("dtype changed") };
+    let d = reference::decode_matrix(&alpha, &beta, &[0, 2, 3, 4, 6]);
+    let expected: Vec<f64> = rows(&outputs, n)
+        .iter()
+        .flat_map(|g| reference::apply(&d, &[0, 2, 3, 4, 6].map(|w| g[w].clone())).concat())
+        .collect();
+    assert!(decoded.iter().all(|v| v.is_finite()), "a straggler's NaN leaked into the answer");
+    assert!(reference::max_abs_diff(&[decoded], &[expected]) < 1e-9);
+}
+
+#[test]
+fn encode_f32_and_f16_keep_their_dtype() {
+    let dir = temp_dir();
+    let values = pattern(2 * 3 * 5, 0.7);
+    for data in [
+        Data::F32(values.iter().map(|&v| v as f32).collect()),
+        Data::F16(values.iter().map(|&v| half::f16::from_f64(v)).collect()),
+    ] {
+        let input = dir.path().join(format!("q-{}.npy", data.dtype()));
+        npy::write(&input, &[6, 5], &data).unwrap();
+        let output = dir.path().join(format!("c-{}.npy", data.dtype()));
+        let out =
+            approxifer(&["encode", "--k", "3", "--n", "4", "--input", path_str(&input), "--output", path_str(&output)]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let coded = npy::read(&output).unwrap();
+        assert_eq!(coded.shape, [8, 5]);
+        assert_eq!(coded.data.dtype(), data.dtype());
+    }
+}
+
+// ---- bad input: one line, non-zero, nothing written ------------------------------------------
+
+/// A hand-made `.npy` file, to produce what numpy would (or a corrupt variant).
+fn raw_npy(descr: &str, fortran: bool, shape: &str, payload: &[u8]) -> Vec<u8> {
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+        if fortran { "True" } else { "False" }
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn bad_numbers_are_one_line_errors() {
+    assert_one_line_error(&["code", "--k", "0", "--n", "3"], "K >= 1 violated");
+    assert_one_line_error(&["code", "--k", "abc", "--n", "3"], "invalid value 'abc'");
+    assert_one_line_error(&["code", "--k", "-1", "--n", "3"], "unexpected argument '-1'");
+    assert_one_line_error(
+        &["code", "--k", "8", "--n", "9", "--stragglers", "2"],
+        "N >= K + S violated: N = 9 < K + S = 8 + 2 = 10",
+    );
+    assert_one_line_error(&["code", "--k", "12", "--n", "24", "--byzantine", "1"], "N >= 2K + 2A + S - 1 violated");
+    assert_one_line_error(&["code", "--k", "1", "--n", "1"], "N >= 2 violated for chebyshev2");
+    assert_one_line_error(&["code", "--k", "2", "--n", "99999"], "N <= 4096 violated");
+    assert_one_line_error(&["code", "--k", "2", "--n", "3", "--nodes", "legendre"], "unknown node family 'legendre'");
+    assert_one_line_error(&["code", "--k", "2", "--n", "4", "--responders", "0,1,4"], "responder 4 but N = 4");
+    assert_one_line_error(&["code", "--k", "2", "--n", "4", "--responders", "0,1,1"], "worker 1 is listed twice");
+    assert_one_line_error(&["code", "--k", "2", "--n", "3", "--responders", "0,1,2,0"], "4 responders but N = 3");
+    assert_one_line_error(
+        &["code", "--k", "2", "--n", "4", "--stragglers", "1", "--responders", "0,3"],
+        "responders >= N - S violated: 2 < 4 - 1 = 3",
+    );
+    assert_one_line_error(&["code", "--k", "2", "--n", "4", "--responders", "0,x"], "invalid value");
+    assert_one_line_error(
+        &["code", "--k", "18446744073709551615", "--n", "3", "--stragglers", "18446744073709551615"],
+        "N >= K + S violated",
+    );
+    assert_one_line_error(&["frobnicate"], "unrecognized subcommand");
+}
+
+#[test]
+fn bad_files_are_one_line_errors_and_write_nothing() {
+    let dir = temp_dir();
+    let d = dir.path();
+    let out = d.join("out.npy");
+    let run = |input: &Path, needle: &str| {
+        assert_one_line_error(
+            &["encode", "--k", "2", "--n", "3", "--input", path_str(input), "--output", path_str(&out)],
+            needle,
+        );
+        assert!(!out.exists(), "a failed run wrote {}", out.display());
+    };
+    run(&d.join("missing.npy"), "cannot read");
+    run(&write_file(d, "garbage.npy", b"this is not numpy at all"), "not a valid .npy file");
+    run(&write_file(d, "empty.npy", b""), "not a valid .npy file");
+    run(&write_file(d, "truncated.npy", &raw_npy("<f4", false, "(4, 3)", &[0u8; 40])), "truncated");
+    run(&write_file(d, "huge.npy", &raw_npy("<f4", false, "(4611686018427387904, 4)", &[0u8; 8])), "too large");
+    run(
+        &write_file(d, "int.npy", &raw_npy("<i4", false, "(4, 3)", &[0u8; 48])),
+        "dtype '<i4'; expected float16, float32 or float64",
+    );
+    run(&write_file(d, "fortran.npy", &raw_npy("<f4", true, "(4, 3)", &[0u8; 48])), "Fortran order");
+    run(&write_file(d, "scalar.npy", &raw_npy("<f4", false, "()", &[0u8; 4])), "0-d array");
+    run(
+        &write_file(d, "odd.npy", &raw_npy("<f4", false, "(3, 2)", &[0u8; 24])),
+        "3 rows (shape [3, 2]), not a multiple of 2",
+    );
+    run(&write_file(d, "empty-rows.npy", &raw_npy("<f4", false, "(4, 0)", &[])), "rows are empty");
+    let bad_header = write_file(d, "bad-header.npy", &raw_npy("<f4", false, "(4, 'x')", &[0u8; 48]));
+    run(&bad_header, "not a valid .npy file");
+
+    let good = d.join("good.npy");
+    npy::write(&good, &[4, 3], &Data::F32(vec![1.0; 12])).unwrap();
+    let unwritable = d.join("no-such-dir").join("out.npy");
+    assert_one_line_error(
+        &["encode", "--k", "2", "--n", "3", "--input", path_str(&good), "--output", path_str(&unwritable)],
+        "cannot write",
+    );
+    assert_one_line_error(
+        &[
+            "decode",
+            "--k",
+            "2",
+            "--n",
+            "6",
+            "--byzantine",
+            "1",
+            "--input",
+            path_str(&good),
+            "--responders",
+            "0,1,2,3,4,5",
+            "--output",
+            path_str(&out),
+        ],
+        "Byzantine locator",
+    );
+    assert_one_line_error(
+        &[
+            "decode",
+            "--k",
+            "2",
+            "--n",
+            "3",
+            "--stragglers",
+            "1",
+            "--input",
+            path_str(&good),
+            "--responders",
+            "0,1",
+            "--output",
+            path_str(&out),
+        ],
+        "not a multiple of 3",
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn help_and_version_succeed() {
+    for flag in ["--help", "--version"] {
+        let out = approxifer(&[flag]);
+        assert!(out.status.success(), "{flag}");
+        assert!(!out.stdout.is_empty(), "{flag}");
+    }
+}
+
+// ---- demo ----------------------------------------------------------------------------------
+
+#[test]
+fn demo_decodes_a_smooth_network_and_improves_with_more_workers() {
+    let out = approxifer(&["demo", "--groups", "300", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 7);
+    for r in &rows {
+        let agreement = r["label_agreement"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&agreement), "{r}");
+        assert_eq!(r["groups"], 300);
+    }
+    // K = 8, S = 1 with N = 9, 13 and 21 workers: the error falls as the worker grid refines.
+    let error = |n: u64| rows.iter().find(|r| r["k"] == 8 && r["n"] == n).unwrap()["relative_error"].as_f64().unwrap();
+    assert!(error(21) < error(13) && error(13) < error(9), "{} {} {}", error(9), error(13), error(21));
+    assert!(error(21) < 0.15, "{}", error(21));
+}
+
+#[test]
+fn no_subcommand_runs_the_demo_table() {
+    let out = approxifer(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("label agreement"), "{text}");
+    let rows = text
+        .lines()
+        .filter(|l| l.split_whitespace().count() == 5 && l.split_whitespace().all(|w| w.parse::<f64>().is_ok()));
+    assert_eq!(rows.count(), 7, "{text}");
+}
