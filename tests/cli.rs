@@ -97,8 +97,8 @@ fn check_code_against_reference(k: usize, n: usize, s: usize, family: &str, syst
         reference::chebyshev1(k)
     };
     let tol = 1e-9;
-    assert!(reference::max_abs_diff(&[numbers(&v["alpha"])], &[alpha.clone()]) < tol, "{args:?}");
-    assert!(reference::max_abs_diff(&[numbers(&v["beta"])], &[beta.clone()]) < tol, "{args:?}");
+    assert!(reference::max_abs_diff(&[numbers(&v["alpha"])], std::slice::from_ref(&alpha)) < tol, "{args:?}");
+    assert!(reference::max_abs_diff(&[numbers(&v["beta"])], std::slice::from_ref(&beta)) < tol, "{args:?}");
     let e = reference::encode_matrix(&alpha, &beta);
     assert!(reference::max_abs_diff(&matrix(&v["encode"]), &e) < tol, "{args:?}");
     let mut sorted = responders.to_vec();
@@ -180,7 +180,7 @@ fn encode_then_decode_f64_matches_reference_to_1e9() {
         v.chunks(per * row_len).map(|g| g.chunks(row_len).map(<[f64]>::to_vec).collect()).collect()
     };
     let expected: Vec<f64> = rows(&queries, k).iter().flat_map(|g| reference::apply(&e, g).concat()).collect();
-    assert!(reference::max_abs_diff(&[coded.clone()], &[expected]) < 1e-9);
+    assert!(reference::max_abs_diff(std::slice::from_ref(&coded), &[expected]) < 1e-9);
 
     // A "model": square every element. Workers 1 and 5 straggle (their rows are NaN).
     let mut outputs: Vec<f64> = coded.iter().map(|x| x * x).collect();

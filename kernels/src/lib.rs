@@ -9,7 +9,8 @@
 //! 2. Prepare a [`Code`] from them: node angles, the `N x K` [encode matrix](Code::encode_matrix),
 //!    and a [decode matrix](Code::decode_matrix) for any [`Responders`] set.
 //! 3. Apply it to batches with the CPU reference kernels, [`cpu::encode`] and [`cpu::decode`]
-//!    (f32, f64, f16 or bf16 storage), or with the GPU kernels that are tested against them.
+//!    (f32, f64, f16 or bf16 storage), or with the WGSL kernels of `gpu` (feature `gpu`, on by
+//!    default), which are tested against them.
 //!
 //! The math lives in [`berrut`] (weights) and [`nodes`] (exact node angles); everything else
 //! takes its numbers from there.
@@ -28,6 +29,8 @@
 
 pub mod berrut;
 pub mod cpu;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod nodes;
 pub mod tolerance;
 
@@ -35,6 +38,7 @@ mod code;
 mod error;
 mod matrix;
 mod params;
+mod shape;
 
 pub use code::{Code, Responders};
 pub use error::{Error, Result};

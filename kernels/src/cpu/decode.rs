@@ -4,10 +4,10 @@ use rayon::prelude::*;
 
 use super::combine::{Store, combine_rows};
 use super::element::{Accumulator, Element};
-use super::{expect_len, whole_groups};
 use crate::code::Code;
 use crate::error::Result;
 use crate::matrix::Matrix;
+use crate::shape::{expect_len, whole_groups};
 
 /// Decodes worker outputs `[B, N, row_len]` into `[B, K, row_len]`, where `masks[b, n]` says
 /// whether worker `n` answered for group `b`.

@@ -4,9 +4,9 @@ use rayon::prelude::*;
 
 use super::combine::{Store, combine_rows};
 use super::element::{Accumulator, Element};
-use super::{expect_len, whole_groups};
 use crate::code::Code;
 use crate::error::Result;
+use crate::shape::{expect_len, whole_groups};
 
 /// Encodes `queries` (`[B, K, row_len]`) into `coded` (`[B, N, row_len]`).
 ///

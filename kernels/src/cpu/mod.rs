@@ -14,24 +14,3 @@ mod encode;
 pub use decode::{decode, decode_to_vec};
 pub use element::{Accumulator, Element};
 pub use encode::{encode, encode_to_vec};
-
-use crate::error::{Error, Result};
-
-/// The number of groups in a buffer of `len` values with `rows_per_group` rows of `row_len`.
-fn whole_groups(what: &'static str, len: usize, rows_per_group: usize, row_len: usize) -> Result<usize> {
-    if row_len == 0 {
-        return Err(Error::EmptyRows { what });
-    }
-    let group_len = rows_per_group * row_len;
-    if len % group_len != 0 {
-        return Err(Error::NotWholeGroups { what, len, rows_per_group, row_len });
-    }
-    Ok(len / group_len)
-}
-
-fn expect_len(what: &'static str, actual: usize, expected: usize) -> Result<()> {
-    if actual != expected {
-        return Err(Error::ShapeMismatch { what, expected, actual });
-    }
-    Ok(())
-}

@@ -1,0 +1,342 @@
+//! The encode and decode kernels: pipelines built once, dispatches chunked to the adapter's
+//! limits and recorded into the caller's command encoder.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::Mutex;
+
+use wgpu::util::DeviceExt;
+
+use super::context::GpuContext;
+use super::error::GpuError;
+use super::shader::{Elem, Shader, ShaderConfig, WORKGROUP_SIZE};
+use crate::code::Code;
+use crate::shape::{expect_len, whole_groups};
+
+/// A code's tables on the device, uploaded once: the `N x K` encode matrix and the `K x N`
+/// node differences `alpha_j - beta_n` from which the decode kernel forms its weights. Both
+/// are the `f64` tables of [`Code`], rounded to `f32`.
+#[derive(Debug)]
+pub struct GpuCode {
+    queries: u32,
+    workers: u32,
+    weights: wgpu::Buffer,
+    differences: wgpu::Buffer,
+}
+
+impl GpuCode {
+    /// Uploads `code`'s tables.
+    pub fn new(ctx: &GpuContext, code: &Code) -> Self {
+        let to_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let upload = |label, values: &[f32]| {
+            ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(values),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        GpuCode {
+            queries: code.params().queries() as u32,
+            workers: code.params().workers() as u32,
+            weights: upload("approxifer encode weights", &to_f32(code.encode_matrix().as_slice())),
+            differences: upload("approxifer node differences", &to_f32(code.data_minus_worker())),
+        }
+    }
+}
+
+/// A region of a device buffer holding a tensor of `len` elements of `elem`.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceTensor<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    /// Byte offset of the first element; a multiple of the adapter's storage offset alignment.
+    pub offset: u64,
+    pub elem: Elem,
+    pub len: usize,
+}
+
+impl<'a> DeviceTensor<'a> {
+    /// The whole buffer from its start, holding `len` elements.
+    pub fn new(buffer: &'a wgpu::Buffer, elem: Elem, len: usize) -> Self {
+        DeviceTensor { buffer, offset: 0, elem, len }
+    }
+}
+
+/// Pipelines of both kernels, built on first use for each `(shader, dtype, packing, K, N)`
+/// and cached. One per device.
+#[derive(Debug, Default)]
+pub struct Kernels {
+    pipelines: Mutex<HashMap<ShaderConfig, wgpu::ComputePipeline>>,
+}
+
+/// What one kernel launch covers: `groups` groups of `rows_per_group` output rows (one
+/// invocation per packed element of each) of `row_len` elements.
+struct Launch {
+    config: ShaderConfig,
+    groups: usize,
+    row_len: usize,
+    rows_per_group: u64,
+}
+
+/// One binding of a chunked dispatch: a tensor and its bytes per group.
+struct Binding<'a> {
+    what: &'static str,
+    buffer: &'a wgpu::Buffer,
+    offset: u64,
+    /// Bytes of the whole tensor, and of one group of it (0 for a table bound whole).
+    bytes: u64,
+    group_bytes: u64,
+    /// Bytes of the element the shader indexes (a packed vec4, a scalar, a mask word).
+    unit: u64,
+}
+
+impl<'a> Binding<'a> {
+    fn tensor(what: &'static str, tensor: DeviceTensor<'a>, group_elems: usize, packing: u32) -> Self {
+        let size = tensor.elem.size();
+        let (bytes, group_bytes) = (tensor.len as u64 * size, group_elems as u64 * size);
+        Binding {
+            what,
+            buffer: tensor.buffer,
+            offset: tensor.offset,
+            bytes,
+            group_bytes,
+            unit: size * u64::from(packing),
+        }
+    }
+
+    fn table(what: &'static str, buffer: &'a wgpu::Buffer) -> Self {
+        Binding { what, buffer, offset: 0, bytes: buffer.size(), group_bytes: 0, unit: 4 }
+    }
+}
+
+impl Kernels {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn pipeline(&self, ctx: &GpuContext, config: ShaderConfig) -> wgpu::ComputePipeline {
+        let mut cache = self.pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache
+            .entry(config)
+            .or_insert_with(|| {
+                let module = ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(config.shader.name()),
+                    source: wgpu::ShaderSource::Wgsl(config.source().into()),
+                });
+                ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(config.shader.name()),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .clone()
+    }
+
+    /// Records `coded = encode(queries)` for `[groups, K, row_len]` queries into
+    /// `[groups, N, row_len]` coded queries.
+    pub fn record_encode(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        code: &GpuCode,
+        queries: DeviceTensor<'_>,
+        coded: DeviceTensor<'_>,
+        row_len: usize,
+    ) -> Result<(), GpuError> {
+        let (k, n) = (code.queries as usize, code.workers as usize);
+        let groups = whole_groups("queries", queries.len, k, row_len)?;
+        expect_len("coded queries", coded.len, groups * n * row_len)?;
+        let elem = same_elem(queries.elem, coded.elem)?;
+        let packing = packing(row_len);
+        let bindings = [
+            Binding::tensor("queries", queries, k * row_len, packing),
+            Binding::tensor("coded queries", coded, n * row_len, packing),
+            Binding::table("encode weights", &code.weights),
+        ];
+        let config =
+            ShaderConfig { shader: Shader::Encode, elem, packing, queries: code.queries, workers: code.workers };
+        self.dispatch(ctx, encoder, &bindings, Launch { config, groups, row_len, rows_per_group: 1 })
+    }
+
+    /// Records `decoded = decode(outputs)` for `[groups, N, row_len]` worker outputs and
+    /// `[groups, N]` masks (`u32`, zero where the worker did not answer) into
+    /// `[groups, K, row_len]`. The masks must already be valid (see [`Code::responders`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_decode(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        code: &GpuCode,
+        outputs: DeviceTensor<'_>,
+        masks: &wgpu::Buffer,
+        decoded: DeviceTensor<'_>,
+        row_len: usize,
+    ) -> Result<(), GpuError> {
+        let (k, n) = (code.queries as usize, code.workers as usize);
+        let groups = whole_groups("worker outputs", outputs.len, n, row_len)?;
+        expect_len("decoded outputs", decoded.len, groups * k * row_len)?;
+        let elem = same_elem(outputs.elem, decoded.elem)?;
+        let packing = packing(row_len);
+        let (mask_bytes, group_mask_bytes) = ((groups * n * 4) as u64, (n * 4) as u64);
+        let bindings = [
+            Binding::tensor("worker outputs", outputs, n * row_len, packing),
+            Binding::tensor("decoded outputs", decoded, k * row_len, packing),
+            Binding {
+                what: "responder masks",
+                buffer: masks,
+                offset: 0,
+                bytes: mask_bytes,
+                group_bytes: group_mask_bytes,
+                unit: 4,
+            },
+            Binding::table("node differences", &code.differences),
+        ];
+        let config =
+            ShaderConfig { shader: Shader::Decode, elem, packing, queries: code.queries, workers: code.workers };
+        self.dispatch(ctx, encoder, &bindings, Launch { config, groups, row_len, rows_per_group: k as u64 })
+    }
+
+    /// Splits the batch into chunks whose every per-group binding fits the adapter's storage
+    /// binding limit and starts at an aligned offset, and records one dispatch per chunk.
+    /// `bindings` are in the shader's binding order; those with `group_bytes == 0` are tables
+    /// bound whole to every chunk. The params uniform comes last.
+    fn dispatch(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        bindings: &[Binding<'_>],
+        launch: Launch,
+    ) -> Result<(), GpuError> {
+        let Launch { config, groups, row_len, rows_per_group } = launch;
+        if config.elem == Elem::F16 && !ctx.supports_f16() {
+            return Err(GpuError::F16Unsupported { adapter: ctx.adapter_name().into() });
+        }
+        for b in bindings {
+            let available = b.buffer.size().saturating_sub(b.offset);
+            if b.bytes > available {
+                return Err(GpuError::BufferTooSmall { what: b.what, needed: b.bytes, available, offset: b.offset });
+            }
+        }
+        if groups == 0 {
+            return Ok(());
+        }
+        let packed_row = (row_len / config.packing as usize) as u64;
+        let invocations_per_group = rows_per_group * packed_row;
+        let chunk = self.groups_per_chunk(ctx, bindings, invocations_per_group)?;
+        let pipeline = self.pipeline(ctx, config);
+        let layout = pipeline.get_bind_group_layout(0);
+        let max_per_dim = u64::from(ctx.device.limits().max_compute_workgroups_per_dimension);
+        let align = u64::from(ctx.device.limits().min_storage_buffer_offset_alignment);
+
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(config.shader.name()),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        let groups = groups as u64;
+        let mut first = 0;
+        while first < groups {
+            let count = chunk.min(groups - first);
+            let workgroups = (count * invocations_per_group).div_ceil(u64::from(WORKGROUP_SIZE));
+            let x = workgroups.min(max_per_dim);
+            let y = workgroups.div_ceil(x);
+            // Each chunked binding starts at the aligned offset at or below the chunk's first byte;
+            // the shader skips the difference, given in packed elements.
+            let mut bases = [0u32; 3];
+            let mut entries: Vec<wgpu::BindGroupEntry<'_>> = Vec::with_capacity(bindings.len() + 1);
+            for (i, b) in bindings.iter().enumerate() {
+                let resource = if b.group_bytes == 0 {
+                    b.buffer.as_entire_binding()
+                } else {
+                    let start = b.offset + first * b.group_bytes;
+                    let aligned = start / align * align;
+                    bases[i.min(2)] = ((start - aligned) / b.unit) as u32;
+                    let size =
+                        (start - aligned + count * b.group_bytes).next_multiple_of(4).min(b.buffer.size() - aligned);
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: b.buffer,
+                        offset: aligned,
+                        size: NonZeroU64::new(size),
+                    })
+                };
+                entries.push(wgpu::BindGroupEntry { binding: i as u32, resource });
+            }
+            let params: [u32; 8] = [
+                count as u32,
+                packed_row as u32,
+                (x * u64::from(WORKGROUP_SIZE)) as u32,
+                bases[0],
+                bases[1],
+                bases[2],
+                0,
+                0,
+            ];
+            let uniform = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("approxifer params"),
+                contents: bytemuck::cast_slice(&params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+            entries.push(wgpu::BindGroupEntry { binding: entries.len() as u32, resource: uniform.as_entire_binding() });
+            let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &entries,
+            });
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(x as u32, y as u32, 1);
+            first += count;
+        }
+        Ok(())
+    }
+
+    /// The most groups one dispatch may cover: every chunked binding, from the aligned offset
+    /// below its first byte, within the storage binding limit, and the invocation count and
+    /// packed offsets within `u32`.
+    fn groups_per_chunk(
+        &self,
+        ctx: &GpuContext,
+        bindings: &[Binding<'_>],
+        invocations_per_group: u64,
+    ) -> Result<u64, GpuError> {
+        let limits = ctx.device.limits();
+        let limit = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX));
+        let align = u64::from(limits.min_storage_buffer_offset_alignment);
+        let mut chunk = (u64::from(u32::MAX) / 2) / invocations_per_group.max(1);
+        for b in bindings.iter().filter(|b| b.group_bytes > 0) {
+            if b.offset % b.unit != 0 {
+                return Err(GpuError::Device(format!(
+                    "{}: offset {} is not a multiple of the {}-byte element the kernel reads",
+                    b.what, b.offset, b.unit
+                )));
+            }
+            let room = limit.saturating_sub(align + 4);
+            if b.group_bytes > room {
+                return Err(GpuError::GroupTooLarge {
+                    what: b.what,
+                    bytes: b.group_bytes,
+                    limit,
+                    adapter: ctx.adapter_name().into(),
+                });
+            }
+            chunk = chunk.min(room / b.group_bytes);
+        }
+        Ok(chunk)
+    }
+}
+
+/// 4 (vec4 loads and stores) when rows are a multiple of 4 long, else 1.
+fn packing(row_len: usize) -> u32 {
+    if row_len % 4 == 0 { 4 } else { 1 }
+}
+
+fn same_elem(input: Elem, output: Elem) -> Result<Elem, GpuError> {
+    if input != output {
+        return Err(GpuError::Device(format!(
+            "input is {input:?} but output is {output:?}; both must share one dtype"
+        )));
+    }
+    Ok(input)
+}

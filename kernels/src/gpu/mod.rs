@@ -1,0 +1,20 @@
+//! The GPU path: WGSL kernels from `shaders/` on wgpu, checked against [`crate::cpu`].
+//!
+//! - [`GpuContext`] finds an adapter (discrete, then integrated, then a CPU implementation
+//!   such as lavapipe; override with [`AdapterChoice`] or `APPROXIFER_ADAPTER`).
+//! - [`GpuCodec`] encodes and decodes host slices in one call.
+//! - [`Kernels`] records into a command encoder of one's own, on buffers that stay on the
+//!   device ([`DeviceTensor`], with a code's tables uploaded once as [`GpuCode`]).
+//! - [`ShaderConfig`] composes the exact WGSL a pipeline compiles (for validation).
+
+mod context;
+mod error;
+mod host;
+mod kernels;
+mod shader;
+
+pub use context::{ADAPTER_ENV, AdapterChoice, GpuContext};
+pub use error::GpuError;
+pub use host::{GpuCodec, GpuElement, map_and_copy};
+pub use kernels::{DeviceTensor, GpuCode, Kernels};
+pub use shader::{Elem, Shader, ShaderConfig, WORKGROUP_SIZE};

@@ -1,0 +1,316 @@
+//! The WGSL kernels: validated with naga (no device), and run on the adapter `scripts/test.sh`
+//! guarantees (lavapipe where there is no GPU), against the CPU reference path.
+//!
+//! A missing adapter fails these tests with a message saying how to get one; they never pass
+//! silently.
+
+use std::sync::OnceLock;
+
+use approxifer_kernels::gpu::{
+    AdapterChoice, DeviceTensor, Elem, GpuCode, GpuCodec, GpuContext, GpuElement, GpuError, Shader, ShaderConfig,
+};
+use approxifer_kernels::{Code, CodeParams, Error, Layout, NodeFamily, Tolerance, cpu};
+use half::f16;
+use rand::rngs::StdRng;
+use rand::seq::index::sample;
+use rand::{Rng, SeedableRng};
+use wgpu::util::DeviceExt;
+
+fn codec() -> &'static GpuCodec {
+    static CODEC: OnceLock<GpuCodec> = OnceLock::new();
+    CODEC.get_or_init(|| match GpuContext::new(&AdapterChoice::from_env()) {
+        Ok(ctx) => {
+            eprintln!("GPU tests run on: {} ({:?})", ctx.adapter_name(), ctx.adapter_info().backend);
+            GpuCodec::new(ctx)
+        }
+        Err(e) => panic!("GPU tests need an adapter and found none: {e}. Run scripts/setup.sh (installs lavapipe)."),
+    })
+}
+
+fn code(k: usize, n: usize, s: usize) -> Code {
+    Code::new(CodeParams::builder(k, n).stragglers(s).build().unwrap()).unwrap()
+}
+
+fn random_f32(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-4.0..4.0)).collect()
+}
+
+fn random_masks(groups: usize, n: usize, s: usize, seed: u64) -> Vec<bool> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut masks = vec![true; groups * n];
+    for mask in masks.chunks_exact_mut(n) {
+        for w in sample(&mut rng, n, s) {
+            mask[w] = false;
+        }
+    }
+    masks
+}
+
+fn f64s<T: GpuElement + Into<f64>>(v: &[T]) -> impl Iterator<Item = f64> + '_ {
+    v.iter().map(|&x| x.into())
+}
+
+// ---- naga: every shader variant the host can compose is valid WGSL ------------------------------
+
+#[test]
+fn every_shader_variant_validates_with_naga() {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    for shader in Shader::ALL {
+        for elem in [Elem::F32, Elem::F16] {
+            for packing in [1, 4] {
+                for (queries, workers) in [(1, 1), (2, 3), (8, 10), (12, 37)] {
+                    let config = ShaderConfig { shader, elem, packing, queries, workers };
+                    let source = config.source();
+                    let module = naga::front::wgsl::parse_str(&source)
+                        .unwrap_or_else(|e| panic!("{config:?} does not parse:\n{}", e.emit_to_string(&source)));
+                    // The capabilities the device will have: f16 only where it is asked for.
+                    let caps = if elem == Elem::F16 { Capabilities::SHADER_FLOAT16 } else { Capabilities::empty() };
+                    Validator::new(ValidationFlags::all(), caps)
+                        .validate(&module)
+                        .unwrap_or_else(|e| panic!("{config:?} does not validate: {e:?}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn f16_shaders_are_rejected_without_the_capability() {
+    use naga::valid::{Capabilities, ValidationFlags, Validator};
+    let config = ShaderConfig { shader: Shader::Encode, elem: Elem::F16, packing: 4, queries: 2, workers: 3 };
+    let module = naga::front::wgsl::parse_str(&config.source()).unwrap();
+    assert!(Validator::new(ValidationFlags::all(), Capabilities::empty()).validate(&module).is_err());
+}
+
+// ---- the device against the CPU reference ---------------------------------------------------------
+
+/// Encodes and decodes on both paths and compares them.
+fn cross_check(code: &Code, groups: usize, row_len: usize, seed: u64) {
+    let gpu = codec();
+    let (k, n, s) = (code.params().queries(), code.params().workers(), code.params().stragglers());
+    let what = format!("{:?} B = {groups} D = {row_len}", code.params());
+    let queries = random_f32(groups * k * row_len, seed);
+    let expected = cpu::encode_to_vec(code, &queries, row_len).unwrap();
+    let coded = gpu.encode(code, &queries, row_len).unwrap();
+    Tolerance::BALANCED.check(f64s(&coded), f64s(&expected)).unwrap_or_else(|m| panic!("encode {what}: {m}"));
+
+    let outputs = random_f32(groups * n * row_len, seed + 1);
+    let masks = random_masks(groups, n, s, seed + 2);
+    let expected = cpu::decode_to_vec(code, &outputs, row_len, &masks).unwrap();
+    let decoded = gpu.decode(code, &outputs, row_len, &masks).unwrap();
+    // The GPU sums numerator and denominator separately in f32; allow a little more.
+    let tolerance = Tolerance { relative: 1e-4, absolute: 1e-4 };
+    tolerance.check(f64s(&decoded), f64s(&expected)).unwrap_or_else(|m| panic!("decode {what}: {m}"));
+}
+
+#[test]
+fn gpu_matches_cpu_across_shapes() {
+    // D = 1, 3 and 13 (scalar path), 4 and 784 (vec4 path); B = 1; classifier-sized outputs.
+    for (k, n, s, groups, row_len) in
+        [(2, 3, 1, 5, 1), (8, 10, 2, 7, 13), (5, 9, 2, 3, 3), (8, 9, 1, 1, 784), (12, 13, 1, 64, 10), (4, 6, 2, 33, 4)]
+    {
+        cross_check(&code(k, n, s), groups, row_len, 17);
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_for_every_layout_and_family_with_coincident_nodes() {
+    for layout in [Layout::NonSystematic, Layout::Systematic] {
+        for family in NodeFamily::ALL {
+            for (k, n) in [(3, 5), (8, 17), (1, 3)] {
+                let params = CodeParams::builder(k, n).stragglers(n - k).nodes(family).layout(layout).build().unwrap();
+                cross_check(&Code::new(params).unwrap(), 9, 8, 23);
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_in_f16() {
+    let gpu = codec();
+    let code = code(8, 10, 2);
+    let queries: Vec<f16> = random_f32(6 * 8 * 16, 31).into_iter().map(f16::from_f32).collect();
+    if !gpu.context().supports_f16() {
+        let e = gpu.encode(&code, &queries, 16).unwrap_err();
+        assert!(matches!(e, GpuError::F16Unsupported { .. }), "{e}");
+        panic!("adapter {} lacks SHADER_F16: the f16 kernels were not tested", gpu.context().adapter_name());
+    }
+    let expected = cpu::encode_to_vec(&code, &queries, 16).unwrap();
+    let coded = gpu.encode(&code, &queries, 16).unwrap();
+    Tolerance::PERMISSIVE.check(f64s(&coded), f64s(&expected)).unwrap();
+    let masks = random_masks(6, 10, 2, 32);
+    let expected = cpu::decode_to_vec(&code, &coded, 16, &masks).unwrap();
+    let decoded = gpu.decode(&code, &coded, 16, &masks).unwrap();
+    Tolerance::PERMISSIVE.check(f64s(&decoded), f64s(&expected)).unwrap();
+}
+
+#[test]
+fn non_responders_rows_are_never_read_on_the_gpu() {
+    let code = code(3, 5, 2);
+    let mut outputs = random_f32(4 * 5 * 8, 41);
+    let masks = random_masks(4, 5, 2, 42);
+    let clean = codec().decode(&code, &outputs, 8, &masks).unwrap();
+    for (w, answered) in masks.iter().enumerate() {
+        if !answered {
+            outputs[w * 8..w * 8 + 8].fill(f32::NAN);
+        }
+    }
+    assert_eq!(codec().decode(&code, &outputs, 8, &masks).unwrap(), clean);
+}
+
+// ---- buffers filled with a sentinel: every output element is written ------------------------------
+
+const SENTINEL: f32 = -12345.5;
+
+fn sentinel_buffer(ctx: &GpuContext, len: usize) -> wgpu::Buffer {
+    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("sentinel"),
+        contents: bytemuck::cast_slice(&vec![SENTINEL; len]),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+fn storage(ctx: &GpuContext, values: &[f32]) -> wgpu::Buffer {
+    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("input"),
+        contents: bytemuck::cast_slice(values),
+        usage: wgpu::BufferUsages::STORAGE,
+    })
+}
+
+fn read(ctx: &GpuContext, mut encoder: wgpu::CommandEncoder, buffer: &wgpu::Buffer, len: usize) -> Vec<f32> {
+    let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: buffer.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    ctx.queue.submit([encoder.finish()]);
+    approxifer_kernels::gpu::map_and_copy(ctx, &staging, len).unwrap()
+}
+
+/// Encode then decode through the recording API on `ctx`, into sentinel-filled buffers.
+fn record_round_trip(codec: &GpuCodec, code: &Code, groups: usize, row_len: usize) {
+    let ctx = codec.context();
+    let (k, n, s) = (code.params().queries(), code.params().workers(), code.params().stragglers());
+    let gpu_code = GpuCode::new(ctx, code);
+    let queries = random_f32(groups * k * row_len, 51);
+    let (input, coded) = (storage(ctx, &queries), sentinel_buffer(ctx, groups * n * row_len));
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    codec
+        .kernels()
+        .record_encode(
+            ctx,
+            &mut encoder,
+            &gpu_code,
+            DeviceTensor::new(&input, Elem::F32, queries.len()),
+            DeviceTensor::new(&coded, Elem::F32, groups * n * row_len),
+            row_len,
+        )
+        .unwrap();
+    let got = read(ctx, encoder, &coded, groups * n * row_len);
+    assert!(!got.contains(&SENTINEL), "encode left elements unwritten");
+    Tolerance::BALANCED
+        .check(got.iter().map(|&v| f64::from(v)), f64s(&cpu::encode_to_vec(code, &queries, row_len).unwrap()))
+        .unwrap();
+
+    let masks = random_masks(groups, n, s, 52);
+    let words: Vec<u32> = masks.iter().map(|&m| u32::from(m)).collect();
+    let mask_buffer = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&words),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let decoded = sentinel_buffer(ctx, groups * k * row_len);
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    codec
+        .kernels()
+        .record_decode(
+            ctx,
+            &mut encoder,
+            &gpu_code,
+            DeviceTensor::new(&coded, Elem::F32, groups * n * row_len),
+            &mask_buffer,
+            DeviceTensor::new(&decoded, Elem::F32, groups * k * row_len),
+            row_len,
+        )
+        .unwrap();
+    let got = read(ctx, encoder, &decoded, groups * k * row_len);
+    assert!(!got.contains(&SENTINEL), "decode left elements unwritten");
+    let coded_host = cpu::encode_to_vec(code, &queries, row_len).unwrap();
+    Tolerance { relative: 1e-4, absolute: 1e-4 }
+        .check(
+            got.iter().map(|&v| f64::from(v)),
+            f64s(&cpu::decode_to_vec(code, &coded_host, row_len, &masks).unwrap()),
+        )
+        .unwrap();
+}
+
+#[test]
+fn every_element_is_written() {
+    record_round_trip(codec(), &code(8, 10, 2), 37, 36);
+    record_round_trip(codec(), &code(3, 5, 1), 11, 7);
+}
+
+#[test]
+fn batches_over_the_binding_limit_are_chunked() {
+    // A device whose storage bindings hold 4 KiB: 300 groups of 8 x 36 floats (1152 bytes a
+    // group of queries) need dozens of dispatches, each at an aligned offset.
+    let ctx = GpuContext::with_limits(&AdapterChoice::from_env(), |limits| {
+        limits.max_storage_buffer_binding_size = 4096;
+    })
+    .expect("an adapter");
+    let small = GpuCodec::new(ctx);
+    record_round_trip(&small, &code(8, 10, 2), 300, 36);
+    record_round_trip(&small, &code(3, 5, 1), 200, 7);
+
+    // One group larger than a binding cannot be chunked: a clear error, not a crash.
+    let e = small.encode(&code(8, 10, 2), &vec![0.0f32; 8 * 200], 200).unwrap_err();
+    assert!(matches!(e, GpuError::GroupTooLarge { what: "queries", bytes: 6400, limit: 4096, .. }), "{e}");
+}
+
+// ---- errors -----------------------------------------------------------------------------------------
+
+#[test]
+fn shape_errors_match_the_cpu_path() {
+    let gpu = codec();
+    let c = code(2, 3, 1);
+    let e = gpu.encode(&c, &[1.0f32; 7], 2).unwrap_err();
+    assert!(matches!(e, GpuError::Codec(Error::NotWholeGroups { what: "queries", .. })), "{e}");
+    let e = gpu.decode(&c, &[1.0f32; 6], 2, &[true, false, false]).unwrap_err();
+    assert!(matches!(e, GpuError::Codec(Error::NotEnoughResponders { group: Some(0), .. })), "{e}");
+    let e = gpu.decode(&c, &[1.0f32; 6], 0, &[true; 3]).unwrap_err();
+    assert!(matches!(e, GpuError::Codec(Error::EmptyRows { .. })), "{e}");
+}
+
+#[test]
+fn buffer_too_small() {
+    let gpu = codec();
+    let ctx = gpu.context();
+    let c = code(2, 3, 0);
+    let gpu_code = GpuCode::new(ctx, &c);
+    let input = storage(ctx, &[1.0; 8]);
+    let output = sentinel_buffer(ctx, 4); // needs 12
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    let e = gpu
+        .kernels()
+        .record_encode(
+            ctx,
+            &mut encoder,
+            &gpu_code,
+            DeviceTensor::new(&input, Elem::F32, 8),
+            DeviceTensor::new(&output, Elem::F32, 12),
+            4,
+        )
+        .unwrap_err();
+    assert!(matches!(e, GpuError::BufferTooSmall { what: "coded queries", needed: 48, available: 16, .. }), "{e}");
+}
+
+#[test]
+fn no_adapter_names_what_was_asked_for() {
+    let e = GpuContext::new(&AdapterChoice::Named("no such adapter 1234".into())).unwrap_err();
+    assert!(matches!(e, GpuError::NoAdapter { .. }), "{e}");
+    assert!(e.to_string().contains("no such adapter 1234"), "{e}");
+}

@@ -1,0 +1,62 @@
+// Batched Berrut decode with a responder mask per group:
+//   decoded[b, j, :] = sum_{i in F_b} w_i(alpha_j) * outputs[b, i, :]
+// where F_b = { i : mask[b, i] != 0 } and w are Berrut's weights over the responders' nodes,
+// computed here from the mask and the node-difference table, with no host round trip.
+//
+// CPU twin: kernels/src/cpu/decode.rs. The CPU normalises the weights and then sums; here the
+// numerator and denominator are summed in one pass over the responders and divided once, the
+// same formula in a different order (equal within f32 rounding).
+//
+// Header and params: see encode.wgsl.
+// Rows of workers that did not respond are never read, so they may hold anything (NaN too).
+
+struct Params {
+    groups: u32,
+    row_len: u32,
+    grid_width: u32,
+    input_base: u32,
+    output_base: u32,
+    mask_base: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> outputs: array<Packed>;    // [groups, N, row_len]
+@group(0) @binding(1) var<storage, read_write> decoded: array<Packed>;    // [groups, K, row_len]
+@group(0) @binding(2) var<storage, read_write> masks: array<u32>;         // [groups, N], 0 = no answer
+@group(0) @binding(3) var<storage, read_write> differences: array<f32>;   // [K, N]: alpha_j - beta_n
+@group(0) @binding(4) var<uniform> params: Params;
+
+@compute @workgroup_size(WORKGROUP)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let index = id.y * params.grid_width + id.x;
+    if index >= params.groups * K * params.row_len {
+        return;
+    }
+    let column = index % params.row_len;
+    let row = index / params.row_len;  // group * K + j
+    let group = row / K;
+    let j = row % K;
+
+    // Berrut, first form: sign alternates by position among the responders (sorted node
+    // order, which is worker order); a zero difference means alpha_j is that worker's node.
+    var numerator = PackedAcc(0.0);
+    var denominator = 0.0;
+    var sign = 1.0;
+    for (var i = 0u; i < N; i++) {
+        if masks[params.mask_base + group * N + i] == 0u {
+            continue;
+        }
+        let value = PackedAcc(outputs[params.input_base + (group * N + i) * params.row_len + column]);
+        let difference = differences[j * N + i];
+        if difference == 0.0 {
+            decoded[params.output_base + index] = Packed(value);
+            return;
+        }
+        let weight = sign / difference;
+        numerator += weight * value;
+        denominator += weight;
+        sign = -sign;
+    }
+    decoded[params.output_base + index] = Packed(numerator / denominator);
+}

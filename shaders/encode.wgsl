@@ -1,0 +1,56 @@
+// Batched Berrut encode: coded[b, n, :] = sum_j E[n, j] * queries[b, j, :].
+//
+// CPU twin: kernels/src/cpu/encode.rs (via cpu/combine.rs).
+//
+// The host prepends a header that fixes, at pipeline creation:
+//   Elem      the storage type (f32, or f16 with `enable f16;`)
+//   Packed    what one invocation moves per row: vec4<Elem> when rows are a multiple of 4
+//             long, else Elem
+//   PackedAcc the same in f32, where sums are formed
+//   K, N      queries and workers per group, so the loops unroll and the K inputs stay in
+//             registers: each input element is read once and each output written once
+//   WORKGROUP the workgroup size
+// Every index is guarded: the grid is rounded up to whole workgroups and 2D for large tensors.
+
+struct Params {
+    // Groups in this dispatch (a chunk of the batch).
+    groups: u32,
+    // Packed elements per row (D / 4 for vec4, D for scalars).
+    row_len: u32,
+    // Invocations per grid row: workgroups in x times WORKGROUP.
+    grid_width: u32,
+    // Where this chunk starts within each binding, in packed elements: bindings must begin at
+    // aligned offsets, chunks need not.
+    input_base: u32,
+    output_base: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> queries: array<Packed>;  // [groups, K, row_len]
+@group(0) @binding(1) var<storage, read_write> coded: array<Packed>;    // [groups, N, row_len]
+@group(0) @binding(2) var<storage, read_write> weights: array<f32>;     // [N, K], row-major
+@group(0) @binding(3) var<uniform> params: Params;
+
+@compute @workgroup_size(WORKGROUP)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let index = id.y * params.grid_width + id.x;
+    if index >= params.groups * params.row_len {
+        return;
+    }
+    let group = index / params.row_len;
+    let column = index % params.row_len;
+
+    var x: array<PackedAcc, K>;
+    for (var j = 0u; j < K; j++) {
+        x[j] = PackedAcc(queries[params.input_base + (group * K + j) * params.row_len + column]);
+    }
+    for (var n = 0u; n < N; n++) {
+        var sum = PackedAcc(0.0);
+        for (var j = 0u; j < K; j++) {
+            sum += weights[n * K + j] * x[j];
+        }
+        coded[params.output_base + (group * N + n) * params.row_len + column] = Packed(sum);
+    }
+}
