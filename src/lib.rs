@@ -10,6 +10,8 @@
 
 pub use approxifer_kernels as kernels;
 
+pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod npy;

@@ -69,10 +69,10 @@ pub struct Array {
 /// What can go wrong with a `.npy` file. Each message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {}: {cause}", path.display())]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("cannot write {}: {cause}", path.display())]
+    Write { path: PathBuf, cause: io::Error },
     #[error("{} is not a valid .npy file: {reason}", path.display())]
     Malformed { path: PathBuf, reason: String },
     #[error("{} has dtype {dtype}; expected float16, float32 or float64", path.display())]
@@ -87,7 +87,7 @@ pub enum NpyError {
 
 /// Reads a float `.npy` file.
 pub fn read(path: &Path) -> Result<Array, NpyError> {
-    let bytes = std::fs::read(path).map_err(|source| NpyError::Read { path: path.into(), source })?;
+    let bytes = std::fs::read(path).map_err(|cause| NpyError::Read { path: path.into(), cause })?;
     parse(&bytes, path)
 }
 
@@ -137,27 +137,53 @@ fn parse(bytes: &[u8], path: &Path) -> Result<Array, NpyError> {
     Ok(Array { shape, data })
 }
 
+/// An output file being written: a temporary file beside the target, renamed into place by
+/// [`OutputFile::write`]. Creating it first checks that the output can be written before any
+/// work is done; dropping it unwritten leaves nothing behind.
+#[derive(Debug)]
+pub struct OutputFile {
+    path: PathBuf,
+    tmp: tempfile::NamedTempFile,
+}
+
+impl OutputFile {
+    /// Prepares to write `path`.
+    pub fn create(path: &Path) -> Result<Self, NpyError> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| write_error(path, e))?;
+        Ok(OutputFile { path: path.into(), tmp })
+    }
+
+    /// Writes `data` with `shape` and moves the file into place.
+    pub fn write(self, shape: &[usize], data: &Data) -> Result<(), NpyError> {
+        let path = &self.path;
+        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        {
+            let mut out = BufWriter::new(self.tmp.as_file());
+            match data {
+                Data::F16(v) => write_elements(&mut out, &shape, v),
+                Data::F32(v) => write_elements(&mut out, &shape, v),
+                Data::F64(v) => write_elements(&mut out, &shape, v),
+            }
+            .map_err(|e| write_error(path, e))?;
+            out.flush().map_err(|e| write_error(path, e))?;
+        }
+        self.tmp.persist(path).map_err(|e| write_error(path, e.error))?;
+        Ok(())
+    }
+}
+
+fn write_error(path: &Path, cause: io::Error) -> NpyError {
+    // tempfile's errors name the temporary path; the user knows the output path.
+    NpyError::Write { path: path.into(), cause: io::Error::new(cause.kind(), cause.kind().to_string()) }
+}
+
 /// Writes `data` with `shape` to `path` atomically (temporary file, then rename).
 pub fn write(path: &Path, shape: &[usize], data: &Data) -> Result<(), NpyError> {
-    let write_err = |source: io::Error| NpyError::Write { path: path.into(), source };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
-    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-    {
-        let mut out = BufWriter::new(tmp.as_file());
-        match data {
-            Data::F16(v) => write_elements(&mut out, &shape, v),
-            Data::F32(v) => write_elements(&mut out, &shape, v),
-            Data::F64(v) => write_elements(&mut out, &shape, v),
-        }
-        .map_err(write_err)?;
-        out.flush().map_err(write_err)?;
-    }
-    tmp.persist(path).map_err(|e| write_err(e.error))?;
-    Ok(())
+    OutputFile::create(path)?.write(shape, data)
 }
 
 fn write_elements<T: npyz::AutoSerialize + Copy>(out: impl Write, shape: &[u64], values: &[T]) -> io::Result<()> {

@@ -410,3 +410,98 @@ fn no_subcommand_runs_the_demo_table() {
         .filter(|l| l.split_whitespace().count() == 5 && l.split_whitespace().all(|w| w.parse::<f64>().is_ok()));
     assert_eq!(rows.count(), 7, "{text}");
 }
+
+// ---- backends -------------------------------------------------------------------------------
+
+#[test]
+fn gpu_and_cpu_backends_agree_from_the_shell() {
+    let dir = temp_dir();
+    let input = dir.path().join("q.npy");
+    npy::write(&input, &[3 * 8, 20], &Data::F32(pattern(3 * 8 * 20, 0.3).iter().map(|&v| v as f32).collect())).unwrap();
+    let mut coded = Vec::new();
+    for backend in ["cpu", "gpu"] {
+        let output = dir.path().join(format!("c-{backend}.npy"));
+        let out = approxifer(&[
+            "encode",
+            "--k",
+            "8",
+            "--n",
+            "10",
+            "--stragglers",
+            "2",
+            "--backend",
+            backend,
+            "--input",
+            path_str(&input),
+            "--output",
+            path_str(&output),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{backend}: {stderr}");
+        if backend == "gpu" {
+            assert!(stderr.starts_with("approxifer: "), "the adapter is not named: {stderr}");
+        }
+        let Data::F32(v) = npy::read(&output).unwrap().data else { panic!() };
+        coded.push(v);
+    }
+    let tol = approxifer::kernels::Tolerance::BALANCED;
+    tol.check(coded[0].iter().map(|&v| f64::from(v)), coded[1].iter().map(|&v| f64::from(v))).unwrap();
+
+    let outputs = dir.path().join("outputs.npy");
+    npy::write(&outputs, &[3 * 10, 20], &Data::F32(coded[0].clone())).unwrap();
+    let mut decoded = Vec::new();
+    for backend in ["cpu", "gpu"] {
+        let output = dir.path().join(format!("d-{backend}.npy"));
+        let out = approxifer(&[
+            "decode",
+            "--k",
+            "8",
+            "--n",
+            "10",
+            "--stragglers",
+            "2",
+            "--backend",
+            backend,
+            "--input",
+            path_str(&outputs),
+            "--responders",
+            "0,1,2,4,5,6,8,9",
+            "--output",
+            path_str(&output),
+        ]);
+        assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
+        let Data::F32(v) = npy::read(&output).unwrap().data else { panic!() };
+        decoded.push(v);
+    }
+    let tol = approxifer::kernels::Tolerance { relative: 1e-4, absolute: 1e-4 };
+    tol.check(decoded[0].iter().map(|&v| f64::from(v)), decoded[1].iter().map(|&v| f64::from(v))).unwrap();
+}
+
+#[test]
+fn float64_stays_on_the_cpu() {
+    let dir = temp_dir();
+    let input = dir.path().join("q.npy");
+    npy::write(&input, &[4, 3], &Data::F64(pattern(12, 0.0))).unwrap();
+    let output = dir.path().join("c.npy");
+    let args = ["encode", "--k", "2", "--n", "3", "--input", path_str(&input), "--output", path_str(&output)];
+    let out = approxifer(&args);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("float64 data has no GPU kernels; using the CPU path"));
+    let mut forced = args.to_vec();
+    forced.extend(["--backend", "gpu"]);
+    std::fs::remove_file(&output).unwrap();
+    assert_one_line_error(&forced, "--backend gpu: float64 data has no GPU kernels");
+    assert!(!output.exists());
+}
+
+#[test]
+fn bench_kernels_reports_every_figure() {
+    let v = stdout_json(&["bench", "kernels", "--mib", "1", "--repeats", "1", "--json"]);
+    for key in
+        ["copy_gbps", "copy_kernel_gbps", "encode_gbps", "decode_gbps", "cpu_encode_gbps", "burn_matmul_encode_gbps"]
+    {
+        let value = v[key].as_f64().unwrap_or_else(|| panic!("{key} missing in {v}"));
+        assert!(value.is_finite() && value > 0.0, "{key} = {value}");
+    }
+    assert!(!v["adapter"].as_str().unwrap().is_empty());
+}

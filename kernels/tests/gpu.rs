@@ -314,3 +314,24 @@ fn no_adapter_names_what_was_asked_for() {
     assert!(matches!(e, GpuError::NoAdapter { .. }), "{e}");
     assert!(e.to_string().contains("no such adapter 1234"), "{e}");
 }
+
+#[test]
+fn copy_kernel_copies_every_element() {
+    let ctx = codec().context();
+    for (len, row_len) in [(4096usize, 1024usize), (21, 7)] {
+        let values = random_f32(len, 61);
+        let (src, dst) = (storage(ctx, &values), sentinel_buffer(ctx, len));
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        codec()
+            .kernels()
+            .record_copy(
+                ctx,
+                &mut encoder,
+                DeviceTensor::new(&src, Elem::F32, len),
+                DeviceTensor::new(&dst, Elem::F32, len),
+                row_len,
+            )
+            .unwrap();
+        assert_eq!(read(ctx, encoder, &dst, len), values);
+    }
+}

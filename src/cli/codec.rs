@@ -8,9 +8,11 @@ use clap::Args;
 use serde::Serialize;
 
 use super::CodeArgs;
+use crate::backend::{Backend, Engine};
+use crate::kernels::gpu::AdapterChoice;
 use crate::kernels::{Layout, NodeFamily, cpu};
 use crate::map_data;
-use crate::npy::{self, Array};
+use crate::npy::{self, Array, Data};
 
 #[derive(Debug, Args)]
 pub(super) struct CodeCmd {
@@ -24,10 +26,45 @@ pub(super) struct CodeCmd {
     json: bool,
 }
 
+/// Where `encode` and `decode` run.
+#[derive(Debug, Args)]
+pub(super) struct EngineArgs {
+    /// auto: the GPU kernels where an adapter exists, else the CPU path (float64 always runs
+    /// on the CPU); cpu or gpu to insist.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    backend: Backend,
+    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    #[arg(long, value_name = "ADAPTER")]
+    adapter: Option<AdapterChoice>,
+}
+
+impl EngineArgs {
+    /// The engine for `data`, with one notice line on stderr saying what runs where.
+    fn engine(&self, data: &Data) -> anyhow::Result<Engine> {
+        let adapter = self.adapter.clone().unwrap_or_else(AdapterChoice::from_env);
+        let capable = match data {
+            Data::F64(_) => Err("float64 data has no GPU kernels".to_string()),
+            _ => Ok(()),
+        };
+        let engine = Engine::select(self.backend, &adapter, capable, &mut |line| eprintln!("{line}"))?;
+        if let (Engine::Gpu(gpu), Data::F16(_)) = (&engine, data)
+            && !gpu.context().supports_f16()
+        {
+            let adapter = gpu.context().adapter_name();
+            ensure!(self.backend == Backend::Auto, "--backend gpu: adapter {adapter} has no f16 shader support");
+            eprintln!("approxifer: adapter {adapter} has no f16 shader support; using the CPU path");
+            return Ok(Engine::Cpu);
+        }
+        Ok(engine)
+    }
+}
+
 #[derive(Debug, Args)]
 pub(super) struct EncodeCmd {
     #[command(flatten)]
     code: CodeArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Queries, float16/32/64 .npy of shape [B*K, ...] in C order.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
@@ -40,6 +77,8 @@ pub(super) struct EncodeCmd {
 pub(super) struct DecodeCmd {
     #[command(flatten)]
     code: CodeArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Worker outputs, .npy of shape [B*N, ...]; rows of non-responders are never read.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
@@ -139,8 +178,14 @@ pub(super) fn encode(args: &EncodeCmd) -> anyhow::Result<()> {
     let (k, n) = (code.params().queries(), code.params().workers());
     let input = npy::read(&args.input)?;
     let (groups, row_len) = split_groups(&input, k, &args.input, "queries")?;
-    let coded = map_data!(input.data, v => cpu::encode_to_vec(&code, &v, row_len)?);
-    npy::write(&args.output, &regroup_shape(&input.shape, groups * n), &coded)?;
+    let output = npy::OutputFile::create(&args.output)?;
+    let engine = args.engine.engine(&input.data)?;
+    let coded = match (engine, input.data) {
+        (Engine::Gpu(gpu), Data::F32(v)) => Data::F32(gpu.encode(&code, &v, row_len)?),
+        (Engine::Gpu(gpu), Data::F16(v)) => Data::F16(gpu.encode(&code, &v, row_len)?),
+        (_, data) => map_data!(data, v => cpu::encode_to_vec(&code, &v, row_len)?),
+    };
+    output.write(&regroup_shape(&input.shape, groups * n), &coded)?;
     Ok(())
 }
 
@@ -156,9 +201,15 @@ pub(super) fn decode(args: &DecodeCmd) -> anyhow::Result<()> {
     let responders = code.responders(&args.responders)?;
     let input = npy::read(&args.input)?;
     let (groups, row_len) = split_groups(&input, n, &args.input, "worker outputs")?;
+    let output = npy::OutputFile::create(&args.output)?;
     let masks = responders.to_mask().repeat(groups);
-    let decoded = map_data!(input.data, v => cpu::decode_to_vec(&code, &v, row_len, &masks)?);
-    npy::write(&args.output, &regroup_shape(&input.shape, groups * k), &decoded)?;
+    let engine = args.engine.engine(&input.data)?;
+    let decoded = match (engine, input.data) {
+        (Engine::Gpu(gpu), Data::F32(v)) => Data::F32(gpu.decode(&code, &v, row_len, &masks)?),
+        (Engine::Gpu(gpu), Data::F16(v)) => Data::F16(gpu.decode(&code, &v, row_len, &masks)?),
+        (_, data) => map_data!(data, v => cpu::decode_to_vec(&code, &v, row_len, &masks)?),
+    };
+    output.write(&regroup_shape(&input.shape, groups * k), &decoded)?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! Every failure ends as one line on stderr (`error: ...`) and a non-zero exit status;
 //! nothing here panics on user input.
 
+mod bench;
 mod codec;
 mod demo;
 
@@ -34,6 +35,9 @@ enum Command {
     Encode(codec::EncodeCmd),
     /// Decode worker outputs [B*N, C] from the responders into predictions [B*K, C].
     Decode(codec::DecodeCmd),
+    /// Measure throughput: `bench kernels` (copy, encode, decode, CPU and Burn, one device).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 /// The options that define a code, shared by `code`, `encode` and `decode`.
@@ -75,6 +79,7 @@ impl CodeArgs {
 
 /// Parses the arguments, runs the command and turns any failure into one line on stderr.
 pub fn main() -> ExitCode {
+    quiet_vulkan_loader();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -100,6 +105,20 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Without `XDG_RUNTIME_DIR`, the Vulkan loader's windowing layers print an error line on
+/// every start. The tool never opens a window: give them a private directory instead.
+fn quiet_vulkan_loader() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "default".into());
+    let dir = std::env::temp_dir().join(format!("approxifer-runtime-{user}"));
+    if std::fs::create_dir_all(&dir).is_ok() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+    }
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         let io = cause.downcast_ref::<std::io::Error>();
@@ -117,6 +136,7 @@ impl Cli {
             Command::Code(args) => codec::code(&args, &mut stdout)?,
             Command::Encode(args) => codec::encode(&args)?,
             Command::Decode(args) => codec::decode(&args)?,
+            Command::Bench(cmd) => bench::run(&cmd, &mut stdout)?,
         }
         stdout.flush()?;
         Ok(())

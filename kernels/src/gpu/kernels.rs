@@ -161,6 +161,28 @@ impl Kernels {
         self.dispatch(ctx, encoder, &bindings, Launch { config, groups, row_len, rows_per_group: 1 })
     }
 
+    /// Records `dst = src` with the copy kernel, viewing both as rows of `row_len` elements:
+    /// the plain-bandwidth reference for the benchmarks.
+    pub fn record_copy(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        src: DeviceTensor<'_>,
+        dst: DeviceTensor<'_>,
+        row_len: usize,
+    ) -> Result<(), GpuError> {
+        let groups = whole_groups("copy source", src.len, 1, row_len)?;
+        expect_len("copy destination", dst.len, src.len)?;
+        let elem = same_elem(src.elem, dst.elem)?;
+        let packing = packing(row_len);
+        let bindings = [
+            Binding::tensor("copy source", src, row_len, packing),
+            Binding::tensor("copy destination", dst, row_len, packing),
+        ];
+        let config = ShaderConfig { shader: Shader::Copy, elem, packing, queries: 1, workers: 1 };
+        self.dispatch(ctx, encoder, &bindings, Launch { config, groups, row_len, rows_per_group: 1 })
+    }
+
     /// Records `decoded = decode(outputs)` for `[groups, N, row_len]` worker outputs and
     /// `[groups, N]` masks (`u32`, zero where the worker did not answer) into
     /// `[groups, K, row_len]`. The masks must already be valid (see [`Code::responders`]).

@@ -13,6 +13,10 @@ mod host;
 mod kernels;
 mod shader;
 
+/// The wgpu these kernels are built on (the major version burn-wgpu uses), for callers that
+/// create buffers and encoders of their own.
+pub use wgpu;
+
 pub use context::{ADAPTER_ENV, AdapterChoice, GpuContext};
 pub use error::GpuError;
 pub use host::{GpuCodec, GpuElement, map_and_copy};

@@ -12,17 +12,20 @@ pub enum Shader {
     Encode,
     /// `shaders/decode.wgsl`.
     Decode,
+    /// `shaders/copy.wgsl`: a plain copy, the bandwidth reference for benchmarks.
+    Copy,
 }
 
 impl Shader {
     /// All shaders, for validation.
-    pub const ALL: [Shader; 2] = [Shader::Encode, Shader::Decode];
+    pub const ALL: [Shader; 3] = [Shader::Encode, Shader::Decode, Shader::Copy];
 
     /// The WGSL source as written in `shaders/`.
     pub fn body(self) -> &'static str {
         match self {
             Shader::Encode => include_str!("../../../shaders/encode.wgsl"),
             Shader::Decode => include_str!("../../../shaders/decode.wgsl"),
+            Shader::Copy => include_str!("../../../shaders/copy.wgsl"),
         }
     }
 
@@ -31,6 +34,7 @@ impl Shader {
         match self {
             Shader::Encode => "encode",
             Shader::Decode => "decode",
+            Shader::Copy => "copy",
         }
     }
 }

@@ -1,0 +1,79 @@
+//! Choosing where the codec runs: the WGSL kernels on an adapter, or the CPU reference path.
+
+use std::fmt;
+
+use crate::kernels::gpu::{AdapterChoice, GpuCodec, GpuContext, GpuError};
+
+/// Where encode and decode run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// The GPU kernels when an adapter exists (a CPU Vulkan driver such as lavapipe counts,
+    /// with a notice), else the CPU path with a notice.
+    #[default]
+    Auto,
+    /// The CPU reference path.
+    Cpu,
+    /// The GPU kernels, or an error when no adapter matches.
+    Gpu,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::Cpu => "cpu",
+            Backend::Gpu => "gpu",
+        })
+    }
+}
+
+/// The resolved choice: a GPU codec, or the CPU path.
+pub enum Engine {
+    Gpu(Box<GpuCodec>),
+    Cpu,
+}
+
+impl Engine {
+    /// Resolves `backend`, writing what was chosen, and why, to `notices` (one line each).
+    /// `gpu_capable` is false when the data cannot go to the GPU (float64), which sends `Auto`
+    /// to the CPU and makes `Gpu` an error.
+    pub fn select(
+        backend: Backend,
+        adapter: &AdapterChoice,
+        gpu_capable: Result<(), String>,
+        notices: &mut dyn FnMut(String),
+    ) -> Result<Engine, GpuError> {
+        match (backend, gpu_capable) {
+            (Backend::Cpu, _) => Ok(Engine::Cpu),
+            (Backend::Gpu, Err(why)) => Err(GpuError::Device(format!("--backend gpu: {why}"))),
+            (Backend::Auto, Err(why)) => {
+                notices(format!("approxifer: {why}; using the CPU path"));
+                Ok(Engine::Cpu)
+            }
+            (Backend::Gpu, Ok(())) => {
+                let ctx = GpuContext::new(adapter)?;
+                notices(describe(&ctx));
+                Ok(Engine::Gpu(Box::new(GpuCodec::new(ctx))))
+            }
+            (Backend::Auto, Ok(())) => match GpuContext::new(adapter) {
+                Ok(ctx) => {
+                    notices(describe(&ctx));
+                    Ok(Engine::Gpu(Box::new(GpuCodec::new(ctx))))
+                }
+                Err(e) => {
+                    notices(format!("approxifer: {e}; using the CPU path"));
+                    Ok(Engine::Cpu)
+                }
+            },
+        }
+    }
+}
+
+/// One line naming the adapter, saying so plainly when it is a CPU implementation.
+pub fn describe(ctx: &GpuContext) -> String {
+    if ctx.is_cpu() {
+        format!("approxifer: no GPU found; running the GPU kernels on {} (a CPU Vulkan driver)", ctx.adapter_name())
+    } else {
+        format!("approxifer: running on {}", ctx.adapter_name())
+    }
+}
