@@ -1,16 +1,5 @@
 // A plain copy, dst = src: the bandwidth reference the codec kernels are measured against.
-// Same header and params as encode.wgsl, with one row per group.
-
-struct Params {
-    groups: u32,
-    row_len: u32,
-    grid_width: u32,
-    input_base: u32,
-    output_base: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// Same header and params (common.wgsl) as encode.wgsl, with one row per group.
 
 @group(0) @binding(0) var<storage, read_write> src: array<Packed>;
 @group(0) @binding(1) var<storage, read_write> dst: array<Packed>;

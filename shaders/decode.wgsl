@@ -10,17 +10,6 @@
 // Header and params: see encode.wgsl.
 // Rows of workers that did not respond are never read, so they may hold anything (NaN too).
 
-struct Params {
-    groups: u32,
-    row_len: u32,
-    grid_width: u32,
-    input_base: u32,
-    output_base: u32,
-    mask_base: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 @group(0) @binding(0) var<storage, read_write> outputs: array<Packed>;    // [groups, N, row_len]
 @group(0) @binding(1) var<storage, read_write> decoded: array<Packed>;    // [groups, K, row_len]
 @group(0) @binding(2) var<storage, read_write> masks: array<u32>;         // [groups, N], 0 = no answer

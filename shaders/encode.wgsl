@@ -10,23 +10,8 @@
 //   K, N      queries and workers per group, so the loops unroll and the K inputs stay in
 //             registers: each input element is read once and each output written once
 //   WORKGROUP the workgroup size
-// Every index is guarded: the grid is rounded up to whole workgroups and 2D for large tensors.
-
-struct Params {
-    // Groups in this dispatch (a chunk of the batch).
-    groups: u32,
-    // Packed elements per row (D / 4 for vec4, D for scalars).
-    row_len: u32,
-    // Invocations per grid row: workgroups in x times WORKGROUP.
-    grid_width: u32,
-    // Where this chunk starts within each binding, in packed elements: bindings must begin at
-    // aligned offsets, chunks need not.
-    input_base: u32,
-    output_base: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// Params: see common.wgsl. Every index is guarded: the grid is rounded up to whole
+// workgroups and is 2D for large tensors.
 
 @group(0) @binding(0) var<storage, read_write> queries: array<Packed>;  // [groups, K, row_len]
 @group(0) @binding(1) var<storage, read_write> coded: array<Packed>;    // [groups, N, row_len]

@@ -1,33 +1,15 @@
 //! The CPU reference kernels against the independent reference, in every storage type.
 
 mod reference;
+mod support;
 
 use approxifer_kernels::cpu::{self, Element};
 use approxifer_kernels::{Code, CodeParams, Error, Layout, Matrix, NodeFamily, Tolerance};
 use half::{bf16, f16};
-use rand::rngs::StdRng;
-use rand::seq::index::sample;
-use rand::{Rng, SeedableRng};
+use support::{random_masks, random_values};
 
 fn code(k: usize, n: usize, s: usize) -> Code {
     Code::new(CodeParams::builder(k, n).stragglers(s).build().unwrap()).unwrap()
-}
-
-fn random_values(len: usize, seed: u64) -> Vec<f64> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..len).map(|_| rng.random_range(-4.0..4.0)).collect()
-}
-
-/// Random masks with exactly `S` stragglers per group.
-fn random_masks(groups: usize, n: usize, s: usize, seed: u64) -> Vec<bool> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut masks = vec![true; groups * n];
-    for mask in masks.chunks_exact_mut(n) {
-        for w in sample(&mut rng, n, s) {
-            mask[w] = false;
-        }
-    }
-    masks
 }
 
 /// `[B, rows, len]` flat -> per group, per row, `f64`.

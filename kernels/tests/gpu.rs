@@ -4,6 +4,8 @@
 //! A missing adapter fails these tests with a message saying how to get one; they never pass
 //! silently.
 
+mod support;
+
 use std::sync::OnceLock;
 
 use approxifer_kernels::gpu::{
@@ -11,9 +13,7 @@ use approxifer_kernels::gpu::{
 };
 use approxifer_kernels::{Code, CodeParams, Error, Layout, NodeFamily, Tolerance, cpu};
 use half::f16;
-use rand::rngs::StdRng;
-use rand::seq::index::sample;
-use rand::{Rng, SeedableRng};
+use support::{random_f32, random_masks};
 use wgpu::util::DeviceExt;
 
 fn codec() -> &'static GpuCodec {
@@ -29,22 +29,6 @@ fn codec() -> &'static GpuCodec {
 
 fn code(k: usize, n: usize, s: usize) -> Code {
     Code::new(CodeParams::builder(k, n).stragglers(s).build().unwrap()).unwrap()
-}
-
-fn random_f32(len: usize, seed: u64) -> Vec<f32> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..len).map(|_| rng.random_range(-4.0..4.0)).collect()
-}
-
-fn random_masks(groups: usize, n: usize, s: usize, seed: u64) -> Vec<bool> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut masks = vec![true; groups * n];
-    for mask in masks.chunks_exact_mut(n) {
-        for w in sample(&mut rng, n, s) {
-            mask[w] = false;
-        }
-    }
-    masks
 }
 
 fn f64s<T: GpuElement + Into<f64>>(v: &[T]) -> impl Iterator<Item = f64> + '_ {

@@ -29,6 +29,9 @@ impl Shader {
         }
     }
 
+    /// Declarations every kernel shares (`shaders/common.wgsl`), placed before its body.
+    pub const COMMON: &'static str = include_str!("../../../shaders/common.wgsl");
+
     /// A short name for labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -81,7 +84,7 @@ pub struct ShaderConfig {
 }
 
 impl ShaderConfig {
-    /// The complete WGSL: header, then the body from `shaders/`.
+    /// The complete WGSL: header, `shaders/common.wgsl`, then the kernel from `shaders/`.
     pub fn source(&self) -> String {
         let elem = self.elem.wgsl();
         let (packed, acc) = if self.packing == 4 {
@@ -94,11 +97,13 @@ impl ShaderConfig {
             "{enable}// ---- header: {shader} specialised by approxifer-kernels ----\n\
              alias Elem = {elem};\nalias Packed = {packed};\nalias PackedAcc = {acc};\n\
              const K: u32 = {k}u;\nconst N: u32 = {n}u;\nconst WORKGROUP: u32 = {wg}u;\n\
+             // ---- shaders/common.wgsl ----\n{common}\n\
              // ---- shaders/{shader}.wgsl ----\n{body}",
             shader = self.shader.name(),
             k = self.queries,
             n = self.workers,
             wg = WORKGROUP_SIZE,
+            common = Shader::COMMON,
             body = self.shader.body(),
         )
     }
