@@ -15,7 +15,8 @@
 
 @group(0) @binding(0) var<storage, read_write> queries: array<Packed>;  // [groups, K, row_len]
 @group(0) @binding(1) var<storage, read_write> coded: array<Packed>;    // [groups, N, row_len]
-@group(0) @binding(2) var<storage, read_write> weights: array<f32>;     // [N, K], row-major
+// [N, K] row-major, padded to whole vec4s (uniform arrays have a 16-byte stride).
+@group(0) @binding(2) var<uniform> weights: array<vec4<f32>, (N * K + 3u) / 4u>;
 @group(0) @binding(3) var<uniform> params: Params;
 
 @compute @workgroup_size(WORKGROUP)
@@ -34,7 +35,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
     for (var n = 0u; n < N; n++) {
         var sum = PackedAcc(0.0);
         for (var j = 0u; j < K; j++) {
-            sum += weights[n * K + j] * x[j];
+            let w = n * K + j;
+            sum += weights[w / 4u][w % 4u] * x[j];
         }
         coded[params.output_base + (group * N + n) * params.row_len + column] = Packed(sum);
     }

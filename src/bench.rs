@@ -132,7 +132,7 @@ pub fn run_kernel_bench(choice: &AdapterChoice, config: &KernelBenchConfig) -> a
     let kernels = Kernels::new();
     let (k, n, d) = (config.queries, config.workers, config.row_len);
     let code = Code::new(CodeParams::builder(k, n).stragglers(1).build()?)?;
-    let gpu_code = GpuCode::new(&ctx, &code);
+    let gpu_code = GpuCode::new(&ctx, &code)?;
     let groups = (config.input_mib << 20).div_ceil(4 * k * d).max(1);
     let (in_len, out_len) = (groups * k * d, groups * n * d);
     let (in_bytes, out_bytes) = (4 * in_len, 4 * out_len);

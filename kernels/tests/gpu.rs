@@ -179,7 +179,7 @@ fn read(ctx: &GpuContext, mut encoder: wgpu::CommandEncoder, buffer: &wgpu::Buff
 fn record_round_trip(codec: &GpuCodec, code: &Code, groups: usize, row_len: usize) {
     let ctx = codec.context();
     let (k, n, s) = (code.params().queries(), code.params().workers(), code.params().stragglers());
-    let gpu_code = GpuCode::new(ctx, code);
+    let gpu_code = GpuCode::new(ctx, code).unwrap();
     let queries = random_f32(groups * k * row_len, 51);
     let (input, coded) = (storage(ctx, &queries), sentinel_buffer(ctx, groups * n * row_len));
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -274,7 +274,7 @@ fn buffer_too_small() {
     let gpu = codec();
     let ctx = gpu.context();
     let c = code(2, 3, 0);
-    let gpu_code = GpuCode::new(ctx, &c);
+    let gpu_code = GpuCode::new(ctx, &c).unwrap();
     let input = storage(ctx, &[1.0; 8]);
     let output = sentinel_buffer(ctx, 4); // needs 12
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -318,4 +318,18 @@ fn copy_kernel_copies_every_element() {
             .unwrap();
         assert_eq!(read(ctx, encoder, &dst, len), values);
     }
+}
+
+#[test]
+fn encode_weights_over_the_uniform_limit_are_a_clear_error() {
+    let ctx =
+        GpuContext::with_limits(&AdapterChoice::from_env(), |limits| limits.max_uniform_buffer_binding_size = 256)
+            .expect("an adapter");
+    // 8 x 10 weights take 320 bytes.
+    let e = GpuCode::new(&ctx, &code(8, 10, 2)).unwrap_err();
+    assert!(
+        matches!(e, GpuError::BufferTooLarge { what: "encode weights (uniform)", bytes: 320, limit: 256, .. }),
+        "{e}"
+    );
+    assert!(GpuCode::new(&ctx, &code(4, 6, 2)).is_ok()); // 96 bytes
 }

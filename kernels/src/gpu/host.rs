@@ -56,7 +56,7 @@ impl GpuCodec {
         if groups == 0 {
             return Ok(Vec::new());
         }
-        let gpu_code = GpuCode::new(&self.ctx, code);
+        let gpu_code = GpuCode::new(&self.ctx, code)?;
         let input = self.upload("queries", bytemuck::cast_slice(queries))?;
         let output = self.output("coded queries", len * size_of::<T>())?;
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
@@ -91,7 +91,7 @@ impl GpuCodec {
         if groups == 0 {
             return Ok(Vec::new());
         }
-        let gpu_code = GpuCode::new(&self.ctx, code);
+        let gpu_code = GpuCode::new(&self.ctx, code)?;
         let input = self.upload("worker outputs", bytemuck::cast_slice(outputs))?;
         let mask_words: Vec<u32> = masks.iter().map(|&m| u32::from(m)).collect();
         let mask_buffer = self.upload("responder masks", bytemuck::cast_slice(&mask_words))?;
