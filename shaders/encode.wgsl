@@ -7,8 +7,9 @@
 //   Packed    what one invocation moves per row: vec4<Elem> when rows are a multiple of 4
 //             long, else Elem
 //   PackedAcc the same in f32, where sums are formed
-//   K, N      queries and workers per group, so the loops unroll and the K inputs stay in
-//             registers: each input element is read once and each output written once
+//   K, N      queries and workers per group, as constants: the K inputs of a column sit in
+//             a fixed-size private array, so each input element is read from memory once
+//             and each output written once
 //   WORKGROUP the workgroup size
 // Params: see common.wgsl. Every index is guarded: the grid is rounded up to whole
 // workgroups and is 2D for large tensors.

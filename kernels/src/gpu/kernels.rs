@@ -61,7 +61,8 @@ impl GpuCode {
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceTensor<'a> {
     pub buffer: &'a wgpu::Buffer,
-    /// Byte offset of the first element; a multiple of the adapter's storage offset alignment.
+    /// Byte offset of the first element; a multiple of the element the kernel reads (16 bytes
+    /// for vec4 f32 rows). Bindings are aligned by the kernels themselves.
     pub offset: u64,
     pub elem: Elem,
     pub len: usize,

@@ -1,8 +1,8 @@
 //! The WGSL sources, and the header that specialises them.
 //!
 //! Sources live in `shaders/` and are embedded here. Each pipeline is one source plus a header
-//! fixing the storage type, the packing and `K`/`N` as constants (so loops unroll and inputs
-//! stay in registers). [`ShaderConfig::source`] is the only way a shader is put together, so
+//! fixing the storage type, the packing and `K`/`N` as constants (so loops have fixed trip
+//! counts and the inputs can be held in a fixed-size private array). [`ShaderConfig::source`] is the only way a shader is put together, so
 //! the naga validation in the tests covers exactly what the device compiles.
 
 /// Every shader.
