@@ -57,7 +57,8 @@ fn kernels(c: &mut Criterion) {
     group.bench_function("copy kernel", |b| {
         b.iter_custom(|iters| {
             device_time(&ctx, iters, |e| {
-                let (src, dst) = (DeviceTensor::new(&queries, Elem::F32, in_len), DeviceTensor::new(&copy, Elem::F32, in_len));
+                let (src, dst) =
+                    (DeviceTensor::new(&queries, Elem::F32, in_len), DeviceTensor::new(&copy, Elem::F32, in_len));
                 kernels.record_copy(&ctx, e, src, dst, row_len).unwrap()
             })
         })
@@ -66,7 +67,8 @@ fn kernels(c: &mut Criterion) {
     group.bench_function("encode f32", |b| {
         b.iter_custom(|iters| {
             device_time(&ctx, iters, |e| {
-                let (q, o) = (DeviceTensor::new(&queries, Elem::F32, in_len), DeviceTensor::new(&coded, Elem::F32, out_len));
+                let (q, o) =
+                    (DeviceTensor::new(&queries, Elem::F32, in_len), DeviceTensor::new(&coded, Elem::F32, out_len));
                 kernels.record_encode(&ctx, e, &gpu_code, q, o, row_len).unwrap()
             })
         })
@@ -87,7 +89,9 @@ fn kernels(c: &mut Criterion) {
         },
     );
     let mut group = c.benchmark_group(format!("gpu decode {decode_groups} groups x {classes} classes"));
-    group.sample_size(10).throughput(Throughput::Bytes(4 * (decode_groups * ((n - 1) * classes + n + k * classes)) as u64));
+    group
+        .sample_size(10)
+        .throughput(Throughput::Bytes(4 * (decode_groups * ((n - 1) * classes + n + k * classes)) as u64));
     group.bench_function("decode f32", |b| {
         b.iter_custom(|iters| {
             device_time(&ctx, iters, |e| {

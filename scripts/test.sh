@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+# The datasets and the pretrained CNN the model tests read (verified; fetched once).
+APPROXIFER_DATA="$(scripts/fetch-data.sh)"
+export APPROXIFER_DATA
 
 # The Vulkan loader warns on every start when this is unset; give it a private directory.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then

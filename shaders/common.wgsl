@@ -1,5 +1,9 @@
 // Declarations shared by every kernel; the host places them after the header and before the
 // kernel's own source.
+//
+// Binding convention (the same on raw wgpu and inside Burn, whose launcher binds a kernel's
+// buffers in order and then one uniform block): storage tensors first, then a uniform `Info`
+// holding these `Params` and, for the codec kernels, the code's constant table.
 
 struct Params {
     // Groups in this dispatch (a chunk of the batch).

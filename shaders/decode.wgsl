@@ -7,17 +7,23 @@
 // numerator and denominator are summed in one pass over the responders and divided once, the
 // same formula in a different order (equal within f32 rounding).
 //
-// Header and params: see encode.wgsl.
+// Header: see encode.wgsl; bindings and params: common.wgsl.
 // Rows of workers that did not respond are never read, so they may hold anything (NaN too).
+
+struct Info {
+    params: Params,
+    // alpha_j - beta_n, [K, N] row-major, padded to whole vec4s.
+    differences: array<vec4<f32>, (K * N + 3u) / 4u>,
+}
 
 @group(0) @binding(0) var<storage, read_write> outputs: array<Packed>;    // [groups, N, row_len]
 @group(0) @binding(1) var<storage, read_write> decoded: array<Packed>;    // [groups, K, row_len]
 @group(0) @binding(2) var<storage, read_write> masks: array<u32>;         // [groups, N], 0 = no answer
-@group(0) @binding(3) var<storage, read_write> differences: array<f32>;   // [K, N]: alpha_j - beta_n
-@group(0) @binding(4) var<uniform> params: Params;
+@group(0) @binding(3) var<uniform> info: Info;
 
 @compute @workgroup_size(WORKGROUP)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let params = info.params;
     let index = id.y * params.grid_width + id.x;
     if index >= params.groups * K * params.row_len {
         return;
@@ -37,7 +43,8 @@ fn main(@builtin(global_invocation_id) id: vec3<u32>) {
             continue;
         }
         let value = PackedAcc(outputs[params.input_base + (group * N + i) * params.row_len + column]);
-        let difference = differences[j * N + i];
+        let d = j * N + i;
+        let difference = info.differences[d / 4u][d % 4u];
         if difference == 0.0 {
             decoded[params.output_base + index] = Packed(value);
             return;

@@ -77,3 +77,38 @@ pub fn describe(ctx: &GpuContext) -> String {
         format!("approxifer: running on {}", ctx.adapter_name())
     }
 }
+
+/// A Burn wgpu device and the adapter behind it.
+pub struct BurnDevice {
+    pub device: burn::tensor::Device,
+    /// The adapter's name, e.g. "NVIDIA H200" or "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub adapter: String,
+    /// Whether the adapter is a CPU implementation (lavapipe) rather than a GPU.
+    pub is_cpu: bool,
+}
+
+impl BurnDevice {
+    /// The Burn wgpu device on the adapter `choice` selects, by the raw-wgpu path's rules.
+    pub fn select(choice: &AdapterChoice) -> Result<Self, GpuError> {
+        use crate::kernels::gpu::{describe_adapter, wgpu::DeviceType};
+        use burn::tensor::{Device, DeviceKind};
+        let (info, index) = describe_adapter(choice)?;
+        let kind = match info.device_type {
+            DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(index),
+            DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(index),
+            DeviceType::VirtualGpu => DeviceKind::VirtualGpu(index),
+            DeviceType::Cpu => DeviceKind::Cpu,
+            DeviceType::Other => DeviceKind::DefaultDevice,
+        };
+        Ok(BurnDevice { device: Device::wgpu(kind), adapter: info.name, is_cpu: info.device_type == DeviceType::Cpu })
+    }
+
+    /// One line naming the adapter, saying so plainly when it is a CPU implementation.
+    pub fn notice(&self) -> String {
+        if self.is_cpu {
+            format!("approxifer: no GPU found; running on {} (a CPU Vulkan driver)", self.adapter)
+        } else {
+            format!("approxifer: running on {}", self.adapter)
+        }
+    }
+}

@@ -383,7 +383,7 @@ fn help_and_version_succeed() {
 
 #[test]
 fn demo_decodes_a_smooth_network_and_improves_with_more_workers() {
-    let out = approxifer(&["demo", "--groups", "300", "--json"]);
+    let out = approxifer(&["demo", "--synthetic", "--groups", "300", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<Value> =
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -400,15 +400,104 @@ fn demo_decodes_a_smooth_network_and_improves_with_more_workers() {
 }
 
 #[test]
-fn no_subcommand_runs_the_demo_table() {
+fn no_subcommand_serves_the_embedded_model_with_stragglers() {
     let out = approxifer(&[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().count() == 1 && stderr.contains("running on"), "one line naming the adapter: {stderr}");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("label agreement"), "{text}");
-    let rows = text
+    let rows: Vec<Vec<&str>> = text
         .lines()
-        .filter(|l| l.split_whitespace().count() == 5 && l.split_whitespace().all(|w| w.parse::<f64>().is_ok()));
-    assert_eq!(rows.count(), 7, "{text}");
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.len() == 8 && w[0].ends_with("systematic"))
+        .collect();
+    assert_eq!(rows.len(), 6, "{text}");
+    for row in rows {
+        let numbers: Vec<f64> = row[4..7].iter().map(|w| w.parse().unwrap()).collect();
+        let (base, normal, degraded) = (numbers[0], numbers[1], numbers[2]);
+        assert!(base > 0.85, "the embedded LeNet-5 is a trained model: {row:?}");
+        assert!(degraded > 0.6 && degraded <= normal + 0.02 && normal <= base + 0.02, "{row:?}");
+    }
+}
+
+// ---- train and eval ---------------------------------------------------------------------------
+
+fn data_dir() -> String {
+    let dir = std::env::var("APPROXIFER_DATA").unwrap_or_else(|_| format!("{}/data", env!("CARGO_MANIFEST_DIR")));
+    assert!(Path::new(&dir).join("fashion-mnist").is_dir(), "{dir}: run scripts/fetch-data.sh (scripts/test.sh does)");
+    dir
+}
+
+#[test]
+fn eval_prints_the_documented_json_keys_and_draws_a_plot() {
+    let dir = temp_dir();
+    let plot = dir.path().join("accuracy.svg");
+    let data = data_dir();
+    let args = [
+        "eval",
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        "lenet5",
+        "--k",
+        "4,6",
+        "--stragglers",
+        "1",
+        "--layout",
+        "both",
+        "--queries",
+        "48",
+        "--json",
+        "--data",
+        &data,
+        "--plot",
+        plot.to_str().unwrap(),
+    ];
+    let out = approxifer(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    for key in [
+        "dataset",
+        "model",
+        "k",
+        "n",
+        "stragglers",
+        "layout",
+        "base_accuracy",
+        "normal_accuracy",
+        "degraded_accuracy_paper",
+        "degraded_accuracy_reconstructed",
+        "queries",
+    ] {
+        assert!(rows.iter().all(|r| r.get(key).is_some()), "missing {key}: {rows:?}");
+    }
+    assert_eq!(rows[0]["dataset"], "fashion-mnist");
+    assert_eq!(rows[0]["queries"], 48);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("degraded, systematic"), "{}", &svg[..svg.len().min(200)]);
+}
+
+#[test]
+fn train_and_eval_refuse_bad_requests_in_one_line() {
+    let dir = temp_dir();
+    let data = data_dir();
+    let weights = dir.path().join("w.bpk");
+    let w = weights.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["train", "--epochs", "0", "--data", &data, "-o", w], "epochs must be at least 1"),
+        (vec!["train", "--model", "digit-cnn", "--data", &data, "-o", w], "cannot be trained"),
+        (vec!["eval", "--model", "lenet5", "--dataset", "mnist", "--data", &data], "pass --weights"),
+        (vec!["eval", "--model", "lenet5", "--weights", "/nonexistent.bpk", "--data", &data], "not found"),
+        (vec!["eval", "--dataset", "mnist", "--data", "/nonexistent"], "fetch-data"),
+    ] {
+        let out = approxifer(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected) && stderr.trim().lines().count() <= 2, "{args:?}: {stderr}");
+    }
+    assert!(!weights.exists() || std::fs::metadata(&weights).unwrap().len() == 0);
 }
 
 // ---- backends -------------------------------------------------------------------------------

@@ -117,6 +117,17 @@ impl Code {
         Ok(())
     }
 
+    /// Checks `masks`, `groups x N` flags (true where the worker answered), as every decoder
+    /// does: whole groups, each with at least `N - S` responders. Returns the group count.
+    pub fn check_masks(&self, masks: &[bool]) -> Result<usize> {
+        let n = self.params.workers();
+        crate::shape::whole_groups("responder masks", masks.len(), 1, n)?;
+        for (group, mask) in masks.chunks_exact(n).enumerate() {
+            self.check_enough(mask.iter().filter(|&&answered| answered).count(), Some(group))?;
+        }
+        Ok(masks.len() / n)
+    }
+
     pub(crate) fn check_enough(&self, received: usize, group: Option<usize>) -> Result<()> {
         let p = &self.params;
         if received < p.min_responders() {

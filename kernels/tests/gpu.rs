@@ -59,6 +59,33 @@ fn every_shader_variant_validates_with_naga() {
     }
 }
 
+/// The convention both launchers rely on (raw wgpu here, Burn's in the `approxifer` crate):
+/// storage tensors at bindings 0.., then one uniform block at the last binding, whose size is
+/// the 32 bytes of params plus the code's padded table.
+#[test]
+fn every_shader_binds_storage_tensors_then_one_uniform_block() {
+    use approxifer_kernels::gpu::launch::info_bytes;
+    for shader in Shader::ALL {
+        let (queries, workers) = (8, 10);
+        let config = ShaderConfig { shader, elem: Elem::F32, packing: 4, queries, workers };
+        let module = naga::front::wgsl::parse_str(&config.source()).unwrap();
+        let mut bindings: Vec<(u32, naga::AddressSpace, naga::Handle<naga::Type>)> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, v)| v.binding.as_ref().map(|b| (b.binding, v.space, v.ty)))
+            .collect();
+        bindings.sort_by_key(|b| b.0);
+        let (last, tensors) = bindings.split_last().unwrap();
+        assert_eq!(bindings.iter().map(|b| b.0).collect::<Vec<_>>(), (0..bindings.len() as u32).collect::<Vec<_>>());
+        assert!(tensors.iter().all(|b| matches!(b.1, naga::AddressSpace::Storage { .. })), "{shader:?}");
+        assert_eq!(last.1, naga::AddressSpace::Uniform, "{shader:?}");
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        let table = if shader == Shader::Copy { 0 } else { (queries * workers) as usize };
+        assert_eq!(u64::from(layouter[last.2].size), info_bytes(table), "{shader:?}");
+    }
+}
+
 #[test]
 fn f16_shaders_are_rejected_without_the_capability() {
     use naga::valid::{Capabilities, ValidationFlags, Validator};
@@ -321,15 +348,21 @@ fn copy_kernel_copies_every_element() {
 }
 
 #[test]
-fn encode_weights_over_the_uniform_limit_are_a_clear_error() {
+fn code_tables_over_the_uniform_limit_are_a_clear_error() {
     let ctx =
         GpuContext::with_limits(&AdapterChoice::from_env(), |limits| limits.max_uniform_buffer_binding_size = 256)
             .expect("an adapter");
-    // 8 x 10 weights take 320 bytes.
+    // The launch block is 32 bytes of params, then the 8 x 10 weights: 352 bytes.
     let e = GpuCode::new(&ctx, &code(8, 10, 2)).unwrap_err();
     assert!(
-        matches!(e, GpuError::BufferTooLarge { what: "encode weights (uniform)", bytes: 320, limit: 256, .. }),
+        matches!(e, GpuError::BufferTooLarge { what: "the code's tables (uniform)", bytes: 352, limit: 256, .. }),
         "{e}"
     );
-    assert!(GpuCode::new(&ctx, &code(4, 6, 2)).is_ok()); // 96 bytes
+    assert!(GpuCode::new(&ctx, &code(4, 6, 2)).is_ok(), "32 + 96 bytes fit");
+    // And a code that fits runs correctly on that device.
+    let (small, queries) = (code(4, 6, 2), (0..2 * 4 * 3).map(|i| i as f32 * 0.5).collect::<Vec<f32>>());
+    let coded = approxifer_kernels::gpu::GpuCodec::new(ctx).encode(&small, &queries, 3).expect("encode");
+    let mut expected = vec![0.0f32; 2 * 6 * 3];
+    approxifer_kernels::cpu::encode(&small, &queries, 3, &mut expected).unwrap();
+    assert!(coded.iter().zip(&expected).all(|(a, b)| (a - b).abs() <= 1e-5 * b.abs().max(1.0)), "{coded:?}");
 }

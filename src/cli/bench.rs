@@ -4,14 +4,41 @@ use std::io::Write;
 
 use clap::{Args, Subcommand};
 
-use crate::bench::{KernelBenchConfig, run_kernel_bench};
+use crate::bench::{KernelBenchConfig, PipelineBenchConfig, run_kernel_bench, run_pipeline_bench};
 use crate::kernels::gpu::AdapterChoice;
+use crate::models::Architecture;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum BenchCmd {
     /// Copy, encode and decode throughput on one adapter, next to the CPU path and Burn's
     /// matmul, in GB/s of bytes read plus written.
     Kernels(KernelsArgs),
+    /// Fused encode + decode time next to the model's forward pass on the same device, and the
+    /// fused pipeline next to one that reads the coded queries back to the host.
+    Pipeline(PipelineArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct PipelineArgs {
+    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    #[arg(long, value_name = "ADAPTER")]
+    adapter: Option<AdapterChoice>,
+    /// The hosted model (randomly initialised: only its cost matters here).
+    #[arg(long, value_enum, default_value_t = Architecture::Lenet5)]
+    model: Architecture,
+    /// Groups of K queries per batch.
+    #[arg(long, default_value_t = 256)]
+    groups: usize,
+    #[arg(long = "k", default_value_t = 8)]
+    k: usize,
+    #[arg(long, default_value_t = 1)]
+    stragglers: usize,
+    /// Timed repeats per figure (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    repeats: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -40,7 +67,46 @@ pub(super) struct KernelsArgs {
 }
 
 pub(super) fn run(cmd: &BenchCmd, out: &mut impl Write) -> anyhow::Result<()> {
-    let BenchCmd::Kernels(args) = cmd;
+    match cmd {
+        BenchCmd::Kernels(args) => kernels(args, out),
+        BenchCmd::Pipeline(args) => pipeline(args, out),
+    }
+}
+
+fn pipeline(args: &PipelineArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    anyhow::ensure!(args.groups > 0 && args.k > 0, "--groups and --k must be at least 1");
+    let config = PipelineBenchConfig {
+        architecture: args.model,
+        groups: args.groups,
+        k: args.k,
+        stragglers: args.stragglers,
+        repeats: args.repeats,
+    };
+    let r = run_pipeline_bench(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env), &config)?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "adapter: {}  ({}, {} groups, K = {}, N = {}; ms per batch, medians)",
+        r.adapter, r.model, r.groups, r.k, r.n
+    )?;
+    writeln!(out, "  encode (fused)            {:>9.3} ms", r.encode_ms)?;
+    writeln!(out, "  forward on N coded/group  {:>9.3} ms", r.forward_ms)?;
+    writeln!(out, "  decode (fused)            {:>9.3} ms", r.decode_ms)?;
+    writeln!(out, "  encode + decode           {:>9.2} % of the forward pass", r.overhead_percent)?;
+    writeln!(out, "  fused pipeline, total     {:>9.3} ms", r.fused_total_ms)?;
+    writeln!(
+        out,
+        "  host round trip, total    {:>9.3} ms   (CPU encode, upload, forward, read-back, CPU decode)",
+        r.host_round_trip_total_ms
+    )?;
+    Ok(())
+}
+
+fn kernels(args: &KernelsArgs, out: &mut impl Write) -> anyhow::Result<()> {
     anyhow::ensure!(args.mib > 0, "--mib must be at least 1");
     let config = KernelBenchConfig {
         input_mib: args.mib,

@@ -1,20 +1,30 @@
-//! `approxifer demo`: coded inference of a smooth model with stragglers, on the CPU.
+//! `approxifer demo`: the embedded model served with coded queries and stragglers, through the
+//! fused pipeline on the best adapter (the default command); or, with `--synthetic`, a smooth
+//! random network on the CPU reference path.
 
 use std::io::Write;
 
 use clap::Args;
 
 use crate::demo::{TwoLayerNet, run_trial};
-use crate::kernels::CodeParams;
+use crate::eval::{EvalConfig, Outputs, Setting, evaluate};
+use crate::kernels::gpu::AdapterChoice;
+use crate::kernels::{CodeParams, Layout};
 
 #[derive(Debug, Args)]
 pub(super) struct DemoArgs {
-    /// Groups of K queries per setting.
+    /// The smooth random network on the CPU path instead of the embedded model.
+    #[arg(long)]
+    synthetic: bool,
+    /// Groups of K queries per setting (--synthetic only).
     #[arg(long, default_value_t = 2000)]
     groups: usize,
-    /// Seed for the network, the queries and the stragglers.
+    /// Seed for the queries and the stragglers (and the synthetic network).
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    #[arg(long, value_name = "ADAPTER")]
+    adapter: Option<AdapterChoice>,
     /// Print one JSON object per setting instead of a table.
     #[arg(long)]
     json: bool,
@@ -22,18 +32,67 @@ pub(super) struct DemoArgs {
 
 impl Default for DemoArgs {
     fn default() -> Self {
-        DemoArgs { groups: 2000, seed: 7, json: false }
+        DemoArgs { synthetic: false, groups: 2000, seed: 7, adapter: None, json: false }
     }
 }
 
-/// `(K, S, extra workers beyond K + S)` for each row of the demo table.
+/// `(K, S)` for each row of the embedded demo, in both layouts.
+const EMBEDDED_SETTINGS: [(usize, usize); 3] = [(8, 1), (8, 2), (12, 3)];
+
+pub(super) fn run(args: &DemoArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    if args.synthetic {
+        return run_synthetic(args, out);
+    }
+    let burn = crate::backend::BurnDevice::select(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
+    let device = burn.device.clone();
+    eprintln!("{}", burn.notice());
+    let model = crate::embedded::model(&device)?;
+    let sample = crate::embedded::sample();
+    let settings = [Layout::NonSystematic, Layout::Systematic]
+        .into_iter()
+        .flat_map(|layout| EMBEDDED_SETTINGS.map(|(k, stragglers)| Setting { k, stragglers, layout }))
+        .collect();
+    let config = EvalConfig {
+        dataset: crate::embedded::DATASET,
+        model: format!("{} (embedded)", crate::embedded::ARCHITECTURE.name()),
+        settings,
+        queries: sample.len(),
+        batch_groups: 64,
+        outputs: Outputs::Softmax,
+        nodes: None,
+        seed: args.seed,
+    };
+    let bar = super::progress_bar(0, "groups");
+    let rows = evaluate(&model, &sample, &config, &device, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        for row in &rows {
+            serde_json::to_writer(&mut *out, row)?;
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "approxifer demo: {} queries from the Fashion-MNIST test set, coded in groups of K for N = K + S workers \
+         running the embedded {}; S random workers per group never answer.",
+        sample.len(),
+        crate::embedded::ARCHITECTURE.name()
+    )?;
+    super::eval::write_table(&rows, out)
+}
+
+/// `(K, S, extra workers beyond K + S)` for each row of the synthetic demo.
 const SETTINGS: [(usize, usize, usize); 7] =
     [(4, 1, 0), (8, 1, 0), (8, 2, 0), (8, 1, 4), (8, 1, 12), (12, 1, 0), (12, 3, 0)];
 
-pub(super) fn run(args: &DemoArgs, out: &mut impl Write) -> anyhow::Result<()> {
+fn run_synthetic(args: &DemoArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let net = TwoLayerNet::random(64, 128, 10, args.seed);
     if !args.json {
-        writeln!(out, "approxifer demo: CPU reference path (the GPU pipeline is not built yet)")?;
+        writeln!(out, "approxifer demo --synthetic: a smooth random network, CPU reference path")?;
         writeln!(
             out,
             "model: fixed random 2-layer tanh network, D = {}, C = {}; {} groups per setting; S random stragglers per group",

@@ -6,6 +6,8 @@
 mod bench;
 mod codec;
 mod demo;
+mod eval;
+mod train;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -35,7 +37,13 @@ enum Command {
     Encode(codec::EncodeCmd),
     /// Decode worker outputs [B*N, C] from the responders into predictions [B*K, C].
     Decode(codec::DecodeCmd),
-    /// Measure throughput: `bench kernels` (copy, encode, decode, CPU and Burn, one device).
+    /// Train a zoo model on MNIST or Fashion-MNIST and save its weights.
+    Train(train::TrainArgs),
+    /// Accuracy of coded inference over a grid of K, S and layouts (the paper's protocol and
+    /// ParM's), as a table, JSON or a plot.
+    Eval(eval::EvalArgs),
+    /// Measure throughput: `bench kernels` (copy, encode, decode, CPU and Burn, one device),
+    /// `bench pipeline` (fused encode + model + decode against a host round trip).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
 }
@@ -119,6 +127,16 @@ fn quiet_vulkan_loader() {
     }
 }
 
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    let template = format!("{{elapsed_precise}} [{{bar:40}}] {{pos}}/{{len}} {unit} (eta {{eta}})");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         let io = cause.downcast_ref::<std::io::Error>();
@@ -136,6 +154,8 @@ impl Cli {
             Command::Code(args) => codec::code(&args, &mut stdout)?,
             Command::Encode(args) => codec::encode(&args)?,
             Command::Decode(args) => codec::decode(&args)?,
+            Command::Train(args) => train::run(&args, &mut stdout)?,
+            Command::Eval(args) => eval::run(&args, &mut stdout)?,
             Command::Bench(cmd) => bench::run(&cmd, &mut stdout)?,
         }
         stdout.flush()?;

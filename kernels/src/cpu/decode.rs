@@ -20,9 +20,7 @@ pub fn decode<T: Element>(code: &Code, outputs: &[T], row_len: usize, masks: &[b
     let groups = whole_groups("worker outputs", outputs.len(), n, row_len)?;
     expect_len("responder masks", masks.len(), groups * n)?;
     expect_len("decoded outputs", decoded.len(), groups * k * row_len)?;
-    for (group, mask) in masks.chunks_exact(n).enumerate() {
-        code.check_enough(mask.iter().filter(|&&answered| answered).count(), Some(group))?;
-    }
+    code.check_masks(masks)?;
     let store = Store::for_output_bytes(std::mem::size_of_val(decoded));
     outputs
         .par_chunks_exact(n * row_len)

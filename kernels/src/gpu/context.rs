@@ -70,6 +70,39 @@ impl fmt::Display for AdapterChoice {
     }
 }
 
+/// The adapter `choice` selects, and its position among the adapters of its type (the index
+/// other wgpu users, such as Burn's `DeviceKind`, name it by).
+fn find_adapter(choice: &AdapterChoice) -> Result<(wgpu::Adapter, usize), GpuError> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    let best = adapters
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| choice.accepts(&a.get_info()))
+        .min_by_key(|(_, a)| rank(a.get_info().device_type))
+        .map(|(i, _)| i)
+        .ok_or_else(|| GpuError::NoAdapter {
+            requested: choice.to_string(),
+            present: if adapters.is_empty() {
+                "none".into()
+            } else {
+                adapters.iter().map(|a| a.get_info().name).collect::<Vec<_>>().join(", ")
+            },
+        })?;
+    let kind = adapters[best].get_info().device_type;
+    let index_of_type = adapters[..best].iter().filter(|a| a.get_info().device_type == kind).count();
+    Ok((adapters[best].clone(), index_of_type))
+}
+
+/// The adapter `choice` selects, without opening a device: its description and its index
+/// among the adapters of its type.
+pub fn describe_adapter(choice: &AdapterChoice) -> Result<(wgpu::AdapterInfo, usize), GpuError> {
+    find_adapter(choice).map(|(adapter, index)| (adapter.get_info(), index))
+}
+
 /// Preference order of adapter kinds: lower is better.
 fn rank(device_type: wgpu::DeviceType) -> u8 {
     match device_type {
@@ -103,23 +136,7 @@ impl GpuContext {
     /// [`new`](Self::new), with the device's limits adjusted by `adjust` first (to lower
     /// them, say, and exercise the kernels' chunking on a small device).
     pub fn with_limits(choice: &AdapterChoice, adjust: impl FnOnce(&mut wgpu::Limits)) -> Result<Self, GpuError> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: wgpu::Backends::PRIMARY,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-        let adapter = adapters
-            .iter()
-            .filter(|a| choice.accepts(&a.get_info()))
-            .min_by_key(|a| rank(a.get_info().device_type))
-            .ok_or_else(|| GpuError::NoAdapter {
-                requested: choice.to_string(),
-                present: if adapters.is_empty() {
-                    "none".into()
-                } else {
-                    adapters.iter().map(|a| a.get_info().name).collect::<Vec<_>>().join(", ")
-                },
-            })?;
+        let (adapter, _) = find_adapter(choice)?;
         let info = adapter.get_info();
         let features = adapter.features() & wgpu::Features::SHADER_F16;
         let mut limits = adapter.limits();

@@ -84,9 +84,7 @@ impl GpuCodec {
         let (k, n) = (code.params().queries(), code.params().workers());
         let groups = whole_groups("worker outputs", outputs.len(), n, row_len)?;
         expect_len("responder masks", masks.len(), groups * n)?;
-        for (group, mask) in masks.chunks_exact(n).enumerate() {
-            code.check_enough(mask.iter().filter(|&&answered| answered).count(), Some(group))?;
-        }
+        code.check_masks(masks)?;
         let len = groups * k * row_len;
         if groups == 0 {
             return Ok(Vec::new());

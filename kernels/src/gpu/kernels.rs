@@ -9,51 +9,66 @@ use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
 use super::error::GpuError;
-use super::shader::{Elem, Shader, ShaderConfig, WORKGROUP_SIZE};
+use super::launch::{Grid, Params, info_bytes, padded_f32};
+use super::shader::{Elem, Shader, ShaderConfig};
 use crate::code::Code;
 use crate::shape::{expect_len, whole_groups};
 
-/// A code's tables on the device, uploaded once: the `N x K` encode matrix and the `K x N`
-/// node differences `alpha_j - beta_n` from which the decode kernel forms its weights. Both
-/// are the `f64` tables of [`Code`], rounded to `f32`.
-#[derive(Debug)]
+/// A code's tables as the kernels read them: the `N x K` encode matrix and the `K x N` node
+/// differences `alpha_j - beta_n` from which the decode kernel forms its weights, both the `f64`
+/// tables of [`Code`] rounded to `f32` and padded to whole vec4s. They travel in each launch's
+/// uniform block (see [`super::launch`]), so they must fit the uniform binding limit.
+#[derive(Clone, Debug)]
 pub struct GpuCode {
     queries: u32,
     workers: u32,
-    /// A uniform buffer: every invocation reads every weight, and uniform reads are broadcast
-    /// (on lavapipe this alone took encode from 2.6 to 4.0 GB/s against a storage buffer).
-    weights: wgpu::Buffer,
-    differences: wgpu::Buffer,
+    weights: Vec<f32>,
+    differences: Vec<f32>,
 }
 
 impl GpuCode {
-    /// Uploads `code`'s tables. The encode matrix must fit the adapter's uniform binding
-    /// limit (64 KiB on most: N x K up to 16384).
+    /// `code`'s tables, checked against `ctx`'s uniform binding limit (64 KiB on most
+    /// adapters: N x K up to 16376).
     pub fn new(ctx: &GpuContext, code: &Code) -> Result<Self, GpuError> {
-        let to_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        // The shader declares the weights as vec4s (uniform arrays have a 16-byte stride).
-        let mut weights = to_f32(code.encode_matrix().as_slice());
-        weights.resize(weights.len().next_multiple_of(4), 0.0);
-        let bytes = std::mem::size_of_val(weights.as_slice()) as u64;
-        let limit = ctx.device.limits().max_uniform_buffer_binding_size;
+        Self::with_uniform_limit(code, ctx.device.limits().max_uniform_buffer_binding_size, ctx.adapter_name())
+    }
+
+    /// `code`'s tables, checked against a uniform binding limit of `limit` bytes on `adapter`
+    /// (for launchers that do not hold a [`GpuContext`]).
+    pub fn with_uniform_limit(code: &Code, limit: u64, adapter: &str) -> Result<Self, GpuError> {
+        let weights = padded_f32(code.encode_matrix().as_slice());
+        let differences = padded_f32(code.data_minus_worker());
+        let bytes = info_bytes(weights.len());
         if bytes > limit {
-            let adapter = ctx.adapter_name().into();
-            return Err(GpuError::BufferTooLarge { what: "encode weights (uniform)", bytes, limit, adapter });
+            let adapter = adapter.into();
+            return Err(GpuError::BufferTooLarge { what: "the code's tables (uniform)", bytes, limit, adapter });
         }
-        let upload = |label, values: &[f32], usage| {
-            ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(values),
-                usage,
-            })
-        };
-        let differences = to_f32(code.data_minus_worker());
         Ok(GpuCode {
             queries: code.params().queries() as u32,
             workers: code.params().workers() as u32,
-            weights: upload("approxifer encode weights", &weights, wgpu::BufferUsages::UNIFORM),
-            differences: upload("approxifer node differences", &differences, wgpu::BufferUsages::STORAGE),
+            weights,
+            differences,
         })
+    }
+
+    /// `K`.
+    pub fn queries(&self) -> u32 {
+        self.queries
+    }
+
+    /// `N`.
+    pub fn workers(&self) -> u32 {
+        self.workers
+    }
+
+    /// The encode kernel's table: `E`, `[N, K]` row-major, padded.
+    pub fn encode_table(&self) -> &[f32] {
+        &self.weights
+    }
+
+    /// The decode kernel's table: `alpha_j - beta_n`, `[K, N]` row-major, padded.
+    pub fn decode_table(&self) -> &[f32] {
+        &self.differences
     }
 }
 
@@ -83,12 +98,14 @@ pub struct Kernels {
 }
 
 /// What one kernel launch covers: `groups` groups of `rows_per_group` output rows (one
-/// invocation per packed element of each) of `row_len` elements.
-struct Launch {
+/// invocation per packed element of each) of `row_len` elements, and the constant table that
+/// follows the params in its uniform block.
+struct Launch<'t> {
     config: ShaderConfig,
     groups: usize,
     row_len: usize,
     rows_per_group: u64,
+    table: &'t [f32],
 }
 
 /// One binding of a chunked dispatch: a tensor and its bytes per group.
@@ -96,7 +113,7 @@ struct Binding<'a> {
     what: &'static str,
     buffer: &'a wgpu::Buffer,
     offset: u64,
-    /// Bytes of the whole tensor, and of one group of it (0 for a table bound whole).
+    /// Bytes of the whole tensor, and of one group of it.
     bytes: u64,
     group_bytes: u64,
     /// Bytes of the element the shader indexes (a packed vec4, a scalar, a mask word).
@@ -115,10 +132,6 @@ impl<'a> Binding<'a> {
             group_bytes,
             unit: size * u64::from(packing),
         }
-    }
-
-    fn table(what: &'static str, buffer: &'a wgpu::Buffer) -> Self {
-        Binding { what, buffer, offset: 0, bytes: buffer.size(), group_bytes: 0, unit: 4 }
     }
 }
 
@@ -141,7 +154,8 @@ impl Kernels {
                 // guard wgpu adds against infinite loops buys nothing, and it hides the trip
                 // count from the driver's compiler, which then cannot unroll (encode ran at
                 // 0.5x the copy kernel on lavapipe with it). Bounds checks stay on.
-                let checks = wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
+                let checks =
+                    wgpu::ShaderRuntimeChecks { force_loop_bounding: false, ..wgpu::ShaderRuntimeChecks::checked() };
                 // SAFETY: `force_loop_bounding` is the only check turned off, and the shaders
                 // are ours with bounded loops (see above); bounds checks remain.
                 let module = unsafe { ctx.device.create_shader_module_trusted(descriptor, checks) };
@@ -176,11 +190,11 @@ impl Kernels {
         let bindings = [
             Binding::tensor("queries", queries, k * row_len, packing),
             Binding::tensor("coded queries", coded, n * row_len, packing),
-            Binding::table("encode weights", &code.weights),
         ];
         let config =
             ShaderConfig { shader: Shader::Encode, elem, packing, queries: code.queries, workers: code.workers };
-        self.dispatch(ctx, encoder, &bindings, Launch { config, groups, row_len, rows_per_group: 1 })
+        let launch = Launch { config, groups, row_len, rows_per_group: 1, table: &code.weights };
+        self.dispatch(ctx, encoder, &bindings, launch)
     }
 
     /// Records `dst = src` with the copy kernel, viewing both as rows of `row_len` elements:
@@ -202,7 +216,7 @@ impl Kernels {
             Binding::tensor("copy destination", dst, row_len, packing),
         ];
         let config = ShaderConfig { shader: Shader::Copy, elem, packing, queries: 1, workers: 1 };
-        self.dispatch(ctx, encoder, &bindings, Launch { config, groups, row_len, rows_per_group: 1 })
+        self.dispatch(ctx, encoder, &bindings, Launch { config, groups, row_len, rows_per_group: 1, table: &[] })
     }
 
     /// Records `decoded = decode(outputs)` for `[groups, N, row_len]` worker outputs and
@@ -236,25 +250,25 @@ impl Kernels {
                 group_bytes: group_mask_bytes,
                 unit: 4,
             },
-            Binding::table("node differences", &code.differences),
         ];
         let config =
             ShaderConfig { shader: Shader::Decode, elem, packing, queries: code.queries, workers: code.workers };
-        self.dispatch(ctx, encoder, &bindings, Launch { config, groups, row_len, rows_per_group: k as u64 })
+        let launch = Launch { config, groups, row_len, rows_per_group: k as u64, table: &code.differences };
+        self.dispatch(ctx, encoder, &bindings, launch)
     }
 
-    /// Splits the batch into chunks whose every per-group binding fits the adapter's storage
-    /// binding limit and starts at an aligned offset, and records one dispatch per chunk.
-    /// `bindings` are in the shader's binding order; those with `group_bytes == 0` are tables
-    /// bound whole to every chunk. The params uniform comes last.
+    /// Splits the batch into chunks whose every binding fits the adapter's storage binding
+    /// limit and starts at an aligned offset, and records one dispatch per chunk. `bindings` are
+    /// the storage tensors in the shader's binding order; the uniform `Info` block (params, then
+    /// the launch's table) comes last.
     fn dispatch(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
         bindings: &[Binding<'_>],
-        launch: Launch,
+        launch: Launch<'_>,
     ) -> Result<(), GpuError> {
-        let Launch { config, groups, row_len, rows_per_group } = launch;
+        let Launch { config, groups, row_len, rows_per_group, table } = launch;
         if config.elem == Elem::F16 && !ctx.supports_f16() {
             return Err(GpuError::F16Unsupported { adapter: ctx.adapter_name().into() });
         }
@@ -269,11 +283,15 @@ impl Kernels {
         }
         let packed_row = (row_len / config.packing as usize) as u64;
         let invocations_per_group = rows_per_group * packed_row;
-        let chunk = self.groups_per_chunk(ctx, bindings, invocations_per_group)?;
+        let limits = ctx.device.limits();
+        let max_per_dim = limits.max_compute_workgroups_per_dimension;
+        // Keep each chunk's grid within the adapter's two dimensions.
+        let grid_cap =
+            (u64::from(max_per_dim).pow(2) * u64::from(super::WORKGROUP_SIZE)) / invocations_per_group.max(1);
+        let chunk = self.groups_per_chunk(ctx, bindings, invocations_per_group)?.min(grid_cap.max(1));
         let pipeline = self.pipeline(ctx, config);
         let layout = pipeline.get_bind_group_layout(0);
-        let max_per_dim = u64::from(ctx.device.limits().max_compute_workgroups_per_dimension);
-        let align = u64::from(ctx.device.limits().min_storage_buffer_offset_alignment);
+        let align = u64::from(limits.min_storage_buffer_offset_alignment);
 
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some(config.shader.name()),
@@ -284,53 +302,45 @@ impl Kernels {
         let mut first = 0;
         while first < groups {
             let count = chunk.min(groups - first);
-            let workgroups = (count * invocations_per_group).div_ceil(u64::from(WORKGROUP_SIZE));
-            let x = workgroups.min(max_per_dim);
-            let y = workgroups.div_ceil(x);
-            // Each chunked binding starts at the aligned offset at or below the chunk's first byte;
-            // the shader skips the difference, given in packed elements.
+            let grid = Grid::cover(count * invocations_per_group, max_per_dim)
+                .ok_or_else(|| GpuError::Device(format!("{count} groups need more workgroups than the adapter has")))?;
+            // Each binding starts at the aligned offset at or below the chunk's first byte; the
+            // shader skips the difference, given in packed elements.
             let mut bases = [0u32; 3];
             let mut entries: Vec<wgpu::BindGroupEntry<'_>> = Vec::with_capacity(bindings.len() + 1);
             for (i, b) in bindings.iter().enumerate() {
-                let resource = if b.group_bytes == 0 {
-                    b.buffer.as_entire_binding()
-                } else {
-                    let start = b.offset + first * b.group_bytes;
-                    let aligned = start / align * align;
-                    bases[i.min(2)] = ((start - aligned) / b.unit) as u32;
-                    let size =
-                        (start - aligned + count * b.group_bytes).next_multiple_of(4).min(b.buffer.size() - aligned);
-                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: b.buffer,
-                        offset: aligned,
-                        size: NonZeroU64::new(size),
-                    })
-                };
+                let start = b.offset + first * b.group_bytes;
+                let aligned = start / align * align;
+                bases[i.min(2)] = ((start - aligned) / b.unit) as u32;
+                let size = (start - aligned + count * b.group_bytes).next_multiple_of(4).min(b.buffer.size() - aligned);
+                let resource = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.buffer,
+                    offset: aligned,
+                    size: NonZeroU64::new(size),
+                });
                 entries.push(wgpu::BindGroupEntry { binding: i as u32, resource });
             }
-            let params: [u32; 8] = [
-                count as u32,
-                packed_row as u32,
-                (x * u64::from(WORKGROUP_SIZE)) as u32,
-                bases[0],
-                bases[1],
-                bases[2],
-                0,
-                0,
-            ];
-            let uniform = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("approxifer params"),
-                contents: bytemuck::cast_slice(&params),
+            let params = Params {
+                groups: count as u32,
+                row_len: packed_row as u32,
+                grid_width: grid.width,
+                input_base: bases[0],
+                output_base: bases[1],
+                mask_base: bases[2],
+            };
+            let info = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("approxifer launch info"),
+                contents: bytemuck::cast_slice(&params.info_words(table)),
                 usage: wgpu::BufferUsages::UNIFORM,
             });
-            entries.push(wgpu::BindGroupEntry { binding: entries.len() as u32, resource: uniform.as_entire_binding() });
+            entries.push(wgpu::BindGroupEntry { binding: entries.len() as u32, resource: info.as_entire_binding() });
             let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
                 layout: &layout,
                 entries: &entries,
             });
             pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(x as u32, y as u32, 1);
+            pass.dispatch_workgroups(grid.x, grid.y, 1);
             first += count;
         }
         Ok(())
@@ -349,7 +359,7 @@ impl Kernels {
         let limit = limits.max_storage_buffer_binding_size.min(u64::from(u32::MAX));
         let align = u64::from(limits.min_storage_buffer_offset_alignment);
         let mut chunk = (u64::from(u32::MAX) / 2) / invocations_per_group.max(1);
-        for b in bindings.iter().filter(|b| b.group_bytes > 0) {
+        for b in bindings {
             if b.offset % b.unit != 0 {
                 return Err(GpuError::Device(format!(
                     "{}: offset {} is not a multiple of the {}-byte element the kernel reads",

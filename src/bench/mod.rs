@@ -1,5 +1,6 @@
-//! `approxifer bench kernels`: throughput of the codec kernels next to what bounds them and
-//! what a user would do without them, measured in one run on one device.
+//! Benchmarks. `approxifer bench kernels` (here): throughput of the codec kernels next to what
+//! bounds them and what a user would do without them, measured in one run on one device.
+//! `approxifer bench pipeline`: see [`pipeline`].
 //!
 //! Every figure counts bytes read plus bytes written, is the median over repeats, and is timed
 //! with the device waited on: each repeat records enough launches to run for tens of
@@ -11,6 +12,10 @@ use serde::Serialize;
 
 use crate::kernels::gpu::{AdapterChoice, DeviceTensor, Elem, GpuCode, GpuContext, GpuError, Kernels, wgpu};
 use crate::kernels::{Code, CodeParams, cpu};
+
+pub mod pipeline;
+
+pub use pipeline::{PipelineBenchConfig, PipelineBenchReport, run_pipeline_bench};
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -222,14 +227,8 @@ fn burn_matmul_encode(
     d: usize,
     repeats: usize,
 ) -> anyhow::Result<f64> {
-    use burn::tensor::{Device, DeviceKind, Distribution, Tensor, TensorData};
-    let kind = match choice {
-        AdapterChoice::Discrete => DeviceKind::DiscreteGpu(0),
-        AdapterChoice::Integrated => DeviceKind::IntegratedGpu(0),
-        AdapterChoice::Cpu => DeviceKind::Cpu,
-        AdapterChoice::Auto | AdapterChoice::Named(_) => DeviceKind::DefaultDevice,
-    };
-    let device = Device::wgpu(kind);
+    use burn::tensor::{Device, Distribution, Tensor, TensorData};
+    let device = crate::backend::BurnDevice::select(choice)?.device;
     let (k, n) = (code.params().queries(), code.params().workers());
     let weights: Vec<f32> = code.encode_matrix().as_slice().iter().map(|&w| w as f32).collect();
     let encode =

@@ -1,0 +1,171 @@
+//! `approxifer eval`: accuracy of coded inference over a grid of K, S and layouts.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::data::{self, Dataset, Split};
+use crate::eval::{EvalConfig, EvalRow, Outputs, Setting, evaluate};
+use crate::kernels::gpu::AdapterChoice;
+use crate::kernels::{Layout, NodeFamily};
+use crate::models::{self, Architecture};
+
+/// Which layouts to evaluate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum LayoutChoice {
+    NonSystematic,
+    Systematic,
+    Both,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct EvalArgs {
+    /// The dataset (from scripts/fetch-data.sh).
+    #[arg(long, value_enum, default_value_t = Dataset::Mnist)]
+    dataset: Dataset,
+    /// The architecture of the hosted model.
+    #[arg(long, value_enum, default_value_t = Architecture::DigitCnn)]
+    model: Architecture,
+    /// Its weights [default: the digit CNN from the data directory, or the embedded model
+    /// when it matches --model and --dataset]
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Queries per group, one or more.
+    #[arg(long = "k", value_delimiter = ',', default_values_t = [8, 10, 12])]
+    k: Vec<usize>,
+    /// Stragglers per group, one or more (N = K + S).
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3])]
+    stragglers: Vec<usize>,
+    #[arg(long, value_enum, default_value_t = LayoutChoice::Both)]
+    layout: LayoutChoice,
+    /// Test queries per setting (at most the test set's 10000).
+    #[arg(long, default_value_t = 10_000)]
+    queries: usize,
+    /// What the workers return and the decoder interpolates.
+    #[arg(long, value_enum, default_value_t = Outputs::Softmax)]
+    outputs: Outputs,
+    /// Worker nodes: chebyshev2, chebyshev1 or authors [default: authors, which measured best
+    /// with N = K + S; chebyshev1 for the systematic layout]
+    #[arg(long, value_name = "FAMILY")]
+    nodes: Option<NodeFamily>,
+    /// Groups per device batch.
+    #[arg(long, default_value_t = 64)]
+    batch_groups: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Also draw accuracy against K and against S into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// The data directory [default: $APPROXIFER_DATA, else ./data]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    #[arg(long, value_name = "ADAPTER")]
+    adapter: Option<AdapterChoice>,
+    /// Print one JSON object per setting instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    anyhow::ensure!(args.k.iter().all(|&k| k >= 1), "--k values must be at least 1");
+    anyhow::ensure!(args.queries >= 1, "--queries must be at least 1");
+    let dir = args.data.clone().unwrap_or_else(data::default_dir);
+    let burn = crate::backend::BurnDevice::select(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
+    let device = burn.device.clone();
+    let model = match &args.weights {
+        Some(path) => models::load(args.model, path, &device)?,
+        None if args.model == Architecture::DigitCnn => {
+            anyhow::ensure!(args.dataset == Dataset::Mnist, "the digit CNN is an MNIST model; pass --dataset mnist");
+            models::load(args.model, &dir.join("models/digit_recognizer.pth"), &device)?
+        }
+        None => crate::embedded::model_for(args.model, args.dataset, &device)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no weights for {} on {}: pass --weights FILE (approxifer train writes one)",
+                args.model.name(),
+                args.dataset.name()
+            )
+        })?,
+    };
+    let test = data::load(&dir, args.dataset, Split::Test)?;
+    if let Some(plot) = &args.plot {
+        std::fs::File::create(plot)?; // fail before the work, not after
+    }
+    eprintln!("{}", burn.notice());
+    let layouts: &[Layout] = match args.layout {
+        LayoutChoice::NonSystematic => &[Layout::NonSystematic],
+        LayoutChoice::Systematic => &[Layout::Systematic],
+        LayoutChoice::Both => &[Layout::NonSystematic, Layout::Systematic],
+    };
+    let mut settings = Vec::new();
+    for &layout in layouts {
+        for &k in &args.k {
+            for &stragglers in &args.stragglers {
+                settings.push(Setting { k, stragglers, layout });
+            }
+        }
+    }
+    let config = EvalConfig {
+        dataset: args.dataset,
+        model: args.model.name().into(),
+        settings,
+        queries: args.queries,
+        batch_groups: args.batch_groups,
+        outputs: args.outputs,
+        nodes: args.nodes,
+        seed: args.seed,
+    };
+    let bar = super::progress_bar(0, "groups");
+    let rows = evaluate(&model, &test, &config, &device, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        for row in &rows {
+            serde_json::to_writer(&mut *out, row)?;
+            writeln!(out)?;
+        }
+    } else {
+        write_table(&rows, out)?;
+    }
+    if let Some(path) = &args.plot {
+        crate::plot::accuracy_svg(&rows, path)?;
+        eprintln!("approxifer: plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+pub(super) fn write_table(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<14} {:>3} {:>3} {:>3} {:>8} {:>8} {:>15} {:>21}",
+        "layout", "K", "N", "S", "base", "normal", "degraded paper", "degraded reconstructed"
+    )?;
+    for r in rows {
+        let reconstructed = r.degraded_accuracy_reconstructed.map_or("-".to_string(), |a| format!("{a:.4}"));
+        writeln!(
+            out,
+            "{:<14} {:>3} {:>3} {:>3} {:>8.4} {:>8.4} {:>15.4} {:>21}",
+            r.layout,
+            r.k,
+            r.n,
+            r.stragglers,
+            r.base_accuracy,
+            r.normal_accuracy,
+            r.degraded_accuracy_paper,
+            reconstructed
+        )?;
+    }
+    if let Some(r) = rows.first() {
+        writeln!(
+            out,
+            "{} on {}, {} queries per setting, workers return {:?}. degraded paper: all K decoded from N - S \
+             responders (ApproxIFER's protocol); degraded reconstructed: only predictions no responder held \
+             unmixed (ParM's protocol).",
+            r.model, r.dataset, r.queries, r.outputs
+        )?;
+    }
+    Ok(())
+}

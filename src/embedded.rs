@@ -1,0 +1,60 @@
+//! The embedded default, so the main command runs with no download: a LeNet-5 trained by
+//! `approxifer train` on Fashion-MNIST (`src/embedded/lenet5-fashion-mnist.bpk`, Burn's
+//! format) and the first 1000 Fashion-MNIST test images (written by
+//! `scripts/make-embedded-sample.py`; Fashion-MNIST is MIT-licensed).
+
+use std::io::Read;
+
+use burn::tensor::Device;
+
+use crate::data::idx::{self, IdxArray};
+use crate::data::{Dataset, Images};
+use crate::models::{self, Architecture, Classifier, ModelError};
+
+/// The embedded model's architecture and training set.
+pub const ARCHITECTURE: Architecture = Architecture::Lenet5;
+pub const DATASET: Dataset = Dataset::FashionMnist;
+
+static MODEL: &[u8] = include_bytes!("embedded/lenet5-fashion-mnist.bpk");
+static IMAGES: &[u8] = include_bytes!("embedded/fashion-mnist-test-images.idx.gz");
+static LABELS: &[u8] = include_bytes!("embedded/fashion-mnist-test-labels.idx.gz");
+
+/// The embedded model on `device`.
+pub fn model(device: &Device) -> Result<Classifier, ModelError> {
+    models::load_burnpack_bytes(Classifier::init(ARCHITECTURE, device), MODEL)
+}
+
+/// The embedded model if it is `architecture` trained on `dataset`.
+pub fn model_for(
+    architecture: Architecture,
+    dataset: Dataset,
+    device: &Device,
+) -> Result<Option<Classifier>, ModelError> {
+    if (architecture, dataset) != (ARCHITECTURE, DATASET) {
+        return Ok(None);
+    }
+    model(device).map(Some)
+}
+
+/// The embedded test sample.
+pub fn sample() -> Images {
+    let read = |bytes: &[u8]| -> IdxArray {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(bytes).read_to_end(&mut raw).expect("the embedded sample is valid gzip");
+        idx::parse(&raw).expect("the embedded sample is valid IDX")
+    };
+    let (images, labels) = (read(IMAGES), read(LABELS));
+    Images { rows: images.dims[1], cols: images.dims[2], pixels: images.values, labels: labels.values }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sample_is_1000_labelled_28x28_images() {
+        let s = super::sample();
+        assert_eq!((s.len(), s.rows, s.cols, s.pixels.len()), (1000, 28, 28, 1000 * 784));
+        assert!(s.labels.iter().all(|&l| l < 10));
+        // Every class occurs: it is a sample of the test set, not of one class.
+        assert!((0..10).all(|c| s.labels.contains(&c)));
+    }
+}

@@ -1,0 +1,157 @@
+//! Coded inference on one device: encode, the model's forward pass and decode run on Burn's
+//! wgpu tensors, with no read-back between the stages.
+//!
+//! - [`FusedCode`] is a [`Code`] prepared for launches (its tables checked against the
+//!   uniform limit once).
+//! - [`encode`] and [`decode`] run `shaders/encode.wgsl` and `shaders/decode.wgsl` on Burn
+//!   tensors through a backend extension ([`ops`]); they take and return [`Tensor`]s, so they
+//!   compose with any Burn code and stay lazy under Burn's fusion.
+//! - [`CodedRunner`] strings them around a model: `infer(queries, masks) -> predictions`.
+//!
+//! Only Burn's wgpu devices run these kernels (they are WGSL); other devices are a typed error.
+
+pub mod ops;
+mod runner;
+
+use std::sync::Arc;
+
+use approxifer_kernels::gpu::launch::Grid;
+use approxifer_kernels::gpu::{GpuCode, GpuError, Shader};
+use approxifer_kernels::{Code, Error as CodecError};
+use burn::backend::DispatchDevice;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+
+pub use ops::{CodecLaunch, CodecOps};
+pub use runner::{CodedRunner, Model};
+
+/// Why a fused operation refused its input. Nothing is launched when one is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum FusedError {
+    /// Bad parameters or masks, as the CPU path would report them.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The code's tables do not fit a launch.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// A tensor on a device the WGSL kernels cannot run on.
+    #[error("{what} is on {device}; the fused kernels run on Burn's wgpu devices (Device::wgpu), without autodiff")]
+    Device { what: &'static str, device: String },
+    /// A tensor whose dtype the kernels do not store.
+    #[error("{what} has dtype {dtype:?}; the fused kernels take f32 or f16")]
+    DType { what: &'static str, dtype: DType },
+    /// A tensor of the wrong shape.
+    #[error("{what} has shape {actual:?}; expected {expected}")]
+    Shape { what: &'static str, expected: String, actual: Vec<usize> },
+    /// A batch whose launch would exceed the 2D grid or 32-bit indexing.
+    #[error("{what}: {elements} elements in one launch is more than the kernels index; split the batch")]
+    TooLarge { what: &'static str, elements: u64 },
+}
+
+/// A [`Code`] prepared for fused launches.
+#[derive(Clone, Debug)]
+pub struct FusedCode {
+    code: Arc<Code>,
+    tables: Arc<GpuCode>,
+    encode_table: Arc<[f32]>,
+    decode_table: Arc<[f32]>,
+}
+
+impl FusedCode {
+    /// Prepares `code`. Its tables travel in each launch's uniform block, which must fit
+    /// WebGPU's guaranteed 64 KiB (N x K up to 16376).
+    pub fn new(code: Code) -> Result<Self, FusedError> {
+        let limit = burn_cubecl::cubecl::wgpu::wgpu::Limits::default().max_uniform_buffer_binding_size;
+        let tables = GpuCode::with_uniform_limit(&code, limit, "any wgpu device")?;
+        Ok(FusedCode {
+            encode_table: tables.encode_table().into(),
+            decode_table: tables.decode_table().into(),
+            code: Arc::new(code),
+            tables: Arc::new(tables),
+        })
+    }
+
+    /// The code.
+    pub fn code(&self) -> &Code {
+        &self.code
+    }
+
+    fn launch(&self, shader: Shader, elem: approxifer_kernels::gpu::Elem, row_len: usize) -> CodecLaunch {
+        let table = match shader {
+            Shader::Decode => self.decode_table.clone(),
+            _ => self.encode_table.clone(),
+        };
+        let config = ops::config(shader, elem, row_len, self.tables.queries(), self.tables.workers());
+        CodecLaunch { config, table }
+    }
+}
+
+/// Encodes `[B, K, D]` queries into `[B, N, D]` coded queries on the queries' device.
+pub fn encode(queries: Tensor<3>, code: &FusedCode) -> Result<Tensor<3>, FusedError> {
+    let (k, n) = (code.code.params().queries(), code.code.params().workers());
+    let [groups, rows, row_len] = queries.dims();
+    check_rows("queries", &queries.dims(), k, "[B, K, D]")?;
+    let elem = check_tensor("queries", &queries.device(), queries.dtype())?;
+    check_launch("coded queries", groups, n, row_len)?;
+    let _ = rows;
+    let launch = code.launch(Shader::Encode, elem, row_len);
+    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(queries.into_dispatch(), launch)))
+}
+
+/// Decodes `[B, N, C]` worker outputs into `[B, K, C]` predictions, with `masks` (`B x N`,
+/// row-major) true where the worker answered. Rows of workers that did not answer are never
+/// read. The masks are checked as on the CPU (at least `N - S` per group) before any launch.
+pub fn decode(outputs: Tensor<3>, masks: &[bool], code: &FusedCode) -> Result<Tensor<3>, FusedError> {
+    let (k, n) = (code.code.params().queries(), code.code.params().workers());
+    let [groups, _, classes] = outputs.dims();
+    check_rows("worker outputs", &outputs.dims(), n, "[B, N, C]")?;
+    let device = outputs.device();
+    let elem = check_tensor("worker outputs", &device, outputs.dtype())?;
+    let mask_groups = code.code.check_masks(masks)?;
+    if mask_groups != groups {
+        return Err(
+            CodecError::ShapeMismatch { what: "responder masks", expected: groups * n, actual: masks.len() }.into()
+        );
+    }
+    check_launch("decoded outputs", groups, k, classes)?;
+    let words: Vec<i32> = masks.iter().map(|&m| i32::from(m)).collect();
+    let masks = Tensor::<2, Int>::from_data(TensorData::new(words, [groups, n]), &device);
+    let launch = code.launch(Shader::Decode, elem, classes);
+    let decoded = burn::backend::Dispatch::coded_decode(outputs.into_dispatch(), masks.into_dispatch(), launch);
+    Ok(Tensor::from_dispatch(decoded))
+}
+
+fn check_rows(what: &'static str, dims: &[usize; 3], rows: usize, layout: &str) -> Result<(), FusedError> {
+    if dims[1] != rows || dims[2] == 0 {
+        return Err(FusedError::Shape {
+            what,
+            expected: format!("{layout} with {rows} rows per group"),
+            actual: dims.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// The storage type for a tensor, if its device and dtype can run the kernels.
+fn check_tensor(
+    what: &'static str,
+    device: &Device,
+    dtype: DType,
+) -> Result<approxifer_kernels::gpu::Elem, FusedError> {
+    let on_wgpu = match device.as_dispatch() {
+        DispatchDevice::Cube(cube) => cube.runtime() == burn_cubecl::cubecl::RuntimeId::Wgpu,
+        _ => false,
+    };
+    if !on_wgpu {
+        return Err(FusedError::Device { what, device: format!("{device:?}") });
+    }
+    ops::kernel_elem(dtype).ok_or(FusedError::DType { what, dtype })
+}
+
+/// Output rows of `groups x rows x row_len` within one launch's 32-bit indices and 2D grid.
+fn check_launch(what: &'static str, groups: usize, rows: usize, row_len: usize) -> Result<(), FusedError> {
+    let elements = (groups as u64) * (rows as u64) * (row_len as u64);
+    if elements > u64::from(u32::MAX / 2) || Grid::cover(elements, u32::from(u16::MAX)).is_none() {
+        return Err(FusedError::TooLarge { what, elements });
+    }
+    Ok(())
+}

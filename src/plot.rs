@@ -1,0 +1,81 @@
+//! The `eval` plot: decoded accuracy against K and against S, one line per layout, next to the
+//! base model's accuracy (SVG, drawn with plotters).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::eval::EvalRow;
+
+const COLOURS: [RGBColor; 4] =
+    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+
+/// Draws two panels into `path`: accuracy against K at the smallest S evaluated, and against
+/// S at the largest K.
+pub fn accuracy_svg(rows: &[EvalRow], path: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(!rows.is_empty(), "nothing to plot");
+    let s_min = rows.iter().map(|r| r.stragglers).min().unwrap_or(1);
+    let k_max = rows.iter().map(|r| r.k).max().unwrap_or(1);
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(500);
+    let title = format!("{} on {}", rows[0].model, rows[0].dataset);
+    panel(&left, rows, &format!("{title}: S = {s_min}"), "K (queries per group)", |r| {
+        (r.stragglers == s_min).then_some(r.k)
+    })?;
+    panel(&right, rows, &format!("{title}: K = {k_max}"), "S (stragglers)", |r| {
+        (r.k == k_max).then_some(r.stragglers)
+    })?;
+    root.present()?;
+    Ok(())
+}
+
+/// One panel: x from `x_of` (rows it returns `None` for are left out).
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    rows: &[EvalRow],
+    caption: &str,
+    x_label: &str,
+    x_of: impl Fn(&EvalRow) -> Option<usize>,
+) -> anyhow::Result<()> {
+    let points: Vec<(&EvalRow, usize)> = rows.iter().filter_map(|r| x_of(r).map(|x| (r, x))).collect();
+    let (x_min, x_max) = points.iter().fold((usize::MAX, 0), |(lo, hi), &(_, x)| (lo.min(x), hi.max(x)));
+    let y_min = points.iter().map(|(r, _)| r.degraded_accuracy_paper.min(r.base_accuracy)).fold(1.0f64, f64::min);
+    let y_min = ((y_min - 0.05).max(0.0) * 10.0).floor() / 10.0;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d(x_min as f64 - 0.5..x_max as f64 + 0.5, y_min..1.0)?;
+    chart.configure_mesh().x_desc(x_label).y_desc("accuracy").draw()?;
+    let mut layouts: Vec<&str> = points.iter().map(|(r, _)| r.layout.as_str()).collect();
+    layouts.dedup();
+    for (i, layout) in layouts.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let mut line: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|(r, _)| r.layout == *layout)
+            .map(|(r, x)| (*x as f64, r.degraded_accuracy_paper))
+            .collect();
+        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)).point_size(3))?
+            .label(format!("degraded, {layout}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+    }
+    let mut base: Vec<(f64, f64)> = points.iter().map(|(r, x)| (*x as f64, r.base_accuracy)).collect();
+    base.sort_by(|a, b| a.0.total_cmp(&b.0));
+    base.dedup_by(|a, b| a.0 == b.0);
+    chart
+        .draw_series(LineSeries::new(base, BLACK.stroke_width(1)))?
+        .label("base model")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
+    Ok(())
+}

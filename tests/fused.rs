@@ -1,0 +1,166 @@
+//! The fused path: `shaders/` kernels launched on Burn's wgpu tensors, checked against the CPU
+//! reference kernels, around a model whose reference run is on Burn's CPU (flex) device.
+
+use approxifer::fused::{self, CodedRunner, FusedCode, FusedError};
+use approxifer::kernels::{Code, CodeParams, Layout, Tolerance, cpu};
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig, Relu};
+use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn gpu() -> Device {
+    Device::wgpu(DeviceKind::DefaultDevice)
+}
+
+fn code(k: usize, n: usize, s: usize, layout: Layout) -> Code {
+    Code::new(CodeParams::builder(k, n).stragglers(s).layout(layout).build().unwrap()).unwrap()
+}
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Masks with exactly `S` stragglers per group, chosen at random.
+fn masks(code: &Code, groups: usize, seed: u64) -> Vec<bool> {
+    let (n, s) = (code.params().workers(), code.params().stragglers());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = vec![true; groups * n];
+    for group in out.chunks_exact_mut(n) {
+        let mut dropped = 0;
+        while dropped < s {
+            let w = rng.random_range(0..n);
+            if group[w] {
+                group[w] = false;
+                dropped += 1;
+            }
+        }
+    }
+    out
+}
+
+fn host(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn assert_close(actual: &[f32], expected: &[f32], tolerance: Tolerance, what: &str) {
+    let widen = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+    if let Err(mismatch) = tolerance.check(widen(actual), widen(expected)) {
+        panic!("{what}: {mismatch}");
+    }
+}
+
+#[test]
+fn encode_on_burn_tensors_matches_the_cpu_path() {
+    for (k, n, d, layout) in
+        [(3, 5, 784, Layout::NonSystematic), (8, 10, 13, Layout::Systematic), (2, 4, 1, Layout::NonSystematic)]
+    {
+        let c = code(k, n, 1, layout);
+        let groups = 3;
+        let queries = values(groups * k * d, d as u64);
+        let tensor = Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &gpu());
+        let coded = fused::encode(tensor, &FusedCode::new(c.clone()).unwrap()).unwrap();
+        assert_eq!(coded.dims(), [groups, n, d]);
+        let expected = cpu::encode_to_vec(&c, &queries, d).unwrap();
+        assert_close(&host(coded), &expected, Tolerance::BALANCED, &format!("encode K={k} N={n} D={d}"));
+    }
+}
+
+#[test]
+fn decode_on_burn_tensors_matches_the_cpu_path_for_random_masks() {
+    for (k, n, s, classes, layout) in [(4, 6, 2, 10, Layout::NonSystematic), (8, 11, 3, 7, Layout::Systematic)] {
+        let c = code(k, n, s, layout);
+        let groups = 17;
+        let outputs = values(groups * n * classes, classes as u64);
+        let masks = masks(&c, groups, 7);
+        let tensor = Tensor::<3>::from_data(TensorData::new(outputs.clone(), [groups, n, classes]), &gpu());
+        let decoded = fused::decode(tensor, &masks, &FusedCode::new(c.clone()).unwrap()).unwrap();
+        assert_eq!(decoded.dims(), [groups, k, classes]);
+        let expected = cpu::decode_to_vec(&c, &outputs, classes, &masks).unwrap();
+        assert_close(&host(decoded), &expected, Tolerance::BALANCED, &format!("decode K={k} N={n} S={s}"));
+    }
+}
+
+/// A small MLP, the hosted model.
+#[derive(Module, Debug)]
+struct Mlp {
+    first: Linear,
+    second: Linear,
+    relu: Relu,
+}
+
+impl Mlp {
+    fn new(device: &Device) -> Self {
+        Mlp {
+            first: LinearConfig::new(12, 16).init(device),
+            second: LinearConfig::new(16, 5).init(device),
+            relu: Relu::new(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.second.forward(self.relu.forward(self.first.forward(x)))
+    }
+}
+
+#[test]
+fn the_runner_matches_the_cpu_reference_pipeline() {
+    let (k, n, s, d, groups) = (4, 6, 2, 12, 9);
+    let c = code(k, n, s, Layout::NonSystematic);
+    let gpu_model = Mlp::new(&gpu());
+    let cpu_model = gpu_model.clone().to_device(&Device::flex());
+    let queries = values(groups * k * d, 3);
+    let masks = masks(&c, groups, 11);
+
+    let runner =
+        CodedRunner::new(|x: Tensor<2>| gpu_model.forward(x), FusedCode::new(c.clone()).unwrap(), gpu()).unwrap();
+    let input = Tensor::<2>::from_data(TensorData::new(queries.clone(), [groups * k, d]), &gpu());
+    let decoded = runner.infer(input, &masks).unwrap();
+    assert_eq!(decoded.dims(), [groups * k, 5]);
+    assert_eq!(decoded.device(), gpu(), "the predictions stay on the device");
+
+    // Reference: CPU encode, the same weights on Burn's CPU device, CPU decode.
+    let coded = cpu::encode_to_vec(&c, &queries, d).unwrap();
+    let coded = Tensor::<2>::from_data(TensorData::new(coded, [groups * n, d]), &Device::flex());
+    let predictions = cpu_model.forward(coded).into_data().try_to_vec::<f32>().unwrap();
+    let expected = cpu::decode_to_vec(&c, &predictions, 5, &masks).unwrap();
+    assert_close(&decoded.into_data().try_to_vec::<f32>().unwrap(), &expected, Tolerance::BALANCED, "pipeline");
+}
+
+#[test]
+fn each_stage_hands_the_next_a_tensor_on_the_same_device() {
+    let c = code(3, 5, 1, Layout::NonSystematic);
+    let model = |x: Tensor<2>| x.clone().slice([0..x.dims()[0], 0..2]);
+    let runner = CodedRunner::new(model, FusedCode::new(c.clone()).unwrap(), gpu()).unwrap();
+    let queries = Tensor::<2>::from_data(TensorData::new(values(6 * 4, 1), [6, 4]), &gpu());
+    let coded: Tensor<2> = runner.encode(queries).unwrap();
+    assert_eq!((coded.dims(), coded.device()), ([10, 4], gpu()));
+    let predictions: Tensor<2> = runner.forward(coded);
+    assert_eq!((predictions.dims(), predictions.device()), ([10, 2], gpu()));
+    let decoded: Tensor<2> = runner.decode(predictions, &masks(&c, 2, 5)).unwrap();
+    assert_eq!((decoded.dims(), decoded.device()), ([6, 2], gpu()));
+}
+
+#[test]
+fn bad_input_is_a_typed_error_before_any_launch() {
+    let c = code(3, 5, 2, Layout::NonSystematic);
+    let fc = FusedCode::new(c.clone()).unwrap();
+    let wrong_rows = Tensor::<3>::from_data(TensorData::new(values(2 * 4 * 3, 1), [2, 4, 3]), &gpu());
+    assert!(matches!(fused::encode(wrong_rows, &fc), Err(FusedError::Shape { what: "queries", .. })));
+
+    let on_cpu = Tensor::<3>::from_data(TensorData::new(values(3 * 3, 1), [1, 3, 3]), &Device::flex());
+    assert!(matches!(fused::encode(on_cpu, &fc), Err(FusedError::Device { .. })));
+
+    let outputs = Tensor::<3>::from_data(TensorData::new(values(5 * 2, 1), [1, 5, 2]), &gpu());
+    let too_few = [true, true, false, false, false];
+    let e = fused::decode(outputs.clone(), &too_few, &fc).unwrap_err();
+    assert!(matches!(e, FusedError::Codec(approxifer::kernels::Error::NotEnoughResponders { .. })), "{e}");
+    let e = fused::decode(outputs, &[true; 10], &fc).unwrap_err();
+    assert!(matches!(e, FusedError::Codec(approxifer::kernels::Error::ShapeMismatch { .. })), "{e}");
+
+    let runner = CodedRunner::new(|x: Tensor<2>| x, fc.clone(), gpu()).unwrap();
+    let not_whole = Tensor::<2>::from_data(TensorData::new(values(4 * 2, 1), [4, 2]), &gpu());
+    assert!(matches!(runner.encode(not_whole), Err(FusedError::Shape { .. })));
+    assert!(matches!(CodedRunner::new(|x: Tensor<2>| x, fc, Device::flex()), Err(FusedError::Device { .. })));
+}
