@@ -409,11 +409,11 @@ fn no_subcommand_serves_the_embedded_model_with_stragglers() {
     let rows: Vec<Vec<&str>> = text
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|w| w.len() == 8 && w[0].ends_with("systematic"))
+        .filter(|w| w.len() == 9 && w[0].ends_with("systematic"))
         .collect();
     assert_eq!(rows.len(), 6, "{text}");
     for row in rows {
-        let numbers: Vec<f64> = row[4..7].iter().map(|w| w.parse().unwrap()).collect();
+        let numbers: Vec<f64> = row[5..8].iter().map(|w| w.parse().unwrap()).collect();
         let (base, normal, degraded) = (numbers[0], numbers[1], numbers[2]);
         assert!(base > 0.85, "the embedded LeNet-5 is a trained model: {row:?}");
         assert!(degraded > 0.6 && degraded <= normal + 0.02 && normal <= base + 0.02, "{row:?}");

@@ -52,6 +52,7 @@ fn the_pretrained_digit_cnn_reaches_099_on_the_mnist_test_set() {
     let model = models::load(Architecture::DigitCnn, &dir.join("models/digit_recognizer.pth"), &cpu()).unwrap();
     let test = data::load(&dir, Dataset::Mnist, Split::Test).unwrap();
     let acc = accuracy(&model, &test, Dataset::Mnist, &cpu(), 500);
+    eprintln!("digit CNN: MNIST test accuracy {acc}");
     assert!(acc >= 0.99, "digit CNN test accuracy {acc}");
 }
 

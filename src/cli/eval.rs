@@ -140,15 +140,16 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
 pub(super) fn write_table(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(
         out,
-        "{:<14} {:>3} {:>3} {:>3} {:>8} {:>8} {:>15} {:>21}",
-        "layout", "K", "N", "S", "base", "normal", "degraded paper", "degraded reconstructed"
+        "{:<14} {:<10} {:>3} {:>3} {:>3} {:>8} {:>8} {:>15} {:>21}",
+        "layout", "nodes", "K", "N", "S", "base", "normal", "degraded paper", "degraded reconstructed"
     )?;
     for r in rows {
         let reconstructed = r.degraded_accuracy_reconstructed.map_or("-".to_string(), |a| format!("{a:.4}"));
         writeln!(
             out,
-            "{:<14} {:>3} {:>3} {:>3} {:>8.4} {:>8.4} {:>15.4} {:>21}",
+            "{:<14} {:<10} {:>3} {:>3} {:>3} {:>8.4} {:>8.4} {:>15.4} {:>21}",
             r.layout,
+            r.nodes,
             r.k,
             r.n,
             r.stragglers,
@@ -159,12 +160,16 @@ pub(super) fn write_table(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Res
         )?;
     }
     if let Some(r) = rows.first() {
+        let outputs = serde_json::to_value(r.outputs)?;
         writeln!(
             out,
-            "{} on {}, {} queries per setting, workers return {:?}. degraded paper: all K decoded from N - S \
+            "{} on {}, {} queries per setting, workers return {}. degraded paper: all K decoded from N - S \
              responders (ApproxIFER's protocol); degraded reconstructed: only predictions no responder held \
              unmixed (ParM's protocol).",
-            r.model, r.dataset, r.queries, r.outputs
+            r.model,
+            r.dataset,
+            r.queries,
+            outputs.as_str().unwrap_or("?")
         )?;
     }
     Ok(())

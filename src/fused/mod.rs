@@ -47,11 +47,10 @@ pub enum FusedError {
     TooLarge { what: &'static str, elements: u64 },
 }
 
-/// A [`Code`] prepared for fused launches.
+/// A [`Code`] prepared for fused launches: its tables in the form the kernels read.
 #[derive(Clone, Debug)]
 pub struct FusedCode {
     code: Arc<Code>,
-    tables: Arc<GpuCode>,
     encode_table: Arc<[f32]>,
     decode_table: Arc<[f32]>,
 }
@@ -66,7 +65,6 @@ impl FusedCode {
             encode_table: tables.encode_table().into(),
             decode_table: tables.decode_table().into(),
             code: Arc::new(code),
-            tables: Arc::new(tables),
         })
     }
 
@@ -80,19 +78,18 @@ impl FusedCode {
             Shader::Decode => self.decode_table.clone(),
             _ => self.encode_table.clone(),
         };
-        let config = ops::config(shader, elem, row_len, self.tables.queries(), self.tables.workers());
-        CodecLaunch { config, table }
+        let (k, n) = (self.code.params().queries() as u32, self.code.params().workers() as u32);
+        CodecLaunch { config: ops::config(shader, elem, row_len, k, n), table }
     }
 }
 
 /// Encodes `[B, K, D]` queries into `[B, N, D]` coded queries on the queries' device.
 pub fn encode(queries: Tensor<3>, code: &FusedCode) -> Result<Tensor<3>, FusedError> {
     let (k, n) = (code.code.params().queries(), code.code.params().workers());
-    let [groups, rows, row_len] = queries.dims();
+    let [groups, _, row_len] = queries.dims();
     check_rows("queries", &queries.dims(), k, "[B, K, D]")?;
     let elem = check_tensor("queries", &queries.device(), queries.dtype())?;
     check_launch("coded queries", groups, n, row_len)?;
-    let _ = rows;
     let launch = code.launch(Shader::Encode, elem, row_len);
     Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(queries.into_dispatch(), launch)))
 }
@@ -137,14 +134,16 @@ fn check_tensor(
     device: &Device,
     dtype: DType,
 ) -> Result<approxifer_kernels::gpu::Elem, FusedError> {
-    let on_wgpu = match device.as_dispatch() {
-        DispatchDevice::Cube(cube) => cube.runtime() == burn_cubecl::cubecl::RuntimeId::Wgpu,
-        _ => false,
-    };
-    if !on_wgpu {
-        return Err(FusedError::Device { what, device: format!("{device:?}") });
-    }
+    check_device(what, device)?;
     ops::kernel_elem(dtype).ok_or(FusedError::DType { what, dtype })
+}
+
+/// Whether `device` runs WGSL: a Burn wgpu device without autodiff.
+fn check_device(what: &'static str, device: &Device) -> Result<(), FusedError> {
+    match device.as_dispatch() {
+        DispatchDevice::Cube(cube) if cube.runtime() == burn_cubecl::cubecl::RuntimeId::Wgpu => Ok(()),
+        _ => Err(FusedError::Device { what, device: format!("{device:?}") }),
+    }
 }
 
 /// Output rows of `groups x rows x row_len` within one launch's 32-bit indices and 2D grid.

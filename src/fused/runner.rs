@@ -29,7 +29,7 @@ pub struct CodedRunner<M, const D: usize> {
 impl<M: Model<D>, const D: usize> CodedRunner<M, D> {
     /// A runner for `model` with `code` on `device`, which must be a Burn wgpu device.
     pub fn new(model: M, code: FusedCode, device: Device) -> Result<Self, FusedError> {
-        super::check_tensor("the runner's device", &device, burn::tensor::DType::F32)?;
+        super::check_device("the runner's device", &device)?;
         Ok(CodedRunner { model, code, device })
     }
 
