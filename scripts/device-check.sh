@@ -16,3 +16,6 @@ for mib in 1024 64; do
     ./devbin/approxifer bench kernels --adapter discrete --mib "$mib" --repeats 9 --json > "$out/bench-$mib.json" 2> "$out/bench-$mib.err"
     cat "$out/bench-$mib.json" "$out/bench-$mib.err"
 done
+# The fused pipeline: overhead against LeNet-5's forward pass, and the host round trip.
+./devbin/approxifer bench pipeline --adapter discrete --groups 1024 --repeats 9 --json > "$out/pipeline.json" 2> "$out/pipeline.err"
+cat "$out/pipeline.json" "$out/pipeline.err"

@@ -120,7 +120,7 @@ pub fn evaluate(
         let mut params = CodeParams::builder(setting.k, n).stragglers(setting.stragglers).layout(setting.layout);
         params = params.nodes(config.nodes.unwrap_or(default_nodes(setting.layout)));
         let code = Code::new(params.build()?)?;
-        let direct = direct_holders(&code);
+        let direct = code.direct_workers();
         let outputs = config.outputs;
         let hosted = |x: Tensor<4>| match outputs {
             Outputs::Softmax => activation::softmax(model.forward(x), 1),
@@ -192,14 +192,6 @@ pub fn default_nodes(layout: Layout) -> NodeFamily {
     }
 }
 
-/// For each query `j`, the workers whose coded query is query `j` itself (a unit row of the
-/// encode matrix): the systematic workers, or coincident nodes.
-fn direct_holders(code: &Code) -> Vec<Vec<usize>> {
-    let (k, n) = (code.params().queries(), code.params().workers());
-    let e = code.encode_matrix().as_slice();
-    (0..k).map(|j| (0..n).filter(|&w| (0..k).all(|i| e[w * k + i] == f64::from(u8::from(i == j)))).collect()).collect()
-}
-
 /// `groups x n` masks with `stragglers` distinct workers missing from each group.
 fn straggler_masks(groups: usize, n: usize, stragglers: usize, rng: &mut impl rand::Rng) -> Vec<bool> {
     let workers: Vec<usize> = (0..n).collect();
@@ -226,16 +218,16 @@ mod tests {
     }
 
     #[test]
-    fn direct_holders_are_the_systematic_workers() {
+    fn direct_workers_are_the_systematic_workers_or_coincident_nodes() {
         let sys =
             Code::new(CodeParams::builder(4, 6).stragglers(2).layout(Layout::Systematic).build().unwrap()).unwrap();
         let expected: Vec<Vec<usize>> =
             sys.nodes().systematic_workers.as_ref().unwrap().iter().map(|&w| vec![w]).collect();
-        assert_eq!(direct_holders(&sys), expected);
+        assert_eq!(sys.direct_workers(), expected);
         let plain = Code::new(CodeParams::builder(4, 6).stragglers(2).build().unwrap()).unwrap();
-        assert!(direct_holders(&plain).iter().all(Vec::is_empty));
+        assert!(plain.direct_workers().iter().all(Vec::is_empty));
         // K = 3, N = 5: the middle second-kind node is the middle data node.
         let coincident = Code::new(CodeParams::builder(3, 5).stragglers(2).build().unwrap()).unwrap();
-        assert_eq!(direct_holders(&coincident)[1], vec![2]);
+        assert_eq!(coincident.direct_workers()[1], vec![2]);
     }
 }

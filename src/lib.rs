@@ -21,4 +21,5 @@ pub mod fused;
 pub mod models;
 pub mod npy;
 pub mod plot;
+pub mod serve;
 pub mod train;

@@ -117,6 +117,17 @@ impl Code {
         Ok(())
     }
 
+    /// For each query `j`, the workers whose coded query *is* query `j` (a unit row of the
+    /// encode matrix): its systematic worker, or a worker whose node coincides with `alpha_j`.
+    /// When one of them answers, query `j`'s prediction is exact rather than reconstructed.
+    pub fn direct_workers(&self) -> Vec<Vec<usize>> {
+        let (k, n) = (self.params.queries(), self.params.workers());
+        let e = self.encode.as_slice();
+        (0..k)
+            .map(|j| (0..n).filter(|&w| (0..k).all(|i| e[w * k + i] == f64::from(u8::from(i == j)))).collect())
+            .collect()
+    }
+
     /// Checks `masks`, `groups x N` flags (true where the worker answered), as every decoder
     /// does: whole groups, each with at least `N - S` responders. Returns the group count.
     pub fn check_masks(&self, masks: &[bool]) -> Result<usize> {

@@ -7,7 +7,7 @@ use std::io::Write;
 use clap::Args;
 
 use crate::demo::{TwoLayerNet, run_trial};
-use crate::eval::{EvalConfig, Outputs, Setting, evaluate};
+use crate::eval::{EvalConfig, Outputs, Setting};
 use crate::kernels::gpu::AdapterChoice;
 use crate::kernels::{CodeParams, Layout};
 
@@ -62,18 +62,9 @@ pub(super) fn run(args: &DemoArgs, out: &mut impl Write) -> anyhow::Result<()> {
         nodes: None,
         seed: args.seed,
     };
-    let bar = super::progress_bar(0, "groups");
-    let rows = evaluate(&model, &sample, &config, &device, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
-    bar.finish_and_clear();
+    let rows = super::eval::evaluate_with_progress(&model, &sample, &config, &device)?;
     if args.json {
-        for row in &rows {
-            serde_json::to_writer(&mut *out, row)?;
-            writeln!(out)?;
-        }
-        return Ok(());
+        return super::eval::write_json(&rows, out);
     }
     writeln!(
         out,

@@ -116,23 +116,40 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         nodes: args.nodes,
         seed: args.seed,
     };
-    let bar = super::progress_bar(0, "groups");
-    let rows = evaluate(&model, &test, &config, &device, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
-    bar.finish_and_clear();
+    let rows = evaluate_with_progress(&model, &test, &config, &device)?;
     if args.json {
-        for row in &rows {
-            serde_json::to_writer(&mut *out, row)?;
-            writeln!(out)?;
-        }
+        write_json(&rows, out)?;
     } else {
         write_table(&rows, out)?;
     }
     if let Some(path) = &args.plot {
         crate::plot::accuracy_svg(&rows, path)?;
         eprintln!("approxifer: plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// [`evaluate`] under a progress bar counting groups.
+pub(super) fn evaluate_with_progress(
+    model: &crate::models::Classifier,
+    images: &crate::data::Images,
+    config: &EvalConfig,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<Vec<EvalRow>> {
+    let bar = super::progress_bar(0, "groups");
+    let rows = evaluate(model, images, config, device, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    Ok(rows)
+}
+
+/// One JSON object per line.
+pub(super) fn write_json(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Result<()> {
+    for row in rows {
+        serde_json::to_writer(&mut *out, row)?;
+        writeln!(out)?;
     }
     Ok(())
 }

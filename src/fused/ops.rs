@@ -21,7 +21,8 @@ use burn_cubecl::template::{KernelSource, SourceKernel, SourceTemplate};
 use burn_cubecl::tensor::CubeTensor;
 
 /// One kernel launch as the extension carries it: the shader specialisation and the code's
-/// table for the uniform block. Checked by the caller ([`super::FusedCode`]) before it gets here.
+/// table for the uniform block. Only [`super::encode`] and [`super::decode`] make one, after
+/// checking the tensors, so these operations never see unchecked input.
 #[derive(Clone, Debug)]
 pub struct CodecLaunch {
     pub(crate) config: ShaderConfig,
@@ -109,8 +110,9 @@ fn run(launch: &CodecLaunch, tensors: &[&CubeTensor], groups: usize, row_len: us
     }
     let client = tensors[0].client.clone();
     let packed_row = (row_len / launch.config.packing as usize) as u64;
-    // The caller checked the grid fits (`FusedCode::check_batch`).
-    let grid = Grid::cover(groups as u64 * rows_per_group * packed_row, u16::MAX as u32)
+    // 65535 workgroups per dimension is WebGPU's guaranteed limit. `encode` and `decode` (the
+    // only makers of a `CodecLaunch`) checked that the grid fits (`check_launch`).
+    let grid = Grid::cover(groups as u64 * rows_per_group * packed_row, u32::from(u16::MAX))
         .expect("batch size checked before launch");
     let params =
         Params { groups: groups as u32, row_len: packed_row as u32, grid_width: grid.width, ..Params::default() };

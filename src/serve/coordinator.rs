@@ -1,0 +1,367 @@
+//! The coordinator: groups queries, codes them, sends the coded queries to `N` workers,
+//! decodes from the first `N - S` answers, and answers every accepted query exactly once.
+//!
+//! One thread owns all state (the group being formed, the groups in flight), woken by a new
+//! query, a worker's answer, or the next timer (a partial group's maximum wait, a group's
+//! deadline); nothing is shared but the in-flight count that bounds admission.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use super::faults::FaultPlan;
+use super::worker::{Request, Response, Worker};
+use crate::kernels::{Code, cpu};
+
+/// How the coordinator runs.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub code: Code,
+    /// Values per query (`D`) and per prediction (`C`).
+    pub input_len: usize,
+    pub output_len: usize,
+    /// A group with fewer than `K` queries is padded and sent this long after its first query.
+    pub max_wait: Duration,
+    /// A group not decodable this long after dispatch fails, every query with an error.
+    pub deadline: Duration,
+    /// The most queries accepted and not yet answered; beyond it, [`ServeError::Overloaded`].
+    pub capacity: usize,
+    /// Fault injection: the plan every dispatch draws from, and its seed.
+    pub faults: Option<(FaultPlan, u64)>,
+}
+
+/// A prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub output: Vec<f32>,
+    /// Decoded from other workers' answers, not computed on this query itself.
+    pub approximate: bool,
+}
+
+/// Why a query got no prediction. Every accepted query gets exactly one answer or one of these.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ServeError {
+    #[error("{in_flight} queries in flight, the coordinator's capacity; retry later")]
+    Overloaded { in_flight: usize },
+    #[error("a query has {actual} values; the model takes {expected}")]
+    BadInput { expected: usize, actual: usize },
+    #[error("only {answered} workers answered within the {deadline_ms} ms deadline; decoding needs {needed}")]
+    DeadlineMissed { answered: usize, needed: usize, deadline_ms: u128 },
+    #[error("only {available} workers took the group; decoding needs {needed}")]
+    WorkersUnavailable { available: usize, needed: usize },
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    #[error("decoding failed: {0}")]
+    Decode(String),
+}
+
+/// Where a query's answer arrives: exactly one message.
+pub type Ticket = Receiver<Result<Answer, ServeError>>;
+
+/// What happened over a coordinator's life.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub groups: u64,
+    pub decoded_groups: u64,
+    pub failed_groups: u64,
+    pub answered: u64,
+    pub errors: u64,
+    /// Worker answers that came after their group was decoded or failed.
+    pub late_responses: u64,
+}
+
+struct Submission {
+    query: Vec<f32>,
+    reply: Sender<Result<Answer, ServeError>>,
+}
+
+/// A running coordinator. Dropping it shuts it down gracefully (see [`Coordinator::shutdown`]).
+pub struct Coordinator {
+    submissions: Option<Sender<Submission>>,
+    in_flight: Arc<AtomicUsize>,
+    capacity: usize,
+    input_len: usize,
+    thread: Option<JoinHandle<Stats>>,
+}
+
+impl Coordinator {
+    /// Starts a coordinator over `workers` (one per coded query: exactly `N`).
+    pub fn start(config: CoordinatorConfig, workers: Vec<Arc<dyn Worker>>) -> Result<Self, String> {
+        let n = config.code.params().workers();
+        if workers.len() != n {
+            return Err(format!("{} workers for a code with N = {n}", workers.len()));
+        }
+        if config.input_len == 0 || config.output_len == 0 || config.capacity == 0 {
+            return Err("input and output lengths and the capacity must be at least 1".into());
+        }
+        if let Some((plan, _)) = &config.faults {
+            plan.validate().map_err(|e| e.to_string())?;
+        }
+        let (submissions, incoming) = crossbeam_channel::unbounded();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (capacity, input_len) = (config.capacity, config.input_len);
+        let state = Loop::new(config, workers, in_flight.clone());
+        let thread = std::thread::Builder::new()
+            .name("approxifer-coordinator".into())
+            .spawn(move || state.run(incoming))
+            .map_err(|e| e.to_string())?;
+        Ok(Coordinator { submissions: Some(submissions), in_flight, capacity, input_len, thread: Some(thread) })
+    }
+
+    /// Accepts `query` (or refuses it at once, with nothing queued); its answer arrives on the
+    /// returned ticket.
+    pub fn submit(&self, query: Vec<f32>) -> Result<Ticket, ServeError> {
+        if query.len() != self.input_len {
+            return Err(ServeError::BadInput { expected: self.input_len, actual: query.len() });
+        }
+        let Some(submissions) = &self.submissions else {
+            return Err(ServeError::ShuttingDown);
+        };
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= self.capacity {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ServeError::Overloaded { in_flight: before });
+        }
+        let (reply, ticket) = crossbeam_channel::bounded(1);
+        if submissions.send(Submission { query, reply }).is_err() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(ServeError::ShuttingDown);
+        }
+        Ok(ticket)
+    }
+
+    /// Queries accepted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting queries, sends the group being formed, waits for every group in flight
+    /// to be decoded or to reach its deadline, and returns the books.
+    pub fn shutdown(mut self) -> Stats {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Stats {
+        drop(self.submissions.take());
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A group in flight.
+struct Group {
+    /// One per query slot; `None` for padding.
+    replies: Vec<Option<Sender<Result<Answer, ServeError>>>>,
+    /// One per worker, filled as answers arrive.
+    outputs: Vec<Option<Vec<f32>>>,
+    answered: usize,
+    deadline: Instant,
+}
+
+/// The coordinator thread's state.
+struct Loop {
+    config: CoordinatorConfig,
+    workers: Vec<Arc<dyn Worker>>,
+    in_flight: Arc<AtomicUsize>,
+    direct: Vec<Vec<usize>>,
+    faults: Option<(FaultPlan, StdRng)>,
+    served: Vec<u64>,
+    forming: Vec<Submission>,
+    forming_since: Option<Instant>,
+    pending: HashMap<u64, Group>,
+    next_group: u64,
+    replies: (Sender<Response>, Receiver<Response>),
+    stats: Stats,
+}
+
+impl Loop {
+    fn new(config: CoordinatorConfig, workers: Vec<Arc<dyn Worker>>, in_flight: Arc<AtomicUsize>) -> Self {
+        let n = workers.len();
+        Loop {
+            direct: config.code.direct_workers(),
+            faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
+            served: vec![0; n],
+            forming: Vec::new(),
+            forming_since: None,
+            pending: HashMap::new(),
+            next_group: 0,
+            replies: crossbeam_channel::unbounded(),
+            stats: Stats::default(),
+            config,
+            workers,
+            in_flight,
+        }
+    }
+
+    fn run(mut self, mut incoming: Receiver<Submission>) -> Stats {
+        let k = self.config.code.params().queries();
+        let mut open = true;
+        let replies = self.replies.1.clone();
+        loop {
+            let now = Instant::now();
+            let wake =
+                [self.forming_since.map(|t| t + self.config.max_wait), self.pending.values().map(|g| g.deadline).min()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+            let timeout = wake.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(now));
+            select! {
+                recv(incoming) -> message => match message {
+                    Ok(submission) => {
+                        self.forming_since.get_or_insert_with(Instant::now);
+                        self.forming.push(submission);
+                        if self.forming.len() == k {
+                            self.dispatch();
+                        }
+                    }
+                    Err(_) => {
+                        open = false;
+                        incoming = crossbeam_channel::never();
+                    }
+                },
+                recv(replies) -> response => {
+                    if let Ok(response) = response {
+                        self.receive(response);
+                    }
+                },
+                default(timeout) => {}
+            }
+            let now = Instant::now();
+            if !self.forming.is_empty()
+                && (!open || self.forming_since.is_some_and(|t| now >= t + self.config.max_wait))
+            {
+                self.dispatch();
+            }
+            self.expire(now);
+            if !open && self.forming.is_empty() && self.pending.is_empty() {
+                return self.stats;
+            }
+        }
+    }
+
+    /// Codes the forming group (padded to `K`) and sends one coded query to each worker.
+    fn dispatch(&mut self) {
+        let params = *self.config.code.params();
+        let (k, n, d) = (params.queries(), params.workers(), self.config.input_len);
+        let submissions = std::mem::take(&mut self.forming);
+        self.forming_since = None;
+        let mut queries = vec![0.0f32; k * d];
+        let mut replies = Vec::with_capacity(k);
+        for (slot, submission) in submissions.into_iter().enumerate() {
+            queries[slot * d..(slot + 1) * d].copy_from_slice(&submission.query);
+            replies.push(Some(submission.reply));
+        }
+        replies.resize_with(k, || None);
+        let group = self.next_group;
+        self.next_group += 1;
+        self.stats.groups += 1;
+        let coded = match cpu::encode_to_vec(&self.config.code, &queries, d) {
+            Ok(coded) => coded,
+            Err(e) => return self.fail(replies, ServeError::Decode(e.to_string())),
+        };
+        let fates = match &mut self.faults {
+            Some((plan, rng)) => plan.draw(&self.served, rng).into_iter().map(Some).collect(),
+            None => vec![None; n],
+        };
+        let mut taken = 0;
+        for (w, (row, injected)) in coded.chunks_exact(d).zip(fates).enumerate() {
+            self.served[w] += 1;
+            let request = Request { id: group * n as u64 + w as u64, input: row.into(), injected };
+            taken += usize::from(self.workers[w].submit(request, &self.replies.0).is_ok());
+        }
+        let needed = params.min_responders();
+        if taken < needed {
+            return self.fail(replies, ServeError::WorkersUnavailable { available: taken, needed });
+        }
+        let deadline = Instant::now() + self.config.deadline;
+        self.pending.insert(group, Group { replies, outputs: vec![None; n], answered: 0, deadline });
+    }
+
+    /// Takes a worker's answer; decodes its group once `N - S` have answered.
+    fn receive(&mut self, response: Response) {
+        let n = self.workers.len() as u64;
+        let (group_id, worker) = (response.id / n, (response.id % n) as usize);
+        let Some(group) = self.pending.get_mut(&group_id) else {
+            self.stats.late_responses += 1;
+            return;
+        };
+        // A wrong-sized answer cannot be decoded: it counts as no answer.
+        if response.output.len() != self.config.output_len || group.outputs[worker].is_some() {
+            return;
+        }
+        group.outputs[worker] = Some(response.output);
+        group.answered += 1;
+        if group.answered == self.config.code.params().min_responders() {
+            let group = self.pending.remove(&group_id).expect("the group is pending");
+            self.decode(group);
+        }
+    }
+
+    fn decode(&mut self, group: Group) {
+        let (c, n) = (self.config.output_len, self.workers.len());
+        let mask: Vec<bool> = group.outputs.iter().map(Option::is_some).collect();
+        let mut outputs = vec![0.0f32; n * c];
+        for (w, output) in group.outputs.iter().enumerate() {
+            if let Some(output) = output {
+                outputs[w * c..(w + 1) * c].copy_from_slice(output);
+            }
+        }
+        match cpu::decode_to_vec(&self.config.code, &outputs, c, &mask) {
+            Ok(decoded) => {
+                self.stats.decoded_groups += 1;
+                for (j, reply) in group.replies.into_iter().enumerate() {
+                    let approximate = !self.direct[j].iter().any(|&w| mask[w]);
+                    let answer = Answer { output: decoded[j * c..(j + 1) * c].to_vec(), approximate };
+                    self.answer(reply, Ok(answer));
+                }
+            }
+            Err(e) => self.fail(group.replies, ServeError::Decode(e.to_string())),
+        }
+    }
+
+    /// Fails every group whose deadline has passed.
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<u64> = self.pending.iter().filter(|(_, g)| g.deadline <= now).map(|(&id, _)| id).collect();
+        let needed = self.config.code.params().min_responders();
+        for id in expired {
+            let group = self.pending.remove(&id).expect("listed as pending");
+            let error = ServeError::DeadlineMissed {
+                answered: group.answered,
+                needed,
+                deadline_ms: self.config.deadline.as_millis(),
+            };
+            self.fail(group.replies, error);
+        }
+    }
+
+    fn fail(&mut self, replies: Vec<Option<Sender<Result<Answer, ServeError>>>>, error: ServeError) {
+        self.stats.failed_groups += 1;
+        for reply in replies {
+            self.answer(reply, Err(error.clone()));
+        }
+    }
+
+    /// Sends one query's result (padding slots have none) and releases its admission slot.
+    fn answer(&mut self, reply: Option<Sender<Result<Answer, ServeError>>>, result: Result<Answer, ServeError>) {
+        let Some(reply) = reply else { return };
+        if result.is_ok() {
+            self.stats.answered += 1;
+        } else {
+            self.stats.errors += 1;
+        }
+        // The client may have stopped waiting; the answer is still given (and counted).
+        let _ = reply.send(result);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,297 @@
+//! Fault injection for the serving runtime: how long each worker takes to answer one request,
+//! and whether it answers at all.
+//!
+//! A [`FaultPlan`] draws, per request and worker, an [`Outcome`]: an answer after a latency,
+//! a hang (the request is never answered, the worker stays usable), or a crash (this and every
+//! later request to the worker go unanswered). Latencies follow a base [`Latency`] model,
+//! scaled by the worker's own faults and by the plan's random slowdowns. Every draw comes from
+//! the caller's RNG, so a seed fixes a whole run and every scheme can face the same faults.
+
+use std::time::Duration;
+
+use rand::Rng;
+use rand_distr::{Distribution, Exp, Pareto};
+
+/// A base service-time distribution.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Latency {
+    /// Always `ms`.
+    Constant { ms: f64 },
+    /// Exponential with mean `mean_ms`.
+    Exponential { mean_ms: f64 },
+    /// Pareto with minimum `scale_ms` and tail index `shape` (> 1 for a finite mean): a heavy
+    /// tail, as measured in real serving systems.
+    Pareto { scale_ms: f64, shape: f64 },
+}
+
+/// What one worker does beyond the base latency. Fields left out of a config take
+/// [`WorkerFaults::NONE`]'s values.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct WorkerFaults {
+    /// Every latency multiplied by this (1 = normal; 10 = a persistently slow worker).
+    pub slowdown: f64,
+    /// With this probability per request, the latency is multiplied by `intermittent_factor`.
+    pub intermittent_probability: f64,
+    pub intermittent_factor: f64,
+    /// With this probability per request, the worker never answers that request.
+    pub hang_probability: f64,
+    /// After this many requests, the worker crashes: it answers nothing more.
+    pub crash_after: Option<u64>,
+}
+
+impl Default for WorkerFaults {
+    fn default() -> Self {
+        WorkerFaults::NONE
+    }
+}
+
+impl WorkerFaults {
+    /// A worker with no faults.
+    pub const NONE: WorkerFaults = WorkerFaults {
+        slowdown: 1.0,
+        intermittent_probability: 0.0,
+        intermittent_factor: 1.0,
+        hang_probability: 0.0,
+        crash_after: None,
+    };
+}
+
+/// A slowdown that strikes one worker chosen at random per request batch: the issue's
+/// workload ("one random worker 10x slower on 5% of requests").
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RandomSlowdown {
+    /// Probability per request batch (a group, for coded schemes) that one worker is slow.
+    pub probability: f64,
+    pub factor: f64,
+}
+
+/// The faults of a whole run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FaultPlan {
+    pub latency: Latency,
+    /// Per-worker faults; workers beyond the list have none.
+    #[serde(default)]
+    pub workers: Vec<WorkerFaults>,
+    #[serde(default)]
+    pub random_slowdown: Option<RandomSlowdown>,
+}
+
+/// One worker's fate for one request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outcome {
+    Answer(Duration),
+    Hang,
+    Crash,
+}
+
+/// Why a plan cannot be used.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum FaultError {
+    #[error("{what} = {value}: {rule}")]
+    Invalid { what: &'static str, value: f64, rule: &'static str },
+}
+
+fn require(ok: bool, what: &'static str, value: f64, rule: &'static str) -> Result<(), FaultError> {
+    if ok { Ok(()) } else { Err(FaultError::Invalid { what, value, rule }) }
+}
+
+impl FaultPlan {
+    /// No faults beyond `latency`.
+    pub fn healthy(latency: Latency) -> Self {
+        FaultPlan { latency, workers: Vec::new(), random_slowdown: None }
+    }
+
+    /// Checks every number, so that drawing never fails.
+    pub fn validate(&self) -> Result<(), FaultError> {
+        match self.latency {
+            Latency::Constant { ms } => require(ms.is_finite() && ms >= 0.0, "latency ms", ms, "must be >= 0")?,
+            Latency::Exponential { mean_ms } => {
+                require(mean_ms.is_finite() && mean_ms > 0.0, "latency mean_ms", mean_ms, "must be > 0")?
+            }
+            Latency::Pareto { scale_ms, shape } => {
+                require(scale_ms.is_finite() && scale_ms > 0.0, "latency scale_ms", scale_ms, "must be > 0")?;
+                require(shape.is_finite() && shape > 0.0, "latency shape", shape, "must be > 0")?;
+            }
+        }
+        for w in &self.workers {
+            require(w.slowdown.is_finite() && w.slowdown > 0.0, "slowdown", w.slowdown, "must be > 0")?;
+            require(
+                (0.0..=1.0).contains(&w.intermittent_probability),
+                "intermittent_probability",
+                w.intermittent_probability,
+                "must be in [0, 1]",
+            )?;
+            require(
+                w.intermittent_factor.is_finite() && w.intermittent_factor > 0.0,
+                "intermittent_factor",
+                w.intermittent_factor,
+                "must be > 0",
+            )?;
+            require(
+                (0.0..=1.0).contains(&w.hang_probability),
+                "hang_probability",
+                w.hang_probability,
+                "must be in [0, 1]",
+            )?;
+        }
+        if let Some(s) = self.random_slowdown {
+            require(
+                (0.0..=1.0).contains(&s.probability),
+                "random_slowdown probability",
+                s.probability,
+                "must be in [0, 1]",
+            )?;
+            require(s.factor.is_finite() && s.factor > 0.0, "random_slowdown factor", s.factor, "must be > 0")?;
+        }
+        Ok(())
+    }
+
+    /// The faults of `worker`.
+    pub fn worker(&self, worker: usize) -> WorkerFaults {
+        self.workers.get(worker).copied().unwrap_or(WorkerFaults::NONE)
+    }
+
+    /// The fates of `workers` workers serving one request batch; `served[w]` is how many
+    /// requests worker `w` has taken before this one (for crashes). The plan must be valid.
+    pub fn draw(&self, served: &[u64], rng: &mut impl Rng) -> Vec<Outcome> {
+        let slow_one = self
+            .random_slowdown
+            .filter(|s| rng.random_bool(s.probability))
+            .map(|s| (rng.random_range(0..served.len().max(1)), s.factor));
+        served
+            .iter()
+            .enumerate()
+            .map(|(w, &count)| {
+                let faults = self.worker(w);
+                if faults.crash_after.is_some_and(|limit| count >= limit) {
+                    return Outcome::Crash;
+                }
+                if rng.random_bool(faults.hang_probability) {
+                    return Outcome::Hang;
+                }
+                let mut ms = self.base_ms(rng) * faults.slowdown;
+                if rng.random_bool(faults.intermittent_probability) {
+                    ms *= faults.intermittent_factor;
+                }
+                if let Some((slow, factor)) = slow_one.filter(|(slow, _)| *slow == w) {
+                    debug_assert_eq!(slow, w);
+                    ms *= factor;
+                }
+                Outcome::Answer(Duration::from_secs_f64(ms / 1e3))
+            })
+            .collect()
+    }
+
+    fn base_ms(&self, rng: &mut impl Rng) -> f64 {
+        match self.latency {
+            Latency::Constant { ms } => ms,
+            Latency::Exponential { mean_ms } => Exp::new(1.0 / mean_ms).map_or(mean_ms, |d| d.sample(rng)),
+            Latency::Pareto { scale_ms, shape } => Pareto::new(scale_ms, shape).map_or(scale_ms, |d| d.sample(rng)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn ms(o: Outcome) -> f64 {
+        match o {
+            Outcome::Answer(d) => d.as_secs_f64() * 1e3,
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn base_latencies_have_their_documented_means() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mean = |plan: FaultPlan, rng: &mut StdRng| {
+            (0..20_000).map(|_| ms(plan.draw(&[0], rng)[0])).sum::<f64>() / 20_000.0
+        };
+        assert_eq!(mean(FaultPlan::healthy(Latency::Constant { ms: 3.0 }), &mut rng), 3.0);
+        let exp = mean(FaultPlan::healthy(Latency::Exponential { mean_ms: 5.0 }), &mut rng);
+        assert!((exp - 5.0).abs() < 0.15, "{exp}");
+        // Pareto mean: scale * shape / (shape - 1) = 2 * 3 / 2 = 3.
+        let pareto = mean(FaultPlan::healthy(Latency::Pareto { scale_ms: 2.0, shape: 3.0 }), &mut rng);
+        assert!((pareto - 3.0).abs() < 0.1, "{pareto}");
+    }
+
+    #[test]
+    fn worker_faults_slow_hang_and_crash_as_configured() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let plan = FaultPlan {
+            latency: Latency::Constant { ms: 1.0 },
+            workers: vec![
+                WorkerFaults { slowdown: 10.0, ..WorkerFaults::NONE },
+                WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE },
+                WorkerFaults { crash_after: Some(3), ..WorkerFaults::NONE },
+                WorkerFaults { intermittent_probability: 0.5, intermittent_factor: 4.0, ..WorkerFaults::NONE },
+            ],
+            random_slowdown: None,
+        };
+        plan.validate().unwrap();
+        let mut intermittent = 0;
+        for request in 0..1000u64 {
+            let fates = plan.draw(&[request; 5], &mut rng);
+            assert_eq!(ms(fates[0]), 10.0);
+            assert_eq!(fates[1], Outcome::Hang);
+            assert_eq!(fates[2] == Outcome::Crash, request >= 3);
+            intermittent += usize::from(ms(fates[3]) == 4.0);
+            assert_eq!(ms(fates[4]), 1.0, "workers beyond the list have no faults");
+        }
+        assert!((400..600).contains(&intermittent), "{intermittent}");
+    }
+
+    #[test]
+    fn a_random_slowdown_strikes_one_worker_per_batch_at_its_rate() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let plan = FaultPlan {
+            latency: Latency::Constant { ms: 1.0 },
+            workers: Vec::new(),
+            random_slowdown: Some(RandomSlowdown { probability: 0.05, factor: 10.0 }),
+        };
+        let (mut struck, mut per_worker) = (0, [0usize; 9]);
+        for _ in 0..20_000 {
+            let slow: Vec<usize> = plan
+                .draw(&[0; 9], &mut rng)
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| ms(**o) == 10.0)
+                .map(|(w, _)| w)
+                .collect();
+            assert!(slow.len() <= 1);
+            struck += slow.len();
+            slow.iter().for_each(|&w| per_worker[w] += 1);
+        }
+        assert!((800..1200).contains(&struck), "{struck}");
+        assert!(per_worker.iter().all(|&c| c > 60), "every worker can be the slow one: {per_worker:?}");
+    }
+
+    #[test]
+    fn invalid_numbers_are_named() {
+        let bad = FaultPlan::healthy(Latency::Exponential { mean_ms: 0.0 });
+        assert!(matches!(bad.validate(), Err(FaultError::Invalid { what: "latency mean_ms", .. })));
+        let bad = FaultPlan {
+            workers: vec![WorkerFaults { hang_probability: 1.5, ..WorkerFaults::NONE }],
+            ..FaultPlan::healthy(Latency::Constant { ms: 1.0 })
+        };
+        assert!(matches!(bad.validate(), Err(FaultError::Invalid { what: "hang_probability", .. })));
+        let plan: FaultPlan = serde_json::from_str(
+            r#"{"latency": {"kind": "pareto", "scale_ms": 1.0, "shape": 2.5}, "workers": [{"slowdown": 10.0}]}"#,
+        )
+        .unwrap();
+        assert_eq!(plan.worker(0).slowdown, 10.0);
+        assert_eq!(plan.worker(0).hang_probability, 0.0);
+        let plan: FaultPlan = serde_json::from_str(
+            r#"{"latency": {"kind": "constant", "ms": 1.0}, "workers": [{"hang_probability": 0.1}]}"#,
+        )
+        .unwrap();
+        assert_eq!((plan.worker(0).slowdown, plan.worker(0).intermittent_factor), (1.0, 1.0));
+        plan.validate().unwrap();
+    }
+}

@@ -1,0 +1,120 @@
+//! Workers: whatever runs the model on one input and answers, eventually or never.
+//!
+//! The coordinator only sees the [`Worker`] trait, so a worker in another process or on
+//! another machine can implement it later without touching the coordinator. [`LocalWorker`]
+//! is a thread with a bounded queue running a model in this process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::faults::Outcome;
+
+/// One input for a worker: a coded query for coded schemes, a plain one for the baselines.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Chosen by the coordinator; echoed in the [`Response`].
+    pub id: u64,
+    pub input: Arc<[f32]>,
+    /// Fault injection, for tests and benchmarks: the fate this request meets. Workers that
+    /// really are remote ignore it.
+    pub injected: Option<Outcome>,
+}
+
+/// A worker's answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub id: u64,
+    pub worker: usize,
+    pub output: Vec<f32>,
+}
+
+/// Why a worker did not take a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker {0}'s queue is full")]
+    Busy(usize),
+    #[error("worker {0} has stopped")]
+    Stopped(usize),
+}
+
+/// Runs the model for the coordinator.
+pub trait Worker: Send + Sync {
+    /// This worker's index among the coordinator's workers.
+    fn index(&self) -> usize;
+    /// Queues `request`; the answer, if the worker gives one, goes to `replies`. Never blocks.
+    fn submit(&self, request: Request, replies: &Sender<Response>) -> Result<(), WorkerError>;
+}
+
+/// The model a [`LocalWorker`] runs: one input row to one output row.
+pub type HostModel = Arc<dyn Fn(&[f32]) -> Vec<f32> + Send + Sync>;
+
+/// A worker thread in this process with a bounded queue, honouring injected faults: it sleeps
+/// for an injected latency, drops a hung request, and stops answering after a crash.
+pub struct LocalWorker {
+    index: usize,
+    queue: Sender<(Request, Sender<Response>)>,
+    /// Set on drop: queued requests are then discarded instead of run.
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LocalWorker {
+    /// Starts worker `index` running `model`, with room for `capacity` queued requests.
+    pub fn start(index: usize, model: HostModel, capacity: usize) -> Self {
+        let (queue, jobs) = crossbeam_channel::bounded::<(Request, Sender<Response>)>(capacity.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("approxifer-worker-{index}"))
+            .spawn(move || run(index, &model, &jobs, &stopping))
+            .expect("spawning a worker thread");
+        LocalWorker { index, queue, stop, thread: Some(thread) }
+    }
+}
+
+fn run(index: usize, model: &HostModel, jobs: &Receiver<(Request, Sender<Response>)>, stop: &AtomicBool) {
+    let mut crashed = false;
+    for (request, reply) in jobs.iter() {
+        match request.injected {
+            _ if crashed || stop.load(Ordering::Relaxed) => continue,
+            Some(Outcome::Crash) => {
+                crashed = true;
+                continue;
+            }
+            Some(Outcome::Hang) => continue,
+            Some(Outcome::Answer(delay)) if !delay.is_zero() => std::thread::sleep(delay),
+            _ => {}
+        }
+        let output = model(&request.input);
+        // The coordinator may have stopped listening (shutdown): nothing left to do then.
+        let _ = reply.send(Response { id: request.id, worker: index, output });
+    }
+}
+
+impl Worker for LocalWorker {
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    fn submit(&self, request: Request, replies: &Sender<Response>) -> Result<(), WorkerError> {
+        self.queue.try_send((request, replies.clone())).map_err(|e| match e {
+            TrySendError::Full(_) => WorkerError::Busy(self.index),
+            TrySendError::Disconnected(_) => WorkerError::Stopped(self.index),
+        })
+    }
+}
+
+impl Drop for LocalWorker {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has discarded what it holds.
+        self.stop.store(true, Ordering::Relaxed);
+        let (closed, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.queue, closed));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The serving runtime's books: every accepted query gets exactly one answer or one explicit
+//! error, under injected hangs, crashes and slowdowns, overload and shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use approxifer::kernels::{Code, CodeParams, Layout};
+use approxifer::serve::{
+    Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, RandomSlowdown, ServeError, Worker,
+    WorkerFaults,
+};
+use crossbeam_channel::TryRecvError;
+
+const D: usize = 6;
+const C: usize = 3;
+
+/// A smooth model: `C` sums of `tanh` of the inputs.
+fn model() -> HostModel {
+    Arc::new(|x: &[f32]| (0..C).map(|c| x.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect())
+}
+
+fn workers(n: usize, capacity: usize) -> Vec<Arc<dyn Worker>> {
+    (0..n).map(|i| Arc::new(LocalWorker::start(i, model(), capacity)) as Arc<dyn Worker>).collect()
+}
+
+fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> CoordinatorConfig {
+    CoordinatorConfig {
+        code,
+        input_len: D,
+        output_len: C,
+        max_wait: Duration::from_millis(2),
+        deadline: Duration::from_millis(deadline_ms),
+        capacity,
+        faults: faults.map(|plan| (plan, 11)),
+    }
+}
+
+fn query(i: usize) -> Vec<f32> {
+    (0..D).map(|d| ((i * 7 + d * 3) % 19) as f32 / 19.0 - 0.5).collect()
+}
+
+#[test]
+fn a_hundred_thousand_queries_under_faults_balance_the_books() {
+    let code = Code::new(CodeParams::builder(4, 6).stragglers(2).layout(Layout::Systematic).build().unwrap()).unwrap();
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 0.0 },
+        workers: vec![
+            WorkerFaults { hang_probability: 0.02, ..WorkerFaults::NONE },
+            WorkerFaults { crash_after: Some(10_000), ..WorkerFaults::NONE },
+            WorkerFaults { intermittent_probability: 0.002, intermittent_factor: 1.0, ..WorkerFaults::NONE },
+        ],
+        random_slowdown: Some(RandomSlowdown { probability: 0.05, factor: 10.0 }),
+    };
+    let coordinator = Arc::new(Coordinator::start(config(code, Some(plan), 2048, 200), workers(6, 4096)).unwrap());
+    let (submitters, per_submitter) = (4, 25_000);
+    let results: Vec<(usize, usize, usize, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..submitters)
+            .map(|t| {
+                let coordinator = coordinator.clone();
+                s.spawn(move || {
+                    let (mut tickets, mut overloaded) = (Vec::with_capacity(per_submitter), 0);
+                    for i in 0..per_submitter {
+                        loop {
+                            match coordinator.submit(query(t * per_submitter + i)) {
+                                Ok(ticket) => break tickets.push(ticket),
+                                Err(ServeError::Overloaded { .. }) => {
+                                    overloaded += 1;
+                                    std::thread::sleep(Duration::from_micros(200));
+                                }
+                                Err(e) => panic!("unexpected refusal: {e}"),
+                            }
+                        }
+                    }
+                    let (mut ok, mut errors, mut approximate) = (0, 0, 0);
+                    for ticket in tickets {
+                        match ticket.recv_timeout(Duration::from_secs(30)).expect("every accepted query is answered") {
+                            Ok(answer) => {
+                                assert_eq!(answer.output.len(), C);
+                                assert!(answer.output.iter().all(|v| v.is_finite()));
+                                ok += 1;
+                                approximate += usize::from(answer.approximate);
+                            }
+                            Err(ServeError::DeadlineMissed { .. } | ServeError::WorkersUnavailable { .. }) => errors += 1,
+                            Err(e) => panic!("unexpected error: {e}"),
+                        }
+                        assert!(matches!(ticket.try_recv(), Err(TryRecvError::Disconnected)), "exactly one answer");
+                    }
+                    (ok, errors, approximate, overloaded)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok: usize = results.iter().map(|r| r.0).sum();
+    let errors: usize = results.iter().map(|r| r.1).sum();
+    let approximate: usize = results.iter().map(|r| r.2).sum();
+    assert_eq!(ok + errors, submitters * per_submitter, "the books balance");
+    assert_eq!(coordinator.in_flight(), 0);
+    let stats = Arc::into_inner(coordinator).unwrap().shutdown();
+    assert_eq!((stats.answered + stats.errors) as usize, submitters * per_submitter);
+    // With S = 2, a hang on worker 0 and a crashed worker 1 leave the groups decodable.
+    assert!(errors * 100 < ok, "{errors} errors against {ok} answers");
+    // Systematic: a prediction is approximate only when its own worker did not answer.
+    assert!(approximate > 0 && approximate < ok, "{approximate} of {ok}");
+}
+
+#[test]
+fn beyond_capacity_queries_are_refused_at_once_and_hung_groups_fail_at_their_deadline() {
+    let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
+    let all_hang = FaultPlan {
+        latency: Latency::Constant { ms: 0.0 },
+        workers: vec![WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE }; 3],
+        random_slowdown: None,
+    };
+    let coordinator = Coordinator::start(config(code, Some(all_hang), 4, 50), workers(3, 16)).unwrap();
+    let tickets: Vec<_> = (0..4).map(|i| coordinator.submit(query(i)).unwrap()).collect();
+    assert!(matches!(coordinator.submit(query(9)), Err(ServeError::Overloaded { in_flight: 4 })));
+    assert!(matches!(coordinator.submit(vec![0.0; D + 1]), Err(ServeError::BadInput { expected: D, actual: 7 })));
+    for ticket in tickets {
+        let result = ticket.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(matches!(result, Err(ServeError::DeadlineMissed { answered: 0, needed: 2, deadline_ms: 50 })), "{result:?}");
+    }
+    assert_eq!(coordinator.in_flight(), 0);
+    assert!(coordinator.submit(query(5)).is_ok(), "capacity is released");
+}
+
+#[test]
+fn shutdown_answers_or_rejects_every_accepted_query() {
+    let code = Code::new(CodeParams::builder(4, 5).stragglers(1).build().unwrap()).unwrap();
+    let slow = FaultPlan::healthy(Latency::Exponential { mean_ms: 0.2 });
+    let coordinator = Coordinator::start(config(code, Some(slow), 10_000, 500), workers(5, 10_000)).unwrap();
+    // 1001 queries: the last group is partial and must still be sent at shutdown.
+    let tickets: Vec<_> = (0..1001).map(|i| coordinator.submit(query(i)).unwrap()).collect();
+    let stats = coordinator.shutdown();
+    assert_eq!(stats.groups, 251);
+    let mut answered = 0;
+    for ticket in tickets {
+        let result = ticket.recv_timeout(Duration::from_secs(1)).expect("answered before shutdown returned");
+        answered += usize::from(result.is_ok());
+    }
+    assert_eq!(answered as u64, stats.answered);
+    assert_eq!(answered, 1001, "no faults: every query decoded");
+}
+
+#[test]
+fn decoded_answers_approximate_the_model_and_exact_ones_equal_it() {
+    let code = Code::new(CodeParams::builder(3, 5).stragglers(1).layout(Layout::Systematic).build().unwrap()).unwrap();
+    let coordinator = Coordinator::start(config(code, None, 100, 500), workers(5, 100)).unwrap();
+    let f = model();
+    for i in 0..30 {
+        let answer = coordinator.submit(query(i)).unwrap().recv().unwrap().unwrap();
+        let exact = f(&query(i));
+        // No faults: every systematic worker answers (first N - S = 4 of 5 may omit one).
+        let error = answer.output.iter().zip(&exact).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
+        if answer.approximate {
+            assert!(error < 1.0, "query {i}: {:?} vs {exact:?}", answer.output);
+        } else {
+            assert!(error < 1e-5, "query {i}: exact answers are the model's own: {:?} vs {exact:?}", answer.output);
+        }
+    }
+}
