@@ -16,7 +16,9 @@ const C: usize = 3;
 
 /// A smooth model: `C` sums of `tanh` of the inputs.
 fn model() -> HostModel {
-    Arc::new(|x: &[f32]| (0..C).map(|c| x.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect())
+    Arc::new(|x: &[f32]| {
+        (0..C).map(|c| x.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect()
+    })
 }
 
 fn workers(n: usize, capacity: usize) -> Vec<Arc<dyn Worker>> {
@@ -80,7 +82,9 @@ fn a_hundred_thousand_queries_under_faults_balance_the_books() {
                                 ok += 1;
                                 approximate += usize::from(answer.approximate);
                             }
-                            Err(ServeError::DeadlineMissed { .. } | ServeError::WorkersUnavailable { .. }) => errors += 1,
+                            Err(ServeError::DeadlineMissed { .. } | ServeError::WorkersUnavailable { .. }) => {
+                                errors += 1
+                            }
                             Err(e) => panic!("unexpected error: {e}"),
                         }
                         assert!(matches!(ticket.try_recv(), Err(TryRecvError::Disconnected)), "exactly one answer");
@@ -118,7 +122,10 @@ fn beyond_capacity_queries_are_refused_at_once_and_hung_groups_fail_at_their_dea
     assert!(matches!(coordinator.submit(vec![0.0; D + 1]), Err(ServeError::BadInput { expected: D, actual: 7 })));
     for ticket in tickets {
         let result = ticket.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert!(matches!(result, Err(ServeError::DeadlineMissed { answered: 0, needed: 2, deadline_ms: 50 })), "{result:?}");
+        assert!(
+            matches!(result, Err(ServeError::DeadlineMissed { answered: 0, needed: 2, deadline_ms: 50 })),
+            "{result:?}"
+        );
     }
     assert_eq!(coordinator.in_flight(), 0);
     assert!(coordinator.submit(query(5)).is_ok(), "capacity is released");
@@ -158,4 +165,46 @@ fn decoded_answers_approximate_the_model_and_exact_ones_equal_it() {
             assert!(error < 1e-5, "query {i}: exact answers are the model's own: {:?} vs {exact:?}", answer.output);
         }
     }
+}
+
+#[test]
+fn baselines_give_the_models_own_answers_and_replication_and_hedging_survive_a_dead_worker() {
+    use approxifer::serve::{Baseline, BaselineConfig, Policy};
+    // Worker 0 of 4 never answers: uncoded queries sent there miss their deadline; a second
+    // copy, or a hedge sent elsewhere, is answered.
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 0.5 },
+        workers: vec![WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE }],
+        random_slowdown: None,
+    };
+    let run = |policy: Policy| {
+        let config = BaselineConfig {
+            policy,
+            input_len: D,
+            output_len: C,
+            deadline: Duration::from_millis(100),
+            capacity: 1000,
+            faults: Some((plan.clone(), 5)),
+        };
+        let baseline = Baseline::start(config, workers(4, 1000)).unwrap();
+        let f = model();
+        let tickets: Vec<_> = (0..40).map(|i| baseline.submit(query(i)).unwrap()).collect();
+        let mut missed = 0;
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            match ticket.recv_timeout(Duration::from_secs(5)).expect("every query is answered") {
+                Ok(answer) => {
+                    assert_eq!(answer.output, f(&query(i)), "baselines return the model's own answer");
+                    assert!(!answer.approximate);
+                }
+                Err(ServeError::DeadlineMissed { .. }) => missed += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let stats = baseline.shutdown();
+        assert_eq!(stats.answered + stats.errors, 40);
+        missed
+    };
+    assert_eq!(run(Policy::Uncoded), 10, "round robin sends every fourth query to the dead worker");
+    assert_eq!(run(Policy::Replication { copies: 2 }), 0);
+    assert_eq!(run(Policy::Hedged { after: Duration::from_millis(5) }), 0);
 }

@@ -7,8 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
@@ -16,6 +15,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::faults::FaultPlan;
+use super::front::{Front, Submission, answer};
 use super::worker::{Request, Response, Worker};
 use crate::kernels::{Code, cpu};
 
@@ -76,18 +76,9 @@ pub struct Stats {
     pub late_responses: u64,
 }
 
-struct Submission {
-    query: Vec<f32>,
-    reply: Sender<Result<Answer, ServeError>>,
-}
-
 /// A running coordinator. Dropping it shuts it down gracefully (see [`Coordinator::shutdown`]).
 pub struct Coordinator {
-    submissions: Option<Sender<Submission>>,
-    in_flight: Arc<AtomicUsize>,
-    capacity: usize,
-    input_len: usize,
-    thread: Option<JoinHandle<Stats>>,
+    front: Front,
 }
 
 impl Coordinator {
@@ -103,59 +94,28 @@ impl Coordinator {
         if let Some((plan, _)) = &config.faults {
             plan.validate().map_err(|e| e.to_string())?;
         }
-        let (submissions, incoming) = crossbeam_channel::unbounded();
-        let in_flight = Arc::new(AtomicUsize::new(0));
         let (capacity, input_len) = (config.capacity, config.input_len);
-        let state = Loop::new(config, workers, in_flight.clone());
-        let thread = std::thread::Builder::new()
-            .name("approxifer-coordinator".into())
-            .spawn(move || state.run(incoming))
-            .map_err(|e| e.to_string())?;
-        Ok(Coordinator { submissions: Some(submissions), in_flight, capacity, input_len, thread: Some(thread) })
+        let front = Front::spawn("approxifer-coordinator", capacity, input_len, move |incoming, in_flight| {
+            Loop::new(config, workers, in_flight).run(incoming)
+        })?;
+        Ok(Coordinator { front })
     }
 
     /// Accepts `query` (or refuses it at once, with nothing queued); its answer arrives on the
     /// returned ticket.
     pub fn submit(&self, query: Vec<f32>) -> Result<Ticket, ServeError> {
-        if query.len() != self.input_len {
-            return Err(ServeError::BadInput { expected: self.input_len, actual: query.len() });
-        }
-        let Some(submissions) = &self.submissions else {
-            return Err(ServeError::ShuttingDown);
-        };
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= self.capacity {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(ServeError::Overloaded { in_flight: before });
-        }
-        let (reply, ticket) = crossbeam_channel::bounded(1);
-        if submissions.send(Submission { query, reply }).is_err() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(ServeError::ShuttingDown);
-        }
-        Ok(ticket)
+        self.front.submit(query)
     }
 
     /// Queries accepted and not yet answered.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.front.in_flight()
     }
 
     /// Stops accepting queries, sends the group being formed, waits for every group in flight
     /// to be decoded or to reach its deadline, and returns the books.
     pub fn shutdown(mut self) -> Stats {
-        self.stop()
-    }
-
-    fn stop(&mut self) -> Stats {
-        drop(self.submissions.take());
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        self.stop();
+        self.front.stop()
     }
 }
 
@@ -354,14 +314,8 @@ impl Loop {
 
     /// Sends one query's result (padding slots have none) and releases its admission slot.
     fn answer(&mut self, reply: Option<Sender<Result<Answer, ServeError>>>, result: Result<Answer, ServeError>) {
-        let Some(reply) = reply else { return };
-        if result.is_ok() {
-            self.stats.answered += 1;
-        } else {
-            self.stats.errors += 1;
+        if let Some(reply) = reply {
+            answer(&self.in_flight, &mut self.stats, reply, result);
         }
-        // The client may have stopped waiting; the answer is still given (and counted).
-        let _ = reply.send(result);
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -3,10 +3,13 @@
 //! of [`faults`]. The baselines (uncoded, replication, hedged, ParM), `serve-bench` and the
 //! HTTP front end come next.
 
+pub mod baseline;
 pub mod coordinator;
 pub mod faults;
+mod front;
 pub mod worker;
 
+pub use baseline::{Baseline, BaselineConfig, Policy};
 pub use coordinator::{Answer, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
 pub use faults::{FaultError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
 pub use worker::{HostModel, LocalWorker, Request, Response, Worker, WorkerError};

@@ -5,8 +5,9 @@
 //! is a thread with a bounded queue running a model in this process.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -58,6 +59,8 @@ pub struct LocalWorker {
     queue: Sender<(Request, Sender<Response>)>,
     /// Set on drop: queued requests are then discarded instead of run.
     stop: Arc<AtomicBool>,
+    /// Nanoseconds spent serving (injected latency and the model), for the worker budget.
+    busy: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -66,18 +69,31 @@ impl LocalWorker {
     pub fn start(index: usize, model: HostModel, capacity: usize) -> Self {
         let (queue, jobs) = crossbeam_channel::bounded::<(Request, Sender<Response>)>(capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        let busy = Arc::new(AtomicU64::new(0));
+        let (stopping, busy_time) = (stop.clone(), busy.clone());
         let thread = std::thread::Builder::new()
             .name(format!("approxifer-worker-{index}"))
-            .spawn(move || run(index, &model, &jobs, &stopping))
+            .spawn(move || run(index, &model, &jobs, &stopping, &busy_time))
             .expect("spawning a worker thread");
-        LocalWorker { index, queue, stop, thread: Some(thread) }
+        LocalWorker { index, queue, stop, busy, thread: Some(thread) }
+    }
+
+    /// Time spent serving so far, hung requests excluded (a hung worker is not busy).
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy.load(Ordering::Relaxed))
     }
 }
 
-fn run(index: usize, model: &HostModel, jobs: &Receiver<(Request, Sender<Response>)>, stop: &AtomicBool) {
+fn run(
+    index: usize,
+    model: &HostModel,
+    jobs: &Receiver<(Request, Sender<Response>)>,
+    stop: &AtomicBool,
+    busy: &AtomicU64,
+) {
     let mut crashed = false;
     for (request, reply) in jobs.iter() {
+        let start = Instant::now();
         match request.injected {
             _ if crashed || stop.load(Ordering::Relaxed) => continue,
             Some(Outcome::Crash) => {
@@ -89,6 +105,7 @@ fn run(index: usize, model: &HostModel, jobs: &Receiver<(Request, Sender<Respons
             _ => {}
         }
         let output = model(&request.input);
+        busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         // The coordinator may have stopped listening (shutdown): nothing left to do then.
         let _ = reply.send(Response { id: request.id, worker: index, output });
     }
