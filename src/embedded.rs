@@ -15,13 +15,19 @@ use crate::models::{self, Architecture, Classifier, ModelError};
 pub const ARCHITECTURE: Architecture = Architecture::Lenet5;
 pub const DATASET: Dataset = Dataset::FashionMnist;
 
-static MODEL: &[u8] = include_bytes!("embedded/lenet5-fashion-mnist.bpk");
+/// Burnpack aligns tensor data to 256 bytes within the file so that it can be read in place;
+/// `include_bytes!` alone guarantees 1, which Burn's CPU backend rejects (a panic on its first
+/// convolution). This wrapper gives the embedded file the alignment the format assumes.
+#[repr(C, align(256))]
+struct Aligned<T: ?Sized>(T);
+
+static MODEL: &Aligned<[u8]> = &Aligned(*include_bytes!("embedded/lenet5-fashion-mnist.bpk"));
 static IMAGES: &[u8] = include_bytes!("embedded/fashion-mnist-test-images.idx.gz");
 static LABELS: &[u8] = include_bytes!("embedded/fashion-mnist-test-labels.idx.gz");
 
 /// The embedded model on `device`.
 pub fn model(device: &Device) -> Result<Classifier, ModelError> {
-    models::load_burnpack_bytes(Classifier::init(ARCHITECTURE, device), MODEL)
+    models::load_burnpack_bytes(Classifier::init(ARCHITECTURE, device), &MODEL.0)
 }
 
 /// The embedded model if it is `architecture` trained on `dataset`.
@@ -49,6 +55,17 @@ pub fn sample() -> Images {
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    #[test]
+    fn the_model_runs_in_place_on_the_cpu_backend_with_one_image() {
+        assert_eq!(super::MODEL.0.as_ptr() as usize % 256, 0);
+        let device = Device::flex();
+        let model = super::model(&device).unwrap();
+        let image = Tensor::<4>::from_data(TensorData::new(vec![0.1f32; 784], [1, 1, 28, 28]), &device);
+        assert_eq!(model.forward(image).dims(), [1, 10]);
+    }
+
     #[test]
     fn the_sample_is_1000_labelled_28x28_images() {
         let s = super::sample();

@@ -79,3 +79,35 @@ fn panel(
         .draw()?;
     Ok(())
 }
+
+/// The latency CDF of every scheme of `serve-bench`, log-scaled in time.
+pub fn latency_cdf_svg(reports: &[crate::serve::SchemeReport], path: &Path) -> anyhow::Result<()> {
+    let max = reports.iter().filter_map(|r| r.latencies_ms.last().copied()).fold(1.0f64, f64::max);
+    let min = reports.iter().filter_map(|r| r.latencies_ms.first().copied()).fold(max, f64::min).max(0.01);
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("serve-bench: latency CDF", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(48)
+        .build_cartesian_2d((min..max * 1.1).log_scale(), 0.0..1.0)?;
+    chart.configure_mesh().x_desc("latency (ms)").y_desc("fraction of queries").draw()?;
+    for (i, r) in reports.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let count = r.latencies_ms.len().max(1) as f64;
+        let points = r.latencies_ms.iter().enumerate().map(|(j, &ms)| (ms.max(min), (j + 1) as f64 / count));
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(r.scheme.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .border_style(BLACK)
+        .background_style(WHITE)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

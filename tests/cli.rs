@@ -500,6 +500,45 @@ fn train_and_eval_refuse_bad_requests_in_one_line() {
     assert!(!weights.exists() || std::fs::metadata(&weights).unwrap().len() == 0);
 }
 
+// ---- serve-bench --------------------------------------------------------------------------------
+
+#[test]
+fn serve_bench_reports_every_scheme_with_the_documented_keys() {
+    let dir = temp_dir();
+    let plot = dir.path().join("cdf.svg");
+    let args = ["serve-bench", "--queries", "60", "--latency-ms", "1", "--json", "--plot", plot.to_str().unwrap()];
+    let out = approxifer(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let schemes: Vec<&str> = rows.iter().map(|r| r["scheme"].as_str().unwrap()).collect();
+    assert_eq!(schemes, ["uncoded", "replication", "hedged", "approxifer"]);
+    for r in &rows {
+        for key in [
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "p999_ms",
+            "throughput_qps",
+            "worker_seconds",
+            "accuracy",
+            "queries",
+            "answered",
+            "errors",
+        ] {
+            assert!(r.get(key).is_some(), "missing {key}: {r}");
+        }
+        assert_eq!(r["queries"], 60);
+        assert_eq!(r["answered"].as_u64().unwrap() + r["errors"].as_u64().unwrap(), 60, "the books balance: {r}");
+        assert!(r["p50_ms"].as_f64().unwrap() <= r["p999_ms"].as_f64().unwrap());
+    }
+    let workers: Vec<u64> = rows.iter().map(|r| r["workers"].as_u64().unwrap()).collect();
+    assert_eq!(workers, [4, 8, 4, 5], "K, 2K, K and K + 1 workers");
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("approxifer"));
+    let bad = approxifer(&["serve-bench", "--slow-probability", "2"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("probability"));
+}
+
 // ---- backends -------------------------------------------------------------------------------
 
 #[test]

@@ -208,3 +208,15 @@ fn baselines_give_the_models_own_answers_and_replication_and_hedging_survive_a_d
     assert_eq!(run(Policy::Replication { copies: 2 }), 0);
     assert_eq!(run(Policy::Hedged { after: Duration::from_millis(5) }), 0);
 }
+
+#[test]
+fn a_panicking_model_loses_requests_not_the_worker() {
+    let code = Code::new(CodeParams::builder(2, 4).stragglers(2).build().unwrap()).unwrap();
+    let f = model();
+    let flaky: HostModel = Arc::new(move |x: &[f32]| if x[0] > 0.3 { panic!("model failure") } else { f(x) });
+    let mut pool = workers(3, 100);
+    pool.push(Arc::new(LocalWorker::start(3, flaky, 100)));
+    let coordinator = Coordinator::start(config(code, None, 100, 300), pool).unwrap();
+    let answered = (0..40).filter(|&i| coordinator.submit(query(i)).unwrap().recv().unwrap().is_ok()).count();
+    assert_eq!(answered, 40, "S = 2 covers the failing worker");
+}

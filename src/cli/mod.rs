@@ -7,6 +7,7 @@ mod bench;
 mod codec;
 mod demo;
 mod eval;
+mod serve_bench;
 mod train;
 
 use std::io::Write;
@@ -42,6 +43,9 @@ enum Command {
     /// Accuracy of coded inference over a grid of K, S and layouts (the paper's protocol and
     /// ParM's), as a table, JSON or a plot.
     Eval(eval::EvalArgs),
+    /// Uncoded, replication, hedged requests and ApproxIFER on the same workload with injected
+    /// stragglers: latency percentiles, throughput, worker budget and accuracy.
+    ServeBench(serve_bench::ServeBenchArgs),
     /// Measure throughput: `bench kernels` (copy, encode, decode, CPU and Burn, one device),
     /// `bench pipeline` (fused encode + model + decode against a host round trip).
     #[command(subcommand)]
@@ -156,6 +160,7 @@ impl Cli {
             Command::Decode(args) => codec::decode(&args)?,
             Command::Train(args) => train::run(&args, &mut stdout)?,
             Command::Eval(args) => eval::run(&args, &mut stdout)?,
+            Command::ServeBench(args) => serve_bench::run_cmd(&args, &mut stdout)?,
             Command::Bench(cmd) => bench::run(&cmd, &mut stdout)?,
         }
         stdout.flush()?;

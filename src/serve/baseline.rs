@@ -183,7 +183,7 @@ impl Loop {
                 continue;
             }
             let injected = match &mut self.faults {
-                Some((plan, rng)) => Some(plan.draw(&self.served, rng)[w]),
+                Some((plan, rng)) => plan.draw(&[(w, self.served[w])], rng).pop(),
                 None => None,
             };
             self.served[w] += 1;

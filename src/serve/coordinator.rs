@@ -231,7 +231,10 @@ impl Loop {
             Err(e) => return self.fail(replies, ServeError::Decode(e.to_string())),
         };
         let fates = match &mut self.faults {
-            Some((plan, rng)) => plan.draw(&self.served, rng).into_iter().map(Some).collect(),
+            Some((plan, rng)) => {
+                let serving: Vec<(usize, u64)> = self.served.iter().copied().enumerate().collect();
+                plan.draw(&serving, rng).into_iter().map(Some).collect()
+            }
             None => vec![None; n],
         };
         let mut taken = 0;

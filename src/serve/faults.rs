@@ -58,11 +58,12 @@ impl WorkerFaults {
     };
 }
 
-/// A slowdown that strikes one worker chosen at random per request batch: the issue's
-/// workload ("one random worker 10x slower on 5% of requests").
+/// A slowdown that strikes, on a fraction of dispatches, one of the workers serving it: "one
+/// random worker 10x slower on 5% of requests" hits an uncoded query's only worker 5% of the
+/// time, and one of a coded group's `N` workers 5% of the time.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RandomSlowdown {
-    /// Probability per request batch (a group, for coded schemes) that one worker is slow.
+    /// Probability per dispatch (a query, or a group for coded schemes) that one worker is slow.
     pub probability: f64,
     pub factor: f64,
 }
@@ -153,18 +154,19 @@ impl FaultPlan {
         self.workers.get(worker).copied().unwrap_or(WorkerFaults::NONE)
     }
 
-    /// The fates of `workers` workers serving one request batch; `served[w]` is how many
-    /// requests worker `w` has taken before this one (for crashes). The plan must be valid.
-    pub fn draw(&self, served: &[u64], rng: &mut impl Rng) -> Vec<Outcome> {
-        let slow_one = self
+    /// The fates of the workers serving one dispatch (one query for the baselines, one group
+    /// for coded schemes), given as `(worker, requests it has taken before)` (the count is for
+    /// crashes). A random slowdown strikes one of these workers. The plan must be valid.
+    pub fn draw(&self, serving: &[(usize, u64)], rng: &mut impl Rng) -> Vec<Outcome> {
+        let slow = self
             .random_slowdown
-            .filter(|s| rng.random_bool(s.probability))
-            .map(|s| (rng.random_range(0..served.len().max(1)), s.factor));
-        served
+            .filter(|s| !serving.is_empty() && rng.random_bool(s.probability))
+            .map(|s| (rng.random_range(0..serving.len()), s.factor));
+        serving
             .iter()
             .enumerate()
-            .map(|(w, &count)| {
-                let faults = self.worker(w);
+            .map(|(position, &(worker, count))| {
+                let faults = self.worker(worker);
                 if faults.crash_after.is_some_and(|limit| count >= limit) {
                     return Outcome::Crash;
                 }
@@ -175,8 +177,7 @@ impl FaultPlan {
                 if rng.random_bool(faults.intermittent_probability) {
                     ms *= faults.intermittent_factor;
                 }
-                if let Some((slow, factor)) = slow_one.filter(|(slow, _)| *slow == w) {
-                    debug_assert_eq!(slow, w);
+                if let Some((_, factor)) = slow.filter(|(p, _)| *p == position) {
                     ms *= factor;
                 }
                 Outcome::Answer(Duration::from_secs_f64(ms / 1e3))
@@ -211,7 +212,7 @@ mod tests {
     fn base_latencies_have_their_documented_means() {
         let mut rng = StdRng::seed_from_u64(1);
         let mean = |plan: FaultPlan, rng: &mut StdRng| {
-            (0..20_000).map(|_| ms(plan.draw(&[0], rng)[0])).sum::<f64>() / 20_000.0
+            (0..20_000).map(|_| ms(plan.draw(&[(0, 0)], rng)[0])).sum::<f64>() / 20_000.0
         };
         assert_eq!(mean(FaultPlan::healthy(Latency::Constant { ms: 3.0 }), &mut rng), 3.0);
         let exp = mean(FaultPlan::healthy(Latency::Exponential { mean_ms: 5.0 }), &mut rng);
@@ -237,7 +238,8 @@ mod tests {
         plan.validate().unwrap();
         let mut intermittent = 0;
         for request in 0..1000u64 {
-            let fates = plan.draw(&[request; 5], &mut rng);
+            let serving: Vec<(usize, u64)> = (0..5).map(|w| (w, request)).collect();
+            let fates = plan.draw(&serving, &mut rng);
             assert_eq!(ms(fates[0]), 10.0);
             assert_eq!(fates[1], Outcome::Hang);
             assert_eq!(fates[2] == Outcome::Crash, request >= 3);

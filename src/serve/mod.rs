@@ -4,12 +4,14 @@
 //! HTTP front end come next.
 
 pub mod baseline;
+pub mod bench;
 pub mod coordinator;
 pub mod faults;
 mod front;
 pub mod worker;
 
 pub use baseline::{Baseline, BaselineConfig, Policy};
+pub use bench::{Arrivals, SchemeReport, ServeBenchConfig};
 pub use coordinator::{Answer, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
 pub use faults::{FaultError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
 pub use worker::{HostModel, LocalWorker, Request, Response, Worker, WorkerError};

@@ -104,8 +104,10 @@ fn run(
             Some(Outcome::Answer(delay)) if !delay.is_zero() => std::thread::sleep(delay),
             _ => {}
         }
-        let output = model(&request.input);
+        // A model that panics loses this request (the coordinator sees no answer), not the worker.
+        let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model(&request.input)));
         busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let Ok(output) = output else { continue };
         // The coordinator may have stopped listening (shutdown): nothing left to do then.
         let _ = reply.send(Response { id: request.id, worker: index, output });
     }

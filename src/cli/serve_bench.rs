@@ -1,0 +1,187 @@
+//! `approxifer serve-bench`: uncoded, replication, hedged requests and ApproxIFER on the same
+//! workload, with injected stragglers, on local workers running the embedded model.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use burn::tensor::{Device, Tensor, TensorData, activation};
+use clap::Args;
+
+use crate::serve::bench::{Arrivals, SchemeReport, ServeBenchConfig, run};
+use crate::serve::{FaultPlan, HostModel, Latency, RandomSlowdown};
+
+#[derive(Debug, Args)]
+pub(super) struct ServeBenchArgs {
+    /// Queries per coded group (ApproxIFER uses K + 1 workers, uncoded and hedged K,
+    /// replication copies x K).
+    #[arg(long = "k", default_value_t = 4)]
+    k: usize,
+    /// Queries per scheme.
+    #[arg(long, default_value_t = 2000)]
+    queries: usize,
+    /// Open-loop Poisson arrivals at this rate [default: half the uncoded pool's capacity]
+    #[arg(long, value_name = "QPS", conflicts_with = "closed")]
+    rate: Option<f64>,
+    /// Closed loop with this many queries outstanding, instead of Poisson arrivals.
+    #[arg(long, value_name = "CONCURRENCY")]
+    closed: Option<usize>,
+    /// Every worker's service time without faults, in ms.
+    #[arg(long, default_value_t = 5.0)]
+    latency_ms: f64,
+    /// Probability per request batch that one random worker is slow.
+    #[arg(long, default_value_t = 0.05)]
+    slow_probability: f64,
+    /// How much slower that worker is.
+    #[arg(long, default_value_t = 10.0)]
+    slow_factor: f64,
+    /// A JSON fault plan instead of the three options above (see serve::faults::FaultPlan).
+    #[arg(long, value_name = "FILE")]
+    faults: Option<PathBuf>,
+    /// Copies per query for replication.
+    #[arg(long, default_value_t = 2)]
+    copies: usize,
+    /// Hedged requests send a backup after this many ms [default: the uncoded run's p95]
+    #[arg(long, value_name = "MS")]
+    hedge_after_ms: Option<f64>,
+    /// A coded group waits at most this long for its K queries.
+    #[arg(long, default_value_t = 20.0)]
+    max_wait_ms: f64,
+    #[arg(long, default_value_t = 2000.0)]
+    deadline_ms: f64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Also draw the latency CDF of every scheme into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Print one JSON object per scheme instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn ms(v: f64, what: &str) -> anyhow::Result<Duration> {
+    anyhow::ensure!(v.is_finite() && v >= 0.0, "{what} must be a non-negative number of ms");
+    Ok(Duration::from_secs_f64(v / 1e3))
+}
+
+pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.k >= 1 && args.queries >= 1 && args.copies >= 1,
+        "--k, --queries and --copies must be at least 1"
+    );
+    let plan = match &args.faults {
+        Some(path) => serde_json::from_str::<FaultPlan>(&std::fs::read_to_string(path)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        None => FaultPlan {
+            latency: Latency::Constant { ms: args.latency_ms },
+            workers: Vec::new(),
+            random_slowdown: Some(RandomSlowdown { probability: args.slow_probability, factor: args.slow_factor }),
+        },
+    };
+    plan.validate()?;
+    let arrivals = match (args.closed, args.rate) {
+        (Some(concurrency), _) => Arrivals::Closed { concurrency },
+        (None, Some(rate_qps)) => {
+            anyhow::ensure!(rate_qps.is_finite() && rate_qps > 0.0, "--rate must be positive");
+            Arrivals::Poisson { rate_qps }
+        }
+        (None, None) => Arrivals::Poisson { rate_qps: 0.5 * args.k as f64 * 1e3 / args.latency_ms.max(0.1) },
+    };
+    let config = ServeBenchConfig {
+        k: args.k,
+        queries: args.queries,
+        arrivals,
+        plan,
+        seed: args.seed,
+        deadline: ms(args.deadline_ms, "--deadline-ms")?,
+        max_wait: ms(args.max_wait_ms, "--max-wait-ms")?,
+        hedge_after: args.hedge_after_ms.map(|v| ms(v, "--hedge-after-ms")).transpose()?,
+        copies: args.copies,
+    };
+    if let Some(plot) = &args.plot {
+        std::fs::File::create(plot)?; // fail before the work, not after
+    }
+    // Workers run the embedded LeNet-5 (a replica each) on Burn's CPU backend; the queries are
+    // the embedded Fashion-MNIST sample.
+    let device = Device::flex();
+    let model = crate::embedded::model(&device)?;
+    let sample = crate::embedded::sample();
+    let inputs: Vec<Vec<f32>> = (0..sample.len())
+        .map(|i| {
+            let t = crate::train::image_tensor(&sample, i..i + 1, crate::embedded::DATASET, &device);
+            t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+        })
+        .collect();
+    let replica = || -> HostModel {
+        let model = Mutex::new(model.clone());
+        let device = device.clone();
+        Arc::new(move |x: &[f32]| {
+            let Ok(model) = model.lock() else { return Vec::new() };
+            let input = Tensor::<4>::from_data(TensorData::new(x.to_vec(), [1, 1, 28, 28]), &device);
+            activation::softmax(model.forward(input), 1).into_data().try_into_vec::<f32>().unwrap_or_default()
+        })
+    };
+    eprintln!(
+        "approxifer: {} queries per scheme, workers run the embedded {} on the CPU with injected latency; {:?}",
+        args.queries,
+        crate::embedded::ARCHITECTURE.name(),
+        arrivals
+    );
+    let bar = super::progress_bar(0, "queries");
+    let reports = run(&config, replica, &inputs, &sample.labels, crate::models::CLASSES, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        for r in &reports {
+            serde_json::to_writer(&mut *out, r)?;
+            writeln!(out)?;
+        }
+    } else {
+        write_table(&reports, out)?;
+    }
+    if let Some(path) = &args.plot {
+        crate::plot::latency_cdf_svg(&reports, path)?;
+        eprintln!("approxifer: plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn write_table(reports: &[SchemeReport], out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:<12} {:>7} {:>8} {:>8} {:>8} {:>9} {:>10} {:>10} {:>9} {:>8} {:>7}",
+        "scheme",
+        "workers",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "p99.9-p50",
+        "throughput",
+        "worker s",
+        "accuracy",
+        "errors"
+    )?;
+    for r in reports {
+        writeln!(
+            out,
+            "{:<12} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>10.2} {:>10.1} {:>9.2} {:>8.4} {:>7}",
+            r.scheme,
+            r.workers,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.p999_ms - r.p50_ms,
+            r.throughput_qps,
+            r.worker_seconds,
+            r.accuracy,
+            r.errors
+        )?;
+    }
+    writeln!(out, "ParM: not run (it needs a parity model trained for the hosted model; none is available).")?;
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! `serve-bench`: every scheme on the same workload (arrivals, queries, faults, seed), each on
+//! its own pool of local workers, measured from submission to answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Exp};
+
+use super::baseline::{Baseline, BaselineConfig, Policy};
+use super::coordinator::{Coordinator, CoordinatorConfig, ServeError, Ticket};
+use super::faults::FaultPlan;
+use super::worker::{HostModel, LocalWorker, Worker};
+use crate::kernels::{Code, CodeParams, NodeFamily};
+
+/// How queries arrive.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arrivals {
+    /// Open loop: a Poisson process at this many queries per second.
+    Poisson { rate_qps: f64 },
+    /// Closed loop: this many queries outstanding at all times.
+    Closed { concurrency: usize },
+}
+
+/// The workload.
+#[derive(Clone, Debug)]
+pub struct ServeBenchConfig {
+    /// Queries per group for the coded scheme; uncoded and hedging use `K` workers,
+    /// replication `copies x K`, ApproxIFER `K + 1`.
+    pub k: usize,
+    pub queries: usize,
+    pub arrivals: Arrivals,
+    pub plan: FaultPlan,
+    pub seed: u64,
+    pub deadline: Duration,
+    pub max_wait: Duration,
+    /// Hedged requests send a backup after this long; `None`: the uncoded run's p95.
+    pub hedge_after: Option<Duration>,
+    pub copies: usize,
+}
+
+/// One scheme's figures; the JSON of `serve-bench --json`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SchemeReport {
+    pub scheme: String,
+    pub workers: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub throughput_qps: f64,
+    pub worker_seconds: f64,
+    /// Fraction of answered queries whose argmax is the label.
+    pub accuracy: f64,
+    pub queries: usize,
+    pub answered: usize,
+    pub errors: usize,
+    /// Answers decoded rather than computed on the query itself.
+    pub approximate: usize,
+    /// Every answered query's latency, sorted (for the CDF plot).
+    #[serde(skip)]
+    pub latencies_ms: Vec<f64>,
+}
+
+/// One scheme behind the shared interface.
+enum Scheme {
+    Coded(Coordinator),
+    Baseline(Baseline),
+}
+
+impl Scheme {
+    fn submit(&self, query: Vec<f32>) -> Result<Ticket, ServeError> {
+        match self {
+            Scheme::Coded(c) => c.submit(query),
+            Scheme::Baseline(b) => b.submit(query),
+        }
+    }
+}
+
+/// Runs uncoded, replication, hedged and ApproxIFER (N = K + 1, S = 1) on `inputs` (cycled),
+/// scoring answers against `labels`. `progress(done, total)` counts answered queries.
+pub fn run(
+    config: &ServeBenchConfig,
+    model: impl Fn() -> HostModel,
+    inputs: &[Vec<f32>],
+    labels: &[u8],
+    output_len: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Vec<SchemeReport>> {
+    anyhow::ensure!(!inputs.is_empty() && inputs.len() == labels.len(), "inputs and labels must match");
+    config.plan.validate()?;
+    let k = config.k;
+    let input_len = inputs[0].len();
+    let capacity = config.queries.max(1);
+    let schemes: [(&str, usize); 4] =
+        [("uncoded", k), ("replication", config.copies * k), ("hedged", k), ("approxifer", k + 1)];
+    let total = schemes.len() * config.queries;
+    let mut reports: Vec<SchemeReport> = Vec::new();
+    for (i, (name, pool)) in schemes.into_iter().enumerate() {
+        // Uncoded runs first, so its p95 is known when hedging needs it.
+        let hedge_after = config.hedge_after.unwrap_or_else(|| {
+            let p95 = reports.first().map_or(0.0, |r| r.percentile(0.95));
+            Duration::from_secs_f64(p95.max(0.0) / 1e3)
+        });
+        let local: Vec<Arc<LocalWorker>> = (0..pool).map(|w| Arc::new(LocalWorker::start(w, model(), 4096))).collect();
+        let workers: Vec<Arc<dyn Worker>> = local.iter().map(|w| w.clone() as Arc<dyn Worker>).collect();
+        let faults = Some((config.plan.clone(), config.seed));
+        let baseline = |policy| BaselineConfig {
+            policy,
+            input_len,
+            output_len,
+            deadline: config.deadline,
+            capacity,
+            faults: faults.clone(),
+        };
+        let scheme = match name {
+            "uncoded" => {
+                Scheme::Baseline(Baseline::start(baseline(Policy::Uncoded), workers).map_err(anyhow::Error::msg)?)
+            }
+            "replication" => Scheme::Baseline(
+                Baseline::start(baseline(Policy::Replication { copies: config.copies }), workers)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            "hedged" => Scheme::Baseline(
+                Baseline::start(baseline(Policy::Hedged { after: hedge_after }), workers)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            _ => {
+                let code = Code::new(CodeParams::builder(k, k + 1).stragglers(1).nodes(NodeFamily::Authors).build()?)?;
+                let coordinator = CoordinatorConfig {
+                    code,
+                    input_len,
+                    output_len,
+                    max_wait: config.max_wait,
+                    deadline: config.deadline,
+                    capacity,
+                    faults: faults.clone(),
+                };
+                Scheme::Coded(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?)
+            }
+        };
+        let done_before = i * config.queries;
+        let outcome = drive(&scheme, config, inputs, |done| progress(done_before + done, total))?;
+        drop(scheme); // graceful shutdown: everything accepted has been answered
+        let worker_seconds = local.iter().map(|w| w.busy().as_secs_f64()).sum();
+        reports.push(outcome.report(name, pool, worker_seconds, labels));
+    }
+    Ok(reports)
+}
+
+/// What one scheme's run produced.
+struct Outcome {
+    /// Per query: latency and result (`None`: refused at admission).
+    results: Vec<Option<(Duration, Result<super::Answer, ServeError>)>>,
+    elapsed: Duration,
+}
+
+/// Submits every query by `config.arrivals` and waits for every answer.
+fn drive(
+    scheme: &Scheme,
+    config: &ServeBenchConfig,
+    inputs: &[Vec<f32>],
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<Outcome> {
+    let n = config.queries;
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed);
+    let gap = match config.arrivals {
+        Arrivals::Poisson { rate_qps } => Some(Exp::new(rate_qps)?),
+        Arrivals::Closed { .. } => None,
+    };
+    let limit = match config.arrivals {
+        Arrivals::Closed { concurrency } => concurrency.max(1),
+        Arrivals::Poisson { .. } => usize::MAX,
+    };
+    let mut results: Vec<Option<(Duration, Result<super::Answer, ServeError>)>> = (0..n).map(|_| None).collect();
+    let mut outstanding: Vec<(usize, Instant, Receiver<Result<super::Answer, ServeError>>)> = Vec::new();
+    let start = Instant::now();
+    let mut next_arrival = start;
+    let (mut submitted, mut done) = (0, 0);
+    while done < n {
+        // Submit what is due.
+        while submitted < n && outstanding.len() < limit && Instant::now() >= next_arrival {
+            let sent = Instant::now();
+            match scheme.submit(inputs[submitted % inputs.len()].clone()) {
+                Ok(ticket) => outstanding.push((submitted, sent, ticket)),
+                Err(e) => {
+                    results[submitted] = Some((Duration::ZERO, Err(e)));
+                    done += 1;
+                }
+            }
+            submitted += 1;
+            if let Some(gap) = &gap {
+                next_arrival += Duration::from_secs_f64(gap.sample(&mut rng));
+            }
+        }
+        if outstanding.is_empty() {
+            std::thread::sleep(next_arrival.saturating_duration_since(Instant::now()));
+            continue;
+        }
+        // Wait for the next answer, or the next arrival.
+        let mut select = Select::new();
+        for (_, _, ticket) in &outstanding {
+            select.recv(ticket);
+        }
+        let timeout = if submitted < n && outstanding.len() < limit {
+            next_arrival.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_secs(60)
+        };
+        let Ok(operation) = select.select_timeout(timeout) else { continue };
+        let slot = operation.index();
+        let result = operation.recv(&outstanding[slot].2);
+        let (query, sent, _) = outstanding.swap_remove(slot);
+        let result = result.map_err(|_| anyhow::anyhow!("a scheme dropped query {query}"))?;
+        results[query] = Some((sent.elapsed(), result));
+        done += 1;
+        progress(done);
+    }
+    Ok(Outcome { results, elapsed: start.elapsed() })
+}
+
+impl SchemeReport {
+    fn with_percentiles(mut self) -> Self {
+        (self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms) =
+            (self.percentile(0.5), self.percentile(0.9), self.percentile(0.99), self.percentile(0.999));
+        self
+    }
+
+    /// The `p` quantile of the answered queries' latency, in ms (NaN with no answers).
+    pub fn percentile(&self, p: f64) -> f64 {
+        let n = self.latencies_ms.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        self.latencies_ms[((n as f64 * p) as usize).min(n - 1)]
+    }
+}
+
+impl Outcome {
+    fn report(&self, scheme: &str, workers: usize, worker_seconds: f64, labels: &[u8]) -> SchemeReport {
+        let mut latencies: Vec<f64> = Vec::new();
+        let (mut answered, mut errors, mut correct, mut approximate) = (0, 0, 0, 0);
+        for (i, result) in self.results.iter().enumerate() {
+            match result {
+                Some((latency, Ok(answer))) => {
+                    answered += 1;
+                    approximate += usize::from(answer.approximate);
+                    latencies.push(latency.as_secs_f64() * 1e3);
+                    let predicted =
+                        answer.output.iter().enumerate().fold(0, |b, (c, &v)| if v > answer.output[b] { c } else { b });
+                    correct += usize::from(predicted == usize::from(labels[i % labels.len()]));
+                }
+                _ => errors += 1,
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        SchemeReport {
+            scheme: scheme.into(),
+            workers,
+            p50_ms: f64::NAN,
+            p90_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            p999_ms: f64::NAN,
+            throughput_qps: answered as f64 / self.elapsed.as_secs_f64(),
+            worker_seconds,
+            accuracy: if answered > 0 { correct as f64 / answered as f64 } else { 0.0 },
+            queries: self.results.len(),
+            answered,
+            errors,
+            approximate,
+            latencies_ms: latencies,
+        }
+        .with_percentiles()
+    }
+}
