@@ -68,10 +68,17 @@ pub fn run_pipeline_bench(choice: &AdapterChoice, config: &PipelineBenchConfig) 
 
     let coded = runner.encode(queries.clone())?;
     let predictions = runner.forward(coded.clone());
-    let encode_ms = median_ms(&device, config.repeats, || Ok(drop(runner.encode(queries.clone())?)))?;
-    let forward_ms = median_ms(&device, config.repeats, || Ok(drop(runner.forward(coded.clone()))))?;
-    let decode_ms = median_ms(&device, config.repeats, || Ok(drop(runner.decode(predictions.clone(), &masks)?)))?;
-    let fused_total_ms = median_ms(&device, config.repeats, || Ok(drop(runner.infer(queries.clone(), &masks)?)))?;
+    let encode_ms =
+        median_ms(&device, config.repeats, || runner.encode(queries.clone()).map(drop).map_err(Into::into))?;
+    let forward_ms = median_ms(&device, config.repeats, || {
+        drop(runner.forward(coded.clone()));
+        Ok(())
+    })?;
+    let decode_ms = median_ms(&device, config.repeats, || {
+        runner.decode(predictions.clone(), &masks).map(drop).map_err(Into::into)
+    })?;
+    let fused_total_ms =
+        median_ms(&device, config.repeats, || runner.infer(queries.clone(), &masks).map(drop).map_err(Into::into))?;
 
     // The same work with the coded queries and predictions crossing to the host.
     let d = side * side;

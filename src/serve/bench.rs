@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select};
+use crossbeam_channel::Select;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Exp};
@@ -175,7 +175,7 @@ fn drive(
         Arrivals::Poisson { .. } => usize::MAX,
     };
     let mut results: Vec<Option<(Duration, Result<super::Answer, ServeError>)>> = (0..n).map(|_| None).collect();
-    let mut outstanding: Vec<(usize, Instant, Receiver<Result<super::Answer, ServeError>>)> = Vec::new();
+    let mut outstanding: Vec<(usize, Instant, Ticket)> = Vec::new();
     let start = Instant::now();
     let mut next_arrival = start;
     let (mut submitted, mut done) = (0, 0);

@@ -250,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn a_random_slowdown_strikes_one_worker_per_batch_at_its_rate() {
+    fn a_random_slowdown_strikes_one_serving_worker_per_dispatch_at_its_rate() {
         let mut rng = StdRng::seed_from_u64(3);
         let plan = FaultPlan {
             latency: Latency::Constant { ms: 1.0 },
@@ -258,9 +258,10 @@ mod tests {
             random_slowdown: Some(RandomSlowdown { probability: 0.05, factor: 10.0 }),
         };
         let (mut struck, mut per_worker) = (0, [0usize; 9]);
+        let serving: Vec<(usize, u64)> = (0..9).map(|w| (w, 0)).collect();
         for _ in 0..20_000 {
             let slow: Vec<usize> = plan
-                .draw(&[0; 9], &mut rng)
+                .draw(&serving, &mut rng)
                 .iter()
                 .enumerate()
                 .filter(|(_, o)| ms(**o) == 10.0)
