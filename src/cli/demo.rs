@@ -64,7 +64,7 @@ pub(super) fn run(args: &DemoArgs, out: &mut impl Write) -> anyhow::Result<()> {
     };
     let rows = super::eval::evaluate_with_progress(&model, &sample, &config, &device)?;
     if args.json {
-        return super::eval::write_json(&rows, out);
+        return super::write_json_lines(&rows, out);
     }
     writeln!(
         out,

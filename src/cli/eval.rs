@@ -118,7 +118,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     };
     let rows = evaluate_with_progress(&model, &test, &config, &device)?;
     if args.json {
-        write_json(&rows, out)?;
+        super::write_json_lines(&rows, out)?;
     } else {
         write_table(&rows, out)?;
     }
@@ -143,15 +143,6 @@ pub(super) fn evaluate_with_progress(
     })?;
     bar.finish_and_clear();
     Ok(rows)
-}
-
-/// One JSON object per line.
-pub(super) fn write_json(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Result<()> {
-    for row in rows {
-        serde_json::to_writer(&mut *out, row)?;
-        writeln!(out)?;
-    }
-    Ok(())
 }
 
 pub(super) fn write_table(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Result<()> {

@@ -131,6 +131,15 @@ fn quiet_vulkan_loader() {
     }
 }
 
+/// One JSON object per line, the `--json` output of the report commands.
+fn write_json_lines<T: serde::Serialize>(rows: &[T], out: &mut impl Write) -> anyhow::Result<()> {
+    for row in rows {
+        serde_json::to_writer(&mut *out, row)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
 /// A progress bar on stderr, drawn only when stderr is a terminal.
 fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(total);

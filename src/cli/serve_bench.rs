@@ -135,10 +135,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
     })?;
     bar.finish_and_clear();
     if args.json {
-        for r in &reports {
-            serde_json::to_writer(&mut *out, r)?;
-            writeln!(out)?;
-        }
+        super::write_json_lines(&reports, out)?;
     } else {
         write_table(&reports, out)?;
     }

@@ -71,8 +71,8 @@ pub(super) fn run(args: &TrainArgs, out: &mut impl Write) -> anyhow::Result<()> 
     } else {
         let burn = crate::backend::BurnDevice::select(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
         if burn.is_cpu && args.adapter.is_none() {
-            // A CPU Vulkan driver trains convolutions about 100x slower than flex (LeNet-5 on
-            // 2000 images: 5 min against 2.4 s on two cores).
+            // A CPU Vulkan driver trains convolutions far slower than flex (LeNet-5 on
+            // 2000 images and a 10000-image test: over 5 min against 2.4 s on two cores).
             eprintln!(
                 "approxifer: no GPU found; training on the CPU with Burn's flex backend (--adapter cpu forces {})",
                 burn.adapter
