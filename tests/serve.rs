@@ -9,7 +9,7 @@ use approxifer::serve::{
     Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, RandomSlowdown, ServeError, Worker,
     WorkerFaults,
 };
-use crossbeam_channel::TryRecvError;
+use crossbeam_channel::RecvTimeoutError;
 
 const D: usize = 6;
 const C: usize = 3;
@@ -87,7 +87,9 @@ fn a_hundred_thousand_queries_under_faults_balance_the_books() {
                             }
                             Err(e) => panic!("unexpected error: {e}"),
                         }
-                        assert!(matches!(ticket.try_recv(), Err(TryRecvError::Disconnected)), "exactly one answer");
+                        // The sender is dropped just after the send: wait for that, not race it.
+                        let after = ticket.recv_timeout(Duration::from_secs(5));
+                        assert!(matches!(after, Err(RecvTimeoutError::Disconnected)), "exactly one answer: {after:?}");
                     }
                     (ok, errors, approximate, overloaded)
                 })

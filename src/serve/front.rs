@@ -44,23 +44,37 @@ impl Front {
 
     /// Accepts `query` (or refuses it at once, with nothing queued).
     pub fn submit(&self, query: Vec<f32>) -> Result<Ticket, ServeError> {
-        if query.len() != self.input_len {
-            return Err(ServeError::BadInput { expected: self.input_len, actual: query.len() });
+        let mut tickets = self.submit_all(vec![query])?;
+        tickets.pop().ok_or(ServeError::ShuttingDown)
+    }
+
+    /// Accepts every query of `queries` or none: a batch is refused whole, before any of it is
+    /// queued, when it does not fit in the capacity left or one query has the wrong length.
+    pub fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
+        if let Some(bad) = queries.iter().find(|q| q.len() != self.input_len) {
+            return Err(ServeError::BadInput { expected: self.input_len, actual: bad.len() });
         }
         let Some(submissions) = &self.submissions else {
             return Err(ServeError::ShuttingDown);
         };
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= self.capacity {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let count = queries.len();
+        let before = self.in_flight.fetch_add(count, Ordering::AcqRel);
+        if before + count > self.capacity {
+            self.in_flight.fetch_sub(count, Ordering::AcqRel);
             return Err(ServeError::Overloaded { in_flight: before });
         }
-        let (reply, ticket) = crossbeam_channel::bounded(1);
-        if submissions.send(Submission { query, reply }).is_err() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return Err(ServeError::ShuttingDown);
+        let mut tickets = Vec::with_capacity(count);
+        for (sent, query) in queries.into_iter().enumerate() {
+            let (reply, ticket) = crossbeam_channel::bounded(1);
+            if submissions.send(Submission { query, reply }).is_err() {
+                // Only when the scheme's thread has died: what was sent is answered by it or
+                // dropped with it; release the slots of the rest.
+                self.in_flight.fetch_sub(count - sent, Ordering::AcqRel);
+                return Err(ServeError::ShuttingDown);
+            }
+            tickets.push(ticket);
         }
-        Ok(ticket)
+        Ok(tickets)
     }
 
     pub fn in_flight(&self) -> usize {
@@ -80,7 +94,9 @@ impl Drop for Front {
     }
 }
 
-/// Sends one query's result, counts it, and releases its admission slot. The client may have
+/// Counts one query's result, releases its admission slot and sends the result. The slot is
+/// released first, so a client holding its answer never sees the query still in flight; the
+/// sender is consumed, so the ticket disconnects with its one answer. The client may have
 /// stopped waiting; the result is still given.
 pub(crate) fn answer(
     in_flight: &AtomicUsize,
@@ -93,6 +109,7 @@ pub(crate) fn answer(
     } else {
         stats.errors += 1;
     }
-    let _ = reply.send(result);
     in_flight.fetch_sub(1, Ordering::AcqRel);
+    let _ = reply.send(result);
+    drop(reply);
 }
