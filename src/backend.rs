@@ -90,9 +90,21 @@ pub struct BurnDevice {
 impl BurnDevice {
     /// The Burn wgpu device on the adapter `choice` selects, by the raw-wgpu path's rules.
     pub fn select(choice: &AdapterChoice) -> Result<Self, GpuError> {
-        use crate::kernels::gpu::{describe_adapter, wgpu::DeviceType};
+        let (info, index) = crate::kernels::gpu::describe_adapter(choice)?;
+        Ok(Self::on(info, index))
+    }
+
+    /// A Burn wgpu device on every adapter `choice` accepts of the best kind present: one per
+    /// GPU on a multi-GPU box.
+    pub fn select_all(choice: &AdapterChoice) -> Result<Vec<Self>, GpuError> {
+        let adapters = crate::kernels::gpu::describe_adapters(choice)?;
+        Ok(adapters.into_iter().map(|(info, index)| Self::on(info, index)).collect())
+    }
+
+    /// The device on the adapter `info` describes, `index`-th of its type.
+    fn on(info: crate::kernels::gpu::wgpu::AdapterInfo, index: usize) -> Self {
+        use crate::kernels::gpu::wgpu::DeviceType;
         use burn::tensor::{Device, DeviceKind};
-        let (info, index) = describe_adapter(choice)?;
         let kind = match info.device_type {
             DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(index),
             DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(index),
@@ -100,7 +112,7 @@ impl BurnDevice {
             DeviceType::Cpu => DeviceKind::Cpu,
             DeviceType::Other => DeviceKind::DefaultDevice,
         };
-        Ok(BurnDevice { device: Device::wgpu(kind), adapter: info.name, is_cpu: info.device_type == DeviceType::Cpu })
+        BurnDevice { device: Device::wgpu(kind), adapter: info.name, is_cpu: info.device_type == DeviceType::Cpu }
     }
 
     /// One line naming the adapter, saying so plainly when it is a CPU implementation.

@@ -40,14 +40,16 @@ pub struct PipelineBenchReport {
     pub host_round_trip_total_ms: f64,
 }
 
-/// Median milliseconds of `run`, after one warm-up run, the device waited on after each.
+/// Median milliseconds of `run`, the device waited on after each, after warm-up runs (the
+/// first runs compile and autotune kernels: seconds, not what a server sees).
 fn median_ms(device: &Device, repeats: usize, mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    const WARM_UP: usize = 3;
     let mut times = Vec::with_capacity(repeats);
-    for i in 0..=repeats.max(1) {
+    for i in 0..WARM_UP + repeats.max(1) {
         let start = Instant::now();
         run()?;
         device.sync().map_err(|e| anyhow::anyhow!("device: {e:?}"))?;
-        if i > 0 {
+        if i >= WARM_UP {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
     }

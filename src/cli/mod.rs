@@ -7,6 +7,7 @@ mod bench;
 mod codec;
 mod demo;
 mod eval;
+mod serve;
 mod serve_bench;
 mod train;
 
@@ -46,6 +47,9 @@ enum Command {
     /// Uncoded, replication, hedged requests and ApproxIFER on the same workload with injected
     /// stragglers: latency percentiles, throughput, worker budget and accuracy.
     ServeBench(serve_bench::ServeBenchArgs),
+    /// Serve the embedded model over HTTP through the coded runtime (or a baseline):
+    /// POST /v1/predict, GET /health, GET /metrics (Prometheus); Ctrl-C drains and stops.
+    Serve(serve::ServeArgs),
     /// Measure throughput: `bench kernels` (copy, encode, decode, CPU and Burn, one device),
     /// `bench pipeline` (fused encode + model + decode against a host round trip).
     #[command(subcommand)]
@@ -170,6 +174,7 @@ impl Cli {
             Command::Train(args) => train::run(&args, &mut stdout)?,
             Command::Eval(args) => eval::run(&args, &mut stdout)?,
             Command::ServeBench(args) => serve_bench::run_cmd(&args, &mut stdout)?,
+            Command::Serve(args) => serve::run_cmd(&args)?,
             Command::Bench(cmd) => bench::run(&cmd, &mut stdout)?,
         }
         stdout.flush()?;

@@ -3,10 +3,9 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use burn::tensor::{Device, Tensor, TensorData, activation};
+use burn::tensor::Device;
 use clap::Args;
 
 use crate::serve::bench::{Arrivals, SchemeReport, ServeBenchConfig, run};
@@ -36,7 +35,8 @@ pub(super) struct ServeBenchArgs {
     /// How much slower that worker is.
     #[arg(long, default_value_t = 10.0)]
     slow_factor: f64,
-    /// A JSON fault plan instead of the three options above (see serve::faults::FaultPlan).
+    /// A fault plan file (TOML, or JSON if named *.json) instead of the three options above;
+    /// the README shows one.
     #[arg(long, value_name = "FILE")]
     faults: Option<PathBuf>,
     /// Copies per query for replication.
@@ -71,8 +71,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         "--k, --queries and --copies must be at least 1"
     );
     let plan = match &args.faults {
-        Some(path) => serde_json::from_str::<FaultPlan>(&std::fs::read_to_string(path)?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+        Some(path) => FaultPlan::from_file(path)?,
         None => FaultPlan {
             latency: Latency::Constant { ms: args.latency_ms },
             workers: Vec::new(),
@@ -113,15 +112,8 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
         })
         .collect();
-    let replica = || -> HostModel {
-        let model = Mutex::new(model.clone());
-        let device = device.clone();
-        Arc::new(move |x: &[f32]| {
-            let Ok(model) = model.lock() else { return Vec::new() };
-            let input = Tensor::<4>::from_data(TensorData::new(x.to_vec(), [1, 1, 28, 28]), &device);
-            activation::softmax(model.forward(input), 1).into_data().try_into_vec::<f32>().unwrap_or_default()
-        })
-    };
+    let shape = [1, sample.rows, sample.cols];
+    let replica = || -> HostModel { crate::serve::replica::classifier(&model, &device, shape) };
     eprintln!(
         "approxifer: {} queries per scheme, workers run the embedded {} on the CPU with injected latency; {:?}",
         args.queries,

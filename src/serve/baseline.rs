@@ -81,6 +81,11 @@ impl Baseline {
         self.front.submit(query)
     }
 
+    /// As [`super::Coordinator::submit_all`].
+    pub fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
+        self.front.submit_all(queries)
+    }
+
     /// Queries accepted and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.front.in_flight()

@@ -12,6 +12,7 @@ use rand_distr::{Distribution, Exp};
 use super::baseline::{Baseline, BaselineConfig, Policy};
 use super::coordinator::{Coordinator, CoordinatorConfig, ServeError, Ticket};
 use super::faults::FaultPlan;
+use super::scheme::Scheme;
 use super::worker::{HostModel, LocalWorker, Worker};
 use crate::kernels::{Code, CodeParams, NodeFamily};
 
@@ -64,21 +65,6 @@ pub struct SchemeReport {
     pub latencies_ms: Vec<f64>,
 }
 
-/// One scheme behind the shared interface.
-enum Scheme {
-    Coded(Coordinator),
-    Baseline(Baseline),
-}
-
-impl Scheme {
-    fn submit(&self, query: Vec<f32>) -> Result<Ticket, ServeError> {
-        match self {
-            Scheme::Coded(c) => c.submit(query),
-            Scheme::Baseline(b) => b.submit(query),
-        }
-    }
-}
-
 /// Runs uncoded, replication, hedged and ApproxIFER (N = K + 1, S = 1) on `inputs` (cycled),
 /// scoring answers against `labels`. `progress(done, total)` counts answered queries.
 pub fn run(
@@ -115,15 +101,13 @@ pub fn run(
             capacity,
             faults: faults.clone(),
         };
-        let scheme = match name {
-            "uncoded" => {
-                Scheme::Baseline(Baseline::start(baseline(Policy::Uncoded), workers).map_err(anyhow::Error::msg)?)
-            }
-            "replication" => Scheme::Baseline(
+        let scheme: Box<dyn Scheme> = match name {
+            "uncoded" => Box::new(Baseline::start(baseline(Policy::Uncoded), workers).map_err(anyhow::Error::msg)?),
+            "replication" => Box::new(
                 Baseline::start(baseline(Policy::Replication { copies: config.copies }), workers)
                     .map_err(anyhow::Error::msg)?,
             ),
-            "hedged" => Scheme::Baseline(
+            "hedged" => Box::new(
                 Baseline::start(baseline(Policy::Hedged { after: hedge_after }), workers)
                     .map_err(anyhow::Error::msg)?,
             ),
@@ -138,12 +122,12 @@ pub fn run(
                     capacity,
                     faults: faults.clone(),
                 };
-                Scheme::Coded(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?)
+                Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?)
             }
         };
         let done_before = i * config.queries;
-        let outcome = drive(&scheme, config, inputs, |done| progress(done_before + done, total))?;
-        drop(scheme); // graceful shutdown: everything accepted has been answered
+        let outcome = drive(scheme.as_ref(), config, inputs, |done| progress(done_before + done, total))?;
+        scheme.shutdown(); // everything accepted has been answered
         let worker_seconds = local.iter().map(|w| w.busy().as_secs_f64()).sum();
         reports.push(outcome.report(name, pool, worker_seconds, labels));
     }
@@ -159,7 +143,7 @@ struct Outcome {
 
 /// Submits every query by `config.arrivals` and waits for every answer.
 fn drive(
-    scheme: &Scheme,
+    scheme: &dyn Scheme,
     config: &ServeBenchConfig,
     inputs: &[Vec<f32>],
     mut progress: impl FnMut(usize),

@@ -107,6 +107,11 @@ impl Coordinator {
         self.front.submit(query)
     }
 
+    /// Accepts all of `queries` or none of them (see [`Coordinator::submit`]).
+    pub fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
+        self.front.submit_all(queries)
+    }
+
     /// Queries accepted and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.front.in_flight()

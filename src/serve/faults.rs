@@ -7,6 +7,7 @@
 //! scaled by the worker's own faults and by the plan's random slowdowns. Every draw comes from
 //! the caller's RNG, so a seed fixes a whole run and every scheme can face the same faults.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::Rng;
@@ -14,7 +15,7 @@ use rand_distr::{Distribution, Exp, Pareto};
 
 /// A base service-time distribution.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "kind")]
+#[serde(rename_all = "kebab-case", tag = "kind", deny_unknown_fields)]
 pub enum Latency {
     /// Always `ms`.
     Constant { ms: f64 },
@@ -28,7 +29,7 @@ pub enum Latency {
 /// What one worker does beyond the base latency. Fields left out of a config take
 /// [`WorkerFaults::NONE`]'s values.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct WorkerFaults {
     /// Every latency multiplied by this (1 = normal; 10 = a persistently slow worker).
     pub slowdown: f64,
@@ -62,14 +63,29 @@ impl WorkerFaults {
 /// random worker 10x slower on 5% of requests" hits an uncoded query's only worker 5% of the
 /// time, and one of a coded group's `N` workers 5% of the time.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RandomSlowdown {
     /// Probability per dispatch (a query, or a group for coded schemes) that one worker is slow.
     pub probability: f64,
     pub factor: f64,
 }
 
-/// The faults of a whole run.
+/// The faults of a whole run. In a file (TOML; JSON when the name ends in `.json`):
+///
+/// ```toml
+/// latency = { kind = "pareto", scale_ms = 4.0, shape = 2.5 }  # or constant { ms }, exponential { mean_ms }
+/// random_slowdown = { probability = 0.05, factor = 10.0 }     # one worker of a dispatch
+///
+/// [[workers]]            # worker 0: persistently 10x slower
+/// slowdown = 10.0
+/// [[workers]]            # worker 1: slow on 2% of requests, hangs on 1%, crashes after 5000
+/// intermittent_probability = 0.02
+/// intermittent_factor = 20.0
+/// hang_probability = 0.01
+/// crash_after = 5000
+/// ```
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FaultPlan {
     pub latency: Latency,
     /// Per-worker faults; workers beyond the list have none.
@@ -94,6 +110,17 @@ pub enum FaultError {
     Invalid { what: &'static str, value: f64, rule: &'static str },
 }
 
+/// Why a fault file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultFileError {
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Invalid { path: PathBuf, source: FaultError },
+}
+
 fn require(ok: bool, what: &'static str, value: f64, rule: &'static str) -> Result<(), FaultError> {
     if ok { Ok(()) } else { Err(FaultError::Invalid { what, value, rule }) }
 }
@@ -102,6 +129,20 @@ impl FaultPlan {
     /// No faults beyond `latency`.
     pub fn healthy(latency: Latency) -> Self {
         FaultPlan { latency, workers: Vec::new(), random_slowdown: None }
+    }
+
+    /// Reads and validates a plan: TOML, or JSON when the file name ends in `.json`.
+    pub fn from_file(path: &Path) -> Result<Self, FaultFileError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| FaultFileError::Read { path: path.into(), source })?;
+        let parsed = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+            serde_json::from_str::<FaultPlan>(&text).map_err(|e| e.to_string())
+        } else {
+            toml::from_str::<FaultPlan>(&text).map_err(|e| e.to_string().trim_end().to_owned())
+        };
+        let plan = parsed.map_err(|message| FaultFileError::Parse { path: path.into(), message })?;
+        plan.validate().map_err(|source| FaultFileError::Invalid { path: path.into(), source })?;
+        Ok(plan)
     }
 
     /// Checks every number, so that drawing never fails.
@@ -296,5 +337,51 @@ mod tests {
         .unwrap();
         assert_eq!((plan.worker(0).slowdown, plan.worker(0).intermittent_factor), (1.0, 1.0));
         plan.validate().unwrap();
+    }
+
+    /// The example in [`FaultPlan`]'s documentation, as a user would write it.
+    const EXAMPLE: &str = r#"
+latency = { kind = "pareto", scale_ms = 4.0, shape = 2.5 }
+random_slowdown = { probability = 0.05, factor = 10.0 }
+
+[[workers]]
+slowdown = 10.0
+[[workers]]
+intermittent_probability = 0.02
+intermittent_factor = 20.0
+hang_probability = 0.01
+crash_after = 5000
+"#;
+
+    #[test]
+    fn fault_files_read_as_toml_or_json_and_typos_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("faults.toml");
+        std::fs::write(&toml_path, EXAMPLE).unwrap();
+        let plan = FaultPlan::from_file(&toml_path).unwrap();
+        assert_eq!(plan.latency, Latency::Pareto { scale_ms: 4.0, shape: 2.5 });
+        assert_eq!(plan.random_slowdown, Some(RandomSlowdown { probability: 0.05, factor: 10.0 }));
+        assert_eq!(plan.worker(0), WorkerFaults { slowdown: 10.0, ..WorkerFaults::NONE });
+        assert_eq!(plan.worker(1).crash_after, Some(5000));
+        assert_eq!(plan.worker(1).hang_probability, 0.01);
+
+        let json_path = dir.path().join("faults.json");
+        std::fs::write(&json_path, serde_json::to_string(&plan).unwrap()).unwrap();
+        assert_eq!(FaultPlan::from_file(&json_path).unwrap(), plan);
+
+        // A misspelt key would silently mean "no fault": it is an error naming the key.
+        std::fs::write(&toml_path, EXAMPLE.replace("hang_probability", "hang_probabilty")).unwrap();
+        let error = FaultPlan::from_file(&toml_path).unwrap_err();
+        assert!(
+            matches!(error, FaultFileError::Parse { .. }) && error.to_string().contains("hang_probabilty"),
+            "{error}"
+        );
+        std::fs::write(&toml_path, EXAMPLE.replace("factor = 10.0", "factor = -1.0")).unwrap();
+        assert!(matches!(
+            FaultPlan::from_file(&toml_path),
+            Err(FaultFileError::Invalid { source: FaultError::Invalid { what: "random_slowdown factor", .. }, .. })
+        ));
+        let missing = FaultPlan::from_file(&dir.path().join("absent.toml")).unwrap_err();
+        assert!(matches!(missing, FaultFileError::Read { .. }) && missing.to_string().contains("absent.toml"));
     }
 }

@@ -70,31 +70,49 @@ impl fmt::Display for AdapterChoice {
     }
 }
 
-/// The adapter `choice` selects, and its position among the adapters of its type (the index
-/// other wgpu users, such as Burn's `DeviceKind`, name it by).
-fn find_adapter(choice: &AdapterChoice) -> Result<(wgpu::Adapter, usize), GpuError> {
+/// Every adapter `choice` accepts of the best kind present (all the discrete GPUs of a
+/// multi-GPU box, say), in the system's order, each with its position among the adapters of
+/// its type (the index other wgpu users, such as Burn's `DeviceKind`, name it by).
+fn best_adapters(choice: &AdapterChoice) -> Result<Vec<(wgpu::Adapter, usize)>, GpuError> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: wgpu::Backends::PRIMARY,
         ..wgpu::InstanceDescriptor::new_without_display_handle()
     });
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-    let best = adapters
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| choice.accepts(&a.get_info()))
-        .min_by_key(|(_, a)| rank(a.get_info().device_type))
-        .map(|(i, _)| i)
-        .ok_or_else(|| GpuError::NoAdapter {
+    let best = adapters.iter().map(|a| a.get_info()).filter(|i| choice.accepts(i)).map(|i| rank(i.device_type)).min();
+    let Some(best) = best else {
+        return Err(GpuError::NoAdapter {
             requested: choice.to_string(),
             present: if adapters.is_empty() {
                 "none".into()
             } else {
                 adapters.iter().map(|a| a.get_info().name).collect::<Vec<_>>().join(", ")
             },
-        })?;
-    let kind = adapters[best].get_info().device_type;
-    let index_of_type = adapters[..best].iter().filter(|a| a.get_info().device_type == kind).count();
-    Ok((adapters[best].clone(), index_of_type))
+        });
+    };
+    Ok(adapters
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| choice.accepts(&a.get_info()) && rank(a.get_info().device_type) == best)
+        .map(|(position, adapter)| {
+            let kind = adapter.get_info().device_type;
+            let index_of_type = adapters[..position].iter().filter(|a| a.get_info().device_type == kind).count();
+            (adapter.clone(), index_of_type)
+        })
+        .collect())
+}
+
+/// The adapter `choice` selects: the first of [`best_adapters`].
+fn find_adapter(choice: &AdapterChoice) -> Result<(wgpu::Adapter, usize), GpuError> {
+    let mut best = best_adapters(choice)?;
+    // best_adapters never returns an empty list.
+    Ok(best.swap_remove(0))
+}
+
+/// Every adapter `choice` accepts of the best kind present (one per GPU on a multi-GPU box),
+/// without opening devices: each one's description and index among the adapters of its type.
+pub fn describe_adapters(choice: &AdapterChoice) -> Result<Vec<(wgpu::AdapterInfo, usize)>, GpuError> {
+    best_adapters(choice).map(|all| all.into_iter().map(|(adapter, index)| (adapter.get_info(), index)).collect())
 }
 
 /// The adapter `choice` selects, without opening a device: its description and its index

@@ -19,7 +19,7 @@ mod shader;
 /// create buffers and encoders of their own.
 pub use wgpu;
 
-pub use context::{ADAPTER_ENV, AdapterChoice, GpuContext, describe_adapter};
+pub use context::{ADAPTER_ENV, AdapterChoice, GpuContext, describe_adapter, describe_adapters};
 pub use error::GpuError;
 pub use host::{GpuCodec, GpuElement, map_and_copy};
 pub use kernels::{DeviceTensor, GpuCode, Kernels};

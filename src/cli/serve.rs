@@ -1,0 +1,220 @@
+//! `approxifer serve`: the embedded model behind an HTTP endpoint, through the coded runtime
+//! (or a baseline, to compare), with local workers holding one model replica each.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use burn::tensor::Device;
+use clap::{Args, ValueEnum};
+
+use crate::backend::BurnDevice;
+use crate::kernels::gpu::AdapterChoice;
+use crate::kernels::{Code, CodeParams, NodeFamily};
+use crate::serve::http::{HttpConfig, serve};
+use crate::serve::{
+    Baseline, BaselineConfig, Coordinator, CoordinatorConfig, FaultPlan, LocalWorker, Policy, Scheme, Worker,
+};
+
+/// How queries reach the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SchemeKind {
+    /// Berrut-coded groups: K queries on K + S workers, decoded from the first K answers.
+    Approxifer,
+    /// Each query on one of K workers.
+    Uncoded,
+    /// Each query on `--copies` of copies x K workers; the first answer wins.
+    Replication,
+    /// Each query on one of K workers, and on a second after `--hedge-after-ms`.
+    Hedged,
+}
+
+/// Where the workers' model replicas run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WorkerDevice {
+    /// Every GPU of the best kind present, workers spread over them; the CPU when there is
+    /// none (a CPU Vulkan driver runs one-query inference slower than Burn's CPU backend).
+    Auto,
+    /// Burn's CPU backend.
+    Cpu,
+    /// Every adapter of the best kind `--adapter` accepts, workers spread over them; an error
+    /// when there is none.
+    Gpu,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[arg(long, value_enum, default_value_t = SchemeKind::Approxifer)]
+    scheme: SchemeKind,
+    /// Queries per coded group; the baselines use K workers (replication copies x K).
+    #[arg(long = "k", default_value_t = 4)]
+    k: usize,
+    /// Workers a coded group can do without: N = K + S.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    stragglers: usize,
+    #[arg(long, default_value_t = 2)]
+    copies: usize,
+    #[arg(long, value_name = "MS", default_value_t = 20.0)]
+    hedge_after_ms: f64,
+    /// A coded group waits at most this long for its K queries.
+    #[arg(long, value_name = "MS", default_value_t = 5.0)]
+    max_wait_ms: f64,
+    /// A query not answered this long after dispatch gets a deadline error.
+    #[arg(long, value_name = "MS", default_value_t = 2000.0)]
+    deadline_ms: f64,
+    /// Queries accepted and not yet answered, beyond which requests are refused (503).
+    #[arg(long, default_value_t = 4096)]
+    capacity: usize,
+    /// The most queries in one request.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    /// Where the workers' model replicas run.
+    #[arg(long, value_enum, default_value_t = WorkerDevice::Auto)]
+    device: WorkerDevice,
+    /// Adapter for `--device gpu|auto`: auto, discrete, integrated, cpu, or part of a name
+    /// [env: APPROXIFER_ADAPTER]
+    #[arg(long)]
+    adapter: Option<AdapterChoice>,
+    /// Inject faults from this plan (TOML, or JSON if named *.json), for demonstrations.
+    #[arg(long, value_name = "FILE")]
+    faults: Option<PathBuf>,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+fn ms(v: f64, what: &str) -> anyhow::Result<Duration> {
+    anyhow::ensure!(v.is_finite() && v >= 0.0, "{what} must be a non-negative number of ms");
+    Ok(Duration::from_secs_f64(v / 1e3))
+}
+
+/// The devices the replicas go on, with a notice saying which.
+fn devices(args: &ServeArgs) -> anyhow::Result<Vec<Device>> {
+    let choice = args.adapter.clone().unwrap_or_else(AdapterChoice::from_env);
+    let gpus = match args.device {
+        WorkerDevice::Cpu => Vec::new(),
+        WorkerDevice::Gpu => BurnDevice::select_all(&choice)?,
+        WorkerDevice::Auto => {
+            BurnDevice::select_all(&choice).unwrap_or_default().into_iter().filter(|d| !d.is_cpu).collect()
+        }
+    };
+    if gpus.is_empty() {
+        eprintln!("approxifer: no GPU for the workers; their replicas run on the CPU (Burn's flex backend)");
+        return Ok(vec![Device::flex()]);
+    }
+    for gpu in &gpus {
+        eprintln!("{}", gpu.notice());
+    }
+    Ok(gpus.into_iter().map(|g| g.device).collect())
+}
+
+pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.k >= 1 && args.copies >= 1 && args.capacity >= 1,
+        "--k, --copies and --capacity must be at least 1"
+    );
+    anyhow::ensure!(
+        (1..=args.capacity).contains(&args.max_batch),
+        "--max-batch must be between 1 and --capacity ({})",
+        args.capacity
+    );
+    let faults = args.faults.as_deref().map(FaultPlan::from_file).transpose()?.map(|plan| (plan, args.seed));
+    let (deadline, max_wait) = (ms(args.deadline_ms, "--deadline-ms")?, ms(args.max_wait_ms, "--max-wait-ms")?);
+    let hedge_after = ms(args.hedge_after_ms, "--hedge-after-ms")?;
+    let code = match args.scheme {
+        SchemeKind::Approxifer => Some(Code::new(
+            CodeParams::builder(args.k, args.k + args.stragglers)
+                .stragglers(args.stragglers)
+                .nodes(NodeFamily::Authors)
+                .build()?,
+        )?),
+        _ => None,
+    };
+    let pool = match args.scheme {
+        SchemeKind::Approxifer => args.k + args.stragglers,
+        SchemeKind::Replication => args.copies * args.k,
+        SchemeKind::Uncoded | SchemeKind::Hedged => args.k,
+    };
+
+    let devices = devices(args)?;
+    let sample = crate::embedded::sample();
+    let shape = [1, sample.rows, sample.cols];
+    let (input_len, output_len) = (shape.iter().product(), crate::models::CLASSES);
+    let mut workers: Vec<Arc<dyn Worker>> = Vec::with_capacity(pool);
+    for w in 0..pool {
+        let device = &devices[w % devices.len()];
+        let model = crate::embedded::model(device)?;
+        let replica = crate::serve::replica::classifier(&model, device, shape);
+        workers.push(Arc::new(LocalWorker::start(w, replica, args.capacity)));
+    }
+
+    let scheme: Box<dyn Scheme> = match code {
+        Some(code) => Box::new(
+            Coordinator::start(
+                CoordinatorConfig { code, input_len, output_len, max_wait, deadline, capacity: args.capacity, faults },
+                workers,
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        None => {
+            let policy = match args.scheme {
+                SchemeKind::Replication => Policy::Replication { copies: args.copies },
+                SchemeKind::Hedged => Policy::Hedged { after: hedge_after },
+                _ => Policy::Uncoded,
+            };
+            let config = BaselineConfig { policy, input_len, output_len, deadline, capacity: args.capacity, faults };
+            Box::new(Baseline::start(config, workers).map_err(anyhow::Error::msg)?)
+        }
+    };
+    let name = args.scheme.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned());
+    let config = HttpConfig {
+        scheme: name.clone(),
+        input_len,
+        output_len,
+        max_batch: args.max_batch,
+        max_body_bytes: (args.max_batch * input_len * 24).max(64 * 1024),
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let stats = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        eprintln!(
+            "approxifer: serving the embedded {} ({} scheme, {pool} workers) on http://{}: POST /v1/predict, \
+             GET /health, GET /metrics; Ctrl-C stops after answering what was accepted",
+            crate::embedded::ARCHITECTURE.name(),
+            name,
+            listener.local_addr()?
+        );
+        anyhow::Ok(serve(listener, scheme, config, shutdown_signal()).await?)
+    })?;
+    eprintln!(
+        "approxifer: stopped; {} queries answered, {} errors, {} groups decoded, {} failed",
+        stats.answered, stats.errors, stats.decoded_groups, stats.failed_groups
+    );
+    Ok(())
+}
+
+/// Ctrl-C, or SIGTERM where there is one (what service managers send).
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
