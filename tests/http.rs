@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use approxifer::kernels::{Code, CodeParams, Layout};
 use approxifer::serve::http::{HttpConfig, serve};
 use approxifer::serve::{
-    Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, Scheme, Stats, Worker, WorkerFaults,
+    Codec, Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, Scheme, Stats, Worker,
+    WorkerFaults,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -43,6 +44,7 @@ fn coordinator(faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> 
         deadline: Duration::from_millis(deadline_ms),
         capacity,
         faults: faults.map(|plan| (plan, 3)),
+        codec: Codec::Cpu,
     };
     Box::new(Coordinator::start(config, workers).unwrap())
 }

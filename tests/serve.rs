@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use approxifer::kernels::{Code, CodeParams, Layout};
 use approxifer::serve::{
-    Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, RandomSlowdown, ServeError, Worker,
-    WorkerFaults,
+    Codec, Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, RandomSlowdown, ServeError,
+    Worker, WorkerFaults,
 };
 use crossbeam_channel::RecvTimeoutError;
 
@@ -34,6 +34,7 @@ fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u
         deadline: Duration::from_millis(deadline_ms),
         capacity,
         faults: faults.map(|plan| (plan, 11)),
+        codec: Codec::Cpu,
     }
 }
 
@@ -221,4 +222,84 @@ fn a_panicking_model_loses_requests_not_the_worker() {
     let coordinator = Coordinator::start(config(code, None, 100, 300), pool).unwrap();
     let answered = (0..40).filter(|&i| coordinator.submit(query(i)).unwrap().recv().unwrap().is_ok()).count();
     assert_eq!(answered, 40, "S = 2 covers the failing worker");
+}
+
+#[test]
+fn work_nobody_needs_any_more_is_skipped_not_queued_behind_a_straggler() {
+    use approxifer::serve::{Baseline, BaselineConfig, Policy};
+    // Worker 0 takes 100 ms a request, the others 1 ms. Without cancellation it would work
+    // through every request queued to it (2 s); its groups (and the other copies) are answered
+    // by the fast workers long before, so it skips what it had not started.
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 1.0 },
+        workers: vec![WorkerFaults { slowdown: 100.0, ..WorkerFaults::NONE }],
+        random_slowdown: None,
+    };
+    let local = || -> Vec<Arc<LocalWorker>> { (0..3).map(|i| Arc::new(LocalWorker::start(i, model(), 100))).collect() };
+    let shared = |local: &[Arc<LocalWorker>]| local.iter().map(|w| w.clone() as Arc<dyn Worker>).collect::<Vec<_>>();
+    let check = |scheme: &dyn approxifer::serve::Scheme, slow: &LocalWorker, what: &str| {
+        let tickets: Vec<_> = (0..40).map(|i| scheme.submit(query(i)).unwrap()).collect();
+        for ticket in tickets {
+            assert!(ticket.recv_timeout(Duration::from_secs(5)).unwrap().is_ok(), "{what}");
+        }
+        // It started one or two requests before their groups were answered; once those are
+        // done (in 100 to 200 ms), the rest of its queue is skipped at once.
+        std::thread::sleep(Duration::from_millis(400));
+        let (busy, skipped) = (slow.busy(), slow.skipped());
+        assert!(busy < Duration::from_millis(350) && skipped >= 15, "{what}: busy {busy:?}, {skipped} skipped");
+    };
+
+    let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
+    let workers = local();
+    let coordinator = Coordinator::start(config(code, Some(plan.clone()), 100, 2000), shared(&workers)).unwrap();
+    check(&coordinator, &workers[0], "coded groups");
+    drop(coordinator);
+
+    let workers = local();
+    let config = BaselineConfig {
+        policy: Policy::Replication { copies: 3 },
+        input_len: D,
+        output_len: C,
+        deadline: Duration::from_secs(2),
+        capacity: 100,
+        faults: Some((plan, 1)),
+    };
+    let replication = Baseline::start(config, shared(&workers)).unwrap();
+    check(&replication, &workers[0], "replicas");
+}
+
+#[test]
+fn a_coordinator_coding_on_the_gpu_answers_as_one_coding_on_the_cpu() {
+    use approxifer::kernels::gpu::{AdapterChoice, GpuCodec, GpuContext};
+    use approxifer::kernels::tolerance::Tolerance;
+    let ctx = GpuContext::new(&AdapterChoice::from_env())
+        .unwrap_or_else(|e| panic!("{e} (scripts/setup.sh installs lavapipe; CI needs an adapter)"));
+    let gpu = Codec::Gpu(Arc::new(GpuCodec::new(ctx)));
+    // Workers 1 and 4 of N = 6 never answer: every group decodes from the other four, so the
+    // two runs decode from the same responders (with S spare workers answering, which K come
+    // first would be up to the scheduler).
+    let hung = WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE };
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 0.0 },
+        workers: vec![WorkerFaults::NONE, hung, WorkerFaults::NONE, WorkerFaults::NONE, hung],
+        random_slowdown: None,
+    };
+    let answers = |codec: Codec| -> Vec<Vec<f32>> {
+        let code = Code::new(CodeParams::builder(4, 6).stragglers(2).build().unwrap()).unwrap();
+        let config = CoordinatorConfig { codec, ..config(code, Some(plan.clone()), 1000, 2000) };
+        // One group at a time, so both runs form the same groups.
+        let coordinator = Coordinator::start(config, workers(6, 1000)).unwrap();
+        (0..10)
+            .flat_map(|g| {
+                let tickets: Vec<_> = (0..4).map(|i| coordinator.submit(query(4 * g + i)).unwrap()).collect();
+                tickets.into_iter().map(|t| t.recv().unwrap().map(|a| a.output).unwrap_or_default()).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (on_cpu, on_gpu) = (answers(Codec::Cpu), answers(gpu));
+    assert!(on_cpu.iter().all(|a| a.len() == C), "every group decodes");
+    for (i, (c, g)) in on_cpu.iter().zip(&on_gpu).enumerate() {
+        let close = Tolerance::BALANCED.check(g.iter().map(|&v| f64::from(v)), c.iter().map(|&v| f64::from(v)));
+        assert!(close.is_ok(), "query {i}: cpu {c:?} vs gpu {g:?}: {close:?}");
+    }
 }

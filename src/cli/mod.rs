@@ -135,6 +135,30 @@ fn quiet_vulkan_loader() {
     }
 }
 
+/// Where the serving coordinator codes its groups (`serve`, `serve-bench`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum CodecArg {
+    /// The CPU kernels (a group is a few kilobytes: faster than a device round trip).
+    #[default]
+    Cpu,
+    /// The WGSL kernels on the adapter `choice` selects, named on stderr.
+    Gpu,
+}
+
+impl CodecArg {
+    fn build(self, choice: &crate::kernels::gpu::AdapterChoice) -> anyhow::Result<crate::serve::Codec> {
+        use crate::kernels::gpu::{GpuCodec, GpuContext};
+        Ok(match self {
+            CodecArg::Cpu => crate::serve::Codec::Cpu,
+            CodecArg::Gpu => {
+                let ctx = GpuContext::new(choice)?;
+                eprintln!("{} (the coordinator's encode and decode)", crate::backend::describe(&ctx));
+                crate::serve::Codec::Gpu(std::sync::Arc::new(GpuCodec::new(ctx)))
+            }
+        })
+    }
+}
+
 /// One JSON object per line, the `--json` output of the report commands.
 fn write_json_lines<T: serde::Serialize>(rows: &[T], out: &mut impl Write) -> anyhow::Result<()> {
     for row in rows {

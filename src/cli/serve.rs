@@ -9,6 +9,7 @@ use std::time::Duration;
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 
+use super::CodecArg;
 use crate::backend::BurnDevice;
 use crate::kernels::gpu::AdapterChoice;
 use crate::kernels::{Code, CodeParams, NodeFamily};
@@ -79,6 +80,9 @@ pub(super) struct ServeArgs {
     /// [env: APPROXIFER_ADAPTER]
     #[arg(long)]
     adapter: Option<AdapterChoice>,
+    /// Where the coordinator encodes and decodes groups.
+    #[arg(long, value_enum, default_value_t = CodecArg::Cpu)]
+    codec: CodecArg,
     /// Inject faults from this plan (TOML, or JSON if named *.json), for demonstrations.
     #[arg(long, value_name = "FILE")]
     faults: Option<PathBuf>,
@@ -154,7 +158,16 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let scheme: Box<dyn Scheme> = match code {
         Some(code) => Box::new(
             Coordinator::start(
-                CoordinatorConfig { code, input_len, output_len, max_wait, deadline, capacity: args.capacity, faults },
+                CoordinatorConfig {
+                    code,
+                    input_len,
+                    output_len,
+                    max_wait,
+                    deadline,
+                    capacity: args.capacity,
+                    faults,
+                    codec: args.codec.build(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?,
+                },
                 workers,
             )
             .map_err(anyhow::Error::msg)?,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use burn::tensor::Device;
 use clap::Args;
 
+use super::CodecArg;
 use crate::serve::bench::{Arrivals, SchemeReport, ServeBenchConfig, run};
 use crate::serve::{FaultPlan, HostModel, Latency, RandomSlowdown};
 
@@ -45,13 +46,18 @@ pub(super) struct ServeBenchArgs {
     /// Hedged requests send a backup after this many ms [default: the uncoded run's p95]
     #[arg(long, value_name = "MS")]
     hedge_after_ms: Option<f64>,
-    /// A coded group waits at most this long for its K queries.
-    #[arg(long, default_value_t = 20.0)]
+    /// A coded group waits at most this long for its K queries (default: twice the base
+    /// service time, which keeps group formation from dominating the tail at low load).
+    #[arg(long, default_value_t = 10.0)]
     max_wait_ms: f64,
     #[arg(long, default_value_t = 2000.0)]
     deadline_ms: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Where ApproxIFER's coordinator encodes and decodes groups (gpu: the adapter in
+    /// APPROXIFER_ADAPTER, else the best one).
+    #[arg(long, value_enum, default_value_t = CodecArg::Cpu)]
+    codec: CodecArg,
     /// Also draw the latency CDF of every scheme into this SVG file.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
@@ -97,6 +103,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         max_wait: ms(args.max_wait_ms, "--max-wait-ms")?,
         hedge_after: args.hedge_after_ms.map(|v| ms(v, "--hedge-after-ms")).transpose()?,
         copies: args.copies,
+        codec: args.codec.build(&crate::kernels::gpu::AdapterChoice::from_env())?,
     };
     if let Some(plot) = &args.plot {
         std::fs::File::create(plot)?; // fail before the work, not after

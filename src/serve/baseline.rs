@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use super::coordinator::{Answer, ServeError, Stats, Ticket};
 use super::faults::FaultPlan;
 use super::front::{Front, Submission, answer};
-use super::worker::{Request, Response, Worker};
+use super::worker::{Cancel, Request, Response, Worker};
 
 /// How a baseline spreads one query over the workers.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -105,6 +105,8 @@ struct Pending {
     /// When to send the hedge, until it is sent.
     hedge_at: Option<Instant>,
     sent_to: Vec<usize>,
+    /// Cancels the copies not yet started once one has answered or the deadline passed.
+    cancel: Cancel,
 }
 
 struct Loop {
@@ -167,6 +169,7 @@ impl Loop {
             deadline: now + self.config.deadline,
             hedge_at,
             sent_to: Vec::new(),
+            cancel: Cancel::default(),
         };
         for _ in 0..copies {
             self.send(id, &mut pending);
@@ -192,7 +195,7 @@ impl Loop {
                 None => None,
             };
             self.served[w] += 1;
-            let request = Request { id, input: pending.input.clone(), injected };
+            let request = Request { id, input: pending.input.clone(), injected, cancel: pending.cancel.clone() };
             if self.workers[w].submit(request, &self.replies.0).is_ok() {
                 pending.sent_to.push(w);
                 return;
@@ -209,6 +212,7 @@ impl Loop {
             self.pending.insert(response.id, pending);
             return;
         }
+        pending.cancel.cancel();
         self.stats.decoded_groups += 1;
         self.answer(pending.reply, Ok(Answer { output: response.output, approximate: false }));
     }
@@ -225,6 +229,7 @@ impl Loop {
         let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
             let pending = self.pending.remove(&id).expect("listed as pending");
+            pending.cancel.cancel();
             self.stats.failed_groups += 1;
             let error =
                 ServeError::DeadlineMissed { answered: 0, needed: 1, deadline_ms: self.config.deadline.as_millis() };

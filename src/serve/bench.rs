@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand_distr::{Distribution, Exp};
 
 use super::baseline::{Baseline, BaselineConfig, Policy};
-use super::coordinator::{Coordinator, CoordinatorConfig, ServeError, Ticket};
+use super::coordinator::{Codec, Coordinator, CoordinatorConfig, ServeError, Ticket};
 use super::faults::FaultPlan;
 use super::scheme::Scheme;
 use super::worker::{HostModel, LocalWorker, Worker};
@@ -40,6 +40,8 @@ pub struct ServeBenchConfig {
     /// Hedged requests send a backup after this long; `None`: the uncoded run's p95.
     pub hedge_after: Option<Duration>,
     pub copies: usize,
+    /// Where ApproxIFER's coordinator codes its groups.
+    pub codec: Codec,
 }
 
 /// One scheme's figures; the JSON of `serve-bench --json`.
@@ -121,6 +123,7 @@ pub fn run(
                     deadline: config.deadline,
                     capacity,
                     faults: faults.clone(),
+                    codec: config.codec.clone(),
                 };
                 Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?)
             }

@@ -16,7 +16,8 @@ use rand::rngs::StdRng;
 
 use super::faults::FaultPlan;
 use super::front::{Front, Submission, answer};
-use super::worker::{Request, Response, Worker};
+use super::worker::{Cancel, Request, Response, Worker};
+use crate::kernels::gpu::GpuCodec;
 use crate::kernels::{Code, cpu};
 
 /// How the coordinator runs.
@@ -34,6 +35,36 @@ pub struct CoordinatorConfig {
     pub capacity: usize,
     /// Fault injection: the plan every dispatch draws from, and its seed.
     pub faults: Option<(FaultPlan, u64)>,
+    /// Where groups are encoded and decoded.
+    pub codec: Codec,
+}
+
+/// Where the coordinator encodes and decodes its groups. Both give the same results (the GPU
+/// kernels are tested against the CPU ones).
+#[derive(Clone, Debug, Default)]
+pub enum Codec {
+    /// The CPU reference kernels. A group is `K` queries, a few kilobytes: coding it takes
+    /// microseconds, less than one round trip to a device.
+    #[default]
+    Cpu,
+    /// The WGSL kernels on a device, for large queries or to keep the CPU free.
+    Gpu(Arc<GpuCodec>),
+}
+
+impl Codec {
+    fn encode(&self, code: &Code, queries: &[f32], d: usize) -> Result<Vec<f32>, String> {
+        match self {
+            Codec::Cpu => cpu::encode_to_vec(code, queries, d).map_err(|e| e.to_string()),
+            Codec::Gpu(gpu) => gpu.encode(code, queries, d).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn decode(&self, code: &Code, outputs: &[f32], c: usize, mask: &[bool]) -> Result<Vec<f32>, String> {
+        match self {
+            Codec::Cpu => cpu::decode_to_vec(code, outputs, c, mask).map_err(|e| e.to_string()),
+            Codec::Gpu(gpu) => gpu.decode(code, outputs, c, mask).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// A prediction.
@@ -132,6 +163,8 @@ struct Group {
     outputs: Vec<Option<Vec<f32>>>,
     answered: usize,
     deadline: Instant,
+    /// Cancels the group's requests not yet started once it is decoded or has failed.
+    cancel: Cancel,
 }
 
 /// The coordinator thread's state.
@@ -231,9 +264,9 @@ impl Loop {
         let group = self.next_group;
         self.next_group += 1;
         self.stats.groups += 1;
-        let coded = match cpu::encode_to_vec(&self.config.code, &queries, d) {
+        let coded = match self.config.codec.encode(&self.config.code, &queries, d) {
             Ok(coded) => coded,
-            Err(e) => return self.fail(replies, ServeError::Decode(e.to_string())),
+            Err(e) => return self.fail(replies, ServeError::Decode(e)),
         };
         let fates = match &mut self.faults {
             Some((plan, rng)) => {
@@ -242,18 +275,21 @@ impl Loop {
             }
             None => vec![None; n],
         };
+        let cancel = Cancel::default();
         let mut taken = 0;
         for (w, (row, injected)) in coded.chunks_exact(d).zip(fates).enumerate() {
             self.served[w] += 1;
-            let request = Request { id: group * n as u64 + w as u64, input: row.into(), injected };
+            let request =
+                Request { id: group * n as u64 + w as u64, input: row.into(), injected, cancel: cancel.clone() };
             taken += usize::from(self.workers[w].submit(request, &self.replies.0).is_ok());
         }
         let needed = params.min_responders();
         if taken < needed {
+            cancel.cancel();
             return self.fail(replies, ServeError::WorkersUnavailable { available: taken, needed });
         }
         let deadline = Instant::now() + self.config.deadline;
-        self.pending.insert(group, Group { replies, outputs: vec![None; n], answered: 0, deadline });
+        self.pending.insert(group, Group { replies, outputs: vec![None; n], answered: 0, deadline, cancel });
     }
 
     /// Takes a worker's answer; decodes its group once `N - S` have answered.
@@ -277,6 +313,7 @@ impl Loop {
     }
 
     fn decode(&mut self, group: Group) {
+        group.cancel.cancel();
         let (c, n) = (self.config.output_len, self.workers.len());
         let mask: Vec<bool> = group.outputs.iter().map(Option::is_some).collect();
         let mut outputs = vec![0.0f32; n * c];
@@ -285,7 +322,7 @@ impl Loop {
                 outputs[w * c..(w + 1) * c].copy_from_slice(output);
             }
         }
-        match cpu::decode_to_vec(&self.config.code, &outputs, c, &mask) {
+        match self.config.codec.decode(&self.config.code, &outputs, c, &mask) {
             Ok(decoded) => {
                 self.stats.decoded_groups += 1;
                 for (j, reply) in group.replies.into_iter().enumerate() {
@@ -294,7 +331,7 @@ impl Loop {
                     self.answer(reply, Ok(answer));
                 }
             }
-            Err(e) => self.fail(group.replies, ServeError::Decode(e.to_string())),
+            Err(e) => self.fail(group.replies, ServeError::Decode(e)),
         }
     }
 
@@ -304,6 +341,7 @@ impl Loop {
         let needed = self.config.code.params().min_responders();
         for id in expired {
             let group = self.pending.remove(&id).expect("listed as pending");
+            group.cancel.cancel();
             let error = ServeError::DeadlineMissed {
                 answered: group.answered,
                 needed,

@@ -16,7 +16,7 @@ pub mod worker;
 
 pub use baseline::{Baseline, BaselineConfig, Policy};
 pub use bench::{Arrivals, SchemeReport, ServeBenchConfig};
-pub use coordinator::{Answer, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
+pub use coordinator::{Answer, Codec, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
 pub use faults::{FaultError, FaultFileError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
 pub use scheme::Scheme;
-pub use worker::{HostModel, LocalWorker, Request, Response, Worker, WorkerError};
+pub use worker::{Cancel, HostModel, LocalWorker, Request, Response, Worker, WorkerError};

@@ -22,6 +22,25 @@ pub struct Request {
     /// Fault injection, for tests and benchmarks: the fate this request meets. Workers that
     /// really are remote ignore it.
     pub injected: Option<Outcome>,
+    /// Set once the answer is no longer needed; a worker that has not started it skips it.
+    pub cancel: Cancel,
+}
+
+/// Cancels requests whose answer is no longer needed: the rest of a group once it has been
+/// decoded, the other copies once one has answered, anything past its deadline. A worker
+/// queued behind a straggling request then skips the stale work instead of adding it to the
+/// delay of every request after it. Clones share one flag.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// A worker's answer to one [`Request`].
@@ -59,8 +78,7 @@ pub struct LocalWorker {
     queue: Sender<(Request, Sender<Response>)>,
     /// Set on drop: queued requests are then discarded instead of run.
     stop: Arc<AtomicBool>,
-    /// Nanoseconds spent serving (injected latency and the model), for the worker budget.
-    busy: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -69,19 +87,32 @@ impl LocalWorker {
     pub fn start(index: usize, model: HostModel, capacity: usize) -> Self {
         let (queue, jobs) = crossbeam_channel::bounded::<(Request, Sender<Response>)>(capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
-        let busy = Arc::new(AtomicU64::new(0));
-        let (stopping, busy_time) = (stop.clone(), busy.clone());
+        let counters = Arc::new(Counters::default());
+        let (stopping, counting) = (stop.clone(), counters.clone());
         let thread = std::thread::Builder::new()
             .name(format!("approxifer-worker-{index}"))
-            .spawn(move || run(index, &model, &jobs, &stopping, &busy_time))
+            .spawn(move || run(index, &model, &jobs, &stopping, &counting))
             .expect("spawning a worker thread");
-        LocalWorker { index, queue, stop, busy, thread: Some(thread) }
+        LocalWorker { index, queue, stop, counters, thread: Some(thread) }
     }
 
     /// Time spent serving so far, hung requests excluded (a hung worker is not busy).
     pub fn busy(&self) -> Duration {
-        Duration::from_nanos(self.busy.load(Ordering::Relaxed))
+        Duration::from_nanos(self.counters.busy_ns.load(Ordering::Relaxed))
     }
+
+    /// Requests skipped because they were cancelled before this worker started them.
+    pub fn skipped(&self) -> u64 {
+        self.counters.skipped.load(Ordering::Relaxed)
+    }
+}
+
+/// What a [`LocalWorker`] has done, for the worker budget and for tests.
+#[derive(Default)]
+struct Counters {
+    /// Nanoseconds spent serving (injected latency and the model).
+    busy_ns: AtomicU64,
+    skipped: AtomicU64,
 }
 
 fn run(
@@ -89,7 +120,7 @@ fn run(
     model: &HostModel,
     jobs: &Receiver<(Request, Sender<Response>)>,
     stop: &AtomicBool,
-    busy: &AtomicU64,
+    counters: &Counters,
 ) {
     let mut crashed = false;
     for (request, reply) in jobs.iter() {
@@ -100,13 +131,17 @@ fn run(
                 crashed = true;
                 continue;
             }
+            _ if request.cancel.is_cancelled() => {
+                counters.skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             Some(Outcome::Hang) => continue,
             Some(Outcome::Answer(delay)) if !delay.is_zero() => std::thread::sleep(delay),
             _ => {}
         }
         // A model that panics loses this request (the coordinator sees no answer), not the worker.
         let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model(&request.input)));
-        busy.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        counters.busy_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let Ok(output) = output else { continue };
         // The coordinator may have stopped listening (shutdown): nothing left to do then.
         let _ = reply.send(Response { id: request.id, worker: index, output });
