@@ -303,3 +303,32 @@ fn a_coordinator_coding_on_the_gpu_answers_as_one_coding_on_the_cpu() {
         assert!(close.is_ok(), "query {i}: cpu {c:?} vs gpu {g:?}: {close:?}");
     }
 }
+
+#[test]
+fn byzantine_answers_pass_through_the_workers_tamper_hook_and_corrupt_plain_decoding() {
+    // K = 2, N = 3, S = 0: every answer is used, so one wrong answer reaches the decode. The
+    // locator of the next issue is what removes it; here the hook must deliver it.
+    let byzantine = |probability: f64| FaultPlan {
+        latency: Latency::Constant { ms: 0.0 },
+        workers: vec![WorkerFaults::NONE, WorkerFaults { byzantine_probability: probability, ..WorkerFaults::NONE }],
+        random_slowdown: None,
+    };
+    let worst_error = |plan: FaultPlan| -> f32 {
+        let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
+        let workers: Vec<Arc<dyn Worker>> = (0..3)
+            .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), 100, shift.clone())) as Arc<dyn Worker>)
+            .collect();
+        let code = Code::new(CodeParams::builder(2, 3).build().unwrap()).unwrap();
+        let coordinator = Coordinator::start(config(code, Some(plan), 100, 2000), workers).unwrap();
+        let f = model();
+        (0..20)
+            .map(|i| {
+                let answer = coordinator.submit(query(i)).unwrap().recv().unwrap().unwrap();
+                answer.output.iter().zip(f(&query(i))).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max)
+            })
+            .fold(0.0f32, f32::max)
+    };
+    let (honest, attacked) = (worst_error(byzantine(0.0)), worst_error(byzantine(1.0)));
+    assert!(honest < 1.0, "{honest}");
+    assert!(attacked > 10.0, "the shifted answers reach the decode: {attacked}");
+}

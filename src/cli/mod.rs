@@ -159,6 +159,12 @@ impl CodecArg {
     }
 }
 
+/// A duration given in milliseconds on the command line (`what` names the option).
+fn ms(v: f64, what: &str) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(v.is_finite() && v >= 0.0, "{what} must be a non-negative number of ms");
+    Ok(std::time::Duration::from_secs_f64(v / 1e3))
+}
+
 /// One JSON object per line, the `--json` output of the report commands.
 fn write_json_lines<T: serde::Serialize>(rows: &[T], out: &mut impl Write) -> anyhow::Result<()> {
     for row in rows {

@@ -4,12 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 
-use super::CodecArg;
+use super::{CodecArg, ms};
 use crate::backend::BurnDevice;
 use crate::kernels::gpu::AdapterChoice;
 use crate::kernels::{Code, CodeParams, NodeFamily};
@@ -88,11 +87,6 @@ pub(super) struct ServeArgs {
     faults: Option<PathBuf>,
     #[arg(long, default_value_t = 7)]
     seed: u64,
-}
-
-fn ms(v: f64, what: &str) -> anyhow::Result<Duration> {
-    anyhow::ensure!(v.is_finite() && v >= 0.0, "{what} must be a non-negative number of ms");
-    Ok(Duration::from_secs_f64(v / 1e3))
 }
 
 /// The devices the replicas go on, with a notice saying which.

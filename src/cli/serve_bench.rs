@@ -3,12 +3,11 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use burn::tensor::Device;
 use clap::Args;
 
-use super::CodecArg;
+use super::{CodecArg, ms};
 use crate::serve::bench::{Arrivals, SchemeReport, ServeBenchConfig, run};
 use crate::serve::{FaultPlan, HostModel, Latency, RandomSlowdown};
 
@@ -64,11 +63,6 @@ pub(super) struct ServeBenchArgs {
     /// Print one JSON object per scheme instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-fn ms(v: f64, what: &str) -> anyhow::Result<Duration> {
-    anyhow::ensure!(v.is_finite() && v >= 0.0, "{what} must be a non-negative number of ms");
-    Ok(Duration::from_secs_f64(v / 1e3))
 }
 
 pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Result<()> {

@@ -40,6 +40,9 @@ pub struct WorkerFaults {
     pub hang_probability: f64,
     /// After this many requests, the worker crashes: it answers nothing more.
     pub crash_after: Option<u64>,
+    /// With this probability per request, the worker answers wrongly (Byzantine): its answer
+    /// passes through the worker's tamper hook ([`super::worker::Tamper`]).
+    pub byzantine_probability: f64,
 }
 
 impl Default for WorkerFaults {
@@ -56,6 +59,7 @@ impl WorkerFaults {
         intermittent_factor: 1.0,
         hang_probability: 0.0,
         crash_after: None,
+        byzantine_probability: 0.0,
     };
 }
 
@@ -99,6 +103,8 @@ pub struct FaultPlan {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Outcome {
     Answer(Duration),
+    /// An answer after the latency, altered by the worker's tamper hook.
+    Tampered(Duration),
     Hang,
     Crash,
 }
@@ -177,6 +183,12 @@ impl FaultPlan {
                 w.hang_probability,
                 "must be in [0, 1]",
             )?;
+            require(
+                (0.0..=1.0).contains(&w.byzantine_probability),
+                "byzantine_probability",
+                w.byzantine_probability,
+                "must be in [0, 1]",
+            )?;
         }
         if let Some(s) = self.random_slowdown {
             require(
@@ -221,7 +233,13 @@ impl FaultPlan {
                 if let Some((_, factor)) = slow.filter(|(p, _)| *p == position) {
                     ms *= factor;
                 }
-                Outcome::Answer(Duration::from_secs_f64(ms / 1e3))
+                let latency = Duration::from_secs_f64(ms / 1e3);
+                // Drawn only when asked for, so plans without it keep their random stream.
+                if faults.byzantine_probability > 0.0 && rng.random_bool(faults.byzantine_probability) {
+                    Outcome::Tampered(latency)
+                } else {
+                    Outcome::Answer(latency)
+                }
             })
             .collect()
     }
@@ -273,14 +291,17 @@ mod tests {
                 WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE },
                 WorkerFaults { crash_after: Some(3), ..WorkerFaults::NONE },
                 WorkerFaults { intermittent_probability: 0.5, intermittent_factor: 4.0, ..WorkerFaults::NONE },
+                WorkerFaults::NONE,
+                WorkerFaults { byzantine_probability: 1.0, ..WorkerFaults::NONE },
             ],
             random_slowdown: None,
         };
         plan.validate().unwrap();
         let mut intermittent = 0;
         for request in 0..1000u64 {
-            let serving: Vec<(usize, u64)> = (0..5).map(|w| (w, request)).collect();
+            let serving: Vec<(usize, u64)> = (0..6).map(|w| (w, request)).collect();
             let fates = plan.draw(&serving, &mut rng);
+            assert_eq!(fates[5], Outcome::Tampered(Duration::from_millis(1)));
             assert_eq!(ms(fates[0]), 10.0);
             assert_eq!(fates[1], Outcome::Hang);
             assert_eq!(fates[2] == Outcome::Crash, request >= 3);
@@ -325,6 +346,11 @@ mod tests {
             ..FaultPlan::healthy(Latency::Constant { ms: 1.0 })
         };
         assert!(matches!(bad.validate(), Err(FaultError::Invalid { what: "hang_probability", .. })));
+        let bad = FaultPlan {
+            workers: vec![WorkerFaults { byzantine_probability: -0.1, ..WorkerFaults::NONE }],
+            ..FaultPlan::healthy(Latency::Constant { ms: 1.0 })
+        };
+        assert!(matches!(bad.validate(), Err(FaultError::Invalid { what: "byzantine_probability", .. })));
         let plan: FaultPlan = serde_json::from_str(
             r#"{"latency": {"kind": "pareto", "scale_ms": 1.0, "shape": 2.5}, "workers": [{"slowdown": 10.0}]}"#,
         )

@@ -19,4 +19,4 @@ pub use bench::{Arrivals, SchemeReport, ServeBenchConfig};
 pub use coordinator::{Answer, Codec, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
 pub use faults::{FaultError, FaultFileError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
 pub use scheme::Scheme;
-pub use worker::{Cancel, HostModel, LocalWorker, Request, Response, Worker, WorkerError};
+pub use worker::{Cancel, HostModel, LocalWorker, Request, Response, Tamper, Worker, WorkerError, sign_flip};

@@ -71,6 +71,15 @@ pub trait Worker: Send + Sync {
 /// The model a [`LocalWorker`] runs: one input row to one output row.
 pub type HostModel = Arc<dyn Fn(&[f32]) -> Vec<f32> + Send + Sync>;
 
+/// How a [`LocalWorker`] alters an answer when fault injection makes it Byzantine
+/// ([`Outcome::Tampered`]): the hook attack models plug into.
+pub type Tamper = Arc<dyn Fn(&mut Vec<f32>) + Send + Sync>;
+
+/// The default [`Tamper`]: a sign flip of every value.
+pub fn sign_flip() -> Tamper {
+    Arc::new(|output: &mut Vec<f32>| output.iter_mut().for_each(|v| *v = -*v))
+}
+
 /// A worker thread in this process with a bounded queue, honouring injected faults: it sleeps
 /// for an injected latency, drops a hung request, and stops answering after a crash.
 pub struct LocalWorker {
@@ -83,15 +92,21 @@ pub struct LocalWorker {
 }
 
 impl LocalWorker {
-    /// Starts worker `index` running `model`, with room for `capacity` queued requests.
+    /// Starts worker `index` running `model`, with room for `capacity` queued requests; a
+    /// Byzantine answer is sign-flipped.
     pub fn start(index: usize, model: HostModel, capacity: usize) -> Self {
+        Self::with_tamper(index, model, capacity, sign_flip())
+    }
+
+    /// [`start`](Self::start), with `tamper` altering Byzantine answers.
+    pub fn with_tamper(index: usize, model: HostModel, capacity: usize, tamper: Tamper) -> Self {
         let (queue, jobs) = crossbeam_channel::bounded::<(Request, Sender<Response>)>(capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
         let (stopping, counting) = (stop.clone(), counters.clone());
         let thread = std::thread::Builder::new()
             .name(format!("approxifer-worker-{index}"))
-            .spawn(move || run(index, &model, &jobs, &stopping, &counting))
+            .spawn(move || run(index, &model, &tamper, &jobs, &stopping, &counting))
             .expect("spawning a worker thread");
         LocalWorker { index, queue, stop, counters, thread: Some(thread) }
     }
@@ -118,6 +133,7 @@ struct Counters {
 fn run(
     index: usize,
     model: &HostModel,
+    tamper: &Tamper,
     jobs: &Receiver<(Request, Sender<Response>)>,
     stop: &AtomicBool,
     counters: &Counters,
@@ -136,13 +152,17 @@ fn run(
                 continue;
             }
             Some(Outcome::Hang) => continue,
-            Some(Outcome::Answer(delay)) if !delay.is_zero() => std::thread::sleep(delay),
+            Some(Outcome::Answer(delay) | Outcome::Tampered(delay)) if !delay.is_zero() => std::thread::sleep(delay),
             _ => {}
         }
+        let tampered = matches!(request.injected, Some(Outcome::Tampered(_)));
         // A model that panics loses this request (the coordinator sees no answer), not the worker.
         let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model(&request.input)));
         counters.busy_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let Ok(output) = output else { continue };
+        let Ok(mut output) = output else { continue };
+        if tampered {
+            tamper(&mut output);
+        }
         // The coordinator may have stopped listening (shutdown): nothing left to do then.
         let _ = reply.send(Response { id: request.id, worker: index, output });
     }
