@@ -45,6 +45,7 @@ fn coordinator(faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> 
         capacity,
         faults: faults.map(|plan| (plan, 3)),
         codec: Codec::Cpu,
+        hedge_after: None,
     };
     Box::new(Coordinator::start(config, workers).unwrap())
 }

@@ -35,6 +35,7 @@ fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u
         capacity,
         faults: faults.map(|plan| (plan, 11)),
         codec: Codec::Cpu,
+        hedge_after: None,
     }
 }
 
@@ -54,7 +55,10 @@ fn a_hundred_thousand_queries_under_faults_balance_the_books() {
         ],
         random_slowdown: Some(RandomSlowdown { probability: 0.05, factor: 10.0 }),
     };
-    let coordinator = Arc::new(Coordinator::start(config(code, Some(plan), 2048, 200), workers(6, 4096)).unwrap());
+    // Hedges on: late and duplicate answers must not unbalance the books either.
+    let config =
+        CoordinatorConfig { hedge_after: Some(Duration::from_millis(5)), ..config(code, Some(plan), 2048, 200) };
+    let coordinator = Arc::new(Coordinator::start(config, workers(6, 4096)).unwrap());
     let (submitters, per_submitter) = (4, 25_000);
     let results: Vec<(usize, usize, usize, usize)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..submitters)
@@ -331,4 +335,34 @@ fn byzantine_answers_pass_through_the_workers_tamper_hook_and_corrupt_plain_deco
     let (honest, attacked) = (worst_error(byzantine(0.0)), worst_error(byzantine(1.0)));
     assert!(honest < 1.0, "{honest}");
     assert!(attacked > 10.0, "the shifted answers reach the decode: {attacked}");
+}
+
+#[test]
+fn a_second_straggler_costs_a_hedge_not_its_whole_delay() {
+    // K = 2, N = 3, S = 1, and workers 0 and 1 both slow (100 ms): one more straggler than
+    // the code absorbs. After the hedge delay, their coded queries go to worker 2, which has
+    // answered and runs them at its own speed.
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 1.0 },
+        workers: vec![WorkerFaults { slowdown: 100.0, ..WorkerFaults::NONE }; 2],
+        random_slowdown: None,
+    };
+    let f = model();
+    let run = |hedge_after: Option<Duration>| {
+        let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
+        let config = CoordinatorConfig { hedge_after, ..config(code, Some(plan.clone()), 100, 2000) };
+        let coordinator = Coordinator::start(config, workers(3, 100)).unwrap();
+        let start = std::time::Instant::now();
+        let tickets: Vec<_> = (0..2).map(|i| coordinator.submit(query(i)).unwrap()).collect();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let answer = ticket.recv().unwrap().unwrap();
+            let error = answer.output.iter().zip(f(&query(i))).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
+            assert!(error < 1.0, "query {i}: {error}");
+        }
+        (start.elapsed(), coordinator.shutdown().hedged_requests)
+    };
+    let (unhedged, none) = run(None);
+    let (hedged, sent) = run(Some(Duration::from_millis(10)));
+    assert!(unhedged >= Duration::from_millis(95) && none == 0, "{unhedged:?}, {none} hedges");
+    assert!(hedged < Duration::from_millis(60) && sent == 2, "{hedged:?}, {sent} hedges");
 }

@@ -58,6 +58,8 @@ pub(super) struct ServeArgs {
     stragglers: usize,
     #[arg(long, default_value_t = 2)]
     copies: usize,
+    /// Hedged requests send a backup after this long; ApproxIFER re-sends a group's
+    /// unanswered coded queries to workers that have answered.
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     hedge_after_ms: f64,
     /// A coded group waits at most this long for its K queries.
@@ -161,6 +163,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                     capacity: args.capacity,
                     faults,
                     codec: args.codec.build(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?,
+                    hedge_after: Some(hedge_after),
                 },
                 workers,
             )

@@ -42,6 +42,10 @@ pub(super) struct ServeBenchArgs {
     /// Copies per query for replication.
     #[arg(long, default_value_t = 2)]
     copies: usize,
+    /// ApproxIFER re-sends a group's unanswered coded queries to workers that have answered
+    /// after this many ms (three base service times by default; 0: never).
+    #[arg(long, value_name = "MS", default_value_t = 15.0)]
+    coded_hedge_ms: f64,
     /// Hedged requests send a backup after this many ms [default: the uncoded run's p95]
     #[arg(long, value_name = "MS")]
     hedge_after_ms: Option<f64>,
@@ -98,6 +102,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         hedge_after: args.hedge_after_ms.map(|v| ms(v, "--hedge-after-ms")).transpose()?,
         copies: args.copies,
         codec: args.codec.build(&crate::kernels::gpu::AdapterChoice::from_env())?,
+        coded_hedge_after: Some(ms(args.coded_hedge_ms, "--coded-hedge-ms")?).filter(|d| !d.is_zero()),
     };
     if let Some(plot) = &args.plot {
         std::fs::File::create(plot)?; // fail before the work, not after

@@ -42,6 +42,8 @@ pub struct ServeBenchConfig {
     pub copies: usize,
     /// Where ApproxIFER's coordinator codes its groups.
     pub codec: Codec,
+    /// When ApproxIFER re-sends a group's unanswered coded queries to workers that answered.
+    pub coded_hedge_after: Option<Duration>,
 }
 
 /// One scheme's figures; the JSON of `serve-bench --json`.
@@ -124,6 +126,7 @@ pub fn run(
                     capacity,
                     faults: faults.clone(),
                     codec: config.codec.clone(),
+                    hedge_after: config.coded_hedge_after,
                 };
                 Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?)
             }

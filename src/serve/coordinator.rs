@@ -37,6 +37,11 @@ pub struct CoordinatorConfig {
     pub faults: Option<(FaultPlan, u64)>,
     /// Where groups are encoded and decoded.
     pub codec: Codec,
+    /// Re-send a group's coded queries still unanswered this long after dispatch to workers
+    /// that have already answered for it (every worker runs the same model, so any of them
+    /// can serve any coded query): a straggler beyond the `S` the code absorbs then costs this
+    /// delay and one more service time, not its whole lateness. `None`: never.
+    pub hedge_after: Option<Duration>,
 }
 
 /// Where the coordinator encodes and decodes its groups. Both give the same results (the GPU
@@ -105,6 +110,8 @@ pub struct Stats {
     pub errors: u64,
     /// Worker answers that came after their group was decoded or failed.
     pub late_responses: u64,
+    /// Coded queries re-sent to another worker (see [`CoordinatorConfig::hedge_after`]).
+    pub hedged_requests: u64,
 }
 
 /// A running coordinator. Dropping it shuts it down gracefully (see [`Coordinator::shutdown`]).
@@ -159,10 +166,13 @@ impl Coordinator {
 struct Group {
     /// One per query slot; `None` for padding.
     replies: Vec<Option<Sender<Result<Answer, ServeError>>>>,
-    /// One per worker, filled as answers arrive.
+    /// One per coded query (worker `j` is sent coded query `j`), filled as answers arrive.
     outputs: Vec<Option<Vec<f32>>>,
     answered: usize,
     deadline: Instant,
+    /// The coded queries, kept until the hedge is sent.
+    coded: Option<Vec<Arc<[f32]>>>,
+    hedge_at: Option<Instant>,
     /// Cancels the group's requests not yet started once it is decoded or has failed.
     cancel: Cancel,
 }
@@ -208,11 +218,13 @@ impl Loop {
         let replies = self.replies.1.clone();
         loop {
             let now = Instant::now();
-            let wake =
-                [self.forming_since.map(|t| t + self.config.max_wait), self.pending.values().map(|g| g.deadline).min()]
-                    .into_iter()
-                    .flatten()
-                    .min();
+            let wake = [
+                self.forming_since.map(|t| t + self.config.max_wait),
+                self.pending.values().flat_map(|g| [Some(g.deadline), g.hedge_at]).flatten().min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = wake.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(now));
             select! {
                 recv(incoming) -> message => match message {
@@ -241,6 +253,7 @@ impl Loop {
             {
                 self.dispatch();
             }
+            self.hedge(now);
             self.expire(now);
             if !open && self.forming.is_empty() && self.pending.is_empty() {
                 return self.stats;
@@ -276,11 +289,12 @@ impl Loop {
             None => vec![None; n],
         };
         let cancel = Cancel::default();
+        let rows: Vec<Arc<[f32]>> = coded.chunks_exact(d).map(Arc::from).collect();
         let mut taken = 0;
-        for (w, (row, injected)) in coded.chunks_exact(d).zip(fates).enumerate() {
+        for (w, (row, injected)) in rows.iter().zip(fates).enumerate() {
             self.served[w] += 1;
             let request =
-                Request { id: group * n as u64 + w as u64, input: row.into(), injected, cancel: cancel.clone() };
+                Request { id: group * n as u64 + w as u64, input: row.clone(), injected, cancel: cancel.clone() };
             taken += usize::from(self.workers[w].submit(request, &self.replies.0).is_ok());
         }
         let needed = params.min_responders();
@@ -288,23 +302,34 @@ impl Loop {
             cancel.cancel();
             return self.fail(replies, ServeError::WorkersUnavailable { available: taken, needed });
         }
-        let deadline = Instant::now() + self.config.deadline;
-        self.pending.insert(group, Group { replies, outputs: vec![None; n], answered: 0, deadline, cancel });
+        let now = Instant::now();
+        let hedge_at = self.config.hedge_after.map(|after| now + after);
+        let group_state = Group {
+            replies,
+            outputs: vec![None; n],
+            answered: 0,
+            deadline: now + self.config.deadline,
+            coded: hedge_at.map(|_| rows),
+            hedge_at,
+            cancel,
+        };
+        self.pending.insert(group, group_state);
     }
 
     /// Takes a worker's answer; decodes its group once `N - S` have answered.
     fn receive(&mut self, response: Response) {
         let n = self.workers.len() as u64;
-        let (group_id, worker) = (response.id / n, (response.id % n) as usize);
+        // The id names the coded query, whichever worker ran it (a hedge runs it elsewhere).
+        let (group_id, row) = (response.id / n, (response.id % n) as usize);
         let Some(group) = self.pending.get_mut(&group_id) else {
             self.stats.late_responses += 1;
             return;
         };
         // A wrong-sized answer cannot be decoded: it counts as no answer.
-        if response.output.len() != self.config.output_len || group.outputs[worker].is_some() {
+        if response.output.len() != self.config.output_len || group.outputs[row].is_some() {
             return;
         }
-        group.outputs[worker] = Some(response.output);
+        group.outputs[row] = Some(response.output);
         group.answered += 1;
         if group.answered == self.config.code.params().min_responders() {
             let group = self.pending.remove(&group_id).expect("the group is pending");
@@ -332,6 +357,38 @@ impl Loop {
                 }
             }
             Err(e) => self.fail(group.replies, ServeError::Decode(e)),
+        }
+    }
+
+    /// Re-sends, for every group whose hedge time has come, each unanswered coded query to a
+    /// worker that has answered for the group (round robin over them).
+    fn hedge(&mut self, now: Instant) {
+        let n = self.workers.len();
+        let due: Vec<u64> =
+            self.pending.iter().filter(|(_, g)| g.hedge_at.is_some_and(|t| t <= now)).map(|(&id, _)| id).collect();
+        for id in due {
+            let Some(group) = self.pending.get_mut(&id) else { continue };
+            group.hedge_at = None;
+            let Some(rows) = group.coded.take() else { continue };
+            let helpers: Vec<usize> = (0..n).filter(|&w| group.outputs[w].is_some()).collect();
+            let missing: Vec<usize> = (0..n).filter(|&j| group.outputs[j].is_none()).collect();
+            if helpers.is_empty() {
+                continue;
+            }
+            let cancel = group.cancel.clone();
+            for (i, j) in missing.into_iter().enumerate() {
+                let w = helpers[i % helpers.len()];
+                let injected = match &mut self.faults {
+                    Some((plan, rng)) => plan.draw(&[(w, self.served[w])], rng).pop(),
+                    None => None,
+                };
+                self.served[w] += 1;
+                let request =
+                    Request { id: id * n as u64 + j as u64, input: rows[j].clone(), injected, cancel: cancel.clone() };
+                if self.workers[w].submit(request, &self.replies.0).is_ok() {
+                    self.stats.hedged_requests += 1;
+                }
+            }
         }
     }
 
