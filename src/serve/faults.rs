@@ -87,6 +87,7 @@ pub struct RandomSlowdown {
 /// intermittent_factor = 20.0
 /// hang_probability = 0.01
 /// crash_after = 5000
+/// byzantine_probability = 0.001    # answers through the worker's tamper hook
 /// ```
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -377,6 +378,7 @@ intermittent_probability = 0.02
 intermittent_factor = 20.0
 hang_probability = 0.01
 crash_after = 5000
+byzantine_probability = 0.001
 "#;
 
     #[test]
@@ -390,6 +392,7 @@ crash_after = 5000
         assert_eq!(plan.worker(0), WorkerFaults { slowdown: 10.0, ..WorkerFaults::NONE });
         assert_eq!(plan.worker(1).crash_after, Some(5000));
         assert_eq!(plan.worker(1).hang_probability, 0.01);
+        assert_eq!(plan.worker(1).byzantine_probability, 0.001);
 
         let json_path = dir.path().join("faults.json");
         std::fs::write(&json_path, serde_json::to_string(&plan).unwrap()).unwrap();
