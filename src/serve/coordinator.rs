@@ -37,10 +37,11 @@ pub struct CoordinatorConfig {
     pub faults: Option<(FaultPlan, u64)>,
     /// Where groups are encoded and decoded.
     pub codec: Codec,
-    /// Re-send a group's coded queries still unanswered this long after dispatch to workers
-    /// that have already answered for it (every worker runs the same model, so any of them
-    /// can serve any coded query): a straggler beyond the `S` the code absorbs then costs this
-    /// delay and one more service time, not its whole lateness. `None`: never.
+    /// This long after dispatch, re-send as many of a group's unanswered coded queries as it
+    /// still needs to workers that have already answered for it (every worker runs the same
+    /// model, so any of them can serve any coded query): a straggler beyond the `S` the code
+    /// absorbs then costs this delay and one more service time, not its whole lateness.
+    /// `None`: never.
     pub hedge_after: Option<Duration>,
 }
 
@@ -360,10 +361,11 @@ impl Loop {
         }
     }
 
-    /// Re-sends, for every group whose hedge time has come, each unanswered coded query to a
-    /// worker that has answered for the group (round robin over them).
+    /// Re-sends, for every group whose hedge time has come, as many of its unanswered coded
+    /// queries as it still needs to workers that have answered for it (round robin over them).
     fn hedge(&mut self, now: Instant) {
         let n = self.workers.len();
+        let needed = self.config.code.params().min_responders();
         let due: Vec<u64> =
             self.pending.iter().filter(|(_, g)| g.hedge_at.is_some_and(|t| t <= now)).map(|(&id, _)| id).collect();
         for id in due {
@@ -371,7 +373,8 @@ impl Loop {
             group.hedge_at = None;
             let Some(rows) = group.coded.take() else { continue };
             let helpers: Vec<usize> = (0..n).filter(|&w| group.outputs[w].is_some()).collect();
-            let missing: Vec<usize> = (0..n).filter(|&j| group.outputs[j].is_none()).collect();
+            let missing: Vec<usize> =
+                (0..n).filter(|&j| group.outputs[j].is_none()).take(needed.saturating_sub(group.answered)).collect();
             if helpers.is_empty() {
                 continue;
             }
