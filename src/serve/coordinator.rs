@@ -37,11 +37,10 @@ pub struct CoordinatorConfig {
     pub faults: Option<(FaultPlan, u64)>,
     /// Where groups are encoded and decoded.
     pub codec: Codec,
-    /// This long after dispatch, re-send as many of a group's unanswered coded queries as it
-    /// still needs to workers that have already answered for it (every worker runs the same
-    /// model, so any of them can serve any coded query): a straggler beyond the `S` the code
-    /// absorbs then costs this delay and one more service time, not its whole lateness.
-    /// `None`: never.
+    /// This long after dispatch, re-send a group's unanswered coded queries to workers that
+    /// have already answered for it (every worker runs the same model, so any of them can
+    /// serve any coded query): a straggler beyond the `S` the code absorbs then costs this
+    /// delay and one more service time, not its whole lateness. `None`: never.
     pub hedge_after: Option<Duration>,
 }
 
@@ -361,11 +360,13 @@ impl Loop {
         }
     }
 
-    /// Re-sends, for every group whose hedge time has come, as many of its unanswered coded
-    /// queries as it still needs to workers that have answered for it (round robin over them).
+    /// Re-sends, for every group whose hedge time has come, each of its unanswered coded
+    /// queries to a worker that has answered for it (round robin over them). Sending only as
+    /// many as the group still needs measured a worse tail (serve-bench at 200 q/s, 10k
+    /// queries: p99.9 - p50 21.7 against 19.6 ms) for no saving: the copies not needed are
+    /// cancelled when the group decodes (worker-seconds 106.5 against 106.3).
     fn hedge(&mut self, now: Instant) {
         let n = self.workers.len();
-        let needed = self.config.code.params().min_responders();
         let due: Vec<u64> =
             self.pending.iter().filter(|(_, g)| g.hedge_at.is_some_and(|t| t <= now)).map(|(&id, _)| id).collect();
         for id in due {
@@ -373,8 +374,7 @@ impl Loop {
             group.hedge_at = None;
             let Some(rows) = group.coded.take() else { continue };
             let helpers: Vec<usize> = (0..n).filter(|&w| group.outputs[w].is_some()).collect();
-            let missing: Vec<usize> =
-                (0..n).filter(|&j| group.outputs[j].is_none()).take(needed.saturating_sub(group.answered)).collect();
+            let missing: Vec<usize> = (0..n).filter(|&j| group.outputs[j].is_none()).collect();
             if helpers.is_empty() {
                 continue;
             }
