@@ -633,3 +633,19 @@ fn bench_kernels_reports_every_figure() {
     }
     assert!(!v["adapter"].as_str().unwrap().is_empty());
 }
+
+// ---- serve ----------------------------------------------------------------------------------------
+
+#[test]
+fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
+    let dir = temp_dir();
+    let typo = write_file(dir.path(), "faults.toml", b"latency = { kind = \"constant\", ms = 1.0 }\nslowdwn = 2.0\n");
+    let typo = path_str(&typo);
+    assert_one_line_error(&["serve", "--max-batch", "0"], "--max-batch must be between 1");
+    assert_one_line_error(&["serve", "--capacity", "8", "--max-batch", "9"], "--max-batch must be between 1");
+    assert_one_line_error(&["serve", "--deadline-ms=-1"], "--deadline-ms must be a non-negative");
+    assert_one_line_error(&["serve", "--faults", "/nonexistent/faults.toml"], "/nonexistent/faults.toml");
+    assert_one_line_error(&["serve", "--faults", typo], "slowdwn");
+    assert_one_line_error(&["serve-bench", "--faults", typo], "slowdwn");
+    assert_one_line_error(&["serve", "--listen", "not-an-address"], "--listen");
+}
