@@ -193,7 +193,7 @@ impl App {
     }
 }
 
-/// The routes, for [`serve`] and for tests that drive them without a socket.
+/// The routes of [`serve`], with the body limit every route shares.
 fn router(app: Arc<App>) -> Router {
     let limit = app.config.max_body_bytes;
     Router::new()
