@@ -147,14 +147,15 @@ enum CodecArg {
 
 impl CodecArg {
     fn build(self, choice: &crate::kernels::gpu::AdapterChoice) -> anyhow::Result<crate::serve::Codec> {
-        use crate::kernels::gpu::{GpuCodec, GpuContext};
-        Ok(match self {
-            CodecArg::Cpu => crate::serve::Codec::Cpu,
-            CodecArg::Gpu => {
-                let ctx = GpuContext::new(choice)?;
-                eprintln!("{} (the coordinator's encode and decode)", crate::backend::describe(&ctx));
-                crate::serve::Codec::Gpu(std::sync::Arc::new(GpuCodec::new(ctx)))
-            }
+        use crate::backend::{Backend, Engine};
+        let backend = match self {
+            CodecArg::Cpu => Backend::Cpu,
+            CodecArg::Gpu => Backend::Gpu,
+        };
+        let mut notice = |line: String| eprintln!("{line} (the coordinator's encode and decode)");
+        Ok(match Engine::select(backend, choice, Ok(()), &mut notice)? {
+            Engine::Gpu(gpu) => crate::serve::Codec::Gpu(std::sync::Arc::from(gpu)),
+            Engine::Cpu => crate::serve::Codec::Cpu,
         })
     }
 }

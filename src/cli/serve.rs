@@ -11,24 +11,8 @@ use clap::{Args, ValueEnum};
 use super::{CodecArg, ms};
 use crate::backend::BurnDevice;
 use crate::kernels::gpu::AdapterChoice;
-use crate::kernels::{Code, CodeParams, NodeFamily};
 use crate::serve::http::{HttpConfig, serve};
-use crate::serve::{
-    Baseline, BaselineConfig, Coordinator, CoordinatorConfig, FaultPlan, LocalWorker, Policy, Scheme, Worker,
-};
-
-/// How queries reach the workers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum SchemeKind {
-    /// Berrut-coded groups: K queries on K + S workers, decoded from the first K answers.
-    Approxifer,
-    /// Each query on one of K workers.
-    Uncoded,
-    /// Each query on `--copies` of copies x K workers; the first answer wins.
-    Replication,
-    /// Each query on one of K workers, and on a second after `--hedge-after-ms`.
-    Hedged,
-}
+use crate::serve::{FaultPlan, LocalWorker, SchemeConfig, SchemeKind, Worker};
 
 /// Where the workers' model replicas run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -124,66 +108,39 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let faults = args.faults.as_deref().map(FaultPlan::from_file).transpose()?.map(|plan| (plan, args.seed));
     let (deadline, max_wait) = (ms(args.deadline_ms, "--deadline-ms")?, ms(args.max_wait_ms, "--max-wait-ms")?);
     let hedge_after = ms(args.hedge_after_ms, "--hedge-after-ms")?;
-    let code = match args.scheme {
-        SchemeKind::Approxifer => Some(Code::new(
-            CodeParams::builder(args.k, args.k + args.stragglers)
-                .stragglers(args.stragglers)
-                .nodes(NodeFamily::Authors)
-                .build()?,
-        )?),
-        _ => None,
-    };
-    let pool = match args.scheme {
-        SchemeKind::Approxifer => args.k + args.stragglers,
-        SchemeKind::Replication => args.copies * args.k,
-        SchemeKind::Uncoded | SchemeKind::Hedged => args.k,
-    };
-
-    let devices = devices(args)?;
     let sample = crate::embedded::sample();
     let shape = [1, sample.rows, sample.cols];
-    let (input_len, output_len) = (shape.iter().product(), crate::models::CLASSES);
-    let mut workers: Vec<Arc<dyn Worker>> = Vec::with_capacity(pool);
-    for w in 0..pool {
-        let device = &devices[w % devices.len()];
-        let model = crate::embedded::model(device)?;
-        let replica = crate::serve::replica::classifier(&model, device, shape);
-        workers.push(Arc::new(LocalWorker::start(w, replica, args.capacity)));
-    }
-
-    let scheme: Box<dyn Scheme> = match code {
-        Some(code) => Box::new(
-            Coordinator::start(
-                CoordinatorConfig {
-                    code,
-                    input_len,
-                    output_len,
-                    max_wait,
-                    deadline,
-                    capacity: args.capacity,
-                    faults,
-                    codec: args.codec.build(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?,
-                    hedge_after: Some(hedge_after),
-                },
-                workers,
-            )
-            .map_err(anyhow::Error::msg)?,
-        ),
-        None => {
-            let policy = match args.scheme {
-                SchemeKind::Replication => Policy::Replication { copies: args.copies },
-                SchemeKind::Hedged => Policy::Hedged { after: hedge_after },
-                _ => Policy::Uncoded,
-            };
-            let config = BaselineConfig { policy, input_len, output_len, deadline, capacity: args.capacity, faults };
-            Box::new(Baseline::start(config, workers).map_err(anyhow::Error::msg)?)
-        }
+    let settings = SchemeConfig {
+        k: args.k,
+        stragglers: args.stragglers,
+        copies: args.copies,
+        hedge_after,
+        coded_hedge_after: Some(hedge_after),
+        input_len: shape.iter().product(),
+        output_len: crate::models::CLASSES,
+        max_wait,
+        deadline,
+        capacity: args.capacity,
+        faults,
+        codec: args.codec.build(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?,
     };
-    let name = args.scheme.to_possible_value().map_or_else(String::new, |v| v.get_name().to_owned());
+    let (input_len, pool) = (settings.input_len, args.scheme.workers(&settings));
+
+    // One copy of the model, moved to each worker's device by its replica.
+    let devices = devices(args)?;
+    let model = crate::embedded::model(&devices[0])?;
+    let workers: Vec<Arc<dyn Worker>> = (0..pool)
+        .map(|w| {
+            let replica = crate::serve::replica::classifier(&model, &devices[w % devices.len()], shape);
+            Arc::new(LocalWorker::start(w, replica, args.capacity)) as Arc<dyn Worker>
+        })
+        .collect();
+    let scheme = args.scheme.start(&settings, workers)?;
+    let name = args.scheme.name();
     let config = HttpConfig {
-        scheme: name.clone(),
+        scheme: name.into(),
         input_len,
-        output_len,
+        output_len: settings.output_len,
         max_batch: args.max_batch,
         max_body_bytes: (args.max_batch * input_len * 24).max(64 * 1024),
     };

@@ -9,12 +9,10 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Exp};
 
-use super::baseline::{Baseline, BaselineConfig, Policy};
-use super::coordinator::{Codec, Coordinator, CoordinatorConfig, ServeError, Ticket};
+use super::coordinator::{Codec, ServeError, Ticket};
 use super::faults::FaultPlan;
-use super::scheme::Scheme;
+use super::scheme::{Scheme, SchemeConfig, SchemeKind};
 use super::worker::{HostModel, LocalWorker, Worker};
-use crate::kernels::{Code, CodeParams, NodeFamily};
 
 /// How queries arrive.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,59 +81,38 @@ pub fn run(
     config.plan.validate()?;
     let k = config.k;
     let input_len = inputs[0].len();
-    let capacity = config.queries.max(1);
-    let schemes: [(&str, usize); 4] =
-        [("uncoded", k), ("replication", config.copies * k), ("hedged", k), ("approxifer", k + 1)];
+    let schemes = [SchemeKind::Uncoded, SchemeKind::Replication, SchemeKind::Hedged, SchemeKind::Approxifer];
     let total = schemes.len() * config.queries;
+    let mut settings = SchemeConfig {
+        k,
+        stragglers: 1,
+        copies: config.copies,
+        hedge_after: Duration::ZERO,
+        coded_hedge_after: config.coded_hedge_after,
+        input_len,
+        output_len,
+        max_wait: config.max_wait,
+        deadline: config.deadline,
+        capacity: config.queries.max(1),
+        faults: Some((config.plan.clone(), config.seed)),
+        codec: config.codec.clone(),
+    };
     let mut reports: Vec<SchemeReport> = Vec::new();
-    for (i, (name, pool)) in schemes.into_iter().enumerate() {
+    for (i, kind) in schemes.into_iter().enumerate() {
         // Uncoded runs first, so its p95 is known when hedging needs it.
-        let hedge_after = config.hedge_after.unwrap_or_else(|| {
+        settings.hedge_after = config.hedge_after.unwrap_or_else(|| {
             let p95 = reports.first().map_or(0.0, |r| r.percentile(0.95));
             Duration::from_secs_f64(p95.max(0.0) / 1e3)
         });
+        let pool = kind.workers(&settings);
         let local: Vec<Arc<LocalWorker>> = (0..pool).map(|w| Arc::new(LocalWorker::start(w, model(), 4096))).collect();
         let workers: Vec<Arc<dyn Worker>> = local.iter().map(|w| w.clone() as Arc<dyn Worker>).collect();
-        let faults = Some((config.plan.clone(), config.seed));
-        let baseline = |policy| BaselineConfig {
-            policy,
-            input_len,
-            output_len,
-            deadline: config.deadline,
-            capacity,
-            faults: faults.clone(),
-        };
-        let scheme: Box<dyn Scheme> = match name {
-            "uncoded" => Box::new(Baseline::start(baseline(Policy::Uncoded), workers).map_err(anyhow::Error::msg)?),
-            "replication" => Box::new(
-                Baseline::start(baseline(Policy::Replication { copies: config.copies }), workers)
-                    .map_err(anyhow::Error::msg)?,
-            ),
-            "hedged" => Box::new(
-                Baseline::start(baseline(Policy::Hedged { after: hedge_after }), workers)
-                    .map_err(anyhow::Error::msg)?,
-            ),
-            _ => {
-                let code = Code::new(CodeParams::builder(k, k + 1).stragglers(1).nodes(NodeFamily::Authors).build()?)?;
-                let coordinator = CoordinatorConfig {
-                    code,
-                    input_len,
-                    output_len,
-                    max_wait: config.max_wait,
-                    deadline: config.deadline,
-                    capacity,
-                    faults: faults.clone(),
-                    codec: config.codec.clone(),
-                    hedge_after: config.coded_hedge_after,
-                };
-                Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?)
-            }
-        };
+        let scheme = kind.start(&settings, workers)?;
         let done_before = i * config.queries;
         let outcome = drive(scheme.as_ref(), config, inputs, |done| progress(done_before + done, total))?;
         scheme.shutdown(); // everything accepted has been answered
         let worker_seconds = local.iter().map(|w| w.busy().as_secs_f64()).sum();
-        reports.push(outcome.report(name, pool, worker_seconds, labels));
+        reports.push(outcome.report(kind.name(), pool, worker_seconds, labels));
     }
     Ok(reports)
 }

@@ -18,5 +18,5 @@ pub use baseline::{Baseline, BaselineConfig, Policy};
 pub use bench::{Arrivals, SchemeReport, ServeBenchConfig};
 pub use coordinator::{Answer, Codec, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
 pub use faults::{FaultError, FaultFileError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
-pub use scheme::Scheme;
+pub use scheme::{Scheme, SchemeConfig, SchemeKind};
 pub use worker::{Cancel, HostModel, LocalWorker, Request, Response, Tamper, Worker, WorkerError, sign_flip};

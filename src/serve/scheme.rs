@@ -1,8 +1,14 @@
 //! What the front ends (`serve-bench`, the HTTP server) need of a serving scheme, so that the
 //! coded coordinator and every baseline are driven the same way.
 
-use super::baseline::Baseline;
-use super::coordinator::{Coordinator, ServeError, Stats, Ticket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::baseline::{Baseline, BaselineConfig, Policy};
+use super::coordinator::{Codec, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
+use super::faults::FaultPlan;
+use super::worker::Worker;
+use crate::kernels::{Code, CodeParams, NodeFamily};
 
 /// A running serving scheme: admission up to a capacity, one answer or error per accepted
 /// query, graceful shutdown.
@@ -45,5 +51,96 @@ impl Scheme for Baseline {
     }
     fn shutdown(self: Box<Self>) -> Stats {
         Baseline::shutdown(*self)
+    }
+}
+
+/// The schemes `serve` and `serve-bench` offer: how many workers each takes and how it is
+/// built over them, in one place so that both compare the same things.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemeKind {
+    /// Berrut-coded groups: K queries on K + S workers, decoded from the first K answers.
+    Approxifer,
+    /// Each query on one of K workers.
+    Uncoded,
+    /// Each query on `copies` of copies x K workers; the first answer wins.
+    Replication,
+    /// Each query on one of K workers, and on a second after the hedge delay.
+    Hedged,
+}
+
+/// What building a scheme takes besides its workers.
+#[derive(Clone, Debug)]
+pub struct SchemeConfig {
+    /// Queries per coded group, and the baselines' worker count (replication: `copies x K`).
+    pub k: usize,
+    /// Workers a coded group can do without: `N = K + S`.
+    pub stragglers: usize,
+    pub copies: usize,
+    /// When hedged requests send their backup.
+    pub hedge_after: Duration,
+    /// When the coordinator re-sends a late group's coded queries
+    /// ([`CoordinatorConfig::hedge_after`]).
+    pub coded_hedge_after: Option<Duration>,
+    pub input_len: usize,
+    pub output_len: usize,
+    pub max_wait: Duration,
+    pub deadline: Duration,
+    pub capacity: usize,
+    pub faults: Option<(FaultPlan, u64)>,
+    pub codec: Codec,
+}
+
+impl SchemeKind {
+    /// The name reports and `/health` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemeKind::Approxifer => "approxifer",
+            SchemeKind::Uncoded => "uncoded",
+            SchemeKind::Replication => "replication",
+            SchemeKind::Hedged => "hedged",
+        }
+    }
+
+    /// How many workers the scheme runs on.
+    pub fn workers(self, config: &SchemeConfig) -> usize {
+        match self {
+            SchemeKind::Approxifer => config.k + config.stragglers,
+            SchemeKind::Replication => config.copies * config.k,
+            SchemeKind::Uncoded | SchemeKind::Hedged => config.k,
+        }
+    }
+
+    /// Starts the scheme over `workers` ([`workers`](Self::workers) of them).
+    pub fn start(self, config: &SchemeConfig, workers: Vec<Arc<dyn Worker>>) -> anyhow::Result<Box<dyn Scheme>> {
+        let policy = match self {
+            SchemeKind::Approxifer => {
+                let (k, s) = (config.k, config.stragglers);
+                let code = Code::new(CodeParams::builder(k, k + s).stragglers(s).nodes(NodeFamily::Authors).build()?)?;
+                let coordinator = CoordinatorConfig {
+                    code,
+                    input_len: config.input_len,
+                    output_len: config.output_len,
+                    max_wait: config.max_wait,
+                    deadline: config.deadline,
+                    capacity: config.capacity,
+                    faults: config.faults.clone(),
+                    codec: config.codec.clone(),
+                    hedge_after: config.coded_hedge_after,
+                };
+                return Ok(Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?));
+            }
+            SchemeKind::Uncoded => Policy::Uncoded,
+            SchemeKind::Replication => Policy::Replication { copies: config.copies },
+            SchemeKind::Hedged => Policy::Hedged { after: config.hedge_after },
+        };
+        let baseline = BaselineConfig {
+            policy,
+            input_len: config.input_len,
+            output_len: config.output_len,
+            deadline: config.deadline,
+            capacity: config.capacity,
+            faults: config.faults.clone(),
+        };
+        Ok(Box::new(Baseline::start(baseline, workers).map_err(anyhow::Error::msg)?))
     }
 }
