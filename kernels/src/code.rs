@@ -36,6 +36,22 @@ impl Code {
         Ok(Code { params, nodes, data_minus_worker, encode })
     }
 
+    /// The code that decodes a Byzantine code's groups once the liars are removed: the same
+    /// nodes (hence the same weights for any responder set), `A = 0`, and `S + A` stragglers,
+    /// since located workers are dropped like stragglers. The code itself when `A = 0`.
+    pub fn erasure_code(&self) -> Result<Code> {
+        let p = &self.params;
+        if p.byzantine() == 0 {
+            return Ok(self.clone());
+        }
+        let params = CodeParams::builder(p.queries(), p.workers())
+            .stragglers(p.stragglers() + p.byzantine())
+            .nodes(p.nodes())
+            .layout(p.layout())
+            .build()?;
+        Code::new(params)
+    }
+
     /// The parameters this code was built from.
     pub fn params(&self) -> &CodeParams {
         &self.params

@@ -53,6 +53,13 @@ pub enum Error {
     )]
     NotEnoughResponders { group: Option<usize>, received: usize, workers: usize, stragglers: usize },
 
+    /// More responders with NaN or infinite answers than the `A` faulty answers a group may
+    /// hold: they are all removed, so the rest no longer suffice for the guarantee.
+    #[error(
+        "non-finite answers <= A violated in group {group}: {non_finite} answers hold NaN or infinity but A = {byzantine}"
+    )]
+    TooManyFaulty { group: usize, non_finite: usize, byzantine: usize },
+
     /// A row length (`D` for queries, `C` for outputs) of zero.
     #[error("{what} > 0 violated: rows of length 0")]
     EmptyRows { what: &'static str },

@@ -12,6 +12,9 @@
 //!    (f32, f64, f16 or bf16 storage), or with the WGSL kernels of `gpu` (feature `gpu`, on by
 //!    default), which are tested against them.
 //!
+//! With `A > 0` ([`CodeParamsBuilder::byzantine`]), [`cpu::decode_robust`] first removes the
+//! workers a [`Locator`] finds lying, then decodes from the rest ([`locate`] explains).
+//!
 //! The math lives in [`berrut`] (weights) and [`nodes`] (exact node angles); everything else
 //! takes its numbers from there.
 //!
@@ -31,6 +34,7 @@ pub mod berrut;
 pub mod cpu;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod locate;
 pub mod nodes;
 pub mod tolerance;
 
@@ -42,6 +46,7 @@ mod shape;
 
 pub use code::{Code, Responders};
 pub use error::{Error, Result};
+pub use locate::{Location, Locator, locate};
 pub use matrix::Matrix;
 pub use params::{CodeParams, CodeParamsBuilder, Layout, MAX_WORKERS, NodeFamily};
 pub use tolerance::Tolerance;

@@ -50,3 +50,24 @@ pub fn decode_to_vec<T: Element + Default>(
     decode(code, outputs, row_len, masks, &mut decoded)?;
     Ok(decoded)
 }
+
+/// Decodes a Byzantine code's groups (`A > 0`): per group, [`locate`](crate::locate())
+/// the faulty responders with `locator`, then decode from the others. Returns, per group, the
+/// workers removed (their rows, NaN included, never reach `decoded`).
+///
+/// Errors as [`decode`] and [`locate`](crate::locate()) do, before anything is written. With
+/// `A = 0` this is [`decode`], removing nobody.
+pub fn decode_robust<T: Element>(
+    code: &Code,
+    locator: crate::Locator,
+    outputs: &[T],
+    row_len: usize,
+    masks: &[bool],
+    decoded: &mut [T],
+) -> Result<Vec<Vec<usize>>> {
+    let groups = whole_groups("worker outputs", outputs.len(), code.params().workers(), row_len)?;
+    expect_len("decoded outputs", decoded.len(), groups * code.params().queries() * row_len)?;
+    let location = crate::locate(code, locator, outputs, row_len, masks)?;
+    decode(&code.erasure_code()?, outputs, row_len, &location.masks, decoded)?;
+    Ok(location.located)
+}

@@ -10,6 +10,8 @@ pub trait Accumulator:
 {
     /// A coding weight (always computed in `f64`) in this precision.
     fn from_weight(weight: f64) -> Self;
+    /// The value in `f64`, exactly.
+    fn to_f64(self) -> f64;
     /// `self * a + b` with one rounding. Only called where the CPU has FMA instructions.
     fn fused_multiply_add(self, a: Self, b: Self) -> Self;
     /// `dst.copy_from_slice(src)`, bypassing the cache where the CPU can.
@@ -22,6 +24,9 @@ pub trait Accumulator:
 impl Accumulator for f32 {
     fn from_weight(weight: f64) -> Self {
         weight as f32
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
     }
     #[inline(always)]
     fn store_streaming(dst: &mut [Self], src: &[Self]) {
@@ -48,6 +53,9 @@ impl Accumulator for f32 {
 impl Accumulator for f64 {
     fn from_weight(weight: f64) -> Self {
         weight
+    }
+    fn to_f64(self) -> f64 {
+        self
     }
     #[inline(always)]
     fn fused_multiply_add(self, a: Self, b: Self) -> Self {

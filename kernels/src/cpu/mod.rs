@@ -11,6 +11,6 @@ mod decode;
 mod element;
 mod encode;
 
-pub use decode::{decode, decode_to_vec};
+pub use decode::{decode, decode_robust, decode_to_vec};
 pub use element::{Accumulator, Element};
 pub use encode::{encode, encode_to_vec};

@@ -1,0 +1,153 @@
+//! Byzantine location: which responders of a group returned wrong answers.
+//!
+//! A code built with `A > 0` (and `N >= 2K + 2A + S - 1`) can lose `S` workers *and* have `A`
+//! of the rest lie. Decoding such a group takes two steps:
+//!
+//! 1. [`locate`] finds, per group, the workers to drop: every responder whose row holds a NaN
+//!    or an infinity (those are faulty without any statistics), then up to `A` minus that many
+//!    suspects chosen by a [`Locator`];
+//! 2. the group is decoded from the rest with the *erasure code* of the same nodes
+//!    ([`Code::erasure_code`]), on the CPU ([`cpu::decode_robust`](crate::cpu::decode_robust)
+//!    does both steps) or on the GPU with the returned masks.
+//!
+//! Two locators are offered. [`Locator::Paper`] is the authors' rational Berlekamp–Welch
+//! fit ([`rational`]); [`Locator::Robust`] is ours ([`robust`]), chosen by measurement
+//! (README, "Byzantine workers"): it finds far more of the liars on a real model's logits,
+//! and removes almost nobody when nobody lies.
+
+pub mod rational;
+pub mod robust;
+
+use rayon::prelude::*;
+
+use crate::code::Code;
+use crate::cpu::{Accumulator, Element};
+use crate::error::{Error, Result};
+use crate::shape::{expect_len, whole_groups};
+
+/// How suspects are chosen among a group's (finite) answers. Neither looks at how the
+/// answers were corrupted: both only ask which answers the others fail to explain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Locator {
+    /// The paper's: per output coordinate, a least-squares rational fit `P(beta) = y Q(beta)`
+    /// of degrees `K + A - 1`; each coordinate votes for its `A` smallest `|Q(beta_i)|`; the
+    /// `A` most voted are removed. Always removes `A` workers.
+    Paper,
+    /// Ours: robust z-scores of each whole row's consistency with the others (leave-one-out
+    /// Berrut residual) and of its typicality (its sorted values against the group's);
+    /// workers are removed one at a time while their score stands out. May remove fewer
+    /// than `A`, none when nobody lies.
+    #[default]
+    Robust,
+}
+
+impl Locator {
+    /// Both locators, for comparisons.
+    pub const ALL: [Locator; 2] = [Locator::Robust, Locator::Paper];
+
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Locator::Paper => "paper",
+            Locator::Robust => "robust",
+        }
+    }
+
+    /// Up to `budget` suspects among `group`'s rows (`[N, row_len]`, all finite on the
+    /// responders `workers`, which are sorted), as worker indices.
+    fn suspects(self, code: &Code, group: &[f64], row_len: usize, workers: &[usize], budget: usize) -> Vec<usize> {
+        if budget == 0 {
+            return Vec::new();
+        }
+        match self {
+            Locator::Paper => rational::suspects(code, group, row_len, workers, budget),
+            Locator::Robust => robust::suspects(code, group, row_len, workers, budget),
+        }
+    }
+}
+
+impl std::fmt::Display for Locator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Locator {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Locator::ALL
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| format!("unknown locator '{s}'; expected robust or paper"))
+    }
+}
+
+/// What [`locate`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// `[B, N]`: the responders to decode from (the input masks less the located workers).
+    pub masks: Vec<bool>,
+    /// Per group, the workers removed, increasing: non-finite answers and suspects.
+    pub located: Vec<Vec<usize>>,
+}
+
+/// Finds the faulty workers of every group of `outputs` (`[B, N, row_len]`), where
+/// `masks[b, n]` says whether worker `n` answered group `b`.
+///
+/// A responder whose row holds a NaN or an infinity is always removed and counts against the
+/// code's `A`; the `locator` then looks for the remaining budget among the finite answers.
+/// More non-finite answers than `A` in a group is an error ([`Error::TooManyFaulty`]), as are
+/// bad shapes and too few responders; nothing is returned for any group then.
+pub fn locate<T: Element>(
+    code: &Code,
+    locator: Locator,
+    outputs: &[T],
+    row_len: usize,
+    masks: &[bool],
+) -> Result<Location> {
+    let n = code.params().workers();
+    let groups = whole_groups("worker outputs", outputs.len(), n, row_len)?;
+    expect_len("responder masks", masks.len(), groups * n)?;
+    code.check_masks(masks)?;
+    let byzantine = code.params().byzantine();
+    let located = outputs
+        .par_chunks_exact(n * row_len)
+        .zip(masks.par_chunks_exact(n))
+        .enumerate()
+        .map(|(index, (group, mask))| {
+            let mut wide = vec![T::Acc::default(); group.len()];
+            T::widen(group, &mut wide);
+            let values: Vec<f64> = wide.iter().map(|v| v.to_f64()).collect();
+            let responders = (0..n).filter(|&w| mask[w]);
+            let (non_finite, finite): (Vec<usize>, Vec<usize>) =
+                responders.partition(|&w| values[w * row_len..(w + 1) * row_len].iter().any(|v| !v.is_finite()));
+            if non_finite.len() > byzantine {
+                return Err(Error::TooManyFaulty { group: index, non_finite: non_finite.len(), byzantine });
+            }
+            let budget = byzantine - non_finite.len();
+            let mut removed = non_finite;
+            removed.extend(locator.suspects(code, &values, row_len, &finite, budget));
+            removed.sort_unstable();
+            Ok(removed)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut kept = masks.to_vec();
+    for (group, removed) in kept.chunks_exact_mut(n).zip(&located) {
+        for &w in removed {
+            group[w] = false;
+        }
+    }
+    Ok(Location { masks: kept, located })
+}
+
+/// Indices of the `count` largest scores (NaN counts as largest: a score that overflowed
+/// came from an answer far outside the others), largest first, ties to the lower index.
+pub(crate) fn largest(scores: &[f64], count: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    let key = |i: usize| if scores[i].is_nan() { f64::INFINITY } else { scores[i] };
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+    order.truncate(count);
+    order
+}

@@ -1,0 +1,167 @@
+//! Our locator: robust statistics on whole output rows, consistency and typicality together.
+//!
+//! Measured on a real MNIST CNN's logits (README, "Byzantine workers"), the outputs of
+//! neighbouring workers differ about as much as a sign flip changes one: every worker holds a
+//! different blend of the queries and the model is far from linear in it, so no smooth fit of
+//! the answers tells a liar from an honest blend on its own. Two scores are therefore
+//! combined, each a robust z-score (median and MAD over the group's responders, which an
+//! honest majority keeps honest):
+//!
+//! - **consistency**: the leave-one-out residual `|y_i - B_{F \ i}(beta_i)|` of the Berrut
+//!   interpolant over the other answers, scaled by its noise gain, pooled over the whole row (a liar corrupts its whole
+//!   row, so coordinates are not voted separately as in the paper's method);
+//! - **typicality**: how far the row's *sorted* values sit from the group's typical sorted
+//!   row, per rank. A classifier's sorted logits have a characteristic profile (one or two
+//!   classes far above the rest) whatever the query; a negated, noised, flattened or boosted
+//!   row does not.
+//!
+//! Workers are removed one at a time, largest combined score first, re-scoring after each
+//! removal (a liar also spoils its neighbours' consistency), while the score exceeds
+//! [`THRESHOLD`]. Nothing here depends on the attack, and nobody is removed when the group
+//! looks homogeneous.
+
+use crate::code::Code;
+
+/// A worker is removed while its combined robust z-score (consistency + typicality) exceeds
+/// this. Chosen by measurement (README, "Byzantine workers"): the honest false-positive rate
+/// stays near 0.01 while sign flips are found.
+pub const THRESHOLD: f64 = 6.0;
+
+/// The normal distribution's MAD-to-sigma factor.
+const MAD_TO_SIGMA: f64 = 1.4826;
+
+/// Up to `budget` suspects among `workers` (sorted, finite rows of `group`).
+pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[usize], budget: usize) -> Vec<usize> {
+    let nodes = &code.nodes().workers;
+    let mut keep: Vec<usize> = workers.to_vec();
+    let mut removed = Vec::new();
+    while removed.len() < budget && keep.len() > 2 {
+        let rows: Vec<&[f64]> = keep.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
+        let consistency = robust_z(&leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]])));
+        let typicality = robust_z(&atypicality(&rows));
+        let scores: Vec<f64> = consistency.iter().zip(&typicality).map(|(c, t)| c + t).collect();
+        let worst = super::largest(&scores, 1)[0];
+        // NaN (from an overflow) counts as far outside.
+        if scores[worst] <= THRESHOLD {
+            break;
+        }
+        removed.push(keep.remove(worst));
+    }
+    removed.sort_unstable();
+    removed
+}
+
+/// `|y_i - B_{rows \ i}(beta_i)| / sqrt(1 + sum_l w_l^2)` for every row, where `w` are the
+/// Berrut weights of the prediction and `diff(a, b) = beta_a - beta_b` (distinct nodes, in
+/// decreasing order). The divisor is the residual's standard deviation for unit independent
+/// noise on every row: it puts end nodes, whose predictions extrapolate with large weights,
+/// on the same footing as interior ones. Overflow gives `inf`, never NaN.
+fn leave_one_out(rows: &[&[f64]], diff: impl Fn(usize, usize) -> f64) -> Vec<f64> {
+    let mut prediction = vec![0.0; rows[0].len()];
+    let mut weights = Vec::with_capacity(rows.len());
+    (0..rows.len())
+        .map(|i| {
+            // Berrut weights over the others: signs alternate by position among them.
+            weights.clear();
+            weights.extend(
+                (0..rows.len())
+                    .filter(|&l| l != i)
+                    .enumerate()
+                    .map(|(position, l)| (l, if position % 2 == 0 { 1.0 } else { -1.0 } / diff(i, l))),
+            );
+            let total: f64 = weights.iter().map(|(_, w)| w).sum();
+            prediction.fill(0.0);
+            let mut sum_sq = 1.0;
+            for &(l, w) in &weights {
+                let w = w / total;
+                sum_sq += w * w;
+                for (acc, v) in prediction.iter_mut().zip(rows[l]) {
+                    *acc += w * v;
+                }
+            }
+            let r = prediction.iter().zip(rows[i]).map(|(p, y)| (y - p).powi(2)).sum::<f64>().sqrt() / sum_sq.sqrt();
+            if r.is_nan() { f64::INFINITY } else { r }
+        })
+        .collect()
+}
+
+/// How far each row's sorted values (largest first) are from the rows' typical sorted
+/// values: the root mean square over ranks of the per-rank robust z-score.
+fn atypicality(rows: &[&[f64]]) -> Vec<f64> {
+    let sorted: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|row| {
+            let mut s = row.to_vec();
+            s.sort_by(|a, b| b.total_cmp(a));
+            s
+        })
+        .collect();
+    let ranks = sorted[0].len();
+    let mut sum_sq = vec![0.0; rows.len()];
+    let mut column = vec![0.0; rows.len()];
+    for rank in 0..ranks {
+        column.iter_mut().zip(&sorted).for_each(|(c, s)| *c = s[rank]);
+        for (acc, z) in sum_sq.iter_mut().zip(robust_z(&column)) {
+            *acc += z * z;
+        }
+    }
+    sum_sq.iter().map(|s| (s / ranks as f64).sqrt()).collect()
+}
+
+/// `(v - median) / (1.4826 MAD)`, the MAD floored so identical values give large but finite
+/// scores to anything that differs from them, and infinite ones only for infinite inputs.
+fn robust_z(values: &[f64]) -> Vec<f64> {
+    let centre = median(values);
+    let deviations: Vec<f64> = values.iter().map(|v| (v - centre).abs()).collect();
+    let spread = (MAD_TO_SIGMA * median(&deviations)).max(f64::EPSILON * centre.abs()).max(f64::MIN_POSITIVE);
+    values.iter().map(|v| (v - centre) / spread).collect()
+}
+
+/// The median (the upper one for an even count); NaN sorts last.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn robust_z_ignores_a_minority_of_outliers() {
+        let z = robust_z(&[1.0, 2.0, 3.0, 4.0, 5.0, 1e9]);
+        assert!(z[5] > 1e8);
+        assert!(z[..5].iter().all(|v| v.abs() < 2.0));
+        // Identical values: whatever differs stands out, finitely.
+        let z = robust_z(&[7.0, 7.0, 7.0, 8.0]);
+        assert!(z[3].is_finite() && z[3] > 1e10 && z[0] == 0.0);
+    }
+
+    #[test]
+    fn leave_one_out_of_a_constant_is_zero_and_finds_a_spike() {
+        let rows: Vec<Vec<f64>> = (0..9).map(|i| vec![if i == 4 { 10.0 } else { 1.0 }; 3]).collect();
+        let refs: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
+        let nodes: Vec<f64> = (0..9).map(|i| 1.0 - i as f64 / 4.0).collect();
+        let r = leave_one_out(&refs, |a, b| nodes[a] - nodes[b]);
+        assert_eq!(super::super::largest(&r, 1), vec![4]);
+        let flat: Vec<&[f64]> = rows.iter().enumerate().filter(|(i, _)| *i != 4).map(|(_, r)| r.as_slice()).collect();
+        let nodes: Vec<f64> = nodes.iter().enumerate().filter(|(i, _)| *i != 4).map(|(_, v)| *v).collect();
+        assert!(leave_one_out(&flat, |a, b| nodes[a] - nodes[b]).iter().all(|&v| v < 1e-12));
+    }
+
+    #[test]
+    fn a_negated_row_is_atypical() {
+        let rows: Vec<Vec<f64>> = (0..12)
+            .map(|i| {
+                let mut row = vec![-3.0 - 0.1 * i as f64; 10];
+                row[i % 10] = 8.0 + 0.2 * i as f64;
+                if i == 5 { row.iter().map(|v| -v).collect() } else { row }
+            })
+            .collect();
+        let refs: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
+        let scores = robust_z(&atypicality(&refs));
+        assert_eq!(super::super::largest(&scores, 1), vec![5]);
+        assert!(scores[5] > THRESHOLD);
+    }
+}
