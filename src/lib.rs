@@ -10,6 +10,7 @@
 
 pub use approxifer_kernels as kernels;
 
+pub mod attack;
 pub mod backend;
 pub mod bench;
 pub mod cli;

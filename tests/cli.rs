@@ -331,6 +331,12 @@ fn bad_files_are_one_line_errors_and_write_nothing() {
         &["encode", "--k", "2", "--n", "3", "--input", path_str(&good), "--output", path_str(&unwritable)],
         "cannot write",
     );
+    // More NaN answers in a group than the Byzantine budget: refused, nothing written.
+    let mut nan_rows = vec![1.0f32; 18];
+    nan_rows[0] = f32::NAN;
+    nan_rows[3] = f32::NAN;
+    let nan = d.join("nan.npy");
+    npy::write(&nan, &[6, 3], &Data::F32(nan_rows)).unwrap();
     assert_one_line_error(
         &[
             "decode",
@@ -341,14 +347,15 @@ fn bad_files_are_one_line_errors_and_write_nothing() {
             "--byzantine",
             "1",
             "--input",
-            path_str(&good),
+            path_str(&nan),
             "--responders",
             "0,1,2,3,4,5",
             "--output",
             path_str(&out),
         ],
-        "Byzantine locator",
+        "non-finite answers <= A violated in group 0",
     );
+    assert!(!out.exists());
     assert_one_line_error(
         &[
             "decode",
@@ -368,6 +375,85 @@ fn bad_files_are_one_line_errors_and_write_nothing() {
         "not a multiple of 3",
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn decode_with_byzantine_workers_reports_and_skips_the_located_ones() {
+    // K = 3, A = 1, N = 2K + 2A - 1 = 7, the identity as the model: worker outputs are the
+    // coded queries. Group 0's worker 2 lies grossly, group 1's worker 5 answers NaN.
+    let dir = temp_dir();
+    let d = dir.path();
+    let (queries, coded, decoded) = (d.join("q.npy"), d.join("coded.npy"), d.join("decoded.npy"));
+    let values: Vec<f32> = (0..2 * 3 * 4).map(|i| ((i * 37 % 23) as f32 / 23.0 - 0.5) * 8.0).collect();
+    npy::write(&queries, &[6, 4], &Data::F32(values.clone())).unwrap();
+    let code = ["--k", "3", "--n", "7", "--byzantine", "1"];
+    let encode = [&["encode"][..], &code, &["--input", path_str(&queries), "--output", path_str(&coded)]].concat();
+    assert!(approxifer(&encode).status.success());
+    let Data::F32(mut answers) = npy::read(&coded).unwrap().data else { panic!("float32 in, float32 out") };
+    answers[2 * 4..3 * 4].iter_mut().for_each(|v| *v += 1000.0);
+    answers[(7 + 5) * 4 + 1] = f32::NAN;
+    npy::write(&coded, &[14, 4], &Data::F32(answers)).unwrap();
+    for locator in ["robust", "paper"] {
+        let args = [
+            &["decode"][..],
+            &code,
+            &["--input", path_str(&coded), "--output", path_str(&decoded), "--responders", "0,1,2,3,4,5,6"],
+            &["--locator", locator, "--backend", "cpu"],
+        ]
+        .concat();
+        let report = stdout_json(&args);
+        assert_eq!(report["located"], serde_json::json!([[2], [5]]), "{locator}: {report}");
+        assert_eq!(report["locator"], locator);
+        let Data::F32(out) = npy::read(&decoded).unwrap().data else { panic!("float32 in, float32 out") };
+        // Decoded without the liars: close to the queries themselves (the identity model).
+        let worst = out.iter().zip(&values).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 4.0, "{locator}: decoded {out:?} vs {values:?}");
+    }
+}
+
+#[test]
+fn eval_byzantine_reports_each_attack_and_locator() {
+    let data = data_dir();
+    let args = [
+        "eval",
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        "lenet5",
+        "--k",
+        "2",
+        "--byzantine",
+        "1",
+        "--attack",
+        "none,sign-flip",
+        "--queries",
+        "40",
+        "--json",
+        "--data",
+        &data,
+    ];
+    let out = approxifer(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let described: Vec<(&str, &str)> =
+        rows.iter().map(|r| (r["attack"].as_str().unwrap(), r["locator"].as_str().unwrap())).collect();
+    assert_eq!(described, [("none", "robust"), ("none", "paper"), ("sign-flip", "robust"), ("sign-flip", "paper")]);
+    for r in &rows {
+        assert_eq!((r["k"].as_u64(), r["n"].as_u64(), r["byzantine"].as_u64()), (Some(2), Some(5), Some(1)));
+        assert_eq!(r["outputs"], "logits");
+        for key in ["false_positive_rate", "accuracy", "undefended_accuracy", "base_accuracy"] {
+            assert!((0.0..=1.0).contains(&r[key].as_f64().unwrap()), "{key}: {r}");
+        }
+    }
+    assert!(rows[0]["detection_rate"].is_null(), "nobody lies under 'none'");
+    assert!((0.0..=1.0).contains(&rows[2]["detection_rate"].as_f64().unwrap()));
+    // The paper's locator always removes A = 1 of the N = 5 honest workers when nobody lies.
+    assert_eq!(rows[1]["false_positive_rate"], 0.2);
+    assert_one_line_error(
+        &["eval", "--byzantine", "1", "--attack", "shout", "--data", &data],
+        "unknown attack 'shout'",
+    );
 }
 
 #[test]

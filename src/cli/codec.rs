@@ -3,14 +3,14 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, ensure};
+use anyhow::ensure;
 use clap::Args;
 use serde::Serialize;
 
 use super::CodeArgs;
 use crate::backend::{Backend, Engine};
 use crate::kernels::gpu::AdapterChoice;
-use crate::kernels::{Layout, NodeFamily, cpu};
+use crate::kernels::{Layout, Locator, NodeFamily, cpu, locate};
 use crate::map_data;
 use crate::npy::{self, Array, Data};
 
@@ -88,6 +88,19 @@ pub(super) struct DecodeCmd {
     /// Where to write the decoded predictions, shape [B*K, ...], same dtype.
     #[arg(long, value_name = "FILE")]
     output: PathBuf,
+    /// With --byzantine A > 0, how liars are found: robust (ours) or paper (the authors'
+    /// rational Berlekamp-Welch). Located workers are listed as JSON on stdout.
+    #[arg(long, value_name = "LOCATOR", default_value_t = Locator::Robust)]
+    locator: Locator,
+}
+
+/// What `decode --byzantine A` prints: per group, the workers it decoded without.
+#[derive(Debug, Serialize)]
+struct DecodeReport {
+    locator: Locator,
+    byzantine: usize,
+    /// Per group, the removed workers (answers with NaN or infinity, and suspects).
+    located: Vec<Vec<usize>>,
 }
 
 /// What `code --json` prints.
@@ -189,20 +202,26 @@ pub(super) fn encode(args: &EncodeCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(super) fn decode(args: &DecodeCmd) -> anyhow::Result<()> {
+pub(super) fn decode(args: &DecodeCmd, out: &mut impl Write) -> anyhow::Result<()> {
     let code = args.code.build()?;
-    if code.params().byzantine() > 0 {
-        bail!(
-            "decoding with --byzantine {} needs the Byzantine locator, which this version does not have yet; decode with --byzantine 0",
-            code.params().byzantine()
-        );
-    }
-    let (k, n) = (code.params().queries(), code.params().workers());
+    let (k, n, byzantine) = (code.params().queries(), code.params().workers(), code.params().byzantine());
     let responders = code.responders(&args.responders)?;
     let input = npy::read(&args.input)?;
     let (groups, row_len) = split_groups(&input, n, &args.input, "worker outputs")?;
     let output = npy::OutputFile::create(&args.output)?;
-    let masks = responders.to_mask().repeat(groups);
+    let mut masks = responders.to_mask().repeat(groups);
+    // Byzantine codes: find the liars on the host, then decode the rest as stragglers.
+    let (code, located) = if byzantine > 0 {
+        let location = match &input.data {
+            Data::F16(v) => locate(&code, args.locator, v, row_len, &masks)?,
+            Data::F32(v) => locate(&code, args.locator, v, row_len, &masks)?,
+            Data::F64(v) => locate(&code, args.locator, v, row_len, &masks)?,
+        };
+        masks = location.masks;
+        (code.erasure_code()?, Some(location.located))
+    } else {
+        (code, None)
+    };
     let engine = args.engine.engine(&input.data)?;
     let decoded = match (engine, input.data) {
         (Engine::Gpu(gpu), Data::F32(v)) => Data::F32(gpu.decode(&code, &v, row_len, &masks)?),
@@ -210,6 +229,10 @@ pub(super) fn decode(args: &DecodeCmd) -> anyhow::Result<()> {
         (_, data) => map_data!(data, v => cpu::decode_to_vec(&code, &v, row_len, &masks)?),
     };
     output.write(&regroup_shape(&input.shape, groups * k), &decoded)?;
+    if let Some(located) = located {
+        serde_json::to_writer(&mut *out, &DecodeReport { locator: args.locator, byzantine, located })?;
+        writeln!(out)?;
+    }
     Ok(())
 }
 

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::attack::Attack;
 use crate::data::{self, Dataset, Split};
-use crate::eval::{EvalConfig, EvalRow, Outputs, Setting, evaluate};
+use crate::eval::{ByzantineConfig, ByzantineRow, EvalConfig, EvalRow, Outputs, Setting, evaluate, evaluate_byzantine};
 use crate::kernels::gpu::AdapterChoice;
 use crate::kernels::{Layout, NodeFamily};
 use crate::models::{self, Architecture};
@@ -34,17 +35,27 @@ pub(super) struct EvalArgs {
     /// Queries per group, one or more.
     #[arg(long = "k", value_delimiter = ',', default_values_t = [8, 10, 12])]
     k: Vec<usize>,
-    /// Stragglers per group, one or more (N = K + S).
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3])]
-    stragglers: Vec<usize>,
+    /// Stragglers per group, one or more (N = K + S) [default: 1,2,3; 0 with --byzantine]
+    #[arg(long, value_delimiter = ',')]
+    stragglers: Option<Vec<usize>>,
+    /// Byzantine workers per group, one or more: measure the locators instead (N = 2K + 2A +
+    /// S - 1; A random liars per group among the responders, for each --attack).
+    #[arg(long, value_name = "A", value_delimiter = ',')]
+    byzantine: Option<Vec<usize>>,
+    /// With --byzantine, the attacks, comma-separated: none, gaussian-SIGMA, sign-flip,
+    /// random, constant, targeted, colluding [default: none and all of the others, with
+    /// gaussian-1, gaussian-10 and gaussian-100]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "byzantine")]
+    attack: Option<Vec<Attack>>,
     #[arg(long, value_enum, default_value_t = LayoutChoice::Both)]
     layout: LayoutChoice,
     /// Test queries per setting (at most the test set's 10000).
     #[arg(long, default_value_t = 10_000)]
     queries: usize,
-    /// What the workers return and the decoder interpolates.
-    #[arg(long, value_enum, default_value_t = Outputs::Softmax)]
-    outputs: Outputs,
+    /// What the workers return and the decoder interpolates [default: softmax; logits with
+    /// --byzantine]
+    #[arg(long, value_enum)]
+    outputs: Option<Outputs>,
     /// Worker nodes: chebyshev2, chebyshev1 or authors [default: authors, which measured best
     /// with N = K + S; chebyshev1 for the systematic layout]
     #[arg(long, value_name = "FAMILY")]
@@ -93,6 +104,37 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         std::fs::File::create(plot)?; // fail before the work, not after
     }
     eprintln!("{}", burn.notice());
+    if let Some(byzantine) = &args.byzantine {
+        anyhow::ensure!(args.plot.is_none(), "--plot draws accuracy against K and S; it does not apply to --byzantine");
+        let stragglers = args.stragglers.clone().unwrap_or_else(|| vec![0]);
+        let settings = args
+            .k
+            .iter()
+            .flat_map(|&k| stragglers.iter().flat_map(move |&s| byzantine.iter().map(move |&a| (k, s, a))));
+        let config = ByzantineConfig {
+            dataset: args.dataset,
+            model: args.model.name().into(),
+            settings: settings.collect(),
+            attacks: args.attack.clone().unwrap_or_else(|| std::iter::once(Attack::None).chain(Attack::ALL).collect()),
+            queries: args.queries,
+            batch_groups: args.batch_groups,
+            outputs: args.outputs.unwrap_or(Outputs::Logits),
+            nodes: args.nodes,
+            seed: args.seed,
+        };
+        let bar = super::progress_bar(0, "groups");
+        let rows = evaluate_byzantine(&model, &test, &config, &device, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
+        bar.finish_and_clear();
+        if args.json {
+            super::write_json_lines(&rows, out)?;
+        } else {
+            write_byzantine_table(&rows, out)?;
+        }
+        return Ok(());
+    }
     let layouts: &[Layout] = match args.layout {
         LayoutChoice::NonSystematic => &[Layout::NonSystematic],
         LayoutChoice::Systematic => &[Layout::Systematic],
@@ -101,7 +143,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let mut settings = Vec::new();
     for &layout in layouts {
         for &k in &args.k {
-            for &stragglers in &args.stragglers {
+            for &stragglers in args.stragglers.as_deref().unwrap_or(&[1, 2, 3]) {
                 settings.push(Setting { k, stragglers, layout });
             }
         }
@@ -112,7 +154,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         settings,
         queries: args.queries,
         batch_groups: args.batch_groups,
-        outputs: args.outputs,
+        outputs: args.outputs.unwrap_or_default(),
         nodes: args.nodes,
         seed: args.seed,
     };
@@ -177,6 +219,47 @@ pub(super) fn write_table(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Res
             r.model,
             r.dataset,
             r.queries,
+            outputs.as_str().unwrap_or("?")
+        )?;
+    }
+    Ok(())
+}
+
+fn write_byzantine_table(rows: &[ByzantineRow], out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:>3} {:>3} {:>3} {:>3} {:<14} {:<9} {:>9} {:>9} {:>9} {:>11} {:>7}",
+        "K", "N", "S", "A", "attack", "locator", "detection", "false pos", "accuracy", "undefended", "base"
+    )?;
+    for r in rows {
+        let detection = r.detection_rate.map_or("-".to_string(), |d| format!("{d:.4}"));
+        writeln!(
+            out,
+            "{:>3} {:>3} {:>3} {:>3} {:<14} {:<9} {:>9} {:>9.4} {:>9.4} {:>11.4} {:>7.4}",
+            r.k,
+            r.n,
+            r.stragglers,
+            r.byzantine,
+            r.attack,
+            r.locator,
+            detection,
+            r.false_positive_rate,
+            r.accuracy,
+            r.undefended_accuracy,
+            r.base_accuracy
+        )?;
+    }
+    if let Some(r) = rows.first() {
+        let outputs = serde_json::to_value(r.outputs)?;
+        writeln!(
+            out,
+            "{} on {}, {} queries per setting, {} nodes, workers return {}. detection: liars located / liars; \
+             false pos: honest responders removed / honest responders; accuracy: decoded without the located \
+             workers; undefended: decoded from every responder, liars included.",
+            r.model,
+            r.dataset,
+            r.queries,
+            r.nodes,
             outputs.as_str().unwrap_or("?")
         )?;
     }

@@ -201,7 +201,7 @@ impl Cli {
             Command::Demo(args) => demo::run(&args, &mut stdout)?,
             Command::Code(args) => codec::code(&args, &mut stdout)?,
             Command::Encode(args) => codec::encode(&args)?,
-            Command::Decode(args) => codec::decode(&args)?,
+            Command::Decode(args) => codec::decode(&args, &mut stdout)?,
             Command::Train(args) => train::run(&args, &mut stdout)?,
             Command::Eval(args) => eval::run(&args, &mut stdout)?,
             Command::ServeBench(args) => serve_bench::run_cmd(&args, &mut stdout)?,

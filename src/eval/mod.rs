@@ -11,6 +11,10 @@
 //!   non-systematic layout that is every prediction, unless a worker node coincides with a
 //!   data node). `None` when no prediction had to be reconstructed.
 
+mod byzantine;
+
+pub use byzantine::{ByzantineConfig, ByzantineRow, evaluate_byzantine};
+
 use burn::tensor::{Device, Tensor, activation};
 use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -84,6 +88,8 @@ pub enum EvalError {
     Codec(#[from] crate::kernels::Error),
     #[error(transparent)]
     Fused(#[from] FusedError),
+    #[error("reading the model's answers back from the device: {0}")]
+    Data(String),
     #[error("{queries} queries make no group of K = {k} (the test set has {available} images)")]
     TooFewQueries { queries: usize, k: usize, available: usize },
 }
