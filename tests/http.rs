@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use approxifer::kernels::{Code, CodeParams, Layout};
+use approxifer::kernels::{Code, CodeParams, Layout, Locator};
 use approxifer::serve::http::{HttpConfig, serve};
 use approxifer::serve::{
     Codec, Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, Scheme, Stats, Worker,
@@ -46,6 +46,7 @@ fn coordinator(faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> 
         faults: faults.map(|plan| (plan, 3)),
         codec: Codec::Cpu,
         hedge_after: None,
+        locator: Locator::Robust,
     };
     Box::new(Coordinator::start(config, workers).unwrap())
 }

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use approxifer::kernels::{Code, CodeParams, Layout};
+use approxifer::kernels::{Code, CodeParams, Layout, Locator};
 use approxifer::serve::{
     Codec, Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, RandomSlowdown, ServeError,
-    Worker, WorkerFaults,
+    Stats, Worker, WorkerFaults,
 };
 use crossbeam_channel::RecvTimeoutError;
 
@@ -36,6 +36,7 @@ fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u
         faults: faults.map(|plan| (plan, 11)),
         codec: Codec::Cpu,
         hedge_after: None,
+        locator: Locator::Robust,
     }
 }
 
@@ -310,8 +311,8 @@ fn a_coordinator_coding_on_the_gpu_answers_as_one_coding_on_the_cpu() {
 
 #[test]
 fn byzantine_answers_pass_through_the_workers_tamper_hook_and_corrupt_plain_decoding() {
-    // K = 2, N = 3, S = 0: every answer is used, so one wrong answer reaches the decode. The
-    // locator of the next issue is what removes it; here the hook must deliver it.
+    // K = 2, N = 3, S = 0, A = 0: every answer is used, so one wrong answer reaches the
+    // decode; here the hook must deliver it (the next test removes it).
     let byzantine = |probability: f64| FaultPlan {
         latency: Latency::Constant { ms: 0.0 },
         workers: vec![WorkerFaults::NONE, WorkerFaults { byzantine_probability: probability, ..WorkerFaults::NONE }],
@@ -335,6 +336,49 @@ fn byzantine_answers_pass_through_the_workers_tamper_hook_and_corrupt_plain_deco
     let (honest, attacked) = (worst_error(byzantine(0.0)), worst_error(byzantine(1.0)));
     assert!(honest < 1.0, "{honest}");
     assert!(attacked > 10.0, "the shifted answers reach the decode: {attacked}");
+}
+
+/// Runs 20 queries through a coordinator whose worker 1 always answers through `tamper`;
+/// returns the largest error of any answer and the coordinator's books.
+fn with_a_liar(code: Code, tamper: approxifer::serve::Tamper) -> (f32, Stats) {
+    let n = code.params().workers();
+    let mut faults = vec![WorkerFaults::NONE; n];
+    faults[1].byzantine_probability = 1.0;
+    let plan = FaultPlan { latency: Latency::Constant { ms: 0.0 }, workers: faults, random_slowdown: None };
+    let workers: Vec<Arc<dyn Worker>> = (0..n)
+        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), 100, tamper.clone())) as Arc<dyn Worker>)
+        .collect();
+    let coordinator = Coordinator::start(config(code, Some(plan), 100, 2000), workers).unwrap();
+    let f = model();
+    let worst = (0..20)
+        .map(|i| {
+            let answer = coordinator.submit(query(i)).unwrap().recv().unwrap().unwrap();
+            answer.output.iter().zip(f(&query(i))).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max)
+        })
+        .fold(0.0f32, f32::max);
+    (worst, coordinator.shutdown())
+}
+
+#[test]
+fn a_byzantine_code_removes_the_liar_before_decoding() {
+    // K = 2, A = 1, S = 0: N = 2K + 2A + S - 1 = 5, worker 1 always shifted by 100.
+    let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
+    let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
+    let (worst, stats) = with_a_liar(code, shift);
+    assert!(worst < 1.0, "the liar reached an answer: error {worst}");
+    assert_eq!(stats.located_workers, stats.decoded_groups, "one liar located per group");
+}
+
+#[test]
+fn a_non_finite_answer_is_erased_never_decoded() {
+    // K = 2, N = 3, S = 1, A = 0: worker 1 answers NaN; its answer counts as no answer.
+    let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
+    let nan: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o[0] = f32::NAN);
+    let (worst, stats) = with_a_liar(code, nan);
+    assert!(worst.is_finite() && worst < 1.0, "error {worst}");
+    // Worker 1's answer may come after its group decoded (then it is late, not counted).
+    assert!(stats.non_finite_answers >= 1 && stats.non_finite_answers <= stats.groups, "{stats:?}");
+    assert_eq!(stats.located_workers, 0);
 }
 
 #[test]

@@ -9,7 +9,9 @@ use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 
 use super::{CodecArg, ms};
+use crate::attack::Attack;
 use crate::backend::BurnDevice;
+use crate::kernels::Locator;
 use crate::kernels::gpu::AdapterChoice;
 use crate::serve::http::{HttpConfig, serve};
 use crate::serve::{FaultPlan, LocalWorker, SchemeConfig, SchemeKind, Worker};
@@ -37,9 +39,19 @@ pub(super) struct ServeArgs {
     /// Queries per coded group; the baselines use K workers (replication copies x K).
     #[arg(long = "k", default_value_t = 4)]
     k: usize,
-    /// Workers a coded group can do without: N = K + S.
+    /// Workers a coded group can do without: N = K + S (2K + 2A + S - 1 with --byzantine).
     #[arg(long, value_name = "S", default_value_t = 1)]
     stragglers: usize,
+    /// Workers whose answers a coded group may find wrong and remove before decoding.
+    #[arg(long, value_name = "A", default_value_t = 0)]
+    byzantine: usize,
+    /// How wrong answers are found with --byzantine: robust (ours) or paper.
+    #[arg(long, default_value_t = Locator::Robust)]
+    locator: Locator,
+    /// How a worker lies when the --faults plan makes it Byzantine: gaussian-SIGMA,
+    /// sign-flip, random, constant, targeted or colluding.
+    #[arg(long, default_value = "sign-flip")]
+    attack: Attack,
     #[arg(long, default_value_t = 2)]
     copies: usize,
     /// Hedged requests send a backup after this long; ApproxIFER re-sends a group's
@@ -113,6 +125,8 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let settings = SchemeConfig {
         k: args.k,
         stragglers: args.stragglers,
+        byzantine: args.byzantine,
+        locator: args.locator,
         copies: args.copies,
         hedge_after,
         coded_hedge_after: Some(hedge_after),
@@ -132,7 +146,8 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let workers: Vec<Arc<dyn Worker>> = (0..pool)
         .map(|w| {
             let replica = crate::serve::replica::classifier(&model, &devices[w % devices.len()], shape);
-            Arc::new(LocalWorker::start(w, replica, args.capacity)) as Arc<dyn Worker>
+            let tamper = args.attack.tamper(args.seed.wrapping_add(w as u64));
+            Arc::new(LocalWorker::with_tamper(w, replica, args.capacity, tamper)) as Arc<dyn Worker>
         })
         .collect();
     let scheme = args.scheme.start(&settings, workers)?;
@@ -158,8 +173,8 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         anyhow::Ok(serve(listener, scheme, config, shutdown_signal()).await?)
     })?;
     eprintln!(
-        "approxifer: stopped; {} queries answered, {} errors, {} groups decoded, {} failed",
-        stats.answered, stats.errors, stats.decoded_groups, stats.failed_groups
+        "approxifer: stopped; {} queries answered, {} errors, {} groups decoded, {} failed, {} liars removed",
+        stats.answered, stats.errors, stats.decoded_groups, stats.failed_groups, stats.located_workers
     );
     Ok(())
 }

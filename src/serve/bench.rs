@@ -86,6 +86,8 @@ pub fn run(
     let mut settings = SchemeConfig {
         k,
         stragglers: 1,
+        byzantine: 0,
+        locator: crate::kernels::Locator::default(),
         copies: config.copies,
         hedge_after: Duration::ZERO,
         coded_hedge_after: config.coded_hedge_after,

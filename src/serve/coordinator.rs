@@ -18,7 +18,7 @@ use super::faults::FaultPlan;
 use super::front::{Front, Submission, answer};
 use super::worker::{Cancel, Request, Response, Worker};
 use crate::kernels::gpu::GpuCodec;
-use crate::kernels::{Code, cpu};
+use crate::kernels::{Code, Locator, cpu, locate};
 
 /// How the coordinator runs.
 #[derive(Clone, Debug)]
@@ -42,6 +42,9 @@ pub struct CoordinatorConfig {
     /// serve any coded query): a straggler beyond the `S` the code absorbs then costs this
     /// delay and one more service time, not its whole lateness. `None`: never.
     pub hedge_after: Option<Duration>,
+    /// How a group's liars are found when the code has `A > 0` (and `N >= 2K + 2A + S - 1`):
+    /// they are removed before decoding, on the CPU, whichever the codec.
+    pub locator: Locator,
 }
 
 /// Where the coordinator encodes and decodes its groups. Both give the same results (the GPU
@@ -64,11 +67,28 @@ impl Codec {
         }
     }
 
-    fn decode(&self, code: &Code, outputs: &[f32], c: usize, mask: &[bool]) -> Result<Vec<f32>, String> {
-        match self {
-            Codec::Cpu => cpu::decode_to_vec(code, outputs, c, mask).map_err(|e| e.to_string()),
-            Codec::Gpu(gpu) => gpu.decode(code, outputs, c, mask).map_err(|e| e.to_string()),
-        }
+    /// Decodes one group; with `A > 0`, without the workers `locator` finds lying, which it
+    /// also returns.
+    fn decode(
+        &self,
+        code: &Code,
+        locator: Locator,
+        outputs: &[f32],
+        c: usize,
+        mask: &[bool],
+    ) -> Result<(Vec<f32>, Vec<usize>), String> {
+        let (code, mask, located) = if code.params().byzantine() > 0 {
+            let location = locate(code, locator, outputs, c, mask).map_err(|e| e.to_string())?;
+            let located = location.located.into_iter().next().unwrap_or_default();
+            (code.erasure_code().map_err(|e| e.to_string())?, location.masks, located)
+        } else {
+            (code.clone(), mask.to_vec(), Vec::new())
+        };
+        let decoded = match self {
+            Codec::Cpu => cpu::decode_to_vec(&code, outputs, c, &mask).map_err(|e| e.to_string()),
+            Codec::Gpu(gpu) => gpu.decode(&code, outputs, c, &mask).map_err(|e| e.to_string()),
+        }?;
+        Ok((decoded, located))
     }
 }
 
@@ -112,6 +132,10 @@ pub struct Stats {
     pub late_responses: u64,
     /// Coded queries re-sent to another worker (see [`CoordinatorConfig::hedge_after`]).
     pub hedged_requests: u64,
+    /// Answers holding NaN or infinity: dropped on arrival, as if never given.
+    pub non_finite_answers: u64,
+    /// Workers the locator removed from decoded groups (codes with `A > 0`).
+    pub located_workers: u64,
 }
 
 /// A running coordinator. Dropping it shuts it down gracefully (see [`Coordinator::shutdown`]).
@@ -329,6 +353,12 @@ impl Loop {
         if response.output.len() != self.config.output_len || group.outputs[row].is_some() {
             return;
         }
+        // Nor can a NaN or an infinity: known bad, it is erased rather than spending the
+        // locator's budget, and the group waits for another answer (or a hedge).
+        if response.output.iter().any(|v| !v.is_finite()) {
+            self.stats.non_finite_answers += 1;
+            return;
+        }
         group.outputs[row] = Some(response.output);
         group.answered += 1;
         if group.answered == self.config.code.params().min_responders() {
@@ -347,11 +377,12 @@ impl Loop {
                 outputs[w * c..(w + 1) * c].copy_from_slice(output);
             }
         }
-        match self.config.codec.decode(&self.config.code, &outputs, c, &mask) {
-            Ok(decoded) => {
+        match self.config.codec.decode(&self.config.code, self.config.locator, &outputs, c, &mask) {
+            Ok((decoded, located)) => {
                 self.stats.decoded_groups += 1;
+                self.stats.located_workers += located.len() as u64;
                 for (j, reply) in group.replies.into_iter().enumerate() {
-                    let approximate = !self.direct[j].iter().any(|&w| mask[w]);
+                    let approximate = !self.direct[j].iter().any(|&w| mask[w] && !located.contains(&w));
                     let answer = Answer { output: decoded[j * c..(j + 1) * c].to_vec(), approximate };
                     self.answer(reply, Ok(answer));
                 }

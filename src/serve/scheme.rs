@@ -8,7 +8,7 @@ use super::baseline::{Baseline, BaselineConfig, Policy};
 use super::coordinator::{Codec, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
 use super::faults::FaultPlan;
 use super::worker::Worker;
-use crate::kernels::{Code, CodeParams, NodeFamily};
+use crate::kernels::{Code, CodeParams, Locator, NodeFamily};
 
 /// A running serving scheme: admission up to a capacity, one answer or error per accepted
 /// query, graceful shutdown.
@@ -73,8 +73,11 @@ pub enum SchemeKind {
 pub struct SchemeConfig {
     /// Queries per coded group, and the baselines' worker count (replication: `copies x K`).
     pub k: usize,
-    /// Workers a coded group can do without: `N = K + S`.
+    /// Workers a coded group can do without: `N = K + S` (or `2K + 2A + S - 1` with `A > 0`).
     pub stragglers: usize,
+    /// Workers a coded group's answers may lie about (`A`), and how they are found.
+    pub byzantine: usize,
+    pub locator: Locator,
     pub copies: usize,
     /// When hedged requests send their backup.
     pub hedge_after: Duration,
@@ -104,6 +107,9 @@ impl SchemeKind {
     /// How many workers the scheme runs on.
     pub fn workers(self, config: &SchemeConfig) -> usize {
         match self {
+            SchemeKind::Approxifer if config.byzantine > 0 => {
+                2 * config.k + 2 * config.byzantine + config.stragglers - 1
+            }
             SchemeKind::Approxifer => config.k + config.stragglers,
             SchemeKind::Replication => config.copies * config.k,
             SchemeKind::Uncoded | SchemeKind::Hedged => config.k,
@@ -114,8 +120,11 @@ impl SchemeKind {
     pub fn start(self, config: &SchemeConfig, workers: Vec<Arc<dyn Worker>>) -> anyhow::Result<Box<dyn Scheme>> {
         let policy = match self {
             SchemeKind::Approxifer => {
-                let (k, s) = (config.k, config.stragglers);
-                let code = Code::new(CodeParams::builder(k, k + s).stragglers(s).nodes(NodeFamily::Authors).build()?)?;
+                let (k, s, a) = (config.k, config.stragglers, config.byzantine);
+                let n = self.workers(config);
+                let code = Code::new(
+                    CodeParams::builder(k, n).stragglers(s).byzantine(a).nodes(NodeFamily::Authors).build()?,
+                )?;
                 let coordinator = CoordinatorConfig {
                     code,
                     input_len: config.input_len,
@@ -126,6 +135,7 @@ impl SchemeKind {
                     faults: config.faults.clone(),
                     codec: config.codec.clone(),
                     hedge_after: config.coded_hedge_after,
+                    locator: config.locator,
                 };
                 return Ok(Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?));
             }
