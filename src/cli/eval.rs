@@ -47,8 +47,9 @@ pub(super) struct EvalArgs {
     /// gaussian-1, gaussian-10 and gaussian-100]
     #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "byzantine")]
     attack: Option<Vec<Attack>>,
-    #[arg(long, value_enum, default_value_t = LayoutChoice::Both)]
-    layout: LayoutChoice,
+    /// Layouts [default: both; non-systematic with --byzantine, the only one it runs]
+    #[arg(long, value_enum)]
+    layout: Option<LayoutChoice>,
     /// Test queries per setting (at most the test set's 10000).
     #[arg(long, default_value_t = 10_000)]
     queries: usize,
@@ -80,6 +81,14 @@ pub(super) struct EvalArgs {
 }
 
 pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.byzantine.is_none() || args.plot.is_none(),
+        "--plot draws accuracy against K and S; it does not apply to --byzantine"
+    );
+    anyhow::ensure!(
+        args.byzantine.is_none() || matches!(args.layout, None | Some(LayoutChoice::NonSystematic)),
+        "--byzantine evaluates the non-systematic layout only"
+    );
     anyhow::ensure!(args.k.iter().all(|&k| k >= 1), "--k values must be at least 1");
     anyhow::ensure!(args.queries >= 1, "--queries must be at least 1");
     let dir = args.data.clone().unwrap_or_else(data::default_dir);
@@ -104,46 +113,20 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         std::fs::File::create(plot)?; // fail before the work, not after
     }
     eprintln!("{}", burn.notice());
-    if let Some(byzantine) = &args.byzantine {
-        anyhow::ensure!(args.plot.is_none(), "--plot draws accuracy against K and S; it does not apply to --byzantine");
-        let stragglers = args.stragglers.clone().unwrap_or_else(|| vec![0]);
-        let settings = args
-            .k
-            .iter()
-            .flat_map(|&k| stragglers.iter().flat_map(move |&s| byzantine.iter().map(move |&a| (k, s, a))));
-        let config = ByzantineConfig {
-            dataset: args.dataset,
-            model: args.model.name().into(),
-            settings: settings.collect(),
-            attacks: args.attack.clone().unwrap_or_else(|| std::iter::once(Attack::None).chain(Attack::ALL).collect()),
-            queries: args.queries,
-            batch_groups: args.batch_groups,
-            outputs: args.outputs.unwrap_or(Outputs::Logits),
-            nodes: args.nodes,
-            seed: args.seed,
+    let byzantine = args.byzantine.is_some();
+    // The Byzantine evaluation runs the non-systematic layout, without stragglers, on logits
+    // unless told otherwise.
+    let layouts: &[Layout] =
+        match args.layout.unwrap_or(if byzantine { LayoutChoice::NonSystematic } else { LayoutChoice::Both }) {
+            LayoutChoice::NonSystematic => &[Layout::NonSystematic],
+            LayoutChoice::Systematic => &[Layout::Systematic],
+            LayoutChoice::Both => &[Layout::NonSystematic, Layout::Systematic],
         };
-        let bar = super::progress_bar(0, "groups");
-        let rows = evaluate_byzantine(&model, &test, &config, &device, |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        })?;
-        bar.finish_and_clear();
-        if args.json {
-            super::write_json_lines(&rows, out)?;
-        } else {
-            write_byzantine_table(&rows, out)?;
-        }
-        return Ok(());
-    }
-    let layouts: &[Layout] = match args.layout {
-        LayoutChoice::NonSystematic => &[Layout::NonSystematic],
-        LayoutChoice::Systematic => &[Layout::Systematic],
-        LayoutChoice::Both => &[Layout::NonSystematic, Layout::Systematic],
-    };
+    let default_stragglers: &[usize] = if byzantine { &[0] } else { &[1, 2, 3] };
     let mut settings = Vec::new();
     for &layout in layouts {
         for &k in &args.k {
-            for &stragglers in args.stragglers.as_deref().unwrap_or(&[1, 2, 3]) {
+            for &stragglers in args.stragglers.as_deref().unwrap_or(default_stragglers) {
                 settings.push(Setting { k, stragglers, layout });
             }
         }
@@ -154,10 +137,21 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         settings,
         queries: args.queries,
         batch_groups: args.batch_groups,
-        outputs: args.outputs.unwrap_or_default(),
+        outputs: args.outputs.unwrap_or(if byzantine { Outputs::Logits } else { Outputs::Softmax }),
         nodes: args.nodes,
         seed: args.seed,
     };
+    if let Some(byzantine) = &args.byzantine {
+        let attacks = args.attack.clone().unwrap_or_else(|| std::iter::once(Attack::None).chain(Attack::ALL).collect());
+        let config = ByzantineConfig { eval: config, byzantine: byzantine.clone(), attacks };
+        let rows = with_progress(|progress| evaluate_byzantine(&model, &test, &config, &device, progress))?;
+        if args.json {
+            super::write_json_lines(&rows, out)?;
+        } else {
+            write_byzantine_table(&rows, out)?;
+        }
+        return Ok(());
+    }
     let rows = evaluate_with_progress(&model, &test, &config, &device)?;
     if args.json {
         super::write_json_lines(&rows, out)?;
@@ -178,13 +172,20 @@ pub(super) fn evaluate_with_progress(
     config: &EvalConfig,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<Vec<EvalRow>> {
+    with_progress(|progress| evaluate(model, images, config, device, progress))
+}
+
+/// Runs an evaluation under a progress bar fed its `(done, total)` group counts.
+fn with_progress<T>(
+    evaluation: impl FnOnce(&mut dyn FnMut(usize, usize)) -> Result<T, crate::eval::EvalError>,
+) -> anyhow::Result<T> {
     let bar = super::progress_bar(0, "groups");
-    let rows = evaluate(model, images, config, device, |done, total| {
+    let result = evaluation(&mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    Ok(rows)
+    Ok(result)
 }
 
 pub(super) fn write_table(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Result<()> {

@@ -11,33 +11,26 @@ use burn::tensor::{Device, Tensor, activation};
 use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 
-use super::{EvalError, Outputs, default_nodes};
+use super::{EvalConfig, EvalError, Outputs, default_nodes};
 use crate::attack::Attack;
-use crate::data::{Dataset, Images};
+use crate::data::Images;
 use crate::demo::argmax;
 use crate::fused::{CodedRunner, FusedCode};
-use crate::kernels::{Code, CodeParams, Layout, Locator, NodeFamily, cpu, locate};
+use crate::kernels::{Code, CodeParams, Layout, Locator, cpu, locate};
 use crate::models::Classifier;
 use crate::train::{argmax_rows, image_tensor};
 
 /// The most coded queries one forward pass takes.
 const MAX_CODED_BATCH: usize = 960;
 
-/// What to evaluate.
+/// What to evaluate: the queries, model and `(K, S)` settings of an [`EvalConfig`] (whose
+/// layouts must be non-systematic), each with every `A` of `byzantine` and every attack.
 #[derive(Clone, Debug)]
 pub struct ByzantineConfig {
-    pub dataset: Dataset,
-    pub model: String,
-    /// `(K, S, A)` settings; `N = 2K + 2A + S - 1` for each.
-    pub settings: Vec<(usize, usize, usize)>,
+    pub eval: EvalConfig,
+    /// `A` values; `N = 2K + 2A + S - 1` for each.
+    pub byzantine: Vec<usize>,
     pub attacks: Vec<Attack>,
-    /// Queries per setting (rounded down to whole groups; at most the test set).
-    pub queries: usize,
-    pub batch_groups: usize,
-    pub outputs: Outputs,
-    /// Worker nodes; `None` for the non-systematic layout's evaluation default.
-    pub nodes: Option<NodeFamily>,
-    pub seed: u64,
 }
 
 /// One (setting, attack, locator) result; the JSON keys of `approxifer eval --byzantine --json`.
@@ -83,42 +76,48 @@ pub fn evaluate_byzantine(
     device: &Device,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<ByzantineRow>, EvalError> {
-    let queries = config.queries.min(test.len());
-    let total: usize = config.settings.iter().map(|&(k, _, _)| queries / k).sum();
+    let (eval, attacks) = (&config.eval, &config.attacks);
+    if eval.settings.iter().any(|s| s.layout != Layout::NonSystematic) {
+        return Err(EvalError::Unsupported("Byzantine evaluation runs the non-systematic layout only"));
+    }
+    let queries = eval.queries.min(test.len());
+    let settings: Vec<(usize, usize, usize)> =
+        eval.settings.iter().flat_map(|s| config.byzantine.iter().map(move |&a| (s.k, s.stragglers, a))).collect();
+    let total: usize = settings.iter().map(|&(k, _, _)| queries / k).sum();
     let mut done = 0;
     let mut rows = Vec::new();
-    for &(k, stragglers, byzantine) in &config.settings {
+    for &(k, stragglers, byzantine) in &settings {
         let groups = queries / k;
         if groups == 0 {
             return Err(EvalError::TooFewQueries { queries, k, available: test.len() });
         }
         let n = 2 * k + 2 * byzantine + stragglers - 1;
-        let nodes = config.nodes.unwrap_or(default_nodes(Layout::NonSystematic));
+        let nodes = eval.nodes.unwrap_or(default_nodes(Layout::NonSystematic));
         let code =
             Code::new(CodeParams::builder(k, n).stragglers(stragglers).byzantine(byzantine).nodes(nodes).build()?)?;
         let erasure = code.erasure_code()?;
-        let outputs = config.outputs;
+        let outputs = eval.outputs;
         let hosted = |x: Tensor<4>| match outputs {
             Outputs::Softmax => activation::softmax(model.forward(x), 1),
             Outputs::Logits => model.forward(x),
         };
         let runner = CodedRunner::new(hosted, FusedCode::new(code.clone())?, device.clone())?;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(eval.seed);
         let mut order: Vec<usize> = (0..test.len()).collect();
         order.shuffle(&mut rng);
         order.truncate(groups * k);
 
         let mut base_correct = 0;
-        let mut undefended = vec![0usize; config.attacks.len()];
-        let mut tallies = vec![vec![Tally::default(); Locator::ALL.len()]; config.attacks.len()];
+        let mut undefended = vec![0usize; attacks.len()];
+        let mut tallies = vec![vec![Tally::default(); Locator::ALL.len()]; attacks.len()];
         // Coded batches are N/K times the queries: keep one forward pass within what the
         // plain evaluation runs (a lavapipe storage binding holds 128 MiB).
-        let batch_groups = config.batch_groups.min(MAX_CODED_BATCH / n).max(1);
+        let batch_groups = eval.batch_groups.min(MAX_CODED_BATCH / n).max(1);
         for batch in order.chunks(batch_groups * k) {
             let b = batch.len() / k;
             let images = test.gather(batch);
             let labels: Vec<usize> = images.labels.iter().map(|&l| usize::from(l)).collect();
-            let x = image_tensor(&images, 0..batch.len(), config.dataset, device);
+            let x = image_tensor(&images, 0..batch.len(), eval.dataset, device);
             let base = argmax_rows(model.forward(x.clone()));
             base_correct += base.iter().zip(&labels).filter(|(p, l)| p == l).count();
             let honest = runner.forward(runner.encode(x)?);
@@ -130,7 +129,7 @@ pub fn evaluate_byzantine(
                 .try_into_vec::<f32>()
                 .map_err(|e| EvalError::Data(format!("{e:?}")))?;
 
-            for (a, &attack) in config.attacks.iter().enumerate() {
+            for (a, &attack) in attacks.iter().enumerate() {
                 let (answers, masks, liars) = corrupt(&honest, b, n, classes, stragglers, byzantine, attack, &mut rng);
                 let correct = |masks: &[bool], code: &Code| -> Result<usize, EvalError> {
                     let decoded = cpu::decode_to_vec(code, &answers, classes, masks)?;
@@ -155,12 +154,12 @@ pub fn evaluate_byzantine(
         }
         let count = groups * k;
         let rate = |correct: usize| correct as f64 / count as f64;
-        for (a, attack) in config.attacks.iter().enumerate() {
+        for (a, attack) in attacks.iter().enumerate() {
             for (l, locator) in Locator::ALL.iter().enumerate() {
                 let t = &tallies[a][l];
                 rows.push(ByzantineRow {
-                    dataset: config.dataset.name().into(),
-                    model: config.model.clone(),
+                    dataset: eval.dataset.name().into(),
+                    model: eval.model.clone(),
                     k,
                     n,
                     stragglers,

@@ -88,6 +88,8 @@ pub enum EvalError {
     Codec(#[from] crate::kernels::Error),
     #[error(transparent)]
     Fused(#[from] FusedError),
+    #[error("{0}")]
+    Unsupported(&'static str),
     #[error("reading the model's answers back from the device: {0}")]
     Data(String),
     #[error("{queries} queries make no group of K = {k} (the test set has {available} images)")]
