@@ -738,4 +738,6 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     assert_one_line_error(&["serve", "--faults", typo], "slowdwn");
     assert_one_line_error(&["serve-bench", "--faults", typo], "slowdwn");
     assert_one_line_error(&["serve", "--listen", "not-an-address"], "--listen");
+    assert_one_line_error(&["serve", "--attack", "shout"], "unknown attack 'shout'");
+    assert_one_line_error(&["serve", "--locator", "bw"], "expected robust or paper");
 }

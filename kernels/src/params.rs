@@ -107,6 +107,16 @@ impl CodeParams {
         CodeParamsBuilder { queries, workers, stragglers: 0, byzantine: 0, nodes: None, layout: Layout::default() }
     }
 
+    /// The fewest workers a code of `queries` (K) needs to lose `stragglers` (S) and have
+    /// `byzantine` (A) of the rest lie: `K + S`, or `2K + 2A + S - 1` when `A > 0`
+    /// (saturating, so absurd inputs are reported rather than overflow).
+    pub fn workers_needed(queries: usize, stragglers: usize, byzantine: usize) -> usize {
+        if byzantine == 0 {
+            return queries.saturating_add(stragglers);
+        }
+        queries.saturating_mul(2).saturating_add(byzantine.saturating_mul(2)).saturating_add(stragglers) - 1
+    }
+
     /// `K`: queries per group.
     pub fn queries(&self) -> usize {
         self.queries
@@ -186,8 +196,7 @@ impl CodeParamsBuilder {
         if workers < queries.saturating_add(stragglers) {
             return Err(Error::TooFewWorkers { workers, queries, stragglers });
         }
-        let byzantine_needs = (2 * queries + stragglers).saturating_add(byzantine.saturating_mul(2));
-        if byzantine > 0 && workers + 1 < byzantine_needs {
+        if byzantine > 0 && workers < CodeParams::workers_needed(queries, stragglers, byzantine) {
             return Err(Error::TooFewWorkersForByzantine { workers, queries, byzantine, stragglers });
         }
         if workers < nodes.min_nodes() {

@@ -223,3 +223,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn workers_needed_is_the_bound_the_builder_enforces() {
+    for (k, s, a) in [(2, 0, 0), (3, 2, 0), (12, 0, 1), (12, 0, 3), (4, 2, 2)] {
+        let n = CodeParams::workers_needed(k, s, a);
+        assert!(CodeParams::builder(k, n).stragglers(s).byzantine(a).build().is_ok(), "{k} {s} {a}");
+        assert!(CodeParams::builder(k, n - 1).stragglers(s).byzantine(a).build().is_err(), "{k} {s} {a}");
+    }
+    assert_eq!(CodeParams::workers_needed(12, 0, 3), 29);
+    assert_eq!(CodeParams::workers_needed(usize::MAX, 1, 1), usize::MAX - 1);
+}
+
+#[test]
+fn near_one_hot_answers_do_not_look_atypical() {
+    // Class probabilities: every low rank sits at about 0, differing in the sixth decimal.
+    // None of that is evidence against a row.
+    let code = byzantine_code(4, 1, 0);
+    let (n, c) = (code.params().workers(), 5);
+    let mut answers = vec![0.0f64; n * c];
+    for (w, row) in answers.chunks_exact_mut(c).enumerate() {
+        row.iter_mut().enumerate().for_each(|(i, v)| *v = 1e-6 * ((w * 7 + i * 3) % 11) as f64);
+        row[w % c] = 1.0 - row.iter().sum::<f64>();
+    }
+    let location = locate(&code, Locator::Robust, &answers, c, &vec![true; n]).unwrap();
+    assert_eq!(location.located, vec![Vec::<usize>::new()]);
+}

@@ -91,7 +91,7 @@ pub fn evaluate_byzantine(
         if groups == 0 {
             return Err(EvalError::TooFewQueries { queries, k, available: test.len() });
         }
-        let n = 2 * k + 2 * byzantine + stragglers - 1;
+        let n = CodeParams::workers_needed(k, stragglers, byzantine);
         let nodes = eval.nodes.unwrap_or(default_nodes(Layout::NonSystematic));
         let code =
             Code::new(CodeParams::builder(k, n).stragglers(stragglers).byzantine(byzantine).nodes(nodes).build()?)?;

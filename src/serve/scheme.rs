@@ -107,10 +107,7 @@ impl SchemeKind {
     /// How many workers the scheme runs on.
     pub fn workers(self, config: &SchemeConfig) -> usize {
         match self {
-            SchemeKind::Approxifer if config.byzantine > 0 => {
-                2 * config.k + 2 * config.byzantine + config.stragglers - 1
-            }
-            SchemeKind::Approxifer => config.k + config.stragglers,
+            SchemeKind::Approxifer => CodeParams::workers_needed(config.k, config.stragglers, config.byzantine),
             SchemeKind::Replication => config.copies * config.k,
             SchemeKind::Uncoded | SchemeKind::Hedged => config.k,
         }

@@ -27,6 +27,10 @@ use crate::code::Code;
 /// stays near 0.01 while sign flips are found.
 pub const THRESHOLD: f64 = 6.0;
 
+/// Differences below this fraction of a group's largest answer are not told apart when
+/// comparing sorted rows.
+const RESOLUTION: f64 = 1e-3;
+
 /// The normal distribution's MAD-to-sigma factor.
 const MAD_TO_SIGMA: f64 = 1.4826;
 
@@ -37,8 +41,8 @@ pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[us
     let mut removed = Vec::new();
     while removed.len() < budget && keep.len() > 2 {
         let rows: Vec<&[f64]> = keep.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
-        let consistency = robust_z(&leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]])));
-        let typicality = robust_z(&atypicality(&rows));
+        let consistency = robust_z(&leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]])), 0.0);
+        let typicality = robust_z(&atypicality(&rows), 0.0);
         let scores: Vec<f64> = consistency.iter().zip(&typicality).map(|(c, t)| c + t).collect();
         let worst = super::largest(&scores, 1)[0];
         // NaN (from an overflow) counts as far outside.
@@ -86,8 +90,13 @@ fn leave_one_out(rows: &[&[f64]], diff: impl Fn(usize, usize) -> f64) -> Vec<f64
 }
 
 /// How far each row's sorted values (largest first) are from the rows' typical sorted
-/// values: the root mean square over ranks of the per-rank robust z-score.
+/// values: the root mean square over ranks of the per-rank robust z-score. A rank's spread
+/// counts as at least [`RESOLUTION`] of the largest magnitude in the group: the low ranks of
+/// near one-hot rows (class probabilities) all sit at about 0, and differences of 1e-6
+/// there say nothing about a row.
 fn atypicality(rows: &[&[f64]]) -> Vec<f64> {
+    let magnitude = rows.iter().flat_map(|row| row.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
+    let floor = RESOLUTION * magnitude;
     let sorted: Vec<Vec<f64>> = rows
         .iter()
         .map(|row| {
@@ -101,19 +110,21 @@ fn atypicality(rows: &[&[f64]]) -> Vec<f64> {
     let mut column = vec![0.0; rows.len()];
     for rank in 0..ranks {
         column.iter_mut().zip(&sorted).for_each(|(c, s)| *c = s[rank]);
-        for (acc, z) in sum_sq.iter_mut().zip(robust_z(&column)) {
+        for (acc, z) in sum_sq.iter_mut().zip(robust_z(&column, floor)) {
             *acc += z * z;
         }
     }
     sum_sq.iter().map(|s| (s / ranks as f64).sqrt()).collect()
 }
 
-/// `(v - median) / (1.4826 MAD)`, the MAD floored so identical values give large but finite
-/// scores to anything that differs from them, and infinite ones only for infinite inputs.
-fn robust_z(values: &[f64]) -> Vec<f64> {
+/// `(v - median) / (1.4826 MAD)`, the spread at least `floor` and never zero, so identical
+/// values give large but finite scores to anything that differs from them, and infinite ones
+/// only for infinite inputs.
+fn robust_z(values: &[f64], floor: f64) -> Vec<f64> {
     let centre = median(values);
     let deviations: Vec<f64> = values.iter().map(|v| (v - centre).abs()).collect();
-    let spread = (MAD_TO_SIGMA * median(&deviations)).max(f64::EPSILON * centre.abs()).max(f64::MIN_POSITIVE);
+    let spread =
+        (MAD_TO_SIGMA * median(&deviations)).max(floor).max(f64::EPSILON * centre.abs()).max(f64::MIN_POSITIVE);
     values.iter().map(|v| (v - centre) / spread).collect()
 }
 
@@ -130,12 +141,14 @@ mod tests {
 
     #[test]
     fn robust_z_ignores_a_minority_of_outliers() {
-        let z = robust_z(&[1.0, 2.0, 3.0, 4.0, 5.0, 1e9]);
+        let z = robust_z(&[1.0, 2.0, 3.0, 4.0, 5.0, 1e9], 0.0);
         assert!(z[5] > 1e8);
         assert!(z[..5].iter().all(|v| v.abs() < 2.0));
         // Identical values: whatever differs stands out, finitely.
-        let z = robust_z(&[7.0, 7.0, 7.0, 8.0]);
+        let z = robust_z(&[7.0, 7.0, 7.0, 8.0], 0.0);
         assert!(z[3].is_finite() && z[3] > 1e10 && z[0] == 0.0);
+        // ... unless told that such a difference is below resolution.
+        assert_eq!(robust_z(&[7.0, 7.0, 7.0, 8.0], 0.5)[3], 2.0);
     }
 
     #[test]
@@ -160,7 +173,7 @@ mod tests {
             })
             .collect();
         let refs: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
-        let scores = robust_z(&atypicality(&refs));
+        let scores = robust_z(&atypicality(&refs), 0.0);
         assert_eq!(super::super::largest(&scores, 1), vec![5]);
         assert!(scores[5] > THRESHOLD);
     }
