@@ -12,8 +12,9 @@
 //!
 //! Two locators are offered. [`Locator::Paper`] is the authors' rational Berlekamp–Welch
 //! fit ([`rational`]); [`Locator::Robust`] is ours ([`robust`]), chosen by measurement
-//! (README, "Byzantine workers"): it finds far more of the liars on a real model's logits,
-//! and removes almost nobody when nobody lies.
+//! (README, "Byzantine workers"): on a real model's logits it finds two to nine times more
+//! of the sign-flipping, targeted and colluding liars, and removes about 1% of the honest
+//! workers when nobody lies where the paper's always removes `A`.
 
 pub mod rational;
 pub mod robust;
