@@ -12,7 +12,7 @@
 //!
 //! Two locators are offered. [`Locator::Paper`] is the authors' rational Berlekamp–Welch
 //! fit ([`rational`]); [`Locator::Robust`] is ours ([`robust`]), chosen by measurement
-//! (README, "Byzantine workers"): on a real model's logits it finds two to nine times more
+//! (README, "Byzantine workers"): on a real model's logits it finds 1.5 to 8 times more
 //! of the sign-flipping, targeted and colluding liars, and removes about 1% of the honest
 //! workers when nobody lies where the paper's always removes `A`.
 
