@@ -13,7 +13,7 @@
 //!    default), which are tested against them.
 //!
 //! With `A > 0` ([`CodeParamsBuilder::byzantine`]), [`cpu::decode_robust`] first removes the
-//! workers a [`Locator`] finds lying, then decodes from the rest ([`locate`] explains).
+//! workers a [`Locator`] finds lying, then decodes from the rest (module [`locate`](mod@locate) explains).
 //!
 //! The math lives in [`berrut`] (weights) and [`nodes`] (exact node angles); everything else
 //! takes its numbers from there.
