@@ -67,28 +67,11 @@ impl Codec {
         }
     }
 
-    /// Decodes one group; with `A > 0`, without the workers `locator` finds lying, which it
-    /// also returns.
-    fn decode(
-        &self,
-        code: &Code,
-        locator: Locator,
-        outputs: &[f32],
-        c: usize,
-        mask: &[bool],
-    ) -> Result<(Vec<f32>, Vec<usize>), String> {
-        let (code, mask, located) = if code.params().byzantine() > 0 {
-            let location = locate(code, locator, outputs, c, mask).map_err(|e| e.to_string())?;
-            let located = location.located.into_iter().next().unwrap_or_default();
-            (code.erasure_code().map_err(|e| e.to_string())?, location.masks, located)
-        } else {
-            (code.clone(), mask.to_vec(), Vec::new())
-        };
-        let decoded = match self {
-            Codec::Cpu => cpu::decode_to_vec(&code, outputs, c, &mask).map_err(|e| e.to_string()),
-            Codec::Gpu(gpu) => gpu.decode(&code, outputs, c, &mask).map_err(|e| e.to_string()),
-        }?;
-        Ok((decoded, located))
+    fn decode(&self, code: &Code, outputs: &[f32], c: usize, mask: &[bool]) -> Result<Vec<f32>, String> {
+        match self {
+            Codec::Cpu => cpu::decode_to_vec(code, outputs, c, mask).map_err(|e| e.to_string()),
+            Codec::Gpu(gpu) => gpu.decode(code, outputs, c, mask).map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -156,9 +139,10 @@ impl Coordinator {
         if let Some((plan, _)) = &config.faults {
             plan.validate().map_err(|e| e.to_string())?;
         }
+        let erasure = config.code.erasure_code().map_err(|e| e.to_string())?;
         let (capacity, input_len) = (config.capacity, config.input_len);
         let front = Front::spawn("approxifer-coordinator", capacity, input_len, move |incoming, in_flight| {
-            Loop::new(config, workers, in_flight).run(incoming)
+            Loop::new(config, erasure, workers, in_flight).run(incoming)
         })?;
         Ok(Coordinator { front })
     }
@@ -204,6 +188,9 @@ struct Group {
 /// The coordinator thread's state.
 struct Loop {
     config: CoordinatorConfig,
+    /// What groups are decoded with once located workers are removed (the code itself when
+    /// `A = 0`): built once, not per group.
+    erasure: Code,
     workers: Vec<Arc<dyn Worker>>,
     in_flight: Arc<AtomicUsize>,
     direct: Vec<Vec<usize>>,
@@ -218,9 +205,15 @@ struct Loop {
 }
 
 impl Loop {
-    fn new(config: CoordinatorConfig, workers: Vec<Arc<dyn Worker>>, in_flight: Arc<AtomicUsize>) -> Self {
+    fn new(
+        config: CoordinatorConfig,
+        erasure: Code,
+        workers: Vec<Arc<dyn Worker>>,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
         let n = workers.len();
         Loop {
+            erasure,
             direct: config.code.direct_workers(),
             faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
             served: vec![0; n],
@@ -370,19 +363,30 @@ impl Loop {
     fn decode(&mut self, group: Group) {
         group.cancel.cancel();
         let (c, n) = (self.config.output_len, self.workers.len());
-        let mask: Vec<bool> = group.outputs.iter().map(Option::is_some).collect();
+        let mut mask: Vec<bool> = group.outputs.iter().map(Option::is_some).collect();
         let mut outputs = vec![0.0f32; n * c];
         for (w, output) in group.outputs.iter().enumerate() {
             if let Some(output) = output {
                 outputs[w * c..(w + 1) * c].copy_from_slice(output);
             }
         }
-        match self.config.codec.decode(&self.config.code, self.config.locator, &outputs, c, &mask) {
-            Ok((decoded, located)) => {
+        // Byzantine codes: remove the located liars, then decode the rest as stragglers.
+        let mut located = Vec::new();
+        if self.config.code.params().byzantine() > 0 {
+            match locate(&self.config.code, self.config.locator, &outputs, c, &mask) {
+                Ok(location) => {
+                    mask = location.masks;
+                    located = location.located.into_iter().flatten().collect();
+                }
+                Err(e) => return self.fail(group.replies, ServeError::Decode(e.to_string())),
+            }
+        }
+        match self.config.codec.decode(&self.erasure, &outputs, c, &mask) {
+            Ok(decoded) => {
                 self.stats.decoded_groups += 1;
                 self.stats.located_workers += located.len() as u64;
                 for (j, reply) in group.replies.into_iter().enumerate() {
-                    let approximate = !self.direct[j].iter().any(|&w| mask[w] && !located.contains(&w));
+                    let approximate = !self.direct[j].iter().any(|&w| mask[w]);
                     let answer = Answer { output: decoded[j * c..(j + 1) * c].to_vec(), approximate };
                     self.answer(reply, Ok(answer));
                 }

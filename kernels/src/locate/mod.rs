@@ -142,13 +142,3 @@ pub fn locate<T: Element>(
     }
     Ok(Location { masks: kept, located })
 }
-
-/// Indices of the `count` largest scores (NaN counts as largest: a score that overflowed
-/// came from an answer far outside the others), largest first, ties to the lower index.
-pub(crate) fn largest(scores: &[f64], count: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    let key = |i: usize| if scores[i].is_nan() { f64::INFINITY } else { scores[i] };
-    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
-    order.truncate(count);
-    order
-}

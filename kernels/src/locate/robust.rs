@@ -46,7 +46,7 @@ pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[us
         let consistency = robust_z(&leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]])), 0.0);
         let typicality = robust_z(&atypicality(&rows), 0.0);
         let scores: Vec<f64> = consistency.iter().zip(&typicality).map(|(c, t)| c + t).collect();
-        let worst = super::largest(&scores, 1)[0];
+        let worst = worst(&scores);
         // NaN (from an overflow) counts as far outside.
         if scores[worst] <= THRESHOLD {
             break;
@@ -119,6 +119,13 @@ fn atypicality(rows: &[&[f64]]) -> Vec<f64> {
     sum_sq.iter().map(|s| (s / ranks as f64).sqrt()).collect()
 }
 
+/// The index of the largest score, NaN counting as largest (a score that overflowed came
+/// from an answer far outside the others); ties go to the lower index.
+fn worst(scores: &[f64]) -> usize {
+    let key = |i: usize| if scores[i].is_nan() { f64::INFINITY } else { scores[i] };
+    (0..scores.len()).fold(0, |best, i| if key(i) > key(best) { i } else { best })
+}
+
 /// `(v - median) / (1.4826 MAD)`, the spread at least `floor` and never zero, so identical
 /// values give large but finite scores to anything that differs from them, and infinite ones
 /// only for infinite inputs.
@@ -159,7 +166,7 @@ mod tests {
         let refs: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
         let nodes: Vec<f64> = (0..9).map(|i| 1.0 - i as f64 / 4.0).collect();
         let r = leave_one_out(&refs, |a, b| nodes[a] - nodes[b]);
-        assert_eq!(super::super::largest(&r, 1), vec![4]);
+        assert_eq!(worst(&r), 4);
         let flat: Vec<&[f64]> = rows.iter().enumerate().filter(|(i, _)| *i != 4).map(|(_, r)| r.as_slice()).collect();
         let nodes: Vec<f64> = nodes.iter().enumerate().filter(|(i, _)| *i != 4).map(|(_, v)| *v).collect();
         assert!(leave_one_out(&flat, |a, b| nodes[a] - nodes[b]).iter().all(|&v| v < 1e-12));
@@ -176,7 +183,7 @@ mod tests {
             .collect();
         let refs: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
         let scores = robust_z(&atypicality(&refs), 0.0);
-        assert_eq!(super::super::largest(&scores, 1), vec![5]);
+        assert_eq!(worst(&scores), 5);
         assert!(scores[5] > THRESHOLD);
     }
 }
