@@ -490,8 +490,8 @@ fn demo_decodes_a_smooth_network_and_improves_with_more_workers() {
 }
 
 #[test]
-fn no_subcommand_serves_the_embedded_model_with_stragglers() {
-    let out = approxifer(&[]);
+fn demo_prints_the_accuracy_of_the_embedded_model_with_stragglers() {
+    let out = approxifer(&["demo"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.lines().count() == 1 && stderr.contains("running on"), "one line naming the adapter: {stderr}");
@@ -508,6 +508,45 @@ fn no_subcommand_serves_the_embedded_model_with_stragglers() {
         assert!(base > 0.85, "the embedded LeNet-5 is a trained model: {row:?}");
         assert!(degraded > 0.6 && degraded <= normal + 0.02 && normal <= base + 0.02, "{row:?}");
     }
+}
+
+#[test]
+fn no_subcommand_serves_the_embedded_model_through_every_scheme_with_stragglers() {
+    let out = approxifer(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("workers"), "a line saying where the workers run: {stderr}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    // scheme, workers, p50, p90, p99, p99.9, p99.9 - p50, throughput, bare rate, worker s,
+    // accuracy, errors.
+    let rows: Vec<Vec<&str>> =
+        text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).filter(|w| w.len() == 12).collect();
+    let schemes: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(schemes, ["uncoded", "replication", "hedged", "approxifer"], "{text}");
+    for row in &rows {
+        let number = |i: usize| -> f64 { row[i].parse().unwrap_or_else(|_| panic!("{row:?}")) };
+        assert_eq!(number(11), 0.0, "no query lost: {row:?}");
+        assert!(number(2) <= number(5) && number(7) > 0.0 && number(8) > 0.0, "{row:?}");
+        // The embedded LeNet-5 scores 0.907 on its sample; decoded answers stay close.
+        let floor = if row[0] == "approxifer" { 0.7 } else { 0.88 };
+        assert!(number(10) > floor, "{row:?}");
+    }
+}
+
+#[test]
+fn serving_falls_back_to_the_cpu_when_no_vulkan_driver_is_installed() {
+    // The loader finds no driver at all: the workers run on Burn's CPU backend with one notice.
+    let out = Command::cargo_bin("approxifer")
+        .unwrap()
+        .args(["serve-bench", "--queries", "40", "--latency-ms", "1", "--json"])
+        .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+        .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("no GPU for the workers") && stderr.contains("CPU"), "{stderr}");
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 4, "one line per scheme");
 }
 
 // ---- train and eval ---------------------------------------------------------------------------
@@ -596,7 +635,20 @@ fn train_and_eval_refuse_bad_requests_in_one_line() {
 fn serve_bench_reports_every_scheme_with_the_documented_keys() {
     let dir = temp_dir();
     let plot = dir.path().join("cdf.svg");
-    let args = ["serve-bench", "--queries", "60", "--latency-ms", "1", "--json", "--plot", plot.to_str().unwrap()];
+    let args = [
+        "serve-bench",
+        "--queries",
+        "60",
+        "--latency-ms",
+        "1",
+        "--device",
+        "cpu",
+        "--max-batch",
+        "4",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ];
     let out = approxifer(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<Value> =
@@ -610,7 +662,9 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "p99_ms",
             "p999_ms",
             "throughput_qps",
+            "bare_forward_qps",
             "worker_seconds",
+            "device_seconds_per_1000",
             "accuracy",
             "queries",
             "answered",
@@ -619,6 +673,8 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             assert!(r.get(key).is_some(), "missing {key}: {r}");
         }
         assert_eq!(r["queries"], 60);
+        assert_eq!((r["path"].as_str(), r["max_batch"].as_u64()), (Some("batched"), Some(4)));
+        assert!(r["bare_forward_qps"].as_f64().unwrap() > 0.0 && r["device_seconds_per_1000"].as_f64().unwrap() > 0.0);
         assert_eq!(r["answered"].as_u64().unwrap() + r["errors"].as_u64().unwrap(), 60, "the books balance: {r}");
         assert!(r["p50_ms"].as_f64().unwrap() <= r["p999_ms"].as_f64().unwrap());
     }
@@ -627,6 +683,26 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
     assert!(std::fs::read_to_string(&plot).unwrap().contains("approxifer"));
     let bad = approxifer(&["serve-bench", "--slow-probability", "2"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("probability"));
+
+    // The per-query path: one query (group) per forward pass, the same keys.
+    let out = approxifer(&[
+        "serve-bench",
+        "--queries",
+        "24",
+        "--latency-ms",
+        "0",
+        "--device",
+        "cpu",
+        "--path",
+        "per-query",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!((r["path"].as_str(), r["max_batch"].as_u64()), (Some("per-query"), Some(1)), "{r}");
+        assert_eq!(r["answered"], 24, "{r}");
+    }
 }
 
 // ---- backends -------------------------------------------------------------------------------
@@ -731,8 +807,16 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     let dir = temp_dir();
     let typo = write_file(dir.path(), "faults.toml", b"latency = { kind = \"constant\", ms = 1.0 }\nslowdwn = 2.0\n");
     let typo = path_str(&typo);
-    assert_one_line_error(&["serve", "--max-batch", "0"], "--max-batch must be between 1");
-    assert_one_line_error(&["serve", "--capacity", "8", "--max-batch", "9"], "--max-batch must be between 1");
+    assert_one_line_error(&["serve", "--max-request", "0"], "--max-request must be between 1");
+    assert_one_line_error(&["serve", "--capacity", "8", "--max-request", "9"], "--max-request must be between 1");
+    assert_one_line_error(&["serve", "--max-batch", "0"], "--max-batch must be at least 1");
+    assert_one_line_error(&["serve-bench", "--max-batch", "0"], "--max-batch must be at least 1");
+    assert_one_line_error(&["serve", "--workers-per-device", "0"], "--workers-per-device must be at least 1");
+    assert_one_line_error(&["serve", "--max-queue-delay-ms=-1"], "--max-queue-delay-ms must be a non-negative");
+    // K = 4, S = 1: five workers at two per device need three devices; the CPU is one.
+    let crowded = ["--device", "cpu", "--workers-per-device", "2"];
+    assert_one_line_error(&[&["serve"][..], &crowded].concat(), "5 workers at 2 per device need 3 devices");
+    assert_one_line_error(&[&["serve-bench"][..], &crowded].concat(), "at 2 per device need");
     assert_one_line_error(&["serve", "--deadline-ms=-1"], "--deadline-ms must be a non-negative");
     assert_one_line_error(&["serve", "--faults", "/nonexistent/faults.toml"], "/nonexistent/faults.toml");
     assert_one_line_error(&["serve", "--faults", typo], "slowdwn");

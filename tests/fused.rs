@@ -164,3 +164,36 @@ fn bad_input_is_a_typed_error_before_any_launch() {
     assert!(matches!(runner.encode(not_whole), Err(FusedError::Shape { .. })));
     assert!(matches!(CodedRunner::new(|x: Tensor<2>| x, fc, Device::flex()), Err(FusedError::Device { .. })));
 }
+
+#[test]
+fn encoding_a_subset_of_workers_gives_those_rows_of_the_full_encode_on_both_paths() {
+    for (k, n, d, workers) in [(4, 6, 784, vec![5, 0, 3]), (3, 5, 7, vec![2]), (8, 10, 13, (0..10).collect::<Vec<_>>())]
+    {
+        let c = code(k, n, 1, Layout::NonSystematic);
+        let groups = 3;
+        let queries = values(groups * k * d, 11);
+        let full = cpu::encode_to_vec(&c, &queries, d).unwrap();
+        // The CPU twin: exactly the chosen rows of the full encode, in the order asked.
+        let rows = cpu::encode_rows_to_vec(&c, &workers, &queries, d).unwrap();
+        let m = workers.len();
+        for g in 0..groups {
+            for (r, &w) in workers.iter().enumerate() {
+                let (got, want) = (&rows[(g * m + r) * d..][..d], &full[(g * n + w) * d..][..d]);
+                assert_eq!(got, want, "K={k} N={n}: group {g}, worker {w}");
+            }
+        }
+        // The WGSL path on Burn tensors agrees with it.
+        let tensor = Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &gpu());
+        let on_device = fused::encode_rows(tensor, &FusedCode::new(c.clone()).unwrap(), &workers).unwrap();
+        assert_eq!(on_device.dims(), [groups, m, d]);
+        assert_close(&host(on_device), &rows, Tolerance::BALANCED, "encode_rows");
+    }
+    // A worker the code does not have is a typed error on both paths, before any launch.
+    let c = code(2, 3, 1, Layout::NonSystematic);
+    let queries = values(2 * 4, 3);
+    let err = cpu::encode_rows_to_vec(&c, &[0, 3], &queries, 4).unwrap_err();
+    assert_eq!(err, approxifer::kernels::Error::WorkerOutOfRange { worker: 3, workers: 3 });
+    let tensor = Tensor::<3>::from_data(TensorData::new(queries, [1, 2, 4]), &gpu());
+    let err = fused::encode_rows(tensor, &FusedCode::new(c).unwrap(), &[3]).unwrap_err();
+    assert!(matches!(err, FusedError::Codec(approxifer::kernels::Error::WorkerOutOfRange { .. })), "{err}");
+}

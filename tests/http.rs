@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use approxifer::kernels::{Code, CodeParams, Layout, Locator};
 use approxifer::serve::http::{HttpConfig, serve};
 use approxifer::serve::{
-    Codec, Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, Scheme, Stats, Worker,
+    Codec, Coordinator, CoordinatorConfig, FaultPlan, Latency, LocalWorker, Scheme, ServedModel, Stats, Worker,
     WorkerFaults,
 };
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -21,10 +22,19 @@ const D: usize = 6;
 const C: usize = 3;
 const MAX_BATCH: usize = 8;
 
-fn model() -> HostModel {
-    Arc::new(|x: &[f32]| {
-        (0..C).map(|c| x.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect()
+/// A smooth model on tensors: output `c` of a query is `sum_i tanh((i + c) * 0.3 * x_i)`.
+fn model() -> ServedModel {
+    Arc::new(|x: Tensor<2>| {
+        let [batch, d] = x.dims();
+        let weights: Vec<f32> = (0..C).flat_map(|c| (0..d).map(move |i| (i + c) as f32 * 0.3)).collect();
+        let weights = Tensor::<2>::from_data(TensorData::new(weights, [C, d]), &x.device()).reshape([1, C, d]);
+        (x.reshape([batch, 1, d]) * weights).tanh().sum_dim(2).reshape([batch, C])
     })
+}
+
+/// The model's own answer to one query, on the host.
+fn expected(query: &[f32]) -> Vec<f32> {
+    (0..C).map(|c| query.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect()
 }
 
 fn query(i: usize) -> Vec<f32> {
@@ -35,12 +45,13 @@ fn query(i: usize) -> Vec<f32> {
 fn coordinator(faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> Box<dyn Scheme> {
     let code = Code::new(CodeParams::builder(3, 5).stragglers(2).layout(Layout::Systematic).build().unwrap()).unwrap();
     let workers: Vec<Arc<dyn Worker>> =
-        (0..5).map(|i| Arc::new(LocalWorker::start(i, model(), 1000)) as Arc<dyn Worker>).collect();
+        (0..5).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 1000)) as Arc<dyn Worker>).collect();
     let config = CoordinatorConfig {
         code,
         input_len: D,
         output_len: C,
-        max_wait: Duration::from_millis(2),
+        max_batch: 8,
+        max_queue_delay: Duration::from_millis(2),
         deadline: Duration::from_millis(deadline_ms),
         capacity,
         faults: faults.map(|plan| (plan, 3)),
@@ -139,14 +150,13 @@ fn sample(metrics: &str, name_and_labels: &str) -> f64 {
 #[test]
 fn predictions_come_back_in_order_and_health_and_metrics_report_them() {
     let server = Server::start(coordinator(None, 100, 2000));
-    let f = model();
     let (status, _, body) = server.post(&rows(0..5).to_string());
     assert_eq!(status, 200, "{body}");
     let predictions = json(&body)["predictions"].as_array().unwrap().clone();
     assert_eq!(predictions.len(), 5);
     for (i, prediction) in predictions.iter().enumerate() {
         let output: Vec<f32> = serde_json::from_value(prediction["output"].clone()).unwrap();
-        let exact = f(&query(i));
+        let exact = expected(&query(i));
         let error = output.iter().zip(&exact).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
         let bound = if prediction["approximate"].as_bool().unwrap() { 1.0 } else { 1e-5 };
         assert!(error < bound, "query {i}: {output:?} vs {exact:?}");

@@ -6,23 +6,36 @@ use std::time::Duration;
 
 use approxifer::kernels::{Code, CodeParams, Layout, Locator};
 use approxifer::serve::{
-    Codec, Coordinator, CoordinatorConfig, FaultPlan, HostModel, Latency, LocalWorker, RandomSlowdown, ServeError,
+    Codec, Coordinator, CoordinatorConfig, FaultPlan, Latency, LocalWorker, RandomSlowdown, ServeError, ServedModel,
     Stats, Worker, WorkerFaults,
 };
+use burn::tensor::{Device, Tensor, TensorData};
 use crossbeam_channel::RecvTimeoutError;
 
 const D: usize = 6;
 const C: usize = 3;
 
-/// A smooth model: `C` sums of `tanh` of the inputs.
-fn model() -> HostModel {
-    Arc::new(|x: &[f32]| {
-        (0..C).map(|c| x.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect()
+/// A smooth model on tensors: output `c` of a query is `sum_i tanh((i + c) * 0.3 * x_i)`.
+fn model() -> ServedModel {
+    Arc::new(|x: Tensor<2>| {
+        let [batch, d] = x.dims();
+        let weights: Vec<f32> = (0..C).flat_map(|c| (0..d).map(move |i| (i + c) as f32 * 0.3)).collect();
+        let weights = Tensor::<2>::from_data(TensorData::new(weights, [C, d]), &x.device()).reshape([1, C, d]);
+        (x.reshape([batch, 1, d]) * weights).tanh().sum_dim(2).reshape([batch, C])
     })
 }
 
+/// The model's own answer to one query, on the host.
+fn expected(query: &[f32]) -> Vec<f32> {
+    (0..C).map(|c| query.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect()
+}
+
+fn worker(i: usize, model: ServedModel, capacity: usize) -> LocalWorker {
+    LocalWorker::start(i, model, Device::flex(), capacity)
+}
+
 fn workers(n: usize, capacity: usize) -> Vec<Arc<dyn Worker>> {
-    (0..n).map(|i| Arc::new(LocalWorker::start(i, model(), capacity)) as Arc<dyn Worker>).collect()
+    (0..n).map(|i| Arc::new(worker(i, model(), capacity)) as Arc<dyn Worker>).collect()
 }
 
 fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> CoordinatorConfig {
@@ -30,7 +43,8 @@ fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u
         code,
         input_len: D,
         output_len: C,
-        max_wait: Duration::from_millis(2),
+        max_batch: 8,
+        max_queue_delay: Duration::from_millis(2),
         deadline: Duration::from_millis(deadline_ms),
         capacity,
         faults: faults.map(|plan| (plan, 11)),
@@ -38,6 +52,11 @@ fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u
         hedge_after: None,
         locator: Locator::Robust,
     }
+}
+
+fn max_error(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
 }
 
 fn query(i: usize) -> Vec<f32> {
@@ -161,10 +180,9 @@ fn shutdown_answers_or_rejects_every_accepted_query() {
 fn decoded_answers_approximate_the_model_and_exact_ones_equal_it() {
     let code = Code::new(CodeParams::builder(3, 5).stragglers(1).layout(Layout::Systematic).build().unwrap()).unwrap();
     let coordinator = Coordinator::start(config(code, None, 100, 500), workers(5, 100)).unwrap();
-    let f = model();
     for i in 0..30 {
         let answer = coordinator.submit(query(i)).unwrap().recv().unwrap().unwrap();
-        let exact = f(&query(i));
+        let exact = expected(&query(i));
         // No faults: every systematic worker answers (first N - S = 4 of 5 may omit one).
         let error = answer.output.iter().zip(&exact).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
         if answer.approximate {
@@ -190,18 +208,21 @@ fn baselines_give_the_models_own_answers_and_replication_and_hedging_survive_a_d
             policy,
             input_len: D,
             output_len: C,
+            // One query per batch: which worker a query meets is then plain round robin.
+            max_batch: 1,
+            max_queue_delay: Duration::ZERO,
             deadline: Duration::from_millis(100),
             capacity: 1000,
             faults: Some((plan.clone(), 5)),
         };
         let baseline = Baseline::start(config, workers(4, 1000)).unwrap();
-        let f = model();
         let tickets: Vec<_> = (0..40).map(|i| baseline.submit(query(i)).unwrap()).collect();
         let mut missed = 0;
         for (i, ticket) in tickets.into_iter().enumerate() {
             match ticket.recv_timeout(Duration::from_secs(5)).expect("every query is answered") {
                 Ok(answer) => {
-                    assert_eq!(answer.output, f(&query(i)), "baselines return the model's own answer");
+                    let error = max_error(&answer.output, &expected(&query(i)));
+                    assert!(error < 1e-5, "baselines return the model's own answer: {error}");
                     assert!(!answer.approximate);
                 }
                 Err(ServeError::DeadlineMissed { .. }) => missed += 1,
@@ -221,9 +242,12 @@ fn baselines_give_the_models_own_answers_and_replication_and_hedging_survive_a_d
 fn a_panicking_model_loses_requests_not_the_worker() {
     let code = Code::new(CodeParams::builder(2, 4).stragglers(2).build().unwrap()).unwrap();
     let f = model();
-    let flaky: HostModel = Arc::new(move |x: &[f32]| if x[0] > 0.3 { panic!("model failure") } else { f(x) });
+    let flaky: ServedModel = Arc::new(move |x: Tensor<2>| {
+        let first: f32 = x.clone().narrow(0, 0, 1).narrow(1, 0, 1).into_scalar();
+        if first > 0.3 { panic!("model failure") } else { f.forward(x) }
+    });
     let mut pool = workers(3, 100);
-    pool.push(Arc::new(LocalWorker::start(3, flaky, 100)));
+    pool.push(Arc::new(worker(3, flaky, 100)));
     let coordinator = Coordinator::start(config(code, None, 100, 300), pool).unwrap();
     let answered = (0..40).filter(|&i| coordinator.submit(query(i)).unwrap().recv().unwrap().is_ok()).count();
     assert_eq!(answered, 40, "S = 2 covers the failing worker");
@@ -240,7 +264,7 @@ fn work_nobody_needs_any_more_is_skipped_not_queued_behind_a_straggler() {
         workers: vec![WorkerFaults { slowdown: 100.0, ..WorkerFaults::NONE }],
         random_slowdown: None,
     };
-    let local = || -> Vec<Arc<LocalWorker>> { (0..3).map(|i| Arc::new(LocalWorker::start(i, model(), 100))).collect() };
+    let local = || -> Vec<Arc<LocalWorker>> { (0..3).map(|i| Arc::new(worker(i, model(), 100))).collect() };
     let shared = |local: &[Arc<LocalWorker>]| local.iter().map(|w| w.clone() as Arc<dyn Worker>).collect::<Vec<_>>();
     let check = |scheme: &dyn approxifer::serve::Scheme, slow: &LocalWorker, what: &str| {
         let tickets: Vec<_> = (0..40).map(|i| scheme.submit(query(i)).unwrap()).collect();
@@ -256,7 +280,9 @@ fn work_nobody_needs_any_more_is_skipped_not_queued_behind_a_straggler() {
 
     let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
     let workers = local();
-    let coordinator = Coordinator::start(config(code, Some(plan.clone()), 100, 2000), shared(&workers)).unwrap();
+    // One group per batch, so that the slow worker has many requests queued.
+    let config_one = CoordinatorConfig { max_batch: 1, ..config(code, Some(plan.clone()), 100, 2000) };
+    let coordinator = Coordinator::start(config_one, shared(&workers)).unwrap();
     check(&coordinator, &workers[0], "coded groups");
     drop(coordinator);
 
@@ -265,6 +291,8 @@ fn work_nobody_needs_any_more_is_skipped_not_queued_behind_a_straggler() {
         policy: Policy::Replication { copies: 3 },
         input_len: D,
         output_len: C,
+        max_batch: 1,
+        max_queue_delay: Duration::ZERO,
         deadline: Duration::from_secs(2),
         capacity: 100,
         faults: Some((plan, 1)),
@@ -321,15 +349,16 @@ fn byzantine_answers_pass_through_the_workers_tamper_hook_and_corrupt_plain_deco
     let worst_error = |plan: FaultPlan| -> f32 {
         let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
         let workers: Vec<Arc<dyn Worker>> = (0..3)
-            .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), 100, shift.clone())) as Arc<dyn Worker>)
+            .map(|i| {
+                Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, shift.clone())) as Arc<dyn Worker>
+            })
             .collect();
         let code = Code::new(CodeParams::builder(2, 3).build().unwrap()).unwrap();
         let coordinator = Coordinator::start(config(code, Some(plan), 100, 2000), workers).unwrap();
-        let f = model();
         (0..20)
             .map(|i| {
                 let answer = coordinator.submit(query(i)).unwrap().recv().unwrap().unwrap();
-                answer.output.iter().zip(f(&query(i))).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max)
+                max_error(&answer.output, &expected(&query(i)))
             })
             .fold(0.0f32, f32::max)
     };
@@ -338,7 +367,7 @@ fn byzantine_answers_pass_through_the_workers_tamper_hook_and_corrupt_plain_deco
     assert!(attacked > 10.0, "the shifted answers reach the decode: {attacked}");
 }
 
-/// Runs 20 queries through a coordinator whose worker 1 always answers through `tamper`;
+/// Runs 20 queries (K = 2) through a coordinator whose worker 1 always answers through `tamper`;
 /// returns the largest error of any answer and the coordinator's books.
 fn with_a_liar(code: Code, tamper: approxifer::serve::Tamper) -> (f32, Stats) {
     let n = code.params().workers();
@@ -346,15 +375,16 @@ fn with_a_liar(code: Code, tamper: approxifer::serve::Tamper) -> (f32, Stats) {
     faults[1].byzantine_probability = 1.0;
     let plan = FaultPlan { latency: Latency::Constant { ms: 0.0 }, workers: faults, random_slowdown: None };
     let workers: Vec<Arc<dyn Worker>> = (0..n)
-        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), 100, tamper.clone())) as Arc<dyn Worker>)
+        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, tamper.clone())) as Arc<dyn Worker>)
         .collect();
     let coordinator = Coordinator::start(config(code, Some(plan), 100, 2000), workers).unwrap();
-    let f = model();
-    let worst = (0..20)
-        .map(|i| {
-            let answer = coordinator.submit(query(i)).unwrap().recv().unwrap().unwrap();
-            answer.output.iter().zip(f(&query(i))).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max)
+    // Two queries at a time: one full group each, which every worker (the liar too) serves.
+    let worst = (0..10)
+        .flat_map(|pair| {
+            let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
+            tickets.into_iter().enumerate().map(move |(i, t)| (2 * pair + i, t.recv().unwrap().unwrap()))
         })
+        .map(|(i, answer)| max_error(&answer.output, &expected(&query(i))))
         .fold(0.0f32, f32::max);
     (worst, coordinator.shutdown())
 }
@@ -391,7 +421,6 @@ fn a_second_straggler_costs_a_hedge_not_its_whole_delay() {
         workers: vec![WorkerFaults { slowdown: 100.0, ..WorkerFaults::NONE }; 2],
         random_slowdown: None,
     };
-    let f = model();
     let run = |hedge_after: Option<Duration>| {
         let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
         let config = CoordinatorConfig { hedge_after, ..config(code, Some(plan.clone()), 100, 2000) };
@@ -400,7 +429,7 @@ fn a_second_straggler_costs_a_hedge_not_its_whole_delay() {
         let tickets: Vec<_> = (0..2).map(|i| coordinator.submit(query(i)).unwrap()).collect();
         for (i, ticket) in tickets.into_iter().enumerate() {
             let answer = ticket.recv().unwrap().unwrap();
-            let error = answer.output.iter().zip(f(&query(i))).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
+            let error = max_error(&answer.output, &expected(&query(i)));
             assert!(error < 1.0, "query {i}: {error}");
         }
         (start.elapsed(), coordinator.shutdown().hedged_requests)
@@ -408,5 +437,138 @@ fn a_second_straggler_costs_a_hedge_not_its_whole_delay() {
     let (unhedged, none) = run(None);
     let (hedged, sent) = run(Some(Duration::from_millis(10)));
     assert!(unhedged >= Duration::from_millis(95) && none == 0, "{unhedged:?}, {none} hedges");
-    assert!(hedged < Duration::from_millis(60) && sent == 2, "{hedged:?}, {sent} hedges");
+    // Both missing coded queries go to worker 2, the one that answered, in one request.
+    assert!(hedged < Duration::from_millis(60) && sent == 1, "{hedged:?}, {sent} hedges");
+}
+
+/// Workers 1 and 4 of N = 6 never answer: every group decodes from the other four, so runs
+/// that batch differently decode from the same responders.
+fn two_hung_of_six() -> FaultPlan {
+    let hung = WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE };
+    FaultPlan {
+        latency: Latency::Constant { ms: 0.0 },
+        workers: vec![WorkerFaults::NONE, hung, WorkerFaults::NONE, WorkerFaults::NONE, hung],
+        random_slowdown: None,
+    }
+}
+
+#[test]
+fn batched_answers_equal_group_at_a_time_answers_for_every_scheme() {
+    use approxifer::serve::{SchemeConfig, SchemeKind};
+    let settings = |max_batch: usize, faults: Option<FaultPlan>| SchemeConfig {
+        k: 4,
+        stragglers: 2,
+        byzantine: 0,
+        locator: Locator::Robust,
+        copies: 2,
+        hedge_after: Duration::from_secs(1),
+        coded_hedge_after: None,
+        input_len: D,
+        output_len: C,
+        max_batch,
+        max_queue_delay: Duration::from_millis(50),
+        deadline: Duration::from_secs(5),
+        capacity: 1000,
+        faults: faults.map(|plan| (plan, 3)),
+        codec: Codec::Cpu,
+    };
+    for kind in [SchemeKind::Uncoded, SchemeKind::Replication, SchemeKind::Hedged, SchemeKind::Approxifer] {
+        let faults = (kind == SchemeKind::Approxifer).then(two_hung_of_six);
+        let run = |max_batch: usize| -> Vec<Vec<f32>> {
+            let config = settings(max_batch, faults.clone());
+            let scheme = kind.start(&config, workers(kind.workers(&config), 1000)).unwrap();
+            // Whole groups of 4 at a time: with max_batch 1 each is its own batch; with 8,
+            // the 40 queries go in batches of up to 8 groups.
+            let tickets: Vec<_> = if max_batch == 1 {
+                (0..10)
+                    .flat_map(|g| {
+                        let tickets = scheme.submit_all((0..4).map(|i| query(4 * g + i)).collect()).unwrap();
+                        tickets.into_iter().map(|t| t.recv().unwrap()).collect::<Vec<_>>()
+                    })
+                    .collect()
+            } else {
+                let tickets = scheme.submit_all((0..40).map(query).collect()).unwrap();
+                tickets.into_iter().map(|t| t.recv().unwrap()).collect()
+            };
+            let stats = scheme.shutdown();
+            assert!(max_batch == 1 || stats.batches < 10, "{kind:?}: batching formed {} batches", stats.batches);
+            tickets.into_iter().map(|r| r.expect("answered").output).collect()
+        };
+        let (one, batched) = (run(1), run(8));
+        for (i, (a, b)) in one.iter().zip(&batched).enumerate() {
+            assert!(max_error(a, b) < 1e-5, "{kind:?} query {i}: {a:?} vs {b:?}");
+            if kind != SchemeKind::Approxifer {
+                assert!(max_error(a, &expected(&query(i))) < 1e-5, "{kind:?} query {i}: the model's own answer");
+            }
+        }
+    }
+}
+
+#[test]
+fn coded_queries_formed_on_a_wgpu_device_answer_as_those_formed_by_the_cpu() {
+    use approxifer::backend::BurnDevice;
+    use approxifer::kernels::gpu::AdapterChoice;
+    let gpu = BurnDevice::select(&AdapterChoice::from_env())
+        .unwrap_or_else(|e| panic!("{e} (scripts/setup.sh installs lavapipe; CI needs an adapter)"));
+    let answers = |device: &Device| -> Vec<Vec<f32>> {
+        let workers: Vec<Arc<dyn Worker>> =
+            (0..6).map(|i| Arc::new(LocalWorker::start(i, model(), device.clone(), 100)) as Arc<dyn Worker>).collect();
+        let code = Code::new(CodeParams::builder(4, 6).stragglers(2).build().unwrap()).unwrap();
+        // 11 queries: two full groups and a partial one of 3, in one batch.
+        let config = CoordinatorConfig {
+            max_queue_delay: Duration::from_millis(50),
+            ..config(code, Some(two_hung_of_six()), 100, 5000)
+        };
+        let coordinator = Coordinator::start(config, workers).unwrap();
+        let tickets = coordinator.submit_all((0..11).map(query).collect()).unwrap();
+        let outputs = tickets.into_iter().map(|t| t.recv().unwrap().expect("decoded").output).collect();
+        assert_eq!(coordinator.shutdown().batches, 1);
+        outputs
+    };
+    let (on_cpu, on_gpu) = (answers(&Device::flex()), answers(&gpu.device));
+    for (i, (c, g)) in on_cpu.iter().zip(&on_gpu).enumerate() {
+        assert!(max_error(c, g) < 1e-4, "query {i}: cpu-formed {c:?} vs device-formed {g:?}");
+    }
+}
+
+#[test]
+fn a_partial_group_is_coded_for_its_own_k_not_padded() {
+    // K = 4, S = 1: five queries are one full group and one of K' = 1, which a code for one
+    // query sends unmixed to N' = 2 workers: its answer is the model's own, not a decode.
+    let code = Code::new(CodeParams::builder(4, 5).stragglers(1).build().unwrap()).unwrap();
+    let config = CoordinatorConfig { max_queue_delay: Duration::from_millis(20), ..config(code, None, 100, 2000) };
+    let coordinator = Coordinator::start(config, workers(5, 100)).unwrap();
+    let tickets = coordinator.submit_all((0..5).map(query).collect()).unwrap();
+    let answers: Vec<_> = tickets.into_iter().map(|t| t.recv().unwrap().expect("decoded")).collect();
+    let stats = coordinator.shutdown();
+    assert_eq!((stats.batches, stats.groups, stats.decoded_groups), (1, 2, 2), "{stats:?}");
+    let last = &answers[4];
+    assert!(!last.approximate && max_error(&last.output, &expected(&query(4))) < 1e-5, "{last:?}");
+    for (i, answer) in answers[..4].iter().enumerate() {
+        assert!(max_error(&answer.output, &expected(&query(i))) < 1.0, "query {i}: {answer:?}");
+    }
+}
+
+#[test]
+fn a_worker_that_dies_mid_run_loses_no_query() {
+    // Worker 2 of K = 4, N = 5 crashes after its third batch; S = 1 absorbs it from then on.
+    let code = Code::new(CodeParams::builder(4, 5).stragglers(1).build().unwrap()).unwrap();
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 1.0 },
+        workers: vec![
+            WorkerFaults::NONE,
+            WorkerFaults::NONE,
+            WorkerFaults { crash_after: Some(3), ..WorkerFaults::NONE },
+        ],
+        random_slowdown: None,
+    };
+    let coordinator = Coordinator::start(config(code, Some(plan), 1000, 2000), workers(5, 1000)).unwrap();
+    let mut answered = 0;
+    for round in 0..10 {
+        let tickets = coordinator.submit_all((0..13).map(|i| query(13 * round + i)).collect()).unwrap();
+        answered += tickets.into_iter().filter(|t| t.recv().unwrap().is_ok()).count();
+    }
+    let stats = coordinator.shutdown();
+    assert_eq!(answered, 130);
+    assert_eq!((stats.answered, stats.errors), (130, 0), "{stats:?}");
 }

@@ -77,6 +77,16 @@ impl Code {
         &self.encode
     }
 
+    /// The rows of the encode matrix for `workers` (in that order): the weights that form only
+    /// those workers' coded queries, as a device hosting some of a group's workers needs.
+    pub fn encode_rows(&self, workers: &[usize]) -> Result<Matrix> {
+        let (k, n) = (self.params.queries(), self.params.workers());
+        if let Some(&worker) = workers.iter().find(|&&w| w >= n) {
+            return Err(Error::WorkerOutOfRange { worker, workers: n });
+        }
+        Ok(Matrix::from_rows(workers.len(), k, |r, row| row.copy_from_slice(self.encode.row(workers[r]))))
+    }
+
     /// `alpha_j - beta_n` as a `K x N` row-major table (exact zeros at coincident nodes).
     pub fn data_minus_worker(&self) -> &[f64] {
         &self.data_minus_worker

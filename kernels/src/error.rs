@@ -37,6 +37,10 @@ pub enum Error {
     #[error("worker index < N violated: responder {worker} but N = {workers}")]
     ResponderOutOfRange { worker: usize, workers: usize },
 
+    /// A worker index that names no worker of the code (asking for its coded query).
+    #[error("worker index < N violated: worker {worker} but N = {workers}")]
+    WorkerOutOfRange { worker: usize, workers: usize },
+
     /// The same worker listed twice among the responders.
     #[error("responders must be distinct: worker {worker} is listed twice")]
     DuplicateResponder { worker: usize },

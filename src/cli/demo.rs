@@ -30,12 +30,6 @@ pub(super) struct DemoArgs {
     json: bool,
 }
 
-impl Default for DemoArgs {
-    fn default() -> Self {
-        DemoArgs { synthetic: false, groups: 2000, seed: 7, adapter: None, json: false }
-    }
-}
-
 /// `(K, S)` for each row of the embedded demo, in both layouts.
 const EMBEDDED_SETTINGS: [(usize, usize); 3] = [(8, 1), (8, 2), (12, 3)];
 

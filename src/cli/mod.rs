@@ -10,6 +10,7 @@ mod eval;
 mod serve;
 mod serve_bench;
 mod train;
+mod workers;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,7 +21,8 @@ use crate::kernels::{Code, CodeParams, Layout, NodeFamily};
 
 /// Resilient, model-agnostic prediction serving with Berrut-coded queries (ApproxIFER).
 ///
-/// Without a subcommand, runs the demo.
+/// Without a subcommand, serves the embedded model through every scheme under injected
+/// stragglers for a few seconds and prints their latency, throughput and accuracy.
 #[derive(Debug, Parser)]
 #[command(name = "approxifer", version, about)]
 pub struct Cli {
@@ -30,8 +32,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Code and decode a smooth model's queries with stragglers on the CPU, and print how
-    /// close the decoded predictions come (the default command).
+    /// The accuracy of coded inference on the embedded model with stragglers (fused on the
+    /// best adapter), or with --synthetic of a smooth model on the CPU.
     Demo(demo::DemoArgs),
     /// Print a code's nodes, its encode matrix and, given responders, its decode matrix.
     Code(codec::CodeCmd),
@@ -135,7 +137,7 @@ fn quiet_vulkan_loader() {
     }
 }
 
-/// Where the serving coordinator codes its groups (`serve`, `serve-bench`).
+/// Where the serving coordinator decodes its batches (`serve`, `serve-bench`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 enum CodecArg {
     /// The CPU kernels (a group is a few kilobytes: faster than a device round trip).
@@ -195,8 +197,18 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 impl Cli {
     fn run(self) -> anyhow::Result<()> {
-        let command = self.command.unwrap_or(Command::Demo(demo::DemoArgs::default()));
         let mut stdout = std::io::stdout().lock();
+        let command = match self.command {
+            Some(command) => command,
+            None => {
+                writeln!(
+                    stdout,
+                    "approxifer: the embedded model served by each scheme, one random worker 10x slower on 5% of \
+                     batches (`approxifer serve-bench --help` for more; `approxifer demo` for the accuracy table)"
+                )?;
+                Command::ServeBench(serve_bench::quick())
+            }
+        };
         match command {
             Command::Demo(args) => demo::run(&args, &mut stdout)?,
             Command::Code(args) => codec::code(&args, &mut stdout)?,

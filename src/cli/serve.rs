@@ -1,33 +1,22 @@
-//! `approxifer serve`: the embedded model behind an HTTP endpoint, through the coded runtime
-//! (or a baseline, to compare), with local workers holding one model replica each.
+//! `approxifer serve`: the embedded model behind an HTTP endpoint, through the batched coded
+//! runtime (or a baseline, to compare), with local workers holding one model replica each on
+//! the box's devices.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use burn::tensor::Device;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
+use super::workers::WorkerArgs;
 use super::{CodecArg, ms};
 use crate::attack::Attack;
-use crate::backend::BurnDevice;
 use crate::kernels::Locator;
 use crate::kernels::gpu::AdapterChoice;
 use crate::serve::http::{HttpConfig, serve};
-use crate::serve::{FaultPlan, LocalWorker, SchemeConfig, SchemeKind, Worker};
-
-/// Where the workers' model replicas run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum WorkerDevice {
-    /// Every GPU of the best kind present, workers spread over them; the CPU when there is
-    /// none (a CPU Vulkan driver runs one-query inference slower than Burn's CPU backend).
-    Auto,
-    /// Burn's CPU backend.
-    Cpu,
-    /// Every adapter of the best kind `--adapter` accepts, workers spread over them; an error
-    /// when there is none.
-    Gpu,
-}
+use crate::serve::pool::{background_loads, local_workers};
+use crate::serve::{FaultPlan, Placement, SchemeConfig, SchemeKind, Worker};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -58,9 +47,6 @@ pub(super) struct ServeArgs {
     /// unanswered coded queries to workers that have answered.
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     hedge_after_ms: f64,
-    /// A coded group waits at most this long for its K queries.
-    #[arg(long, value_name = "MS", default_value_t = 5.0)]
-    max_wait_ms: f64,
     /// A query not answered this long after dispatch gets a deadline error.
     #[arg(long, value_name = "MS", default_value_t = 2000.0)]
     deadline_ms: f64,
@@ -68,16 +54,11 @@ pub(super) struct ServeArgs {
     #[arg(long, default_value_t = 4096)]
     capacity: usize,
     /// The most queries in one request.
-    #[arg(long, default_value_t = 256)]
-    max_batch: usize,
-    /// Where the workers' model replicas run.
-    #[arg(long, value_enum, default_value_t = WorkerDevice::Auto)]
-    device: WorkerDevice,
-    /// Adapter for `--device gpu|auto`: auto, discrete, integrated, cpu, or part of a name
-    /// [env: APPROXIFER_ADAPTER]
-    #[arg(long)]
-    adapter: Option<AdapterChoice>,
-    /// Where the coordinator encodes and decodes groups.
+    #[arg(long, value_name = "QUERIES", default_value_t = 256)]
+    max_request: usize,
+    #[command(flatten)]
+    workers: WorkerArgs,
+    /// Where the coordinator decodes its batches (workers encode on their own devices).
     #[arg(long, value_enum, default_value_t = CodecArg::Cpu)]
     codec: CodecArg,
     /// Inject faults from this plan (TOML, or JSON if named *.json), for demonstrations.
@@ -87,38 +68,19 @@ pub(super) struct ServeArgs {
     seed: u64,
 }
 
-/// The devices the replicas go on, with a notice saying which.
-fn devices(args: &ServeArgs) -> anyhow::Result<Vec<Device>> {
-    let choice = args.adapter.clone().unwrap_or_else(AdapterChoice::from_env);
-    let gpus = match args.device {
-        WorkerDevice::Cpu => Vec::new(),
-        WorkerDevice::Gpu => BurnDevice::select_all(&choice)?,
-        WorkerDevice::Auto => {
-            BurnDevice::select_all(&choice).unwrap_or_default().into_iter().filter(|d| !d.is_cpu).collect()
-        }
-    };
-    if gpus.is_empty() {
-        eprintln!("approxifer: no GPU for the workers; their replicas run on the CPU (Burn's flex backend)");
-        return Ok(vec![Device::flex()]);
-    }
-    for gpu in &gpus {
-        eprintln!("{}", gpu.notice());
-    }
-    Ok(gpus.into_iter().map(|g| g.device).collect())
-}
-
 pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.k >= 1 && args.copies >= 1 && args.capacity >= 1,
         "--k, --copies and --capacity must be at least 1"
     );
     anyhow::ensure!(
-        (1..=args.capacity).contains(&args.max_batch),
-        "--max-batch must be between 1 and --capacity ({})",
+        (1..=args.capacity).contains(&args.max_request),
+        "--max-request must be between 1 and --capacity ({})",
         args.capacity
     );
+    let max_queue_delay = args.workers.check(5.0)?;
     let faults = args.faults.as_deref().map(FaultPlan::from_file).transpose()?.map(|plan| (plan, args.seed));
-    let (deadline, max_wait) = (ms(args.deadline_ms, "--deadline-ms")?, ms(args.max_wait_ms, "--max-wait-ms")?);
+    let deadline = ms(args.deadline_ms, "--deadline-ms")?;
     let hedge_after = ms(args.hedge_after_ms, "--hedge-after-ms")?;
     let sample = crate::embedded::sample();
     let shape = [1, sample.rows, sample.cols];
@@ -132,32 +94,37 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         coded_hedge_after: Some(hedge_after),
         input_len: shape.iter().product(),
         output_len: crate::models::CLASSES,
-        max_wait,
+        max_batch: args.workers.max_batch,
+        max_queue_delay,
         deadline,
         capacity: args.capacity,
         faults,
-        codec: args.codec.build(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?,
+        codec: args.codec.build(&args.workers.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?,
     };
     let (input_len, pool) = (settings.input_len, args.scheme.workers(&settings));
 
+    // Every setting is checked before the model loads: placement first.
+    let (devices, notices) = args.workers.devices()?;
+    let placement = Placement::new(pool, devices.len(), args.workers.workers_per_device)?;
+    notices.iter().for_each(|line| eprintln!("{line}"));
     // One copy of the model, moved to each worker's device by its replica.
-    let devices = devices(args)?;
     let model = crate::embedded::model(&devices[0])?;
-    let workers: Vec<Arc<dyn Worker>> = (0..pool)
-        .map(|w| {
-            let replica = crate::serve::replica::classifier(&model, &devices[w % devices.len()], shape);
-            let tamper = args.attack.tamper(args.seed.wrapping_add(w as u64));
-            Arc::new(LocalWorker::with_tamper(w, replica, args.capacity, tamper)) as Arc<dyn Worker>
-        })
+    let replica = |device: &Device| crate::serve::replica::classifier(&model, device, shape);
+    let tamper = |w: usize| args.attack.tamper(args.seed.wrapping_add(w as u64));
+    let workers: Vec<Arc<dyn Worker>> = local_workers(&devices, &placement, args.capacity, replica, tamper)
+        .into_iter()
+        .map(|(worker, _)| worker as Arc<dyn Worker>)
         .collect();
+    // Devices the fault plan loads stay busy while the server runs.
+    let _loads = settings.faults.as_ref().map(|(plan, _)| background_loads(&devices, &placement, plan));
     let scheme = args.scheme.start(&settings, workers)?;
     let name = args.scheme.name();
     let config = HttpConfig {
         scheme: name.into(),
         input_len,
         output_len: settings.output_len,
-        max_batch: args.max_batch,
-        max_body_bytes: (args.max_batch * input_len * 24).max(64 * 1024),
+        max_batch: args.max_request,
+        max_body_bytes: (args.max_request * input_len * 24).max(64 * 1024),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

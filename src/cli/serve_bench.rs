@@ -1,15 +1,26 @@
 //! `approxifer serve-bench`: uncoded, replication, hedged requests and ApproxIFER on the same
-//! workload, with injected stragglers, on local workers running the embedded model.
+//! workload, with injected stragglers, on batched local workers running the embedded model on
+//! the box's devices. Also the main command's quick run.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use clap::Args;
+use clap::{Args, Parser, ValueEnum};
 
+use super::workers::WorkerArgs;
 use super::{CodecArg, ms};
 use crate::serve::bench::{Arrivals, SchemeReport, ServeBenchConfig, run};
-use crate::serve::{FaultPlan, HostModel, Latency, RandomSlowdown};
+use crate::serve::{FaultPlan, Latency, RandomSlowdown};
+
+/// How workers take their queries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Path {
+    /// Dynamic batching: one forward pass per batch of up to --max-batch groups (queries).
+    Batched,
+    /// One group (one query, for the baselines) per forward pass: --max-batch 1.
+    PerQuery,
+}
 
 #[derive(Debug, Args)]
 pub(super) struct ServeBenchArgs {
@@ -26,10 +37,10 @@ pub(super) struct ServeBenchArgs {
     /// Closed loop with this many queries outstanding, instead of Poisson arrivals.
     #[arg(long, value_name = "CONCURRENCY")]
     closed: Option<usize>,
-    /// Every worker's service time without faults, in ms.
+    /// Service time injected per batch on top of the model's own, in ms (0: the model alone).
     #[arg(long, default_value_t = 5.0)]
     latency_ms: f64,
-    /// Probability per request batch that one random worker is slow.
+    /// Probability per dispatch (a batch) that one random worker of it is slow.
     #[arg(long, default_value_t = 0.05)]
     slow_probability: f64,
     /// How much slower that worker is.
@@ -49,16 +60,16 @@ pub(super) struct ServeBenchArgs {
     /// Hedged requests send a backup after this many ms [default: the uncoded run's p95]
     #[arg(long, value_name = "MS")]
     hedge_after_ms: Option<f64>,
-    /// A coded group waits at most this long for its K queries (default: twice the base
-    /// service time, which keeps group formation from dominating the tail at low load).
-    #[arg(long, default_value_t = 10.0)]
-    max_wait_ms: f64,
+    #[command(flatten)]
+    workers: WorkerArgs,
+    #[arg(long, value_enum, default_value_t = Path::Batched)]
+    path: Path,
     #[arg(long, default_value_t = 2000.0)]
     deadline_ms: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Where ApproxIFER's coordinator encodes and decodes groups (gpu: the adapter in
-    /// APPROXIFER_ADAPTER, else the best one).
+    /// Where ApproxIFER's coordinator decodes its batches (gpu: the adapter in
+    /// APPROXIFER_ADAPTER, else the best one); workers encode on their own devices.
     #[arg(long, value_enum, default_value_t = CodecArg::Cpu)]
     codec: CodecArg,
     /// Also draw the latency CDF of every scheme into this SVG file.
@@ -69,11 +80,25 @@ pub(super) struct ServeBenchArgs {
     json: bool,
 }
 
+/// What the main command runs: a short serve-bench of every scheme on the embedded model, on
+/// the best device present, with one random worker 10x slower on 5 % of dispatches.
+pub(super) fn quick() -> ServeBenchArgs {
+    #[derive(Parser)]
+    struct Quick {
+        #[command(flatten)]
+        args: ServeBenchArgs,
+    }
+    Quick::parse_from(["approxifer", "--queries", "3000", "--rate", "600"]).args
+}
+
 pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.k >= 1 && args.queries >= 1 && args.copies >= 1,
         "--k, --queries and --copies must be at least 1"
     );
+    // Twice the service time keeps batch formation from dominating the tail at low load.
+    let max_queue_delay = args.workers.check((2.0 * args.latency_ms).max(1.0))?;
+    let max_batch = if args.path == Path::PerQuery { 1 } else { args.workers.max_batch };
     let plan = match &args.faults {
         Some(path) => FaultPlan::from_file(path)?,
         None => FaultPlan {
@@ -89,7 +114,9 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             anyhow::ensure!(rate_qps.is_finite() && rate_qps > 0.0, "--rate must be positive");
             Arrivals::Poisson { rate_qps }
         }
-        (None, None) => Arrivals::Poisson { rate_qps: 0.5 * args.k as f64 * 1e3 / args.latency_ms.max(0.1) },
+        // Without injected service time the model's own cost sets the capacity: saturate it.
+        (None, None) if args.latency_ms == 0.0 => Arrivals::Closed { concurrency: 2 * max_batch * args.k },
+        (None, None) => Arrivals::Poisson { rate_qps: 0.5 * args.k as f64 * 1e3 / args.latency_ms },
     };
     let config = ServeBenchConfig {
         k: args.k,
@@ -98,7 +125,9 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         plan,
         seed: args.seed,
         deadline: ms(args.deadline_ms, "--deadline-ms")?,
-        max_wait: ms(args.max_wait_ms, "--max-wait-ms")?,
+        max_batch,
+        max_queue_delay,
+        workers_per_device: args.workers.workers_per_device,
         hedge_after: args.hedge_after_ms.map(|v| ms(v, "--hedge-after-ms")).transpose()?,
         copies: args.copies,
         codec: args.codec.build(&crate::kernels::gpu::AdapterChoice::from_env())?,
@@ -107,27 +136,35 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
     if let Some(plot) = &args.plot {
         std::fs::File::create(plot)?; // fail before the work, not after
     }
-    // Workers run the embedded LeNet-5 (a replica each) on Burn's CPU backend; the queries are
-    // the embedded Fashion-MNIST sample.
-    let device = Device::flex();
-    let model = crate::embedded::model(&device)?;
+    // Workers run the embedded LeNet-5, a replica each on its device; the queries are the
+    // embedded Fashion-MNIST sample.
+    let (devices, notices) = args.workers.devices()?;
+    config.placements(devices.len())?;
+    notices.iter().for_each(|line| eprintln!("{line}"));
+    let model = crate::embedded::model(&devices[0])?;
     let sample = crate::embedded::sample();
+    let host = Device::flex();
     let inputs: Vec<Vec<f32>> = (0..sample.len())
         .map(|i| {
-            let t = crate::train::image_tensor(&sample, i..i + 1, crate::embedded::DATASET, &device);
+            let t = crate::train::image_tensor(&sample, i..i + 1, crate::embedded::DATASET, &host);
             t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
         })
         .collect();
     let shape = [1, sample.rows, sample.cols];
-    let replica = || -> HostModel { crate::serve::replica::classifier(&model, &device, shape) };
+    let replica = |device: &Device| crate::serve::replica::classifier(&model, device, shape);
     eprintln!(
-        "approxifer: {} queries per scheme, workers run the embedded {} on the CPU with injected latency; {:?}",
+        "approxifer: {} queries per scheme to the embedded {} ({} path, {} per batch, {} ms queue delay, \
+         {} ms injected per batch); {:?}",
         args.queries,
         crate::embedded::ARCHITECTURE.name(),
+        if max_batch == 1 { "per-query" } else { "batched" },
+        max_batch,
+        max_queue_delay.as_secs_f64() * 1e3,
+        args.latency_ms,
         arrivals
     );
     let bar = super::progress_bar(0, "queries");
-    let reports = run(&config, replica, &inputs, &sample.labels, crate::models::CLASSES, |done, total| {
+    let reports = run(&config, &devices, replica, &inputs, &sample.labels, crate::models::CLASSES, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;
@@ -147,7 +184,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
 fn write_table(reports: &[SchemeReport], out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(
         out,
-        "{:<12} {:>7} {:>8} {:>8} {:>8} {:>9} {:>10} {:>10} {:>9} {:>8} {:>7}",
+        "{:<12} {:>7} {:>8} {:>8} {:>8} {:>9} {:>10} {:>10} {:>10} {:>9} {:>8} {:>7}",
         "scheme",
         "workers",
         "p50 ms",
@@ -156,6 +193,7 @@ fn write_table(reports: &[SchemeReport], out: &mut impl Write) -> anyhow::Result
         "p99.9 ms",
         "p99.9-p50",
         "throughput",
+        "bare fwd/s",
         "worker s",
         "accuracy",
         "errors"
@@ -163,7 +201,7 @@ fn write_table(reports: &[SchemeReport], out: &mut impl Write) -> anyhow::Result
     for r in reports {
         writeln!(
             out,
-            "{:<12} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>10.2} {:>10.1} {:>9.2} {:>8.4} {:>7}",
+            "{:<12} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>10.2} {:>10.1} {:>10.0} {:>9.2} {:>8.4} {:>7}",
             r.scheme,
             r.workers,
             r.p50_ms,
@@ -172,6 +210,7 @@ fn write_table(reports: &[SchemeReport], out: &mut impl Write) -> anyhow::Result
             r.p999_ms,
             r.p999_ms - r.p50_ms,
             r.throughput_qps,
+            r.bare_forward_qps,
             r.worker_seconds,
             r.accuracy,
             r.errors

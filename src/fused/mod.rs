@@ -73,6 +73,20 @@ impl FusedCode {
         &self.code
     }
 
+    /// The encode launch that forms only the coded queries of `workers` (the shader's `N` is
+    /// then `workers.len()`, its table those rows of the encode matrix).
+    fn encode_rows_launch(
+        &self,
+        workers: &[usize],
+        elem: approxifer_kernels::gpu::Elem,
+        row_len: usize,
+    ) -> Result<CodecLaunch, FusedError> {
+        let rows = self.code.encode_rows(workers)?;
+        let k = self.code.params().queries() as u32;
+        let config = ops::config(Shader::Encode, elem, row_len, k, workers.len() as u32);
+        Ok(CodecLaunch { config, table: approxifer_kernels::gpu::launch::padded_f32(rows.as_slice()).into() })
+    }
+
     fn launch(&self, shader: Shader, elem: approxifer_kernels::gpu::Elem, row_len: usize) -> CodecLaunch {
         let table = match shader {
             Shader::Decode => self.decode_table.clone(),
@@ -92,6 +106,27 @@ pub fn encode(queries: Tensor<3>, code: &FusedCode) -> Result<Tensor<3>, FusedEr
     check_launch("coded queries", groups, n, row_len)?;
     let launch = code.launch(Shader::Encode, elem, row_len);
     Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(queries.into_dispatch(), launch)))
+}
+
+/// Encodes `[B, K, D]` queries into the coded queries of `workers` only, `[B, M, D]` with
+/// `M = workers.len()` in the order given, on the queries' device: a device hosting `M` of a
+/// group's `N` workers forms exactly their rows. Rows are those of [`Code::encode_rows`].
+pub fn encode_rows(queries: Tensor<3>, code: &FusedCode, workers: &[usize]) -> Result<Tensor<3>, FusedError> {
+    let k = code.code.params().queries();
+    let [groups, _, row_len] = queries.dims();
+    check_rows("queries", &queries.dims(), k, "[B, K, D]")?;
+    let elem = check_tensor("queries", &queries.device(), queries.dtype())?;
+    if workers.is_empty() {
+        return Err(FusedError::Shape { what: "workers", expected: "at least one worker".into(), actual: vec![0] });
+    }
+    check_launch("coded queries", groups, workers.len(), row_len)?;
+    let launch = code.encode_rows_launch(workers, elem, row_len)?;
+    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(queries.into_dispatch(), launch)))
+}
+
+/// Whether `device` runs the fused kernels (a Burn wgpu device without autodiff).
+pub fn runs_wgsl(device: &Device) -> bool {
+    check_device("", device).is_ok()
 }
 
 /// Decodes `[B, N, C]` worker outputs into `[B, K, C]` predictions, with `masks` (`B x N`,

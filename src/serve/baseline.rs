@@ -1,6 +1,7 @@
-//! What users run today, under the same workers and faults as the coordinator: each query to
-//! one worker (uncoded), to `r` workers with the first answer winning (replication), or to one
-//! worker and, if it has not answered after a delay, to a second (hedged requests).
+//! What users run today, under the same workers, faults and dynamic batching as the
+//! coordinator: each batch of queries to one worker (uncoded), to `r` workers with the first
+//! answer winning (replication), or to one worker and, if it has not answered after a delay,
+//! to a second (hedged requests).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use crossbeam_channel::{Receiver, Sender, select};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::coordinator::{Answer, ServeError, Stats, Ticket};
+use super::answer::{Answer, ServeError, Stats, Ticket};
+use super::batch::{Dispatch, Work};
 use super::faults::FaultPlan;
-use super::front::{Front, Submission, answer};
+use super::front::{Batcher, Front, Submission, answer};
 use super::worker::{Cancel, Request, Response, Worker};
 
 /// How a baseline spreads one query over the workers.
@@ -33,6 +35,10 @@ pub struct BaselineConfig {
     pub policy: Policy,
     pub input_len: usize,
     pub output_len: usize,
+    /// The most queries in one batch (one request, one forward pass).
+    pub max_batch: usize,
+    /// A batch that is not full is sent this long after its oldest query arrived.
+    pub max_queue_delay: Duration,
     pub deadline: Duration,
     pub capacity: usize,
     pub faults: Option<(FaultPlan, u64)>,
@@ -57,14 +63,20 @@ impl Baseline {
         if let Some((plan, _)) = &config.faults {
             plan.validate().map_err(|e| e.to_string())?;
         }
+        if config.max_batch == 0 {
+            return Err("the batch size must be at least 1".into());
+        }
         let (capacity, input_len) = (config.capacity, config.input_len);
         let front = Front::spawn("approxifer-baseline", capacity, input_len, move |incoming, in_flight| {
             let state = Loop {
                 faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
                 served: vec![0; workers.len()],
                 next_worker: 0,
+                batcher: Batcher::new(config.max_batch, config.max_queue_delay),
                 pending: HashMap::new(),
-                next_id: 0,
+                routes: HashMap::new(),
+                next_batch: 0,
+                next_request: 0,
                 replies: crossbeam_channel::unbounded(),
                 stats: Stats::default(),
                 in_flight,
@@ -97,14 +109,15 @@ impl Baseline {
     }
 }
 
-/// A query in flight.
+/// A batch in flight.
 struct Pending {
-    reply: Sender<Result<Answer, ServeError>>,
-    input: Arc<[f32]>,
+    replies: Vec<Sender<Result<Answer, ServeError>>>,
+    dispatch: Arc<Dispatch>,
     deadline: Instant,
     /// When to send the hedge, until it is sent.
     hedge_at: Option<Instant>,
     sent_to: Vec<usize>,
+    requests: Vec<u64>,
     /// Cancels the copies not yet started once one has answered or the deadline passed.
     cancel: Cancel,
 }
@@ -116,8 +129,12 @@ struct Loop {
     faults: Option<(FaultPlan, StdRng)>,
     served: Vec<u64>,
     next_worker: usize,
+    batcher: Batcher,
     pending: HashMap<u64, Pending>,
-    next_id: u64,
+    /// Request id -> its batch.
+    routes: HashMap<u64, u64>,
+    next_batch: u64,
+    next_request: u64,
     replies: (Sender<Response>, Receiver<Response>),
     stats: Stats,
 }
@@ -128,11 +145,12 @@ impl Loop {
         let replies = self.replies.1.clone();
         loop {
             let now = Instant::now();
-            let wake = self.pending.values().flat_map(|p| [Some(p.deadline), p.hedge_at]).flatten().min();
+            let timers = self.pending.values().flat_map(|p| [Some(p.deadline), p.hedge_at]).flatten().min();
+            let wake = [self.batcher.wake(), timers].into_iter().flatten().min();
             let timeout = wake.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(now));
             select! {
                 recv(incoming) -> message => match message {
-                    Ok(submission) => self.dispatch(submission),
+                    Ok(submission) => self.batcher.push(submission),
                     Err(_) => {
                         open = false;
                         incoming = crossbeam_channel::never();
@@ -145,18 +163,29 @@ impl Loop {
                 },
                 default(timeout) => {}
             }
-            self.timers(Instant::now());
-            if !open && self.pending.is_empty() {
+            let now = Instant::now();
+            while self.batcher.due(now, !open) {
+                let batch = self.batcher.take();
+                self.dispatch(batch);
+            }
+            self.timers(now);
+            if !open && self.batcher.is_empty() && self.pending.is_empty() {
                 return self.stats;
             }
         }
     }
 
-    fn dispatch(&mut self, submission: Submission) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.stats.groups += 1;
-        let input: Arc<[f32]> = submission.query.into();
+    fn dispatch(&mut self, submissions: Vec<Submission>) {
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.stats.batches += 1;
+        self.stats.groups += submissions.len() as u64;
+        let mut queries = Vec::with_capacity(submissions.len() * self.config.input_len);
+        let mut replies = Vec::with_capacity(submissions.len());
+        for submission in submissions {
+            queries.extend_from_slice(&submission.query);
+            replies.push(submission.reply);
+        }
         let now = Instant::now();
         let (copies, hedge_at) = match self.config.policy {
             Policy::Uncoded => (1, None),
@@ -164,57 +193,86 @@ impl Loop {
             Policy::Hedged { after } => (1, Some(now + after)),
         };
         let mut pending = Pending {
-            reply: submission.reply,
-            input,
+            replies,
+            dispatch: Arc::new(Dispatch::new(queries, self.config.input_len, Vec::new())),
             deadline: now + self.config.deadline,
             hedge_at,
             sent_to: Vec::new(),
+            requests: Vec::new(),
             cancel: Cancel::default(),
         };
-        for _ in 0..copies {
-            self.send(id, &mut pending);
-        }
+        self.send(id, &mut pending, copies);
         if pending.sent_to.is_empty() && pending.hedge_at.is_none() {
             let error = ServeError::WorkersUnavailable { available: 0, needed: 1 };
-            return self.answer(pending.reply, Err(error));
+            let count = pending.replies.len() as u64;
+            self.stats.failed_groups += count;
+            for reply in pending.replies {
+                self.answer(reply, Err(error.clone()));
+            }
+            return;
         }
         self.pending.insert(id, pending);
     }
 
-    /// Sends the query to the next worker it has not been sent to (round robin), if one takes it.
-    fn send(&mut self, id: u64, pending: &mut Pending) {
+    /// Sends the batch to up to `copies` workers it has not been sent to (round robin), those
+    /// that take it; copies on one device share one upload.
+    fn send(&mut self, id: u64, pending: &mut Pending, copies: usize) {
         let n = self.workers.len();
+        let mut chosen = Vec::new();
         for _ in 0..n {
+            if chosen.len() == copies {
+                break;
+            }
             let w = self.next_worker;
             self.next_worker = (self.next_worker + 1) % n;
-            if pending.sent_to.contains(&w) {
-                continue;
+            if !pending.sent_to.contains(&w) && !chosen.contains(&w) {
+                chosen.push(w);
             }
-            let injected = match &mut self.faults {
-                Some((plan, rng)) => plan.draw(&[(w, self.served[w])], rng).pop(),
-                None => None,
-            };
+        }
+        let fates = match &mut self.faults {
+            Some((plan, rng)) => {
+                // Each copy is its own dispatch: a random slowdown strikes each independently.
+                chosen.iter().map(|&w| plan.draw(&[(w, self.served[w])], rng).pop()).collect()
+            }
+            None => vec![None; chosen.len()],
+        };
+        let devices: Vec<_> = chosen.iter().map(|&w| self.workers[w].device()).collect();
+        let works = Work::by_device(&pending.dispatch, &devices, vec![None; chosen.len()]);
+        for ((w, work), injected) in chosen.into_iter().zip(works).zip(fates) {
+            let request_id = self.next_request;
+            self.next_request += 1;
             self.served[w] += 1;
-            let request = Request { id, input: pending.input.clone(), injected, cancel: pending.cancel.clone() };
+            let request = Request { id: request_id, work, injected, cancel: pending.cancel.clone() };
             if self.workers[w].submit(request, &self.replies.0).is_ok() {
                 pending.sent_to.push(w);
-                return;
+                pending.requests.push(request_id);
+                self.routes.insert(request_id, id);
             }
         }
     }
 
     fn receive(&mut self, response: Response) {
-        let Some(pending) = self.pending.remove(&response.id) else {
+        let Some(id) = self.routes.remove(&response.id) else {
             self.stats.late_responses += 1;
             return;
         };
-        if response.output.len() != self.config.output_len {
-            self.pending.insert(response.id, pending);
+        let Some(pending) = self.pending.get(&id) else {
+            self.stats.late_responses += 1;
+            return;
+        };
+        let c = self.config.output_len;
+        if response.output.len() != pending.replies.len() * c {
             return;
         }
+        let pending = self.pending.remove(&id).expect("the batch is pending");
         pending.cancel.cancel();
-        self.stats.decoded_groups += 1;
-        self.answer(pending.reply, Ok(Answer { output: response.output, approximate: false }));
+        for r in &pending.requests {
+            self.routes.remove(r);
+        }
+        self.stats.decoded_groups += pending.replies.len() as u64;
+        for (reply, output) in pending.replies.into_iter().zip(response.output.chunks_exact(c)) {
+            self.answer(reply, Ok(Answer { output: output.to_vec(), approximate: false }));
+        }
     }
 
     fn timers(&mut self, now: Instant) {
@@ -223,17 +281,22 @@ impl Loop {
         for id in hedges {
             let mut pending = self.pending.remove(&id).expect("listed as pending");
             pending.hedge_at = None;
-            self.send(id, &mut pending);
+            self.send(id, &mut pending, 1);
             self.pending.insert(id, pending);
         }
         let expired: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(&id, _)| id).collect();
         for id in expired {
             let pending = self.pending.remove(&id).expect("listed as pending");
             pending.cancel.cancel();
-            self.stats.failed_groups += 1;
+            for r in &pending.requests {
+                self.routes.remove(r);
+            }
+            self.stats.failed_groups += pending.replies.len() as u64;
             let error =
                 ServeError::DeadlineMissed { answered: 0, needed: 1, deadline_ms: self.config.deadline.as_millis() };
-            self.answer(pending.reply, Err(error));
+            for reply in pending.replies {
+                self.answer(reply, Err(error.clone()));
+            }
         }
     }
 

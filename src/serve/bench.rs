@@ -1,5 +1,6 @@
-//! `serve-bench`: every scheme on the same workload (arrivals, queries, faults, seed), each on
-//! its own pool of local workers, measured from submission to answer.
+//! `serve-bench`: every scheme on the same workload (arrivals, queries, faults, seed, batching),
+//! each on its own pool of local workers placed on the box's devices, measured from submission
+//! to answer, next to the bare forward rate of the same replicas.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,10 +10,14 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Exp};
 
-use super::coordinator::{Codec, ServeError, Ticket};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::answer::{ServeError, Ticket};
+use super::coordinator::Codec;
 use super::faults::FaultPlan;
+use super::pool::{Placement, PlacementError, background_loads, local_workers};
 use super::scheme::{Scheme, SchemeConfig, SchemeKind};
-use super::worker::{HostModel, LocalWorker, Worker};
+use super::worker::{ServedModel, Worker, sign_flip};
 
 /// How queries arrive.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,11 +39,15 @@ pub struct ServeBenchConfig {
     pub plan: FaultPlan,
     pub seed: u64,
     pub deadline: Duration,
-    pub max_wait: Duration,
+    /// Groups (coded) or queries (baselines) per batch; 1 is the per-query path.
+    pub max_batch: usize,
+    pub max_queue_delay: Duration,
+    /// Workers per device (`None`: spread round robin over the devices).
+    pub workers_per_device: Option<usize>,
     /// Hedged requests send a backup after this long; `None`: the uncoded run's p95.
     pub hedge_after: Option<Duration>,
     pub copies: usize,
-    /// Where ApproxIFER's coordinator codes its groups.
+    /// Where ApproxIFER's coordinator decodes its batches.
     pub codec: Codec,
     /// When ApproxIFER re-sends a group's unanswered coded queries to workers that answered.
     pub coded_hedge_after: Option<Duration>,
@@ -48,13 +57,23 @@ pub struct ServeBenchConfig {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SchemeReport {
     pub scheme: String,
+    /// `batched`, or `per-query` (one query or group per forward pass).
+    pub path: String,
+    pub max_batch: usize,
     pub workers: usize,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
+    /// Queries answered per second, over the run.
     pub throughput_qps: f64,
+    /// The same workers on the same devices running forward passes of `max_batch` rows back
+    /// to back with no coordinator: rows per second, the ceiling (a coded scheme serves at
+    /// most K/N of it).
+    pub bare_forward_qps: f64,
     pub worker_seconds: f64,
+    /// Worker busy time per 1000 answered queries.
+    pub device_seconds_per_1000: f64,
     /// Fraction of answered queries whose argmax is the label.
     pub accuracy: f64,
     pub queries: usize,
@@ -67,56 +86,124 @@ pub struct SchemeReport {
     pub latencies_ms: Vec<f64>,
 }
 
+/// The schemes serve-bench compares, in the order it runs them: uncoded first, so that its p95
+/// is known when hedging needs it.
+pub const SCHEMES: [SchemeKind; 4] =
+    [SchemeKind::Uncoded, SchemeKind::Replication, SchemeKind::Hedged, SchemeKind::Approxifer];
+
+impl ServeBenchConfig {
+    /// Every scheme's settings (hedging's delay is set when the uncoded run is done).
+    fn settings(&self, input_len: usize, output_len: usize) -> SchemeConfig {
+        SchemeConfig {
+            k: self.k,
+            stragglers: 1,
+            byzantine: 0,
+            locator: crate::kernels::Locator::default(),
+            copies: self.copies,
+            hedge_after: Duration::ZERO,
+            coded_hedge_after: self.coded_hedge_after,
+            input_len,
+            output_len,
+            max_batch: self.max_batch,
+            max_queue_delay: self.max_queue_delay,
+            deadline: self.deadline,
+            capacity: self.queries.max(1),
+            faults: Some((self.plan.clone(), self.seed)),
+            codec: self.codec.clone(),
+        }
+    }
+
+    /// Where each scheme's workers go on `devices` devices: an error before anything runs when
+    /// one of the pools does not fit.
+    pub fn placements(&self, devices: usize) -> Result<Vec<(SchemeKind, Placement)>, PlacementError> {
+        let settings = self.settings(1, 1);
+        SCHEMES
+            .iter()
+            .map(|&kind| Ok((kind, Placement::new(kind.workers(&settings), devices, self.workers_per_device)?)))
+            .collect()
+    }
+}
+
 /// Runs uncoded, replication, hedged and ApproxIFER (N = K + 1, S = 1) on `inputs` (cycled),
-/// scoring answers against `labels`. `progress(done, total)` counts answered queries.
+/// scoring answers against `labels`; each scheme's workers are replicas made by `replica` on
+/// `devices`. `progress(done, total)` counts answered queries.
 pub fn run(
     config: &ServeBenchConfig,
-    model: impl Fn() -> HostModel,
+    devices: &[Device],
+    replica: impl Fn(&Device) -> ServedModel,
     inputs: &[Vec<f32>],
     labels: &[u8],
     output_len: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Vec<SchemeReport>> {
     anyhow::ensure!(!inputs.is_empty() && inputs.len() == labels.len(), "inputs and labels must match");
+    anyhow::ensure!(config.max_batch >= 1, "the batch size must be at least 1");
     config.plan.validate()?;
-    let k = config.k;
     let input_len = inputs[0].len();
-    let schemes = [SchemeKind::Uncoded, SchemeKind::Replication, SchemeKind::Hedged, SchemeKind::Approxifer];
-    let total = schemes.len() * config.queries;
-    let mut settings = SchemeConfig {
-        k,
-        stragglers: 1,
-        byzantine: 0,
-        locator: crate::kernels::Locator::default(),
-        copies: config.copies,
-        hedge_after: Duration::ZERO,
-        coded_hedge_after: config.coded_hedge_after,
-        input_len,
-        output_len,
-        max_wait: config.max_wait,
-        deadline: config.deadline,
-        capacity: config.queries.max(1),
-        faults: Some((config.plan.clone(), config.seed)),
-        codec: config.codec.clone(),
-    };
+    let mut settings = config.settings(input_len, output_len);
+    // Every placement is checked before any scheme runs.
+    let placements = config.placements(devices.len())?;
+    let total = placements.len() * config.queries;
     let mut reports: Vec<SchemeReport> = Vec::new();
-    for (i, kind) in schemes.into_iter().enumerate() {
+    for (i, (kind, placement)) in placements.into_iter().enumerate() {
         // Uncoded runs first, so its p95 is known when hedging needs it.
         settings.hedge_after = config.hedge_after.unwrap_or_else(|| {
             let p95 = reports.first().map_or(0.0, |r| r.percentile(0.95));
             Duration::from_secs_f64(p95.max(0.0) / 1e3)
         });
-        let pool = kind.workers(&settings);
-        let local: Vec<Arc<LocalWorker>> = (0..pool).map(|w| Arc::new(LocalWorker::start(w, model(), 4096))).collect();
-        let workers: Vec<Arc<dyn Worker>> = local.iter().map(|w| w.clone() as Arc<dyn Worker>).collect();
+        let pool = local_workers(devices, &placement, 4096, &replica, |_| sign_flip());
+        let bare = bare_forward_qps(&pool, devices, &placement, inputs, config.max_batch)?;
+        // Devices the plan loads stay busy for the scheme's run (not for the ceiling above).
+        let _loads = background_loads(devices, &placement, &config.plan);
+        let workers: Vec<Arc<dyn Worker>> = pool.iter().map(|(w, _)| w.clone() as Arc<dyn Worker>).collect();
         let scheme = kind.start(&settings, workers)?;
         let done_before = i * config.queries;
         let outcome = drive(scheme.as_ref(), config, inputs, |done| progress(done_before + done, total))?;
         scheme.shutdown(); // everything accepted has been answered
-        let worker_seconds = local.iter().map(|w| w.busy().as_secs_f64()).sum();
-        reports.push(outcome.report(kind.name(), pool, worker_seconds, labels));
+        let worker_seconds = pool.iter().map(|(w, _)| w.busy().as_secs_f64()).sum();
+        let mut report = outcome.report(kind.name(), pool.len(), worker_seconds, labels);
+        report.path = if config.max_batch == 1 { "per-query" } else { "batched" }.into();
+        report.max_batch = config.max_batch;
+        report.bare_forward_qps = bare;
+        reports.push(report);
     }
     Ok(reports)
+}
+
+/// Rows per second the pool's replicas compute when each runs forward passes of `rows` rows
+/// back to back, all at once, with no coordinator (input on the device, answers read back).
+fn bare_forward_qps(
+    pool: &[(Arc<super::LocalWorker>, ServedModel)],
+    devices: &[Device],
+    placement: &Placement,
+    inputs: &[Vec<f32>],
+    rows: usize,
+) -> anyhow::Result<f64> {
+    const PASSES: usize = 20;
+    let d = inputs[0].len();
+    let batch: Vec<f32> = (0..rows).flat_map(|i| inputs[i % inputs.len()].iter().copied()).collect();
+    // All replicas at once, as when serving; each warms up (a new batch size may compile
+    // kernels) and then times its own passes, so the rate is the sum of theirs.
+    let barrier = std::sync::Barrier::new(pool.len());
+    let rate: f64 = std::thread::scope(|s| {
+        let handles: Vec<_> = pool
+            .iter()
+            .enumerate()
+            .map(|(w, (_, model))| {
+                let (device, batch, barrier) = (&devices[placement.device_of(w)], &batch, &barrier);
+                s.spawn(move || {
+                    let input = Tensor::<2>::from_data(TensorData::new(batch.clone(), [rows, d]), device);
+                    let _ = model.forward(input.clone()).try_into_data();
+                    barrier.wait();
+                    let start = Instant::now();
+                    let done = (0..PASSES).filter(|_| model.forward(input.clone()).try_into_data().is_ok()).count();
+                    (done * rows) as f64 / start.elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    });
+    Ok(rate)
 }
 
 /// What one scheme's run produced.
@@ -227,13 +314,17 @@ impl Outcome {
         latencies.sort_by(f64::total_cmp);
         SchemeReport {
             scheme: scheme.into(),
+            path: String::new(),
+            max_batch: 0,
             workers,
             p50_ms: f64::NAN,
             p90_ms: f64::NAN,
             p99_ms: f64::NAN,
             p999_ms: f64::NAN,
             throughput_qps: answered as f64 / self.elapsed.as_secs_f64(),
+            bare_forward_qps: f64::NAN,
             worker_seconds,
+            device_seconds_per_1000: if answered > 0 { 1e3 * worker_seconds / answered as f64 } else { f64::NAN },
             accuracy: if answered > 0 { correct as f64 / answered as f64 } else { 0.0 },
             queries: self.results.len(),
             answered,

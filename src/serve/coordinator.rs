@@ -1,8 +1,16 @@
-//! The coordinator: groups queries, codes them, sends the coded queries to `N` workers,
-//! decodes from the first `N - S` answers, and answers every accepted query exactly once.
+//! The coordinator: gathers queries into batches of groups (Triton's dynamic batcher), codes
+//! each batch for the `N` workers, sends every worker its rows of the batch in one request,
+//! decodes each group from the first answers that suffice, and answers every accepted query
+//! exactly once.
 //!
-//! One thread owns all state (the group being formed, the groups in flight), woken by a new
-//! query, a worker's answer, or the next timer (a partial group's maximum wait, a group's
+//! A batch holds up to `max_batch` full groups of `K` queries; when the delay closes it with
+//! `K' < K` queries left over, those form one group coded for `K'` queries (`N' =` what `K'`
+//! and the same `S` and `A` need, on a rotating subset of the workers), never padded. Workers
+//! form their coded queries on their own device ([`super::batch`]); the coordinator itself
+//! only sees raw queries and predictions.
+//!
+//! One thread owns all state (the batch being formed, the batches in flight), woken by a new
+//! query, a worker's answer, or the next timer (the batch's queue delay, a batch's hedge or
 //! deadline); nothing is shared but the in-flight count that bounds admission.
 
 use std::collections::HashMap;
@@ -14,11 +22,13 @@ use crossbeam_channel::{Receiver, Sender, select};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::answer::{Answer, CodingError, ServeError, Stats, Ticket};
+use super::batch::{Coding, Dispatch, Part, Segment, Work};
 use super::faults::FaultPlan;
-use super::front::{Front, Submission, answer};
+use super::front::{Batcher, Front, Submission, answer};
 use super::worker::{Cancel, Request, Response, Worker};
 use crate::kernels::gpu::GpuCodec;
-use crate::kernels::{Code, Locator, cpu, locate};
+use crate::kernels::{Code, CodeParams, Locator, cpu, locate};
 
 /// How the coordinator runs.
 #[derive(Clone, Debug)]
@@ -27,98 +37,48 @@ pub struct CoordinatorConfig {
     /// Values per query (`D`) and per prediction (`C`).
     pub input_len: usize,
     pub output_len: usize,
-    /// A group with fewer than `K` queries is padded and sent this long after its first query.
-    pub max_wait: Duration,
-    /// A group not decodable this long after dispatch fails, every query with an error.
+    /// The most groups of `K` queries in one batch (one request per worker).
+    pub max_batch: usize,
+    /// A batch that is not full is sent this long after its oldest query arrived.
+    pub max_queue_delay: Duration,
+    /// A batch not decodable this long after dispatch fails, every query with an error.
     pub deadline: Duration,
     /// The most queries accepted and not yet answered; beyond it, [`ServeError::Overloaded`].
     pub capacity: usize,
     /// Fault injection: the plan every dispatch draws from, and its seed.
     pub faults: Option<(FaultPlan, u64)>,
-    /// Where groups are encoded and decoded.
+    /// Where batches are decoded (workers encode on their own devices).
     pub codec: Codec,
-    /// This long after dispatch, re-send a group's unanswered coded queries to workers that
-    /// have already answered for it (every worker runs the same model, so any of them can
-    /// serve any coded query): a straggler beyond the `S` the code absorbs then costs this
-    /// delay and one more service time, not its whole lateness. `None`: never.
+    /// This long after dispatch, re-send a batch's unanswered coded queries to workers that
+    /// have already answered it (every worker runs the same model, so any of them can serve
+    /// any coded query): a straggler beyond the `S` the code absorbs then costs this delay and
+    /// one more service time, not its whole lateness. `None`: never.
     pub hedge_after: Option<Duration>,
     /// How a group's liars are found when the code has `A > 0` (and `N >= 2K + 2A + S - 1`):
     /// they are removed before decoding, on the CPU, whichever the codec.
     pub locator: Locator,
 }
 
-/// Where the coordinator encodes and decodes its groups. Both give the same results (the GPU
-/// kernels are tested against the CPU ones).
+/// Where the coordinator decodes its batches. Both give the same results (the GPU kernels are
+/// tested against the CPU ones).
 #[derive(Clone, Debug, Default)]
 pub enum Codec {
-    /// The CPU reference kernels. A group is `K` queries, a few kilobytes: coding it takes
+    /// The CPU reference kernels: a batch's predictions are a few kilobytes, decoded in
     /// microseconds, less than one round trip to a device.
     #[default]
     Cpu,
-    /// The WGSL kernels on a device, for large queries or to keep the CPU free.
+    /// The WGSL kernels on a device, for large outputs or to keep the CPU free.
     Gpu(Arc<GpuCodec>),
 }
 
 impl Codec {
-    fn encode(&self, code: &Code, queries: &[f32], d: usize) -> Result<Vec<f32>, String> {
-        match self {
-            Codec::Cpu => cpu::encode_to_vec(code, queries, d).map_err(|e| e.to_string()),
-            Codec::Gpu(gpu) => gpu.encode(code, queries, d).map_err(|e| e.to_string()),
-        }
+    /// Decodes `outputs` (`[B, N, C]`) with `masks` (`B x N`) into `[B, K, C]`.
+    fn decode(&self, code: &Code, outputs: &[f32], c: usize, masks: &[bool]) -> Result<Vec<f32>, CodingError> {
+        Ok(match self {
+            Codec::Cpu => cpu::decode_to_vec(code, outputs, c, masks)?,
+            Codec::Gpu(gpu) => gpu.decode(code, outputs, c, masks)?,
+        })
     }
-
-    fn decode(&self, code: &Code, outputs: &[f32], c: usize, mask: &[bool]) -> Result<Vec<f32>, String> {
-        match self {
-            Codec::Cpu => cpu::decode_to_vec(code, outputs, c, mask).map_err(|e| e.to_string()),
-            Codec::Gpu(gpu) => gpu.decode(code, outputs, c, mask).map_err(|e| e.to_string()),
-        }
-    }
-}
-
-/// A prediction.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Answer {
-    pub output: Vec<f32>,
-    /// Decoded from other workers' answers, not computed on this query itself.
-    pub approximate: bool,
-}
-
-/// Why a query got no prediction. Every accepted query gets exactly one answer or one of these.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-pub enum ServeError {
-    #[error("{in_flight} queries in flight, the coordinator's capacity; retry later")]
-    Overloaded { in_flight: usize },
-    #[error("a query has {actual} values; the model takes {expected}")]
-    BadInput { expected: usize, actual: usize },
-    #[error("only {answered} workers answered within the {deadline_ms} ms deadline; decoding needs {needed}")]
-    DeadlineMissed { answered: usize, needed: usize, deadline_ms: u128 },
-    #[error("only {available} workers took the group; decoding needs {needed}")]
-    WorkersUnavailable { available: usize, needed: usize },
-    #[error("the coordinator is shutting down")]
-    ShuttingDown,
-    #[error("decoding failed: {0}")]
-    Decode(String),
-}
-
-/// Where a query's answer arrives: exactly one message.
-pub type Ticket = Receiver<Result<Answer, ServeError>>;
-
-/// What happened over a coordinator's life.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub groups: u64,
-    pub decoded_groups: u64,
-    pub failed_groups: u64,
-    pub answered: u64,
-    pub errors: u64,
-    /// Worker answers that came after their group was decoded or failed.
-    pub late_responses: u64,
-    /// Coded queries re-sent to another worker (see [`CoordinatorConfig::hedge_after`]).
-    pub hedged_requests: u64,
-    /// Answers holding NaN or infinity: dropped on arrival, as if never given.
-    pub non_finite_answers: u64,
-    /// Workers the locator removed from decoded groups (codes with `A > 0`).
-    pub located_workers: u64,
 }
 
 /// A running coordinator. Dropping it shuts it down gracefully (see [`Coordinator::shutdown`]).
@@ -127,22 +87,22 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Starts a coordinator over `workers` (one per coded query: exactly `N`).
+    /// Starts a coordinator over `workers` (one per coded query of a full group: exactly `N`).
     pub fn start(config: CoordinatorConfig, workers: Vec<Arc<dyn Worker>>) -> Result<Self, String> {
         let n = config.code.params().workers();
         if workers.len() != n {
             return Err(format!("{} workers for a code with N = {n}", workers.len()));
         }
-        if config.input_len == 0 || config.output_len == 0 || config.capacity == 0 {
-            return Err("input and output lengths and the capacity must be at least 1".into());
+        if config.input_len == 0 || config.output_len == 0 || config.capacity == 0 || config.max_batch == 0 {
+            return Err("input and output lengths, the capacity and the batch size must be at least 1".into());
         }
         if let Some((plan, _)) = &config.faults {
             plan.validate().map_err(|e| e.to_string())?;
         }
-        let erasure = config.code.erasure_code().map_err(|e| e.to_string())?;
+        let full = Arc::new(Coding::new(config.code.clone()).map_err(|e| e.to_string())?);
         let (capacity, input_len) = (config.capacity, config.input_len);
         let front = Front::spawn("approxifer-coordinator", capacity, input_len, move |incoming, in_flight| {
-            Loop::new(config, erasure, workers, in_flight).run(incoming)
+            Loop::new(config, full, workers, in_flight).run(incoming)
         })?;
         Ok(Coordinator { front })
     }
@@ -163,43 +123,55 @@ impl Coordinator {
         self.front.in_flight()
     }
 
-    /// Stops accepting queries, sends the group being formed, waits for every group in flight
+    /// Stops accepting queries, sends the batch being formed, waits for every batch in flight
     /// to be decoded or to reach its deadline, and returns the books.
     pub fn shutdown(mut self) -> Stats {
         self.front.stop()
     }
 }
 
-/// A group in flight.
-struct Group {
-    /// One per query slot; `None` for padding.
-    replies: Vec<Option<Sender<Result<Answer, ServeError>>>>,
-    /// One per coded query (worker `j` is sent coded query `j`), filled as answers arrive.
+/// One segment of a batch in flight (see [`Segment`]).
+struct SegmentState {
+    /// Node `i` of the segment's code is served by worker `workers[i]`.
+    workers: Vec<usize>,
+    /// Per node, once answered: its rows for the segment's groups, `[groups, C]`.
     outputs: Vec<Option<Vec<f32>>>,
-    answered: usize,
+}
+
+/// A batch in flight.
+struct Batch {
+    dispatch: Arc<Dispatch>,
+    /// One per query of the dispatch, in order.
+    replies: Vec<Option<Sender<Result<Answer, ServeError>>>>,
+    segments: Vec<SegmentState>,
+    /// Workers that have answered: where hedges go.
+    answered: Vec<bool>,
+    /// The requests sent for this batch (their routes are dropped with it).
+    requests: Vec<u64>,
     deadline: Instant,
-    /// The coded queries, kept until the hedge is sent.
-    coded: Option<Vec<Arc<[f32]>>>,
     hedge_at: Option<Instant>,
-    /// Cancels the group's requests not yet started once it is decoded or has failed.
+    /// Cancels the batch's requests not yet started once it is decoded or has failed.
     cancel: Cancel,
 }
 
 /// The coordinator thread's state.
 struct Loop {
     config: CoordinatorConfig,
-    /// What groups are decoded with once located workers are removed (the code itself when
-    /// `A = 0`): built once, not per group.
-    erasure: Code,
+    /// The code of full groups, and of partial ones by their `K'` (built once each).
+    codings: HashMap<usize, Arc<Coding>>,
     workers: Vec<Arc<dyn Worker>>,
     in_flight: Arc<AtomicUsize>,
-    direct: Vec<Vec<usize>>,
     faults: Option<(FaultPlan, StdRng)>,
+    /// Requests each worker has been sent (for crash-after faults).
     served: Vec<u64>,
-    forming: Vec<Submission>,
-    forming_since: Option<Instant>,
-    pending: HashMap<u64, Group>,
-    next_group: u64,
+    batcher: Batcher,
+    /// Where partial groups' nodes start, rotating so that their work spreads over the workers.
+    rotation: usize,
+    pending: HashMap<u64, Batch>,
+    /// Request id -> its batch and the parts its answer's rows hold.
+    routes: HashMap<u64, (u64, Vec<Part>)>,
+    next_batch: u64,
+    next_request: u64,
     replies: (Sender<Response>, Receiver<Response>),
     stats: Stats,
 }
@@ -207,20 +179,22 @@ struct Loop {
 impl Loop {
     fn new(
         config: CoordinatorConfig,
-        erasure: Code,
+        full: Arc<Coding>,
         workers: Vec<Arc<dyn Worker>>,
         in_flight: Arc<AtomicUsize>,
     ) -> Self {
         let n = workers.len();
+        let k = config.code.params().queries();
         Loop {
-            erasure,
-            direct: config.code.direct_workers(),
+            codings: HashMap::from([(k, full)]),
             faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
             served: vec![0; n],
-            forming: Vec::new(),
-            forming_since: None,
+            batcher: Batcher::new(config.max_batch.saturating_mul(k), config.max_queue_delay),
+            rotation: 0,
             pending: HashMap::new(),
-            next_group: 0,
+            routes: HashMap::new(),
+            next_batch: 0,
+            next_request: 0,
             replies: crossbeam_channel::unbounded(),
             stats: Stats::default(),
             config,
@@ -230,14 +204,13 @@ impl Loop {
     }
 
     fn run(mut self, mut incoming: Receiver<Submission>) -> Stats {
-        let k = self.config.code.params().queries();
         let mut open = true;
         let replies = self.replies.1.clone();
         loop {
             let now = Instant::now();
             let wake = [
-                self.forming_since.map(|t| t + self.config.max_wait),
-                self.pending.values().flat_map(|g| [Some(g.deadline), g.hedge_at]).flatten().min(),
+                self.batcher.wake(),
+                self.pending.values().flat_map(|b| [Some(b.deadline), b.hedge_at]).flatten().min(),
             ]
             .into_iter()
             .flatten()
@@ -245,13 +218,7 @@ impl Loop {
             let timeout = wake.map_or(Duration::from_secs(3600), |t| t.saturating_duration_since(now));
             select! {
                 recv(incoming) -> message => match message {
-                    Ok(submission) => {
-                        self.forming_since.get_or_insert_with(Instant::now);
-                        self.forming.push(submission);
-                        if self.forming.len() == k {
-                            self.dispatch();
-                        }
-                    }
+                    Ok(submission) => self.batcher.push(submission),
                     Err(_) => {
                         open = false;
                         incoming = crossbeam_channel::never();
@@ -265,195 +232,350 @@ impl Loop {
                 default(timeout) => {}
             }
             let now = Instant::now();
-            if !self.forming.is_empty()
-                && (!open || self.forming_since.is_some_and(|t| now >= t + self.config.max_wait))
-            {
-                self.dispatch();
+            while self.batcher.due(now, !open) {
+                let batch = self.batcher.take();
+                self.dispatch(batch);
             }
             self.hedge(now);
             self.expire(now);
-            if !open && self.forming.is_empty() && self.pending.is_empty() {
+            if !open && self.batcher.is_empty() && self.pending.is_empty() {
                 return self.stats;
             }
         }
     }
 
-    /// Codes the forming group (padded to `K`) and sends one coded query to each worker.
-    fn dispatch(&mut self) {
-        let params = *self.config.code.params();
-        let (k, n, d) = (params.queries(), params.workers(), self.config.input_len);
-        let submissions = std::mem::take(&mut self.forming);
-        self.forming_since = None;
-        let mut queries = vec![0.0f32; k * d];
-        let mut replies = Vec::with_capacity(k);
-        for (slot, submission) in submissions.into_iter().enumerate() {
-            queries[slot * d..(slot + 1) * d].copy_from_slice(&submission.query);
-            replies.push(Some(submission.reply));
+    /// The coding of groups of `k` queries (the configured code's `S`, `A` and nodes).
+    fn coding(&mut self, k: usize) -> Result<Arc<Coding>, CodingError> {
+        if let Some(coding) = self.codings.get(&k) {
+            return Ok(coding.clone());
         }
-        replies.resize_with(k, || None);
-        let group = self.next_group;
-        self.next_group += 1;
-        self.stats.groups += 1;
-        let coded = match self.config.codec.encode(&self.config.code, &queries, d) {
-            Ok(coded) => coded,
-            Err(e) => return self.fail(replies, ServeError::Decode(e)),
-        };
-        let fates = match &mut self.faults {
-            Some((plan, rng)) => {
-                let serving: Vec<(usize, u64)> = self.served.iter().copied().enumerate().collect();
-                plan.draw(&serving, rng).into_iter().map(Some).collect()
-            }
-            None => vec![None; n],
-        };
-        let cancel = Cancel::default();
-        let rows: Vec<Arc<[f32]>> = coded.chunks_exact(d).map(Arc::from).collect();
-        let mut taken = 0;
-        for (w, (row, injected)) in rows.iter().zip(fates).enumerate() {
-            self.served[w] += 1;
-            let request =
-                Request { id: group * n as u64 + w as u64, input: row.clone(), injected, cancel: cancel.clone() };
-            taken += usize::from(self.workers[w].submit(request, &self.replies.0).is_ok());
-        }
-        let needed = params.min_responders();
-        if taken < needed {
-            cancel.cancel();
-            return self.fail(replies, ServeError::WorkersUnavailable { available: taken, needed });
-        }
-        let now = Instant::now();
-        let hedge_at = self.config.hedge_after.map(|after| now + after);
-        let group_state = Group {
-            replies,
-            outputs: vec![None; n],
-            answered: 0,
-            deadline: now + self.config.deadline,
-            coded: hedge_at.map(|_| rows),
-            hedge_at,
-            cancel,
-        };
-        self.pending.insert(group, group_state);
+        let p = *self.config.code.params();
+        // What K' needs, and at least what the node family is defined for (never more than N).
+        let n = CodeParams::workers_needed(k, p.stragglers(), p.byzantine()).max(p.nodes().min_nodes());
+        let params = CodeParams::builder(k, n)
+            .stragglers(p.stragglers())
+            .byzantine(p.byzantine())
+            .nodes(p.nodes())
+            .layout(p.layout())
+            .build()?;
+        let coding = Arc::new(Coding::new(Code::new(params)?)?);
+        self.codings.insert(k, coding.clone());
+        Ok(coding)
     }
 
-    /// Takes a worker's answer; decodes its group once `N - S` have answered.
+    /// Codes `submissions` as whole groups of `K` plus at most one group of the rest, and
+    /// sends each worker its rows of them in one request.
+    fn dispatch(&mut self, submissions: Vec<Submission>) {
+        let (k, n, d) = (self.config.code.params().queries(), self.workers.len(), self.config.input_len);
+        let count = submissions.len();
+        let mut queries = Vec::with_capacity(count * d);
+        let mut replies = Vec::with_capacity(count);
+        for submission in submissions {
+            queries.extend_from_slice(&submission.query);
+            replies.push(Some(submission.reply));
+        }
+        self.stats.batches += 1;
+        let (full, rest) = (count / k, count % k);
+        self.stats.groups += (full + usize::from(rest > 0)) as u64;
+        let mut segments = Vec::new();
+        let mut states = Vec::new();
+        if full > 0 {
+            segments.push(Segment { coding: self.codings[&k].clone(), first_query: 0, groups: full });
+            states.push(SegmentState { workers: (0..n).collect(), outputs: vec![None; n] });
+        }
+        if rest > 0 {
+            let coding = match self.coding(rest) {
+                Ok(coding) => coding,
+                Err(e) => return self.fail(full + 1, replies, e.into()),
+            };
+            let nodes = coding.workers();
+            let workers: Vec<usize> = (0..nodes).map(|i| (self.rotation + i) % n).collect();
+            self.rotation = (self.rotation + nodes) % n;
+            segments.push(Segment { coding, first_query: full * k, groups: 1 });
+            states.push(SegmentState { workers, outputs: vec![None; nodes] });
+        }
+        // Each worker's parts: its node in each segment it serves.
+        let mut parts: Vec<Vec<Part>> = vec![Vec::new(); n];
+        for (segment, state) in states.iter().enumerate() {
+            for (node, &w) in state.workers.iter().enumerate() {
+                parts[w].push(Part { segment, node });
+            }
+        }
+        let dispatch = Arc::new(Dispatch::new(queries, d, segments));
+        let id = self.next_batch;
+        self.next_batch += 1;
+        let cancel = Cancel::default();
+        let involved: Vec<usize> = (0..n).filter(|&w| !parts[w].is_empty()).collect();
+        let sent = self.send(id, &dispatch, &involved, parts, &cancel);
+        // Every segment needs enough of its workers to have taken their rows.
+        let short = states.iter().zip(dispatch.segments()).find_map(|(state, segment)| {
+            let needed = segment.coding.code.params().min_responders();
+            let available = state.workers.iter().filter(|&&w| sent.iter().any(|&(s, _)| s == w)).count();
+            (available < needed).then_some(ServeError::WorkersUnavailable { available, needed })
+        });
+        let requests: Vec<u64> = sent.iter().map(|&(_, r)| r).collect();
+        if let Some(error) = short {
+            cancel.cancel();
+            for r in &requests {
+                self.routes.remove(r);
+            }
+            return self.fail(full + usize::from(rest > 0), replies, error);
+        }
+        let now = Instant::now();
+        let batch = Batch {
+            dispatch,
+            replies,
+            segments: states,
+            answered: vec![false; n],
+            requests,
+            deadline: now + self.config.deadline,
+            hedge_at: self.config.hedge_after.map(|after| now + after),
+            cancel,
+        };
+        self.pending.insert(id, batch);
+    }
+
+    /// Sends batch `id`'s `parts` to each of `workers` (one request each, the workers of one
+    /// device sharing one upload and encode), drawing their faults. Returns who took theirs,
+    /// with the request's id.
+    fn send(
+        &mut self,
+        id: u64,
+        dispatch: &Arc<Dispatch>,
+        workers: &[usize],
+        mut parts: Vec<Vec<Part>>,
+        cancel: &Cancel,
+    ) -> Vec<(usize, u64)> {
+        let fates = match &mut self.faults {
+            Some((plan, rng)) => {
+                let serving: Vec<(usize, u64)> = workers.iter().map(|&w| (w, self.served[w])).collect();
+                plan.draw(&serving, rng).into_iter().map(Some).collect()
+            }
+            None => vec![None; workers.len()],
+        };
+        let devices: Vec<_> = workers.iter().map(|&w| self.workers[w].device()).collect();
+        let slots = workers.iter().map(|&w| Some(parts[w].clone())).collect();
+        let works = Work::by_device(dispatch, &devices, slots);
+        let mut taken = Vec::with_capacity(workers.len());
+        for ((&w, work), injected) in workers.iter().zip(works).zip(fates) {
+            let request_id = self.next_request;
+            self.next_request += 1;
+            self.served[w] += 1;
+            let request = Request { id: request_id, work, injected, cancel: cancel.clone() };
+            if self.workers[w].submit(request, &self.replies.0).is_ok() {
+                self.routes.insert(request_id, (id, std::mem::take(&mut parts[w])));
+                taken.push((w, request_id));
+            }
+        }
+        taken
+    }
+
+    /// Takes a worker's answer; decodes its batch once every group has enough answers.
     fn receive(&mut self, response: Response) {
-        let n = self.workers.len() as u64;
-        // The id names the coded query, whichever worker ran it (a hedge runs it elsewhere).
-        let (group_id, row) = (response.id / n, (response.id % n) as usize);
-        let Some(group) = self.pending.get_mut(&group_id) else {
+        let c = self.config.output_len;
+        let Some((id, parts)) = self.routes.remove(&response.id) else {
             self.stats.late_responses += 1;
             return;
         };
-        // A wrong-sized answer cannot be decoded: it counts as no answer.
-        if response.output.len() != self.config.output_len || group.outputs[row].is_some() {
+        let Some(batch) = self.pending.get_mut(&id) else {
+            self.stats.late_responses += 1;
+            return;
+        };
+        // A wrong-sized answer cannot be split into its rows: it counts as no answer.
+        let segments = batch.dispatch.segments();
+        let rows: usize = parts.iter().map(|p| segments[p.segment].groups).sum();
+        if response.output.len() != rows * c {
             return;
         }
-        // Nor can a NaN or an infinity: known bad, it is erased rather than spending the
-        // locator's budget, and the group waits for another answer (or a hedge).
-        if response.output.iter().any(|v| !v.is_finite()) {
-            self.stats.non_finite_answers += 1;
-            return;
+        if let Some(answered) = batch.answered.get_mut(response.worker) {
+            *answered = true;
         }
-        group.outputs[row] = Some(response.output);
-        group.answered += 1;
-        if group.answered == self.config.code.params().min_responders() {
-            let group = self.pending.remove(&group_id).expect("the group is pending");
-            self.decode(group);
+        let mut offset = 0;
+        for part in parts {
+            let len = segments[part.segment].groups * c;
+            let rows = &response.output[offset..offset + len];
+            offset += len;
+            let slot = &mut batch.segments[part.segment].outputs[part.node];
+            if slot.is_none() {
+                // A NaN or an infinity is known bad: its row is erased rather than spending
+                // the locator's budget, and its group waits for another answer (or a hedge).
+                self.stats.non_finite_answers +=
+                    rows.chunks_exact(c).filter(|r| r.iter().any(|v| !v.is_finite())).count() as u64;
+                *slot = Some(rows.to_vec());
+            }
+        }
+        if self.decodable(id) {
+            let batch = self.pending.remove(&id).expect("the batch is pending");
+            self.decode(batch);
         }
     }
 
-    fn decode(&mut self, group: Group) {
-        group.cancel.cancel();
-        let (c, n) = (self.config.output_len, self.workers.len());
-        let mut mask: Vec<bool> = group.outputs.iter().map(Option::is_some).collect();
-        let mut outputs = vec![0.0f32; n * c];
-        for (w, output) in group.outputs.iter().enumerate() {
-            if let Some(output) = output {
-                outputs[w * c..(w + 1) * c].copy_from_slice(output);
-            }
+    /// Whether every group of batch `id` has at least `N - S` finite answers.
+    fn decodable(&self, id: u64) -> bool {
+        let c = self.config.output_len;
+        let Some(batch) = self.pending.get(&id) else { return false };
+        batch.segments.iter().zip(batch.dispatch.segments()).all(|(state, segment)| {
+            let needed = segment.coding.code.params().min_responders();
+            (0..segment.groups).all(|g| {
+                let finite = state
+                    .outputs
+                    .iter()
+                    .flatten()
+                    .filter(|rows| rows[g * c..(g + 1) * c].iter().all(|v| v.is_finite()));
+                finite.count() >= needed
+            })
+        })
+    }
+
+    /// Decodes every segment of `batch` (one call each, a responder mask per group) and
+    /// answers its queries.
+    fn decode(&mut self, batch: Batch) {
+        batch.cancel.cancel();
+        for r in &batch.requests {
+            self.routes.remove(r);
         }
-        // Byzantine codes: remove the located liars, then decode the rest as stragglers.
-        let mut located = Vec::new();
-        if self.config.code.params().byzantine() > 0 {
-            match locate(&self.config.code, self.config.locator, &outputs, c, &mask) {
-                Ok(location) => {
-                    mask = location.masks;
-                    located = location.located.into_iter().flatten().collect();
-                }
-                Err(e) => return self.fail(group.replies, ServeError::Decode(e.to_string())),
-            }
-        }
-        match self.config.codec.decode(&self.erasure, &outputs, c, &mask) {
-            Ok(decoded) => {
-                self.stats.decoded_groups += 1;
-                self.stats.located_workers += located.len() as u64;
-                for (j, reply) in group.replies.into_iter().enumerate() {
-                    let approximate = !self.direct[j].iter().any(|&w| mask[w]);
-                    let answer = Answer { output: decoded[j * c..(j + 1) * c].to_vec(), approximate };
-                    self.answer(reply, Ok(answer));
+        let c = self.config.output_len;
+        let mut replies = batch.replies;
+        for (state, segment) in batch.segments.iter().zip(batch.dispatch.segments()) {
+            let coding = &segment.coding;
+            let (k, n, groups) = (coding.queries(), coding.workers(), segment.groups);
+            let mut outputs = vec![0.0f32; groups * n * c];
+            let mut masks = vec![false; groups * n];
+            for (node, rows) in state.outputs.iter().enumerate() {
+                let Some(rows) = rows else { continue };
+                for g in 0..groups {
+                    let row = &rows[g * c..(g + 1) * c];
+                    if row.iter().all(|v| v.is_finite()) {
+                        outputs[(g * n + node) * c..][..c].copy_from_slice(row);
+                        masks[g * n + node] = true;
+                    }
                 }
             }
-            Err(e) => self.fail(group.replies, ServeError::Decode(e)),
+            let queries = segment.first_query..segment.first_query + groups * k;
+            let segment_replies: Vec<_> = replies[queries.clone()].iter_mut().map(Option::take).collect();
+            match self.decode_segment(coding, &outputs, &mut masks) {
+                Ok(decoded) => {
+                    self.stats.decoded_groups += groups as u64;
+                    for (q, reply) in segment_replies.into_iter().enumerate() {
+                        let (g, j) = (q / k, q % k);
+                        let approximate = !coding.direct[j].iter().any(|&w| masks[g * n + w]);
+                        let answer = Answer { output: decoded[q * c..(q + 1) * c].to_vec(), approximate };
+                        self.answer(reply, Ok(answer));
+                    }
+                }
+                Err(e) => self.fail(groups, segment_replies, e.into()),
+            }
         }
     }
 
-    /// Re-sends, for every group whose hedge time has come, each of its unanswered coded
-    /// queries to a worker that has answered for it (round robin over them). Sending only as
-    /// many as the group still needs measured a worse tail (serve-bench at 200 q/s, 10k
-    /// queries: p99.9 - p50 21.7 against 19.6 ms) for no saving: the copies not needed are
-    /// cancelled when the group decodes (worker-seconds 106.5 against 106.3).
+    /// Removes located liars (codes with `A > 0`) from `masks`, then decodes.
+    fn decode_segment(
+        &mut self,
+        coding: &Coding,
+        outputs: &[f32],
+        masks: &mut Vec<bool>,
+    ) -> Result<Vec<f32>, CodingError> {
+        let c = self.config.output_len;
+        if coding.code.params().byzantine() > 0 {
+            let location = locate(&coding.code, self.config.locator, outputs, c, masks)?;
+            *masks = location.masks;
+            self.stats.located_workers += location.located.iter().map(Vec::len).sum::<usize>() as u64;
+        }
+        self.config.codec.decode(&coding.erasure, outputs, c, masks)
+    }
+
+    /// Re-sends, for every batch whose hedge time has come, each of its unanswered coded
+    /// queries to a worker that has answered it (round robin over them); each helper forms its
+    /// share on its own device. Sending only as many as a group still needs measured a worse
+    /// tail (serve-bench at 200 q/s, 10k queries: p99.9 - p50 21.7 against 19.6 ms) for no
+    /// saving: the copies not needed are cancelled when the batch decodes.
     fn hedge(&mut self, now: Instant) {
         let n = self.workers.len();
         let due: Vec<u64> =
-            self.pending.iter().filter(|(_, g)| g.hedge_at.is_some_and(|t| t <= now)).map(|(&id, _)| id).collect();
+            self.pending.iter().filter(|(_, b)| b.hedge_at.is_some_and(|t| t <= now)).map(|(&id, _)| id).collect();
         for id in due {
-            let Some(group) = self.pending.get_mut(&id) else { continue };
-            group.hedge_at = None;
-            let Some(rows) = group.coded.take() else { continue };
-            let helpers: Vec<usize> = (0..n).filter(|&w| group.outputs[w].is_some()).collect();
-            let missing: Vec<usize> = (0..n).filter(|&j| group.outputs[j].is_none()).collect();
+            let Some(batch) = self.pending.get_mut(&id) else { continue };
+            batch.hedge_at = None;
+            let helpers: Vec<usize> = (0..n).filter(|&w| batch.answered[w]).collect();
             if helpers.is_empty() {
                 continue;
             }
-            let cancel = group.cancel.clone();
-            for (i, j) in missing.into_iter().enumerate() {
-                let w = helpers[i % helpers.len()];
-                let injected = match &mut self.faults {
-                    Some((plan, rng)) => plan.draw(&[(w, self.served[w])], rng).pop(),
-                    None => None,
-                };
-                self.served[w] += 1;
-                let request =
-                    Request { id: id * n as u64 + j as u64, input: rows[j].clone(), injected, cancel: cancel.clone() };
-                if self.workers[w].submit(request, &self.replies.0).is_ok() {
-                    self.stats.hedged_requests += 1;
+            let mut parts: Vec<Vec<Part>> = vec![Vec::new(); n];
+            let missing = batch.segments.iter().enumerate().flat_map(|(segment, state)| {
+                state
+                    .outputs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| o.is_none())
+                    .map(move |(node, _)| Part { segment, node })
+            });
+            for (i, part) in missing.enumerate() {
+                parts[helpers[i % helpers.len()]].push(part);
+            }
+            let (dispatch, cancel) = (batch.dispatch.clone(), batch.cancel.clone());
+            let mut sent = Vec::new();
+            // One share per helper: a hedge is formed on the helper's own device.
+            for w in helpers {
+                if parts[w].is_empty() {
+                    continue;
                 }
+                let mut own = vec![Vec::new(); n];
+                own[w] = std::mem::take(&mut parts[w]);
+                sent.extend(self.send(id, &dispatch, &[w], own, &cancel).into_iter().map(|(_, r)| r));
+            }
+            self.stats.hedged_requests += sent.len() as u64;
+            if let Some(batch) = self.pending.get_mut(&id) {
+                batch.requests.extend(sent);
             }
         }
     }
 
-    /// Fails every group whose deadline has passed.
+    /// Fails every batch whose deadline has passed.
     fn expire(&mut self, now: Instant) {
-        let expired: Vec<u64> = self.pending.iter().filter(|(_, g)| g.deadline <= now).map(|(&id, _)| id).collect();
-        let needed = self.config.code.params().min_responders();
+        let expired: Vec<u64> = self.pending.iter().filter(|(_, b)| b.deadline <= now).map(|(&id, _)| id).collect();
+        let c = self.config.output_len;
         for id in expired {
-            let group = self.pending.remove(&id).expect("listed as pending");
-            group.cancel.cancel();
-            let error = ServeError::DeadlineMissed {
-                answered: group.answered,
-                needed,
-                deadline_ms: self.config.deadline.as_millis(),
-            };
-            self.fail(group.replies, error);
+            let batch = self.pending.remove(&id).expect("listed as pending");
+            batch.cancel.cancel();
+            for r in &batch.requests {
+                self.routes.remove(r);
+            }
+            let deadline_ms = self.config.deadline.as_millis();
+            let mut replies = batch.replies;
+            for (state, segment) in batch.segments.iter().zip(batch.dispatch.segments()) {
+                let needed = segment.coding.code.params().min_responders();
+                let answered = (0..segment.groups)
+                    .map(|g| {
+                        state
+                            .outputs
+                            .iter()
+                            .flatten()
+                            .filter(|r| r[g * c..(g + 1) * c].iter().all(|v| v.is_finite()))
+                            .count()
+                    })
+                    .min()
+                    .unwrap_or(0);
+                let k = segment.coding.queries();
+                let queries = segment.first_query..segment.first_query + segment.groups * k;
+                let segment_replies = replies[queries].iter_mut().map(Option::take).collect();
+                self.fail(
+                    segment.groups,
+                    segment_replies,
+                    ServeError::DeadlineMissed { answered, needed, deadline_ms },
+                );
+            }
         }
     }
 
-    fn fail(&mut self, replies: Vec<Option<Sender<Result<Answer, ServeError>>>>, error: ServeError) {
-        self.stats.failed_groups += 1;
+    /// Fails `groups` groups, whose queries' replies are `replies`.
+    fn fail(&mut self, groups: usize, replies: Vec<Option<Sender<Result<Answer, ServeError>>>>, error: ServeError) {
+        self.stats.failed_groups += groups as u64;
         for reply in replies {
             self.answer(reply, Err(error.clone()));
         }
     }
 
-    /// Sends one query's result (padding slots have none) and releases its admission slot.
+    /// Sends one query's result and releases its admission slot.
     fn answer(&mut self, reply: Option<Sender<Result<Answer, ServeError>>>, result: Result<Answer, ServeError>) {
         if let Some(reply) = reply {
             answer(&self.in_flight, &mut self.stats, reply, result);

@@ -43,6 +43,10 @@ pub struct WorkerFaults {
     /// With this probability per request, the worker answers wrongly (Byzantine): its answer
     /// passes through the worker's tamper hook ([`super::worker::Tamper`]).
     pub byzantine_probability: f64,
+    /// A real source of straggling: a busy compute kernel on this worker's device for the
+    /// whole run, square matrices of this side multiplied back to back
+    /// ([`super::load::BackgroundLoad`]); every worker on that device shares it.
+    pub background_load: Option<usize>,
 }
 
 impl Default for WorkerFaults {
@@ -60,6 +64,7 @@ impl WorkerFaults {
         hang_probability: 0.0,
         crash_after: None,
         byzantine_probability: 0.0,
+        background_load: None,
     };
 }
 
@@ -88,6 +93,8 @@ pub struct RandomSlowdown {
 /// hang_probability = 0.01
 /// crash_after = 5000
 /// byzantine_probability = 0.001    # answers through the worker's tamper hook
+/// [[workers]]            # worker 2: its device also runs 1024 x 1024 matmuls back to back
+/// background_load = 1024
 /// ```
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +106,9 @@ pub struct FaultPlan {
     #[serde(default)]
     pub random_slowdown: Option<RandomSlowdown>,
 }
+
+/// The largest matrix side a background load may multiply.
+pub const MAX_BACKGROUND_LOAD: usize = 16384;
 
 /// One worker's fate for one request.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -190,6 +200,10 @@ impl FaultPlan {
                 w.byzantine_probability,
                 "must be in [0, 1]",
             )?;
+            if let Some(side) = w.background_load {
+                let ok = (1..=MAX_BACKGROUND_LOAD).contains(&side);
+                require(ok, "background_load", side as f64, "must be between 1 and 16384")?;
+            }
         }
         if let Some(s) = self.random_slowdown {
             require(

@@ -1,13 +1,14 @@
 //! The front every scheme shares: admission up to a capacity, a ticket per accepted query,
-//! and the thread that owns the scheme's state, joined on shutdown.
+//! the thread that owns the scheme's state, joined on shutdown, and the dynamic batcher.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::coordinator::{Answer, ServeError, Stats, Ticket};
+use super::answer::{Answer, ServeError, Stats, Ticket};
 
 /// An accepted query and where its result goes.
 pub(crate) struct Submission {
@@ -112,4 +113,50 @@ pub(crate) fn answer(
     in_flight.fetch_sub(1, Ordering::AcqRel);
     let _ = reply.send(result);
     drop(reply);
+}
+
+/// Triton's dynamic batcher: queries gather until a batch is full, or until its oldest query
+/// has waited the maximum queue delay, or until admission closes.
+pub(crate) struct Batcher {
+    forming: Vec<Submission>,
+    since: Option<Instant>,
+    /// Queries in a full batch.
+    max_queries: usize,
+    max_delay: Duration,
+}
+
+impl Batcher {
+    pub fn new(max_queries: usize, max_delay: Duration) -> Self {
+        Batcher { forming: Vec::new(), since: None, max_queries: max_queries.max(1), max_delay }
+    }
+
+    pub fn push(&mut self, submission: Submission) {
+        self.since.get_or_insert_with(Instant::now);
+        self.forming.push(submission);
+    }
+
+    /// Whether a batch should go now (`closing`: admission has closed, send what is left).
+    pub fn due(&self, now: Instant, closing: bool) -> bool {
+        !self.forming.is_empty()
+            && (closing
+                || self.forming.len() >= self.max_queries
+                || self.since.is_some_and(|t| now >= t + self.max_delay))
+    }
+
+    /// When the forming batch's delay runs out.
+    pub fn wake(&self) -> Option<Instant> {
+        self.since.map(|t| t + self.max_delay)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.forming.is_empty()
+    }
+
+    /// The next batch: up to a full batch of the oldest queries. What is left waits anew.
+    pub fn take(&mut self) -> Vec<Submission> {
+        let rest = self.forming.split_off(self.forming.len().min(self.max_queries));
+        let batch = std::mem::replace(&mut self.forming, rest);
+        self.since = (!self.forming.is_empty()).then(Instant::now);
+        batch
+    }
 }

@@ -28,7 +28,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use super::coordinator::{Answer, ServeError, Stats};
+use super::answer::{Answer, ServeError, Stats};
 use super::scheme::Scheme;
 
 /// What the server reports about itself and how it bounds requests.
@@ -108,7 +108,7 @@ impl From<ServeError> for Failure {
             ServeError::DeadlineMissed { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline_missed"),
             ServeError::WorkersUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "workers_unavailable"),
             ServeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            ServeError::Decode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "decode_failed"),
+            ServeError::Coding(_) => (StatusCode::INTERNAL_SERVER_ERROR, "coding_failed"),
         };
         Failure { status, code, message: error.to_string() }
     }

@@ -1,22 +1,31 @@
-//! The serving runtime: a [`Coordinator`] that groups queries, codes them, sends them to `N`
-//! [`Worker`]s and decodes from the first `N - S` answers; the baselines users compare it with
-//! ([`Baseline`]: uncoded, replication, hedged requests), all behind one [`Scheme`] interface;
-//! the fault models of [`faults`]; model replicas for local workers ([`replica`]); the
-//! `serve-bench` workload ([`bench`]) and the HTTP front end ([`http`]).
+//! The serving runtime: a [`Coordinator`] that batches queries into groups, has every worker
+//! form its coded queries on its own device and answer a whole batch with one forward pass,
+//! and decodes from the first `N - S` answers; the baselines users compare it with
+//! ([`Baseline`]: uncoded, replication, hedged requests), batched the same way, all behind one
+//! [`Scheme`] interface; the fault models of [`faults`]; model replicas and their placement on
+//! the box's devices ([`replica`], [`pool`]); the `serve-bench` workload ([`bench`]) and the
+//! HTTP front end ([`http`]).
 
+pub mod answer;
 pub mod baseline;
+pub mod batch;
 pub mod bench;
 pub mod coordinator;
 pub mod faults;
 mod front;
 pub mod http;
+pub mod load;
+pub mod pool;
 pub mod replica;
 pub mod scheme;
 pub mod worker;
 
+pub use answer::{Answer, CodingError, ServeError, Stats, Ticket};
 pub use baseline::{Baseline, BaselineConfig, Policy};
+pub use batch::{Coding, Dispatch, FormError, Part, Segment, Work};
 pub use bench::{Arrivals, SchemeReport, ServeBenchConfig};
-pub use coordinator::{Answer, Codec, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
+pub use coordinator::{Codec, Coordinator, CoordinatorConfig};
 pub use faults::{FaultError, FaultFileError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
+pub use pool::{Placement, PlacementError};
 pub use scheme::{Scheme, SchemeConfig, SchemeKind};
-pub use worker::{Cancel, HostModel, LocalWorker, Request, Response, Tamper, Worker, WorkerError, sign_flip};
+pub use worker::{Cancel, LocalWorker, Request, Response, ServedModel, Tamper, Worker, WorkerError, sign_flip};

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::answer::{ServeError, Stats, Ticket};
 use super::baseline::{Baseline, BaselineConfig, Policy};
-use super::coordinator::{Codec, Coordinator, CoordinatorConfig, ServeError, Stats, Ticket};
+use super::coordinator::{Codec, Coordinator, CoordinatorConfig};
 use super::faults::FaultPlan;
 use super::worker::Worker;
 use crate::kernels::{Code, CodeParams, Locator, NodeFamily};
@@ -86,7 +87,11 @@ pub struct SchemeConfig {
     pub coded_hedge_after: Option<Duration>,
     pub input_len: usize,
     pub output_len: usize,
-    pub max_wait: Duration,
+    /// The most groups (coded) or queries (baselines) in one batch: each worker's forward pass
+    /// then takes at most this many rows, whichever the scheme.
+    pub max_batch: usize,
+    /// A batch that is not full is sent this long after its oldest query arrived.
+    pub max_queue_delay: Duration,
     pub deadline: Duration,
     pub capacity: usize,
     pub faults: Option<(FaultPlan, u64)>,
@@ -126,7 +131,8 @@ impl SchemeKind {
                     code,
                     input_len: config.input_len,
                     output_len: config.output_len,
-                    max_wait: config.max_wait,
+                    max_batch: config.max_batch,
+                    max_queue_delay: config.max_queue_delay,
                     deadline: config.deadline,
                     capacity: config.capacity,
                     faults: config.faults.clone(),
@@ -144,6 +150,8 @@ impl SchemeKind {
             policy,
             input_len: config.input_len,
             output_len: config.output_len,
+            max_batch: config.max_batch,
+            max_queue_delay: config.max_queue_delay,
             deadline: config.deadline,
             capacity: config.capacity,
             faults: config.faults.clone(),

@@ -1,32 +1,38 @@
-//! Workers: whatever runs the model on one input and answers, eventually or never.
+//! Workers: whatever runs the model on a batch and answers, eventually or never.
 //!
 //! The coordinator only sees the [`Worker`] trait, so a worker in another process or on
-//! another machine can implement it later without touching the coordinator. [`LocalWorker`]
-//! is a thread with a bounded queue running a model in this process.
+//! another machine can implement it without touching the coordinator. [`LocalWorker`] is a
+//! thread with a bounded queue running a model replica on one Burn device: one forward pass on
+//! a `[rows, D]` tensor per request.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use burn::tensor::{Device, Tensor};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::batch::Work;
 use super::faults::Outcome;
+use crate::fused::Model;
 
-/// One input for a worker: a coded query for coded schemes, a plain one for the baselines.
+/// One batch for a worker: its coded queries of a dispatch for coded schemes, the plain
+/// queries for the baselines.
 #[derive(Clone, Debug)]
 pub struct Request {
-    /// Chosen by the coordinator; echoed in the [`Response`].
+    /// Chosen by the scheme; echoed in the [`Response`].
     pub id: u64,
-    pub input: Arc<[f32]>,
-    /// Fault injection, for tests and benchmarks: the fate this request meets. Workers that
+    /// What to run the model on ([`Work::input`] forms it on the worker's device).
+    pub work: Work,
+    /// Fault injection, for tests and benchmarks: the fate this batch meets. Workers that
     /// really are remote ignore it.
     pub injected: Option<Outcome>,
     /// Set once the answer is no longer needed; a worker that has not started it skips it.
     pub cancel: Cancel,
 }
 
-/// Cancels requests whose answer is no longer needed: the rest of a group once it has been
+/// Cancels requests whose answer is no longer needed: the rest of a batch once it has been
 /// decoded, the other copies once one has answered, anything past its deadline. A worker
 /// queued behind a straggling request then skips the stale work instead of adding it to the
 /// delay of every request after it. Clones share one flag.
@@ -43,7 +49,8 @@ impl Cancel {
     }
 }
 
-/// A worker's answer to one [`Request`].
+/// A worker's answer to one [`Request`]: `rows x C` values, row-major, in the order of the
+/// request's rows.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
     pub id: u64,
@@ -62,16 +69,20 @@ pub enum WorkerError {
 
 /// Runs the model for the coordinator.
 pub trait Worker: Send + Sync {
-    /// This worker's index among the coordinator's workers.
+    /// This worker's index among the scheme's workers.
     fn index(&self) -> usize;
+    /// The device its model runs on, if it is in this process: workers on one device share
+    /// one upload and one encode per dispatch.
+    fn device(&self) -> Option<&Device>;
     /// Queues `request`; the answer, if the worker gives one, goes to `replies`. Never blocks.
     fn submit(&self, request: Request, replies: &Sender<Response>) -> Result<(), WorkerError>;
 }
 
-/// The model a [`LocalWorker`] runs: one input row to one output row.
-pub type HostModel = Arc<dyn Fn(&[f32]) -> Vec<f32> + Send + Sync>;
+/// The model a worker serves: a batch `[B, D]` of flat queries to `[B, C]` predictions, on the
+/// batch's device. The same [`Model`] interface the fused runner hosts.
+pub type ServedModel = Arc<dyn Model<2> + Send + Sync>;
 
-/// How a [`LocalWorker`] alters an answer when fault injection makes it Byzantine
+/// How a [`LocalWorker`] alters one answer row when fault injection makes it Byzantine
 /// ([`Outcome::Tampered`]): the hook attack models plug into.
 pub type Tamper = Arc<dyn Fn(&mut Vec<f32>) + Send + Sync>;
 
@@ -80,10 +91,12 @@ pub fn sign_flip() -> Tamper {
     Arc::new(|output: &mut Vec<f32>| output.iter_mut().for_each(|v| *v = -*v))
 }
 
-/// A worker thread in this process with a bounded queue, honouring injected faults: it sleeps
-/// for an injected latency, drops a hung request, and stops answering after a crash.
+/// A worker thread in this process with a bounded queue and a model replica on one device,
+/// honouring injected faults: it sleeps for an injected latency, drops a hung request, and
+/// stops answering after a crash.
 pub struct LocalWorker {
     index: usize,
+    device: Device,
     queue: Sender<(Request, Sender<Response>)>,
     /// Set on drop: queued requests are then discarded instead of run.
     stop: Arc<AtomicBool>,
@@ -92,23 +105,24 @@ pub struct LocalWorker {
 }
 
 impl LocalWorker {
-    /// Starts worker `index` running `model`, with room for `capacity` queued requests; a
-    /// Byzantine answer is sign-flipped.
-    pub fn start(index: usize, model: HostModel, capacity: usize) -> Self {
-        Self::with_tamper(index, model, capacity, sign_flip())
+    /// Starts worker `index` running `model` on `device`, with room for `capacity` queued
+    /// requests; a Byzantine answer is sign-flipped.
+    pub fn start(index: usize, model: ServedModel, device: Device, capacity: usize) -> Self {
+        Self::with_tamper(index, model, device, capacity, sign_flip())
     }
 
-    /// [`start`](Self::start), with `tamper` altering Byzantine answers.
-    pub fn with_tamper(index: usize, model: HostModel, capacity: usize, tamper: Tamper) -> Self {
+    /// [`start`](Self::start), with `tamper` altering each row of a Byzantine answer.
+    pub fn with_tamper(index: usize, model: ServedModel, device: Device, capacity: usize, tamper: Tamper) -> Self {
         let (queue, jobs) = crossbeam_channel::bounded::<(Request, Sender<Response>)>(capacity.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
-        let (stopping, counting) = (stop.clone(), counters.clone());
+        let runner =
+            Runner { index, model, device: device.clone(), tamper, stop: stop.clone(), counters: counters.clone() };
         let thread = std::thread::Builder::new()
             .name(format!("approxifer-worker-{index}"))
-            .spawn(move || run(index, &model, &tamper, &jobs, &stopping, &counting))
+            .spawn(move || runner.run(&jobs))
             .expect("spawning a worker thread");
-        LocalWorker { index, queue, stop, counters, thread: Some(thread) }
+        LocalWorker { index, device, queue, stop, counters, thread: Some(thread) }
     }
 
     /// Time spent serving so far, hung requests excluded (a hung worker is not busy).
@@ -120,57 +134,100 @@ impl LocalWorker {
     pub fn skipped(&self) -> u64 {
         self.counters.skipped.load(Ordering::Relaxed)
     }
+
+    /// Requests lost to a failure of the model or of forming its input (no answer was given).
+    pub fn failed(&self) -> u64 {
+        self.counters.failed.load(Ordering::Relaxed)
+    }
 }
 
 /// What a [`LocalWorker`] has done, for the worker budget and for tests.
 #[derive(Default)]
 struct Counters {
-    /// Nanoseconds spent serving (injected latency and the model).
+    /// Nanoseconds spent serving (injected latency, forming the input and the model).
     busy_ns: AtomicU64,
     skipped: AtomicU64,
+    failed: AtomicU64,
 }
 
-fn run(
+/// The worker thread's state.
+struct Runner {
     index: usize,
-    model: &HostModel,
-    tamper: &Tamper,
-    jobs: &Receiver<(Request, Sender<Response>)>,
-    stop: &AtomicBool,
-    counters: &Counters,
-) {
-    let mut crashed = false;
-    for (request, reply) in jobs.iter() {
-        let start = Instant::now();
-        match request.injected {
-            _ if crashed || stop.load(Ordering::Relaxed) => continue,
-            Some(Outcome::Crash) => {
-                crashed = true;
-                continue;
+    model: ServedModel,
+    device: Device,
+    tamper: Tamper,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+}
+
+impl Runner {
+    fn run(&self, jobs: &Receiver<(Request, Sender<Response>)>) {
+        let mut crashed = false;
+        for (request, reply) in jobs.iter() {
+            let start = Instant::now();
+            match request.injected {
+                _ if crashed || self.stop.load(Ordering::Relaxed) => continue,
+                Some(Outcome::Crash) => {
+                    crashed = true;
+                    continue;
+                }
+                _ if request.cancel.is_cancelled() => {
+                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Some(Outcome::Hang) => continue,
+                Some(Outcome::Answer(delay) | Outcome::Tampered(delay)) if !delay.is_zero() => {
+                    std::thread::sleep(delay)
+                }
+                _ => {}
             }
-            _ if request.cancel.is_cancelled() => {
-                counters.skipped.fetch_add(1, Ordering::Relaxed);
+            // A model that panics or fails loses this request (the scheme sees no answer), not
+            // the worker.
+            let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(&request.work)));
+            self.counters.busy_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let Ok(Some(mut output)) = output else {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 continue;
+            };
+            if matches!(request.injected, Some(Outcome::Tampered(_))) {
+                self.tamper_rows(&mut output, request.work.rows());
             }
-            Some(Outcome::Hang) => continue,
-            Some(Outcome::Answer(delay) | Outcome::Tampered(delay)) if !delay.is_zero() => std::thread::sleep(delay),
-            _ => {}
+            // The scheme may have stopped listening (shutdown): nothing left to do then.
+            let _ = reply.send(Response { id: request.id, worker: self.index, output });
         }
-        let tampered = matches!(request.injected, Some(Outcome::Tampered(_)));
-        // A model that panics loses this request (the coordinator sees no answer), not the worker.
-        let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model(&request.input)));
-        counters.busy_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let Ok(mut output) = output else { continue };
-        if tampered {
-            tamper(&mut output);
+    }
+
+    /// One forward pass on the work's rows, read back: `rows x C` values, or `None` when the
+    /// input could not be formed or the model answered something else.
+    fn answer(&self, work: &Work) -> Option<Vec<f32>> {
+        let input: Tensor<2> = work.input(&self.device).ok()?;
+        let output = self.model.forward(input);
+        let [rows, _] = output.dims();
+        if rows != work.rows() {
+            return None;
         }
-        // The coordinator may have stopped listening (shutdown): nothing left to do then.
-        let _ = reply.send(Response { id: request.id, worker: index, output });
+        output.try_into_data().ok()?.convert::<f32>().try_into_vec::<f32>().ok()
+    }
+
+    fn tamper_rows(&self, output: &mut [f32], rows: usize) {
+        let width = output.len() / rows.max(1);
+        for row in output.chunks_exact_mut(width.max(1)) {
+            let mut values = row.to_vec();
+            (self.tamper)(&mut values);
+            if values.len() == row.len() {
+                row.copy_from_slice(&values);
+            }
+        }
     }
 }
 
 impl Worker for LocalWorker {
     fn index(&self) -> usize {
         self.index
+    }
+
+    fn device(&self) -> Option<&Device> {
+        Some(&self.device)
     }
 
     fn submit(&self, request: Request, replies: &Sender<Response>) -> Result<(), WorkerError> {

@@ -64,8 +64,9 @@ impl Grid {
     }
 }
 
-/// `table` padded with zeros to a whole number of vec4s.
-pub(crate) fn padded_f32(table: &[f64]) -> Vec<f32> {
+/// `table` rounded to `f32` and padded with zeros to a whole number of vec4s: the form a
+/// code's table takes in the uniform block.
+pub fn padded_f32(table: &[f64]) -> Vec<f32> {
     let mut out: Vec<f32> = table.iter().map(|&x| x as f32).collect();
     out.resize(out.len().next_multiple_of(4), 0.0);
     out

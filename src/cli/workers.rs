@@ -1,0 +1,74 @@
+//! The options `serve` and `serve-bench` share for their workers: where the model replicas
+//! run and how queries are batched for them.
+
+use burn::tensor::Device;
+use clap::{Args, ValueEnum};
+
+use super::ms;
+use crate::backend::BurnDevice;
+use crate::kernels::gpu::AdapterChoice;
+
+/// Where the workers' model replicas run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum WorkerDevice {
+    /// Every GPU of the best kind present, workers spread over them; Burn's CPU backend when
+    /// there is none (a CPU Vulkan driver such as lavapipe runs the model slower than it).
+    Auto,
+    /// Burn's CPU backend (flex): coded queries are then formed by the CPU kernels.
+    Cpu,
+    /// Every adapter of the best kind `--adapter` accepts (lavapipe counts), workers spread
+    /// over them; an error when there is none.
+    Gpu,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct WorkerArgs {
+    /// Where the workers' model replicas run; on a GPU each worker forms its coded queries
+    /// there with the WGSL encode.
+    #[arg(long, value_enum, default_value_t = WorkerDevice::Auto)]
+    pub device: WorkerDevice,
+    /// Adapter for `--device gpu|auto`: auto, discrete, integrated, cpu, or part of a name
+    /// [env: APPROXIFER_ADAPTER]
+    #[arg(long)]
+    pub adapter: Option<AdapterChoice>,
+    /// Workers on each device, filling one device before the next [default: spread evenly]
+    #[arg(long, value_name = "M")]
+    pub workers_per_device: Option<usize>,
+    /// The most groups of K queries in one batch (queries, for the uncoded baselines): each
+    /// worker answers a batch with one forward pass of up to this many rows.
+    #[arg(long, value_name = "B", default_value_t = 32)]
+    pub max_batch: usize,
+    /// A batch that is not full is sent this long after its oldest query arrived [default:
+    /// serve 5; serve-bench twice the injected service time, at least 1]
+    #[arg(long, value_name = "MS")]
+    pub max_queue_delay_ms: Option<f64>,
+}
+
+impl WorkerArgs {
+    /// Checks the batching options; the queue delay (`default_ms` when not given).
+    pub fn check(&self, default_ms: f64) -> anyhow::Result<std::time::Duration> {
+        anyhow::ensure!(self.max_batch >= 1, "--max-batch must be at least 1");
+        anyhow::ensure!(self.workers_per_device != Some(0), "--workers-per-device must be at least 1");
+        ms(self.max_queue_delay_ms.unwrap_or(default_ms), "--max-queue-delay-ms")
+    }
+
+    /// The devices the replicas go on, and the lines that tell the user which (printed once
+    /// every setting has been checked, so that a refusal stays one line).
+    pub fn devices(&self) -> anyhow::Result<(Vec<Device>, Vec<String>)> {
+        let choice = self.adapter.clone().unwrap_or_else(AdapterChoice::from_env);
+        let gpus = match self.device {
+            WorkerDevice::Cpu => Vec::new(),
+            WorkerDevice::Gpu => BurnDevice::select_all(&choice)?,
+            WorkerDevice::Auto => {
+                BurnDevice::select_all(&choice).unwrap_or_default().into_iter().filter(|d| !d.is_cpu).collect()
+            }
+        };
+        if gpus.is_empty() {
+            let notice = "approxifer: no GPU for the workers; their replicas run on the CPU (Burn's flex backend), \
+                          coded queries formed by the CPU kernels";
+            return Ok((vec![Device::flex()], vec![notice.into()]));
+        }
+        let notices = gpus.iter().map(BurnDevice::notice).collect();
+        Ok((gpus.into_iter().map(|g| g.device).collect(), notices))
+    }
+}

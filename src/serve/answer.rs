@@ -1,0 +1,75 @@
+//! What every scheme gives back: an [`Answer`] or a [`ServeError`] per accepted query, on its
+//! [`Ticket`], and the [`Stats`] of a run.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use super::batch::FormError;
+use crate::kernels::Error as CodecError;
+use crate::kernels::gpu::GpuError;
+
+/// A prediction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    pub output: Vec<f32>,
+    /// Decoded from other workers' answers, not computed on this query itself.
+    pub approximate: bool,
+}
+
+/// Why a query got no prediction. Every accepted query gets exactly one answer or one of these.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{in_flight} queries in flight, the coordinator's capacity; retry later")]
+    Overloaded { in_flight: usize },
+    #[error("a query has {actual} values; the model takes {expected}")]
+    BadInput { expected: usize, actual: usize },
+    #[error("only {answered} workers answered within the {deadline_ms} ms deadline; decoding needs {needed}")]
+    DeadlineMissed { answered: usize, needed: usize, deadline_ms: u128 },
+    #[error("only {available} workers took the group; decoding needs {needed}")]
+    WorkersUnavailable { available: usize, needed: usize },
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    #[error("coding failed: {0}")]
+    Coding(Arc<CodingError>),
+}
+
+/// Where a query's answer arrives: exactly one message.
+pub type Ticket = Receiver<Result<Answer, ServeError>>;
+
+/// What happened over a coordinator's life.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Dispatches: batches of groups (coded) or of queries (baselines).
+    pub batches: u64,
+    pub groups: u64,
+    pub decoded_groups: u64,
+    pub failed_groups: u64,
+    pub answered: u64,
+    pub errors: u64,
+    /// Worker answers that came after their group was decoded or failed.
+    pub late_responses: u64,
+    /// Coded queries re-sent to another worker (see [`CoordinatorConfig::hedge_after`]).
+    pub hedged_requests: u64,
+    /// Answers holding NaN or infinity: dropped on arrival, as if never given.
+    pub non_finite_answers: u64,
+    /// Workers the locator removed from decoded groups (codes with `A > 0`).
+    pub located_workers: u64,
+}
+
+/// Why a batch could not be coded or decoded: kept typed from the layer that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodingError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Form(#[from] FormError),
+}
+
+impl From<CodingError> for ServeError {
+    fn from(e: CodingError) -> Self {
+        ServeError::Coding(Arc::new(e))
+    }
+}
