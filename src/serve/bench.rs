@@ -268,10 +268,27 @@ fn drive(
         let Ok(operation) = select.select_timeout(timeout) else { continue };
         let slot = operation.index();
         let result = operation.recv(&outstanding[slot].2);
+        drop(select);
         let (query, sent, _) = outstanding.swap_remove(slot);
         let result = result.map_err(|_| anyhow::anyhow!("a scheme dropped query {query}"))?;
         results[query] = Some((sent.elapsed(), result));
         done += 1;
+        // Batches answer many queries at once: collect every answer already there in one sweep
+        // rather than one select over all outstanding tickets per answer.
+        let mut i = 0;
+        while i < outstanding.len() {
+            match outstanding[i].2.try_recv() {
+                Ok(result) => {
+                    let (query, sent, _) = outstanding.swap_remove(i);
+                    results[query] = Some((sent.elapsed(), result));
+                    done += 1;
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => i += 1,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    anyhow::bail!("a scheme dropped query {}", outstanding[i].0)
+                }
+            }
+        }
         progress(done);
     }
     Ok(Outcome { results, elapsed: start.elapsed() })
