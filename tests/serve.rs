@@ -412,6 +412,37 @@ fn a_non_finite_answer_is_erased_never_decoded() {
 }
 
 #[test]
+fn a_non_finite_answer_is_re_sent_to_a_worker_that_answered_with_numbers() {
+    // K = 2, N = 3, S = 0: every coded query is needed, and worker 1 always answers NaN. Only
+    // a hedge of its coded queries to another worker can complete a group.
+    let code = Code::new(CodeParams::builder(2, 3).build().unwrap()).unwrap();
+    let mut faults = vec![WorkerFaults::NONE; 3];
+    faults[1].byzantine_probability = 1.0;
+    let plan = FaultPlan { latency: Latency::Constant { ms: 0.0 }, workers: faults, random_slowdown: None };
+    let nan: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o[0] = f32::NAN);
+    let run = |hedge_after: Option<Duration>| {
+        let workers: Vec<Arc<dyn Worker>> = (0..3)
+            .map(|i| {
+                Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, nan.clone())) as Arc<dyn Worker>
+            })
+            .collect();
+        let config = CoordinatorConfig { hedge_after, ..config(code.clone(), Some(plan.clone()), 100, 300) };
+        let coordinator = Coordinator::start(config, workers).unwrap();
+        let tickets = coordinator.submit_all((0..4).map(query).collect()).unwrap();
+        let results: Vec<_> = tickets.into_iter().map(|t| t.recv().unwrap()).collect();
+        (results, coordinator.shutdown())
+    };
+    let (unhedged, _) = run(None);
+    assert!(unhedged.iter().all(|r| matches!(r, Err(ServeError::DeadlineMissed { .. }))), "{unhedged:?}");
+    let (hedged, stats) = run(Some(Duration::from_millis(10)));
+    for (i, result) in hedged.iter().enumerate() {
+        let answer = result.as_ref().expect("the hedge completes the group");
+        assert!(max_error(&answer.output, &expected(&query(i))) < 1.0, "query {i}: {answer:?}");
+    }
+    assert!(stats.hedged_requests >= 1 && stats.non_finite_answers >= 2, "{stats:?}");
+}
+
+#[test]
 fn a_second_straggler_costs_a_hedge_not_its_whole_delay() {
     // K = 2, N = 3, S = 1, and workers 0 and 1 both slow (100 ms): one more straggler than
     // the code absorbs. After the hedge delay, their coded queries go to worker 2, which has

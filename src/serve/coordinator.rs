@@ -138,6 +138,13 @@ struct SegmentState {
     outputs: Vec<Option<Vec<f32>>>,
 }
 
+impl SegmentState {
+    /// Nodes whose answer for group `g` (of `c` values) holds only numbers.
+    fn finite_answers(&self, g: usize, c: usize) -> usize {
+        self.outputs.iter().flatten().filter(|rows| finite(&rows[g * c..(g + 1) * c])).count()
+    }
+}
+
 /// A batch in flight.
 struct Batch {
     dispatch: Arc<Dispatch>,
@@ -387,21 +394,28 @@ impl Loop {
         if response.output.len() != rows * c {
             return;
         }
+        // Hedges go to workers that answered with numbers only.
         if let Some(answered) = batch.answered.get_mut(response.worker) {
-            *answered = true;
+            *answered |= finite(&response.output);
         }
         let mut offset = 0;
         for part in parts {
             let len = segments[part.segment].groups * c;
             let rows = &response.output[offset..offset + len];
             offset += len;
-            let slot = &mut batch.segments[part.segment].outputs[part.node];
-            if slot.is_none() {
-                // A NaN or an infinity is known bad: its row is erased rather than spending
-                // the locator's budget, and its group waits for another answer (or a hedge).
-                self.stats.non_finite_answers +=
-                    rows.chunks_exact(c).filter(|r| r.iter().any(|v| !v.is_finite())).count() as u64;
-                *slot = Some(rows.to_vec());
+            // A NaN or an infinity is known bad: its row counts as no answer (decoding masks
+            // it out) rather than spending the locator's budget, and its group waits for
+            // another answer or a hedge, whose finite rows fill the gaps.
+            self.stats.non_finite_answers += rows.chunks_exact(c).filter(|r| !finite(r)).count() as u64;
+            match &mut batch.segments[part.segment].outputs[part.node] {
+                slot @ None => *slot = Some(rows.to_vec()),
+                Some(held) => {
+                    for (held, row) in held.chunks_exact_mut(c).zip(rows.chunks_exact(c)) {
+                        if !finite(held) && finite(row) {
+                            held.copy_from_slice(row);
+                        }
+                    }
+                }
             }
         }
         if self.decodable(id) {
@@ -416,14 +430,7 @@ impl Loop {
         let Some(batch) = self.pending.get(&id) else { return false };
         batch.segments.iter().zip(batch.dispatch.segments()).all(|(state, segment)| {
             let needed = segment.coding.code.params().min_responders();
-            (0..segment.groups).all(|g| {
-                let finite = state
-                    .outputs
-                    .iter()
-                    .flatten()
-                    .filter(|rows| rows[g * c..(g + 1) * c].iter().all(|v| v.is_finite()));
-                finite.count() >= needed
-            })
+            (0..segment.groups).all(|g| state.finite_answers(g, c) >= needed)
         })
     }
 
@@ -445,7 +452,7 @@ impl Loop {
                 let Some(rows) = rows else { continue };
                 for g in 0..groups {
                     let row = &rows[g * c..(g + 1) * c];
-                    if row.iter().all(|v| v.is_finite()) {
+                    if finite(row) {
                         outputs[(g * n + node) * c..][..c].copy_from_slice(row);
                         masks[g * n + node] = true;
                     }
@@ -506,7 +513,7 @@ impl Loop {
                     .outputs
                     .iter()
                     .enumerate()
-                    .filter(|(_, o)| o.is_none())
+                    .filter(|(_, o)| o.as_ref().is_none_or(|rows| !finite(rows)))
                     .map(move |(node, _)| Part { segment, node })
             });
             for (i, part) in missing.enumerate() {
@@ -544,17 +551,7 @@ impl Loop {
             let mut replies = batch.replies;
             for (state, segment) in batch.segments.iter().zip(batch.dispatch.segments()) {
                 let needed = segment.coding.code.params().min_responders();
-                let answered = (0..segment.groups)
-                    .map(|g| {
-                        state
-                            .outputs
-                            .iter()
-                            .flatten()
-                            .filter(|r| r[g * c..(g + 1) * c].iter().all(|v| v.is_finite()))
-                            .count()
-                    })
-                    .min()
-                    .unwrap_or(0);
+                let answered = (0..segment.groups).map(|g| state.finite_answers(g, c)).min().unwrap_or(0);
                 let k = segment.coding.queries();
                 let queries = segment.first_query..segment.first_query + segment.groups * k;
                 let segment_replies = replies[queries].iter_mut().map(Option::take).collect();
@@ -581,4 +578,9 @@ impl Loop {
             answer(&self.in_flight, &mut self.stats, reply, result);
         }
     }
+}
+
+/// Whether every value is a number (no NaN, no infinity).
+fn finite(values: &[f32]) -> bool {
+    values.iter().all(|v| v.is_finite())
 }
