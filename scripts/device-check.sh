@@ -2,7 +2,7 @@
 # GPU checks and benchmarks on a lent accelerator machine (see the closing notes of each
 # issue). Expects prebuilt binaries in devbin/ (approxifer, gpu-tests) and the Vulkan loader
 # packages in .gl/, as the workplace's device tool describes. Writes results under $OUT.
-# `device-check.sh kernels|pipeline|serve` runs one part alone.
+# `device-check.sh kernels|pipeline|serve|serve-bench` runs one part alone.
 set -uo pipefail
 what="${1:-all}"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -55,4 +55,16 @@ print(f"200 requests of 8 queries, one at a time: p50 {latencies[100]:.2f} ms, p
 print("\n".join(l for l in urllib.request.urlopen(base + "/metrics").read().decode().splitlines() if "queries_total" in l))
 PY
 kill -INT "$server"; wait "$server"; cat "$out/serve.log"
+fi
+if [ "$what" = all ] || [ "$what" = serve-bench ]; then
+# Batched serving on the GPU: the model alone (closed loop at saturation), batched against
+# per-query, then issue 5's fault workload; workers spread over the GPUs, then five on one.
+for path in batched per-query; do
+    ./devbin/approxifer serve-bench --device gpu --adapter discrete --latency-ms 0 --queries 20000 \
+        --max-batch 64 --path "$path" --json > "$out/serve-bench-$path.json" 2> "$out/serve-bench-$path.err"
+    cat "$out/serve-bench-$path.json" "$out/serve-bench-$path.err"
+done
+./devbin/approxifer serve-bench --device gpu --adapter discrete --workers-per-device 8 --queries 20000 \
+    --closed 1024 --json > "$out/serve-bench-faults.json" 2> "$out/serve-bench-faults.err"
+cat "$out/serve-bench-faults.json" "$out/serve-bench-faults.err"
 fi

@@ -665,6 +665,7 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "bare_forward_qps",
             "worker_seconds",
             "device_seconds_per_1000",
+            "decode_us_per_batch",
             "accuracy",
             "queries",
             "answered",
@@ -675,6 +676,8 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
         assert_eq!(r["queries"], 60);
         assert_eq!((r["path"].as_str(), r["max_batch"].as_u64()), (Some("batched"), Some(4)));
         assert!(r["bare_forward_qps"].as_f64().unwrap() > 0.0 && r["device_seconds_per_1000"].as_f64().unwrap() > 0.0);
+        let decoding = r["decode_us_per_batch"].as_f64().unwrap();
+        assert_eq!(decoding > 0.0, r["scheme"] == "approxifer", "only the coded scheme decodes: {r}");
         assert_eq!(r["answered"].as_u64().unwrap() + r["errors"].as_u64().unwrap(), 60, "the books balance: {r}");
         assert!(r["p50_ms"].as_f64().unwrap() <= r["p999_ms"].as_f64().unwrap());
     }

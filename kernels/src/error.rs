@@ -1,7 +1,7 @@
 //! The one error type of the codec. Every variant carries the numbers involved and its
 //! message states the violated condition, so a user can fix the input from the message alone.
 
-use crate::params::NodeFamily;
+use crate::family::NodeFamily;
 
 /// Everything that can be wrong with the parameters, responder sets or buffers given to the
 /// codec. Nothing in this crate panics on user data; it returns one of these instead.

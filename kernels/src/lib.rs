@@ -40,6 +40,7 @@ pub mod tolerance;
 
 mod code;
 mod error;
+mod family;
 mod matrix;
 mod params;
 mod shape;

@@ -55,6 +55,8 @@ pub struct Stats {
     pub non_finite_answers: u64,
     /// Workers the locator removed from decoded groups (codes with `A > 0`).
     pub located_workers: u64,
+    /// Time spent locating and decoding, in nanoseconds (the coordinator's share of coding).
+    pub decode_ns: u64,
 }
 
 /// Why a batch could not be coded or decoded: kept typed from the layer that failed.

@@ -74,6 +74,8 @@ pub struct SchemeReport {
     pub worker_seconds: f64,
     /// Worker busy time per 1000 answered queries.
     pub device_seconds_per_1000: f64,
+    /// The coordinator's locate-and-decode time per batch, in microseconds (0 for baselines).
+    pub decode_us_per_batch: f64,
     /// Fraction of answered queries whose argmax is the label.
     pub accuracy: f64,
     pub queries: usize,
@@ -159,12 +161,13 @@ pub fn run(
         let scheme = kind.start(&settings, workers)?;
         let done_before = i * config.queries;
         let outcome = drive(scheme.as_ref(), config, inputs, |done| progress(done_before + done, total))?;
-        scheme.shutdown(); // everything accepted has been answered
+        let stats = scheme.shutdown(); // everything accepted has been answered
         let worker_seconds = pool.iter().map(|(w, _)| w.busy().as_secs_f64()).sum();
         let mut report = outcome.report(kind.name(), pool.len(), worker_seconds, labels);
         report.path = if config.max_batch == 1 { "per-query" } else { "batched" }.into();
         report.max_batch = config.max_batch;
         report.bare_forward_qps = bare;
+        report.decode_us_per_batch = stats.decode_ns as f64 / 1e3 / stats.batches.max(1) as f64;
         reports.push(report);
     }
     Ok(reports)
@@ -342,6 +345,7 @@ impl Outcome {
             bare_forward_qps: f64::NAN,
             worker_seconds,
             device_seconds_per_1000: if answered > 0 { 1e3 * worker_seconds / answered as f64 } else { f64::NAN },
+            decode_us_per_batch: 0.0,
             accuracy: if answered > 0 { correct as f64 / answered as f64 } else { 0.0 },
             queries: self.results.len(),
             answered,

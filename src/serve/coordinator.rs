@@ -482,13 +482,15 @@ impl Loop {
         outputs: &[f32],
         masks: &mut Vec<bool>,
     ) -> Result<Vec<f32>, CodingError> {
-        let c = self.config.output_len;
+        let (c, start) = (self.config.output_len, Instant::now());
         if coding.code.params().byzantine() > 0 {
             let location = locate(&coding.code, self.config.locator, outputs, c, masks)?;
             *masks = location.masks;
             self.stats.located_workers += location.located.iter().map(Vec::len).sum::<usize>() as u64;
         }
-        self.config.codec.decode(&coding.erasure, outputs, c, masks)
+        let decoded = self.config.codec.decode(&coding.erasure, outputs, c, masks);
+        self.stats.decode_ns += start.elapsed().as_nanos() as u64;
+        decoded
     }
 
     /// Re-sends, for every batch whose hedge time has come, each of its unanswered coded
