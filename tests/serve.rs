@@ -246,11 +246,14 @@ fn a_panicking_model_loses_requests_not_the_worker() {
         let first: f32 = x.clone().narrow(0, 0, 1).narrow(1, 0, 1).into_scalar();
         if first > 0.3 { panic!("model failure") } else { f.forward(x) }
     });
+    let flaky = Arc::new(worker(3, flaky, 100));
     let mut pool = workers(3, 100);
-    pool.push(Arc::new(worker(3, flaky, 100)));
+    pool.push(flaky.clone());
     let coordinator = Coordinator::start(config(code, None, 100, 300), pool).unwrap();
     let answered = (0..40).filter(|&i| coordinator.submit(query(i)).unwrap().recv().unwrap().is_ok()).count();
     assert_eq!(answered, 40, "S = 2 covers the failing worker");
+    drop(coordinator);
+    assert!(flaky.failed() > 0, "the model never failed: the test tests nothing");
 }
 
 #[test]
