@@ -162,8 +162,11 @@ fn beyond_capacity_queries_are_refused_at_once_and_hung_groups_fail_at_their_dea
 fn shutdown_answers_or_rejects_every_accepted_query() {
     let code = Code::new(CodeParams::builder(4, 5).stragglers(1).build().unwrap()).unwrap();
     let slow = FaultPlan::healthy(Latency::Exponential { mean_ms: 0.2 });
-    let coordinator = Coordinator::start(config(code, Some(slow), 10_000, 500), workers(5, 10_000)).unwrap();
-    // 1001 queries: the last group is partial and must still be sent at shutdown.
+    // Batches go only when full (8 groups, 32 queries): 1001 queries leave 9 in the batcher,
+    // two groups and a partial one, which must still be sent at shutdown.
+    let config =
+        CoordinatorConfig { max_queue_delay: Duration::from_secs(60), ..config(code, Some(slow), 10_000, 500) };
+    let coordinator = Coordinator::start(config, workers(5, 10_000)).unwrap();
     let tickets: Vec<_> = (0..1001).map(|i| coordinator.submit(query(i)).unwrap()).collect();
     let stats = coordinator.shutdown();
     assert_eq!(stats.groups, 251);
@@ -250,7 +253,13 @@ fn a_panicking_model_loses_requests_not_the_worker() {
     let mut pool = workers(3, 100);
     pool.push(flaky.clone());
     let coordinator = Coordinator::start(config(code, None, 100, 300), pool).unwrap();
-    let answered = (0..40).filter(|&i| coordinator.submit(query(i)).unwrap().recv().unwrap().is_ok()).count();
+    // A full group at a time: every worker, the flaky one too, gets every group.
+    let answered: usize = (0..20)
+        .map(|pair| {
+            let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
+            tickets.into_iter().filter(|t| t.recv().unwrap().is_ok()).count()
+        })
+        .sum();
     assert_eq!(answered, 40, "S = 2 covers the failing worker");
     drop(coordinator);
     assert!(flaky.failed() > 0, "the model never failed: the test tests nothing");
@@ -570,7 +579,7 @@ fn a_partial_group_is_coded_for_its_own_k_not_padded() {
     // K = 4, S = 1: five queries are one full group and one of K' = 1, which a code for one
     // query sends unmixed to N' = 2 workers: its answer is the model's own, not a decode.
     let code = Code::new(CodeParams::builder(4, 5).stragglers(1).build().unwrap()).unwrap();
-    let config = CoordinatorConfig { max_queue_delay: Duration::from_millis(20), ..config(code, None, 100, 2000) };
+    let config = CoordinatorConfig { max_queue_delay: Duration::from_millis(200), ..config(code, None, 100, 2000) };
     let coordinator = Coordinator::start(config, workers(5, 100)).unwrap();
     let tickets = coordinator.submit_all((0..5).map(query).collect()).unwrap();
     let answers: Vec<_> = tickets.into_iter().map(|t| t.recv().unwrap().expect("decoded")).collect();
