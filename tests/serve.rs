@@ -615,3 +615,32 @@ fn a_worker_that_dies_mid_run_loses_no_query() {
     assert_eq!(answered, 130);
     assert_eq!((stats.answered, stats.errors), (130, 0), "{stats:?}");
 }
+
+#[test]
+fn every_worker_runs_each_range_of_batch_sizes_before_the_first_query() {
+    use approxifer::serve::{Baseline, BaselineConfig, Policy};
+    // A device compiles kernels per range of batch sizes and per worker thread (13 s for the
+    // first batch of 10 on lavapipe): schemes pay that at start, not within a deadline.
+    let local = || -> Vec<Arc<LocalWorker>> { (0..5).map(|i| Arc::new(worker(i, model(), 100))).collect() };
+    let shared = |local: &[Arc<LocalWorker>]| local.iter().map(|w| w.clone() as Arc<dyn Worker>).collect::<Vec<_>>();
+    let code = Code::new(CodeParams::builder(4, 5).stragglers(1).build().unwrap()).unwrap();
+    let coded = local();
+    let coordinator = Coordinator::start(config(code, None, 100, 2000), shared(&coded)).unwrap();
+    assert!(coded.iter().all(|w| w.busy() > Duration::ZERO), "every coded worker warmed up");
+    let stats = coordinator.shutdown();
+    assert_eq!((stats.batches, stats.answered), (0, 0), "warm-up batches are not the workload's");
+    let plain = local();
+    let config = BaselineConfig {
+        policy: Policy::Uncoded,
+        input_len: D,
+        output_len: C,
+        max_batch: 8,
+        max_queue_delay: Duration::ZERO,
+        deadline: Duration::from_secs(1),
+        capacity: 100,
+        faults: None,
+    };
+    let baseline = Baseline::start(config, shared(&plain)).unwrap();
+    assert!(plain.iter().all(|w| w.busy() > Duration::ZERO), "every uncoded worker warmed up");
+    assert_eq!(baseline.shutdown().batches, 0);
+}

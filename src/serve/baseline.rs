@@ -16,7 +16,7 @@ use super::answer::{Answer, ServeError, Stats, Ticket};
 use super::batch::{Dispatch, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
-use super::worker::{Cancel, Request, Response, Worker};
+use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 
 /// How a baseline spreads one query over the workers.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,10 +63,18 @@ impl Baseline {
         if let Some((plan, _)) = &config.faults {
             plan.validate().map_err(|e| e.to_string())?;
         }
-        if config.max_batch == 0 {
-            return Err("the batch size must be at least 1".into());
+        if config.input_len == 0 || config.output_len == 0 || config.capacity == 0 || config.max_batch == 0 {
+            return Err("input and output lengths, the capacity and the batch size must be at least 1".into());
         }
         let (capacity, input_len) = (config.capacity, config.input_len);
+        // Every worker runs a zero batch of each range of sizes first (see `warm_up`).
+        let until = Instant::now() + Duration::from_secs(60);
+        for rows in warm_up_sizes(config.max_batch) {
+            let dispatch = Arc::new(Dispatch::new(vec![0.0; rows * input_len], input_len, Vec::new()));
+            let devices: Vec<_> = workers.iter().map(|w| w.device()).collect();
+            let works = Work::by_device(&dispatch, &devices, vec![None; workers.len()]);
+            warm_up(&workers, works.into_iter().enumerate().collect(), until);
+        }
         let front = Front::spawn("approxifer-baseline", capacity, input_len, move |incoming, in_flight| {
             let state = Loop {
                 faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),

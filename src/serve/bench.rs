@@ -159,10 +159,12 @@ pub fn run(
         let _loads = background_loads(devices, &placement, &config.plan);
         let workers: Vec<Arc<dyn Worker>> = pool.iter().map(|(w, _)| w.clone() as Arc<dyn Worker>).collect();
         let scheme = kind.start(&settings, workers)?;
+        // What the workers did before the first query (warming up) is not the workload's.
+        let busy_before: f64 = pool.iter().map(|(w, _)| w.busy().as_secs_f64()).sum();
         let done_before = i * config.queries;
         let outcome = drive(scheme.as_ref(), config, inputs, |done| progress(done_before + done, total))?;
         let stats = scheme.shutdown(); // everything accepted has been answered
-        let worker_seconds = pool.iter().map(|(w, _)| w.busy().as_secs_f64()).sum();
+        let worker_seconds = pool.iter().map(|(w, _)| w.busy().as_secs_f64()).sum::<f64>() - busy_before;
         let mut report = outcome.report(kind.name(), pool.len(), worker_seconds, labels);
         report.path = if config.max_batch == 1 { "per-query" } else { "batched" }.into();
         report.max_batch = config.max_batch;

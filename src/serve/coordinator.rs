@@ -26,7 +26,7 @@ use super::answer::{Answer, CodingError, ServeError, Stats, Ticket};
 use super::batch::{Coding, Dispatch, Part, Segment, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
-use super::worker::{Cancel, Request, Response, Worker};
+use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 use crate::kernels::gpu::GpuCodec;
 use crate::kernels::{Code, CodeParams, Locator, cpu, locate};
 
@@ -101,9 +101,15 @@ impl Coordinator {
         }
         let full = Arc::new(Coding::new(config.code.clone()).map_err(|e| e.to_string())?);
         let (capacity, input_len) = (config.capacity, config.input_len);
+        let (ready, warm) = crossbeam_channel::bounded(1);
         let front = Front::spawn("approxifer-coordinator", capacity, input_len, move |incoming, in_flight| {
-            Loop::new(config, full, workers, in_flight).run(incoming)
+            let mut state = Loop::new(config, full, workers, in_flight);
+            state.warm_up();
+            let _ = ready.send(());
+            state.run(incoming)
         })?;
+        // Returns once the workers' devices are warm, so that no query waits for it.
+        let _ = warm.recv();
         Ok(Coordinator { front })
     }
 
@@ -270,6 +276,53 @@ impl Loop {
         Ok(coding)
     }
 
+    /// How `count` queries are coded: whole groups of `K` and at most one group of the rest
+    /// (on the next workers in rotation); each segment's state; and each worker's parts.
+    fn layout(&mut self, count: usize) -> Result<(Vec<Segment>, Vec<SegmentState>, Vec<Vec<Part>>), CodingError> {
+        let (k, n) = (self.config.code.params().queries(), self.workers.len());
+        let (full, rest) = (count / k, count % k);
+        let mut segments = Vec::new();
+        let mut states = Vec::new();
+        if full > 0 {
+            segments.push(Segment { coding: self.coding(k)?, first_query: 0, groups: full });
+            states.push(SegmentState { workers: (0..n).collect(), outputs: vec![None; n] });
+        }
+        if rest > 0 {
+            let coding = self.coding(rest)?;
+            let nodes = coding.workers();
+            let workers: Vec<usize> = (0..nodes).map(|i| (self.rotation + i) % n).collect();
+            self.rotation = (self.rotation + nodes) % n;
+            segments.push(Segment { coding, first_query: full * k, groups: 1 });
+            states.push(SegmentState { workers, outputs: vec![None; nodes] });
+        }
+        let mut parts: Vec<Vec<Part>> = vec![Vec::new(); n];
+        for (segment, state) in states.iter().enumerate() {
+            for (node, &w) in state.workers.iter().enumerate() {
+                parts[w].push(Part { segment, node });
+            }
+        }
+        Ok((segments, states, parts))
+    }
+
+    /// Sends batches of every shape this coordinator sends (a group of each `K' < K`, and
+    /// 1, 2, 4, ... up to `max_batch` full groups) through every worker once, with zero queries
+    /// and no faults, and waits for the answers (a minute at most in all), so that the first
+    /// queries' deadlines do not pay for compiling kernels ([`warm_up`]).
+    fn warm_up(&mut self) {
+        let (k, d) = (self.config.code.params().queries(), self.config.input_len);
+        let until = Instant::now() + Duration::from_secs(60);
+        let counts = (1..k).chain(warm_up_sizes(self.config.max_batch).into_iter().map(|g| g * k));
+        for count in counts {
+            let Ok((segments, _, parts)) = self.layout(count) else { continue };
+            let dispatch = Arc::new(Dispatch::new(vec![0.0; count * d], d, segments));
+            let involved: Vec<usize> = (0..self.workers.len()).filter(|&w| !parts[w].is_empty()).collect();
+            let devices: Vec<_> = involved.iter().map(|&w| self.workers[w].device()).collect();
+            let slots = involved.iter().map(|&w| Some(parts[w].clone())).collect();
+            let jobs = involved.iter().copied().zip(Work::by_device(&dispatch, &devices, slots)).collect();
+            warm_up(&self.workers, jobs, until);
+        }
+    }
+
     /// Codes `submissions` as whole groups of `K` plus at most one group of the rest, and
     /// sends each worker its rows of them in one request.
     fn dispatch(&mut self, submissions: Vec<Submission>) {
@@ -284,30 +337,10 @@ impl Loop {
         self.stats.batches += 1;
         let (full, rest) = (count / k, count % k);
         self.stats.groups += (full + usize::from(rest > 0)) as u64;
-        let mut segments = Vec::new();
-        let mut states = Vec::new();
-        if full > 0 {
-            segments.push(Segment { coding: self.codings[&k].clone(), first_query: 0, groups: full });
-            states.push(SegmentState { workers: (0..n).collect(), outputs: vec![None; n] });
-        }
-        if rest > 0 {
-            let coding = match self.coding(rest) {
-                Ok(coding) => coding,
-                Err(e) => return self.fail(full + 1, replies, e.into()),
-            };
-            let nodes = coding.workers();
-            let workers: Vec<usize> = (0..nodes).map(|i| (self.rotation + i) % n).collect();
-            self.rotation = (self.rotation + nodes) % n;
-            segments.push(Segment { coding, first_query: full * k, groups: 1 });
-            states.push(SegmentState { workers, outputs: vec![None; nodes] });
-        }
-        // Each worker's parts: its node in each segment it serves.
-        let mut parts: Vec<Vec<Part>> = vec![Vec::new(); n];
-        for (segment, state) in states.iter().enumerate() {
-            for (node, &w) in state.workers.iter().enumerate() {
-                parts[w].push(Part { segment, node });
-            }
-        }
+        let (segments, states, parts) = match self.layout(count) {
+            Ok(layout) => layout,
+            Err(e) => return self.fail(full + usize::from(rest > 0), replies, e.into()),
+        };
         let dispatch = Arc::new(Dispatch::new(queries, d, segments));
         let id = self.next_batch;
         self.next_batch += 1;

@@ -249,3 +249,29 @@ impl Drop for LocalWorker {
         }
     }
 }
+
+/// Sends each `(worker, work)` to its worker with no fault and waits for the answers, until
+/// `until` at most. Schemes warm their workers up with it: a device compiles and tunes kernels
+/// for each new range of batch sizes, per worker thread, seconds on some drivers (lavapipe),
+/// which must not fall within the first queries' deadlines.
+pub(crate) fn warm_up(workers: &[Arc<dyn Worker>], jobs: Vec<(usize, Work)>, until: Instant) {
+    let (answers, replies) = crossbeam_channel::unbounded();
+    let mut sent = 0;
+    for (w, work) in jobs {
+        let request = Request { id: 0, work, injected: None, cancel: Cancel::default() };
+        sent += usize::from(workers[w].submit(request, &answers).is_ok());
+    }
+    for _ in 0..sent {
+        if replies.recv_deadline(until).is_err() {
+            return;
+        }
+    }
+}
+
+/// The batch sizes a warm-up covers up to `max`: the powers of two, then `max` itself.
+pub(crate) fn warm_up_sizes(max: usize) -> Vec<usize> {
+    let mut sizes: Vec<usize> =
+        std::iter::successors(Some(1usize), |s| s.checked_mul(2)).take_while(|&s| s < max).collect();
+    sizes.push(max.max(1));
+    sizes
+}
