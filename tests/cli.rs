@@ -812,8 +812,9 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     let typo = path_str(&typo);
     assert_one_line_error(&["serve", "--max-request", "0"], "--max-request must be between 1");
     assert_one_line_error(&["serve", "--capacity", "8", "--max-request", "9"], "--max-request must be between 1");
-    assert_one_line_error(&["serve", "--max-batch", "0"], "--max-batch must be at least 1");
-    assert_one_line_error(&["serve-bench", "--max-batch", "0"], "--max-batch must be at least 1");
+    assert_one_line_error(&["serve", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
+    assert_one_line_error(&["serve-bench", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
+    assert_one_line_error(&["serve-bench", "--max-batch", "100000"], "--max-batch must be between 1 and 4096");
     assert_one_line_error(&["serve", "--workers-per-device", "0"], "--workers-per-device must be at least 1");
     assert_one_line_error(&["serve", "--max-queue-delay-ms=-1"], "--max-queue-delay-ms must be a non-negative");
     // K = 4, S = 1: five workers at two per device need three devices; the CPU is one.

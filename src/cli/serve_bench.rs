@@ -62,6 +62,7 @@ pub(super) struct ServeBenchArgs {
     hedge_after_ms: Option<f64>,
     #[command(flatten)]
     workers: WorkerArgs,
+    /// How workers take their queries: batched, or one query (one group) per forward pass.
     #[arg(long, value_enum, default_value_t = Path::Batched)]
     path: Path,
     #[arg(long, default_value_t = 2000.0)]
@@ -115,7 +116,9 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             Arrivals::Poisson { rate_qps }
         }
         // Without injected service time the model's own cost sets the capacity: saturate it.
-        (None, None) if args.latency_ms == 0.0 => Arrivals::Closed { concurrency: 2 * max_batch * args.k },
+        (None, None) if args.latency_ms == 0.0 => {
+            Arrivals::Closed { concurrency: max_batch.saturating_mul(args.k).saturating_mul(2) }
+        }
         (None, None) => Arrivals::Poisson { rate_qps: 0.5 * args.k as f64 * 1e3 / args.latency_ms },
     };
     let config = ServeBenchConfig {

@@ -8,6 +8,11 @@ use super::ms;
 use crate::backend::BurnDevice;
 use crate::kernels::gpu::AdapterChoice;
 
+/// The largest `--max-batch`: a batch goes to a device in one buffer, and 4096 groups of 8
+/// images of 28 x 28 already take 98 MiB, near the 128 MiB one storage binding may hold on
+/// some drivers (lavapipe).
+const MAX_BATCH: usize = 4096;
+
 /// Where the workers' model replicas run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(super) enum WorkerDevice {
@@ -47,7 +52,10 @@ pub(super) struct WorkerArgs {
 impl WorkerArgs {
     /// Checks the batching options; the queue delay (`default_ms` when not given).
     pub fn check(&self, default_ms: f64) -> anyhow::Result<std::time::Duration> {
-        anyhow::ensure!(self.max_batch >= 1, "--max-batch must be at least 1");
+        anyhow::ensure!(
+            (1..=MAX_BATCH).contains(&self.max_batch),
+            "--max-batch must be between 1 and {MAX_BATCH} (a batch's rows go to the device in one buffer)"
+        );
         anyhow::ensure!(self.workers_per_device != Some(0), "--workers-per-device must be at least 1");
         ms(self.max_queue_delay_ms.unwrap_or(default_ms), "--max-queue-delay-ms")
     }
