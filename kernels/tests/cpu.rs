@@ -106,10 +106,16 @@ fn round_trip<T: Storage>(code: &Code, groups: usize, len: usize, seed: u64) {
 #[test]
 fn encode_and_decode_match_reference_in_every_storage_type() {
     // D = 1, a width that is not a multiple of anything, one tile plus a bit, a width split
-    // across threads (> 16 tiles), and B = 1.
-    for (k, n, s, groups, len) in
-        [(2, 3, 1, 5, 1), (8, 10, 2, 7, 13), (5, 9, 2, 3, 1025), (8, 9, 1, 1, 40_000), (12, 13, 1, 64, 10)]
-    {
+    // across threads (> 16 tiles), B = 1, and groups split across threads (past the size
+    // below which a batch stays on the calling thread).
+    for (k, n, s, groups, len) in [
+        (2, 3, 1, 5, 1),
+        (8, 10, 2, 7, 13),
+        (5, 9, 2, 3, 1025),
+        (8, 9, 1, 1, 40_000),
+        (12, 13, 1, 64, 10),
+        (4, 5, 1, 4096, 10),
+    ] {
         let c = code(k, n, s);
         round_trip::<f64>(&c, groups, len, 1);
         round_trip::<f32>(&c, groups, len, 2);

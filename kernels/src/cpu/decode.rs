@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::PARALLEL_OUTPUTS;
 use super::combine::{Store, combine_rows};
 use super::element::{Accumulator, Element};
 use crate::code::Code;
@@ -22,20 +23,28 @@ pub fn decode<T: Element>(code: &Code, outputs: &[T], row_len: usize, masks: &[b
     expect_len("decoded outputs", decoded.len(), groups * k * row_len)?;
     code.check_masks(masks)?;
     let store = Store::for_output_bytes(std::mem::size_of_val(decoded));
+    let one_group = |((group, mask), out): ((&[T], &[bool]), &mut [T])| -> Result<()> {
+        let responders: Vec<usize> = (0..n).filter(|&w| mask[w]).collect();
+        let matrix = Matrix::from_rows(k, responders.len(), |j, row| code.decode_row_into(j, &responders, row));
+        matrix.ensure_finite("decode")?;
+        let weights: Vec<T::Acc> = matrix.as_slice().iter().map(|&w| T::Acc::from_weight(w)).collect();
+        let inputs: Vec<&[T]> = responders.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
+        let mut rows: Vec<&mut [T]> = out.chunks_exact_mut(row_len).collect();
+        combine_rows(&weights, &inputs, &mut rows, store);
+        Ok(())
+    };
+    if decoded.len() < PARALLEL_OUTPUTS {
+        return outputs
+            .chunks_exact(n * row_len)
+            .zip(masks.chunks_exact(n))
+            .zip(decoded.chunks_exact_mut(k * row_len))
+            .try_for_each(one_group);
+    }
     outputs
         .par_chunks_exact(n * row_len)
         .zip(masks.par_chunks_exact(n))
         .zip(decoded.par_chunks_exact_mut(k * row_len))
-        .try_for_each(|((group, mask), out)| {
-            let responders: Vec<usize> = (0..n).filter(|&w| mask[w]).collect();
-            let matrix = Matrix::from_rows(k, responders.len(), |j, row| code.decode_row_into(j, &responders, row));
-            matrix.ensure_finite("decode")?;
-            let weights: Vec<T::Acc> = matrix.as_slice().iter().map(|&w| T::Acc::from_weight(w)).collect();
-            let inputs: Vec<&[T]> = responders.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
-            let mut rows: Vec<&mut [T]> = out.chunks_exact_mut(row_len).collect();
-            combine_rows(&weights, &inputs, &mut rows, store);
-            Ok(())
-        })
+        .try_for_each(one_group)
 }
 
 /// [`decode`] into a new buffer.

@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::PARALLEL_OUTPUTS;
 use super::combine::{Store, combine_rows};
 use super::element::{Accumulator, Element};
 use crate::code::Code;
@@ -60,10 +61,15 @@ fn encode_with<T: Element>(weights: &Matrix, queries: &[T], row_len: usize, code
     }
     let weights: Vec<T::Acc> = weights.as_slice().iter().map(|&w| T::Acc::from_weight(w)).collect();
     let store = Store::for_output_bytes(std::mem::size_of_val(coded));
-    queries.par_chunks_exact(k * row_len).zip(coded.par_chunks_exact_mut(rows * row_len)).for_each(|(group, out)| {
+    let one_group = |(group, out): (&[T], &mut [T])| {
         let inputs: Vec<&[T]> = group.chunks_exact(row_len).collect();
         let mut outputs: Vec<&mut [T]> = out.chunks_exact_mut(row_len).collect();
         combine_rows(&weights, &inputs, &mut outputs, store);
-    });
+    };
+    if coded.len() < PARALLEL_OUTPUTS {
+        queries.chunks_exact(k * row_len).zip(coded.chunks_exact_mut(rows * row_len)).for_each(one_group);
+    } else {
+        queries.par_chunks_exact(k * row_len).zip(coded.par_chunks_exact_mut(rows * row_len)).for_each(one_group);
+    }
     Ok(())
 }
