@@ -10,36 +10,17 @@ use std::time::{Duration, Instant};
 use approxifer::kernels::{Code, CodeParams, Layout, Locator};
 use approxifer::serve::http::{HttpConfig, serve};
 use approxifer::serve::{
-    Codec, Coordinator, CoordinatorConfig, FaultPlan, Latency, LocalWorker, Scheme, ServedModel, Stats, Worker,
-    WorkerFaults,
+    Codec, Coordinator, CoordinatorConfig, FaultPlan, Latency, LocalWorker, Scheme, Stats, Worker, WorkerFaults,
 };
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
+use support::{C, D, expected, model, query};
 
-const D: usize = 6;
-const C: usize = 3;
+mod support;
+
 const MAX_BATCH: usize = 8;
-
-/// A smooth model on tensors: output `c` of a query is `sum_i tanh((i + c) * 0.3 * x_i)`.
-fn model() -> ServedModel {
-    Arc::new(|x: Tensor<2>| {
-        let [batch, d] = x.dims();
-        let weights: Vec<f32> = (0..C).flat_map(|c| (0..d).map(move |i| (i + c) as f32 * 0.3)).collect();
-        let weights = Tensor::<2>::from_data(TensorData::new(weights, [C, d]), &x.device()).reshape([1, C, d]);
-        (x.reshape([batch, 1, d]) * weights).tanh().sum_dim(2).reshape([batch, C])
-    })
-}
-
-/// The model's own answer to one query, on the host.
-fn expected(query: &[f32]) -> Vec<f32> {
-    (0..C).map(|c| query.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect()
-}
-
-fn query(i: usize) -> Vec<f32> {
-    (0..D).map(|d| ((i * 7 + d * 3) % 19) as f32 / 19.0 - 0.5).collect()
-}
 
 /// A coordinator over `K = 3`, `N = 5` (systematic) local workers meeting `faults`.
 fn coordinator(faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> Box<dyn Scheme> {

@@ -9,26 +9,11 @@ use approxifer::serve::{
     Codec, Coordinator, CoordinatorConfig, FaultPlan, Latency, LocalWorker, RandomSlowdown, ServeError, ServedModel,
     Stats, Worker, WorkerFaults,
 };
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use crossbeam_channel::RecvTimeoutError;
+use support::{C, D, expected, model, query};
 
-const D: usize = 6;
-const C: usize = 3;
-
-/// A smooth model on tensors: output `c` of a query is `sum_i tanh((i + c) * 0.3 * x_i)`.
-fn model() -> ServedModel {
-    Arc::new(|x: Tensor<2>| {
-        let [batch, d] = x.dims();
-        let weights: Vec<f32> = (0..C).flat_map(|c| (0..d).map(move |i| (i + c) as f32 * 0.3)).collect();
-        let weights = Tensor::<2>::from_data(TensorData::new(weights, [C, d]), &x.device()).reshape([1, C, d]);
-        (x.reshape([batch, 1, d]) * weights).tanh().sum_dim(2).reshape([batch, C])
-    })
-}
-
-/// The model's own answer to one query, on the host.
-fn expected(query: &[f32]) -> Vec<f32> {
-    (0..C).map(|c| query.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect()
-}
+mod support;
 
 fn worker(i: usize, model: ServedModel, capacity: usize) -> LocalWorker {
     LocalWorker::start(i, model, Device::flex(), capacity)
@@ -57,10 +42,6 @@ fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u
 fn max_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
-}
-
-fn query(i: usize) -> Vec<f32> {
-    (0..D).map(|d| ((i * 7 + d * 3) % 19) as f32 / 19.0 - 0.5).collect()
 }
 
 #[test]

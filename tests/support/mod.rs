@@ -1,0 +1,31 @@
+//! What the serving tests share: a smooth model on tensors, its answers on the host, and
+//! queries.
+
+use std::sync::Arc;
+
+use approxifer::serve::ServedModel;
+use burn::tensor::{Tensor, TensorData};
+
+/// Values per query and per prediction.
+pub const D: usize = 6;
+pub const C: usize = 3;
+
+/// A smooth model on tensors: output `c` of a query is `sum_i tanh((i + c) * 0.3 * x_i)`.
+pub fn model() -> ServedModel {
+    Arc::new(|x: Tensor<2>| {
+        let [batch, d] = x.dims();
+        let weights: Vec<f32> = (0..C).flat_map(|c| (0..d).map(move |i| (i + c) as f32 * 0.3)).collect();
+        let weights = Tensor::<2>::from_data(TensorData::new(weights, [C, d]), &x.device()).reshape([1, C, d]);
+        (x.reshape([batch, 1, d]) * weights).tanh().sum_dim(2).reshape([batch, C])
+    })
+}
+
+/// The model's own answer to one query, on the host.
+pub fn expected(query: &[f32]) -> Vec<f32> {
+    (0..C).map(|c| query.iter().enumerate().map(|(i, v)| ((i + c) as f32 * 0.3 * v).tanh()).sum()).collect()
+}
+
+/// Query `i`: `D` values in [-0.5, 0.5).
+pub fn query(i: usize) -> Vec<f32> {
+    (0..D).map(|d| ((i * 7 + d * 3) % 19) as f32 / 19.0 - 0.5).collect()
+}
