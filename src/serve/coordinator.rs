@@ -151,6 +151,14 @@ impl SegmentState {
     }
 }
 
+/// How a dispatch's queries are coded ([`Loop::layout`]).
+struct BatchLayout {
+    segments: Vec<Segment>,
+    states: Vec<SegmentState>,
+    /// Per worker, its parts in row order (empty: not in this dispatch).
+    parts: Vec<Vec<Part>>,
+}
+
 /// A batch in flight.
 struct Batch {
     dispatch: Arc<Dispatch>,
@@ -278,7 +286,7 @@ impl Loop {
 
     /// How `count` queries are coded: whole groups of `K` and at most one group of the rest
     /// (on the next workers in rotation); each segment's state; and each worker's parts.
-    fn layout(&mut self, count: usize) -> Result<(Vec<Segment>, Vec<SegmentState>, Vec<Vec<Part>>), CodingError> {
+    fn layout(&mut self, count: usize) -> Result<BatchLayout, CodingError> {
         let (k, n) = (self.config.code.params().queries(), self.workers.len());
         let (full, rest) = (count / k, count % k);
         let mut segments = Vec::new();
@@ -301,7 +309,7 @@ impl Loop {
                 parts[w].push(Part { segment, node });
             }
         }
-        Ok((segments, states, parts))
+        Ok(BatchLayout { segments, states, parts })
     }
 
     /// Sends batches of every shape this coordinator sends (a group of each `K' < K`, and
@@ -313,7 +321,7 @@ impl Loop {
         let until = Instant::now() + Duration::from_secs(60);
         let counts = (1..k).chain(warm_up_sizes(self.config.max_batch).into_iter().map(|g| g * k));
         for count in counts {
-            let Ok((segments, _, parts)) = self.layout(count) else { continue };
+            let Ok(BatchLayout { segments, parts, .. }) = self.layout(count) else { continue };
             let dispatch = Arc::new(Dispatch::new(vec![0.0; count * d], d, segments));
             let involved: Vec<usize> = (0..self.workers.len()).filter(|&w| !parts[w].is_empty()).collect();
             let devices: Vec<_> = involved.iter().map(|&w| self.workers[w].device()).collect();
@@ -337,7 +345,7 @@ impl Loop {
         self.stats.batches += 1;
         let (full, rest) = (count / k, count % k);
         self.stats.groups += (full + usize::from(rest > 0)) as u64;
-        let (segments, states, parts) = match self.layout(count) {
+        let BatchLayout { segments, states, parts } = match self.layout(count) {
             Ok(layout) => layout,
             Err(e) => return self.fail(full + usize::from(rest > 0), replies, e.into()),
         };
