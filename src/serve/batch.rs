@@ -71,7 +71,9 @@ pub struct Dispatch {
 
 impl Dispatch {
     /// `queries` holds whole rows of `input_len`; the segments cover whole groups of them.
-    pub fn new(queries: Vec<f32>, input_len: usize, segments: Vec<Segment>) -> Self {
+    /// Only the schemes make dispatches, so the parts they hand out always name a segment and
+    /// a node that exist.
+    pub(crate) fn new(queries: Vec<f32>, input_len: usize, segments: Vec<Segment>) -> Self {
         debug_assert!(input_len > 0 && queries.len() % input_len == 0);
         debug_assert!(
             segments.iter().all(|s| (s.first_query + s.groups * s.coding.queries()) * input_len <= queries.len())
@@ -86,10 +88,6 @@ impl Dispatch {
 
     pub fn is_empty(&self) -> bool {
         self.queries.is_empty()
-    }
-
-    pub fn input_len(&self) -> usize {
-        self.input_len
     }
 
     pub fn segments(&self) -> &[Segment] {
@@ -157,7 +155,7 @@ impl Work {
     /// The works of the workers of a dispatch, one per entry of `slots`, the workers' devices
     /// given by `devices` (`None`: a worker outside this process): the workers of one device
     /// share one upload and one encode.
-    pub fn by_device(
+    pub(crate) fn by_device(
         dispatch: &Arc<Dispatch>,
         devices: &[Option<&Device>],
         slots: Vec<Option<Vec<Part>>>,
@@ -186,11 +184,6 @@ impl Work {
     /// Rows of this worker's input, and of its answer.
     pub fn rows(&self) -> usize {
         self.share.dispatch.rows(self.share.slots[self.slot].as_deref())
-    }
-
-    /// The parts of this worker's input, in row order (`None`: the raw queries).
-    pub fn parts(&self) -> Option<&[Part]> {
-        self.share.slots[self.slot].as_deref()
     }
 
     /// This worker's input `[rows, D]` on `device` (every worker of a share is on the same

@@ -154,7 +154,7 @@ pub fn run(
             Duration::from_secs_f64(p95.max(0.0) / 1e3)
         });
         let pool = local_workers(devices, &placement, 4096, &replica, |_| sign_flip());
-        let bare = bare_forward_qps(&pool, devices, &placement, inputs, config.max_batch)?;
+        let bare = bare_forward_qps(&pool, devices, &placement, inputs, config.max_batch);
         // Devices the plan loads stay busy for the scheme's run (not for the ceiling above).
         let _loads = background_loads(devices, &placement, &config.plan);
         let workers: Vec<Arc<dyn Worker>> = pool.iter().map(|(w, _)| w.clone() as Arc<dyn Worker>).collect();
@@ -183,14 +183,14 @@ fn bare_forward_qps(
     placement: &Placement,
     inputs: &[Vec<f32>],
     rows: usize,
-) -> anyhow::Result<f64> {
+) -> f64 {
     const PASSES: usize = 20;
     let d = inputs[0].len();
     let batch: Vec<f32> = (0..rows).flat_map(|i| inputs[i % inputs.len()].iter().copied()).collect();
     // All replicas at once, as when serving; each warms up (a new batch size may compile
     // kernels) and then times its own passes, so the rate is the sum of theirs.
     let barrier = std::sync::Barrier::new(pool.len());
-    let rate: f64 = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let handles: Vec<_> = pool
             .iter()
             .enumerate()
@@ -207,8 +207,7 @@ fn bare_forward_qps(
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
-    });
-    Ok(rate)
+    })
 }
 
 /// What one scheme's run produced.

@@ -324,11 +324,16 @@ impl Loop {
             let Ok(BatchLayout { segments, parts, .. }) = self.layout(count) else { continue };
             let dispatch = Arc::new(Dispatch::new(vec![0.0; count * d], d, segments));
             let involved: Vec<usize> = (0..self.workers.len()).filter(|&w| !parts[w].is_empty()).collect();
-            let devices: Vec<_> = involved.iter().map(|&w| self.workers[w].device()).collect();
-            let slots = involved.iter().map(|&w| Some(parts[w].clone())).collect();
-            let jobs = involved.iter().copied().zip(Work::by_device(&dispatch, &devices, slots)).collect();
+            let jobs = involved.iter().copied().zip(self.works(&dispatch, &involved, &parts)).collect();
             warm_up(&self.workers, jobs, until);
         }
+    }
+
+    /// The work of each of `workers` (its `parts` of `dispatch`), one share per device.
+    fn works(&self, dispatch: &Arc<Dispatch>, workers: &[usize], parts: &[Vec<Part>]) -> Vec<Work> {
+        let devices: Vec<_> = workers.iter().map(|&w| self.workers[w].device()).collect();
+        let slots = workers.iter().map(|&w| Some(parts[w].clone())).collect();
+        Work::by_device(dispatch, &devices, slots)
     }
 
     /// Codes `submissions` as whole groups of `K` plus at most one group of the rest, and
@@ -401,9 +406,7 @@ impl Loop {
             }
             None => vec![None; workers.len()],
         };
-        let devices: Vec<_> = workers.iter().map(|&w| self.workers[w].device()).collect();
-        let slots = workers.iter().map(|&w| Some(parts[w].clone())).collect();
-        let works = Work::by_device(dispatch, &devices, slots);
+        let works = self.works(dispatch, workers, &parts);
         let mut taken = Vec::with_capacity(workers.len());
         for ((&w, work), injected) in workers.iter().zip(works).zip(fates) {
             let request_id = self.next_request;
