@@ -14,6 +14,8 @@ use crate::models::{self, Architecture, Classifier, ModelError};
 /// The embedded model's architecture and training set.
 pub const ARCHITECTURE: Architecture = Architecture::Lenet5;
 pub const DATASET: Dataset = Dataset::FashionMnist;
+/// What `serve` and `worker` call it by default.
+pub const NAME: &str = "lenet5-fashion-mnist";
 
 /// Burnpack aligns tensor data to 256 bytes within the file so that it can be read in place;
 /// `include_bytes!` alone guarantees 1, which Burn's CPU backend rejects (a panic on its first

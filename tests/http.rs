@@ -4,11 +4,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use approxifer::kernels::{Code, CodeParams, Layout, Locator};
-use approxifer::serve::http::{HttpConfig, serve};
+use approxifer::serve::v2;
 use approxifer::serve::{
     Codec, Coordinator, CoordinatorConfig, FaultPlan, Latency, LocalWorker, Scheme, Stats, Worker, WorkerFaults,
 };
@@ -18,6 +17,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use support::{C, D, expected, model, query};
 
+#[path = "support/server.rs"]
+mod server;
 mod support;
 
 const MAX_BATCH: usize = 8;
@@ -43,42 +44,21 @@ fn coordinator(faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> 
     Box::new(Coordinator::start(config, workers).unwrap())
 }
 
-/// A server on an ephemeral port, in its own runtime.
+/// A server on an ephemeral port with a client for it.
 struct Server {
+    inner: server::Server,
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<std::io::Result<Stats>>>,
     agent: ureq::Agent,
 }
 
 impl Server {
     fn start(scheme: Box<dyn Scheme>) -> Server {
-        let config = HttpConfig {
-            scheme: "approxifer".into(),
-            input_len: D,
-            output_len: C,
-            max_batch: MAX_BATCH,
-            max_body_bytes: 4096,
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                addr_tx.send(listener.local_addr()?).map_err(std::io::Error::other)?;
-                serve(listener, scheme, config, async {
-                    let _ = stopped.await;
-                })
-                .await
-            })
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("the server starts");
-        Server { addr, stop: Some(stop), thread: Some(thread), agent: agent() }
+        let inner = server::Server::start_on("127.0.0.1:0".parse().unwrap(), scheme, MAX_BATCH, 4096);
+        Server { addr: inner.addr, inner, agent: agent() }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        self.inner.url(path)
     }
 
     fn post(&self, body: &str) -> (u16, Option<String>, String) {
@@ -90,9 +70,8 @@ impl Server {
         (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
     }
 
-    fn stop(mut self) -> Stats {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.thread.take().unwrap().join().unwrap().expect("the server stops cleanly")
+    fn stop(self) -> Stats {
+        self.inner.stop()
     }
 }
 
@@ -273,4 +252,156 @@ fn shutdown_answers_every_request_in_progress_then_refuses_connections() {
     }
     assert_eq!((stats.answered, stats.errors), (12, 0));
     assert!(std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(), "the listener is closed");
+}
+
+/// POSTs `body` (with the binary extension's header when `header_length` is given) to the
+/// model's v2 infer route: the status, that header of the answer, and its body.
+fn infer(server: &Server, path: &str, body: &[u8], header_length: Option<usize>) -> (u16, Option<usize>, Vec<u8>) {
+    let mut request = server.agent.post(server.url(path)).header("content-type", "application/json");
+    if let Some(n) = header_length {
+        request = request.header(v2::HEADER_LENGTH, n.to_string());
+    }
+    let mut response = request.send(body).expect("the server answers");
+    let header = response.headers().get(v2::HEADER_LENGTH).map(|v| v.to_str().unwrap().parse().unwrap());
+    (response.status().as_u16(), header, response.body_mut().read_to_vec().unwrap())
+}
+
+/// The output of a v2 answer with its rows checked against the model: exact unless listed in
+/// `approximate_rows`.
+fn check_rows(response: &v2::InferResponse, binary: &[u8], first_query: usize) -> usize {
+    let output = &response.outputs[0];
+    assert_eq!((output.name.as_str(), output.datatype.as_str()), ("output", "FP32"));
+    let values = v2::tensor_values(&response.outputs, binary).unwrap().remove(0);
+    let rows = output.shape[0] as usize;
+    assert_eq!(output.shape, [rows as i64, C as i64]);
+    let parameters = output.parameters.clone().unwrap();
+    let approximate: Vec<usize> = parameters
+        .get("approximate_rows")
+        .and_then(Value::as_str)
+        .map(|s| s.split(',').map(|i| i.parse().unwrap()).collect())
+        .unwrap_or_default();
+    assert_eq!(parameters["approximate"].as_bool(), Some(!approximate.is_empty()));
+    for (r, row) in values.chunks_exact(C).enumerate() {
+        let exact = expected(&query(first_query + r));
+        let error = row.iter().zip(&exact).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
+        let bound = if approximate.contains(&r) { 1.0 } else { 1e-5 };
+        assert!(error < bound, "row {r}: {row:?} vs {exact:?}");
+    }
+    rows
+}
+
+#[test]
+fn v2_clients_get_health_metadata_and_answers_in_json_and_binary() {
+    let server = Server::start(coordinator(None, 100, 2000));
+    let model = server::MODEL;
+    for path in ["/v2/health/live", "/v2/health/ready", "/v2/models/smooth/ready", "/v2/models/smooth/versions/1/ready"]
+    {
+        assert_eq!(server.get(path).0, 200, "{path}");
+    }
+    let (status, body) = server.get("/v2");
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["extensions"], json!(["binary_tensor_data"]));
+    for path in ["/v2/models/smooth", "/v2/models/smooth/versions/1"] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, 200, "{body}");
+        let metadata: v2::ModelMetadata = serde_json::from_str(&body).unwrap();
+        assert_eq!(metadata.name, model);
+        assert_eq!(
+            (metadata.inputs[0].name.as_str(), metadata.inputs[0].shape.as_slice()),
+            ("input", &[-1, D as i64][..])
+        );
+        assert_eq!(metadata.outputs[0].shape, [-1, C as i64]);
+    }
+    for path in ["/v2/models/other", "/v2/models/smooth/versions/2", "/v2/models/other/ready"] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, 404, "{path}");
+        assert!(json(&body)["error"].as_str().unwrap().contains("model"), "{body}");
+    }
+
+    // JSON in, JSON out, the request's id echoed; nested data and FP64 are read too.
+    let data: Vec<f32> = (0..4).flat_map(query).collect();
+    let request =
+        json!({"id": "a-1", "inputs": [{"name": "input", "shape": [4, D], "datatype": "FP32", "data": data}]});
+    let (status, header, body) = infer(&server, "/v2/models/smooth/infer", request.to_string().as_bytes(), None);
+    assert_eq!((status, header), (200, None), "{}", String::from_utf8_lossy(&body));
+    let response: v2::InferResponse = serde_json::from_slice(&body).unwrap();
+    assert_eq!((response.id.as_deref(), response.model_name.as_str()), (Some("a-1"), model));
+    assert_eq!(check_rows(&response, &[], 0), 4);
+    let nested: Vec<Vec<f32>> = (4..6).map(query).collect();
+    let request = json!({"inputs": [{"name": "input", "shape": [2, 1, D], "datatype": "FP64", "data": nested}]});
+    let (status, _, body) = infer(&server, "/v2/models/smooth/versions/1/infer", request.to_string().as_bytes(), None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let response: v2::InferResponse = serde_json::from_slice(&body).unwrap();
+    assert!(response.id.is_none(), "no id asked, none sent");
+    assert_eq!(check_rows(&response, &[], 4), 2);
+
+    // Binary in (FP32 and FP16) and, when asked, binary out.
+    for datatype in [v2::DataType::Fp32, v2::DataType::Fp16] {
+        let values: Vec<f32> = (6..9).flat_map(query).collect();
+        let bytes = datatype.encode(&values);
+        let request = json!({
+            "inputs": [{"name": "input", "shape": [3, D], "datatype": datatype.name(),
+                        "parameters": {"binary_data_size": bytes.len()}}],
+            "outputs": [{"name": "output", "parameters": {"binary_data": true}}],
+        });
+        let (body, header) = v2::join_body(&request, &bytes);
+        let (status, header, body) = infer(&server, "/v2/models/smooth/infer", &body, header);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let (response, binary): (v2::InferResponse, _) =
+            v2::split_body(&body, header.map(|n| n.to_string()).as_deref()).unwrap();
+        assert_eq!(binary.len(), 3 * C * 4, "the output comes back as binary data");
+        if datatype == v2::DataType::Fp32 {
+            assert_eq!(check_rows(&response, binary, 6), 3);
+        }
+    }
+    let stats = server.stop();
+    assert_eq!(stats.errors, 0);
+}
+
+#[test]
+fn bad_v2_requests_get_the_protocols_error_body_and_a_4xx() {
+    let server = Server::start(coordinator(None, 100, 2000));
+    let input = |name: &str, shape: Value, datatype: &str, data: Value| json!({"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]});
+    let one = json!(query(0));
+    let cases: Vec<(Value, u16)> = vec![
+        (input("x", json!([1, D]), "FP32", one.clone()), 400),
+        (input("input", json!([1, D + 1]), "FP32", one.clone()), 400),
+        (input("input", json!([2, D]), "FP32", one.clone()), 400),
+        (input("input", json!([1, D]), "INT8", one.clone()), 400),
+        (input("input", json!([D]), "FP32", one.clone()), 400),
+        (input("input", json!([1, D]), "FP32", json!(vec!["a"; D])), 400),
+        (json!({"inputs": []}), 400),
+        (json!({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32"}]}), 400),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32", "data": query(0)}],
+                   "outputs": [{"name": "logits"}]}),
+            400,
+        ),
+        (input("input", json!([MAX_BATCH + 1, D]), "FP32", json!(vec![0.0; (MAX_BATCH + 1) * D])), 413),
+    ];
+    for (body, status) in &cases {
+        let (got, _, text) = infer(&server, "/v2/models/smooth/infer", body.to_string().as_bytes(), None);
+        let text = String::from_utf8_lossy(&text);
+        assert_eq!(got, *status, "{body}: {text}");
+        assert!(json(&text)["error"].is_string(), "{body}: {text}");
+    }
+    let body = input("input", json!([1, D]), "FP32", one).to_string();
+    let (status, _, _) = infer(&server, "/v2/models/other/infer", body.as_bytes(), None);
+    assert_eq!(status, 404);
+    // The binary extension's lengths are checked: a header past the body, bytes left over, a
+    // non-finite value.
+    let (status, _, _) = infer(&server, "/v2/models/smooth/infer", body.as_bytes(), Some(body.len() + 1));
+    assert_eq!(status, 400);
+    let mut extra = body.clone().into_bytes();
+    extra.extend([0u8; 4]);
+    let (status, _, _) = infer(&server, "/v2/models/smooth/infer", &extra, Some(body.len()));
+    assert_eq!(status, 400);
+    let nan = v2::DataType::Fp32.encode(&[f32::NAN; D]);
+    let request = json!({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": nan.len()}}]});
+    let (body, header) = v2::join_body(&request, &nan);
+    let (status, _, text) = infer(&server, "/v2/models/smooth/infer", &body, header);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
+    let stats = server.stop();
+    assert_eq!((stats.answered, stats.errors), (0, 0));
 }

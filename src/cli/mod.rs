@@ -10,6 +10,7 @@ mod eval;
 mod serve;
 mod serve_bench;
 mod train;
+mod worker;
 mod workers;
 
 use std::io::Write;
@@ -49,9 +50,13 @@ enum Command {
     /// Uncoded, replication, hedged requests and ApproxIFER on the same workload with injected
     /// stragglers: latency percentiles, throughput, worker budget and accuracy.
     ServeBench(serve_bench::ServeBenchArgs),
-    /// Serve the embedded model over HTTP through the coded runtime (or a baseline):
-    /// POST /v1/predict, GET /health, GET /metrics (Prometheus); Ctrl-C drains and stops.
+    /// Serve a model over the Open Inference Protocol (KServe v2 REST) through the coded
+    /// runtime (or a baseline), on local or remote workers; /metrics (Prometheus); Ctrl-C
+    /// drains and stops.
     Serve(serve::ServeArgs),
+    /// One model replica behind the Open Inference Protocol with dynamic batching: a remote
+    /// worker for `serve --worker URL`.
+    Worker(worker::WorkerCmd),
     /// Measure throughput: `bench kernels` (copy, encode, decode, CPU and Burn, one device),
     /// `bench pipeline` (fused encode + model + decode against a host round trip).
     #[command(subcommand)]
@@ -218,6 +223,7 @@ impl Cli {
             Command::Eval(args) => eval::run(&args, &mut stdout)?,
             Command::ServeBench(args) => serve_bench::run_cmd(&args, &mut stdout)?,
             Command::Serve(args) => serve::run_cmd(&args)?,
+            Command::Worker(args) => worker::run_cmd(&args)?,
             Command::Bench(cmd) => bench::run(&cmd, &mut stdout)?,
         }
         stdout.flush()?;

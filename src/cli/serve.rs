@@ -1,6 +1,6 @@
-//! `approxifer serve`: the embedded model behind an HTTP endpoint, through the batched coded
+//! `approxifer serve`: a model behind the Open Inference Protocol, through the batched coded
 //! runtime (or a baseline, to compare), with local workers holding one model replica each on
-//! the box's devices.
+//! the box's devices, or remote workers (any v2 server) on other processes and machines.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,15 +14,36 @@ use super::{CodecArg, ms};
 use crate::attack::Attack;
 use crate::kernels::Locator;
 use crate::kernels::gpu::AdapterChoice;
-use crate::serve::http::{HttpConfig, serve};
+use crate::serve::http::{HttpConfig, ModelSpec, serve};
 use crate::serve::pool::{background_loads, local_workers};
-use crate::serve::{FaultPlan, Placement, SchemeConfig, SchemeKind, Worker};
+use crate::serve::{Endpoint, FaultPlan, Placement, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
-    /// Where to listen.
+    /// Where to listen (v2 REST).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// What clients call the model [default: the hosted model's name]
+    #[arg(long, value_name = "NAME")]
+    model_name: Option<String>,
+    /// A remote worker: a v2 server at http://HOST:PORT[/v2/models/MODEL[/versions/V]] (the
+    /// model is --model-name's when the URL names none). Repeat once per worker, as many as the
+    /// scheme takes; no local workers are started then.
+    #[arg(long = "worker", value_name = "URL")]
+    worker_urls: Vec<String>,
+    /// Remote workers listed in a TOML file: [[worker]] entries of url, model, version,
+    /// protocol ("rest"), binary (true).
+    #[arg(long = "workers", value_name = "FILE", conflicts_with = "worker_urls")]
+    workers_file: Option<PathBuf>,
+    /// With remote workers: one query's shape, e.g. 1,28,28 [default: the embedded model's]
+    #[arg(long, value_name = "DIMS", value_delimiter = ',')]
+    input_shape: Option<Vec<usize>>,
+    /// With remote workers: values per prediction [default: the embedded model's]
+    #[arg(long, value_name = "C")]
+    output_len: Option<usize>,
+    /// With remote workers: batches in flight to each at once.
+    #[arg(long, value_name = "R", default_value_t = 2)]
+    worker_concurrency: usize,
     #[arg(long, value_enum, default_value_t = SchemeKind::Approxifer)]
     scheme: SchemeKind,
     /// Queries per coded group; the baselines use K workers (replication copies x K).
@@ -82,8 +103,18 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let faults = args.faults.as_deref().map(FaultPlan::from_file).transpose()?.map(|plan| (plan, args.seed));
     let deadline = ms(args.deadline_ms, "--deadline-ms")?;
     let hedge_after = ms(args.hedge_after_ms, "--hedge-after-ms")?;
+    let remote = endpoints(args)?;
     let sample = crate::embedded::sample();
-    let shape = [1, sample.rows, sample.cols];
+    let shape = match &args.input_shape {
+        Some(shape) => shape.clone(),
+        None => vec![1, sample.rows, sample.cols],
+    };
+    let output_len = args.output_len.unwrap_or(crate::models::CLASSES);
+    anyhow::ensure!(
+        !shape.is_empty() && shape.iter().all(|&d| d > 0) && output_len > 0,
+        "--input-shape and --output-len must be positive"
+    );
+    anyhow::ensure!(remote.is_empty() || args.worker_concurrency >= 1, "--worker-concurrency must be at least 1");
     let settings = SchemeConfig {
         k: args.k,
         stragglers: args.stragglers,
@@ -93,7 +124,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         hedge_after,
         coded_hedge_after: Some(hedge_after),
         input_len: shape.iter().product(),
-        output_len: crate::models::CLASSES,
+        output_len,
         max_batch: args.workers.max_batch,
         max_queue_delay,
         deadline,
@@ -101,49 +132,102 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         faults,
         codec: args.codec.build(&args.workers.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?,
     };
-    let (input_len, pool) = (settings.input_len, args.scheme.workers(&settings));
-
-    // Every setting is checked before the model loads: placement first.
-    let (devices, notices) = args.workers.devices()?;
-    let placement = Placement::new(pool, devices.len(), args.workers.workers_per_device)?;
-    notices.iter().for_each(|line| eprintln!("{line}"));
-    // One copy of the model, moved to each worker's device by its replica.
-    let model = crate::embedded::model(&devices[0])?;
-    let replica = |device: &Device| crate::serve::replica::classifier(&model, device, shape);
-    let tamper = |w: usize| args.attack.tamper(args.seed.wrapping_add(w as u64));
-    let workers: Vec<Arc<dyn Worker>> = local_workers(&devices, &placement, args.capacity, replica, tamper)
-        .into_iter()
-        .map(|(worker, _)| worker as Arc<dyn Worker>)
-        .collect();
-    // Devices the fault plan loads stay busy while the server runs.
-    let _loads = settings.faults.as_ref().map(|(plan, _)| background_loads(&devices, &placement, plan));
-    let scheme = args.scheme.start(&settings, workers)?;
+    let pool = args.scheme.workers(&settings);
     let name = args.scheme.name();
+    let model_name = args.model_name.clone().unwrap_or_else(|| crate::embedded::NAME.into());
+
+    let (workers, _loads): (Vec<Arc<dyn Worker>>, _) = if remote.is_empty() {
+        anyhow::ensure!(
+            args.input_shape.is_none() && args.output_len.is_none(),
+            "--input-shape and --output-len describe remote workers' model; local workers serve the embedded one"
+        );
+        // Every setting is checked before the model loads: placement first.
+        let (devices, notices) = args.workers.devices()?;
+        let placement = Placement::new(pool, devices.len(), args.workers.workers_per_device)?;
+        notices.iter().for_each(|line| eprintln!("{line}"));
+        // One copy of the model, moved to each worker's device by its replica.
+        let model = crate::embedded::model(&devices[0])?;
+        let query_shape = [shape[0], shape[1], shape[2]];
+        let replica = |device: &Device| crate::serve::replica::classifier(&model, device, query_shape);
+        let tamper = |w: usize| args.attack.tamper(args.seed.wrapping_add(w as u64));
+        let workers = local_workers(&devices, &placement, args.capacity, replica, tamper)
+            .into_iter()
+            .map(|(worker, _)| worker as Arc<dyn Worker>)
+            .collect();
+        // Devices the fault plan loads stay busy while the server runs.
+        let loads = settings.faults.as_ref().map(|(plan, _)| background_loads(&devices, &placement, plan));
+        (workers, loads)
+    } else {
+        anyhow::ensure!(
+            remote.len() == pool,
+            "the {name} scheme with these settings takes {pool} workers; {} remote workers were given",
+            remote.len()
+        );
+        let workers = remote
+            .into_iter()
+            .enumerate()
+            .map(|(i, endpoint)| {
+                let config = RemoteConfig {
+                    endpoint,
+                    input_shape: shape.clone(),
+                    output_len,
+                    timeout: deadline,
+                    concurrency: args.worker_concurrency,
+                    capacity: args.capacity,
+                };
+                Arc::new(RemoteWorker::connect(i, config)) as Arc<dyn Worker>
+            })
+            .collect();
+        (workers, None)
+    };
+    let scheme = args.scheme.start(&settings, workers)?;
     let config = HttpConfig {
         scheme: name.into(),
-        input_len,
-        output_len: settings.output_len,
+        model: ModelSpec::new(model_name, shape, output_len),
         max_batch: args.max_request,
-        max_body_bytes: (args.max_request * input_len * 24).max(64 * 1024),
+        max_body_bytes: body_limit(args.max_request, settings.input_len),
     };
-
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let stats = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen).await?;
-        eprintln!(
-            "approxifer: serving the embedded {} ({} scheme, {pool} workers) on http://{}: POST /v1/predict, \
-             GET /health, GET /metrics; Ctrl-C stops after answering what was accepted",
-            crate::embedded::ARCHITECTURE.name(),
-            name,
-            listener.local_addr()?
-        );
-        anyhow::Ok(serve(listener, scheme, config, shutdown_signal()).await?)
-    })?;
+    let stats = host(args.listen, scheme, config, &format!("the {name} scheme over {pool} workers"))?;
     eprintln!(
         "approxifer: stopped; {} queries answered, {} errors, {} groups decoded, {} failed, {} liars removed",
         stats.answered, stats.errors, stats.decoded_groups, stats.failed_groups, stats.located_workers
     );
     Ok(())
+}
+
+/// The remote workers `--worker` and `--workers` name (none: local workers).
+fn endpoints(args: &ServeArgs) -> anyhow::Result<Vec<Endpoint>> {
+    let default_model = args.model_name.as_deref().unwrap_or(crate::embedded::NAME);
+    Ok(match &args.workers_file {
+        Some(path) => Endpoint::from_file(path)?,
+        None => args.worker_urls.iter().map(|url| Endpoint::parse(url, default_model)).collect::<Result<_, _>>()?,
+    })
+}
+
+/// The largest request body for `queries` queries of `input_len` values: JSON numbers take
+/// up to about 24 bytes each.
+pub(super) fn body_limit(queries: usize, input_len: usize) -> usize {
+    queries.saturating_mul(input_len).saturating_mul(24).max(64 * 1024)
+}
+
+/// Serves `scheme` over v2 REST on `listen` until Ctrl-C or SIGTERM; its books once stopped.
+pub(super) fn host(
+    listen: SocketAddr,
+    scheme: Box<dyn crate::serve::Scheme>,
+    config: HttpConfig,
+    what: &str,
+) -> anyhow::Result<crate::serve::Stats> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "approxifer: serving model '{}' ({what}) on http://{addr}: POST /v2/models/{}/infer (KServe v2), \
+             /v1/predict; GET /v2/health/ready, /metrics; Ctrl-C stops after answering what was accepted",
+            config.model.name, config.model.name
+        );
+        anyhow::Ok(serve(listener, scheme, config, shutdown_signal()).await?)
+    })
 }
 
 /// Ctrl-C, or SIGTERM where there is one (what service managers send).

@@ -222,36 +222,32 @@ impl Loop {
         self.pending.insert(id, pending);
     }
 
-    /// Sends the batch to up to `copies` workers it has not been sent to (round robin), those
-    /// that take it; copies on one device share one upload.
+    /// Sends the batch to `copies` workers it has not been sent to, in round-robin order,
+    /// passing over any that refuse it (a full queue, a server that is down); copies on one
+    /// device share one upload.
     fn send(&mut self, id: u64, pending: &mut Pending, copies: usize) {
         let n = self.workers.len();
-        let mut chosen = Vec::new();
-        for _ in 0..n {
-            if chosen.len() == copies {
+        let candidates: Vec<usize> =
+            (0..n).map(|i| (self.next_worker + i) % n).filter(|w| !pending.sent_to.contains(w)).collect();
+        let devices: Vec<_> = candidates.iter().map(|&w| self.workers[w].device()).collect();
+        let works = Work::by_device(&pending.dispatch, &devices, vec![None; candidates.len()]);
+        let mut taken = 0;
+        for (w, work) in candidates.into_iter().zip(works) {
+            if taken == copies {
                 break;
             }
-            let w = self.next_worker;
-            self.next_worker = (self.next_worker + 1) % n;
-            if !pending.sent_to.contains(&w) && !chosen.contains(&w) {
-                chosen.push(w);
-            }
-        }
-        let fates = match &mut self.faults {
-            Some((plan, rng)) => {
-                // Each copy is its own dispatch: a random slowdown strikes each independently.
-                chosen.iter().map(|&w| plan.draw(&[(w, self.served[w])], rng).pop()).collect()
-            }
-            None => vec![None; chosen.len()],
-        };
-        let devices: Vec<_> = chosen.iter().map(|&w| self.workers[w].device()).collect();
-        let works = Work::by_device(&pending.dispatch, &devices, vec![None; chosen.len()]);
-        for ((w, work), injected) in chosen.into_iter().zip(works).zip(fates) {
+            self.next_worker = (w + 1) % n;
+            // Each copy is its own dispatch: a random slowdown strikes each independently.
+            let injected = match &mut self.faults {
+                Some((plan, rng)) => plan.draw(&[(w, self.served[w])], rng).pop(),
+                None => None,
+            };
             let request_id = self.next_request;
             self.next_request += 1;
             self.served[w] += 1;
             let request = Request { id: request_id, work, injected, cancel: pending.cancel.clone() };
             if self.workers[w].submit(request, &self.replies.0).is_ok() {
+                taken += 1;
                 pending.sent_to.push(w);
                 pending.requests.push(request_id);
                 self.routes.insert(request_id, id);

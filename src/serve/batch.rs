@@ -186,6 +186,24 @@ impl Work {
         self.share.dispatch.rows(self.share.slots[self.slot].as_deref())
     }
 
+    /// This worker's input `[rows, D]` in host memory, row-major: for a worker outside this
+    /// process, which gets its coded queries over the network. Formed by the CPU kernels.
+    pub fn host_input(&self) -> Result<Vec<f32>, FormError> {
+        let dispatch = &self.share.dispatch;
+        let d = dispatch.input_len;
+        let Some(parts) = &self.share.slots[self.slot] else {
+            return Ok(dispatch.queries.clone());
+        };
+        let mut input = Vec::with_capacity(self.rows() * d);
+        for part in parts {
+            let segment = &dispatch.segments[part.segment];
+            let k = segment.coding.queries();
+            let host = &dispatch.queries[segment.first_query * d..(segment.first_query + segment.groups * k) * d];
+            input.extend(cpu::encode_rows_to_vec(&segment.coding.code, &[part.node], host, d)?);
+        }
+        Ok(input)
+    }
+
     /// This worker's input `[rows, D]` on `device` (every worker of a share is on the same
     /// device): formed with the rest of the share on first use.
     pub fn input(&self, device: &Device) -> Result<Tensor<2>, FormError> {

@@ -1,22 +1,30 @@
-//! `approxifer serve`'s HTTP front end: JSON tensors in, predictions out, through any
-//! [`Scheme`] (the coded coordinator or a baseline); `/health`; Prometheus `/metrics`; and a
-//! graceful shutdown that answers or rejects every accepted request.
+//! `approxifer serve`'s and `approxifer worker`'s HTTP front end: the Open Inference Protocol
+//! (KServe v2) REST API over any [`Scheme`] (the coded coordinator or a baseline), Prometheus
+//! `/metrics`, and a graceful shutdown that answers or rejects every accepted request.
 //!
-//! `POST /v1/predict` takes `{"inputs": [[...], ...]}` (one row of `input_len` numbers per
-//! query) or `{"inputs": {"shape": [B, ...], "data": [...]}}` (a row-major tensor whose trailing
-//! dimensions hold `input_len` numbers) and answers
-//! `{"predictions": [{"output": [...], "approximate": false}, ...]}`, in order. A batch is
-//! admitted whole or refused whole. A query that fails (its group missed the deadline) gets
-//! `{"error": ..., "code": ...}` in its place and the response the status of that failure.
+//! v2 routes: `GET /v2` (server metadata), `/v2/health/live`, `/v2/health/ready`,
+//! `GET /v2/models/{name}[/versions/{v}]` (metadata), `.../ready`, and
+//! `POST /v2/models/{name}[/versions/{v}]/infer`, with JSON or binary tensors
+//! ([`super::v2`]). A request's first dimension is its batch of queries; it is admitted whole or
+//! refused whole, and answered whole or failed whole (the protocol has no per-row errors). The
+//! output's parameters say which rows were decoded approximately: `approximate` (any) and
+//! `approximate_rows` (their indices, comma-separated).
+//!
+//! `POST /v1/predict` stays, the project's compact form for `curl`: `{"inputs": [[...], ...]}`
+//! (one row of `input_len` numbers per query) or `{"inputs": {"shape": [B, ...], "data": [...]}}`,
+//! answered `{"predictions": [{"output": [...], "approximate": false}, ...]}` in order, a query
+//! that failed getting `{"error": ..., "code": ...}` in its place; `GET /health` reports the
+//! scheme and what is in flight.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -30,15 +38,70 @@ use serde::{Deserialize, Serialize};
 
 use super::answer::{Answer, ServeError, Stats};
 use super::scheme::Scheme;
+use super::v2;
+
+/// The model a server hosts, as the protocol's metadata describes it.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    /// What clients call it.
+    pub name: String,
+    /// The one version served.
+    pub version: String,
+    pub platform: String,
+    pub input_name: String,
+    /// One query's dimensions (the batch dimension excluded).
+    pub input_shape: Vec<usize>,
+    pub output_name: String,
+    /// Values per prediction.
+    pub output_len: usize,
+}
+
+impl ModelSpec {
+    /// A model called `name` taking queries of `input_shape` and answering `output_len` values,
+    /// with tensors named `input` and `output`, version `1`.
+    pub fn new(name: impl Into<String>, input_shape: Vec<usize>, output_len: usize) -> Self {
+        ModelSpec {
+            name: name.into(),
+            version: "1".into(),
+            platform: "approxifer".into(),
+            input_name: "input".into(),
+            input_shape,
+            output_name: "output".into(),
+            output_len,
+        }
+    }
+
+    /// Values per query.
+    pub fn input_len(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+
+    fn metadata(&self) -> v2::ModelMetadata {
+        let dims = |shape: &[usize]| std::iter::once(-1).chain(shape.iter().map(|&d| d as i64)).collect();
+        v2::ModelMetadata {
+            name: self.name.clone(),
+            versions: Some(vec![self.version.clone()]),
+            platform: Some(self.platform.clone()),
+            inputs: vec![v2::TensorMetadata {
+                name: self.input_name.clone(),
+                datatype: "FP32".into(),
+                shape: dims(&self.input_shape),
+            }],
+            outputs: vec![v2::TensorMetadata {
+                name: self.output_name.clone(),
+                datatype: "FP32".into(),
+                shape: dims(&[self.output_len]),
+            }],
+        }
+    }
+}
 
 /// What the server reports about itself and how it bounds requests.
 #[derive(Clone, Debug)]
 pub struct HttpConfig {
     /// The scheme's name (`approxifer`, `uncoded`, ...), reported by `/health`.
     pub scheme: String,
-    /// Values per query and per prediction.
-    pub input_len: usize,
-    pub output_len: usize,
+    pub model: ModelSpec,
     /// The most queries in one request; at most the scheme's capacity.
     pub max_batch: usize,
     /// The largest request body, in bytes.
@@ -197,6 +260,15 @@ impl App {
 fn router(app: Arc<App>) -> Router {
     let limit = app.config.max_body_bytes;
     Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_version))
         .route("/v1/predict", post(predict))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -216,7 +288,7 @@ pub async fn serve(
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Stats> {
-    if config.max_batch == 0 || config.input_len == 0 {
+    if config.max_batch == 0 || config.model.input_len() == 0 {
         return Err(std::io::Error::other("max_batch and input_len must be at least 1"));
     }
     let app =
@@ -257,6 +329,26 @@ async fn answer(app: &App, body: Result<Json<PredictRequest>, JsonRejection>) ->
         })?
         .0;
     let queries = rows(request.inputs, &app.config)?;
+    let results = run(app, queries).await?;
+    let mut status = StatusCode::OK;
+    let predictions = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(Answer { output, approximate }) => Prediction::Answer { output, approximate },
+            Err(failure) => {
+                if status == StatusCode::OK {
+                    status = failure.status;
+                }
+                Prediction::Error { error: failure.message, code: failure.code }
+            }
+        })
+        .collect();
+    Ok((status, Json(PredictResponse { predictions })).into_response())
+}
+
+/// Admits `queries` whole (or refuses them whole) and waits for each one's answer or failure,
+/// counting the outcomes.
+async fn run(app: &App, queries: Vec<Vec<f32>>) -> Result<Vec<Result<Answer, Failure>>, Failure> {
     if app.draining.load(Ordering::SeqCst) {
         return Err(ServeError::ShuttingDown.into());
     }
@@ -270,37 +362,31 @@ async fn answer(app: &App, body: Result<Json<PredictRequest>, JsonRejection>) ->
     let results = tokio::task::spawn_blocking(move || tickets.iter().map(|t| t.recv().ok()).collect::<Vec<_>>())
         .await
         .map_err(|e| Failure { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: e.to_string() })?;
-    let mut status = StatusCode::OK;
-    let predictions = results
+    Ok(results
         .into_iter()
-        .map(|result| match result {
-            Some(Ok(Answer { output, approximate })) => {
-                app.metrics.query(if approximate { "approximate" } else { "exact" });
-                Prediction::Answer { output, approximate }
-            }
-            failed => {
-                let failure = match failed {
-                    Some(Err(error)) => Failure::from(error),
-                    _ => Failure {
-                        status: StatusCode::INTERNAL_SERVER_ERROR,
-                        code: "internal",
-                        message: "the scheme dropped this query".into(),
-                    },
-                };
-                app.metrics.query(failure.code);
-                if status == StatusCode::OK {
-                    status = failure.status;
-                }
-                Prediction::Error { error: failure.message, code: failure.code }
-            }
+        .map(|result| {
+            let result = match result {
+                Some(Ok(answer)) => Ok(answer),
+                Some(Err(error)) => Err(Failure::from(error)),
+                None => Err(Failure {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "internal",
+                    message: "the scheme dropped this query".into(),
+                }),
+            };
+            app.metrics.query(match &result {
+                Ok(answer) if answer.approximate => "approximate",
+                Ok(_) => "exact",
+                Err(failure) => failure.code,
+            });
+            result
         })
-        .collect();
-    Ok((status, Json(PredictResponse { predictions })).into_response())
+        .collect())
 }
 
 /// The request's queries as rows of `input_len` finite numbers, at most `max_batch` of them.
 fn rows(inputs: Inputs, config: &HttpConfig) -> Result<Vec<Vec<f32>>, Failure> {
-    let d = config.input_len;
+    let d = config.model.input_len();
     let rows = match inputs {
         Inputs::Rows(rows) => rows,
         Inputs::Tensor { shape, data } => {
@@ -316,6 +402,12 @@ fn rows(inputs: Inputs, config: &HttpConfig) -> Result<Vec<Vec<f32>>, Failure> {
             data.chunks_exact(d).map(<[f32]>::to_vec).collect()
         }
     };
+    checked_rows(rows, config)
+}
+
+/// `rows` if there are 1 to `max_batch` of them, each of `input_len` finite numbers.
+fn checked_rows(rows: Vec<Vec<f32>>, config: &HttpConfig) -> Result<Vec<Vec<f32>>, Failure> {
+    let d = config.model.input_len();
     if rows.is_empty() {
         return Err(Failure::bad_input("no inputs".into()));
     }
@@ -342,8 +434,8 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     let body = Health {
         status: if draining { "draining" } else { "serving" },
         scheme: &app.config.scheme,
-        input_len: app.config.input_len,
-        output_len: app.config.output_len,
+        input_len: app.config.model.input_len(),
+        output_len: app.config.model.output_len,
         in_flight: app.in_flight(),
     };
     let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
@@ -363,4 +455,230 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     };
     app.metrics.request("/metrics", response.status());
     response
+}
+
+/// A failure as the v2 protocol reports it: the status and `{"error": ...}`.
+fn v2_failure(failure: Failure) -> Response {
+    let retry = failure.code == "overloaded";
+    let mut response = (failure.status, Json(v2::ErrorBody { error: failure.message })).into_response();
+    if retry {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// The model a route names, if it is the one served (any version of it when `version` is
+/// `None`).
+fn hosted<'a>(app: &'a App, model: &str, version: Option<&str>) -> Result<&'a ModelSpec, Failure> {
+    let spec = &app.config.model;
+    if model != spec.name {
+        return Err(Failure {
+            status: StatusCode::NOT_FOUND,
+            code: "unknown_model",
+            message: format!("unknown model '{model}': this server hosts '{}'", spec.name),
+        });
+    }
+    match version {
+        Some(v) if v != spec.version && !v.is_empty() => Err(Failure {
+            status: StatusCode::NOT_FOUND,
+            code: "unknown_model",
+            message: format!("model '{model}' has no version '{v}': it serves version {}", spec.version),
+        }),
+        _ => Ok(spec),
+    }
+}
+
+async fn server_metadata(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/v2", StatusCode::OK);
+    Json(serde_json::json!({
+        "name": "approxifer",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+    .into_response()
+}
+
+async fn live(State(app): State<Arc<App>>) -> StatusCode {
+    app.metrics.request("/v2/health/live", StatusCode::OK);
+    StatusCode::OK
+}
+
+/// Ready while accepting requests; 503 once draining.
+async fn ready(State(app): State<Arc<App>>) -> StatusCode {
+    let status = if app.draining.load(Ordering::SeqCst) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    app.metrics.request("/v2/health/ready", status);
+    status
+}
+
+async fn model_metadata(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
+    metadata_of(&app, &model, None)
+}
+
+async fn model_metadata_version(
+    State(app): State<Arc<App>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    metadata_of(&app, &model, Some(&version))
+}
+
+fn metadata_of(app: &App, model: &str, version: Option<&str>) -> Response {
+    let response = match hosted(app, model, version) {
+        Ok(spec) => Json(spec.metadata()).into_response(),
+        Err(failure) => v2_failure(failure),
+    };
+    app.metrics.request("/v2/models", response.status());
+    response
+}
+
+async fn model_ready(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
+    readiness_of(&app, &model, None)
+}
+
+async fn model_ready_version(State(app): State<Arc<App>>, Path((model, version)): Path<(String, String)>) -> Response {
+    readiness_of(&app, &model, Some(&version))
+}
+
+fn readiness_of(app: &App, model: &str, version: Option<&str>) -> Response {
+    let response = match hosted(app, model, version) {
+        Ok(_) if app.draining.load(Ordering::SeqCst) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(failure) => v2_failure(failure),
+    };
+    app.metrics.request("/v2/models/ready", response.status());
+    response
+}
+
+async fn infer(State(app): State<Arc<App>>, Path(model): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+    infer_model(&app, &model, None, &headers, &body).await
+}
+
+async fn infer_version(
+    State(app): State<Arc<App>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    infer_model(&app, &model, Some(&version), &headers, &body).await
+}
+
+async fn infer_model(app: &App, model: &str, version: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Response {
+    let started = Instant::now();
+    let response = match v2_infer(app, model, version, headers, body).await {
+        Ok(response) => response,
+        Err(failure) => {
+            app.metrics.refusals.get_or_create(&OutcomeLabels { outcome: failure.code }).inc();
+            v2_failure(failure)
+        }
+    };
+    app.metrics.request("/v2/models/infer", response.status());
+    app.metrics.latency.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A v2 inference: the input tensor's rows admitted as queries, answered as one output tensor.
+async fn v2_infer(
+    app: &App,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, Failure> {
+    let spec = hosted(app, model, version)?;
+    let protocol = |e: v2::ProtocolError| Failure::bad_input(e.to_string());
+    let header_length = match headers.get(v2::HEADER_LENGTH) {
+        Some(value) => {
+            Some(value.to_str().map_err(|_| Failure::bad_input(format!("a bad {} header", v2::HEADER_LENGTH)))?)
+        }
+        None => None,
+    };
+    let (request, binary) = v2::split_body::<v2::InferRequest>(body, header_length).map_err(protocol)?;
+    let [input] = request.inputs.as_slice() else {
+        return Err(Failure::bad_input(format!(
+            "model '{}' takes one input, '{}'; the request has {}",
+            spec.name,
+            spec.input_name,
+            request.inputs.len()
+        )));
+    };
+    if input.name != spec.input_name {
+        return Err(Failure::bad_input(format!(
+            "unexpected input '{}' for model '{}': it takes '{}'",
+            input.name, spec.name, spec.input_name
+        )));
+    }
+    let mut binary_output = v2::flag(&request.parameters, "binary_data_output");
+    for output in request.outputs.iter().flatten() {
+        if output.name != spec.output_name {
+            return Err(Failure::bad_input(format!(
+                "unexpected output '{}' for model '{}': it answers '{}'",
+                output.name, spec.name, spec.output_name
+            )));
+        }
+        binary_output |= v2::flag(&output.parameters, "binary_data");
+    }
+    let values = v2::tensor_values(&request.inputs, binary).map_err(protocol)?.pop().unwrap_or_default();
+    let d = spec.input_len();
+    let batch = input.shape.first().copied().unwrap_or(0);
+    let per_query: Option<i64> = input.shape.iter().skip(1).try_fold(1i64, |n, &s| n.checked_mul(s));
+    if input.shape.len() < 2 || per_query != Some(d as i64) || batch < 1 {
+        return Err(Failure::bad_input(format!(
+            "input '{}' has shape {:?}: expected [batch, ...] with {d} values per query (one query: {:?})",
+            input.name, input.shape, spec.input_shape
+        )));
+    }
+    let queries = checked_rows(values.chunks_exact(d).map(<[f32]>::to_vec).collect(), &app.config)?;
+    let answers = run(app, queries).await?;
+    let c = spec.output_len;
+    let mut data = Vec::with_capacity(answers.len() * c);
+    let mut approximate = Vec::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok(answer) => {
+                data.extend_from_slice(&answer.output);
+                if answer.approximate {
+                    approximate.push(i.to_string());
+                }
+            }
+            Err(failure) => return Err(Failure { message: format!("query {i}: {}", failure.message), ..failure }),
+        }
+    }
+    let rows = data.len() / c.max(1);
+    let mut parameters = serde_json::Map::new();
+    parameters.insert("approximate".into(), (!approximate.is_empty()).into());
+    if !approximate.is_empty() {
+        parameters.insert("approximate_rows".into(), approximate.join(",").into());
+    }
+    let binary = if binary_output {
+        parameters.insert(v2::BINARY_DATA_SIZE.into(), (data.len() * 4).into());
+        v2::DataType::Fp32.encode(&data)
+    } else {
+        Vec::new()
+    };
+    let output = v2::Tensor {
+        name: spec.output_name.clone(),
+        shape: vec![rows as i64, c as i64],
+        datatype: "FP32".into(),
+        parameters: Some(parameters),
+        data: (!binary_output).then_some(data),
+    };
+    let response = v2::InferResponse {
+        model_name: spec.name.clone(),
+        model_version: Some(spec.version.clone()),
+        id: request.id,
+        parameters: None,
+        outputs: vec![output],
+    };
+    let (body, header_length) = v2::join_body(&response, &binary);
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    match header_length {
+        Some(n) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(v2::HEADER_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(response)
 }

@@ -16,8 +16,10 @@ mod front;
 pub mod http;
 pub mod load;
 pub mod pool;
+pub mod remote;
 pub mod replica;
 pub mod scheme;
+pub mod v2;
 pub mod worker;
 
 pub use answer::{Answer, CodingError, ServeError, Stats, Ticket};
@@ -27,5 +29,6 @@ pub use bench::{Arrivals, SchemeReport, ServeBenchConfig};
 pub use coordinator::{Codec, Coordinator, CoordinatorConfig};
 pub use faults::{FaultError, FaultFileError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
 pub use pool::{Placement, PlacementError};
+pub use remote::{Endpoint, EndpointError, Protocol, RemoteConfig, RemoteWorker};
 pub use scheme::{Scheme, SchemeConfig, SchemeKind};
 pub use worker::{Cancel, LocalWorker, Request, Response, ServedModel, Tamper, Worker, WorkerError, sign_flip};

@@ -65,6 +65,8 @@ pub enum WorkerError {
     Busy(usize),
     #[error("worker {0} has stopped")]
     Stopped(usize),
+    #[error("worker {0}'s server is down")]
+    Unavailable(usize),
 }
 
 /// Runs the model for the coordinator.

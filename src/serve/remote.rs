@@ -1,0 +1,501 @@
+//! Workers in other processes or on other machines: any server that speaks the Open Inference
+//! Protocol (Triton, KServe, MLServer, `approxifer worker`) runs the model, and a
+//! [`RemoteWorker`] sends it each batch.
+//!
+//! A remote worker forms its coded queries on the host ([`Work::host_input`]) and sends them as
+//! one request of `[rows, ...]`; the answer's rows come back in order. Its server's failures are
+//! a straggler's, never the user's errors: a request past its deadline, a refused connection or
+//! an error status is a missing answer, which the code absorbs. After a failure the worker is
+//! *down*: it refuses new batches at once (the scheme sends them elsewhere) until a readiness
+//! probe succeeds, tried again with exponential backoff. It learns the model's tensor names and
+//! input type from the server's metadata on each probe, so a restarted server with another
+//! configuration is picked up.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use serde::Deserialize;
+
+use super::v2::{self, DataType};
+use super::worker::{Request, Response, Worker, WorkerError};
+
+/// The wire protocol a remote worker speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// v2 REST (HTTP/1.1, keep-alive), tensors as binary data unless `binary = false`.
+    #[default]
+    Rest,
+}
+
+/// Where a remote worker is and which model it runs there: one entry of a `--workers` file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// `http://host:port` (a path prefix is kept).
+    pub url: String,
+    /// The model's name on that server.
+    pub model: String,
+    /// A version to ask for; the server's choice when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// REST: send and ask for tensors as binary data (the extension Triton and
+    /// `approxifer worker` speak); `false` for servers that take JSON only.
+    #[serde(default = "yes")]
+    pub binary: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Why an endpoint could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("worker URL '{0}': expected http://HOST:PORT[/v2/models/MODEL[/versions/V]]")]
+    Url(String),
+    #[error("workers file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+impl Endpoint {
+    /// `http://host:port[/v2/models/MODEL[/versions/V]]`; the model is `default_model` when the
+    /// URL names none.
+    pub fn parse(url: &str, default_model: &str) -> Result<Self, EndpointError> {
+        let bad = || EndpointError::Url(url.to_owned());
+        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let (model, version) = match segments.as_slice() {
+            [] => (default_model.to_owned(), None),
+            ["v2", "models", model] => ((*model).to_owned(), None),
+            ["v2", "models", model, "versions", version] => ((*model).to_owned(), Some((*version).to_owned())),
+            _ => return Err(bad()),
+        };
+        Ok(Endpoint { url: format!("http://{host}"), model, version, protocol: Protocol::Rest, binary: true })
+    }
+
+    /// The `[[worker]]` entries of a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<Vec<Self>, EndpointError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            worker: Vec<Endpoint>,
+        }
+        let error = |message: String| EndpointError::File { path: path.display().to_string(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let file: File = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        for endpoint in &file.worker {
+            if !endpoint.url.starts_with("http://") {
+                return Err(error(format!("url '{}' must start with http://", endpoint.url)));
+            }
+        }
+        Ok(file.worker)
+    }
+
+    /// The model's base path: `/v2/models/{model}[/versions/{v}]`.
+    fn model_url(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        match &self.version {
+            Some(v) => format!("{base}/v2/models/{}/versions/{v}", self.model),
+            None => format!("{base}/v2/models/{}", self.model),
+        }
+    }
+}
+
+/// How a remote worker talks to its server.
+#[derive(Clone, Debug)]
+pub struct RemoteConfig {
+    pub endpoint: Endpoint,
+    /// One query's dimensions, as the coordinator holds them (used where the server's
+    /// metadata leaves a dimension open).
+    pub input_shape: Vec<usize>,
+    /// Values per answer row.
+    pub output_len: usize,
+    /// A request not answered within this is a straggler's: given up on.
+    pub timeout: Duration,
+    /// Requests in flight to the server at once.
+    pub concurrency: usize,
+    /// Batches queued beyond those in flight.
+    pub capacity: usize,
+}
+
+/// The first wait after a failure; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The largest answer read from a server.
+const MAX_RESPONSE_BYTES: u64 = 1 << 30;
+
+/// Why a call to the server failed.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("{0}")]
+    Transport(#[from] ureq::Error),
+    #[error("status {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error(transparent)]
+    Protocol(#[from] v2::ProtocolError),
+    #[error("{0}")]
+    Model(String),
+}
+
+/// The model's tensors as the server describes them.
+#[derive(Clone, Debug)]
+struct Tensors {
+    input: String,
+    datatype: DataType,
+    /// One query's dimensions to send.
+    input_shape: Vec<i64>,
+    output: String,
+}
+
+/// Whether the server is up, and when to probe it again if not.
+struct Health {
+    tensors: Option<Tensors>,
+    retry_at: Instant,
+    backoff: Duration,
+    /// The last failure, reported once per outage.
+    reported: bool,
+}
+
+/// What the worker's threads share.
+struct Shared {
+    index: usize,
+    config: RemoteConfig,
+    agent: ureq::Agent,
+    health: Mutex<Health>,
+    /// Set on drop: queued requests are then discarded.
+    stop: AtomicBool,
+    answered: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A worker whose model runs on a v2 server: a bounded queue served by `concurrency` threads,
+/// each with a keep-alive connection.
+pub struct RemoteWorker {
+    shared: Arc<Shared>,
+    queue: Sender<(Request, Sender<Response>)>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl RemoteWorker {
+    /// Worker `index` in front of `config.endpoint`. Probes the server once (up to the
+    /// timeout) so that a server already down is known down before the first batch; never
+    /// fails: a server that is down is retried later.
+    pub fn connect(index: usize, config: RemoteConfig) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(config.timeout))
+            .http_status_as_error(false)
+            .max_idle_connections_per_host(config.concurrency.max(1) * 2)
+            .build()
+            .into();
+        let now = Instant::now();
+        let shared = Arc::new(Shared {
+            index,
+            agent,
+            health: Mutex::new(Health { tensors: None, retry_at: now, backoff: FIRST_BACKOFF, reported: false }),
+            stop: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            config,
+        });
+        shared.tensors();
+        let (queue, jobs) = crossbeam_channel::bounded(shared.config.capacity.max(1));
+        let threads = (0..shared.config.concurrency.max(1))
+            .map(|t| {
+                let (shared, jobs) = (shared.clone(), jobs.clone());
+                std::thread::Builder::new()
+                    .name(format!("approxifer-remote-{index}-{t}"))
+                    .spawn(move || shared.run(&jobs))
+                    .expect("spawning a remote worker thread")
+            })
+            .collect();
+        RemoteWorker { shared, queue, threads }
+    }
+
+    /// Batches answered so far.
+    pub fn answered(&self) -> u64 {
+        self.shared.answered.load(Ordering::Relaxed)
+    }
+
+    /// Batches lost to the server (down, late, or an error status).
+    pub fn failed(&self) -> u64 {
+        self.shared.failed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last contact with the server succeeded.
+    pub fn is_up(&self) -> bool {
+        self.shared.health.lock().is_ok_and(|h| h.tensors.is_some())
+    }
+}
+
+impl Shared {
+    fn run(&self, jobs: &Receiver<(Request, Sender<Response>)>) {
+        for (request, reply) in jobs.iter() {
+            if self.stop.load(Ordering::Relaxed) {
+                continue;
+            }
+            if request.cancel.is_cancelled() {
+                continue;
+            }
+            let Some(tensors) = self.tensors() else { continue };
+            match self.infer(&request, &tensors) {
+                Ok(output) => {
+                    self.answered.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Response { id: request.id, worker: self.index, output });
+                }
+                Err(error) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    // A late answer is a straggler's: the server stays up. Anything else
+                    // takes it out until a probe succeeds.
+                    let late = matches!(&error, CallError::Transport(ureq::Error::Timeout(_)));
+                    if !late {
+                        self.down(&error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The model's tensors if the server is up, probing it first when it is down and due.
+    fn tensors(&self) -> Option<Tensors> {
+        let now = Instant::now();
+        {
+            let health = self.health.lock().ok()?;
+            if health.tensors.is_some() || now < health.retry_at {
+                return health.tensors.clone();
+            }
+        }
+        match self.probe() {
+            Ok(tensors) => {
+                let mut health = self.health.lock().ok()?;
+                if health.reported {
+                    eprintln!("approxifer: worker {} ({}) is ready again", self.index, self.config.endpoint.url);
+                }
+                *health =
+                    Health { tensors: Some(tensors.clone()), retry_at: now, backoff: FIRST_BACKOFF, reported: false };
+                Some(tensors)
+            }
+            Err(error) => {
+                self.down(&error);
+                None
+            }
+        }
+    }
+
+    /// Marks the server down after `error`, to be probed again after the backoff.
+    fn down(&self, error: &CallError) {
+        let Ok(mut health) = self.health.lock() else { return };
+        if !health.reported {
+            eprintln!(
+                "approxifer: worker {} ({}, model '{}') is down, retrying with backoff: {error}",
+                self.index, self.config.endpoint.url, self.config.endpoint.model
+            );
+            health.reported = true;
+        }
+        let wait = if health.tensors.is_some() { FIRST_BACKOFF } else { health.backoff };
+        health.tensors = None;
+        health.retry_at = Instant::now() + wait;
+        health.backoff = (wait * 2).min(MAX_BACKOFF);
+    }
+
+    fn is_down(&self) -> bool {
+        self.health.lock().map_or(true, |h| h.tensors.is_none() && Instant::now() < h.retry_at)
+    }
+
+    /// The model's readiness and metadata: its tensors, checked against the coordinator's
+    /// query and answer sizes.
+    fn probe(&self) -> Result<Tensors, CallError> {
+        let base = self.config.endpoint.model_url();
+        let mut ready = self.agent.get(format!("{base}/ready")).call()?;
+        if ready.status() != 200 {
+            let message = ready.body_mut().read_to_string().unwrap_or_default();
+            return Err(CallError::Status { status: ready.status().as_u16(), message });
+        }
+        let mut response = self.agent.get(&base).call()?;
+        let body = response.body_mut().with_config().limit(MAX_RESPONSE_BYTES).read_to_vec()?;
+        if response.status() != 200 {
+            return Err(status_error(response.status().as_u16(), &body));
+        }
+        let (metadata, _): (v2::ModelMetadata, _) = v2::split_body(&body, None)?;
+        self.tensors_of(&metadata)
+    }
+
+    fn tensors_of(&self, metadata: &v2::ModelMetadata) -> Result<Tensors, CallError> {
+        let model = &self.config.endpoint.model;
+        let (Some(input), Some(output)) = (metadata.inputs.first(), metadata.outputs.first()) else {
+            return Err(CallError::Model(format!("model '{model}' lists no input or no output")));
+        };
+        if metadata.inputs.len() != 1 {
+            return Err(CallError::Model(format!(
+                "model '{model}' takes {} inputs; one is served",
+                metadata.inputs.len()
+            )));
+        }
+        let datatype = DataType::parse(&input.datatype)?;
+        let Some((&batch, dims)) = input.shape.split_first() else {
+            return Err(CallError::Model(format!("model '{model}' input '{}' has no dimensions", input.name)));
+        };
+        if batch != -1 {
+            return Err(CallError::Model(format!(
+                "model '{model}' input '{}' has shape {:?}: its first dimension must be the batch (-1)",
+                input.name, input.shape
+            )));
+        }
+        let input_len: usize = self.config.input_shape.iter().product();
+        let input_shape = if dims.iter().all(|&d| d >= 0) {
+            if dims.iter().product::<i64>() != input_len as i64 {
+                return Err(CallError::Model(format!(
+                    "model '{model}' takes queries of shape {dims:?}; the coordinator's have {input_len} values"
+                )));
+            }
+            dims.to_vec()
+        } else {
+            self.config.input_shape.iter().map(|&d| d as i64).collect()
+        };
+        Ok(Tensors { input: input.name.clone(), datatype, input_shape, output: output.name.clone() })
+    }
+
+    /// Sends the request's rows and reads back `rows x C` values.
+    fn infer(&self, request: &Request, tensors: &Tensors) -> Result<Vec<f32>, CallError> {
+        let values = request.work.host_input().map_err(|e| CallError::Model(e.to_string()))?;
+        let rows = request.work.rows();
+        let binary = self.config.endpoint.binary;
+        let shape: Vec<i64> = std::iter::once(rows as i64).chain(tensors.input_shape.iter().copied()).collect();
+        let output_parameters = binary.then(|| serde_json::Map::from_iter([("binary_data".into(), true.into())]));
+        let mut input = v2::Tensor {
+            name: tensors.input.clone(),
+            shape,
+            datatype: tensors.datatype.name().into(),
+            parameters: None,
+            data: None,
+        };
+        let payload = if binary {
+            let bytes = tensors.datatype.encode(&values);
+            input.parameters = Some(serde_json::Map::from_iter([(v2::BINARY_DATA_SIZE.into(), bytes.len().into())]));
+            bytes
+        } else {
+            input.data = Some(values);
+            Vec::new()
+        };
+        let body = v2::InferRequest {
+            id: Some(request.id.to_string()),
+            parameters: None,
+            inputs: vec![input],
+            outputs: Some(vec![v2::RequestedOutput { name: tensors.output.clone(), parameters: output_parameters }]),
+        };
+        let (body, header_length) = v2::join_body(&body, &payload);
+        let mut call = self.agent.post(format!("{}/infer", self.config.endpoint.model_url()));
+        call = match header_length {
+            Some(n) => call.header("content-type", "application/octet-stream").header(v2::HEADER_LENGTH, n.to_string()),
+            None => call.header("content-type", "application/json"),
+        };
+        let mut response = call.send(&body[..])?;
+        let status = response.status().as_u16();
+        let header_length = response.headers().get(v2::HEADER_LENGTH).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = response.body_mut().with_config().limit(MAX_RESPONSE_BYTES).read_to_vec()?;
+        if status != 200 {
+            return Err(status_error(status, &body));
+        }
+        let (answer, binary): (v2::InferResponse, _) = v2::split_body(&body, header_length.as_deref())?;
+        let values = v2::tensor_values(&answer.outputs, binary)?;
+        let position = answer.outputs.iter().position(|t| t.name == tensors.output);
+        let output = position
+            .and_then(|p| values.into_iter().nth(p))
+            .ok_or_else(|| CallError::Model(format!("the answer has no output '{}'", tensors.output)))?;
+        let expected = rows * self.config.output_len;
+        if output.len() != expected {
+            return Err(CallError::Model(format!(
+                "output '{}' has {} values for {rows} rows; {expected} expected",
+                tensors.output,
+                output.len()
+            )));
+        }
+        Ok(output)
+    }
+}
+
+/// An error status with the server's `{"error": ...}` message, or its body's start.
+fn status_error(status: u16, body: &[u8]) -> CallError {
+    let message = serde_json::from_slice::<v2::ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    CallError::Status { status, message }
+}
+
+impl Worker for RemoteWorker {
+    fn index(&self) -> usize {
+        self.shared.index
+    }
+
+    fn device(&self) -> Option<&burn::tensor::Device> {
+        None
+    }
+
+    fn submit(&self, request: Request, replies: &Sender<Response>) -> Result<(), WorkerError> {
+        if self.shared.is_down() {
+            return Err(WorkerError::Unavailable(self.shared.index));
+        }
+        self.queue.try_send((request, replies.clone())).map_err(|e| match e {
+            TrySendError::Full(_) => WorkerError::Busy(self.shared.index),
+            TrySendError::Disconnected(_) => WorkerError::Stopped(self.shared.index),
+        })
+    }
+}
+
+impl Drop for RemoteWorker {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let (closed, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.queue, closed));
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_urls_name_the_server_and_optionally_the_model() {
+        let plain = Endpoint::parse("http://10.0.0.2:8000", "lenet").unwrap();
+        assert_eq!((plain.url.as_str(), plain.model.as_str(), plain.version), ("http://10.0.0.2:8000", "lenet", None));
+        let named = Endpoint::parse("http://h:1/v2/models/m/versions/3", "lenet").unwrap();
+        assert_eq!((named.model.as_str(), named.version.as_deref()), ("m", Some("3")));
+        assert_eq!(named.model_url(), "http://h:1/v2/models/m/versions/3");
+        for bad in ["h:1", "http://", "http://h:1/v1/predict", "grpcx://h:1", "http://h:1/v2/models"] {
+            assert!(Endpoint::parse(bad, "m").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_workers_file_lists_endpoints_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("workers.toml");
+        std::fs::write(
+            &path,
+            "[[worker]]\nurl = \"http://a:1\"\nmodel = \"x\"\n\n[[worker]]\nurl = \"http://b:2\"\nmodel = \"y\"\nversion = \"2\"\nprotocol = \"rest\"\nbinary = false\n",
+        )
+        .unwrap();
+        let endpoints = Endpoint::from_file(&path).unwrap();
+        assert_eq!(endpoints.len(), 2);
+        assert_eq!(
+            (endpoints[0].binary, endpoints[1].binary, endpoints[1].version.as_deref()),
+            (true, false, Some("2"))
+        );
+        std::fs::write(&path, "[[worker]]\nurl = \"http://a:1\"\nmodel = \"x\"\nport = 3\n").unwrap();
+        assert!(matches!(Endpoint::from_file(&path), Err(EndpointError::File { .. })));
+        std::fs::write(&path, "[[worker]]\nurl = \"a:1\"\nmodel = \"x\"\n").unwrap();
+        assert!(matches!(Endpoint::from_file(&path), Err(EndpointError::File { .. })));
+    }
+}
