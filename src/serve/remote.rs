@@ -5,9 +5,11 @@
 //! A remote worker forms its coded queries on the host ([`Work::host_input`]) and sends them as
 //! one request of `[rows, ...]`; the answer's rows come back in order. Its server's failures are
 //! a straggler's, never the user's errors: a request past its deadline, a refused connection or
-//! an error status is a missing answer, which the code absorbs. After a failure the worker is
-//! *down*: it refuses new batches at once (the scheme sends them elsewhere) until a readiness
-//! probe succeeds, tried again with exponential backoff. It learns the model's tensor names and
+//! an error status is a missing answer, which the code absorbs. After a failure (a late answer
+//! included) the worker is *down*: it refuses new batches at once (the scheme sends them
+//! elsewhere) until a readiness probe succeeds, tried again with exponential backoff, so that a
+//! server that is down is not hammered and one too slow for the deadline does not pile up work
+//! nobody waits for. It learns the model's tensor names and
 //! input type from the server's metadata on each probe, so a restarted server with another
 //! configuration is picked up.
 
@@ -254,12 +256,10 @@ impl Shared {
                 }
                 Err(error) => {
                     self.failed.fetch_add(1, Ordering::Relaxed);
-                    // A late answer is a straggler's: the server stays up. Anything else
-                    // takes it out until a probe succeeds.
-                    let late = matches!(&error, CallError::Transport(ureq::Error::Timeout(_)));
-                    if !late {
-                        self.down(&error);
-                    }
+                    // Late or failed, the server is rested until a probe succeeds: a server
+                    // that is down must not be hammered, and one too slow for the deadline
+                    // would only queue work nobody waits for.
+                    self.down(&error);
                 }
             }
         }
@@ -296,7 +296,7 @@ impl Shared {
         let Ok(mut health) = self.health.lock() else { return };
         if !health.reported {
             eprintln!(
-                "approxifer: worker {} ({}, model '{}') is down, retrying with backoff: {error}",
+                "approxifer: worker {} ({}, model '{}') is not answering, retrying with backoff: {error}",
                 self.index, self.config.endpoint.url, self.config.endpoint.model
             );
             health.reported = true;

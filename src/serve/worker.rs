@@ -255,11 +255,13 @@ impl Drop for LocalWorker {
 /// Sends each `(worker, work)` to its worker with no fault and waits for the answers, until
 /// `until` at most. Schemes warm their workers up with it: a device compiles and tunes kernels
 /// for each new range of batch sizes, per worker thread, seconds on some drivers (lavapipe),
-/// which must not fall within the first queries' deadlines.
+/// which must not fall within the first queries' deadlines. Workers outside this process are
+/// left out: their servers warm themselves, and one that is slow or down must not hold up the
+/// start.
 pub(crate) fn warm_up(workers: &[Arc<dyn Worker>], jobs: Vec<(usize, Work)>, until: Instant) {
     let (answers, replies) = crossbeam_channel::unbounded();
     let mut sent = 0;
-    for (w, work) in jobs {
+    for (w, work) in jobs.into_iter().filter(|(w, _)| workers[*w].device().is_some()) {
         let request = Request { id: 0, work, injected: None, cancel: Cancel::default() };
         sent += usize::from(workers[w].submit(request, &answers).is_ok());
     }

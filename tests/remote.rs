@@ -1,0 +1,174 @@
+//! Remote workers: the coordinator and the baselines over v2 servers on real sockets, each
+//! server what `approxifer worker` is (one replica behind an uncoded batcher). Answers equal
+//! those over local workers; a server that is down, dies mid-run, starts late or answers too
+//! slowly is a straggler, never a lost query.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use approxifer::kernels::{Code, CodeParams, Locator};
+use approxifer::serve::{
+    Baseline, BaselineConfig, Codec, Coordinator, CoordinatorConfig, Endpoint, LocalWorker, Policy, RemoteConfig,
+    RemoteWorker, ServedModel, Worker,
+};
+use burn::tensor::{Device, Tensor};
+use server::{MODEL, Server};
+use support::{C, D, expected, model, query};
+
+#[path = "support/server.rs"]
+mod server;
+mod support;
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A free port: bound, read and let go (nothing else in the test binds ports by number).
+fn free_port() -> SocketAddr {
+    TcpListener::bind(any_port()).unwrap().local_addr().unwrap()
+}
+
+/// Remote worker `i` in front of `addr`; every other one asks for JSON instead of binary
+/// tensors, so both encodings are exercised.
+fn remote(i: usize, addr: SocketAddr, timeout: Duration) -> Arc<RemoteWorker> {
+    let mut endpoint = Endpoint::parse(&format!("http://{addr}"), MODEL).unwrap();
+    endpoint.binary = i % 2 == 0;
+    let config =
+        RemoteConfig { endpoint, input_shape: vec![D], output_len: C, timeout, concurrency: 2, capacity: 1000 };
+    Arc::new(RemoteWorker::connect(i, config))
+}
+
+fn coordinator(k: usize, n: usize, workers: Vec<Arc<dyn Worker>>, deadline: Duration) -> Coordinator {
+    let code = Code::new(CodeParams::builder(k, n).stragglers(n - k).build().unwrap()).unwrap();
+    let config = CoordinatorConfig {
+        code,
+        input_len: D,
+        output_len: C,
+        max_batch: 8,
+        max_queue_delay: Duration::from_millis(2),
+        deadline,
+        capacity: 10_000,
+        faults: None,
+        codec: Codec::Cpu,
+        hedge_after: Some(Duration::from_millis(50)),
+        locator: Locator::Robust,
+    };
+    Coordinator::start(config, workers).unwrap()
+}
+
+/// Answers to queries `range`, submitted at once.
+fn answers(scheme: &Coordinator, range: std::ops::Range<usize>) -> Vec<Vec<f32>> {
+    let tickets = scheme.submit_all(range.map(query).collect()).unwrap();
+    tickets.iter().map(|t| t.recv_timeout(Duration::from_secs(20)).unwrap().expect("answered").output).collect()
+}
+
+#[test]
+fn a_coordinator_over_remote_workers_answers_as_one_over_local_workers() {
+    // S = 0: every worker's answer is used, so both runs decode the same answers.
+    let servers: Vec<Server> = (0..3).map(|_| Server::worker_on(any_port(), model())).collect();
+    let remote_workers: Vec<Arc<dyn Worker>> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| remote(i, s.addr, Duration::from_secs(10)) as Arc<dyn Worker>)
+        .collect();
+    let local_workers: Vec<Arc<dyn Worker>> =
+        (0..3).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 100)) as Arc<dyn Worker>).collect();
+    let over_remote = coordinator(3, 3, remote_workers, Duration::from_secs(10));
+    let over_local = coordinator(3, 3, local_workers, Duration::from_secs(10));
+    // 26 queries: full groups in a full batch, more full groups, and a partial group of 2.
+    let (far, near) = (answers(&over_remote, 0..26), answers(&over_local, 0..26));
+    for (i, (a, b)) in far.iter().zip(&near).enumerate() {
+        let error = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(error < 1e-5, "query {i}: {a:?} over remote workers, {b:?} over local ones");
+        let exact = expected(&query(i));
+        assert!(a.iter().zip(&exact).all(|(x, e)| (x - e).abs() < 1.0), "query {i} approximates the model");
+    }
+    let stats = over_remote.shutdown();
+    assert_eq!((stats.answered, stats.errors), (26, 0));
+    for server in servers {
+        assert!(server.stop().answered > 0, "every server did its share");
+    }
+}
+
+/// A model that takes `delay` per batch.
+fn slow(delay: Duration) -> ServedModel {
+    let inner = model();
+    Arc::new(move |x: Tensor<2>| {
+        std::thread::sleep(delay);
+        inner.forward(x)
+    })
+}
+
+#[test]
+fn servers_that_are_down_die_start_late_or_answer_late_are_stragglers_not_errors() {
+    // K = 2, N = 5 (S = 3): worker 3's server is not there at first, worker 4's is too slow
+    // for the timeout, and worker 0's is stopped mid-run.
+    let late_addr = free_port();
+    let mut servers: Vec<Option<Server>> = (0..3).map(|_| Some(Server::worker_on(any_port(), model()))).collect();
+    let slow_server = Server::worker_on(any_port(), slow(Duration::from_millis(300)));
+    let timeout = Duration::from_millis(100);
+    let mut addrs: Vec<SocketAddr> = servers.iter().map(|s| s.as_ref().unwrap().addr).collect();
+    addrs.extend([late_addr, slow_server.addr]);
+    let workers: Vec<Arc<RemoteWorker>> = addrs.iter().enumerate().map(|(i, &a)| remote(i, a, timeout)).collect();
+    assert!(!workers[3].is_up(), "nobody listens on worker 3's port yet");
+    let shared: Vec<Arc<dyn Worker>> = workers.iter().map(|w| w.clone() as Arc<dyn Worker>).collect();
+    let scheme = coordinator(2, 5, shared, Duration::from_secs(5));
+
+    let check = |range: std::ops::Range<usize>| {
+        for (i, output) in range.clone().zip(answers(&scheme, range)) {
+            let exact = expected(&query(i));
+            assert!(output.iter().zip(&exact).all(|(x, e)| (x - e).abs() < 1.0), "query {i}: {output:?}");
+        }
+    };
+    check(0..60);
+    servers[0].take().unwrap().stop();
+    check(60..120);
+    assert!(!workers[0].is_up(), "a stopped server is taken out");
+    // The late server comes up on its port; the next probe finds it.
+    let late = Server::worker_on(late_addr, model());
+    let started = Instant::now();
+    let mut next = 120;
+    while workers[3].answered() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the late server is probed again and used");
+        check(next..next + 12);
+        next += 12;
+    }
+    assert!(workers[4].failed() > 0, "the slow server's answers time out");
+    // Rested after each late answer, the slow server was sent far fewer batches than the
+    // others (it would otherwise queue one every 100 ms, and its stop below drain them all).
+    assert!(
+        workers[4].failed() * 4 < workers[1].answered(),
+        "{} late, {} answered by worker 1",
+        workers[4].failed(),
+        workers[1].answered()
+    );
+    let stats = scheme.shutdown();
+    assert_eq!((stats.answered, stats.errors), (next as u64, 0), "every query answered");
+    assert!(late.stop().answered > 0);
+}
+
+#[test]
+fn an_uncoded_baseline_passes_over_a_remote_worker_that_is_down() {
+    let up = Server::worker_on(any_port(), model());
+    let workers: Vec<Arc<dyn Worker>> =
+        vec![remote(0, free_port(), Duration::from_secs(5)), remote(1, up.addr, Duration::from_secs(5))];
+    let config = BaselineConfig {
+        policy: Policy::Uncoded,
+        input_len: D,
+        output_len: C,
+        max_batch: 1,
+        max_queue_delay: Duration::ZERO,
+        deadline: Duration::from_secs(5),
+        capacity: 100,
+        faults: None,
+    };
+    let baseline = Baseline::start(config, workers).unwrap();
+    let tickets: Vec<_> = (0..20).map(|i| baseline.submit(query(i)).unwrap()).collect();
+    for (i, ticket) in tickets.iter().enumerate() {
+        let answer = ticket.recv_timeout(Duration::from_secs(10)).unwrap().expect("answered by the server that is up");
+        let error = answer.output.iter().zip(expected(&query(i))).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
+        assert!(error < 1e-5, "query {i}");
+    }
+    assert_eq!(baseline.shutdown().errors, 0);
+}
