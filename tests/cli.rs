@@ -829,3 +829,115 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     assert_one_line_error(&["serve", "--attack", "shout"], "unknown attack 'shout'");
     assert_one_line_error(&["serve", "--locator", "bw"], "expected robust or paper");
 }
+
+/// A long-running `approxifer` process (`serve`, `worker`) and the address its banner names.
+struct Running {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Running {
+    /// Starts `approxifer args` and waits for the line that says where it listens.
+    fn start(args: &[&str]) -> Running {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("approxifer"))
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split_once(" on http://").map(|(_, r)| r) {
+                    let _ = tx.send(rest.split(':').take(2).collect::<Vec<_>>().join(":"));
+                }
+            }
+        });
+        let addr = rx.recv_timeout(std::time::Duration::from_secs(120)).unwrap_or_else(|_| panic!("{args:?} starts"));
+        Running { child, addr }
+    }
+
+    /// SIGTERM, as a service manager stops it; whether it exited cleanly.
+    fn terminate(mut self) -> bool {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A v2 inference of `images` (each 28 x 28) against `addr`: the predicted classes.
+fn classify(addr: &str, images: &[f32]) -> Result<Vec<usize>, String> {
+    let rows = images.len() / 784;
+    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [rows, 1, 28, 28], "datatype": "FP32", "data": images}]});
+    let mut response = ureq::post(format!("http://{addr}/v2/models/lenet5-fashion-mnist/infer"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_json(&body)
+        .map_err(|e| e.to_string())?;
+    let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    if response.status() != 200 {
+        return Err(text);
+    }
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    let data = numbers(&answer["outputs"][0]["data"]);
+    Ok(data.chunks_exact(10).map(|row| (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap()).collect())
+}
+
+#[test]
+fn serve_fronts_approxifer_worker_processes_and_survives_one_killed() {
+    let cpu = ["--device", "cpu", "--listen", "127.0.0.1:0"];
+    let mut workers: Vec<Running> = (0..3).map(|_| Running::start(&[&["worker"][..], &cpu].concat())).collect();
+    let urls: Vec<String> = workers.iter().map(|w| format!("http://{}", w.addr)).collect();
+    let mut args = vec!["serve", "--k", "2", "--stragglers", "1", "--listen", "127.0.0.1:0"];
+    for url in &urls {
+        args.extend(["--worker", url.as_str()]);
+    }
+    let server = Running::start(&args);
+    let sample = approxifer::embedded::sample();
+    let images = |range: std::ops::Range<usize>| -> Vec<f32> {
+        let device = burn::tensor::Device::flex();
+        let tensor = approxifer::train::image_tensor(&sample, range, approxifer::embedded::DATASET, &device);
+        tensor.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    };
+    let accuracy = |range: std::ops::Range<usize>| {
+        let classes = classify(&server.addr, &images(range.clone())).expect("answered");
+        let right = classes.iter().zip(&sample.labels[range]).filter(|(c, l)| **c == **l as usize).count();
+        right as f64 / classes.len() as f64
+    };
+    // The workers' own answers (uncoded) against the coordinator's decoded ones.
+    let direct = classify(&workers[0].addr, &images(0..200)).unwrap();
+    let direct_accuracy = direct.iter().zip(&sample.labels).filter(|(c, l)| **c == **l as usize).count() as f64 / 200.0;
+    let coded = accuracy(0..200);
+    // Berrut decoding from 2 of 3 answers at K = 2 costs accuracy (about 0.75 against 0.9
+    // here); chance is 0.1.
+    assert!(direct_accuracy > 0.8 && coded > 0.6, "coded {coded}, direct {direct_accuracy}");
+    // One worker killed (SIGKILL): every request still answered, by the other two.
+    drop(workers.remove(1));
+    for chunk in 0..5 {
+        let range = 200 + chunk * 40..240 + chunk * 40;
+        assert!(accuracy(range) > 0.5, "still answering after a worker died");
+    }
+    assert!(server.terminate(), "serve stops cleanly on SIGTERM");
+    for worker in workers {
+        assert!(worker.terminate(), "a worker stops cleanly on SIGTERM");
+    }
+}
+
+#[test]
+fn remote_worker_settings_are_checked_before_listening() {
+    assert_one_line_error(&["serve", "--worker", "ftp://a:1"], "worker URL 'ftp://a:1'");
+    assert_one_line_error(&["serve", "--worker", "http://127.0.0.1:9"], "takes 5 workers; 1 remote workers");
+    assert_one_line_error(&["serve", "--workers", "/nonexistent/workers.toml"], "/nonexistent/workers.toml");
+    assert_one_line_error(&["serve", "--input-shape", "1,0", "--worker", "http://a:1"], "--input-shape");
+    assert_one_line_error(&["serve", "--input-shape", "1,28,28"], "describe remote workers");
+    assert_one_line_error(&["worker", "--max-request", "0"], "--max-request must be between 1");
+    assert_one_line_error(&["worker", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
+}
