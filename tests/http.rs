@@ -6,16 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use approxifer::kernels::{Code, CodeParams, Layout, Locator};
+use approxifer::kernels::{Code, CodeParams, Layout};
 use approxifer::serve::v2;
-use approxifer::serve::{
-    Codec, Coordinator, CoordinatorConfig, FaultPlan, Latency, LocalWorker, Scheme, Stats, Worker, WorkerFaults,
-};
+use approxifer::serve::{Coordinator, FaultPlan, Latency, LocalWorker, Scheme, Stats, Worker, WorkerFaults};
 use burn::tensor::Device;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support::{C, D, expected, model, query};
+use support::{C, D, coordinator_config, expected, model, query};
 
 #[path = "support/server.rs"]
 mod server;
@@ -28,19 +26,7 @@ fn coordinator(faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> 
     let code = Code::new(CodeParams::builder(3, 5).stragglers(2).layout(Layout::Systematic).build().unwrap()).unwrap();
     let workers: Vec<Arc<dyn Worker>> =
         (0..5).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 1000)) as Arc<dyn Worker>).collect();
-    let config = CoordinatorConfig {
-        code,
-        input_len: D,
-        output_len: C,
-        max_batch: 8,
-        max_queue_delay: Duration::from_millis(2),
-        deadline: Duration::from_millis(deadline_ms),
-        capacity,
-        faults: faults.map(|plan| (plan, 3)),
-        codec: Codec::Cpu,
-        hedge_after: None,
-        locator: Locator::Robust,
-    };
+    let config = coordinator_config(code, faults, capacity, Duration::from_millis(deadline_ms));
     Box::new(Coordinator::start(config, workers).unwrap())
 }
 

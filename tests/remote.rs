@@ -7,14 +7,14 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use approxifer::kernels::{Code, CodeParams, Locator};
+use approxifer::kernels::{Code, CodeParams};
 use approxifer::serve::{
-    Baseline, BaselineConfig, Codec, Coordinator, CoordinatorConfig, Endpoint, LocalWorker, Policy, RemoteConfig,
+    Baseline, BaselineConfig, Coordinator, CoordinatorConfig, Endpoint, LocalWorker, Policy, RemoteConfig,
     RemoteWorker, ServedModel, Worker,
 };
 use burn::tensor::{Device, Tensor};
 use server::{MODEL, Server};
-use support::{C, D, expected, model, query};
+use support::{C, D, coordinator_config, expected, model, query};
 
 #[path = "support/server.rs"]
 mod server;
@@ -42,17 +42,8 @@ fn remote(i: usize, addr: SocketAddr, timeout: Duration) -> Arc<RemoteWorker> {
 fn coordinator(k: usize, n: usize, workers: Vec<Arc<dyn Worker>>, deadline: Duration) -> Coordinator {
     let code = Code::new(CodeParams::builder(k, n).stragglers(n - k).build().unwrap()).unwrap();
     let config = CoordinatorConfig {
-        code,
-        input_len: D,
-        output_len: C,
-        max_batch: 8,
-        max_queue_delay: Duration::from_millis(2),
-        deadline,
-        capacity: 10_000,
-        faults: None,
-        codec: Codec::Cpu,
         hedge_after: Some(Duration::from_millis(50)),
-        locator: Locator::Robust,
+        ..coordinator_config(code, None, 10_000, deadline)
     };
     Coordinator::start(config, workers).unwrap()
 }
@@ -134,15 +125,12 @@ fn servers_that_are_down_die_start_late_or_answer_late_are_stragglers_not_errors
         check(next..next + 12);
         next += 12;
     }
-    assert!(workers[4].failed() > 0, "the slow server's answers time out");
-    // Rested after each late answer, the slow server was sent far fewer batches than the
-    // others (it would otherwise queue one every 100 ms, and its stop below drain them all).
-    assert!(
-        workers[4].failed() * 4 < workers[1].answered(),
-        "{} late, {} answered by worker 1",
-        workers[4].failed(),
-        workers[1].answered()
-    );
+    // Its first answers are late by now or soon (a request waits up to the 100 ms timeout).
+    while workers[4].failed() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the slow server's answers time out");
+        check(next..next + 12);
+        next += 12;
+    }
     let stats = scheme.shutdown();
     assert_eq!((stats.answered, stats.errors), (next as u64, 0), "every query answered");
     assert!(late.stop().answered > 0);

@@ -11,7 +11,7 @@ use approxifer::serve::{
 };
 use burn::tensor::{Device, Tensor};
 use crossbeam_channel::RecvTimeoutError;
-use support::{C, D, expected, model, query};
+use support::{C, D, coordinator_config, expected, model, query};
 
 mod support;
 
@@ -24,19 +24,7 @@ fn workers(n: usize, capacity: usize) -> Vec<Arc<dyn Worker>> {
 }
 
 fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> CoordinatorConfig {
-    CoordinatorConfig {
-        code,
-        input_len: D,
-        output_len: C,
-        max_batch: 8,
-        max_queue_delay: Duration::from_millis(2),
-        deadline: Duration::from_millis(deadline_ms),
-        capacity,
-        faults: faults.map(|plan| (plan, 11)),
-        codec: Codec::Cpu,
-        hedge_after: None,
-        locator: Locator::Robust,
-    }
+    coordinator_config(code, faults, capacity, Duration::from_millis(deadline_ms))
 }
 
 fn max_error(a: &[f32], b: &[f32]) -> f32 {

@@ -2,8 +2,10 @@
 //! queries.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use approxifer::serve::ServedModel;
+use approxifer::kernels::{Code, Locator};
+use approxifer::serve::{Codec, CoordinatorConfig, FaultPlan, ServedModel};
 use burn::tensor::{Tensor, TensorData};
 
 /// Values per query and per prediction.
@@ -28,4 +30,27 @@ pub fn expected(query: &[f32]) -> Vec<f32> {
 /// Query `i`: `D` values in [-0.5, 0.5).
 pub fn query(i: usize) -> Vec<f32> {
     (0..D).map(|d| ((i * 7 + d * 3) % 19) as f32 / 19.0 - 0.5).collect()
+}
+
+/// A coordinator's settings for `code` over this model: batches of up to 8 groups sent 2 ms
+/// after their first query, decoded on the CPU, no hedges, `faults` drawn with a fixed seed.
+pub fn coordinator_config(
+    code: Code,
+    faults: Option<FaultPlan>,
+    capacity: usize,
+    deadline: Duration,
+) -> CoordinatorConfig {
+    CoordinatorConfig {
+        code,
+        input_len: D,
+        output_len: C,
+        max_batch: 8,
+        max_queue_delay: Duration::from_millis(2),
+        deadline,
+        capacity,
+        faults: faults.map(|plan| (plan, 11)),
+        codec: Codec::Cpu,
+        hedge_after: None,
+        locator: Locator::Robust,
+    }
 }
