@@ -14,7 +14,7 @@ use super::{CodecArg, ms};
 use crate::attack::Attack;
 use crate::kernels::Locator;
 use crate::kernels::gpu::AdapterChoice;
-use crate::serve::http::{HttpConfig, ModelSpec, serve};
+use crate::serve::http::{HttpConfig, ModelSpec, serve_v2};
 use crate::serve::pool::{background_loads, local_workers};
 use crate::serve::{Endpoint, FaultPlan, Placement, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
 
@@ -23,16 +23,20 @@ pub(super) struct ServeArgs {
     /// Where to listen (v2 REST).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Where to listen for v2 gRPC as well (inference.GRPCInferenceService).
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
     /// What clients call the model [default: the hosted model's name]
     #[arg(long, value_name = "NAME")]
     model_name: Option<String>,
-    /// A remote worker: a v2 server at http://HOST:PORT[/v2/models/MODEL[/versions/V]] (the
-    /// model is --model-name's when the URL names none). Repeat once per worker, as many as the
-    /// scheme takes; no local workers are started then.
+    /// A remote worker: a v2 server at grpc://HOST:PORT (gRPC) or http://HOST:PORT (REST),
+    /// optionally followed by /v2/models/MODEL[/versions/V] (the model is --model-name's when
+    /// the URL names none). Repeat once per worker, as many as the scheme takes; no local
+    /// workers are started then.
     #[arg(long = "worker", value_name = "URL")]
     worker_urls: Vec<String>,
     /// Remote workers listed in a TOML file: [[worker]] entries of url, model, version,
-    /// protocol ("rest"), binary (true).
+    /// protocol ("grpc" or "rest"; default grpc), binary (REST: true).
     #[arg(long = "workers", value_name = "FILE", conflicts_with = "worker_urls")]
     workers_file: Option<PathBuf>,
     /// With remote workers: one query's shape, e.g. 1,28,28 [default: the embedded model's]
@@ -187,7 +191,8 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         max_batch: args.max_request,
         max_body_bytes: body_limit(args.max_request, settings.input_len),
     };
-    let stats = host(args.listen, scheme, config, &format!("the {name} scheme over {pool} workers"))?;
+    let stats =
+        host((args.listen, args.grpc_listen), scheme, config, &format!("the {name} scheme over {pool} workers"))?;
     eprintln!(
         "approxifer: stopped; {} queries answered, {} errors, {} groups decoded, {} failed, {} liars removed",
         stats.answered, stats.errors, stats.decoded_groups, stats.failed_groups, stats.located_workers
@@ -210,23 +215,33 @@ pub(super) fn body_limit(queries: usize, input_len: usize) -> usize {
     queries.saturating_mul(input_len).saturating_mul(24).max(64 * 1024)
 }
 
-/// Serves `scheme` over v2 REST on `listen` until Ctrl-C or SIGTERM; its books once stopped.
+/// Serves `scheme` over v2 REST on `listen.0` (and gRPC on `listen.1`) until Ctrl-C or
+/// SIGTERM; its books once stopped.
 pub(super) fn host(
-    listen: SocketAddr,
+    (rest, grpc): (SocketAddr, Option<SocketAddr>),
     scheme: Box<dyn crate::serve::Scheme>,
     config: HttpConfig,
     what: &str,
 ) -> anyhow::Result<crate::serve::Stats> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
+        let rest = tokio::net::TcpListener::bind(rest).await?;
+        let grpc = match grpc {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let model = &config.model.name;
+        let grpc_line = match &grpc {
+            Some(listener) => format!(", gRPC on {}", listener.local_addr()?),
+            None => String::new(),
+        };
         eprintln!(
-            "approxifer: serving model '{}' ({what}) on http://{addr}: POST /v2/models/{}/infer (KServe v2), \
-             /v1/predict; GET /v2/health/ready, /metrics; Ctrl-C stops after answering what was accepted",
-            config.model.name, config.model.name
+            "approxifer: serving model '{model}' ({what}) on http://{}{grpc_line}: POST /v2/models/{model}/infer \
+             (KServe v2), /v1/predict; GET /v2/health/ready, /metrics; Ctrl-C stops after answering what was \
+             accepted",
+            rest.local_addr()?
         );
-        anyhow::Ok(serve(listener, scheme, config, shutdown_signal()).await?)
+        anyhow::Ok(serve_v2(rest, grpc, scheme, config, shutdown_signal()).await?)
     })
 }
 

@@ -21,6 +21,9 @@ pub(super) struct WorkerCmd {
     /// Where to listen (v2 REST).
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
+    /// Where to listen for v2 gRPC as well (what `serve --worker grpc://...` calls).
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
     /// What clients call the model [default: the hosted model's name]
     #[arg(long, value_name = "NAME")]
     model_name: Option<String>,
@@ -95,7 +98,12 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
         max_batch: args.max_request,
         max_body_bytes: body_limit(args.max_request, settings.input_len),
     };
-    let stats = host(args.listen, scheme, config, &format!("a worker, {instances} instance(s) on one device"))?;
+    let stats = host(
+        (args.listen, args.grpc_listen),
+        scheme,
+        config,
+        &format!("a worker, {instances} instance(s) on one device"),
+    )?;
     eprintln!("approxifer: worker stopped; {} queries answered, {} errors", stats.answered, stats.errors);
     Ok(())
 }

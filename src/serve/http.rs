@@ -76,7 +76,7 @@ impl ModelSpec {
         self.input_shape.iter().product()
     }
 
-    fn metadata(&self) -> v2::ModelMetadata {
+    pub(super) fn metadata(&self) -> v2::ModelMetadata {
         let dims = |shape: &[usize]| std::iter::once(-1).chain(shape.iter().map(|&d| d as i64)).collect();
         v2::ModelMetadata {
             name: self.name.clone(),
@@ -151,14 +151,14 @@ struct Health<'a> {
 
 /// A refusal of the whole request, or one query's failure: a status, a stable code for
 /// programs and a sentence for people.
-struct Failure {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
+pub(super) struct Failure {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
 }
 
 impl Failure {
-    fn bad_input(message: String) -> Self {
+    pub(super) fn bad_input(message: String) -> Self {
         Failure { status: StatusCode::BAD_REQUEST, code: "bad_input", message }
     }
 }
@@ -241,16 +241,34 @@ impl Metrics {
 }
 
 /// The state every handler shares.
-struct App {
+pub(super) struct App {
     /// Taken out, to be shut down, once the server has stopped.
     scheme: RwLock<Option<Box<dyn Scheme>>>,
-    config: HttpConfig,
+    pub config: HttpConfig,
     metrics: Metrics,
     /// Set when shutdown begins: new requests are refused, `/health` reports `draining`.
-    draining: AtomicBool,
+    pub draining: AtomicBool,
 }
 
 impl App {
+    /// Counts a call of `route` that ended with `status` (a refusal's code when refused whole),
+    /// and its latency for inferences.
+    pub(super) fn observe(
+        &self,
+        route: &'static str,
+        status: StatusCode,
+        refused: Option<&'static str>,
+        started: Option<Instant>,
+    ) {
+        self.metrics.request(route, status);
+        if let Some(code) = refused {
+            self.metrics.refusals.get_or_create(&OutcomeLabels { outcome: code }).inc();
+        }
+        if let Some(started) = started {
+            self.metrics.latency.observe(started.elapsed().as_secs_f64());
+        }
+    }
+
     fn in_flight(&self) -> usize {
         self.scheme.read().ok().and_then(|s| s.as_ref().map(|s| s.in_flight())).unwrap_or(0)
     }
@@ -288,18 +306,45 @@ pub async fn serve(
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<Stats> {
+    serve_v2(listener, None, scheme, config, shutdown).await
+}
+
+/// [`serve`], with the v2 gRPC service on `grpc` as well: one scheme, one set of metrics, one
+/// shutdown for both.
+pub async fn serve_v2(
+    rest: tokio::net::TcpListener,
+    grpc: Option<tokio::net::TcpListener>,
+    scheme: Box<dyn Scheme>,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<Stats> {
     if config.max_batch == 0 || config.model.input_len() == 0 {
         return Err(std::io::Error::other("max_batch and input_len must be at least 1"));
     }
     let app =
         Arc::new(App { scheme: RwLock::new(Some(scheme)), config, metrics: Metrics::new(), draining: false.into() });
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let draining = app.clone();
-    axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            draining.draining.store(true, Ordering::SeqCst);
-        })
-        .await?;
+    tokio::spawn(async move {
+        shutdown.await;
+        draining.draining.store(true, Ordering::SeqCst);
+        let _ = stop.send(true);
+    });
+    let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|&stop| stop).await;
+    };
+    let rest = axum::serve(rest, router(app.clone())).with_graceful_shutdown(stopped(stopping.clone()));
+    let grpc = async {
+        match grpc {
+            Some(listener) => super::grpc::server::serve(listener, app.clone(), stopped(stopping.clone()))
+                .await
+                .map_err(std::io::Error::other),
+            None => Ok(()),
+        }
+    };
+    let (rest, grpc) = tokio::join!(rest, grpc);
+    rest?;
+    grpc?;
     // Every connection has closed, so every handler has returned with its answers.
     let scheme = app.scheme.write().ok().and_then(|mut s| s.take());
     Ok(scheme.map(|s| s.shutdown()).unwrap_or_default())
@@ -469,7 +514,7 @@ fn v2_failure(failure: Failure) -> Response {
 
 /// The model a route names, if it is the one served (any version of it when `version` is
 /// `None`).
-fn hosted<'a>(app: &'a App, model: &str, version: Option<&str>) -> Result<&'a ModelSpec, Failure> {
+pub(super) fn hosted<'a>(app: &'a App, model: &str, version: Option<&str>) -> Result<&'a ModelSpec, Failure> {
     let spec = &app.config.model;
     if model != spec.name {
         return Err(Failure {
@@ -592,61 +637,18 @@ async fn v2_infer(
         None => None,
     };
     let (request, binary) = v2::split_body::<v2::InferRequest>(body, header_length).map_err(protocol)?;
-    let [input] = request.inputs.as_slice() else {
-        return Err(Failure::bad_input(format!(
-            "model '{}' takes one input, '{}'; the request has {}",
-            spec.name,
-            spec.input_name,
-            request.inputs.len()
-        )));
-    };
-    if input.name != spec.input_name {
-        return Err(Failure::bad_input(format!(
-            "unexpected input '{}' for model '{}': it takes '{}'",
-            input.name, spec.name, spec.input_name
-        )));
-    }
+    let inputs: Vec<&str> = request.inputs.iter().map(|t| t.name.as_str()).collect();
     let mut binary_output = v2::flag(&request.parameters, "binary_data_output");
-    for output in request.outputs.iter().flatten() {
-        if output.name != spec.output_name {
-            return Err(Failure::bad_input(format!(
-                "unexpected output '{}' for model '{}': it answers '{}'",
-                output.name, spec.name, spec.output_name
-            )));
-        }
-        binary_output |= v2::flag(&output.parameters, "binary_data");
-    }
+    let outputs: Vec<&str> = request.outputs.iter().flatten().map(|o| o.name.as_str()).collect();
+    binary_output |= request.outputs.iter().flatten().any(|o| v2::flag(&o.parameters, "binary_data"));
+    check_tensors(spec, &inputs, &outputs)?;
     let values = v2::tensor_values(&request.inputs, binary).map_err(protocol)?.pop().unwrap_or_default();
-    let d = spec.input_len();
-    let batch = input.shape.first().copied().unwrap_or(0);
-    let per_query: Option<i64> = input.shape.iter().skip(1).try_fold(1i64, |n, &s| n.checked_mul(s));
-    if input.shape.len() < 2 || per_query != Some(d as i64) || batch < 1 {
-        return Err(Failure::bad_input(format!(
-            "input '{}' has shape {:?}: expected [batch, ...] with {d} values per query (one query: {:?})",
-            input.name, input.shape, spec.input_shape
-        )));
-    }
-    let queries = checked_rows(values.chunks_exact(d).map(<[f32]>::to_vec).collect(), &app.config)?;
-    let answers = run(app, queries).await?;
+    let Inference { data, rows, approximate_rows } = infer_tensor(app, spec, &request.inputs[0].shape, values).await?;
     let c = spec.output_len;
-    let mut data = Vec::with_capacity(answers.len() * c);
-    let mut approximate = Vec::new();
-    for (i, answer) in answers.into_iter().enumerate() {
-        match answer {
-            Ok(answer) => {
-                data.extend_from_slice(&answer.output);
-                if answer.approximate {
-                    approximate.push(i.to_string());
-                }
-            }
-            Err(failure) => return Err(Failure { message: format!("query {i}: {}", failure.message), ..failure }),
-        }
-    }
-    let rows = data.len() / c.max(1);
     let mut parameters = serde_json::Map::new();
-    parameters.insert("approximate".into(), (!approximate.is_empty()).into());
-    if !approximate.is_empty() {
-        parameters.insert("approximate_rows".into(), approximate.join(",").into());
+    parameters.insert("approximate".into(), (!approximate_rows.is_empty()).into());
+    if !approximate_rows.is_empty() {
+        parameters.insert("approximate_rows".into(), list(&approximate_rows).into());
     }
     let binary = if binary_output {
         parameters.insert(v2::BINARY_DATA_SIZE.into(), (data.len() * 4).into());
@@ -681,4 +683,86 @@ async fn v2_infer(
         }
     }
     Ok(response)
+}
+
+/// The answer to one v2 inference, whatever its wire format.
+pub(super) struct Inference {
+    /// `rows x C` values, row-major.
+    pub data: Vec<f32>,
+    pub rows: usize,
+    /// The rows decoded approximately.
+    pub approximate_rows: Vec<usize>,
+}
+
+/// `rows` as the `approximate_rows` parameter writes them: comma-separated.
+pub(super) fn list(rows: &[usize]) -> String {
+    rows.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Checks a request's tensor names against the hosted model: one input, its own; outputs (if
+/// any are asked for) its own.
+pub(super) fn check_tensors(spec: &ModelSpec, inputs: &[&str], outputs: &[&str]) -> Result<(), Failure> {
+    let [input] = inputs else {
+        return Err(Failure::bad_input(format!(
+            "model '{}' takes one input, '{}'; the request has {}",
+            spec.name,
+            spec.input_name,
+            inputs.len()
+        )));
+    };
+    if *input != spec.input_name {
+        return Err(Failure::bad_input(format!(
+            "unexpected input '{input}' for model '{}': it takes '{}'",
+            spec.name, spec.input_name
+        )));
+    }
+    if let Some(output) = outputs.iter().find(|&&o| o != spec.output_name) {
+        return Err(Failure::bad_input(format!(
+            "unexpected output '{output}' for model '{}': it answers '{}'",
+            spec.name, spec.output_name
+        )));
+    }
+    Ok(())
+}
+
+/// Admits the rows of an input tensor of `shape` holding `values` as queries and waits for
+/// every answer: a v2 request is answered whole or failed whole.
+pub(super) async fn infer_tensor(
+    app: &App,
+    spec: &ModelSpec,
+    shape: &[i64],
+    values: Vec<f32>,
+) -> Result<Inference, Failure> {
+    let d = spec.input_len();
+    let batch = shape.first().copied().unwrap_or(0);
+    let per_query: Option<i64> = shape.iter().skip(1).try_fold(1i64, |n, &s| n.checked_mul(s));
+    if shape.len() < 2 || per_query != Some(d as i64) || batch < 1 {
+        return Err(Failure::bad_input(format!(
+            "input '{}' has shape {shape:?}: expected [batch, ...] with {d} values per query (one query: {:?})",
+            spec.input_name, spec.input_shape
+        )));
+    }
+    if values.len() != batch as usize * d {
+        return Err(Failure::bad_input(format!(
+            "input '{}' of shape {shape:?} holds {} values",
+            spec.input_name,
+            values.len()
+        )));
+    }
+    let queries = checked_rows(values.chunks_exact(d).map(<[f32]>::to_vec).collect(), &app.config)?;
+    let answers = run(app, queries).await?;
+    let mut data = Vec::with_capacity(answers.len() * spec.output_len);
+    let mut approximate_rows = Vec::new();
+    for (i, answer) in answers.into_iter().enumerate() {
+        match answer {
+            Ok(answer) => {
+                data.extend_from_slice(&answer.output);
+                if answer.approximate {
+                    approximate_rows.push(i);
+                }
+            }
+            Err(failure) => return Err(Failure { message: format!("query {i}: {}", failure.message), ..failure }),
+        }
+    }
+    Ok(Inference { rows: data.len() / spec.output_len.max(1), data, approximate_rows })
 }

@@ -13,6 +13,7 @@ pub mod bench;
 pub mod coordinator;
 pub mod faults;
 mod front;
+pub mod grpc;
 pub mod http;
 pub mod load;
 pub mod pool;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Deserialize;
 
+use super::grpc::client::{Client as GrpcClient, GrpcError};
 use super::v2::{self, DataType};
 use super::worker::{Request, Response, Worker, WorkerError};
 
@@ -28,8 +29,10 @@ use super::worker::{Request, Response, Worker, WorkerError};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
-    /// v2 REST (HTTP/1.1, keep-alive), tensors as binary data unless `binary = false`.
+    /// v2 gRPC (HTTP/2, one multiplexed connection), tensors as raw contents.
     #[default]
+    Grpc,
+    /// v2 REST (HTTP/1.1, keep-alive), tensors as binary data unless `binary = false`.
     Rest,
 }
 
@@ -37,13 +40,14 @@ pub enum Protocol {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
-    /// `http://host:port` (a path prefix is kept).
+    /// `http://host:port` (`grpc://host:port` in a file means `protocol = "grpc"`).
     pub url: String,
     /// The model's name on that server.
     pub model: String,
     /// A version to ask for; the server's choice when absent.
     #[serde(default)]
     pub version: Option<String>,
+    /// gRPC unless told otherwise (in a file; on the command line the URL's scheme says).
     #[serde(default)]
     pub protocol: Protocol,
     /// REST: send and ask for tensors as binary data (the extension Triton and
@@ -59,18 +63,22 @@ fn yes() -> bool {
 /// Why an endpoint could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    #[error("worker URL '{0}': expected http://HOST:PORT[/v2/models/MODEL[/versions/V]]")]
+    #[error("worker URL '{0}': expected grpc:// or http://HOST:PORT[/v2/models/MODEL[/versions/V]]")]
     Url(String),
     #[error("workers file {path}: {message}")]
     File { path: String, message: String },
 }
 
 impl Endpoint {
-    /// `http://host:port[/v2/models/MODEL[/versions/V]]`; the model is `default_model` when the
-    /// URL names none.
+    /// `grpc://host:port[/v2/models/MODEL[/versions/V]]` (v2 gRPC) or `http://...` (v2 REST);
+    /// the model is `default_model` when the URL names none.
     pub fn parse(url: &str, default_model: &str) -> Result<Self, EndpointError> {
         let bad = || EndpointError::Url(url.to_owned());
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (protocol, rest) = match (url.strip_prefix("grpc://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (Protocol::Grpc, rest),
+            (_, Some(rest)) => (Protocol::Rest, rest),
+            _ => return Err(bad()),
+        };
         let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err(bad());
@@ -82,7 +90,7 @@ impl Endpoint {
             ["v2", "models", model, "versions", version] => ((*model).to_owned(), Some((*version).to_owned())),
             _ => return Err(bad()),
         };
-        Ok(Endpoint { url: format!("http://{host}"), model, version, protocol: Protocol::Rest, binary: true })
+        Ok(Endpoint { url: format!("http://{host}"), model, version, protocol, binary: true })
     }
 
     /// The `[[worker]]` entries of a TOML file.
@@ -94,10 +102,14 @@ impl Endpoint {
         }
         let error = |message: String| EndpointError::File { path: path.display().to_string(), message };
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-        let file: File = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
-        for endpoint in &file.worker {
+        let mut file: File = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        for endpoint in &mut file.worker {
+            if let Some(host) = endpoint.url.strip_prefix("grpc://") {
+                endpoint.url = format!("http://{host}");
+                endpoint.protocol = Protocol::Grpc;
+            }
             if !endpoint.url.starts_with("http://") {
-                return Err(error(format!("url '{}' must start with http://", endpoint.url)));
+                return Err(error(format!("url '{}' must start with grpc:// or http://", endpoint.url)));
             }
         }
         Ok(file.worker)
@@ -145,6 +157,8 @@ enum CallError {
     Status { status: u16, message: String },
     #[error(transparent)]
     Protocol(#[from] v2::ProtocolError),
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
     #[error("{0}")]
     Model(String),
 }
@@ -172,7 +186,9 @@ struct Health {
 struct Shared {
     index: usize,
     config: RemoteConfig,
+    /// The REST client, or the gRPC one (its channel, made lazily, reconnects by itself).
     agent: ureq::Agent,
+    grpc: Option<Result<GrpcClient, String>>,
     health: Mutex<Health>,
     /// Set on drop: queued requests are then discarded.
     stop: AtomicBool,
@@ -200,9 +216,15 @@ impl RemoteWorker {
             .build()
             .into();
         let now = Instant::now();
+        let endpoint = &config.endpoint;
+        let grpc = (endpoint.protocol == Protocol::Grpc).then(|| {
+            GrpcClient::new(&endpoint.url, &endpoint.model, endpoint.version.as_deref(), config.timeout)
+                .map_err(|e| e.to_string())
+        });
         let shared = Arc::new(Shared {
             index,
             agent,
+            grpc,
             health: Mutex::new(Health { tensors: None, retry_at: now, backoff: FIRST_BACKOFF, reported: false }),
             stop: AtomicBool::new(false),
             answered: AtomicU64::new(0),
@@ -314,6 +336,10 @@ impl Shared {
     /// The model's readiness and metadata: its tensors, checked against the coordinator's
     /// query and answer sizes.
     fn probe(&self) -> Result<Tensors, CallError> {
+        if let Some(grpc) = &self.grpc {
+            let metadata = grpc.as_ref().map_err(|e| CallError::Model(e.clone()))?.probe()?;
+            return self.tensors_of(&metadata);
+        }
         let base = self.config.endpoint.model_url();
         let mut ready = self.agent.get(format!("{base}/ready")).call()?;
         if ready.status() != 200 {
@@ -368,8 +394,29 @@ impl Shared {
     fn infer(&self, request: &Request, tensors: &Tensors) -> Result<Vec<f32>, CallError> {
         let values = request.work.host_input().map_err(|e| CallError::Model(e.to_string()))?;
         let rows = request.work.rows();
-        let binary = self.config.endpoint.binary;
         let shape: Vec<i64> = std::iter::once(rows as i64).chain(tensors.input_shape.iter().copied()).collect();
+        let output = match &self.grpc {
+            Some(grpc) => {
+                let grpc = grpc.as_ref().map_err(|e| CallError::Model(e.clone()))?;
+                let input = (tensors.input.as_str(), tensors.datatype, shape);
+                grpc.infer(request.id.to_string(), input, &values, &tensors.output)?
+            }
+            None => self.infer_rest(request.id, tensors, shape, values)?,
+        };
+        let expected = rows * self.config.output_len;
+        if output.len() != expected {
+            return Err(CallError::Model(format!(
+                "output '{}' has {} values for {rows} rows; {expected} expected",
+                tensors.output,
+                output.len()
+            )));
+        }
+        Ok(output)
+    }
+
+    /// One v2 REST inference: `values` as a tensor of `shape`, the output's values back.
+    fn infer_rest(&self, id: u64, tensors: &Tensors, shape: Vec<i64>, values: Vec<f32>) -> Result<Vec<f32>, CallError> {
+        let binary = self.config.endpoint.binary;
         let output_parameters = binary.then(|| serde_json::Map::from_iter([("binary_data".into(), true.into())]));
         let mut input = v2::Tensor {
             name: tensors.input.clone(),
@@ -387,7 +434,7 @@ impl Shared {
             Vec::new()
         };
         let body = v2::InferRequest {
-            id: Some(request.id.to_string()),
+            id: Some(id.to_string()),
             parameters: None,
             inputs: vec![input],
             outputs: Some(vec![v2::RequestedOutput { name: tensors.output.clone(), parameters: output_parameters }]),
@@ -408,18 +455,9 @@ impl Shared {
         let (answer, binary): (v2::InferResponse, _) = v2::split_body(&body, header_length.as_deref())?;
         let values = v2::tensor_values(&answer.outputs, binary)?;
         let position = answer.outputs.iter().position(|t| t.name == tensors.output);
-        let output = position
+        position
             .and_then(|p| values.into_iter().nth(p))
-            .ok_or_else(|| CallError::Model(format!("the answer has no output '{}'", tensors.output)))?;
-        let expected = rows * self.config.output_len;
-        if output.len() != expected {
-            return Err(CallError::Model(format!(
-                "output '{}' has {} values for {rows} rows; {expected} expected",
-                tensors.output,
-                output.len()
-            )));
-        }
-        Ok(output)
+            .ok_or_else(|| CallError::Model(format!("the answer has no output '{}'", tensors.output)))
     }
 }
 
@@ -473,6 +511,8 @@ mod tests {
         let named = Endpoint::parse("http://h:1/v2/models/m/versions/3", "lenet").unwrap();
         assert_eq!((named.model.as_str(), named.version.as_deref()), ("m", Some("3")));
         assert_eq!(named.model_url(), "http://h:1/v2/models/m/versions/3");
+        let grpc = Endpoint::parse("grpc://h:2/v2/models/m", "lenet").unwrap();
+        assert_eq!((grpc.protocol, plain.protocol, grpc.url.as_str()), (Protocol::Grpc, Protocol::Rest, "http://h:2"));
         for bad in ["h:1", "http://", "http://h:1/v1/predict", "grpcx://h:1", "http://h:1/v2/models"] {
             assert!(Endpoint::parse(bad, "m").is_err(), "{bad}");
         }
@@ -484,7 +524,7 @@ mod tests {
         let path = dir.path().join("workers.toml");
         std::fs::write(
             &path,
-            "[[worker]]\nurl = \"http://a:1\"\nmodel = \"x\"\n\n[[worker]]\nurl = \"http://b:2\"\nmodel = \"y\"\nversion = \"2\"\nprotocol = \"rest\"\nbinary = false\n",
+            "[[worker]]\nurl = \"http://a:1\"\nmodel = \"x\"\n\n[[worker]]\nurl = \"http://b:2\"\nmodel = \"y\"\nversion = \"2\"\nprotocol = \"rest\"\nbinary = false\n\n[[worker]]\nurl = \"grpc://c:3\"\nmodel = \"z\"\n",
         )
         .unwrap();
         let endpoints = Endpoint::from_file(&path).unwrap();

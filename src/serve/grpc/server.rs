@@ -1,0 +1,188 @@
+//! `inference.GRPCInferenceService` in front of a scheme: the same model, checks, admission,
+//! metrics and shutdown as the REST routes ([`super::super::http`]), tensors in typed or raw
+//! contents, answers in raw contents (as Triton answers), approximate rows in the output's
+//! parameters.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Code, Request, Response, Status};
+
+use super::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use super::proto::{
+    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest,
+    ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
+    ServerReadyRequest, ServerReadyResponse, model_infer_response, model_metadata_response,
+};
+use super::{bool_parameter, string_parameter, version};
+use crate::serve::http::{App, Failure, Inference, check_tensors, hosted, infer_tensor, list};
+use crate::serve::v2::{self, DataType};
+
+/// Serves the gRPC service on `listener` until `shutdown` completes, then lets the calls in
+/// progress finish.
+pub(in crate::serve) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let limit = app.config.max_body_bytes;
+    let service = GrpcInferenceServiceServer::new(Service { app }).max_decoding_message_size(limit);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+}
+
+struct Service {
+    app: Arc<App>,
+}
+
+/// A failure as a gRPC status.
+fn status(failure: Failure) -> Status {
+    let code = match failure.status {
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+        StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+        s if s.is_client_error() => Code::InvalidArgument,
+        _ => Code::Internal,
+    };
+    Status::new(code, failure.message)
+}
+
+impl Service {
+    fn ready(&self) -> bool {
+        !self.app.draining.load(Ordering::SeqCst)
+    }
+
+    /// The values of the request's one input (its name checked before), from raw or typed
+    /// contents.
+    fn input_values(request: &ModelInferRequest) -> Result<Vec<f32>, Failure> {
+        let input = &request.inputs[0];
+        let datatype = DataType::parse(&input.datatype).map_err(|e| Failure::bad_input(e.to_string()))?;
+        if let Some(raw) = request.raw_input_contents.first() {
+            if request.raw_input_contents.len() != request.inputs.len() {
+                return Err(Failure::bad_input(format!(
+                    "{} raw input contents for {} inputs",
+                    request.raw_input_contents.len(),
+                    request.inputs.len()
+                )));
+            }
+            return datatype.decode(raw).map_err(|e| Failure::bad_input(e.to_string()));
+        }
+        let contents = input.contents.as_ref();
+        match datatype {
+            DataType::Fp32 => Ok(contents.map(|c| c.fp32_contents.clone()).unwrap_or_default()),
+            DataType::Fp64 => {
+                Ok(contents.map(|c| c.fp64_contents.iter().map(|&v| v as f32).collect()).unwrap_or_default())
+            }
+            DataType::Fp16 => Err(Failure::bad_input("FP16 tensors travel as raw_input_contents".into())),
+        }
+    }
+
+    async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Failure> {
+        let spec = hosted(&self.app, &request.model_name, version(&request.model_version))?;
+        let inputs: Vec<&str> = request.inputs.iter().map(|t| t.name.as_str()).collect();
+        let outputs: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
+        check_tensors(spec, &inputs, &outputs)?;
+        let values = Self::input_values(&request)?;
+        let Inference { data, rows, approximate_rows } =
+            infer_tensor(&self.app, spec, &request.inputs[0].shape, values).await?;
+        let mut parameters = HashMap::from([("approximate".to_owned(), bool_parameter(!approximate_rows.is_empty()))]);
+        if !approximate_rows.is_empty() {
+            parameters.insert("approximate_rows".to_owned(), string_parameter(list(&approximate_rows)));
+        }
+        let output = model_infer_response::InferOutputTensor {
+            name: spec.output_name.clone(),
+            datatype: "FP32".into(),
+            shape: vec![rows as i64, spec.output_len as i64],
+            parameters,
+            contents: None,
+        };
+        Ok(ModelInferResponse {
+            model_name: spec.name.clone(),
+            model_version: spec.version.clone(),
+            id: request.id,
+            parameters: HashMap::new(),
+            outputs: vec![output],
+            raw_output_contents: vec![DataType::Fp32.encode(&data)],
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Service {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        self.app.observe("grpc ServerLive", StatusCode::OK, None, None);
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        self.app.observe("grpc ServerReady", StatusCode::OK, None, None);
+        Ok(Response::new(ServerReadyResponse { ready: self.ready() }))
+    }
+
+    /// Not ready (rather than an error) for a model or version this server does not host.
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let request = request.into_inner();
+        let hosted = hosted(&self.app, &request.name, version(&request.version)).is_ok();
+        self.app.observe("grpc ModelReady", StatusCode::OK, None, None);
+        Ok(Response::new(ModelReadyResponse { ready: hosted && self.ready() }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        self.app.observe("grpc ServerMetadata", StatusCode::OK, None, None);
+        Ok(Response::new(ServerMetadataResponse {
+            name: "approxifer".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: Vec::new(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let spec = hosted(&self.app, &request.name, version(&request.version)).map_err(|failure| {
+            self.app.observe("grpc ModelMetadata", failure.status, None, None);
+            status(failure)
+        })?;
+        self.app.observe("grpc ModelMetadata", StatusCode::OK, None, None);
+        let metadata = spec.metadata();
+        let tensors = |tensors: Vec<v2::TensorMetadata>| {
+            tensors
+                .into_iter()
+                .map(|t| model_metadata_response::TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: metadata.name,
+            versions: metadata.versions.unwrap_or_default(),
+            platform: metadata.platform.unwrap_or_default(),
+            inputs: tensors(metadata.inputs),
+            outputs: tensors(metadata.outputs),
+        }))
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let started = Instant::now();
+        match self.infer(request.into_inner()).await {
+            Ok(response) => {
+                self.app.observe("grpc ModelInfer", StatusCode::OK, None, Some(started));
+                Ok(Response::new(response))
+            }
+            Err(failure) => {
+                self.app.observe("grpc ModelInfer", failure.status, Some(failure.code), Some(started));
+                Err(status(failure))
+            }
+        }
+    }
+}
