@@ -3,7 +3,8 @@
 # Safe to run again: it only acts on what is absent.
 #   - Mesa's lavapipe (mesa-vulkan-drivers) and the Vulkan loader: a real Vulkan driver on the
 #     CPU, so the GPU code paths run (and are tested) on machines without a GPU.
-#   - npm and pip, the clients scripts/fetch-data.sh uses (apt-get download needs nothing more).
+#   - npm and pip, the clients scripts/fetch-data.sh uses (apt-get download needs nothing more),
+#     and venv, for scripts/python-clients.sh.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,8 @@ done
 # The clients scripts/fetch-data.sh fetches the datasets and the pretrained CNN with.
 command -v npm >/dev/null || need+=(npm)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# The virtual environment scripts/python-clients.sh installs tritonclient into.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2

@@ -8,6 +8,9 @@ scripts/setup.sh
 # The datasets and the pretrained CNN the model tests read (verified; fetched once).
 APPROXIFER_DATA="$(scripts/fetch-data.sh)"
 export APPROXIFER_DATA
+# The official Python clients of the Open Inference Protocol, for the conformance tests.
+APPROXIFER_PYTHON="$(scripts/python-clients.sh)"
+export APPROXIFER_PYTHON
 
 # The Vulkan loader warns on every start when this is unset; give it a private directory.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then

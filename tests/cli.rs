@@ -834,6 +834,8 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
 struct Running {
     child: std::process::Child,
     addr: String,
+    /// The gRPC address, when it listens for gRPC too.
+    grpc: Option<String>,
 }
 
 impl Running {
@@ -849,13 +851,21 @@ impl Running {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split_once(" on http://").map(|(_, r)| r) {
-                    let _ = tx.send(rest.split(':').take(2).collect::<Vec<_>>().join(":"));
+                // "... on http://HOST:PORT[, gRPC on HOST:PORT]: ..."
+                let address = |text: &str| {
+                    let (host, rest) = text.split_once(':')?;
+                    let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    Some(format!("{host}:{port}"))
+                };
+                if let Some(rest) = line.split_once(" on http://").and_then(|(_, r)| address(r)) {
+                    let grpc = line.split_once(", gRPC on ").and_then(|(_, r)| address(r));
+                    let _ = tx.send((rest, grpc));
                 }
             }
         });
-        let addr = rx.recv_timeout(std::time::Duration::from_secs(120)).unwrap_or_else(|_| panic!("{args:?} starts"));
-        Running { child, addr }
+        let (addr, grpc) =
+            rx.recv_timeout(std::time::Duration::from_secs(120)).unwrap_or_else(|_| panic!("{args:?} starts"));
+        Running { child, addr, grpc }
     }
 
     /// SIGTERM, as a service manager stops it; whether it exited cleanly.
@@ -940,4 +950,28 @@ fn remote_worker_settings_are_checked_before_listening() {
     assert_one_line_error(&["serve", "--input-shape", "1,28,28"], "describe remote workers");
     assert_one_line_error(&["worker", "--max-request", "0"], "--max-request must be between 1");
     assert_one_line_error(&["worker", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
+}
+
+/// The interpreter with tritonclient installed (scripts/python-clients.sh).
+fn python_clients() -> String {
+    let python = std::env::var("APPROXIFER_PYTHON")
+        .unwrap_or_else(|_| format!("{}/target/python-clients/bin/python", env!("CARGO_MANIFEST_DIR")));
+    assert!(Path::new(&python).exists(), "{python}: run scripts/python-clients.sh (scripts/test.sh does)");
+    python
+}
+
+#[test]
+fn tritonclient_talks_to_serve_over_http_and_grpc() {
+    let server =
+        Running::start(&["serve", "--device", "cpu", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
+    let grpc = server.grpc.clone().expect("the banner names the gRPC address");
+    let script = format!("{}/tests/tritonclient_conformance.py", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(python_clients())
+        .args([script.as_str(), &server.addr, &grpc, "lenet5-fashion-mnist"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("tritonclient conformance: ok"), "{stdout}");
+    assert!(server.terminate());
 }

@@ -39,7 +39,7 @@ struct Server {
 
 impl Server {
     fn start(scheme: Box<dyn Scheme>) -> Server {
-        let inner = server::Server::start_on("127.0.0.1:0".parse().unwrap(), scheme, MAX_BATCH, 4096);
+        let inner = server::Server::start_on(server::any_ports(), scheme, MAX_BATCH, 4096);
         Server { addr: inner.addr, inner, agent: agent() }
     }
 
@@ -390,4 +390,90 @@ fn bad_v2_requests_get_the_protocols_error_body_and_a_4xx() {
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
     let stats = server.stop();
     assert_eq!((stats.answered, stats.errors), (0, 0));
+}
+
+#[test]
+fn grpc_clients_send_typed_or_raw_tensors_and_get_raw_answers_or_status_codes() {
+    use approxifer::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use approxifer::serve::grpc::proto::{
+        InferTensorContents, ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, ServerLiveRequest,
+        model_infer_request::InferInputTensor,
+    };
+    let server = Server::start(coordinator(None, 100, 2000));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("http://{}", server.inner.grpc);
+    let mut client = runtime.block_on(GrpcInferenceServiceClient::connect(url)).unwrap();
+    assert!(runtime.block_on(client.server_live(ServerLiveRequest {})).unwrap().into_inner().live);
+    let ready = |name: &str| ModelReadyRequest { name: name.into(), version: String::new() };
+    assert!(runtime.block_on(client.model_ready(ready(server::MODEL))).unwrap().into_inner().ready);
+    assert!(!runtime.block_on(client.model_ready(ready("other"))).unwrap().into_inner().ready);
+    let metadata = runtime
+        .block_on(client.model_metadata(ModelMetadataRequest { name: server::MODEL.into(), version: "1".into() }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(metadata.inputs[0].shape, [-1, D as i64]);
+
+    let request =
+        |datatype: &str, contents: Option<InferTensorContents>, raw: Vec<Vec<u8>>, rows: i64| ModelInferRequest {
+            model_name: server::MODEL.into(),
+            id: format!("{datatype}-{rows}"),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: datatype.into(),
+                shape: vec![rows, D as i64],
+                contents,
+                ..Default::default()
+            }],
+            raw_input_contents: raw,
+            ..Default::default()
+        };
+    let values: Vec<f32> = (0..3).flat_map(query).collect();
+    let typed = InferTensorContents { fp32_contents: values.clone(), ..Default::default() };
+    let fp64 =
+        InferTensorContents { fp64_contents: values.iter().map(|&v| f64::from(v)).collect(), ..Default::default() };
+    for request in [
+        request("FP32", Some(typed), vec![], 3),
+        request("FP64", Some(fp64), vec![], 3),
+        request("FP32", None, vec![v2::DataType::Fp32.encode(&values)], 3),
+        request("FP16", None, vec![v2::DataType::Fp16.encode(&values)], 3),
+    ] {
+        let (id, datatype) = (request.id.clone(), request.inputs[0].datatype.clone());
+        let answer = runtime.block_on(client.model_infer(request)).unwrap().into_inner();
+        assert_eq!(answer.id, id);
+        let output = &answer.outputs[0];
+        assert_eq!((output.shape.as_slice(), output.datatype.as_str()), (&[3, C as i64][..], "FP32"));
+        assert!(output.parameters.contains_key("approximate"));
+        let values = v2::DataType::Fp32.decode(&answer.raw_output_contents[0]).unwrap();
+        let approximate = output.parameters.contains_key("approximate_rows");
+        for (r, row) in values.chunks_exact(C).enumerate() {
+            let exact = expected(&query(r));
+            let error = row.iter().zip(&exact).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
+            // FP16 inputs round the queries themselves.
+            let bound = if approximate {
+                1.0
+            } else if datatype == "FP16" {
+                1e-2
+            } else {
+                1e-5
+            };
+            assert!(error < bound, "{datatype} row {r}: {row:?} vs {exact:?}");
+        }
+    }
+    let code = |request: ModelInferRequest| runtime.block_on(client.clone().model_infer(request)).unwrap_err().code();
+    let mut wrong_name = request("FP32", None, vec![v2::DataType::Fp32.encode(&values)], 3);
+    wrong_name.inputs[0].name = "x".into();
+    assert_eq!(code(wrong_name), tonic::Code::InvalidArgument);
+    assert_eq!(code(request("FP32", None, vec![v2::DataType::Fp32.encode(&values)], 2)), tonic::Code::InvalidArgument);
+    assert_eq!(code(request("FP16", None, vec![], 3)), tonic::Code::InvalidArgument);
+    assert_eq!(code(request("FP32", None, vec![vec![0; 3]], 3)), tonic::Code::InvalidArgument);
+    let mut other = request("FP32", None, vec![v2::DataType::Fp32.encode(&values)], 3);
+    other.model_name = "other".into();
+    assert_eq!(code(other), tonic::Code::NotFound);
+    let too_many: Vec<f32> = (0..MAX_BATCH + 1).flat_map(query).collect();
+    let big = request("FP32", None, vec![v2::DataType::Fp32.encode(&too_many)], (MAX_BATCH + 1) as i64);
+    assert_eq!(code(big), tonic::Code::InvalidArgument);
+    // The client goes first: a graceful stop waits for its connection to close.
+    drop((client, runtime));
+    let stats = server.stop();
+    assert_eq!((stats.answered, stats.errors), (12, 0));
 }

@@ -3,7 +3,7 @@
 //! those over local workers; a server that is down, dies mid-run, starts late or answers too
 //! slowly is a straggler, never a lost query.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,27 +13,28 @@ use approxifer::serve::{
     RemoteWorker, ServedModel, Worker,
 };
 use burn::tensor::{Device, Tensor};
-use server::{MODEL, Server};
+use server::{Addrs, MODEL, Server, any_ports};
 use support::{C, D, coordinator_config, expected, model, query};
 
 #[path = "support/server.rs"]
 mod server;
 mod support;
 
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
+/// Free ports: bound, read and let go (nothing else in the test binds ports by number).
+fn free_ports() -> Addrs {
+    let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    (free(), free())
 }
 
-/// A free port: bound, read and let go (nothing else in the test binds ports by number).
-fn free_port() -> SocketAddr {
-    TcpListener::bind(any_port()).unwrap().local_addr().unwrap()
-}
-
-/// Remote worker `i` in front of `addr`; every other one asks for JSON instead of binary
-/// tensors, so both encodings are exercised.
-fn remote(i: usize, addr: SocketAddr, timeout: Duration) -> Arc<RemoteWorker> {
-    let mut endpoint = Endpoint::parse(&format!("http://{addr}"), MODEL).unwrap();
-    endpoint.binary = i % 2 == 0;
+/// Remote worker `i` in front of the server at `addrs`, in turn over gRPC, REST with binary
+/// tensors and REST with JSON, so that every encoding is exercised.
+fn remote(i: usize, (rest, grpc): Addrs, timeout: Duration) -> Arc<RemoteWorker> {
+    let url = match i % 3 {
+        0 => format!("grpc://{grpc}"),
+        _ => format!("http://{rest}"),
+    };
+    let mut endpoint = Endpoint::parse(&url, MODEL).unwrap();
+    endpoint.binary = i % 3 == 1;
     let config =
         RemoteConfig { endpoint, input_shape: vec![D], output_len: C, timeout, concurrency: 2, capacity: 1000 };
     Arc::new(RemoteWorker::connect(i, config))
@@ -57,11 +58,11 @@ fn answers(scheme: &Coordinator, range: std::ops::Range<usize>) -> Vec<Vec<f32>>
 #[test]
 fn a_coordinator_over_remote_workers_answers_as_one_over_local_workers() {
     // S = 0: every worker's answer is used, so both runs decode the same answers.
-    let servers: Vec<Server> = (0..3).map(|_| Server::worker_on(any_port(), model())).collect();
+    let servers: Vec<Server> = (0..3).map(|_| Server::worker_on(any_ports(), model())).collect();
     let remote_workers: Vec<Arc<dyn Worker>> = servers
         .iter()
         .enumerate()
-        .map(|(i, s)| remote(i, s.addr, Duration::from_secs(10)) as Arc<dyn Worker>)
+        .map(|(i, s)| remote(i, (s.addr, s.grpc), Duration::from_secs(10)) as Arc<dyn Worker>)
         .collect();
     let local_workers: Vec<Arc<dyn Worker>> =
         (0..3).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 100)) as Arc<dyn Worker>).collect();
@@ -95,12 +96,12 @@ fn slow(delay: Duration) -> ServedModel {
 fn servers_that_are_down_die_start_late_or_answer_late_are_stragglers_not_errors() {
     // K = 2, N = 5 (S = 3): worker 3's server is not there at first, worker 4's is too slow
     // for the timeout, and worker 0's is stopped mid-run.
-    let late_addr = free_port();
-    let mut servers: Vec<Option<Server>> = (0..3).map(|_| Some(Server::worker_on(any_port(), model()))).collect();
-    let slow_server = Server::worker_on(any_port(), slow(Duration::from_millis(300)));
+    let late_addrs = free_ports();
+    let mut servers: Vec<Option<Server>> = (0..3).map(|_| Some(Server::worker_on(any_ports(), model()))).collect();
+    let slow_server = Server::worker_on(any_ports(), slow(Duration::from_millis(300)));
     let timeout = Duration::from_millis(100);
-    let mut addrs: Vec<SocketAddr> = servers.iter().map(|s| s.as_ref().unwrap().addr).collect();
-    addrs.extend([late_addr, slow_server.addr]);
+    let mut addrs: Vec<Addrs> = servers.iter().map(|s| s.as_ref().map(|s| (s.addr, s.grpc)).unwrap()).collect();
+    addrs.extend([late_addrs, (slow_server.addr, slow_server.grpc)]);
     let workers: Vec<Arc<RemoteWorker>> = addrs.iter().enumerate().map(|(i, &a)| remote(i, a, timeout)).collect();
     assert!(!workers[3].is_up(), "nobody listens on worker 3's port yet");
     let shared: Vec<Arc<dyn Worker>> = workers.iter().map(|w| w.clone() as Arc<dyn Worker>).collect();
@@ -117,7 +118,7 @@ fn servers_that_are_down_die_start_late_or_answer_late_are_stragglers_not_errors
     check(60..120);
     assert!(!workers[0].is_up(), "a stopped server is taken out");
     // The late server comes up on its port; the next probe finds it.
-    let late = Server::worker_on(late_addr, model());
+    let late = Server::worker_on(late_addrs, model());
     let started = Instant::now();
     let mut next = 120;
     while workers[3].answered() == 0 {
@@ -138,9 +139,9 @@ fn servers_that_are_down_die_start_late_or_answer_late_are_stragglers_not_errors
 
 #[test]
 fn an_uncoded_baseline_passes_over_a_remote_worker_that_is_down() {
-    let up = Server::worker_on(any_port(), model());
+    let up = Server::worker_on(any_ports(), model());
     let workers: Vec<Arc<dyn Worker>> =
-        vec![remote(0, free_port(), Duration::from_secs(5)), remote(1, up.addr, Duration::from_secs(5))];
+        vec![remote(0, free_ports(), Duration::from_secs(5)), remote(1, (up.addr, up.grpc), Duration::from_secs(5))];
     let config = BaselineConfig {
         policy: Policy::Uncoded,
         input_len: D,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use approxifer::serve::http::{HttpConfig, ModelSpec, serve};
+use approxifer::serve::http::{HttpConfig, ModelSpec, serve_v2};
 use approxifer::serve::{Baseline, BaselineConfig, LocalWorker, Policy, Scheme, ServedModel, Stats, Worker};
 use burn::tensor::Device;
 
@@ -18,16 +18,26 @@ use super::{C, D};
 /// The model's name on every test server.
 pub const MODEL: &str = "smooth";
 
+/// Where a server listens: v2 REST, then v2 gRPC.
+pub type Addrs = (SocketAddr, SocketAddr);
+
+/// Any free ports.
+pub fn any_ports() -> Addrs {
+    ("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap())
+}
+
 pub struct Server {
+    /// REST.
     pub addr: SocketAddr,
+    pub grpc: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<std::io::Result<Stats>>>,
 }
 
 impl Server {
-    /// `scheme` served on `listen` (port 0: any free one) as model [`MODEL`], taking
-    /// queries of `D` values, at most `max_batch` per request.
-    pub fn start_on(listen: SocketAddr, scheme: Box<dyn Scheme>, max_batch: usize, max_body_bytes: usize) -> Server {
+    /// `scheme` served on `listen` (REST and gRPC; port 0: any free one) as model [`MODEL`],
+    /// taking queries of `D` values, at most `max_batch` per request.
+    pub fn start_on(listen: Addrs, scheme: Box<dyn Scheme>, max_batch: usize, max_body_bytes: usize) -> Server {
         let config =
             HttpConfig { scheme: "test".into(), model: ModelSpec::new(MODEL, vec![D], C), max_batch, max_body_bytes };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -35,21 +45,22 @@ impl Server {
         let thread = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(listen).await?;
-                addr_tx.send(listener.local_addr()?).map_err(std::io::Error::other)?;
-                serve(listener, scheme, config, async {
+                let rest = tokio::net::TcpListener::bind(listen.0).await?;
+                let grpc = tokio::net::TcpListener::bind(listen.1).await?;
+                addr_tx.send((rest.local_addr()?, grpc.local_addr()?)).map_err(std::io::Error::other)?;
+                serve_v2(rest, Some(grpc), scheme, config, async {
                     let _ = stopped.await;
                 })
                 .await
             })
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("the server starts");
-        Server { addr, stop: Some(stop), thread: Some(thread) }
+        let (addr, grpc) = addr_rx.recv_timeout(Duration::from_secs(10)).expect("the server starts");
+        Server { addr, grpc, stop: Some(stop), thread: Some(thread) }
     }
 
     /// What `approxifer worker` is: one replica of `model` behind an uncoded batcher, on
     /// `listen`.
-    pub fn worker_on(listen: SocketAddr, model: ServedModel) -> Server {
+    pub fn worker_on(listen: Addrs, model: ServedModel) -> Server {
         let workers: Vec<Arc<dyn Worker>> = vec![Arc::new(LocalWorker::start(0, model, Device::flex(), 1000))];
         let config = BaselineConfig {
             policy: Policy::Uncoded,
