@@ -903,7 +903,7 @@ fn classify(addr: &str, images: &[f32]) -> Result<Vec<usize>, String> {
 
 #[test]
 fn serve_fronts_approxifer_worker_processes_and_survives_one_killed() {
-    let cpu = ["--device", "cpu", "--listen", "127.0.0.1:0"];
+    let cpu = ["--device", "cpu", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"];
     let mut workers: Vec<Running> = (0..3).map(|_| Running::start(&[&["worker"][..], &cpu].concat())).collect();
     let urls: Vec<String> = workers.iter().map(|w| format!("http://{}", w.addr)).collect();
     let mut args = vec!["serve", "--k", "2", "--stragglers", "1", "--listen", "127.0.0.1:0"];
@@ -929,6 +929,23 @@ fn serve_fronts_approxifer_worker_processes_and_survives_one_killed() {
     // Berrut decoding from 2 of 3 answers at K = 2 costs accuracy (about 0.75 against 0.9
     // here); chance is 0.1.
     assert!(direct_accuracy > 0.8 && coded > 0.6, "coded {coded}, direct {direct_accuracy}");
+    // serve-bench against the same servers (K = 2: uncoded and hedged on two, ApproxIFER on
+    // three; replication would take four and is not run), over gRPC and REST.
+    let mut bench = vec!["serve-bench", "--k", "2", "--queries", "200", "--latency-ms", "0", "--json"];
+    let grpc_first = format!("grpc://{}", workers[0].grpc.clone().expect("workers listen for gRPC"));
+    bench.extend(["--worker", grpc_first.as_str(), "--worker", urls[1].as_str(), "--worker", urls[2].as_str()]);
+    let out = approxifer(&bench);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reports: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let schemes: Vec<&str> = reports.iter().map(|r| r["scheme"].as_str().unwrap()).collect();
+    assert_eq!(schemes, ["uncoded", "hedged", "approxifer"]);
+    for report in &reports {
+        assert_eq!((report["answered"].as_u64(), report["errors"].as_u64()), (Some(200), Some(0)), "{report}");
+        assert!(report["accuracy"].as_f64().unwrap() > 0.6, "{report}");
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("replication: not run"));
+
     // One worker killed (SIGKILL): every request still answered, by the other two.
     drop(workers.remove(1));
     for chunk in 0..5 {

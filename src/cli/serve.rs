@@ -9,14 +9,14 @@ use std::sync::Arc;
 use burn::tensor::Device;
 use clap::Args;
 
-use super::workers::WorkerArgs;
+use super::workers::{RemoteArgs, WorkerArgs};
 use super::{CodecArg, ms};
 use crate::attack::Attack;
 use crate::kernels::Locator;
 use crate::kernels::gpu::AdapterChoice;
 use crate::serve::http::{HttpConfig, ModelSpec, serve_v2};
 use crate::serve::pool::{background_loads, local_workers};
-use crate::serve::{Endpoint, FaultPlan, Placement, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
+use crate::serve::{FaultPlan, Placement, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -29,25 +29,14 @@ pub(super) struct ServeArgs {
     /// What clients call the model [default: the hosted model's name]
     #[arg(long, value_name = "NAME")]
     model_name: Option<String>,
-    /// A remote worker: a v2 server at grpc://HOST:PORT (gRPC) or http://HOST:PORT (REST),
-    /// optionally followed by /v2/models/MODEL[/versions/V] (the model is --model-name's when
-    /// the URL names none). Repeat once per worker, as many as the scheme takes; no local
-    /// workers are started then.
-    #[arg(long = "worker", value_name = "URL")]
-    worker_urls: Vec<String>,
-    /// Remote workers listed in a TOML file: [[worker]] entries of url, model, version,
-    /// protocol ("grpc" or "rest"; default grpc), binary (REST: true).
-    #[arg(long = "workers", value_name = "FILE", conflicts_with = "worker_urls")]
-    workers_file: Option<PathBuf>,
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// With remote workers: one query's shape, e.g. 1,28,28 [default: the embedded model's]
     #[arg(long, value_name = "DIMS", value_delimiter = ',')]
     input_shape: Option<Vec<usize>>,
     /// With remote workers: values per prediction [default: the embedded model's]
     #[arg(long, value_name = "C")]
     output_len: Option<usize>,
-    /// With remote workers: batches in flight to each at once.
-    #[arg(long, value_name = "R", default_value_t = 2)]
-    worker_concurrency: usize,
     #[arg(long, value_enum, default_value_t = SchemeKind::Approxifer)]
     scheme: SchemeKind,
     /// Queries per coded group; the baselines use K workers (replication copies x K).
@@ -107,7 +96,8 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let faults = args.faults.as_deref().map(FaultPlan::from_file).transpose()?.map(|plan| (plan, args.seed));
     let deadline = ms(args.deadline_ms, "--deadline-ms")?;
     let hedge_after = ms(args.hedge_after_ms, "--hedge-after-ms")?;
-    let remote = endpoints(args)?;
+    let model_name = args.model_name.clone().unwrap_or_else(|| crate::embedded::NAME.into());
+    let remote = args.remote.endpoints(&model_name)?;
     let sample = crate::embedded::sample();
     let shape = match &args.input_shape {
         Some(shape) => shape.clone(),
@@ -118,7 +108,6 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         !shape.is_empty() && shape.iter().all(|&d| d > 0) && output_len > 0,
         "--input-shape and --output-len must be positive"
     );
-    anyhow::ensure!(remote.is_empty() || args.worker_concurrency >= 1, "--worker-concurrency must be at least 1");
     let settings = SchemeConfig {
         k: args.k,
         stragglers: args.stragglers,
@@ -138,7 +127,6 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let pool = args.scheme.workers(&settings);
     let name = args.scheme.name();
-    let model_name = args.model_name.clone().unwrap_or_else(|| crate::embedded::NAME.into());
 
     let (workers, _loads): (Vec<Arc<dyn Worker>>, _) = if remote.is_empty() {
         anyhow::ensure!(
@@ -176,7 +164,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
                     input_shape: shape.clone(),
                     output_len,
                     timeout: deadline,
-                    concurrency: args.worker_concurrency,
+                    concurrency: args.remote.worker_concurrency,
                     capacity: args.capacity,
                 };
                 Arc::new(RemoteWorker::connect(i, config)) as Arc<dyn Worker>
@@ -198,15 +186,6 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         stats.answered, stats.errors, stats.decoded_groups, stats.failed_groups, stats.located_workers
     );
     Ok(())
-}
-
-/// The remote workers `--worker` and `--workers` name (none: local workers).
-fn endpoints(args: &ServeArgs) -> anyhow::Result<Vec<Endpoint>> {
-    let default_model = args.model_name.as_deref().unwrap_or(crate::embedded::NAME);
-    Ok(match &args.workers_file {
-        Some(path) => Endpoint::from_file(path)?,
-        None => args.worker_urls.iter().map(|url| Endpoint::parse(url, default_model)).collect::<Result<_, _>>()?,
-    })
 }
 
 /// The largest request body for `queries` queries of `input_len` values: JSON numbers take

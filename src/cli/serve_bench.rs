@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use clap::{Args, Parser, ValueEnum};
 
-use super::workers::WorkerArgs;
+use super::workers::{RemoteArgs, WorkerArgs};
 use super::{CodecArg, ms};
-use crate::serve::bench::{Arrivals, SchemeReport, ServeBenchConfig, run};
+use crate::serve::bench::{Arrivals, SchemeReport, ServeBenchConfig, Workers, run};
 use crate::serve::{FaultPlan, Latency, RandomSlowdown};
 
 /// How workers take their queries.
@@ -28,6 +28,9 @@ pub(super) struct ServeBenchArgs {
     /// replication copies x K).
     #[arg(long = "k", default_value_t = 4)]
     k: usize,
+    /// Remote workers (they must serve the embedded model); each scheme uses the first N.
+    #[command(flatten)]
+    remote: RemoteArgs,
     /// Queries per scheme.
     #[arg(long, default_value_t = 2000)]
     queries: usize,
@@ -139,13 +142,11 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
     if let Some(plot) = &args.plot {
         std::fs::File::create(plot)?; // fail before the work, not after
     }
-    // Workers run the embedded LeNet-5, a replica each on its device; the queries are the
-    // embedded Fashion-MNIST sample.
-    let (devices, notices) = args.workers.devices()?;
-    config.placements(devices.len())?;
-    notices.iter().for_each(|line| eprintln!("{line}"));
-    let model = crate::embedded::model(&devices[0])?;
+    // Workers run the embedded LeNet-5, a replica each on its device (or on remote servers);
+    // the queries are the embedded Fashion-MNIST sample.
+    let endpoints = args.remote.endpoints(crate::embedded::NAME)?;
     let sample = crate::embedded::sample();
+    let shape = [1, sample.rows, sample.cols];
     let host = Device::flex();
     let inputs: Vec<Vec<f32>> = (0..sample.len())
         .map(|i| {
@@ -153,8 +154,29 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
         })
         .collect();
-    let shape = [1, sample.rows, sample.cols];
-    let replica = |device: &Device| crate::serve::replica::classifier(&model, device, shape);
+    let local = if endpoints.is_empty() {
+        let (devices, notices) = args.workers.devices()?;
+        config.placements(devices.len())?;
+        notices.iter().for_each(|line| eprintln!("{line}"));
+        let model = crate::embedded::model(&devices[0])?;
+        Some((devices, model))
+    } else {
+        eprintln!("approxifer: remote workers: injected faults do not reach them (slow or stop the servers instead)");
+        None
+    };
+    let replica = |device: &Device| {
+        let (_, model) = local.as_ref().expect("replicas are made for local workers only");
+        crate::serve::replica::classifier(model, device, shape)
+    };
+    let workers = match &local {
+        Some((devices, _)) => Workers::Local { devices, replica: &replica },
+        None => Workers::Remote {
+            endpoints: &endpoints,
+            input_shape: shape.to_vec(),
+            timeout: config.deadline,
+            concurrency: args.remote.worker_concurrency,
+        },
+    };
     eprintln!(
         "approxifer: {} queries per scheme to the embedded {} ({} path, {} per batch, {} ms queue delay, \
          {} ms injected per batch); {:?}",
@@ -167,7 +189,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         arrivals
     );
     let bar = super::progress_bar(0, "queries");
-    let reports = run(&config, &devices, replica, &inputs, &sample.labels, crate::models::CLASSES, |done, total| {
+    let reports = run(&config, &workers, &inputs, &sample.labels, crate::models::CLASSES, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })?;

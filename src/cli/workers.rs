@@ -80,3 +80,38 @@ impl WorkerArgs {
         Ok((gpus.into_iter().map(|g| g.device).collect(), notices))
     }
 }
+
+/// Remote workers instead of local ones: `serve` and `serve-bench` share these options.
+#[derive(Debug, Args)]
+pub(super) struct RemoteArgs {
+    /// A remote worker: a v2 server at grpc://HOST:PORT (gRPC) or http://HOST:PORT (REST),
+    /// optionally followed by /v2/models/MODEL[/versions/V] (the model is the served model's
+    /// name when the URL names none). Repeat once per worker; no local workers are started
+    /// then.
+    #[arg(long = "worker", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Remote workers listed in a TOML file: [[worker]] entries of url, model, version,
+    /// protocol ("grpc" or "rest"; default grpc), binary (REST: true).
+    #[arg(long = "workers", value_name = "FILE", conflicts_with = "urls")]
+    pub file: Option<std::path::PathBuf>,
+    /// With remote workers: batches in flight to each at once.
+    #[arg(long, value_name = "R", default_value_t = 2)]
+    pub worker_concurrency: usize,
+}
+
+impl RemoteArgs {
+    /// The remote workers named (none: local workers), a model named `default_model` where
+    /// their URLs name none.
+    pub fn endpoints(&self, default_model: &str) -> anyhow::Result<Vec<crate::serve::Endpoint>> {
+        use crate::serve::Endpoint;
+        let endpoints = match &self.file {
+            Some(path) => Endpoint::from_file(path)?,
+            None => self.urls.iter().map(|url| Endpoint::parse(url, default_model)).collect::<Result<_, _>>()?,
+        };
+        anyhow::ensure!(
+            endpoints.is_empty() || self.worker_concurrency >= 1,
+            "--worker-concurrency must be at least 1"
+        );
+        Ok(endpoints)
+    }
+}

@@ -16,6 +16,7 @@ use super::answer::{ServeError, Ticket};
 use super::coordinator::Codec;
 use super::faults::FaultPlan;
 use super::pool::{Placement, PlacementError, background_loads, local_workers};
+use super::remote::{Endpoint, RemoteConfig, RemoteWorker};
 use super::scheme::{Scheme, SchemeConfig, SchemeKind};
 use super::worker::{ServedModel, Worker, sign_flip};
 
@@ -126,13 +127,21 @@ impl ServeBenchConfig {
     }
 }
 
+/// Where each scheme's workers come from.
+pub enum Workers<'a> {
+    /// Model replicas made by `replica` on `devices`, placed as the config says.
+    Local { devices: &'a [Device], replica: &'a dyn Fn(&Device) -> ServedModel },
+    /// v2 servers: each scheme uses the first `N` it needs. A scheme needing more than there
+    /// are is not run (and said so on stderr).
+    Remote { endpoints: &'a [Endpoint], input_shape: Vec<usize>, timeout: Duration, concurrency: usize },
+}
+
 /// Runs uncoded, replication, hedged and ApproxIFER (N = K + 1, S = 1) on `inputs` (cycled),
-/// scoring answers against `labels`; each scheme's workers are replicas made by `replica` on
-/// `devices`. `progress(done, total)` counts answered queries.
+/// scoring answers against `labels`, each scheme on its own `workers`. `progress(done,
+/// total)` counts answered queries.
 pub fn run(
     config: &ServeBenchConfig,
-    devices: &[Device],
-    replica: impl Fn(&Device) -> ServedModel,
+    workers: &Workers,
     inputs: &[Vec<f32>],
     labels: &[u8],
     output_len: usize,
@@ -144,27 +153,54 @@ pub fn run(
     let input_len = inputs[0].len();
     let mut settings = config.settings(input_len, output_len);
     // Every placement is checked before any scheme runs.
-    let placements = config.placements(devices.len())?;
-    let total = placements.len() * config.queries;
+    let runs: Vec<(SchemeKind, Option<Placement>)> = match workers {
+        Workers::Local { devices, .. } => {
+            config.placements(devices.len())?.into_iter().map(|(kind, placement)| (kind, Some(placement))).collect()
+        }
+        Workers::Remote { endpoints, .. } => SCHEMES
+            .iter()
+            .filter(|kind| {
+                let needed = kind.workers(&settings);
+                let enough = needed <= endpoints.len();
+                if !enough {
+                    eprintln!("{}: not run (it takes {needed} workers; {} given)", kind.name(), endpoints.len());
+                }
+                enough
+            })
+            .map(|&kind| (kind, None))
+            .collect(),
+    };
+    let total = runs.len() * config.queries;
     let mut reports: Vec<SchemeReport> = Vec::new();
-    for (i, (kind, placement)) in placements.into_iter().enumerate() {
+    for (i, (kind, placement)) in runs.into_iter().enumerate() {
         // Uncoded runs first, so its p95 is known when hedging needs it.
         settings.hedge_after = config.hedge_after.unwrap_or_else(|| {
             let p95 = reports.first().map_or(0.0, |r| r.percentile(0.95));
             Duration::from_secs_f64(p95.max(0.0) / 1e3)
         });
-        let pool = local_workers(devices, &placement, 4096, &replica, |_| sign_flip());
-        let bare = bare_forward_qps(&pool, devices, &placement, inputs, config.max_batch);
+        let pool = Pool::start(workers, placement.as_ref(), kind.workers(&settings), output_len);
+        let bare = match (workers, &pool) {
+            (Workers::Local { devices, .. }, Pool::Local(local)) => bare_forward_qps(
+                local,
+                devices,
+                placement.as_ref().expect("local runs are placed"),
+                inputs,
+                config.max_batch,
+            ),
+            _ => f64::NAN,
+        };
         // Devices the plan loads stay busy for the scheme's run (not for the ceiling above).
-        let _loads = background_loads(devices, &placement, &config.plan);
-        let workers: Vec<Arc<dyn Worker>> = pool.iter().map(|(w, _)| w.clone() as Arc<dyn Worker>).collect();
-        let scheme = kind.start(&settings, workers)?;
+        let _loads = match (workers, &placement) {
+            (Workers::Local { devices, .. }, Some(placement)) => background_loads(devices, placement, &config.plan),
+            _ => Vec::new(),
+        };
+        let scheme = kind.start(&settings, pool.workers())?;
         // What the workers did before the first query (warming up) is not the workload's.
-        let busy_before: f64 = pool.iter().map(|(w, _)| w.busy().as_secs_f64()).sum();
+        let busy_before = pool.busy_seconds();
         let done_before = i * config.queries;
         let outcome = drive(scheme.as_ref(), config, inputs, |done| progress(done_before + done, total))?;
         let stats = scheme.shutdown(); // everything accepted has been answered
-        let worker_seconds = pool.iter().map(|(w, _)| w.busy().as_secs_f64()).sum::<f64>() - busy_before;
+        let worker_seconds = pool.busy_seconds() - busy_before;
         let mut report = outcome.report(kind.name(), pool.len(), worker_seconds, labels);
         report.path = if config.max_batch == 1 { "per-query" } else { "batched" }.into();
         report.max_batch = config.max_batch;
@@ -173,6 +209,62 @@ pub fn run(
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// One scheme's workers for one run.
+enum Pool {
+    Local(Vec<(Arc<super::LocalWorker>, ServedModel)>),
+    Remote(Vec<Arc<RemoteWorker>>),
+}
+
+impl Pool {
+    fn start(workers: &Workers, placement: Option<&Placement>, count: usize, output_len: usize) -> Pool {
+        match (workers, placement) {
+            (Workers::Local { devices, replica }, Some(placement)) => {
+                Pool::Local(local_workers(devices, placement, 4096, replica, |_| sign_flip()))
+            }
+            (Workers::Remote { endpoints, input_shape, timeout, concurrency }, _) => Pool::Remote(
+                endpoints[..count]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, endpoint)| {
+                        let config = RemoteConfig {
+                            endpoint: endpoint.clone(),
+                            input_shape: input_shape.clone(),
+                            output_len,
+                            timeout: *timeout,
+                            concurrency: *concurrency,
+                            capacity: 4096,
+                        };
+                        Arc::new(RemoteWorker::connect(i, config))
+                    })
+                    .collect(),
+            ),
+            (Workers::Local { .. }, None) => unreachable!("local runs are placed"),
+        }
+    }
+
+    fn workers(&self) -> Vec<Arc<dyn Worker>> {
+        match self {
+            Pool::Local(pool) => pool.iter().map(|(w, _)| w.clone() as Arc<dyn Worker>).collect(),
+            Pool::Remote(pool) => pool.iter().map(|w| w.clone() as Arc<dyn Worker>).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Pool::Local(pool) => pool.len(),
+            Pool::Remote(pool) => pool.len(),
+        }
+    }
+
+    /// Time the workers spent serving: busy replicas, or requests in flight to servers.
+    fn busy_seconds(&self) -> f64 {
+        match self {
+            Pool::Local(pool) => pool.iter().map(|(w, _)| w.busy().as_secs_f64()).sum(),
+            Pool::Remote(pool) => pool.iter().map(|w| w.busy().as_secs_f64()).sum(),
+        }
+    }
 }
 
 /// Rows per second the pool's replicas compute when each runs forward passes of `rows` rows

@@ -194,6 +194,8 @@ struct Shared {
     stop: AtomicBool,
     answered: AtomicU64,
     failed: AtomicU64,
+    /// Nanoseconds requests spent in flight (the worker's busy time, as the coordinator sees it).
+    busy_ns: AtomicU64,
 }
 
 /// A worker whose model runs on a v2 server: a bounded queue served by `concurrency` threads,
@@ -229,6 +231,7 @@ impl RemoteWorker {
             stop: AtomicBool::new(false),
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
             config,
         });
         shared.tensors();
@@ -255,6 +258,11 @@ impl RemoteWorker {
         self.shared.failed.load(Ordering::Relaxed)
     }
 
+    /// Time requests spent in flight to the server.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.shared.busy_ns.load(Ordering::Relaxed))
+    }
+
     /// Whether the last contact with the server succeeded.
     pub fn is_up(&self) -> bool {
         self.shared.health.lock().is_ok_and(|h| h.tensors.is_some())
@@ -271,7 +279,10 @@ impl Shared {
                 continue;
             }
             let Some(tensors) = self.tensors() else { continue };
-            match self.infer(&request, &tensors) {
+            let started = Instant::now();
+            let result = self.infer(&request, &tensors);
+            self.busy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            match result {
                 Ok(output) => {
                     self.answered.fetch_add(1, Ordering::Relaxed);
                     let _ = reply.send(Response { id: request.id, worker: self.index, output });
@@ -528,11 +539,14 @@ mod tests {
         )
         .unwrap();
         let endpoints = Endpoint::from_file(&path).unwrap();
-        assert_eq!(endpoints.len(), 2);
+        assert_eq!(endpoints.len(), 3);
         assert_eq!(
             (endpoints[0].binary, endpoints[1].binary, endpoints[1].version.as_deref()),
             (true, false, Some("2"))
         );
+        let protocols: Vec<Protocol> = endpoints.iter().map(|e| e.protocol).collect();
+        assert_eq!(protocols, [Protocol::Grpc, Protocol::Rest, Protocol::Grpc], "gRPC unless told otherwise");
+        assert_eq!(endpoints[2].url, "http://c:3");
         std::fs::write(&path, "[[worker]]\nurl = \"http://a:1\"\nmodel = \"x\"\nport = 3\n").unwrap();
         assert!(matches!(Endpoint::from_file(&path), Err(EndpointError::File { .. })));
         std::fs::write(&path, "[[worker]]\nurl = \"a:1\"\nmodel = \"x\"\n").unwrap();
