@@ -199,7 +199,8 @@ struct Shared {
 }
 
 /// A worker whose model runs on a v2 server: a bounded queue served by `concurrency` threads,
-/// each with a keep-alive connection.
+/// each with a request in flight at most (REST: a keep-alive connection each; gRPC: one shared
+/// HTTP/2 channel).
 pub struct RemoteWorker {
     shared: Arc<Shared>,
     queue: Sender<(Request, Sender<Response>)>,
