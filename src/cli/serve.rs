@@ -178,6 +178,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         model: ModelSpec::new(model_name, shape, output_len),
         max_batch: args.max_request,
         max_body_bytes: body_limit(args.max_request, settings.input_len),
+        drain: deadline + std::time::Duration::from_secs(1),
     };
     let stats =
         host((args.listen, args.grpc_listen), scheme, config, &format!("the {name} scheme over {pool} workers"))?;

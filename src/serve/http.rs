@@ -106,6 +106,11 @@ pub struct HttpConfig {
     pub max_batch: usize,
     /// The largest request body, in bytes.
     pub max_body_bytes: usize,
+    /// How long a stop waits for connections to finish before it stops serving them: a client
+    /// that went away without closing its connection (a partitioned host, an HTTP/2 client that
+    /// never acknowledges the GOAWAY) must not hold the stop forever. At least the scheme's
+    /// deadline, so that every accepted request can still be answered.
+    pub drain: std::time::Duration,
 }
 
 /// The inputs of a request: rows, or a tensor with its shape.
@@ -334,18 +339,30 @@ pub async fn serve_v2(
         let _ = stopping.wait_for(|&stop| stop).await;
     };
     let rest = axum::serve(rest, router(app.clone())).with_graceful_shutdown(stopped(stopping.clone()));
+    let grpc_stop = stopped(stopping.clone());
     let grpc = async {
         match grpc {
-            Some(listener) => super::grpc::server::serve(listener, app.clone(), stopped(stopping.clone()))
+            Some(listener) => super::grpc::server::serve(listener, app.clone(), grpc_stop)
                 .await
                 .map_err(std::io::Error::other),
             None => Ok(()),
         }
     };
-    let (rest, grpc) = tokio::join!(rest, grpc);
-    rest?;
-    grpc?;
-    // Every connection has closed, so every handler has returned with its answers.
+    let drain = app.config.drain;
+    let drained = async move {
+        stopped(stopping).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        (rest, grpc) = async { tokio::join!(rest, grpc) } => {
+            rest?;
+            grpc?;
+            // Every connection has closed, so every handler has returned with its answers.
+        }
+        // Connections still open this long after the stop are not waited for; whatever they
+        // had admitted is answered by the scheme's shutdown below.
+        () = drained => {}
+    }
     let scheme = app.scheme.write().ok().and_then(|mut s| s.take());
     Ok(scheme.map(|s| s.shutdown()).unwrap_or_default())
 }

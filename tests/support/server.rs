@@ -18,6 +18,9 @@ use super::{C, D};
 /// The model's name on every test server.
 pub const MODEL: &str = "smooth";
 
+/// How long a test server's stop waits for open connections: longer than any test's deadline.
+pub const DRAIN: Duration = Duration::from_secs(6);
+
 /// Where a server listens: v2 REST, then v2 gRPC.
 pub type Addrs = (SocketAddr, SocketAddr);
 
@@ -38,8 +41,13 @@ impl Server {
     /// `scheme` served on `listen` (REST and gRPC; port 0: any free one) as model [`MODEL`],
     /// taking queries of `D` values, at most `max_batch` per request.
     pub fn start_on(listen: Addrs, scheme: Box<dyn Scheme>, max_batch: usize, max_body_bytes: usize) -> Server {
-        let config =
-            HttpConfig { scheme: "test".into(), model: ModelSpec::new(MODEL, vec![D], C), max_batch, max_body_bytes };
+        let config = HttpConfig {
+            scheme: "test".into(),
+            model: ModelSpec::new(MODEL, vec![D], C),
+            max_batch,
+            max_body_bytes,
+            drain: DRAIN,
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
