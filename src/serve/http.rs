@@ -342,9 +342,9 @@ pub async fn serve_v2(
     let grpc_stop = stopped(stopping.clone());
     let grpc = async {
         match grpc {
-            Some(listener) => super::grpc::server::serve(listener, app.clone(), grpc_stop)
-                .await
-                .map_err(std::io::Error::other),
+            Some(listener) => {
+                super::grpc::server::serve(listener, app.clone(), grpc_stop).await.map_err(std::io::Error::other)
+            }
             None => Ok(()),
         }
     };

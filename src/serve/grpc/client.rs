@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 
+use super::WINDOW;
 use super::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use super::proto::{ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, model_infer_request};
 use crate::serve::v2::{self, DataType};
@@ -61,6 +62,8 @@ impl Client {
             .connect_timeout(timeout)
             .timeout(timeout)
             .tcp_nodelay(true)
+            .initial_stream_window_size(WINDOW)
+            .initial_connection_window_size(4 * WINDOW)
             .connect_lazy();
         let inner = GrpcInferenceServiceClient::new(channel)
             .max_decoding_message_size(usize::MAX)

@@ -12,6 +12,11 @@ pub mod proto {
 }
 
 use proto::InferParameter;
+
+/// HTTP/2 flow-control window per stream (a connection's is four times it), client and server:
+/// a batch is tens to hundreds of kilobytes, and the default 64 KiB windows would stall each
+/// one on flow-control round trips.
+const WINDOW: u32 = 8 << 20;
 use proto::infer_parameter::ParameterChoice;
 
 /// A boolean parameter.

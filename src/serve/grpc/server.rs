@@ -19,7 +19,7 @@ use super::proto::{
     ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
     ServerReadyRequest, ServerReadyResponse, model_infer_response, model_metadata_response,
 };
-use super::{bool_parameter, string_parameter, version};
+use super::{WINDOW, bool_parameter, string_parameter, version};
 use crate::serve::http::{App, Failure, Inference, check_tensors, hosted, infer_tensor, list};
 use crate::serve::v2::{self, DataType};
 
@@ -33,8 +33,10 @@ pub(in crate::serve) async fn serve(
     let limit = app.config.max_body_bytes;
     let service = GrpcInferenceServiceServer::new(Service { app }).max_decoding_message_size(limit);
     tonic::transport::Server::builder()
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(4 * WINDOW)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown)
         .await
 }
 
