@@ -625,15 +625,14 @@ async fn infer_version(
 
 async fn infer_model(app: &App, model: &str, version: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Response {
     let started = Instant::now();
-    let response = match v2_infer(app, model, version, headers, body).await {
-        Ok(response) => response,
+    let (response, refused) = match v2_infer(app, model, version, headers, body).await {
+        Ok(response) => (response, None),
         Err(failure) => {
-            app.metrics.refusals.get_or_create(&OutcomeLabels { outcome: failure.code }).inc();
-            v2_failure(failure)
+            let code = failure.code;
+            (v2_failure(failure), Some(code))
         }
     };
-    app.metrics.request("/v2/models/infer", response.status());
-    app.metrics.latency.observe(started.elapsed().as_secs_f64());
+    app.observe("/v2/models/infer", response.status(), refused, Some(started));
     response
 }
 
