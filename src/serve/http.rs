@@ -369,15 +369,14 @@ pub async fn serve_v2(
 
 async fn predict(State(app): State<Arc<App>>, body: Result<Json<PredictRequest>, JsonRejection>) -> Response {
     let started = Instant::now();
-    let response = match answer(&app, body).await {
-        Ok(response) => response,
+    let (response, refused) = match answer(&app, body).await {
+        Ok(response) => (response, None),
         Err(failure) => {
-            app.metrics.refusals.get_or_create(&OutcomeLabels { outcome: failure.code }).inc();
-            failure.into_response()
+            let code = failure.code;
+            (failure.into_response(), Some(code))
         }
     };
-    app.metrics.request("/v1/predict", response.status());
-    app.metrics.latency.observe(started.elapsed().as_secs_f64());
+    app.observe("/v1/predict", response.status(), refused, Some(started));
     response
 }
 

@@ -9,9 +9,8 @@
 //! included) the worker is *down*: it refuses new batches at once (the scheme sends them
 //! elsewhere) until a readiness probe succeeds, tried again with exponential backoff, so that a
 //! server that is down is not hammered and one too slow for the deadline does not pile up work
-//! nobody waits for. It learns the model's tensor names and
-//! input type from the server's metadata on each probe, so a restarted server with another
-//! configuration is picked up.
+//! nobody waits for. It learns the model's tensor names and input type from the server's
+//! metadata on each probe, so a restarted server with another configuration is picked up.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +25,7 @@ use super::v2::{self, DataType};
 use super::worker::{Request, Response, Worker, WorkerError};
 
 /// The wire protocol a remote worker speaks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// v2 gRPC (HTTP/2, one multiplexed connection), tensors as raw contents.
@@ -186,9 +185,7 @@ struct Health {
 struct Shared {
     index: usize,
     config: RemoteConfig,
-    /// The REST client, or the gRPC one (its channel, made lazily, reconnects by itself).
-    agent: ureq::Agent,
-    grpc: Option<Result<GrpcClient, String>>,
+    transport: Transport,
     health: Mutex<Health>,
     /// Set on drop: queued requests are then discarded.
     stop: AtomicBool,
@@ -196,6 +193,15 @@ struct Shared {
     failed: AtomicU64,
     /// Nanoseconds requests spent in flight (the worker's busy time, as the coordinator sees it).
     busy_ns: AtomicU64,
+}
+
+/// How a remote worker reaches its server.
+enum Transport {
+    /// Keep-alive HTTP/1.1 connections, one per thread.
+    Rest(ureq::Agent),
+    /// One HTTP/2 channel, made lazily and remade by itself after failures; or why the
+    /// endpoint's address could not make one (every probe then fails with it).
+    Grpc(Result<GrpcClient, String>),
 }
 
 /// A worker whose model runs on a v2 server: a bounded queue served by `concurrency` threads,
@@ -212,22 +218,25 @@ impl RemoteWorker {
     /// timeout) so that a server already down is known down before the first batch; never
     /// fails: a server that is down is retried later.
     pub fn connect(index: usize, config: RemoteConfig) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(config.timeout))
-            .http_status_as_error(false)
-            .max_idle_connections_per_host(config.concurrency.max(1) * 2)
-            .build()
-            .into();
-        let now = Instant::now();
         let endpoint = &config.endpoint;
-        let grpc = (endpoint.protocol == Protocol::Grpc).then(|| {
-            GrpcClient::new(&endpoint.url, &endpoint.model, endpoint.version.as_deref(), config.timeout)
-                .map_err(|e| e.to_string())
-        });
+        let transport = match endpoint.protocol {
+            Protocol::Rest => Transport::Rest(
+                ureq::Agent::config_builder()
+                    .timeout_global(Some(config.timeout))
+                    .http_status_as_error(false)
+                    .max_idle_connections_per_host(config.concurrency.max(1) * 2)
+                    .build()
+                    .into(),
+            ),
+            Protocol::Grpc => Transport::Grpc(
+                GrpcClient::new(&endpoint.url, &endpoint.model, endpoint.version.as_deref(), config.timeout)
+                    .map_err(|e| e.to_string()),
+            ),
+        };
+        let now = Instant::now();
         let shared = Arc::new(Shared {
             index,
-            agent,
-            grpc,
+            transport,
             health: Mutex::new(Health { tensors: None, retry_at: now, backoff: FIRST_BACKOFF, reported: false }),
             stop: AtomicBool::new(false),
             answered: AtomicU64::new(0),
@@ -273,10 +282,7 @@ impl RemoteWorker {
 impl Shared {
     fn run(&self, jobs: &Receiver<(Request, Sender<Response>)>) {
         for (request, reply) in jobs.iter() {
-            if self.stop.load(Ordering::Relaxed) {
-                continue;
-            }
-            if request.cancel.is_cancelled() {
+            if self.stop.load(Ordering::Relaxed) || request.cancel.is_cancelled() {
                 continue;
             }
             let Some(tensors) = self.tensors() else { continue };
@@ -348,23 +354,27 @@ impl Shared {
     /// The model's readiness and metadata: its tensors, checked against the coordinator's
     /// query and answer sizes.
     fn probe(&self) -> Result<Tensors, CallError> {
-        if let Some(grpc) = &self.grpc {
-            let metadata = grpc.as_ref().map_err(|e| CallError::Model(e.clone()))?.probe()?;
-            return self.tensors_of(&metadata);
-        }
+        let metadata = match &self.transport {
+            Transport::Grpc(grpc) => grpc.as_ref().map_err(|e| CallError::Model(e.clone()))?.probe()?,
+            Transport::Rest(agent) => self.probe_rest(agent)?,
+        };
+        self.tensors_of(&metadata)
+    }
+
+    /// The model's metadata over REST, if its ready route says it is ready.
+    fn probe_rest(&self, agent: &ureq::Agent) -> Result<v2::ModelMetadata, CallError> {
         let base = self.config.endpoint.model_url();
-        let mut ready = self.agent.get(format!("{base}/ready")).call()?;
+        let mut ready = agent.get(format!("{base}/ready")).call()?;
         if ready.status() != 200 {
             let message = ready.body_mut().read_to_string().unwrap_or_default();
             return Err(CallError::Status { status: ready.status().as_u16(), message });
         }
-        let mut response = self.agent.get(&base).call()?;
+        let mut response = agent.get(&base).call()?;
         let body = response.body_mut().with_config().limit(MAX_RESPONSE_BYTES).read_to_vec()?;
         if response.status() != 200 {
             return Err(status_error(response.status().as_u16(), &body));
         }
-        let (metadata, _): (v2::ModelMetadata, _) = v2::split_body(&body, None)?;
-        self.tensors_of(&metadata)
+        Ok(v2::split_body(&body, None)?.0)
     }
 
     fn tensors_of(&self, metadata: &v2::ModelMetadata) -> Result<Tensors, CallError> {
@@ -407,13 +417,13 @@ impl Shared {
         let values = request.work.host_input().map_err(|e| CallError::Model(e.to_string()))?;
         let rows = request.work.rows();
         let shape: Vec<i64> = std::iter::once(rows as i64).chain(tensors.input_shape.iter().copied()).collect();
-        let output = match &self.grpc {
-            Some(grpc) => {
+        let output = match &self.transport {
+            Transport::Grpc(grpc) => {
                 let grpc = grpc.as_ref().map_err(|e| CallError::Model(e.clone()))?;
                 let input = (tensors.input.as_str(), tensors.datatype, shape);
                 grpc.infer(request.id.to_string(), input, &values, &tensors.output)?
             }
-            None => self.infer_rest(request.id, tensors, shape, values)?,
+            Transport::Rest(agent) => self.infer_rest(agent, request.id, tensors, shape, values)?,
         };
         let expected = rows * self.config.output_len;
         if output.len() != expected {
@@ -427,7 +437,14 @@ impl Shared {
     }
 
     /// One v2 REST inference: `values` as a tensor of `shape`, the output's values back.
-    fn infer_rest(&self, id: u64, tensors: &Tensors, shape: Vec<i64>, values: Vec<f32>) -> Result<Vec<f32>, CallError> {
+    fn infer_rest(
+        &self,
+        agent: &ureq::Agent,
+        id: u64,
+        tensors: &Tensors,
+        shape: Vec<i64>,
+        values: Vec<f32>,
+    ) -> Result<Vec<f32>, CallError> {
         let binary = self.config.endpoint.binary;
         let output_parameters = binary.then(|| serde_json::Map::from_iter([("binary_data".into(), true.into())]));
         let mut input = v2::Tensor {
@@ -452,7 +469,7 @@ impl Shared {
             outputs: Some(vec![v2::RequestedOutput { name: tensors.output.clone(), parameters: output_parameters }]),
         };
         let (body, header_length) = v2::join_body(&body, &payload);
-        let mut call = self.agent.post(format!("{}/infer", self.config.endpoint.model_url()));
+        let mut call = agent.post(format!("{}/infer", self.config.endpoint.model_url()));
         call = match header_length {
             Some(n) => call.header("content-type", "application/octet-stream").header(v2::HEADER_LENGTH, n.to_string()),
             None => call.header("content-type", "application/json"),

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 
-use super::WINDOW;
 use super::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use super::proto::{ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, model_infer_request};
+use super::{WINDOW, tensor_values};
 use crate::serve::v2::{self, DataType};
 
 /// The runtime gRPC calls run on: two threads are plenty, the calls mostly wait.
@@ -80,20 +80,7 @@ impl Client {
             if !ready.get_ref().ready {
                 return Err(GrpcError::Answer(format!("model '{name}' is not ready")));
             }
-            let metadata = inner.model_metadata(ModelMetadataRequest { name, version }).await?.into_inner();
-            let tensors = |tensors: Vec<super::proto::model_metadata_response::TensorMetadata>| {
-                tensors
-                    .into_iter()
-                    .map(|t| v2::TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape })
-                    .collect()
-            };
-            Ok(v2::ModelMetadata {
-                name: metadata.name,
-                versions: Some(metadata.versions),
-                platform: Some(metadata.platform),
-                inputs: tensors(metadata.inputs),
-                outputs: tensors(metadata.outputs),
-            })
+            Ok(inner.model_metadata(ModelMetadataRequest { name, version }).await?.into_inner().into())
         })
     }
 
@@ -133,21 +120,12 @@ impl Client {
         let tensor = &response.outputs[position];
         let datatype = DataType::parse(&tensor.datatype)?;
         // Servers answer raw (Triton, MLServer) or typed (KServe's Python server).
-        if !response.raw_output_contents.is_empty() {
-            let raw = response.raw_output_contents.get(position).ok_or_else(|| {
-                GrpcError::Answer(format!(
-                    "{} raw outputs for {} outputs",
-                    response.raw_output_contents.len(),
-                    response.outputs.len()
-                ))
-            })?;
-            return Ok(datatype.decode(raw)?);
-        }
-        let contents = tensor.contents.as_ref();
-        Ok(match datatype {
-            DataType::Fp32 => contents.map(|c| c.fp32_contents.clone()).unwrap_or_default(),
-            DataType::Fp64 => contents.map(|c| c.fp64_contents.iter().map(|&v| v as f32).collect()).unwrap_or_default(),
-            DataType::Fp16 => return Err(GrpcError::Answer("FP16 output without raw contents".into())),
-        })
+        let raw = match response.raw_output_contents.as_slice() {
+            [] => None,
+            raw => Some(raw.get(position).ok_or_else(|| {
+                GrpcError::Answer(format!("{} raw outputs for {} outputs", raw.len(), response.outputs.len()))
+            })?),
+        };
+        tensor_values(datatype, raw.map(Vec::as_slice), tensor.contents.as_ref()).map_err(GrpcError::Answer)
     }
 }

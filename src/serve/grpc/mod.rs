@@ -11,7 +11,10 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
-use proto::InferParameter;
+use proto::model_metadata_response::TensorMetadata;
+use proto::{InferParameter, InferTensorContents, ModelMetadataResponse};
+
+use super::v2::{self, DataType};
 
 /// HTTP/2 flow-control window per stream (a connection's is four times it), client and server:
 /// a batch is tens to hundreds of kilobytes, and the default 64 KiB windows would stall each
@@ -32,4 +35,54 @@ fn string_parameter(value: String) -> InferParameter {
 /// `version` as the protocol sends it: empty for the server's choice.
 fn version(version: &str) -> Option<&str> {
     (!version.is_empty()).then_some(version)
+}
+
+/// A tensor's values as `f32`s: from its raw contents when there are any (little-endian bytes of
+/// `datatype`), else from the typed field of its type. FP16 has no typed field.
+fn tensor_values(
+    datatype: DataType,
+    raw: Option<&[u8]>,
+    typed: Option<&InferTensorContents>,
+) -> Result<Vec<f32>, String> {
+    if let Some(raw) = raw {
+        return datatype.decode(raw).map_err(|e| e.to_string());
+    }
+    match datatype {
+        DataType::Fp32 => Ok(typed.map(|c| c.fp32_contents.clone()).unwrap_or_default()),
+        DataType::Fp64 => Ok(typed.map(|c| c.fp64_contents.iter().map(|&v| v as f32).collect()).unwrap_or_default()),
+        DataType::Fp16 => Err("FP16 tensors travel as raw contents only".into()),
+    }
+}
+
+impl From<v2::ModelMetadata> for ModelMetadataResponse {
+    fn from(metadata: v2::ModelMetadata) -> Self {
+        let tensors = |tensors: Vec<v2::TensorMetadata>| {
+            tensors.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
+        };
+        ModelMetadataResponse {
+            name: metadata.name,
+            versions: metadata.versions.unwrap_or_default(),
+            platform: metadata.platform.unwrap_or_default(),
+            inputs: tensors(metadata.inputs),
+            outputs: tensors(metadata.outputs),
+        }
+    }
+}
+
+impl From<ModelMetadataResponse> for v2::ModelMetadata {
+    fn from(metadata: ModelMetadataResponse) -> Self {
+        let tensors = |tensors: Vec<TensorMetadata>| {
+            tensors
+                .into_iter()
+                .map(|t| v2::TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape })
+                .collect()
+        };
+        v2::ModelMetadata {
+            name: metadata.name,
+            versions: Some(metadata.versions),
+            platform: Some(metadata.platform),
+            inputs: tensors(metadata.inputs),
+            outputs: tensors(metadata.outputs),
+        }
+    }
 }

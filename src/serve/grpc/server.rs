@@ -17,11 +17,11 @@ use super::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInfe
 use super::proto::{
     ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest,
     ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse, model_infer_response, model_metadata_response,
+    ServerReadyRequest, ServerReadyResponse, model_infer_response,
 };
-use super::{WINDOW, bool_parameter, string_parameter, version};
+use super::{WINDOW, bool_parameter, string_parameter, tensor_values, version};
 use crate::serve::http::{App, Failure, Inference, check_tensors, hosted, infer_tensor, list};
-use crate::serve::v2::{self, DataType};
+use crate::serve::v2::DataType;
 
 /// Serves the gRPC service on `listener` until `shutdown` completes, then lets the calls in
 /// progress finish.
@@ -66,24 +66,15 @@ impl Service {
     fn input_values(request: &ModelInferRequest) -> Result<Vec<f32>, Failure> {
         let input = &request.inputs[0];
         let datatype = DataType::parse(&input.datatype).map_err(|e| Failure::bad_input(e.to_string()))?;
-        if let Some(raw) = request.raw_input_contents.first() {
-            if request.raw_input_contents.len() != request.inputs.len() {
-                return Err(Failure::bad_input(format!(
-                    "{} raw input contents for {} inputs",
-                    request.raw_input_contents.len(),
-                    request.inputs.len()
-                )));
-            }
-            return datatype.decode(raw).map_err(|e| Failure::bad_input(e.to_string()));
+        if !request.raw_input_contents.is_empty() && request.raw_input_contents.len() != request.inputs.len() {
+            return Err(Failure::bad_input(format!(
+                "{} raw input contents for {} inputs",
+                request.raw_input_contents.len(),
+                request.inputs.len()
+            )));
         }
-        let contents = input.contents.as_ref();
-        match datatype {
-            DataType::Fp32 => Ok(contents.map(|c| c.fp32_contents.clone()).unwrap_or_default()),
-            DataType::Fp64 => {
-                Ok(contents.map(|c| c.fp64_contents.iter().map(|&v| v as f32).collect()).unwrap_or_default())
-            }
-            DataType::Fp16 => Err(Failure::bad_input("FP16 tensors travel as raw_input_contents".into())),
-        }
+        let raw = request.raw_input_contents.first().map(Vec::as_slice);
+        tensor_values(datatype, raw, input.contents.as_ref()).map_err(Failure::bad_input)
     }
 
     async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Failure> {
@@ -158,20 +149,7 @@ impl GrpcInferenceService for Service {
             status(failure)
         })?;
         self.app.observe("grpc ModelMetadata", StatusCode::OK, None, None);
-        let metadata = spec.metadata();
-        let tensors = |tensors: Vec<v2::TensorMetadata>| {
-            tensors
-                .into_iter()
-                .map(|t| model_metadata_response::TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape })
-                .collect()
-        };
-        Ok(Response::new(ModelMetadataResponse {
-            name: metadata.name,
-            versions: metadata.versions.unwrap_or_default(),
-            platform: metadata.platform.unwrap_or_default(),
-            inputs: tensors(metadata.inputs),
-            outputs: tensors(metadata.outputs),
-        }))
+        Ok(Response::new(spec.metadata().into()))
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
