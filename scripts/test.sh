@@ -11,6 +11,9 @@ export APPROXIFER_DATA
 # The official Python clients of the Open Inference Protocol, for the conformance tests.
 APPROXIFER_PYTHON="$(scripts/python-clients.sh)"
 export APPROXIFER_PYTHON
+# NVIDIA Triton Inference Server (from PyPI), the third-party server the worker tests front.
+APPROXIFER_TRITON="$(scripts/triton.sh)"
+export APPROXIFER_TRITON
 
 # The Vulkan loader warns on every start when this is unset; give it a private directory.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then

@@ -1,6 +1,8 @@
 //! The `approxifer` command line, run as a user would: JSON and `.npy` files checked against
 //! the independent reference implementation, and every kind of bad input.
 
+#[path = "support/process.rs"]
+mod process;
 #[path = "../kernels/tests/reference/mod.rs"]
 mod reference;
 
@@ -9,6 +11,7 @@ use std::process::Output;
 
 use approxifer::npy::{self, Data};
 use assert_cmd::Command;
+use process::Running;
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -830,58 +833,6 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     assert_one_line_error(&["serve", "--locator", "bw"], "expected robust or paper");
 }
 
-/// A long-running `approxifer` process (`serve`, `worker`) and the address its banner names.
-struct Running {
-    child: std::process::Child,
-    addr: String,
-    /// The gRPC address, when it listens for gRPC too.
-    grpc: Option<String>,
-}
-
-impl Running {
-    /// Starts `approxifer args` and waits for the line that says where it listens.
-    fn start(args: &[&str]) -> Running {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("approxifer"))
-            .args(args)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                // "... on http://HOST:PORT[, gRPC on HOST:PORT]: ..."
-                let address = |text: &str| {
-                    let (host, rest) = text.split_once(':')?;
-                    let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                    Some(format!("{host}:{port}"))
-                };
-                if let Some(rest) = line.split_once(" on http://").and_then(|(_, r)| address(r)) {
-                    let grpc = line.split_once(", gRPC on ").and_then(|(_, r)| address(r));
-                    let _ = tx.send((rest, grpc));
-                }
-            }
-        });
-        let (addr, grpc) =
-            rx.recv_timeout(std::time::Duration::from_secs(120)).unwrap_or_else(|_| panic!("{args:?} starts"));
-        Running { child, addr, grpc }
-    }
-
-    /// SIGTERM, as a service manager stops it; whether it exited cleanly.
-    fn terminate(mut self) -> bool {
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        self.child.wait().unwrap().success()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A v2 inference of `images` (each 28 x 28) against `addr`: the predicted classes.
 fn classify(addr: &str, images: &[f32]) -> Result<Vec<usize>, String> {
     let rows = images.len() / 784;
@@ -953,9 +904,9 @@ fn serve_fronts_approxifer_worker_processes_and_survives_one_killed() {
         let range = 200 + chunk * 40..240 + chunk * 40;
         assert!(accuracy(range) > 0.3, "still answering after a worker died");
     }
-    assert!(server.terminate(), "serve stops cleanly on SIGTERM");
+    assert!(server.terminate().success, "serve stops cleanly on SIGTERM");
     for worker in workers {
-        assert!(worker.terminate(), "a worker stops cleanly on SIGTERM");
+        assert!(worker.terminate().success, "a worker stops cleanly on SIGTERM");
     }
 }
 
@@ -991,5 +942,71 @@ fn tritonclient_talks_to_serve_over_http_and_grpc() {
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("tritonclient conformance: ok"), "{stdout}");
-    assert!(server.terminate());
+    assert!(server.terminate().success);
+}
+
+#[test]
+fn export_weights_writes_every_parameter_and_a_manifest() {
+    let dir = temp_dir();
+    let out = approxifer(&["export-weights", "--output", path_str(dir.path())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!((manifest["architecture"].as_str(), manifest["layout"].as_str()), (Some("lenet5"), Some("burn")));
+    let mut elements = 0;
+    for tensor in manifest["tensors"].as_array().unwrap() {
+        let name = tensor["name"].as_str().unwrap();
+        let shape: Vec<usize> =
+            tensor["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        let array = npy::read(&dir.path().join(format!("{name}.npy"))).unwrap();
+        assert_eq!(array.shape, shape, "{name}");
+        assert!(matches!(&array.data, Data::F32(v) if v.iter().all(|x| x.is_finite())), "{name}");
+        elements += shape.iter().product::<usize>();
+    }
+    // LeNet-5: 156 + 2416 + 48120 + 10164 + 850 parameters; linear weights are [in, out].
+    assert_eq!(elements, 61_706);
+    assert_eq!(manifest["tensors"][4]["shape"], serde_json::json!([400, 120]), "{manifest}");
+    assert_one_line_error(
+        &["export-weights", "--model", "mlp", "--weights", "/nonexistent.bpk", "-o", "x"],
+        "/nonexistent.bpk: not found",
+    );
+}
+
+#[test]
+fn serve_hosts_a_zoo_model_from_its_weights_file() {
+    let weights = format!("{}/src/embedded/lenet5-fashion-mnist.bpk", env!("CARGO_MANIFEST_DIR"));
+    let server = Running::start(&[
+        "worker",
+        "--device",
+        "cpu",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        "lenet5",
+        "--weights",
+        &weights,
+    ]);
+    // Named after its architecture unless --model-name says otherwise.
+    let status = |path: &str| {
+        let url = format!("http://{}{path}", server.addr);
+        ureq::get(url).config().http_status_as_error(false).build().call().unwrap().status().as_u16()
+    };
+    assert_eq!((status("/v2/models/lenet5"), status("/v2/models/lenet5-fashion-mnist")), (200, 404));
+    assert!(server.terminate().success);
+    assert_one_line_error(&["worker", "--model", "mlp"], "--weights");
+    assert_one_line_error(
+        &[
+            "serve",
+            "--model",
+            "lenet5",
+            "--weights",
+            &weights,
+            "--worker",
+            "http://a:1",
+            "--k",
+            "1",
+            "--stragglers",
+            "0",
+        ],
+        "remote workers serve their own model",
+    );
 }

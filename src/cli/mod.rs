@@ -7,6 +7,8 @@ mod bench;
 mod codec;
 mod demo;
 mod eval;
+mod export;
+mod model;
 mod serve;
 mod serve_bench;
 mod train;
@@ -57,6 +59,8 @@ enum Command {
     /// One model replica behind the Open Inference Protocol with dynamic batching: a remote
     /// worker for `serve --worker URL`.
     Worker(worker::WorkerCmd),
+    /// Write a model's parameters as .npy arrays (and a manifest), for other engines.
+    ExportWeights(export::ExportArgs),
     /// Measure throughput: `bench kernels` (copy, encode, decode, CPU and Burn, one device),
     /// `bench pipeline` (fused encode + model + decode against a host round trip).
     #[command(subcommand)]
@@ -111,8 +115,12 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // One line: clap's first paragraph (what is wrong, and which arguments), without
+            // the usage and tips that follow.
             let rendered = e.render().to_string();
-            eprintln!("{}", rendered.lines().next().unwrap_or("error: invalid arguments"));
+            let first: Vec<&str> = rendered.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+            let line = if first.is_empty() { "error: invalid arguments".into() } else { first.join(" ") };
+            eprintln!("{line}");
             return ExitCode::from(2);
         }
     };
@@ -224,6 +232,7 @@ impl Cli {
             Command::ServeBench(args) => serve_bench::run_cmd(&args, &mut stdout)?,
             Command::Serve(args) => serve::run_cmd(&args)?,
             Command::Worker(args) => worker::run_cmd(&args)?,
+            Command::ExportWeights(args) => export::run(&args, &mut stdout)?,
             Command::Bench(cmd) => bench::run(&cmd, &mut stdout)?,
         }
         stdout.flush()?;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use burn::tensor::Device;
 use clap::Args;
 
+use super::model::ModelArgs;
 use super::workers::{RemoteArgs, WorkerArgs};
 use super::{CodecArg, ms};
 use crate::attack::Attack;
@@ -29,12 +30,15 @@ pub(super) struct ServeArgs {
     /// What clients call the model [default: the hosted model's name]
     #[arg(long, value_name = "NAME")]
     model_name: Option<String>,
+    /// The model local workers load.
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     remote: RemoteArgs,
-    /// With remote workers: one query's shape, e.g. 1,28,28 [default: the embedded model's]
+    /// With remote workers: one query's shape, e.g. 1,28,28 [default: 1,28,28, the zoo's]
     #[arg(long, value_name = "DIMS", value_delimiter = ',')]
     input_shape: Option<Vec<usize>>,
-    /// With remote workers: values per prediction [default: the embedded model's]
+    /// With remote workers: values per prediction [default: 10, the zoo's]
     #[arg(long, value_name = "C")]
     output_len: Option<usize>,
     #[arg(long, value_enum, default_value_t = SchemeKind::Approxifer)]
@@ -96,12 +100,11 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let faults = args.faults.as_deref().map(FaultPlan::from_file).transpose()?.map(|plan| (plan, args.seed));
     let deadline = ms(args.deadline_ms, "--deadline-ms")?;
     let hedge_after = ms(args.hedge_after_ms, "--hedge-after-ms")?;
-    let model_name = args.model_name.clone().unwrap_or_else(|| crate::embedded::NAME.into());
+    let model_name = args.model_name.clone().unwrap_or_else(|| args.model.default_name());
     let remote = args.remote.endpoints(&model_name)?;
-    let sample = crate::embedded::sample();
     let shape = match &args.input_shape {
         Some(shape) => shape.clone(),
-        None => vec![1, sample.rows, sample.cols],
+        None => args.model.query_shape().to_vec(),
     };
     let output_len = args.output_len.unwrap_or(crate::models::CLASSES);
     anyhow::ensure!(
@@ -131,16 +134,15 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let (workers, _loads): (Vec<Arc<dyn Worker>>, _) = if remote.is_empty() {
         anyhow::ensure!(
             args.input_shape.is_none() && args.output_len.is_none(),
-            "--input-shape and --output-len describe remote workers' model; local workers serve the embedded one"
+            "--input-shape and --output-len describe remote workers' model; local workers know theirs"
         );
         // Every setting is checked before the model loads: placement first.
         let (devices, notices) = args.workers.devices()?;
         let placement = Placement::new(pool, devices.len(), args.workers.workers_per_device)?;
         notices.iter().for_each(|line| eprintln!("{line}"));
         // One copy of the model, moved to each worker's device by its replica.
-        let model = crate::embedded::model(&devices[0])?;
-        let query_shape = [shape[0], shape[1], shape[2]];
-        let replica = |device: &Device| crate::serve::replica::classifier(&model, device, query_shape);
+        let model = args.model.load(&devices[0])?;
+        let replica = |device: &Device| crate::serve::replica::classifier(&model, device, args.model.query_shape());
         let tamper = |w: usize| args.attack.tamper(args.seed.wrapping_add(w as u64));
         let workers = local_workers(&devices, &placement, args.capacity, replica, tamper)
             .into_iter()
@@ -150,6 +152,10 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         let loads = settings.faults.as_ref().map(|(plan, _)| background_loads(&devices, &placement, plan));
         (workers, loads)
     } else {
+        anyhow::ensure!(
+            args.model.architecture.is_none(),
+            "--model and --weights name what local workers load; remote workers serve their own model"
+        );
         anyhow::ensure!(
             remote.len() == pool,
             "the {name} scheme with these settings takes {pool} workers; {} remote workers were given",

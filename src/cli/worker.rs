@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
+use super::model::ModelArgs;
 use super::serve::{body_limit, host};
 use super::workers::WorkerArgs;
 use super::{CodecArg, ms};
@@ -27,6 +28,8 @@ pub(super) struct WorkerCmd {
     /// What clients call the model [default: the hosted model's name]
     #[arg(long, value_name = "NAME")]
     model_name: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Replicas, workers, batching: the device is the first --device/--adapter selects;
     /// --workers-per-device gives the model instances on it (default 1).
     #[command(flatten)]
@@ -60,8 +63,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
     let deadline = ms(args.deadline_ms, "--deadline-ms")?;
     let faults = args.faults.as_deref().map(FaultPlan::from_file).transpose()?.map(|plan| (plan, args.seed));
     let instances = args.workers.workers_per_device.unwrap_or(1);
-    let sample = crate::embedded::sample();
-    let shape = [1, sample.rows, sample.cols];
+    let shape = args.model.query_shape();
     let settings = SchemeConfig {
         k: instances,
         stragglers: 0,
@@ -83,7 +85,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
     devices.truncate(1);
     let placement = Placement::new(instances, 1, None)?;
     notices.iter().take(1).for_each(|line| eprintln!("{line}"));
-    let model = crate::embedded::model(&devices[0])?;
+    let model = args.model.load(&devices[0])?;
     let replica = |device: &burn::tensor::Device| crate::serve::replica::classifier(&model, device, shape);
     let workers: Vec<Arc<dyn Worker>> = local_workers(&devices, &placement, args.capacity, replica, |_| sign_flip())
         .into_iter()
@@ -91,7 +93,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
         .collect();
     let _loads = settings.faults.as_ref().map(|(plan, _)| background_loads(&devices, &placement, plan));
     let scheme = SchemeKind::Uncoded.start(&settings, workers)?;
-    let name = args.model_name.clone().unwrap_or_else(|| crate::embedded::NAME.into());
+    let name = args.model_name.clone().unwrap_or_else(|| args.model.default_name());
     let config = HttpConfig {
         scheme: "worker".into(),
         model: ModelSpec::new(name, shape.to_vec(), settings.output_len),

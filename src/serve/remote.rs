@@ -124,6 +124,16 @@ impl Endpoint {
     }
 }
 
+/// The endpoint as a URL names it: `grpc://host:port/v2/models/m` or `http://...`.
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.protocol {
+            Protocol::Grpc => write!(f, "grpc://{}", self.model_url().trim_start_matches("http://")),
+            Protocol::Rest => f.write_str(&self.model_url()),
+        }
+    }
+}
+
 /// How a remote worker talks to its server.
 #[derive(Clone, Debug)]
 pub struct RemoteConfig {
@@ -318,7 +328,7 @@ impl Shared {
             Ok(tensors) => {
                 let mut health = self.health.lock().ok()?;
                 if health.reported {
-                    eprintln!("approxifer: worker {} ({}) is ready again", self.index, self.config.endpoint.url);
+                    eprintln!("approxifer: worker {} ({}) is ready again", self.index, self.config.endpoint);
                 }
                 *health =
                     Health { tensors: Some(tensors.clone()), retry_at: now, backoff: FIRST_BACKOFF, reported: false };
@@ -336,8 +346,8 @@ impl Shared {
         let Ok(mut health) = self.health.lock() else { return };
         if !health.reported {
             eprintln!(
-                "approxifer: worker {} ({}, model '{}') is not answering, retrying with backoff: {error}",
-                self.index, self.config.endpoint.url, self.config.endpoint.model
+                "approxifer: worker {} ({}) is not answering, retrying with backoff: {error}",
+                self.index, self.config.endpoint
             );
             health.reported = true;
         }
@@ -536,12 +546,18 @@ mod tests {
     #[test]
     fn worker_urls_name_the_server_and_optionally_the_model() {
         let plain = Endpoint::parse("http://10.0.0.2:8000", "lenet").unwrap();
-        assert_eq!((plain.url.as_str(), plain.model.as_str(), plain.version), ("http://10.0.0.2:8000", "lenet", None));
+        assert_eq!(
+            (plain.url.as_str(), plain.model.as_str(), plain.version.as_deref()),
+            ("http://10.0.0.2:8000", "lenet", None)
+        );
         let named = Endpoint::parse("http://h:1/v2/models/m/versions/3", "lenet").unwrap();
         assert_eq!((named.model.as_str(), named.version.as_deref()), ("m", Some("3")));
         assert_eq!(named.model_url(), "http://h:1/v2/models/m/versions/3");
         let grpc = Endpoint::parse("grpc://h:2/v2/models/m", "lenet").unwrap();
         assert_eq!((grpc.protocol, plain.protocol, grpc.url.as_str()), (Protocol::Grpc, Protocol::Rest, "http://h:2"));
+        // Messages name an endpoint as its URL would.
+        assert_eq!(grpc.to_string(), "grpc://h:2/v2/models/m");
+        assert_eq!(plain.to_string(), "http://10.0.0.2:8000/v2/models/lenet");
         for bad in ["h:1", "http://", "http://h:1/v1/predict", "grpcx://h:1", "http://h:1/v2/models"] {
             assert!(Endpoint::parse(bad, "m").is_err(), "{bad}");
         }
