@@ -658,6 +658,16 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let schemes: Vec<&str> = rows.iter().map(|r| r["scheme"].as_str().unwrap()).collect();
     assert_eq!(schemes, ["uncoded", "replication", "hedged", "approxifer"]);
+    // --schemes picks some, run in the usual order.
+    let some = ["serve-bench", "--queries", "20", "--device", "cpu", "--json", "--schemes", "approxifer,uncoded"];
+    let out = approxifer(&some);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let picked: Vec<String> = String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["scheme"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(picked, ["uncoded", "approxifer"]);
     for r in &rows {
         for key in [
             "p50_ms",
@@ -817,6 +827,8 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     assert_one_line_error(&["serve", "--capacity", "8", "--max-request", "9"], "--max-request must be between 1");
     assert_one_line_error(&["serve", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
     assert_one_line_error(&["serve-bench", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
+    assert_one_line_error(&["serve-bench", "--schemes", "hedged"], "run uncoded too, or give --hedge-after-ms");
+    assert_one_line_error(&["serve-bench", "--schemes", "parm"], "--schemes");
     assert_one_line_error(&["serve-bench", "--max-batch", "100000"], "--max-batch must be between 1 and 4096");
     assert_one_line_error(&["serve", "--workers-per-device", "0"], "--workers-per-device must be at least 1");
     assert_one_line_error(&["serve", "--max-queue-delay-ms=-1"], "--max-queue-delay-ms must be a non-negative");

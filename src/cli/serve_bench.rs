@@ -10,8 +10,8 @@ use clap::{Args, Parser, ValueEnum};
 
 use super::workers::{RemoteArgs, WorkerArgs};
 use super::{CodecArg, ms};
-use crate::serve::bench::{Arrivals, SchemeReport, ServeBenchConfig, Workers, run};
-use crate::serve::{FaultPlan, Latency, RandomSlowdown};
+use crate::serve::bench::{Arrivals, SCHEMES, SchemeReport, ServeBenchConfig, Workers, run};
+use crate::serve::{FaultPlan, Latency, RandomSlowdown, SchemeKind};
 
 /// How workers take their queries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -34,6 +34,10 @@ pub(super) struct ServeBenchArgs {
     /// Queries per scheme.
     #[arg(long, default_value_t = 2000)]
     queries: usize,
+    /// The schemes to run, comma-separated (they run in the order uncoded, replication,
+    /// hedged, approxifer) [default: all]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    schemes: Vec<SchemeKind>,
     /// Open-loop Poisson arrivals at this rate [default: half the uncoded pool's capacity]
     #[arg(long, value_name = "QPS", conflicts_with = "closed")]
     rate: Option<f64>,
@@ -138,7 +142,14 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         copies: args.copies,
         codec: args.codec.build(&crate::kernels::gpu::AdapterChoice::from_env())?,
         coded_hedge_after: Some(ms(args.coded_hedge_ms, "--coded-hedge-ms")?).filter(|d| !d.is_zero()),
+        schemes: SCHEMES.into_iter().filter(|s| args.schemes.is_empty() || args.schemes.contains(s)).collect(),
     };
+    anyhow::ensure!(
+        config.hedge_after.is_some()
+            || !config.schemes.contains(&SchemeKind::Hedged)
+            || config.schemes.contains(&SchemeKind::Uncoded),
+        "hedged requests back up after the uncoded run's p95: run uncoded too, or give --hedge-after-ms"
+    );
     if let Some(plot) = &args.plot {
         std::fs::File::create(plot)?; // fail before the work, not after
     }

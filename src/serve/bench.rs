@@ -52,6 +52,8 @@ pub struct ServeBenchConfig {
     pub codec: Codec,
     /// When ApproxIFER re-sends a group's unanswered coded queries to workers that answered.
     pub coded_hedge_after: Option<Duration>,
+    /// The schemes to run, in [`SCHEMES`]' order.
+    pub schemes: Vec<SchemeKind>,
 }
 
 /// One scheme's figures; the JSON of `serve-bench --json`.
@@ -120,7 +122,7 @@ impl ServeBenchConfig {
     /// one of the pools does not fit.
     pub fn placements(&self, devices: usize) -> Result<Vec<(SchemeKind, Placement)>, PlacementError> {
         let settings = self.settings(1, 1);
-        SCHEMES
+        self.schemes
             .iter()
             .map(|&kind| Ok((kind, Placement::new(kind.workers(&settings), devices, self.workers_per_device)?)))
             .collect()
@@ -157,7 +159,8 @@ pub fn run(
         Workers::Local { devices, .. } => {
             config.placements(devices.len())?.into_iter().map(|(kind, placement)| (kind, Some(placement))).collect()
         }
-        Workers::Remote { endpoints, .. } => SCHEMES
+        Workers::Remote { endpoints, .. } => config
+            .schemes
             .iter()
             .filter(|kind| {
                 let needed = kind.workers(&settings);
@@ -174,10 +177,15 @@ pub fn run(
     let mut reports: Vec<SchemeReport> = Vec::new();
     for (i, (kind, placement)) in runs.into_iter().enumerate() {
         // Uncoded runs first, so its p95 is known when hedging needs it.
-        settings.hedge_after = config.hedge_after.unwrap_or_else(|| {
-            let p95 = reports.first().map_or(0.0, |r| r.percentile(0.95));
-            Duration::from_secs_f64(p95.max(0.0) / 1e3)
-        });
+        let uncoded = reports.iter().find(|r| r.scheme == SchemeKind::Uncoded.name());
+        settings.hedge_after = match (config.hedge_after, uncoded) {
+            (Some(after), _) => after,
+            (None, Some(uncoded)) => Duration::from_secs_f64(uncoded.percentile(0.95).max(0.0) / 1e3),
+            (None, None) if kind == SchemeKind::Hedged => {
+                anyhow::bail!("hedged requests need --hedge-after-ms when the uncoded scheme is not run")
+            }
+            (None, None) => Duration::ZERO,
+        };
         let pool = Pool::start(workers, placement.as_ref(), kind.workers(&settings), output_len);
         let bare = match (workers, &pool) {
             (Workers::Local { devices, .. }, Pool::Local(local)) => bare_forward_qps(
