@@ -69,6 +69,11 @@ impl Running {
         Running { child, addr, grpc, stderr, reader: Some(reader) }
     }
 
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
