@@ -44,6 +44,32 @@ pub fn model_for(
     model(device).map(Some)
 }
 
+/// ParM parity models for the hosted models `eval` uses, trained by `approxifer
+/// train-parity` with ParM's recipe (src/embedded/parity/; the README gives their epochs and
+/// learning curves): `(architecture, dataset, K, weights)`.
+static PARITY: &[(Architecture, Dataset, usize, &Aligned<[u8]>)] = &[(
+    Architecture::Lenet5,
+    Dataset::FashionMnist,
+    8,
+    &Aligned(*include_bytes!("embedded/parity/lenet5-fashion-mnist-k8.bpk")),
+)];
+
+/// The shipped parity model of `architecture` on `dataset` for groups of `k`, if there is one.
+pub fn parity(
+    architecture: Architecture,
+    dataset: Dataset,
+    k: usize,
+    device: &Device,
+) -> Option<Result<Classifier, ModelError>> {
+    let (.., weights) = PARITY.iter().find(|(a, d, kk, _)| (*a, *d, *kk) == (architecture, dataset, k))?;
+    Some(models::load_burnpack_bytes(Classifier::init(architecture, device), &weights.0))
+}
+
+/// The K values parity models are shipped for, for `architecture` on `dataset`.
+pub fn parity_ks(architecture: Architecture, dataset: Dataset) -> Vec<usize> {
+    PARITY.iter().filter(|(a, d, ..)| (*a, *d) == (architecture, dataset)).map(|(.., k, _)| *k).collect()
+}
+
 /// The embedded test sample.
 pub fn sample() -> Images {
     let read = |bytes: &[u8]| -> IdxArray {

@@ -21,6 +21,7 @@ pub mod eval;
 pub mod fused;
 pub mod models;
 pub mod npy;
+pub mod parm;
 pub mod plot;
 pub mod serve;
 pub mod train;

@@ -1,5 +1,5 @@
-//! The `eval` plot: decoded accuracy against K and against S, one line per layout, next to the
-//! base model's accuracy (SVG, drawn with plotters).
+//! The `eval` plot: decoded accuracy against K and against S, one line per layout (and one
+//! for ParM), next to the base model's accuracy (SVG, drawn with plotters).
 
 use std::path::Path;
 
@@ -40,7 +40,7 @@ fn panel(
 ) -> anyhow::Result<()> {
     let points: Vec<(&EvalRow, usize)> = rows.iter().filter_map(|r| x_of(r).map(|x| (r, x))).collect();
     let (x_min, x_max) = points.iter().fold((usize::MAX, 0), |(lo, hi), &(_, x)| (lo.min(x), hi.max(x)));
-    let y_min = points.iter().map(|(r, _)| r.degraded_accuracy_paper.min(r.base_accuracy)).fold(1.0f64, f64::min);
+    let y_min = points.iter().map(|(r, _)| degraded(r).min(r.base_accuracy)).fold(1.0f64, f64::min);
     let y_min = ((y_min - 0.05).max(0.0) * 10.0).floor() / 10.0;
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 16))
@@ -49,19 +49,17 @@ fn panel(
         .y_label_area_size(48)
         .build_cartesian_2d(x_min as f64 - 0.5..x_max as f64 + 0.5, y_min..1.0)?;
     chart.configure_mesh().x_desc(x_label).y_desc("accuracy").draw()?;
-    let mut layouts: Vec<&str> = points.iter().map(|(r, _)| r.layout.as_str()).collect();
-    layouts.dedup();
-    for (i, layout) in layouts.iter().enumerate() {
+    let mut series: Vec<String> = points.iter().map(|(r, _)| series_of(r)).collect();
+    series.sort();
+    series.dedup();
+    for (i, name) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
-        let mut line: Vec<(f64, f64)> = points
-            .iter()
-            .filter(|(r, _)| r.layout == *layout)
-            .map(|(r, x)| (*x as f64, r.degraded_accuracy_paper))
-            .collect();
+        let mut line: Vec<(f64, f64)> =
+            points.iter().filter(|(r, _)| series_of(r) == *name).map(|(r, x)| (*x as f64, degraded(r))).collect();
         line.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
             .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)).point_size(3))?
-            .label(format!("degraded, {layout}"))
+            .label(format!("degraded, {name}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
     }
     let mut base: Vec<(f64, f64)> = points.iter().map(|(r, x)| (*x as f64, r.base_accuracy)).collect();
@@ -78,6 +76,20 @@ fn panel(
         .background_style(WHITE)
         .draw()?;
     Ok(())
+}
+
+/// A row's line: ApproxIFER's by layout, ParM's its own.
+fn series_of(row: &EvalRow) -> String {
+    if row.scheme == "parm" { "ParM (rebuilt)".into() } else { row.layout.clone() }
+}
+
+/// The degraded accuracy drawn: ApproxIFER's protocol for ApproxIFER, ParM's for ParM (the
+/// paper's comparison).
+fn degraded(row: &EvalRow) -> f64 {
+    match (row.scheme.as_str(), row.degraded_accuracy_reconstructed) {
+        ("parm", Some(rebuilt)) => rebuilt,
+        _ => row.degraded_accuracy_paper,
+    }
 }
 
 /// The latency CDF of every scheme of `serve-bench`, log-scaled in time.

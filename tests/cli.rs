@@ -623,6 +623,11 @@ fn train_and_eval_refuse_bad_requests_in_one_line() {
         (vec!["eval", "--model", "lenet5", "--dataset", "mnist", "--data", &data], "pass --weights"),
         (vec!["eval", "--model", "lenet5", "--weights", "/nonexistent.bpk", "--data", &data], "not found"),
         (vec!["eval", "--dataset", "mnist", "--data", "/nonexistent"], "fetch-data"),
+        (vec!["train-parity", "--k", "1", "--data", &data, "-o", w], "K must be at least 2"),
+        (vec!["train-parity", "--limit", "100", "--data", &data, "-o", w], "leave none to train on"),
+        (vec!["eval", "--dataset", "fashion-mnist", "--scheme", "parm", "--k", "6", "--data", &data], "K = 6"),
+        (vec!["eval", "--scheme", "parm", "--stragglers", "2", "--data", &data], "S = 1"),
+        (vec!["eval", "--parity", w, "--k", "8,10", "--data", &data], "give one --k"),
     ] {
         let out = approxifer(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1021,4 +1026,68 @@ fn serve_hosts_a_zoo_model_from_its_weights_file() {
         ],
         "remote workers serve their own model",
     );
+}
+
+#[test]
+fn parm_trains_a_parity_model_and_eval_sets_it_beside_approxifer() {
+    let dir = temp_dir();
+    let data = data_dir();
+    let parity = dir.path().join("lenet5-fashion-mnist-k2.bpk");
+    let train = [
+        "train-parity",
+        "--dataset",
+        "fashion-mnist",
+        "--k",
+        "2",
+        "--epochs",
+        "2",
+        "--limit",
+        "1200",
+        "--holdout",
+        "400",
+        "--data",
+        &data,
+        "--json",
+        "--flex",
+        "-o",
+        parity.to_str().unwrap(),
+    ];
+    let out = approxifer(&train);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let epochs: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(epochs.len(), 2);
+    let loss = |e: &Value| e["mean_loss"].as_f64().unwrap();
+    assert!(loss(&epochs[1]) < loss(&epochs[0]), "the loss falls: {epochs:?}");
+    for e in &epochs {
+        let agreement = e["validation_agreement"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&agreement) && e["validation_accuracy"].as_f64().is_some(), "{e}");
+    }
+    // The model just trained, by --parity-dir, beside ApproxIFER at the same K on the same
+    // queries; and the shipped K = 8 one by default.
+    let eval = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["eval", "--dataset", "fashion-mnist", "--queries", "400", "--stragglers", "1", "--json"];
+        args.extend(["--layout", "non-systematic", "--data", &data]);
+        args.extend(extra);
+        let out = approxifer(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let rows = eval(&["--k", "2", "--parity-dir", dir.path().to_str().unwrap()]);
+    let schemes: Vec<&str> = rows.iter().map(|r| r["scheme"].as_str().unwrap()).collect();
+    assert_eq!(schemes, ["approxifer", "parm"]);
+    let parm = &rows[1];
+    assert_eq!((parm["k"].as_u64(), parm["n"].as_u64(), parm["stragglers"].as_u64()), (Some(2), Some(3), Some(1)));
+    assert_eq!(parm["base_accuracy"], rows[0]["base_accuracy"], "the same queries");
+    assert_eq!(parm["normal_accuracy"], parm["base_accuracy"]);
+    // ParM's protocol rebuilds every query once; its paper figure mixes rebuilt and direct.
+    assert_eq!(parm["reconstructed"].as_u64(), Some(400));
+    let rebuilt = parm["degraded_accuracy_reconstructed"].as_f64().unwrap();
+    let paper = parm["degraded_accuracy_paper"].as_f64().unwrap();
+    let base = parm["base_accuracy"].as_f64().unwrap();
+    assert!(rebuilt <= paper && paper <= base + 1e-9, "{parm}");
+    let shipped = eval(&["--k", "8", "--scheme", "parm"]);
+    assert_eq!(shipped.len(), 1);
+    // ParM's own figure for the shipped model (0.57 on this sample with 30 epochs); chance is 0.1.
+    assert!(shipped[0]["degraded_accuracy_reconstructed"].as_f64().unwrap() > 0.4, "{}", shipped[0]);
 }

@@ -7,10 +7,12 @@ use clap::{Args, ValueEnum};
 
 use crate::attack::Attack;
 use crate::data::{self, Dataset, Split};
-use crate::eval::{ByzantineConfig, ByzantineRow, EvalConfig, EvalRow, Outputs, Setting, evaluate, evaluate_byzantine};
+use crate::eval::{
+    ByzantineConfig, ByzantineRow, EvalConfig, EvalRow, Outputs, Setting, evaluate, evaluate_byzantine, evaluate_parm,
+};
 use crate::kernels::gpu::AdapterChoice;
 use crate::kernels::{Layout, NodeFamily};
-use crate::models::{self, Architecture};
+use crate::models::Architecture;
 
 /// Which layouts to evaluate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -20,14 +22,35 @@ pub(super) enum LayoutChoice {
     Both,
 }
 
+/// The schemes `eval` measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum EvalScheme {
+    /// Berrut-coded queries, decoded from the N - S responders.
+    Approxifer,
+    /// ParM: K raw queries and a parity model on their sum (S = 1 settings).
+    Parm,
+}
+
 #[derive(Debug, Args)]
 pub(super) struct EvalArgs {
+    /// The schemes, comma-separated [default: approxifer,parm; ParM where a parity model
+    /// exists for the K]
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    scheme: Vec<EvalScheme>,
+    /// ParM's parity model for the one --k given (what `approxifer train-parity` writes)
+    /// [default: the shipped one for the hosted model, dataset and K]
+    #[arg(long, value_name = "FILE", conflicts_with = "parity_dir")]
+    parity: Option<PathBuf>,
+    /// A folder of parity models named ARCH-DATASET-kK.bpk (e.g. lenet5-fashion-mnist-k8.bpk).
+    #[arg(long, value_name = "DIR")]
+    parity_dir: Option<PathBuf>,
     /// The dataset (from scripts/fetch-data.sh).
     #[arg(long, value_enum, default_value_t = Dataset::Mnist)]
     dataset: Dataset,
-    /// The architecture of the hosted model.
-    #[arg(long, value_enum, default_value_t = Architecture::DigitCnn)]
-    model: Architecture,
+    /// The architecture of the hosted model [default: the dataset's: digit-cnn for MNIST,
+    /// lenet5 for Fashion-MNIST]
+    #[arg(long, value_enum)]
+    model: Option<Architecture>,
     /// Its weights [default: the digit CNN from the data directory, or the embedded model
     /// when it matches --model and --dataset]
     #[arg(long, value_name = "FILE")]
@@ -90,24 +113,19 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         "--byzantine evaluates the non-systematic layout only"
     );
     anyhow::ensure!(args.k.iter().all(|&k| k >= 1), "--k values must be at least 1");
+    let explicit = !args.scheme.is_empty();
+    let schemes = if explicit { args.scheme.clone() } else { vec![EvalScheme::Approxifer, EvalScheme::Parm] };
+    anyhow::ensure!(
+        args.byzantine.is_none() || !(explicit && schemes.contains(&EvalScheme::Parm)),
+        "--byzantine evaluates ApproxIFER's locators; ParM has none"
+    );
+    anyhow::ensure!(args.parity.is_none() || args.k.len() == 1, "--parity is one K's parity model: give one --k");
     anyhow::ensure!(args.queries >= 1, "--queries must be at least 1");
     let dir = args.data.clone().unwrap_or_else(data::default_dir);
     let burn = crate::backend::BurnDevice::select(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
     let device = burn.device.clone();
-    let model = match &args.weights {
-        Some(path) => models::load(args.model, path, &device)?,
-        None if args.model == Architecture::DigitCnn => {
-            anyhow::ensure!(args.dataset == Dataset::Mnist, "the digit CNN is an MNIST model; pass --dataset mnist");
-            models::load(args.model, &dir.join("models/digit_recognizer.pth"), &device)?
-        }
-        None => crate::embedded::model_for(args.model, args.dataset, &device)?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "no weights for {} on {}: pass --weights FILE (approxifer train writes one)",
-                args.model.name(),
-                args.dataset.name()
-            )
-        })?,
-    };
+    let (architecture, model) =
+        super::model::hosted_for(args.dataset, args.model, args.weights.as_deref(), &dir, &device)?;
     let test = data::load(&dir, args.dataset, Split::Test)?;
     if let Some(plot) = &args.plot {
         std::fs::File::create(plot)?; // fail before the work, not after
@@ -133,7 +151,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     }
     let config = EvalConfig {
         dataset: args.dataset,
-        model: args.model.name().into(),
+        model: architecture.name().into(),
         settings,
         queries: args.queries,
         batch_groups: args.batch_groups,
@@ -152,7 +170,38 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let rows = evaluate_with_progress(&model, &test, &config, &device)?;
+    let mut rows = if schemes.contains(&EvalScheme::Approxifer) {
+        evaluate_with_progress(&model, &test, &config, &device)?
+    } else {
+        Vec::new()
+    };
+    if schemes.contains(&EvalScheme::Parm) {
+        let stragglers = args.stragglers.as_deref().unwrap_or(default_stragglers);
+        anyhow::ensure!(
+            !explicit || stragglers.contains(&1),
+            "ParM rebuilds one missing prediction per group: its settings have S = 1; add 1 to --stragglers"
+        );
+        let mut ks = args.k.clone();
+        ks.dedup();
+        for &k in ks.iter().filter(|_| stragglers.contains(&1)) {
+            let Some(parity) = parity_model(args, architecture, k, &device)? else {
+                let message = format!(
+                    "no parity model for {} on {} at K = {k} (shipped: K = {:?}); `approxifer train-parity` \
+                     trains one, --parity or --parity-dir names it",
+                    architecture.name(),
+                    args.dataset.name(),
+                    crate::embedded::parity_ks(architecture, args.dataset)
+                );
+                anyhow::ensure!(!explicit, "{message}");
+                eprintln!("approxifer: ParM not evaluated at K = {k}: {message}");
+                continue;
+            };
+            let row = with_progress(|progress| evaluate_parm(&model, &parity, k, &test, &config, &device, progress))?;
+            // Next to ApproxIFER's S = 1 rows of the same K.
+            let at = rows.iter().rposition(|r| r.k == k && r.stragglers == 1).map_or(rows.len(), |i| i + 1);
+            rows.insert(at, row);
+        }
+    }
     if args.json {
         super::write_json_lines(&rows, out)?;
     } else {
@@ -163,6 +212,24 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         eprintln!("approxifer: plot written to {}", path.display());
     }
     Ok(())
+}
+
+/// ParM's parity model for `k`: --parity, else --parity-dir's, else the shipped one; `None`
+/// when there is none.
+fn parity_model(
+    args: &EvalArgs,
+    architecture: Architecture,
+    k: usize,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<Option<crate::models::Classifier>> {
+    if let Some(path) = &args.parity {
+        return Ok(Some(crate::models::load(architecture, path, device)?));
+    }
+    if let Some(dir) = &args.parity_dir {
+        let path = dir.join(format!("{}-{}-k{k}.bpk", architecture.name(), args.dataset.name()));
+        return Ok(path.exists().then(|| crate::models::load(architecture, &path, device)).transpose()?);
+    }
+    Ok(crate::embedded::parity(architecture, args.dataset, k, device).transpose()?)
 }
 
 /// [`evaluate`] under a progress bar counting groups.
@@ -191,14 +258,15 @@ fn with_progress<T>(
 pub(super) fn write_table(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Result<()> {
     writeln!(
         out,
-        "{:<14} {:<10} {:>3} {:>3} {:>3} {:>8} {:>8} {:>15} {:>21}",
-        "layout", "nodes", "K", "N", "S", "base", "normal", "degraded paper", "degraded reconstructed"
+        "{:<10} {:<14} {:<10} {:>3} {:>3} {:>3} {:>8} {:>8} {:>15} {:>21}",
+        "scheme", "layout", "nodes", "K", "N", "S", "base", "normal", "degraded paper", "degraded reconstructed"
     )?;
     for r in rows {
         let reconstructed = r.degraded_accuracy_reconstructed.map_or("-".to_string(), |a| format!("{a:.4}"));
         writeln!(
             out,
-            "{:<14} {:<10} {:>3} {:>3} {:>3} {:>8.4} {:>8.4} {:>15.4} {:>21}",
+            "{:<10} {:<14} {:<10} {:>3} {:>3} {:>3} {:>8.4} {:>8.4} {:>15.4} {:>21}",
+            r.scheme,
             r.layout,
             r.nodes,
             r.k,
@@ -210,13 +278,14 @@ pub(super) fn write_table(rows: &[EvalRow], out: &mut impl Write) -> anyhow::Res
             reconstructed
         )?;
     }
-    if let Some(r) = rows.first() {
+    if let Some(r) = rows.iter().find(|r| r.scheme == "approxifer").or(rows.first()) {
         let outputs = serde_json::to_value(r.outputs)?;
         writeln!(
             out,
-            "{} on {}, {} queries per setting, workers return {}. degraded paper: all K decoded from N - S \
-             responders (ApproxIFER's protocol); degraded reconstructed: only predictions no responder held \
-             unmixed (ParM's protocol).",
+            "{} on {}, {} queries per setting, ApproxIFER's workers return {}. degraded paper: all K decoded \
+             from N - S responders (ApproxIFER's protocol); degraded reconstructed: only predictions no \
+             responder held unmixed (ParM's protocol: for parm, each member of each group erased in turn and \
+             rebuilt from the parity model's output).",
             r.model,
             r.dataset,
             r.queries,

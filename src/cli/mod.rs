@@ -9,6 +9,7 @@ mod demo;
 mod eval;
 mod export;
 mod model;
+mod parity;
 mod serve;
 mod serve_bench;
 mod train;
@@ -46,6 +47,9 @@ enum Command {
     Decode(codec::DecodeCmd),
     /// Train a zoo model on MNIST or Fashion-MNIST and save its weights.
     Train(train::TrainArgs),
+    /// Train a ParM parity model for a hosted model and K (the baseline eval and serving
+    /// compare with).
+    TrainParity(parity::TrainParityArgs),
     /// Accuracy of coded inference over a grid of K, S and layouts (the paper's protocol and
     /// ParM's), as a table, JSON or a plot.
     Eval(eval::EvalArgs),
@@ -228,6 +232,7 @@ impl Cli {
             Command::Encode(args) => codec::encode(&args)?,
             Command::Decode(args) => codec::decode(&args, &mut stdout)?,
             Command::Train(args) => train::run(&args, &mut stdout)?,
+            Command::TrainParity(args) => parity::run(&args, &mut stdout)?,
             Command::Eval(args) => eval::run(&args, &mut stdout)?,
             Command::ServeBench(args) => serve_bench::run_cmd(&args, &mut stdout)?,
             Command::Serve(args) => serve::run_cmd(&args)?,

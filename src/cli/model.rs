@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use clap::Args;
 
+use crate::data::Dataset;
 use crate::models::{self, Architecture, Classifier};
 
 #[derive(Debug, Args)]
@@ -47,4 +48,35 @@ impl ModelArgs {
     pub fn query_shape(&self) -> [usize; 3] {
         [1, models::IMAGE_SIDE, models::IMAGE_SIDE]
     }
+}
+
+/// The hosted model `eval` and `train-parity` use for `dataset`: `architecture` (by default the
+/// dataset's own: the digit CNN for MNIST, LeNet-5 for Fashion-MNIST) with `weights`, or else
+/// the digit CNN from the data directory or the embedded model.
+pub(super) fn hosted_for(
+    dataset: Dataset,
+    architecture: Option<Architecture>,
+    weights: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+    device: &Device,
+) -> anyhow::Result<(Architecture, Classifier)> {
+    let architecture = architecture.unwrap_or(match dataset {
+        Dataset::Mnist => Architecture::DigitCnn,
+        Dataset::FashionMnist => Architecture::Lenet5,
+    });
+    let model = match weights {
+        Some(path) => models::load(architecture, path, device)?,
+        None if architecture == Architecture::DigitCnn => {
+            anyhow::ensure!(dataset == Dataset::Mnist, "the digit CNN is an MNIST model; pass --dataset mnist");
+            models::load(architecture, &data_dir.join("models/digit_recognizer.pth"), device)?
+        }
+        None => crate::embedded::model_for(architecture, dataset, device)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no weights for {} on {}: pass --weights FILE (approxifer train writes one)",
+                architecture.name(),
+                dataset.name()
+            )
+        })?,
+    };
+    Ok((architecture, model))
 }

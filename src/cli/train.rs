@@ -65,32 +65,8 @@ pub(super) fn run(args: &TrainArgs, out: &mut impl Write) -> anyhow::Result<()> 
         train_set = train_set.take(limit);
     }
     let test_set = data::load(&dir, args.dataset, Split::Test)?;
-    let device = if args.flex {
-        eprintln!("approxifer: training on the CPU with Burn's flex backend");
-        burn::tensor::Device::flex()
-    } else {
-        let burn = crate::backend::BurnDevice::select(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
-        if burn.is_cpu && args.adapter.is_none() {
-            // A CPU Vulkan driver trains convolutions far slower than flex (LeNet-5 on
-            // 2000 images and a 10000-image test: over 5 min against 2.4 s on two cores).
-            eprintln!(
-                "approxifer: no GPU found; training on the CPU with Burn's flex backend (--adapter cpu forces {})",
-                burn.adapter
-            );
-            burn::tensor::Device::flex()
-        } else {
-            eprintln!("{}", burn.notice());
-            burn.device
-        }
-    };
-    // The weights are written next to their destination and renamed into place, so an
-    // unwritable directory fails before the work and a failure never clobbers older weights.
-    let parent = args.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let staging = tempfile::Builder::new()
-        .prefix(".approxifer-weights")
-        .suffix(".bpk")
-        .tempfile_in(parent)
-        .with_context(|| format!("cannot write weights into {}", parent.display()))?;
+    let device = training_device(args.adapter.as_ref(), args.flex)?;
+    let staging = staging(&args.output)?;
     let bar = super::progress_bar(0, "batches");
     if !args.json {
         writeln!(out, "{:>6} {:>10} {:>14}", "epoch", "loss", "test accuracy")?;
@@ -122,4 +98,36 @@ pub(super) fn run(args: &TrainArgs, out: &mut impl Write) -> anyhow::Result<()> 
     staging.persist(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
     eprintln!("approxifer: saved {} weights to {}", args.model.name(), args.output.display());
     Ok(())
+}
+
+/// Where to train: flex when asked, or when the only adapter is a CPU Vulkan driver and none
+/// was asked for; else the adapter chosen.
+pub(super) fn training_device(adapter: Option<&AdapterChoice>, flex: bool) -> anyhow::Result<burn::tensor::Device> {
+    if flex {
+        eprintln!("approxifer: training on the CPU with Burn's flex backend");
+        return Ok(burn::tensor::Device::flex());
+    }
+    let burn = crate::backend::BurnDevice::select(&adapter.cloned().unwrap_or_else(AdapterChoice::from_env))?;
+    if burn.is_cpu && adapter.is_none() {
+        // A CPU Vulkan driver trains convolutions far slower than flex (LeNet-5 on 2000
+        // images and a 10000-image test: over 5 min against 2.4 s on two cores).
+        eprintln!(
+            "approxifer: no GPU found; training on the CPU with Burn's flex backend (--adapter cpu forces {})",
+            burn.adapter
+        );
+        return Ok(burn::tensor::Device::flex());
+    }
+    eprintln!("{}", burn.notice());
+    Ok(burn.device)
+}
+
+/// A file beside `output` to write weights into, renamed into place once written: an
+/// unwritable directory fails before the work, and a failure never clobbers older weights.
+pub(super) fn staging(output: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    tempfile::Builder::new()
+        .prefix(".approxifer-weights")
+        .suffix(".bpk")
+        .tempfile_in(parent)
+        .with_context(|| format!("cannot write weights into {}", parent.display()))
 }

@@ -12,8 +12,10 @@
 //!   data node). `None` when no prediction had to be reconstructed.
 
 mod byzantine;
+mod parm;
 
 pub use byzantine::{ByzantineConfig, ByzantineRow, evaluate_byzantine};
+pub use parm::evaluate_parm;
 
 use burn::tensor::{Device, Tensor, activation};
 use rand::SeedableRng;
@@ -64,6 +66,8 @@ pub struct EvalConfig {
 /// One setting's result; the JSON keys of `approxifer eval --json`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct EvalRow {
+    /// `approxifer`, or `parm` (ParM's parity model, [`evaluate_parm`]).
+    pub scheme: String,
     pub dataset: String,
     pub model: String,
     pub k: usize,
@@ -169,6 +173,7 @@ pub fn evaluate(
         }
         let rate = |correct: usize| correct as f64 / tally.queries as f64;
         rows.push(EvalRow {
+            scheme: "approxifer".into(),
             dataset: config.dataset.name().into(),
             model: config.model.clone(),
             k: setting.k,
