@@ -44,15 +44,31 @@ pub fn model_for(
     model(device).map(Some)
 }
 
+/// One entry of [`PARITY`]: a shipped parity model, aligned as [`MODEL`] is.
+macro_rules! parity {
+    ($architecture:ident, $dataset:ident, $k:literal, $file:literal) => {
+        (
+            Architecture::$architecture,
+            Dataset::$dataset,
+            $k,
+            &Aligned(*include_bytes!(concat!("embedded/parity/", $file))),
+        )
+    };
+}
+
 /// ParM parity models for the hosted models `eval` uses, trained by `approxifer
 /// train-parity` with ParM's recipe (src/embedded/parity/; the README gives their epochs and
 /// learning curves): `(architecture, dataset, K, weights)`.
-static PARITY: &[(Architecture, Dataset, usize, &Aligned<[u8]>)] = &[(
-    Architecture::Lenet5,
-    Dataset::FashionMnist,
-    8,
-    &Aligned(*include_bytes!("embedded/parity/lenet5-fashion-mnist-k8.bpk")),
-)];
+static PARITY: &[(Architecture, Dataset, usize, &Aligned<[u8]>)] = &[
+    parity!(Lenet5, FashionMnist, 2, "lenet5-fashion-mnist-k2.bpk"),
+    parity!(Lenet5, FashionMnist, 4, "lenet5-fashion-mnist-k4.bpk"),
+    parity!(Lenet5, FashionMnist, 8, "lenet5-fashion-mnist-k8.bpk"),
+    parity!(Lenet5, FashionMnist, 10, "lenet5-fashion-mnist-k10.bpk"),
+    parity!(Lenet5, FashionMnist, 12, "lenet5-fashion-mnist-k12.bpk"),
+    parity!(DigitCnn, Mnist, 8, "digit-cnn-mnist-k8.bpk"),
+    parity!(DigitCnn, Mnist, 10, "digit-cnn-mnist-k10.bpk"),
+    parity!(DigitCnn, Mnist, 12, "digit-cnn-mnist-k12.bpk"),
+];
 
 /// The shipped parity model of `architecture` on `dataset` for groups of `k`, if there is one.
 pub fn parity(

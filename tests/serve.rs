@@ -619,3 +619,75 @@ fn every_worker_runs_each_range_of_batch_sizes_before_the_first_query() {
     assert!(plain.iter().all(|w| w.busy() > Duration::ZERO), "every uncoded worker warmed up");
     assert_eq!(baseline.shutdown().batches, 0);
 }
+
+/// A linear map without bias, `C x D`: its output on a sum of queries is the sum of its
+/// outputs, so the same map is an exact parity model and ParM's rebuilt answers are exact.
+fn linear() -> ServedModel {
+    Arc::new(|x: Tensor<2>| {
+        let [_, d] = x.dims();
+        let weights: Vec<f32> = (0..d * C).map(|i| ((i * 5) % 11) as f32 / 11.0 - 0.5).collect();
+        let weights = Tensor::<2>::from_data(burn::tensor::TensorData::new(weights, [d, C]), &x.device());
+        x.matmul(weights)
+    })
+}
+
+fn softmax_of_linear(query: &[f32]) -> Vec<f32> {
+    let logits: Vec<f32> = (0..C)
+        .map(|c| query.iter().enumerate().map(|(i, v)| v * ((((i * C + c) * 5) % 11) as f32 / 11.0 - 0.5)).sum())
+        .collect();
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+    logits.iter().map(|l| (l - max).exp() / sum).collect()
+}
+
+#[test]
+fn parm_rebuilds_one_missing_answer_per_group_and_waits_on_two() {
+    use approxifer::serve::parm::{Parm, ParmConfig};
+    let k = 3;
+    let hung = WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE };
+    let run = |faults: Vec<WorkerFaults>, queries: usize| {
+        let config = ParmConfig {
+            k,
+            input_len: D,
+            output_len: C,
+            max_batch: 8,
+            max_queue_delay: Duration::from_millis(2),
+            deadline: Duration::from_millis(300),
+            capacity: 1000,
+            faults: Some((
+                FaultPlan { latency: Latency::Constant { ms: 0.2 }, workers: faults, random_slowdown: None },
+                3,
+            )),
+        };
+        let workers = (0..=k).map(|i| Arc::new(worker(i, linear(), 1000)) as Arc<dyn Worker>).collect();
+        let parm = Parm::start(config, workers).unwrap();
+        // A count that leaves the last group short: it is padded, and protected too.
+        let tickets: Vec<_> = (0..queries).map(|i| parm.submit(query(i)).unwrap()).collect();
+        let results: Vec<_> = tickets
+            .into_iter()
+            .map(|t| t.recv_timeout(Duration::from_secs(5)).expect("every query is answered"))
+            .collect();
+        (results, parm.shutdown())
+    };
+    // Data worker 1 never answers: member 1 of every group is rebuilt, exactly (the model is
+    // linear); the others are the model's own answers.
+    let (results, stats) = run(vec![WorkerFaults::NONE, hung], 50);
+    for (i, result) in results.iter().enumerate() {
+        let answer = result.as_ref().unwrap_or_else(|e| panic!("query {i}: {e}"));
+        let error = max_error(&answer.output, &softmax_of_linear(&query(i)));
+        assert!(error < 1e-5, "query {i}: {error}, {:?} against {:?}", answer.output, softmax_of_linear(&query(i)));
+        assert_eq!(answer.approximate, i % k == 1, "query {i}");
+    }
+    assert_eq!((stats.answered, stats.errors), (50, 0));
+    // The parity worker down as well: the groups' member 1 cannot be rebuilt and misses its
+    // deadline; every other query is answered.
+    let (results, stats) = run(vec![WorkerFaults::NONE, hung, WorkerFaults::NONE, hung], 30);
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(answer) => assert!(i % k != 1 && !answer.approximate, "query {i}"),
+            Err(ServeError::DeadlineMissed { .. }) => assert_eq!(i % k, 1, "query {i}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((stats.answered, stats.errors), (20, 10));
+}

@@ -61,6 +61,10 @@ pub(super) struct ServeArgs {
     attack: Attack,
     #[arg(long, default_value_t = 2)]
     copies: usize,
+    /// With --scheme parm: the parity model for the hosted model at --k (what `approxifer
+    /// train-parity` writes) [default: the shipped one for the embedded model]
+    #[arg(long, value_name = "FILE")]
+    parity: Option<PathBuf>,
     /// Hedged requests send a backup after this long; ApproxIFER re-sends a group's
     /// unanswered coded queries to workers that have answered.
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
@@ -96,6 +100,23 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         "--max-request must be between 1 and --capacity ({})",
         args.capacity
     );
+    anyhow::ensure!(
+        args.parity.is_none() || args.scheme == SchemeKind::Parm,
+        "--parity is ParM's parity model: it goes with --scheme parm"
+    );
+    // ParM's parity model: named, or shipped for the embedded model at this K.
+    if args.scheme == SchemeKind::Parm && args.parity.is_none() {
+        anyhow::ensure!(
+            args.model.architecture.is_none(),
+            "--scheme parm with --model needs --parity FILE (approxifer train-parity trains one)"
+        );
+        let shipped = crate::embedded::parity_ks(crate::embedded::ARCHITECTURE, crate::embedded::DATASET);
+        anyhow::ensure!(
+            shipped.contains(&args.k),
+            "no parity model shipped for K = {} (shipped: {shipped:?}); --parity FILE names one",
+            args.k
+        );
+    }
     let max_queue_delay = args.workers.check(5.0)?;
     let faults = args.faults.as_deref().map(FaultPlan::from_file).transpose()?.map(|plan| (plan, args.seed));
     let deadline = ms(args.deadline_ms, "--deadline-ms")?;
@@ -142,7 +163,22 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         notices.iter().for_each(|line| eprintln!("{line}"));
         // One copy of the model, moved to each worker's device by its replica.
         let model = args.model.load(&devices[0])?;
-        let replica = |device: &Device| crate::serve::replica::classifier(&model, device, args.model.query_shape());
+        let shape = args.model.query_shape();
+        let parity = match (args.scheme, &args.parity) {
+            (SchemeKind::Parm, Some(path)) => Some(crate::models::load(args.model.architecture(), path, &devices[0])?),
+            (SchemeKind::Parm, None) => {
+                let (architecture, dataset) = (crate::embedded::ARCHITECTURE, crate::embedded::DATASET);
+                let parity = crate::embedded::parity(architecture, dataset, args.k, &devices[0]).transpose()?;
+                Some(parity.ok_or_else(|| anyhow::anyhow!("no parity model shipped for K = {}", args.k))?)
+            }
+            _ => None,
+        };
+        // ParM's workers answer logits, which its subtraction decodes; its last runs the parity.
+        let replica = |w: usize, device: &Device| match &parity {
+            Some(parity) if w == args.k => crate::serve::replica::classifier_logits(parity, device, shape),
+            Some(_) => crate::serve::replica::classifier_logits(&model, device, shape),
+            None => crate::serve::replica::classifier(&model, device, shape),
+        };
         let tamper = |w: usize| args.attack.tamper(args.seed.wrapping_add(w as u64));
         let workers = local_workers(&devices, &placement, args.capacity, replica, tamper)
             .into_iter()
@@ -152,6 +188,10 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         let loads = settings.faults.as_ref().map(|(plan, _)| background_loads(&devices, &placement, plan));
         (workers, loads)
     } else {
+        anyhow::ensure!(
+            args.scheme != SchemeKind::Parm,
+            "--scheme parm needs workers that answer logits: local workers only (remote servers answer probabilities)"
+        );
         anyhow::ensure!(
             args.model.architecture.is_none(),
             "--model and --weights name what local workers load; remote workers serve their own model"

@@ -57,6 +57,10 @@ pub(super) struct ServeBenchArgs {
     /// the README shows one.
     #[arg(long, value_name = "FILE")]
     faults: Option<PathBuf>,
+    /// ParM's parity model for the embedded model at --k (what `approxifer train-parity`
+    /// writes) [default: the shipped one; ParM is left out where there is none]
+    #[arg(long, value_name = "FILE")]
+    parity: Option<PathBuf>,
     /// Copies per query for replication.
     #[arg(long, default_value_t = 2)]
     copies: usize,
@@ -128,7 +132,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         }
         (None, None) => Arrivals::Poisson { rate_qps: 0.5 * args.k as f64 * 1e3 / args.latency_ms },
     };
-    let config = ServeBenchConfig {
+    let mut config = ServeBenchConfig {
         k: args.k,
         queries: args.queries,
         arrivals,
@@ -153,6 +157,22 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
     if let Some(plot) = &args.plot {
         std::fs::File::create(plot)?; // fail before the work, not after
     }
+    // ParM runs where it can: local workers (they answer logits) and a parity model for K.
+    let explicit = |kind| args.schemes.contains(&kind);
+    let parm_without = if !args.remote.urls.is_empty() || args.remote.file.is_some() {
+        Some("it needs workers that answer logits; remote servers answer probabilities".to_string())
+    } else if args.parity.is_none()
+        && !crate::embedded::parity_ks(crate::embedded::ARCHITECTURE, crate::embedded::DATASET).contains(&args.k)
+    {
+        Some(format!("no parity model shipped for K = {}; --parity FILE names one (approxifer train-parity)", args.k))
+    } else {
+        None
+    };
+    if let (Some(why), true) = (&parm_without, config.schemes.contains(&SchemeKind::Parm)) {
+        anyhow::ensure!(!explicit(SchemeKind::Parm), "parm: {why}");
+        eprintln!("parm: not run ({why})");
+        config.schemes.retain(|&s| s != SchemeKind::Parm);
+    }
     // Workers run the embedded LeNet-5, a replica each on its device (or on remote servers);
     // the queries are the embedded Fashion-MNIST sample.
     let endpoints = args.remote.endpoints(crate::embedded::NAME)?;
@@ -170,17 +190,39 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         config.placements(devices.len())?;
         notices.iter().for_each(|line| eprintln!("{line}"));
         let model = crate::embedded::model(&devices[0])?;
-        Some((devices, model))
+        let parity = if config.schemes.contains(&SchemeKind::Parm) {
+            Some(match &args.parity {
+                Some(path) => crate::models::load(crate::embedded::ARCHITECTURE, path, &devices[0])?,
+                None => crate::embedded::parity(
+                    crate::embedded::ARCHITECTURE,
+                    crate::embedded::DATASET,
+                    args.k,
+                    &devices[0],
+                )
+                .transpose()?
+                .ok_or_else(|| anyhow::anyhow!("no parity model for K = {}", args.k))?,
+            })
+        } else {
+            None
+        };
+        Some((devices, model, parity))
     } else {
         eprintln!("approxifer: remote workers: injected faults do not reach them (slow or stop the servers instead)");
         None
     };
-    let replica = |device: &Device| {
-        let (_, model) = local.as_ref().expect("replicas are made for local workers only");
-        crate::serve::replica::classifier(model, device, shape)
+    // ParM's workers answer logits, which its subtraction decodes; its last runs the parity.
+    let replica = |kind: SchemeKind, worker: usize, device: &Device| {
+        let (_, model, parity) = local.as_ref().expect("replicas are made for local workers only");
+        match (kind, parity) {
+            (SchemeKind::Parm, Some(parity)) if worker == args.k => {
+                crate::serve::replica::classifier_logits(parity, device, shape)
+            }
+            (SchemeKind::Parm, _) => crate::serve::replica::classifier_logits(model, device, shape),
+            _ => crate::serve::replica::classifier(model, device, shape),
+        }
     };
     let workers = match &local {
-        Some((devices, _)) => Workers::Local { devices, replica: &replica },
+        Some((devices, ..)) => Workers::Local { devices, replica: &replica },
         None => Workers::Remote {
             endpoints: &endpoints,
             input_shape: shape.to_vec(),
@@ -252,6 +294,5 @@ fn write_table(reports: &[SchemeReport], out: &mut impl Write) -> anyhow::Result
             r.errors
         )?;
     }
-    writeln!(out, "ParM: not run (it needs a parity model trained for the hosted model; none is available).")?;
     Ok(())
 }

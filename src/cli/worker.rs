@@ -86,7 +86,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
     let placement = Placement::new(instances, 1, None)?;
     notices.iter().take(1).for_each(|line| eprintln!("{line}"));
     let model = args.model.load(&devices[0])?;
-    let replica = |device: &burn::tensor::Device| crate::serve::replica::classifier(&model, device, shape);
+    let replica = |_, device: &burn::tensor::Device| crate::serve::replica::classifier(&model, device, shape);
     let workers: Vec<Arc<dyn Worker>> = local_workers(&devices, &placement, args.capacity, replica, |_| sign_flip())
         .into_iter()
         .map(|(worker, _)| worker as Arc<dyn Worker>)

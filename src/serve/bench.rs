@@ -93,8 +93,8 @@ pub struct SchemeReport {
 
 /// The schemes serve-bench compares, in the order it runs them: uncoded first, so that its p95
 /// is known when hedging needs it.
-pub const SCHEMES: [SchemeKind; 4] =
-    [SchemeKind::Uncoded, SchemeKind::Replication, SchemeKind::Hedged, SchemeKind::Approxifer];
+pub const SCHEMES: [SchemeKind; 5] =
+    [SchemeKind::Uncoded, SchemeKind::Replication, SchemeKind::Hedged, SchemeKind::Approxifer, SchemeKind::Parm];
 
 impl ServeBenchConfig {
     /// Every scheme's settings (hedging's delay is set when the uncoded run is done).
@@ -131,8 +131,9 @@ impl ServeBenchConfig {
 
 /// Where each scheme's workers come from.
 pub enum Workers<'a> {
-    /// Model replicas made by `replica` on `devices`, placed as the config says.
-    Local { devices: &'a [Device], replica: &'a dyn Fn(&Device) -> ServedModel },
+    /// Model replicas made by `replica(scheme, worker, device)` on `devices`, placed as the
+    /// config says (ParM's workers answer logits, its last one runs the parity model).
+    Local { devices: &'a [Device], replica: &'a dyn Fn(SchemeKind, usize, &Device) -> ServedModel },
     /// v2 servers: each scheme uses the first `N` it needs. A scheme needing more than there
     /// are is not run (and said so on stderr).
     Remote { endpoints: &'a [Endpoint], input_shape: Vec<usize>, timeout: Duration, concurrency: usize },
@@ -186,7 +187,7 @@ pub fn run(
             }
             (None, None) => Duration::ZERO,
         };
-        let pool = Pool::start(workers, placement.as_ref(), kind.workers(&settings), output_len);
+        let pool = Pool::start(workers, kind, placement.as_ref(), kind.workers(&settings), output_len);
         let bare = match (workers, &pool) {
             (Workers::Local { devices, .. }, Pool::Local(local)) => bare_forward_qps(
                 local,
@@ -226,10 +227,16 @@ enum Pool {
 }
 
 impl Pool {
-    fn start(workers: &Workers, placement: Option<&Placement>, count: usize, output_len: usize) -> Pool {
+    fn start(
+        workers: &Workers,
+        kind: SchemeKind,
+        placement: Option<&Placement>,
+        count: usize,
+        output_len: usize,
+    ) -> Pool {
         match (workers, placement) {
             (Workers::Local { devices, replica }, Some(placement)) => {
-                Pool::Local(local_workers(devices, placement, 4096, replica, |_| sign_flip()))
+                Pool::Local(local_workers(devices, placement, 4096, |w, d| replica(kind, w, d), |_| sign_flip()))
             }
             (Workers::Remote { endpoints, input_shape, timeout, concurrency }, _) => Pool::Remote(
                 endpoints[..count]

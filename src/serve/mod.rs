@@ -16,6 +16,7 @@ mod front;
 pub mod grpc;
 pub mod http;
 pub mod load;
+pub mod parm;
 pub mod pool;
 pub mod remote;
 pub mod replica;

@@ -68,19 +68,19 @@ impl Placement {
 }
 
 /// Starts one [`LocalWorker`] per placed worker on its device, with a replica made by
-/// `replica` on that device and Byzantine answers altered by `tamper(worker)`. Returns the
+/// `replica(worker, device)` and Byzantine answers altered by `tamper(worker)`. Returns the
 /// workers and their models (for measuring the bare forward rate on the same replicas).
 pub fn local_workers(
     devices: &[Device],
     placement: &Placement,
     capacity: usize,
-    replica: impl Fn(&Device) -> ServedModel,
+    replica: impl Fn(usize, &Device) -> ServedModel,
     tamper: impl Fn(usize) -> Tamper,
 ) -> Vec<(Arc<LocalWorker>, ServedModel)> {
     (0..placement.workers())
         .map(|w| {
             let device = &devices[placement.device_of(w)];
-            let model = replica(device);
+            let model = replica(w, device);
             let worker = LocalWorker::with_tamper(w, model.clone(), device.clone(), capacity, tamper(w));
             (Arc::new(worker), model)
         })

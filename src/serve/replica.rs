@@ -14,6 +14,15 @@ use crate::models::Classifier;
 /// `[B, C]`. The coded schemes decode probabilities: a smooth function of the query, as Berrut
 /// interpolation needs. Runs one forward pass before returning, to warm the device.
 pub fn classifier(model: &Classifier, device: &Device, shape: [usize; 3]) -> ServedModel {
+    replica(model, device, shape, true)
+}
+
+/// As [`classifier`], answering the logits themselves (what ParM's subtraction decodes).
+pub fn classifier_logits(model: &Classifier, device: &Device, shape: [usize; 3]) -> ServedModel {
+    replica(model, device, shape, false)
+}
+
+fn replica(model: &Classifier, device: &Device, shape: [usize; 3], softmax: bool) -> ServedModel {
     let model = model.clone().to_device(device);
     // The first forward pass on a GPU compiles its kernels, seconds on some drivers: pay that
     // here, not within the first query's deadline.
@@ -27,6 +36,6 @@ pub fn classifier(model: &Classifier, device: &Device, shape: [usize; 3]) -> Ser
             Ok(model) => model.forward(images),
             Err(poisoned) => poisoned.into_inner().forward(images),
         };
-        activation::softmax(logits, 1)
+        if softmax { activation::softmax(logits, 1) } else { logits }
     })
 }

@@ -8,6 +8,7 @@ use super::answer::{ServeError, Stats, Ticket};
 use super::baseline::{Baseline, BaselineConfig, Policy};
 use super::coordinator::{Codec, Coordinator, CoordinatorConfig};
 use super::faults::FaultPlan;
+use super::parm::{Parm, ParmConfig};
 use super::worker::Worker;
 use crate::kernels::{Code, CodeParams, Locator, NodeFamily};
 
@@ -40,6 +41,21 @@ impl Scheme for Coordinator {
     }
 }
 
+impl Scheme for Parm {
+    fn submit(&self, query: Vec<f32>) -> Result<Ticket, ServeError> {
+        Parm::submit(self, query)
+    }
+    fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
+        Parm::submit_all(self, queries)
+    }
+    fn in_flight(&self) -> usize {
+        Parm::in_flight(self)
+    }
+    fn shutdown(self: Box<Self>) -> Stats {
+        Parm::shutdown(*self)
+    }
+}
+
 impl Scheme for Baseline {
     fn submit(&self, query: Vec<f32>) -> Result<Ticket, ServeError> {
         Baseline::submit(self, query)
@@ -67,6 +83,9 @@ pub enum SchemeKind {
     Replication,
     /// Each query on one of K workers, and on a second after the hedge delay.
     Hedged,
+    /// ParM: K workers on the raw queries of a group and one on their sum with a parity
+    /// model, a missing answer rebuilt by subtraction (S = 1). Its workers answer logits.
+    Parm,
 }
 
 /// What building a scheme takes besides its workers.
@@ -106,6 +125,7 @@ impl SchemeKind {
             SchemeKind::Uncoded => "uncoded",
             SchemeKind::Replication => "replication",
             SchemeKind::Hedged => "hedged",
+            SchemeKind::Parm => "parm",
         }
     }
 
@@ -113,6 +133,7 @@ impl SchemeKind {
     pub fn workers(self, config: &SchemeConfig) -> usize {
         match self {
             SchemeKind::Approxifer => CodeParams::workers_needed(config.k, config.stragglers, config.byzantine),
+            SchemeKind::Parm => config.k + 1,
             SchemeKind::Replication => config.copies * config.k,
             SchemeKind::Uncoded | SchemeKind::Hedged => config.k,
         }
@@ -141,6 +162,19 @@ impl SchemeKind {
                     locator: config.locator,
                 };
                 return Ok(Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?));
+            }
+            SchemeKind::Parm => {
+                let parm = ParmConfig {
+                    k: config.k,
+                    input_len: config.input_len,
+                    output_len: config.output_len,
+                    max_batch: config.max_batch,
+                    max_queue_delay: config.max_queue_delay,
+                    deadline: config.deadline,
+                    capacity: config.capacity,
+                    faults: config.faults.clone(),
+                };
+                return Ok(Box::new(Parm::start(parm, workers).map_err(anyhow::Error::msg)?));
             }
             SchemeKind::Uncoded => Policy::Uncoded,
             SchemeKind::Replication => Policy::Replication { copies: config.copies },
