@@ -171,20 +171,18 @@ fn rebuild_groups(
 ) -> Rebuilt {
     let mut rebuilt = Rebuilt::default();
     let outputs = parity_outputs_of(parity, images, normalised, groups, device);
-    {
-        for (group, output) in groups.iter().zip(outputs.chunks_exact(CLASSES)) {
-            for (j, &member) in group.iter().enumerate() {
-                let others: Vec<&[f32]> = group
-                    .iter()
-                    .enumerate()
-                    .filter(|&(i, _)| i != j)
-                    .map(|(_, &i)| &hosted[i * CLASSES..(i + 1) * CLASSES])
-                    .collect();
-                let class = argmax(&reconstruct(output, &others));
-                rebuilt.correct += usize::from(class == usize::from(images.labels[member]));
-                rebuilt.agreeing += usize::from(class == argmax(&hosted[member * CLASSES..(member + 1) * CLASSES]));
-                rebuilt.total += 1;
-            }
+    for (group, output) in groups.iter().zip(outputs.chunks_exact(CLASSES)) {
+        for (j, &member) in group.iter().enumerate() {
+            let others: Vec<&[f32]> = group
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != j)
+                .map(|(_, &i)| &hosted[i * CLASSES..(i + 1) * CLASSES])
+                .collect();
+            let class = argmax(&reconstruct(output, &others));
+            rebuilt.correct += usize::from(class == usize::from(images.labels[member]));
+            rebuilt.agreeing += usize::from(class == argmax(&hosted[member * CLASSES..(member + 1) * CLASSES]));
+            rebuilt.total += 1;
         }
     }
     rebuilt

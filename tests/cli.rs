@@ -502,11 +502,11 @@ fn demo_prints_the_accuracy_of_the_embedded_model_with_stragglers() {
     let rows: Vec<Vec<&str>> = text
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .filter(|w| w.len() == 9 && w[0].ends_with("systematic"))
+        .filter(|w| w.len() == 10 && w[0] == "approxifer" && w[1].ends_with("systematic"))
         .collect();
     assert_eq!(rows.len(), 6, "{text}");
     for row in rows {
-        let numbers: Vec<f64> = row[5..8].iter().map(|w| w.parse().unwrap()).collect();
+        let numbers: Vec<f64> = row[6..9].iter().map(|w| w.parse().unwrap()).collect();
         let (base, normal, degraded) = (numbers[0], numbers[1], numbers[2]);
         assert!(base > 0.85, "the embedded LeNet-5 is a trained model: {row:?}");
         assert!(degraded > 0.6 && degraded <= normal + 0.02 && normal <= base + 0.02, "{row:?}");
@@ -554,7 +554,7 @@ fn serving_falls_back_to_the_cpu_when_no_vulkan_driver_is_installed() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("no GPU for the workers") && stderr.contains("CPU"), "{stderr}");
-    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 4, "one line per scheme");
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 5, "one line per scheme");
 }
 
 // ---- train and eval ---------------------------------------------------------------------------
@@ -594,8 +594,17 @@ fn eval_prints_the_documented_json_keys_and_draws_a_plot() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<Value> =
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(rows.len(), 4);
+    // ApproxIFER's four settings (layout by layout), and ParM where a parity model is shipped
+    // (K = 4, not 6), after the last of its K's S = 1 rows.
+    let schemes: Vec<(&str, u64)> =
+        rows.iter().map(|r| (r["scheme"].as_str().unwrap(), r["k"].as_u64().unwrap())).collect();
+    assert_eq!(
+        schemes,
+        [("approxifer", 4), ("approxifer", 6), ("approxifer", 4), ("parm", 4), ("approxifer", 6)],
+        "{rows:?}"
+    );
     for key in [
+        "scheme",
         "dataset",
         "model",
         "k",
@@ -614,6 +623,7 @@ fn eval_prints_the_documented_json_keys_and_draws_a_plot() {
     assert_eq!(rows[0]["queries"], 48);
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("degraded, systematic"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.contains("ParM (rebuilt)"), "ParM drawn beside ApproxIFER");
 }
 
 #[test]
@@ -838,7 +848,7 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     assert_one_line_error(&["serve", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
     assert_one_line_error(&["serve-bench", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
     assert_one_line_error(&["serve-bench", "--schemes", "hedged"], "run uncoded too, or give --hedge-after-ms");
-    assert_one_line_error(&["serve-bench", "--schemes", "parm"], "--schemes");
+    assert_one_line_error(&["serve-bench", "--schemes", "bogus"], "--schemes");
     assert_one_line_error(&["serve-bench", "--max-batch", "100000"], "--max-batch must be between 1 and 4096");
     assert_one_line_error(&["serve", "--workers-per-device", "0"], "--workers-per-device must be at least 1");
     assert_one_line_error(&["serve", "--max-queue-delay-ms=-1"], "--max-queue-delay-ms must be a non-negative");
