@@ -65,6 +65,8 @@ static PARITY: &[(Architecture, Dataset, usize, &Aligned<[u8]>)] = &[
     parity!(Lenet5, FashionMnist, 8, "lenet5-fashion-mnist-k8.bpk"),
     parity!(Lenet5, FashionMnist, 10, "lenet5-fashion-mnist-k10.bpk"),
     parity!(Lenet5, FashionMnist, 12, "lenet5-fashion-mnist-k12.bpk"),
+    parity!(DigitCnn, Mnist, 2, "digit-cnn-mnist-k2.bpk"),
+    parity!(DigitCnn, Mnist, 4, "digit-cnn-mnist-k4.bpk"),
     parity!(DigitCnn, Mnist, 8, "digit-cnn-mnist-k8.bpk"),
     parity!(DigitCnn, Mnist, 10, "digit-cnn-mnist-k10.bpk"),
     parity!(DigitCnn, Mnist, 12, "digit-cnn-mnist-k12.bpk"),
