@@ -1121,6 +1121,7 @@ fn serve_runs_parm_with_its_shipped_parity_model() {
     assert!(right as f64 / 80.0 > 0.8, "{right} of 80");
     assert!(server.terminate().success);
     assert_one_line_error(&["serve", "--scheme", "parm", "--k", "6"], "no parity model shipped for K = 6");
+    assert_one_line_error(&["serve", "--scheme", "parm", "--stragglers", "2"], "--stragglers 1");
     assert_one_line_error(&["serve", "--parity", "p.bpk"], "goes with --scheme parm");
     let remote = ["serve", "--scheme", "parm", "--k", "2", "--worker", "http://a:1", "--worker", "http://a:2"];
     assert_one_line_error(&[&remote[..], &["--worker", "http://a:3"]].concat(), "local workers only");

@@ -104,6 +104,10 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         args.parity.is_none() || args.scheme == SchemeKind::Parm,
         "--parity is ParM's parity model: it goes with --scheme parm"
     );
+    anyhow::ensure!(
+        args.scheme != SchemeKind::Parm || (args.stragglers == 1 && args.byzantine == 0),
+        "ParM rebuilds one missing answer per group and finds no liars: --stragglers 1, --byzantine 0"
+    );
     // ParM's parity model: named, or shipped for the embedded model at this K.
     if args.scheme == SchemeKind::Parm && args.parity.is_none() {
         anyhow::ensure!(
