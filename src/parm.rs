@@ -62,8 +62,6 @@ pub enum ParityError {
     Zero { what: &'static str },
     #[error("{images} training images leave none to train on after holding out {holdout} and forming {k}-tuples")]
     TooFewImages { images: usize, holdout: usize, k: usize },
-    #[error("{0} images are fewer than one group of K = {1}")]
-    TooFewQueries(usize, usize),
 }
 
 /// One epoch of parity training.
@@ -125,7 +123,7 @@ pub fn argmax(row: &[f32]) -> usize {
 /// ParM's degraded-mode figures over groups: each member of each group erased in turn and
 /// rebuilt from the parity output and the other members' true outputs.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Rebuilt {
+struct Rebuilt {
     /// Rebuilt predictions whose class is the label.
     pub correct: usize,
     /// ... whose class is the hosted model's own.
@@ -276,31 +274,6 @@ pub fn train_parity(
     }
     let (_, epoch, model) = best.expect("at least one epoch ran");
     Ok((model, epoch, reports))
-}
-
-/// ParM's degraded-mode accuracy on `images`: random disjoint groups of `k` (seeded), each
-/// member erased in turn and rebuilt from `parity`'s output and the others' `hosted` outputs.
-pub fn degraded_accuracy(
-    hosted: &Classifier,
-    parity: &Classifier,
-    images: &Images,
-    dataset: Dataset,
-    k: usize,
-    seed: u64,
-    device: &Device,
-) -> Result<Rebuilt, ParityError> {
-    if k < 2 {
-        return Err(ParityError::K(k));
-    }
-    if images.len() < k {
-        return Err(ParityError::TooFewQueries(images.len(), k));
-    }
-    let hosted_logits = logits(hosted, images, dataset, device, 500);
-    let pixels = normalised(images, dataset);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let all: Vec<usize> = (0..images.len()).collect();
-    let groups = groups(&all, k, &mut rng);
-    Ok(rebuild_groups(parity, images, &pixels, &hosted_logits, &groups, device))
 }
 
 #[cfg(test)]

@@ -74,10 +74,6 @@ impl Running {
         self.stderr.lock().unwrap().clone()
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGTERM, as a service manager stops it; how it exited.
     pub fn terminate(mut self) -> Exit {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
