@@ -306,7 +306,15 @@ fn a_coordinator_coding_on_the_gpu_answers_as_one_coding_on_the_cpu() {
     };
     let answers = |codec: Codec| -> Vec<Vec<f32>> {
         let code = Code::new(CodeParams::builder(4, 6).stragglers(2).build().unwrap()).unwrap();
-        let config = CoordinatorConfig { codec, ..config(code, Some(plan.clone()), 1000, 2000) };
+        // One group per batch, sent when whole: both runs form the same groups however loaded
+        // the machine (with a 2 ms queue delay a descheduled coordinator could send a group's
+        // first queries alone, coded for a smaller K: another approximation).
+        let config = CoordinatorConfig {
+            codec,
+            max_batch: 1,
+            max_queue_delay: Duration::from_secs(1),
+            ..config(code, Some(plan.clone()), 1000, 2000)
+        };
         // One group at a time, so both runs form the same groups.
         let coordinator = Coordinator::start(config, workers(6, 1000)).unwrap();
         (0..10)
