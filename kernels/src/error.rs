@@ -64,6 +64,33 @@ pub enum Error {
     )]
     TooManyFaulty { group: usize, non_finite: usize, byzantine: usize },
 
+    /// A calibration used with a code or row length it was not learnt for.
+    #[error("the calibration describes {calibration}, not this code's {code}")]
+    CalibrationMismatch { calibration: String, code: String },
+
+    /// A calibration whose statistics do not have the shapes its code implies (a damaged or
+    /// hand-edited file).
+    #[error("the calibration is damaged: {}", match position {
+        Some(p) => format!("worker {p}'s statistics have the wrong shape or threshold"),
+        None => format!("{positions} worker positions, not one per worker"),
+    })]
+    InvalidCalibration { position: Option<usize>, positions: usize },
+
+    /// Too few honest answers at a worker position to learn how they vary.
+    #[error(
+        "calibration samples >= {needed} violated at worker {position}: {samples} honest answers (calibrate on more groups)"
+    )]
+    TooFewCalibrationSamples { position: usize, samples: usize, needed: usize },
+
+    /// Honest features whose covariance cannot be factored even after regularisation (a
+    /// NaN in the samples).
+    #[error("the honest answers at worker {position} have no usable covariance")]
+    SingularCalibration { position: usize },
+
+    /// A false-alarm probability outside `(0, 0.5)`.
+    #[error("0 < false alarm < 0.5 violated: {false_alarm}")]
+    InvalidFalseAlarm { false_alarm: f64 },
+
     /// A row length (`D` for queries, `C` for outputs) of zero.
     #[error("{what} > 0 violated: rows of length 0")]
     EmptyRows { what: &'static str },

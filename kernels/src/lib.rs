@@ -47,7 +47,7 @@ mod shape;
 
 pub use code::{Code, Responders};
 pub use error::{Error, Result};
-pub use locate::{Location, Locator, locate};
+pub use locate::{Calibration, CalibrationBuilder, Location, Locator, locate};
 pub use matrix::Matrix;
 pub use params::{CodeParams, CodeParamsBuilder, Layout, MAX_WORKERS, NodeFamily};
 pub use tolerance::Tolerance;

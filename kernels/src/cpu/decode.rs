@@ -68,7 +68,7 @@ pub fn decode_to_vec<T: Element + Default>(
 /// `A = 0` this is [`decode`], removing nobody.
 pub fn decode_robust<T: Element>(
     code: &Code,
-    locator: crate::Locator,
+    locator: &crate::Locator,
     outputs: &[T],
     row_len: usize,
     masks: &[bool],

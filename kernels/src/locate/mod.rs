@@ -16,54 +16,80 @@
 //! of the sign-flipping, targeted and colluding liars, and removes about 1% of the honest
 //! workers when nobody lies where the paper's always removes `A`.
 
+pub mod calibrated;
+mod composition;
+mod loo;
 pub mod rational;
 pub mod robust;
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
+pub use calibrated::{Calibration, CalibrationBuilder};
+
 use crate::code::Code;
-use crate::cpu::{Accumulator, Element};
+use crate::cpu::Element;
 use crate::error::{Error, Result};
 use crate::shape::{expect_len, whole_groups};
 
-/// How suspects are chosen among a group's (finite) answers. Neither looks at how the
-/// answers were corrupted: both only ask which answers the others fail to explain.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// How suspects are chosen among a group's (finite) answers. None looks at how the answers
+/// were corrupted: all ask which answers the others, or honest traffic, fail to explain.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub enum Locator {
     /// The paper's: per output coordinate, a least-squares rational fit `P(beta) = y Q(beta)`
     /// of degrees `K + A - 1`; each coordinate votes for its `A` smallest `|Q(beta_i)|`; the
     /// `A` most voted are removed. Always removes `A` workers.
     Paper,
-    /// Ours: robust z-scores of each whole row's consistency with the others (leave-one-out
-    /// Berrut residual) and of its typicality (its sorted values against the group's);
-    /// workers are removed one at a time while their score stands out. May remove fewer
-    /// than `A`, none when nobody lies.
+    /// Ours, with nothing learnt: robust z-scores of each whole row's consistency with the
+    /// others (leave-one-out Berrut residual) and of its typicality (its sorted values against
+    /// the group's); workers are removed one at a time while their score stands out. May
+    /// remove fewer than `A`, none when nobody lies.
     #[default]
     Robust,
+    /// Ours, calibrated on honest traffic of this model and code ([`calibrated`]): each
+    /// responder's consistency and typicality features against what honest answers at its
+    /// position look like.
+    Calibrated(Arc<Calibration>),
 }
 
 impl Locator {
-    /// Both locators, for comparisons.
-    pub const ALL: [Locator; 2] = [Locator::Robust, Locator::Paper];
+    /// The locators that need nothing learnt, for comparisons.
+    pub const UNCALIBRATED: [Locator; 2] = [Locator::Robust, Locator::Paper];
 
     /// The name used on the command line and in JSON.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Locator::Paper => "paper",
             Locator::Robust => "robust",
+            Locator::Calibrated(_) => "calibrated",
         }
     }
 
     /// Up to `budget` suspects among `group`'s rows (`[N, row_len]`, all finite on the
     /// responders `workers`, which are sorted), as worker indices.
-    fn suspects(self, code: &Code, group: &[f64], row_len: usize, workers: &[usize], budget: usize) -> Vec<usize> {
+    fn suspects(&self, code: &Code, group: &[f64], row_len: usize, workers: &[usize], budget: usize) -> Vec<usize> {
         if budget == 0 {
             return Vec::new();
         }
         match self {
             Locator::Paper => rational::suspects(code, group, row_len, workers, budget),
             Locator::Robust => robust::suspects(code, group, row_len, workers, budget),
+            Locator::Calibrated(calibration) => calibrated::suspects(calibration, code, group, workers, budget),
+        }
+    }
+}
+
+impl std::str::FromStr for Locator {
+    type Err = String;
+
+    /// `paper` or `robust`; the calibrated locator is built from a [`Calibration`].
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "paper" => Ok(Locator::Paper),
+            "robust" => Ok(Locator::Robust),
+            "calibrated" => Err("the calibrated locator is made from a calibration, not a name".into()),
+            _ => Err(format!("unknown locator '{s}'; expected robust or paper")),
         }
     }
 }
@@ -71,17 +97,6 @@ impl Locator {
 impl std::fmt::Display for Locator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Locator {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Locator::ALL
-            .into_iter()
-            .find(|l| l.name() == s)
-            .ok_or_else(|| format!("unknown locator '{s}'; expected robust or paper"))
     }
 }
 
@@ -103,7 +118,7 @@ pub struct Location {
 /// bad shapes and too few responders; nothing is returned for any group then.
 pub fn locate<T: Element>(
     code: &Code,
-    locator: Locator,
+    locator: &Locator,
     outputs: &[T],
     row_len: usize,
     masks: &[bool],
@@ -113,14 +128,15 @@ pub fn locate<T: Element>(
     expect_len("responder masks", masks.len(), groups * n)?;
     code.check_masks(masks)?;
     let byzantine = code.params().byzantine();
+    if let Locator::Calibrated(calibration) = locator {
+        calibration.check(code, row_len)?;
+    }
     let located = outputs
         .par_chunks_exact(n * row_len)
         .zip(masks.par_chunks_exact(n))
         .enumerate()
         .map(|(index, (group, mask))| {
-            let mut wide = vec![T::Acc::default(); group.len()];
-            T::widen(group, &mut wide);
-            let values: Vec<f64> = wide.iter().map(|v| v.to_f64()).collect();
+            let values = calibrated::widen(group);
             let responders = (0..n).filter(|&w| mask[w]);
             let (non_finite, finite): (Vec<usize>, Vec<usize>) =
                 responders.partition(|&w| values[w * row_len..(w + 1) * row_len].iter().any(|v| !v.is_finite()));

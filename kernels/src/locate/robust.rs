@@ -22,6 +22,8 @@
 //! are removed when nobody lies; on class probabilities, whose sorted profiles are bimodal
 //! (near one-hot answers to nearly pure queries, shared mass for blends), `A` are (README).
 
+use super::composition::{centred_log_ratios, is_composition};
+use super::loo::LeaveOneOut;
 use crate::code::Code;
 
 /// A worker is removed while its combined robust z-score (consistency + typicality) exceeds
@@ -41,6 +43,22 @@ pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[us
     let nodes = &code.nodes().workers;
     let mut keep: Vec<usize> = workers.to_vec();
     let mut removed = Vec::new();
+    // Class probabilities are compositions: judged as they are, the near one-hot answers to
+    // nearly pure coded queries make every blend look atypical. Where most answers are
+    // probability vectors, the others cannot be honest, and the rest are judged on their
+    // centred log-probabilities (the logits up to a constant, Aitchison's clr transform).
+    let composition = |w: usize| is_composition(&group[w * row_len..(w + 1) * row_len]);
+    let log_ratios;
+    let group = if row_len >= 2 && 2 * workers.iter().filter(|&&w| composition(w)).count() > workers.len() {
+        let mut outside: Vec<usize> = workers.iter().copied().filter(|&w| !composition(w)).collect();
+        outside.truncate(budget);
+        keep.retain(|w| !outside.contains(w));
+        removed = outside;
+        log_ratios = centred_log_ratios(group, row_len);
+        &log_ratios[..]
+    } else {
+        group
+    };
     while removed.len() < budget && keep.len() > 2 {
         let rows: Vec<&[f64]> = keep.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
         let consistency = robust_z(&leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]])), 0.0);
@@ -57,36 +75,16 @@ pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[us
     removed
 }
 
-/// `|y_i - B_{rows \ i}(beta_i)| / sqrt(1 + sum_l w_l^2)` for every row, where `w` are the
-/// Berrut weights of the prediction and `diff(a, b) = beta_a - beta_b` (distinct nodes, in
-/// decreasing order). The divisor is the residual's standard deviation for unit independent
-/// noise on every row: it puts end nodes, whose predictions extrapolate with large weights,
-/// on the same footing as interior ones. Overflow gives `inf`, never NaN.
+/// `|y_i - B_{rows \ i}(beta_i)|` scaled by its noise gain, per row ([`LeaveOneOut`]).
+/// Overflow gives `inf`, never NaN.
 fn leave_one_out(rows: &[&[f64]], diff: impl Fn(usize, usize) -> f64) -> Vec<f64> {
-    let mut prediction = vec![0.0; rows[0].len()];
-    let mut weights = Vec::with_capacity(rows.len());
-    (0..rows.len())
-        .map(|i| {
-            // Berrut weights over the others: signs alternate by position among them.
-            weights.clear();
-            weights.extend(
-                (0..rows.len())
-                    .filter(|&l| l != i)
-                    .enumerate()
-                    .map(|(position, l)| (l, if position % 2 == 0 { 1.0 } else { -1.0 } / diff(i, l))),
-            );
-            let total: f64 = weights.iter().map(|(_, w)| w).sum();
-            prediction.fill(0.0);
-            let mut sum_sq = 1.0;
-            for &(l, w) in &weights {
-                let w = w / total;
-                sum_sq += w * w;
-                for (acc, v) in prediction.iter_mut().zip(rows[l]) {
-                    *acc += w * v;
-                }
-            }
-            let r = prediction.iter().zip(rows[i]).map(|(p, y)| (y - p).powi(2)).sum::<f64>().sqrt() / sum_sq.sqrt();
-            if r.is_nan() { f64::INFINITY } else { r }
+    let row_len = rows[0].len();
+    LeaveOneOut::new(rows.to_vec(), diff)
+        .residuals()
+        .chunks_exact(row_len)
+        .map(|r| {
+            let norm = r.iter().map(|v| v * v).sum::<f64>().sqrt();
+            if norm.is_nan() { f64::INFINITY } else { norm }
         })
         .collect()
 }

@@ -1,0 +1,606 @@
+//! The calibrated locator: it learns how *this* model's honest answers vary at every worker
+//! position of *this* code, then removes the answers that honest traffic does not explain.
+//!
+//! Judged one group at a time (the [`robust`](super::robust) locator), an honest blend and a
+//! liar look alike on a real model: neighbouring workers hold different blends of the queries
+//! and the model is far from linear in them. A service sees thousands of honest groups, and at
+//! a given worker position honest answers vary in a characteristic way. So every responder is
+//! described by a feature vector ([`features`]):
+//!
+//! - its row sorted, largest first (typicality: a classifier's answer has its profile
+//!   whatever the query, a regression model has its own);
+//! - the logarithm of its row's spread (a flattened or rescaled row stands out in it);
+//! - its row's leave-one-out Berrut residual against the other responders (consistency),
+//!   scaled by the prediction's noise gain.
+//!
+//! Probability vectors are first mapped to their centred log-ratios ([`Representation`]).
+//! Per position, calibration fits two Gaussians to honest features (mean, and the inverse
+//! Cholesky factor of the covariance for whitening): one to the whole feature, one to the
+//! residual alone, so an answer that is typical but disagrees with its neighbours is not
+//! diluted. Gross outliers of a first fit are left out, so a few liars in the calibration
+//! traffic do not spoil it; each test's threshold is the squared Mahalanobis distance honest
+//! features exceed with its share of the `false_alarm` probability.
+//!
+//! Locating removes one responder at a time while some responder scores above its threshold.
+//! A liar also raises its neighbours' scores, so of the few highest scorers the one removed is
+//! the one whose removal leaves the rest looking most honest ([`LeaveOneOut`] makes trying
+//! each cheap). Nothing depends on the attack or on the model being a classifier.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
+use nalgebra::DMatrix;
+
+use super::composition::{centred_log_ratios, is_composition};
+use super::loo::LeaveOneOut;
+use crate::code::Code;
+use crate::cpu::{Accumulator, Element};
+use crate::error::{Error, Result};
+use crate::family::NodeFamily;
+use crate::params::Layout;
+use crate::shape::{expect_len, whole_groups};
+
+/// The default probability that an honest answer scores above its position's threshold.
+/// With `N` responders and removal of the worst only, about this fraction of honest workers
+/// is removed when nobody lies (README, "Byzantine workers").
+pub const DEFAULT_FALSE_ALARM: f64 = 0.005;
+
+/// Feature vectors longer than this are whitened coordinate by coordinate (a diagonal
+/// covariance): a full covariance is `F^2` numbers per position and needs far more
+/// calibration groups than `F` to estimate.
+pub const MAX_FULL_COVARIANCE: usize = 64;
+
+/// A calibration sample is an outlier (a liar in the calibration traffic), left out of the
+/// final fit and of the threshold, when its distance under a first fit exceeds this many times
+/// the samples' 90th percentile.
+const OUTLIER_FACTOR: f64 = 10.0;
+
+/// How many honest samples a position needs per feature before its covariance is trusted.
+const SAMPLES_PER_FEATURE: usize = 2;
+
+/// The length of a responder's feature vector for rows of `row_len` values.
+pub fn feature_len(row_len: usize) -> usize {
+    typicality_len(row_len) + row_len
+}
+
+/// The length of the typicality part (sorted row, log spread), which comes first.
+fn typicality_len(row_len: usize) -> usize {
+    row_len + usize::from(row_len >= 2)
+}
+
+/// `beta_a - beta_b` for every pair of `code`'s workers, `[N, N]`, computed from the angles
+/// (accurate for close nodes).
+fn node_differences(code: &Code) -> Vec<f64> {
+    let nodes = &code.nodes().workers;
+    nodes.iter().flat_map(|a| nodes.iter().map(move |b| a.cos_difference(*b))).collect()
+}
+
+/// Writes `row`'s typicality features into `out` (`typicality_len` values): the row sorted,
+/// largest first, then the logarithm of its spread.
+fn typicality(row: &[f64], out: &mut [f64]) {
+    let row_len = row.len();
+    let sorted = &mut out[..row_len];
+    sorted.copy_from_slice(row);
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    if row_len >= 2 {
+        let (high, low) = (sorted[0], sorted[row_len - 1]);
+        // The floor keeps a flat row finite (and far out) without letting rounding noise on a
+        // large row count as spread.
+        let floor = f64::EPSILON * (high.abs() + low.abs()) + f64::MIN_POSITIVE;
+        out[row_len] = (high - low).max(floor).ln();
+    }
+}
+
+/// The leave-one-out predictions of `keep`'s rows of `group`.
+fn leave_one_out<'a>(
+    differences: &[f64],
+    n: usize,
+    group: &'a [f64],
+    row_len: usize,
+    keep: &[usize],
+) -> LeaveOneOut<'a> {
+    let rows: Vec<&[f64]> = keep.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
+    LeaveOneOut::new(rows, |a, b| differences[keep[a] * n + keep[b]])
+}
+
+/// The features of every worker of `keep` (sorted, finite rows of `group`, `[N, row_len]`),
+/// `[keep.len(), feature_len(row_len)]`, the residuals computed against the others of `keep`.
+pub fn features(code: &Code, group: &[f64], row_len: usize, keep: &[usize]) -> Vec<f64> {
+    let (f, t) = (feature_len(row_len), typicality_len(row_len));
+    let n = code.params().workers();
+    let residuals = leave_one_out(&node_differences(code), n, group, row_len, keep).residuals();
+    let mut out = vec![0.0; keep.len() * f];
+    for ((feature, &w), residual) in out.chunks_exact_mut(f).zip(keep).zip(residuals.chunks_exact(row_len)) {
+        typicality(&group[w * row_len..(w + 1) * row_len], &mut feature[..t]);
+        feature[t..].copy_from_slice(residual);
+    }
+    out
+}
+
+/// What the calibrated locator knows of one code's honest answers: per worker position, the
+/// Gaussian of honest features and the distance honest answers rarely exceed. Saved as JSON
+/// by `approxifer calibrate`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Calibration {
+    /// `K`, `N`, worker nodes and layout of the code it describes (the node positions are
+    /// what the statistics depend on; `S` and `A` are not).
+    pub queries: usize,
+    pub workers: usize,
+    pub nodes: NodeFamily,
+    pub layout: Layout,
+    /// Values per answer row.
+    pub row_len: usize,
+    /// How answers are compared.
+    pub representation: Representation,
+    /// The probability an honest answer is flagged that the thresholds were set for.
+    pub false_alarm: f64,
+    /// Honest groups learnt from.
+    pub groups: usize,
+    positions: Vec<Position>,
+    /// [`node_differences`] of the code, made on first use.
+    #[serde(skip)]
+    differences: std::sync::OnceLock<Vec<f64>>,
+}
+
+/// How a calibration compares answers, chosen from the honest traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Representation {
+    /// As they are.
+    #[default]
+    Values,
+    /// As centred log-ratios: the honest answers are probability vectors (a model followed by
+    /// softmax), and an answer that is not one cannot be honest.
+    LogRatios,
+}
+
+impl Representation {
+    /// `group`'s rows as this representation compares them, and whether each worker's row
+    /// can be an honest answer at all.
+    fn apply(self, group: &[f64], row_len: usize) -> (Cow<'_, [f64]>, Vec<bool>) {
+        match self {
+            Representation::Values => (Cow::Borrowed(group), vec![true; group.len() / row_len]),
+            Representation::LogRatios => {
+                let possible = group.chunks_exact(row_len).map(is_composition).collect();
+                (Cow::Owned(centred_log_ratios(group, row_len)), possible)
+            }
+        }
+    }
+
+    /// The representation honest rows call for: log-ratios when all are probability vectors.
+    fn of<'a>(mut rows: impl Iterator<Item = &'a [f64]>, row_len: usize) -> Representation {
+        if row_len >= 2 && rows.all(is_composition) { Representation::LogRatios } else { Representation::Values }
+    }
+}
+
+/// One worker position's honest statistics: two tests sharing the false-alarm budget. The
+/// joint one sees everything; the consistency one only the residual, so an answer that is
+/// typical in every way but disagrees with its neighbours (a stale or swapped reply) is not
+/// diluted by the typicality coordinates.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Position {
+    joint: Gaussian,
+    consistency: Gaussian,
+}
+
+impl Position {
+    /// Fits both tests from `samples` (`[m, F]`, typicality first): leaves out the gross
+    /// outliers of a first joint fit, then fits each test on the rest.
+    fn fit(position: usize, samples: &[f64], f: usize, row_len: usize, false_alarm: f64) -> Result<Position> {
+        let m = samples.len() / f;
+        let needed = SAMPLES_PER_FEATURE * f + 2;
+        if m < needed {
+            return Err(Error::TooFewCalibrationSamples { position, samples: m, needed });
+        }
+        let rows: Vec<&[f64]> = samples.chunks_exact(f).collect();
+        // Trimming honest tails would narrow the covariance where liars are told apart, so
+        // only gross outliers of a first fit are left out (liars in the calibration traffic).
+        let first = Gaussian::fit(&rows, position, 0.5)?;
+        let distances: Vec<f64> = rows.iter().map(|r| first.distance(r)).collect();
+        let outlier = OUTLIER_FACTOR * quantile(&distances, 0.9);
+        let kept: Vec<&[f64]> = rows.iter().zip(&distances).filter(|(_, d)| **d <= outlier).map(|(r, _)| *r).collect();
+        let joint = Gaussian::fit(&kept, position, 1.0 - JOINT_SHARE * false_alarm)?;
+        let residuals: Vec<&[f64]> = kept.iter().map(|r| &r[f - row_len..]).collect();
+        let consistency = Gaussian::fit(&residuals, position, 1.0 - (1.0 - JOINT_SHARE) * false_alarm)?;
+        Ok(Position { joint, consistency })
+    }
+
+    /// The part of the score a responder's own row decides.
+    fn prepare(&self, typicality: &[f64]) -> Prepared {
+        self.joint.prepare(typicality)
+    }
+
+    /// The score (above 1: suspect) of the responder whose typicality was `prepared` and whose
+    /// leave-one-out residual is `residual`.
+    fn score(&self, prepared: &Prepared, residual: &[f64]) -> f64 {
+        let joint = self.joint.finish(Some(prepared), residual) / self.joint.threshold;
+        let consistency = self.consistency.finish(None, residual) / self.consistency.threshold;
+        joint.max(consistency)
+    }
+
+    /// Whether the statistics have the shapes features of `f` values with residuals of
+    /// `row_len` need (a file can say anything).
+    fn is_whole(&self, f: usize, row_len: usize) -> bool {
+        self.joint.is_whole(f) && self.consistency.is_whole(row_len)
+    }
+}
+
+/// A Gaussian test: the squared Mahalanobis distance from the honest mean, against the
+/// threshold honest samples exceed with the chosen probability.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Gaussian {
+    /// Samples the fit used.
+    samples: usize,
+    mean: Vec<f64>,
+    /// `L^-1` of the covariance `L L^T`, row-major `F x F` (lower triangular), or, for long
+    /// features, `1 / sigma` per coordinate.
+    whitening: Vec<f64>,
+    threshold: f64,
+}
+
+impl Gaussian {
+    /// The squared Mahalanobis distance of `feature` from the honest mean.
+    fn distance(&self, feature: &[f64]) -> f64 {
+        let f = self.mean.len();
+        let mut d2 = 0.0;
+        if self.whitening.len() == f {
+            for ((x, m), s) in feature.iter().zip(&self.mean).zip(&self.whitening) {
+                d2 += ((x - m) * s).powi(2);
+            }
+        } else {
+            for r in 0..f {
+                let row = &self.whitening[r * f..r * f + r + 1];
+                let z: f64 = row.iter().zip(feature).zip(&self.mean).map(|((w, x), m)| w * (x - m)).sum();
+                d2 += z * z;
+            }
+        }
+        if d2.is_nan() { f64::INFINITY } else { d2 }
+    }
+
+    /// The whitened typicality part of a feature (which comes first, so the lower-triangular
+    /// whitening's first rows see nothing else): its squared norm, and its contribution to
+    /// the remaining whitened coordinates.
+    fn prepare(&self, typicality: &[f64]) -> Prepared {
+        let (f, t) = (self.mean.len(), typicality.len());
+        let centred: Vec<f64> = typicality.iter().zip(&self.mean).map(|(x, m)| x - m).collect();
+        if self.whitening.len() == f {
+            let head = centred.iter().zip(&self.whitening).map(|(c, s)| (c * s).powi(2)).sum();
+            return Prepared { head, tail: vec![0.0; f - t] };
+        }
+        let row = |r: usize| &self.whitening[r * f..r * f + t.min(r + 1)];
+        let dot = |r: usize| row(r).iter().zip(&centred).map(|(w, c)| w * c).sum::<f64>();
+        Prepared { head: (0..t).map(|r| dot(r).powi(2)).sum(), tail: (t..f).map(dot).collect() }
+    }
+
+    /// The squared Mahalanobis distance of the feature whose typicality part was `prepared`
+    /// (none: the feature is the residual alone) and whose residual part is `residual`; the
+    /// same as [`distance`](Self::distance).
+    fn finish(&self, prepared: Option<&Prepared>, residual: &[f64]) -> f64 {
+        let f = self.mean.len();
+        let t = f - residual.len();
+        let mut d2 = prepared.map_or(0.0, |p| p.head);
+        if self.whitening.len() == f {
+            let centred = residual.iter().zip(&self.mean[t..]).map(|(x, m)| x - m);
+            d2 += centred.zip(&self.whitening[t..]).map(|(c, s)| (c * s).powi(2)).sum::<f64>();
+        } else {
+            let mean = &self.mean[t..];
+            for i in 0..residual.len() {
+                let r = t + i;
+                let partial = prepared.map_or(0.0, |p| p.tail[i]);
+                let row = &self.whitening[r * f + t..r * f + r + 1];
+                let z = partial + row.iter().zip(residual).zip(mean).map(|((w, x), m)| w * (x - m)).sum::<f64>();
+                d2 += z * z;
+            }
+        }
+        if d2.is_nan() { f64::INFINITY } else { d2 }
+    }
+
+    /// Fits `rows` and sets the threshold at their `level` quantile.
+    fn fit(rows: &[&[f64]], position: usize, level: f64) -> Result<Gaussian> {
+        let mut fitted = Gaussian::moments(rows, rows[0].len(), position)?;
+        let distances: Vec<f64> = rows.iter().map(|r| fitted.distance(r)).collect();
+        fitted.threshold = quantile(&distances, level);
+        Ok(fitted)
+    }
+
+    fn is_whole(&self, f: usize) -> bool {
+        self.mean.len() == f
+            && (self.whitening.len() == f || self.whitening.len() == f * f)
+            && self.threshold > 0.0
+            && !self.threshold.is_nan()
+    }
+
+    /// Mean and whitening of `rows` (threshold unset). A coordinate that never varies gets a
+    /// tiny variance, so any departure from it is far out but finite.
+    fn moments(rows: &[&[f64]], f: usize, position: usize) -> Result<Gaussian> {
+        let m = rows.len() as f64;
+        let mut mean = vec![0.0; f];
+        rows.iter().for_each(|r| mean.iter_mut().zip(*r).for_each(|(a, v)| *a += v / m));
+        let centred = DMatrix::from_fn(rows.len(), f, |i, j| rows[i][j] - mean[j]);
+        let scale = mean.iter().fold(1.0f64, |s, v| s.max(v.abs()));
+        let ridge = (1e-9 * scale).powi(2);
+        let whitening = if f > MAX_FULL_COVARIANCE {
+            (0..f)
+                .map(|j| {
+                    let variance = centred.column(j).norm_squared() / (m - 1.0);
+                    1.0 / (variance + ridge).sqrt()
+                })
+                .collect()
+        } else {
+            let mut covariance = centred.transpose() * &centred / (m - 1.0);
+            let trace = covariance.trace() / f as f64;
+            for j in 0..f {
+                covariance[(j, j)] += 1e-9 * trace + ridge;
+            }
+            let cholesky = covariance.cholesky().ok_or(Error::SingularCalibration { position })?;
+            let inverse = cholesky
+                .l()
+                .solve_lower_triangular(&DMatrix::identity(f, f))
+                .ok_or(Error::SingularCalibration { position })?;
+            (0..f * f).map(|i| inverse[(i / f, i % f)]).collect()
+        };
+        Ok(Gaussian { samples: rows.len(), mean, whitening, threshold: f64::INFINITY })
+    }
+}
+
+impl Calibration {
+    /// Whether this calibration describes `code` with rows of `row_len` values, and is whole;
+    /// the error says what differs.
+    pub fn check(&self, code: &Code, row_len: usize) -> Result<()> {
+        let p = code.params();
+        let ours = (self.queries, self.workers, self.nodes, self.layout, self.row_len);
+        let theirs = (p.queries(), p.workers(), p.nodes(), p.layout(), row_len);
+        if ours != theirs {
+            let describe = |(k, n, nodes, layout, c): (usize, usize, NodeFamily, Layout, usize)| {
+                format!("K = {k}, N = {n}, {nodes} nodes, {layout}, {c} outputs")
+            };
+            return Err(Error::CalibrationMismatch { calibration: describe(ours), code: describe(theirs) });
+        }
+        // A file can say anything: every position must have the shapes scoring relies on.
+        let f = feature_len(row_len);
+        let whole = |p: &Position| p.is_whole(f, row_len);
+        match self.positions.iter().position(|p| !whole(p)) {
+            _ if self.positions.len() != self.workers => {
+                Err(Error::InvalidCalibration { position: None, positions: self.positions.len() })
+            }
+            Some(position) => Err(Error::InvalidCalibration { position: Some(position), positions: self.workers }),
+            None => Ok(()),
+        }
+    }
+
+    /// Each of `keep`'s (squared Mahalanobis distance / threshold): above 1 is suspect.
+    pub fn scores(&self, code: &Code, group: &[f64], keep: &[usize]) -> Vec<f64> {
+        let (group, possible) = self.representation.apply(group, self.row_len);
+        let prepared = self.prepare(&group, keep, &possible);
+        let residuals = self.leave_one_out(code, &group, keep).residuals();
+        self.scores_of(keep, &residuals, &prepared)
+    }
+
+    fn leave_one_out<'a>(&self, code: &Code, group: &'a [f64], keep: &[usize]) -> LeaveOneOut<'a> {
+        let differences = self.differences.get_or_init(|| node_differences(code));
+        leave_one_out(differences, self.workers, group, self.row_len, keep)
+    }
+
+    /// The part of every `workers`' score that does not depend on the other responders (its
+    /// typicality, whitened), indexed by worker; `None` for a row no honest worker returns
+    /// (`possible` false), which scores infinite.
+    fn prepare(&self, group: &[f64], workers: &[usize], possible: &[bool]) -> Vec<Option<Prepared>> {
+        let (row_len, t) = (self.row_len, typicality_len(self.row_len));
+        let mut feature = vec![0.0; t];
+        let mut prepared = vec![None; self.workers];
+        for &w in workers.iter().filter(|&&w| possible[w]) {
+            typicality(&group[w * row_len..(w + 1) * row_len], &mut feature);
+            prepared[w] = Some(self.positions[w].prepare(&feature));
+        }
+        prepared
+    }
+
+    /// The scores of `keep` given their leave-one-out `residuals` (`[keep.len(), row_len]`).
+    fn scores_of(&self, keep: &[usize], residuals: &[f64], prepared: &[Option<Prepared>]) -> Vec<f64> {
+        keep.iter()
+            .zip(residuals.chunks_exact(self.row_len))
+            .map(|(&w, residual)| match &prepared[w] {
+                Some(prepared) => self.positions[w].score(prepared, residual),
+                None => f64::INFINITY,
+            })
+            .collect()
+    }
+
+    /// Per position: the samples fitted and the threshold; for `/metrics` and reports.
+    pub fn summary(&self) -> Vec<PositionSummary> {
+        self.positions
+            .iter()
+            .map(|p| PositionSummary { samples: p.joint.samples, threshold: p.joint.threshold })
+            .collect()
+    }
+}
+
+/// A responder's score, the part its own row decides.
+#[derive(Clone, Debug)]
+struct Prepared {
+    head: f64,
+    tail: Vec<f64>,
+}
+
+/// What [`Calibration::summary`] reports per worker position.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct PositionSummary {
+    pub samples: usize,
+    pub threshold: f64,
+}
+
+/// Up to `budget` suspects among `workers` (sorted, finite rows of `group`), one at a time
+/// while some responder scores above its threshold. A liar also raises its neighbours' scores
+/// (their residuals are predicted from it), so the one removed is, among the [`CANDIDATES`]
+/// highest scorers, the one whose removal leaves the others' highest score lowest: the removal
+/// that best explains the group.
+pub(super) fn suspects(
+    calibration: &Calibration,
+    code: &Code,
+    group: &[f64],
+    workers: &[usize],
+    budget: usize,
+) -> Vec<usize> {
+    let (group, possible) = calibration.representation.apply(group, calibration.row_len);
+    let group = &group[..];
+    let mut keep = workers.to_vec();
+    let mut removed = Vec::new();
+    let prepared = calibration.prepare(group, workers, &possible);
+    while removed.len() < budget && keep.len() > 3 {
+        let loo = calibration.leave_one_out(code, group, &keep);
+        let scores = calibration.scores_of(&keep, &loo.residuals(), &prepared);
+        if scores.iter().all(|s| *s <= 1.0) {
+            break;
+        }
+        let mut order: Vec<usize> = (0..keep.len()).filter(|&i| scores[i] > 1.0).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        if let [only] = order[..] {
+            removed.push(keep.remove(only));
+            continue;
+        }
+        let mut best: Option<(f64, usize)> = None;
+        for &candidate in order.iter().take(CANDIDATES) {
+            let rest: Vec<usize> = keep.iter().enumerate().filter(|(i, _)| *i != candidate).map(|(_, &w)| w).collect();
+            let after = calibration.scores_of(&rest, &loo.residuals_without(candidate), &prepared);
+            let worst = after.iter().copied().fold(0.0f64, f64::max);
+            if best.is_none_or(|(b, _)| worst < b) {
+                best = Some((worst, candidate));
+            }
+        }
+        let Some((_, candidate)) = best else { break };
+        removed.push(keep.remove(candidate));
+    }
+    removed.sort_unstable();
+    removed
+}
+
+/// The joint test's share of the false-alarm budget; the consistency test has the rest.
+const JOINT_SHARE: f64 = 0.8;
+
+/// How many of the highest scorers above their thresholds are tried as the one to remove.
+const CANDIDATES: usize = 3;
+
+/// Collects honest features per worker position and fits a [`Calibration`]. Offline it sees
+/// every calibration group; online (`capacity`) it keeps each position's most recent samples,
+/// so the fit follows the traffic.
+#[derive(Clone, Debug)]
+pub struct CalibrationBuilder {
+    code: Code,
+    row_len: usize,
+    capacity: usize,
+    groups: usize,
+    /// Chosen from the first group observed.
+    representation: Option<Representation>,
+    samples: Vec<VecDeque<f64>>,
+}
+
+impl CalibrationBuilder {
+    /// A builder for `code` with rows of `row_len` values keeping at most `capacity` samples
+    /// per position (`usize::MAX`: all).
+    pub fn new(code: &Code, row_len: usize, capacity: usize) -> Result<Self> {
+        if row_len == 0 {
+            return Err(Error::EmptyRows { what: "calibration rows" });
+        }
+        let n = code.params().workers();
+        Ok(CalibrationBuilder {
+            code: code.clone(),
+            row_len,
+            capacity,
+            groups: 0,
+            representation: None,
+            samples: vec![VecDeque::new(); n],
+        })
+    }
+
+    /// Adds the honest groups of `outputs` (`[B, N, row_len]`, `masks` `[B, N]` saying who
+    /// answered). Rows with a NaN or an infinity are skipped, never learnt; so are rows that
+    /// are not probability vectors once the first group has shown that honest answers are.
+    pub fn observe<T: Element>(&mut self, outputs: &[T], masks: &[bool]) -> Result<()> {
+        let n = self.code.params().workers();
+        let row_len = self.row_len;
+        let groups = whole_groups("calibration outputs", outputs.len(), n, row_len)?;
+        expect_len("calibration masks", masks.len(), groups * n)?;
+        self.code.check_masks(masks)?;
+        let f = feature_len(row_len);
+        for (group, mask) in outputs.chunks_exact(n * row_len).zip(masks.chunks_exact(n)) {
+            let values = widen(group);
+            let row = |w: usize| &values[w * row_len..(w + 1) * row_len];
+            let finite: Vec<usize> = (0..n).filter(|&w| mask[w] && row(w).iter().all(|v| v.is_finite())).collect();
+            if finite.len() < 3 {
+                continue;
+            }
+            let representation =
+                *self.representation.get_or_insert_with(|| Representation::of(finite.iter().map(|&w| row(w)), row_len));
+            let (values, possible) = representation.apply(&values, row_len);
+            let keep: Vec<usize> = finite.into_iter().filter(|&w| possible[w]).collect();
+            if keep.len() < 3 {
+                continue;
+            }
+            let features = features(&self.code, &values, row_len, &keep);
+            for (&w, feature) in keep.iter().zip(features.chunks_exact(f)) {
+                let store = &mut self.samples[w];
+                if self.capacity != usize::MAX && store.len() / f >= self.capacity {
+                    store.drain(..f);
+                }
+                store.extend(feature);
+            }
+            self.groups += 1;
+        }
+        Ok(())
+    }
+
+    /// Honest groups observed so far.
+    pub fn groups(&self) -> usize {
+        self.groups
+    }
+
+    /// Whether every position has enough samples for [`fit`](Self::fit).
+    pub fn ready(&self) -> bool {
+        let f = feature_len(self.row_len);
+        self.samples.iter().all(|s| s.len() / f >= SAMPLES_PER_FEATURE * f + 2)
+    }
+
+    /// Fits every position; `false_alarm` in `(0, 0.5)`.
+    pub fn fit(&self, false_alarm: f64) -> Result<Calibration> {
+        if !(false_alarm > 0.0 && false_alarm < 0.5) {
+            return Err(Error::InvalidFalseAlarm { false_alarm });
+        }
+        let f = feature_len(self.row_len);
+        let positions = self
+            .samples
+            .iter()
+            .enumerate()
+            .map(|(w, samples)| {
+                let samples: Vec<f64> = samples.iter().copied().collect();
+                Position::fit(w, &samples, f, self.row_len, false_alarm)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let p = self.code.params();
+        Ok(Calibration {
+            queries: p.queries(),
+            workers: p.workers(),
+            nodes: p.nodes(),
+            layout: p.layout(),
+            row_len: self.row_len,
+            representation: self.representation.unwrap_or_default(),
+            false_alarm,
+            groups: self.groups,
+            positions,
+            differences: std::sync::OnceLock::new(),
+        })
+    }
+}
+
+pub(super) fn widen<T: Element>(values: &[T]) -> Vec<f64> {
+    let mut wide = vec![T::Acc::default(); values.len()];
+    T::widen(values, &mut wide);
+    wide.iter().map(|v| v.to_f64()).collect()
+}
+
+/// The `q` quantile (nearest rank) of `values`; NaN sorts last.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let index = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}

@@ -1,0 +1,146 @@
+//! Leave-one-out Berrut predictions: how far each responder's row is from what the other
+//! responders' rows interpolate at its node. Both of our locators measure consistency by it.
+//!
+//! For responders `0..m` (nodes decreasing) and row `i`, the Berrut interpolant of the others
+//! at `beta_i` is `sum_l T_il y_l / sum_l T_il` with `T_il = (-1)^{p(l)} / (beta_i - beta_l)`,
+//! `p(l)` being `l`'s position among the others. Removing responder `c` as well drops its
+//! term and flips the sign of every `T_il` with `l > c` (their positions shift by one), so
+//! with prefix sums over `l` every row's prediction *without `c`* costs `O(row_len)`: a
+//! locator can try removing each of several suspects for the price of one pass.
+
+/// The prefix sums of one responder set's leave-one-out predictions.
+pub(super) struct LeaveOneOut<'a> {
+    rows: Vec<&'a [f64]>,
+    row_len: usize,
+    /// `[m, m]`: `T_il`, zero on the diagonal.
+    terms: Vec<f64>,
+    /// `[m, m + 1, row_len]`: `sum_{l < c} T_il y_l`.
+    numerators: Vec<f64>,
+    /// `[m, m + 1]`: `sum_{l < c} T_il`.
+    denominators: Vec<f64>,
+    /// `[m]`: `sum_l T_il^2`.
+    squares: Vec<f64>,
+}
+
+impl<'a> LeaveOneOut<'a> {
+    /// `rows` are the responders' rows in node order (decreasing node values) and
+    /// `difference(a, b) = beta_a - beta_b` for their indices in `rows`. At least two rows.
+    pub(super) fn new(rows: Vec<&'a [f64]>, difference: impl Fn(usize, usize) -> f64) -> Self {
+        let m = rows.len();
+        let row_len = rows[0].len();
+        let mut terms = vec![0.0; m * m];
+        let mut numerators = vec![0.0; m * (m + 1) * row_len];
+        let mut denominators = vec![0.0; m * (m + 1)];
+        let mut squares = vec![0.0; m];
+        for i in 0..m {
+            let numerator = &mut numerators[i * (m + 1) * row_len..(i + 1) * (m + 1) * row_len];
+            for l in 0..m {
+                let position = if l < i { l } else { l.saturating_sub(1) };
+                let term = if l == i { 0.0 } else { (if position % 2 == 0 { 1.0 } else { -1.0 }) / difference(i, l) };
+                terms[i * m + l] = term;
+                squares[i] += term * term;
+                denominators[i * (m + 1) + l + 1] = denominators[i * (m + 1) + l] + term;
+                let (before, after) = numerator.split_at_mut((l + 1) * row_len);
+                let previous = &before[l * row_len..];
+                for ((next, prev), y) in after[..row_len].iter_mut().zip(previous).zip(rows[l]) {
+                    *next = prev + term * y;
+                }
+            }
+        }
+        LeaveOneOut { rows, row_len, terms, numerators, denominators, squares }
+    }
+
+    /// Every row's residual `(y_i - prediction_i) / sqrt(1 + sum_l w_l^2)` against all the
+    /// others, `[m, row_len]`. The divisor (`w` the normalised Berrut weights) is the
+    /// residual's standard deviation for unit independent noise on every row: it puts end
+    /// nodes, whose predictions extrapolate with large weights, on the same footing as
+    /// interior ones.
+    pub(super) fn residuals(&self) -> Vec<f64> {
+        let m = self.rows.len();
+        let mut out = vec![0.0; m * self.row_len];
+        for (i, residual) in out.chunks_exact_mut(self.row_len).enumerate() {
+            let numerator = self.numerator(i, m);
+            let denominator = self.denominators[i * (m + 1) + m];
+            self.residual(i, |k| numerator[k], denominator, self.squares[i], residual);
+        }
+        out
+    }
+
+    /// The residuals of every row but `c`'s against the others but `c`, `[m - 1, row_len]` in
+    /// order. At least three rows.
+    pub(super) fn residuals_without(&self, c: usize) -> Vec<f64> {
+        let m = self.rows.len();
+        let mut out = vec![0.0; (m - 1) * self.row_len];
+        for (i, residual) in (0..m).filter(|&i| i != c).zip(out.chunks_exact_mut(self.row_len)) {
+            // Terms before c keep their sign, terms after c flip, c's own goes.
+            let (before, through, all) = (self.numerator(i, c), self.numerator(i, c + 1), self.numerator(i, m));
+            let d = &self.denominators[i * (m + 1)..(i + 1) * (m + 1)];
+            let denominator = d[c] - (d[m] - d[c + 1]);
+            let squares = self.squares[i] - self.terms[i * m + c].powi(2);
+            self.residual(i, |k| before[k] - (all[k] - through[k]), denominator, squares, residual);
+        }
+        out
+    }
+
+    /// `sum_{l < c} T_il y_l`.
+    fn numerator(&self, i: usize, c: usize) -> &[f64] {
+        let m = self.rows.len();
+        let start = (i * (m + 1) + c) * self.row_len;
+        &self.numerators[start..start + self.row_len]
+    }
+
+    fn residual(&self, i: usize, numerator: impl Fn(usize) -> f64, denominator: f64, squares: f64, out: &mut [f64]) {
+        let gain = (1.0 + squares / (denominator * denominator)).sqrt();
+        for (k, (r, y)) in out.iter_mut().zip(self.rows[i]).enumerate() {
+            *r = (y - numerator(k) / denominator) / gain;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The residual of row `i` computed directly from the definition.
+    fn direct(rows: &[Vec<f64>], nodes: &[f64], i: usize) -> Vec<f64> {
+        let others: Vec<usize> = (0..rows.len()).filter(|&l| l != i).collect();
+        let w: Vec<f64> = others
+            .iter()
+            .enumerate()
+            .map(|(p, &l)| if p % 2 == 0 { 1.0 } else { -1.0 } / (nodes[i] - nodes[l]))
+            .collect();
+        let total: f64 = w.iter().sum();
+        let gain = (1.0 + w.iter().map(|v| (v / total).powi(2)).sum::<f64>()).sqrt();
+        (0..rows[i].len())
+            .map(|k| {
+                let prediction: f64 = others.iter().zip(&w).map(|(&l, wl)| wl * rows[l][k]).sum::<f64>() / total;
+                (rows[i][k] - prediction) / gain
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prefix_sums_match_the_definition_with_and_without_each_row() {
+        let nodes: Vec<f64> = (0..9).map(|i| (i as f64 * std::f64::consts::PI / 9.0).cos()).collect();
+        let rows: Vec<Vec<f64>> =
+            (0..9).map(|i| (0..3).map(|k| ((i * 7 + k * 3) % 11) as f64 - 4.0).collect()).collect();
+        let loo = LeaveOneOut::new(rows.iter().map(Vec::as_slice).collect(), |a, b| nodes[a] - nodes[b]);
+        let all = loo.residuals();
+        for i in 0..9 {
+            for (a, b) in all[i * 3..(i + 1) * 3].iter().zip(direct(&rows, &nodes, i)) {
+                assert!((a - b).abs() < 1e-12, "row {i}: {a} vs {b}");
+            }
+        }
+        for c in 0..9 {
+            let keep: Vec<usize> = (0..9).filter(|&i| i != c).collect();
+            let rest: Vec<Vec<f64>> = keep.iter().map(|&i| rows[i].clone()).collect();
+            let rest_nodes: Vec<f64> = keep.iter().map(|&i| nodes[i]).collect();
+            let without = loo.residuals_without(c);
+            for j in 0..8 {
+                for (a, b) in without[j * 3..(j + 1) * 3].iter().zip(direct(&rest, &rest_nodes, j)) {
+                    assert!((a - b).abs() < 1e-9, "without {c}, row {j}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}
