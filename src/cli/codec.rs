@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::ensure;
 use clap::Args;
@@ -90,14 +91,18 @@ pub(super) struct DecodeCmd {
     output: PathBuf,
     /// With --byzantine A > 0, how liars are found: robust (ours) or paper (the authors'
     /// rational Berlekamp-Welch). Located workers are listed as JSON on stdout.
-    #[arg(long, value_name = "LOCATOR", default_value_t = Locator::Robust)]
+    #[arg(long, value_name = "LOCATOR", default_value_t = Locator::Robust, conflicts_with = "calibration")]
     locator: Locator,
+    /// With --byzantine, locate with the calibrated locator learnt for this code and model
+    /// (what `approxifer calibrate` writes) instead of --locator.
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
 }
 
 /// What `decode --byzantine A` prints: per group, the workers it decoded without.
 #[derive(Debug, Serialize)]
 struct DecodeReport {
-    locator: Locator,
+    locator: &'static str,
     byzantine: usize,
     /// Per group, the removed workers (answers with NaN or infinity, and suspects).
     located: Vec<Vec<usize>>,
@@ -211,11 +216,15 @@ pub(super) fn decode(args: &DecodeCmd, out: &mut impl Write) -> anyhow::Result<(
     let output = npy::OutputFile::create(&args.output)?;
     let mut masks = responders.to_mask().repeat(groups);
     // Byzantine codes: find the liars on the host, then decode the rest as stragglers.
+    let locator = match &args.calibration {
+        Some(path) => Locator::Calibrated(Arc::new(crate::eval::calibrate::read(path)?)),
+        None => args.locator.clone(),
+    };
     let (code, located) = if byzantine > 0 {
         let location = match &input.data {
-            Data::F16(v) => locate(&code, args.locator, v, row_len, &masks)?,
-            Data::F32(v) => locate(&code, args.locator, v, row_len, &masks)?,
-            Data::F64(v) => locate(&code, args.locator, v, row_len, &masks)?,
+            Data::F16(v) => locate(&code, &locator, v, row_len, &masks)?,
+            Data::F32(v) => locate(&code, &locator, v, row_len, &masks)?,
+            Data::F64(v) => locate(&code, &locator, v, row_len, &masks)?,
         };
         masks = location.masks;
         (code.erasure_code()?, Some(location.located))
@@ -230,7 +239,7 @@ pub(super) fn decode(args: &DecodeCmd, out: &mut impl Write) -> anyhow::Result<(
     };
     output.write(&regroup_shape(&input.shape, groups * k), &decoded)?;
     if let Some(located) = located {
-        serde_json::to_writer(&mut *out, &DecodeReport { locator: args.locator, byzantine, located })?;
+        serde_json::to_writer(&mut *out, &DecodeReport { locator: locator.name(), byzantine, located })?;
         writeln!(out)?;
     }
     Ok(())

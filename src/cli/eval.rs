@@ -2,15 +2,18 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 
 use crate::attack::Attack;
 use crate::data::{self, Dataset, Split};
 use crate::eval::{
-    ByzantineConfig, ByzantineRow, EvalConfig, EvalRow, Outputs, Setting, evaluate, evaluate_byzantine, evaluate_parm,
+    ByzantineConfig, ByzantineRow, CalibrationSource, EvalConfig, EvalRow, Outputs, Setting, evaluate,
+    evaluate_byzantine, evaluate_parm,
 };
 use crate::kernels::gpu::AdapterChoice;
+use crate::kernels::locate::calibrated::DEFAULT_FALSE_ALARM;
 use crate::kernels::{Layout, NodeFamily};
 use crate::models::Architecture;
 
@@ -70,6 +73,21 @@ pub(super) struct EvalArgs {
     /// gaussian-1, gaussian-10 and gaussian-100]
     #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "byzantine")]
     attack: Option<Vec<Attack>>,
+    /// With --byzantine, worker counts N to measure, comma-separated (the redundancy curve)
+    /// [default: the least, 2K + 2A + S - 1]
+    #[arg(long = "n", value_name = "LIST", value_delimiter = ',', requires = "byzantine")]
+    workers: Vec<usize>,
+    /// With --byzantine, the calibrated locator's calibration (what `approxifer calibrate`
+    /// writes; one setting) [default: learnt per setting from the training set]
+    #[arg(long, value_name = "FILE", requires = "byzantine", conflicts_with = "calibration_groups")]
+    calibration: Option<PathBuf>,
+    /// With --byzantine, honest training groups the calibrated locator learns from per setting
+    /// (0: do not measure it).
+    #[arg(long, value_name = "G", default_value_t = 1000, requires = "byzantine")]
+    calibration_groups: usize,
+    /// With --byzantine, the calibrated locator's false-alarm probability per honest answer.
+    #[arg(long, value_name = "P", default_value_t = DEFAULT_FALSE_ALARM, requires = "byzantine")]
+    false_alarm: f64,
     /// Layouts [default: both; non-systematic with --byzantine, the only one it runs]
     #[arg(long, value_enum)]
     layout: Option<LayoutChoice>,
@@ -161,7 +179,21 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     };
     if let Some(byzantine) = &args.byzantine {
         let attacks = args.attack.clone().unwrap_or_else(|| std::iter::once(Attack::None).chain(Attack::ALL).collect());
-        let config = ByzantineConfig { eval: config, byzantine: byzantine.clone(), attacks };
+        let calibration = if let Some(path) = &args.calibration {
+            Some(CalibrationSource::Given(Arc::new(crate::eval::calibrate::read(path)?)))
+        } else if args.calibration_groups > 0 {
+            let images = Arc::new(data::load(&dir, args.dataset, Split::Train)?);
+            Some(CalibrationSource::Learn { images, groups: args.calibration_groups, false_alarm: args.false_alarm })
+        } else {
+            None
+        };
+        let config = ByzantineConfig {
+            eval: config,
+            byzantine: byzantine.clone(),
+            workers: args.workers.clone(),
+            attacks,
+            calibration,
+        };
         let rows = with_progress(|progress| evaluate_byzantine(&model, &test, &config, &device, progress))?;
         if args.json {
             super::write_json_lines(&rows, out)?;

@@ -4,6 +4,7 @@
 //! nothing here panics on user input.
 
 mod bench;
+mod calibrate;
 mod codec;
 mod demo;
 mod eval;
@@ -50,6 +51,9 @@ enum Command {
     /// Train a ParM parity model for a hosted model and K (the baseline eval and serving
     /// compare with).
     TrainParity(parity::TrainParityArgs),
+    /// Learn the calibrated Byzantine locator for a hosted model and code from honest answers
+    /// to coded training queries (for decode --calibration, eval and serve).
+    Calibrate(calibrate::CalibrateArgs),
     /// Accuracy of coded inference over a grid of K, S and layouts (the paper's protocol and
     /// ParM's), as a table, JSON or a plot.
     Eval(eval::EvalArgs),
@@ -233,6 +237,7 @@ impl Cli {
             Command::Decode(args) => codec::decode(&args, &mut stdout)?,
             Command::Train(args) => train::run(&args, &mut stdout)?,
             Command::TrainParity(args) => parity::run(&args, &mut stdout)?,
+            Command::Calibrate(args) => calibrate::run(&args, &mut stdout)?,
             Command::Eval(args) => eval::run(&args, &mut stdout)?,
             Command::ServeBench(args) => serve_bench::run_cmd(&args, &mut stdout)?,
             Command::Serve(args) => serve::run_cmd(&args)?,

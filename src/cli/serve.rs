@@ -140,7 +140,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         k: args.k,
         stragglers: args.stragglers,
         byzantine: args.byzantine,
-        locator: args.locator,
+        locator: args.locator.clone(),
         copies: args.copies,
         hedge_after,
         coded_hedge_after: Some(hedge_after),

@@ -7,30 +7,44 @@
 //! random liars among the responders; the liars' rows are corrupted on the host; each locator
 //! removes its suspects and the group is decoded from the rest.
 
-use burn::tensor::{Device, Tensor, activation};
+use std::sync::Arc;
+
+use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 
+use super::calibrate::{CalibrateConfig, MAX_CODED_BATCH, calibrate, coded_answers, coded_runner};
 use super::{EvalConfig, EvalError, Outputs, default_nodes};
 use crate::attack::Attack;
 use crate::data::Images;
 use crate::demo::argmax;
-use crate::fused::{CodedRunner, FusedCode};
-use crate::kernels::{Code, CodeParams, Layout, Locator, cpu, locate};
+use crate::kernels::{Calibration, Code, CodeParams, Layout, Locator, cpu, locate};
 use crate::models::Classifier;
 use crate::train::{argmax_rows, image_tensor};
 
-/// The most coded queries one forward pass takes.
-const MAX_CODED_BATCH: usize = 960;
-
 /// What to evaluate: the queries, model and `(K, S)` settings of an [`EvalConfig`] (whose
-/// layouts must be non-systematic), each with every `A` of `byzantine` and every attack.
+/// layouts must be non-systematic), each with every `A` of `byzantine`, every `N` of
+/// `workers` and every attack.
 #[derive(Clone, Debug)]
 pub struct ByzantineConfig {
     pub eval: EvalConfig,
-    /// `A` values; `N = 2K + 2A + S - 1` for each.
+    /// `A` values.
     pub byzantine: Vec<usize>,
+    /// `N` values; empty for the least each `(K, S, A)` allows, `2K + 2A + S - 1`. Values
+    /// below a setting's least are an error.
+    pub workers: Vec<usize>,
     pub attacks: Vec<Attack>,
+    /// Where the calibrated locator comes from; `None`: it is not measured.
+    pub calibration: Option<CalibrationSource>,
+}
+
+/// The calibrated locator's calibration in a Byzantine evaluation.
+#[derive(Clone, Debug)]
+pub enum CalibrationSource {
+    /// One calibration, for the one setting it describes.
+    Given(Arc<Calibration>),
+    /// Learnt per setting from these images (the training set) before measuring.
+    Learn { images: Arc<Images>, groups: usize, false_alarm: f64 },
 }
 
 /// One (setting, attack, locator) result; the JSON keys of `approxifer eval --byzantine --json`.
@@ -68,7 +82,8 @@ struct Tally {
     correct: usize,
 }
 
-/// Evaluates every setting, attack and locator; `progress(done, total)` counts groups.
+/// Evaluates every setting, attack and locator; `progress(done, total)` counts groups (those
+/// calibrated on, then those measured).
 pub fn evaluate_byzantine(
     model: &Classifier,
     test: &Images,
@@ -80,28 +95,60 @@ pub fn evaluate_byzantine(
     if eval.settings.iter().any(|s| s.layout != Layout::NonSystematic) {
         return Err(EvalError::Unsupported("Byzantine evaluation runs the non-systematic layout only"));
     }
+    let nodes = eval.nodes.unwrap_or(default_nodes(Layout::NonSystematic));
+    let mut codes = Vec::new();
+    for setting in &eval.settings {
+        for &a in &config.byzantine {
+            let least = [CodeParams::workers_needed(setting.k, setting.stragglers, a)];
+            for &n in if config.workers.is_empty() { &least[..] } else { &config.workers } {
+                let params = CodeParams::builder(setting.k, n).stragglers(setting.stragglers).byzantine(a).nodes(nodes);
+                codes.push(Code::new(params.build()?)?);
+            }
+        }
+    }
+    if matches!(config.calibration, Some(CalibrationSource::Given(_))) && codes.len() > 1 {
+        return Err(EvalError::Unsupported(
+            "a calibration file describes one code: give one K, one S, one A and at most one N",
+        ));
+    }
     let queries = eval.queries.min(test.len());
-    let settings: Vec<(usize, usize, usize)> =
-        eval.settings.iter().flat_map(|s| config.byzantine.iter().map(move |&a| (s.k, s.stragglers, a))).collect();
-    let total: usize = settings.iter().map(|&(k, _, _)| queries / k).sum();
+    let learning = match &config.calibration {
+        Some(CalibrationSource::Learn { groups, .. }) => *groups,
+        _ => 0,
+    };
+    let total: usize = codes.iter().map(|code| learning + queries / code.params().queries()).sum();
     let mut done = 0;
     let mut rows = Vec::new();
-    for &(k, stragglers, byzantine) in &settings {
+    for code in &codes {
+        let (k, n) = (code.params().queries(), code.params().workers());
+        let (stragglers, byzantine) = (code.params().stragglers(), code.params().byzantine());
         let groups = queries / k;
         if groups == 0 {
             return Err(EvalError::TooFewQueries { queries, k, available: test.len() });
         }
-        let n = CodeParams::workers_needed(k, stragglers, byzantine);
-        let nodes = eval.nodes.unwrap_or(default_nodes(Layout::NonSystematic));
-        let code =
-            Code::new(CodeParams::builder(k, n).stragglers(stragglers).byzantine(byzantine).nodes(nodes).build()?)?;
+        let mut locators = Vec::new();
+        match &config.calibration {
+            Some(CalibrationSource::Given(calibration)) => locators.push(Locator::Calibrated(calibration.clone())),
+            Some(CalibrationSource::Learn { images, groups, false_alarm }) => {
+                let learn = CalibrateConfig {
+                    dataset: eval.dataset,
+                    groups: *groups,
+                    outputs: eval.outputs,
+                    false_alarm: *false_alarm,
+                    batch_groups: eval.batch_groups,
+                    seed: eval.seed,
+                };
+                let start = done;
+                let calibration = calibrate(model, images, code, &learn, device, |d, _| progress(start + d, total))?;
+                done += groups;
+                locators.push(Locator::Calibrated(Arc::new(calibration)));
+            }
+            None => {}
+        }
+        locators.extend(Locator::UNCALIBRATED);
         let erasure = code.erasure_code()?;
         let outputs = eval.outputs;
-        let hosted = |x: Tensor<4>| match outputs {
-            Outputs::Softmax => activation::softmax(model.forward(x), 1),
-            Outputs::Logits => model.forward(x),
-        };
-        let runner = CodedRunner::new(hosted, FusedCode::new(code.clone())?, device.clone())?;
+        let runner = coded_runner(model, code, outputs, device)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(eval.seed);
         let mut order: Vec<usize> = (0..test.len()).collect();
         order.shuffle(&mut rng);
@@ -109,9 +156,9 @@ pub fn evaluate_byzantine(
 
         let mut base_correct = 0;
         let mut undefended = vec![0usize; attacks.len()];
-        let mut tallies = vec![vec![Tally::default(); Locator::ALL.len()]; attacks.len()];
+        let mut tallies = vec![vec![Tally::default(); locators.len()]; attacks.len()];
         // Coded batches are N/K times the queries: keep one forward pass within what the
-        // plain evaluation runs (a lavapipe storage binding holds 128 MiB).
+        // plain evaluation runs.
         let batch_groups = eval.batch_groups.min(MAX_CODED_BATCH / n).max(1);
         for batch in order.chunks(batch_groups * k) {
             let b = batch.len() / k;
@@ -120,14 +167,7 @@ pub fn evaluate_byzantine(
             let x = image_tensor(&images, 0..batch.len(), eval.dataset, device);
             let base = argmax_rows(model.forward(x.clone()));
             base_correct += base.iter().zip(&labels).filter(|(p, l)| p == l).count();
-            let honest = runner.forward(runner.encode(x)?);
-            let classes = honest.dims()[1];
-            let honest = honest
-                .try_into_data()
-                .map_err(|e| EvalError::Data(format!("{e:?}")))?
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| EvalError::Data(format!("{e:?}")))?;
+            let (honest, classes) = coded_answers(&runner, x)?;
 
             for (a, &attack) in attacks.iter().enumerate() {
                 let (answers, masks, liars) = corrupt(&honest, b, n, classes, stragglers, byzantine, attack, &mut rng);
@@ -135,9 +175,9 @@ pub fn evaluate_byzantine(
                     let decoded = cpu::decode_to_vec(code, &answers, classes, masks)?;
                     Ok(decoded.chunks_exact(classes).zip(&labels).filter(|(row, l)| argmax(row) == **l).count())
                 };
-                undefended[a] += correct(&masks, &code)?;
-                for (l, &locator) in Locator::ALL.iter().enumerate() {
-                    let location = locate(&code, locator, &answers, classes, &masks)?;
+                undefended[a] += correct(&masks, code)?;
+                for (l, locator) in locators.iter().enumerate() {
+                    let location = locate(code, locator, &answers, classes, &masks)?;
                     let tally = &mut tallies[a][l];
                     for ((found, bad), mask) in location.located.iter().zip(&liars).zip(masks.chunks_exact(n)) {
                         let hits = found.iter().filter(|w| bad.contains(w)).count();
@@ -155,7 +195,7 @@ pub fn evaluate_byzantine(
         let count = groups * k;
         let rate = |correct: usize| correct as f64 / count as f64;
         for (a, attack) in attacks.iter().enumerate() {
-            for (l, locator) in Locator::ALL.iter().enumerate() {
+            for (l, locator) in locators.iter().enumerate() {
                 let t = &tallies[a][l];
                 rows.push(ByzantineRow {
                     dataset: eval.dataset.name().into(),

@@ -12,9 +12,11 @@
 //!   data node). `None` when no prediction had to be reconstructed.
 
 mod byzantine;
+pub mod calibrate;
 mod parm;
 
-pub use byzantine::{ByzantineConfig, ByzantineRow, evaluate_byzantine};
+pub use byzantine::{ByzantineConfig, ByzantineRow, CalibrationSource, evaluate_byzantine};
+pub use calibrate::{CalibrateConfig, calibrate};
 pub use parm::evaluate_parm;
 
 use burn::tensor::{Device, Tensor, activation};

@@ -528,7 +528,7 @@ impl Loop {
     ) -> Result<Vec<f32>, CodingError> {
         let (c, start) = (self.config.output_len, Instant::now());
         if coding.code.params().byzantine() > 0 {
-            let location = locate(&coding.code, self.config.locator, outputs, c, masks)?;
+            let location = locate(&coding.code, &self.config.locator, outputs, c, masks)?;
             *masks = location.masks;
             self.stats.located_workers += location.located.iter().map(Vec::len).sum::<usize>() as u64;
         }

@@ -159,7 +159,7 @@ impl SchemeKind {
                     faults: config.faults.clone(),
                     codec: config.codec.clone(),
                     hedge_after: config.coded_hedge_after,
-                    locator: config.locator,
+                    locator: config.locator.clone(),
                 };
                 return Ok(Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?));
             }

@@ -1,0 +1,105 @@
+//! `approxifer calibrate`: learns the calibrated Byzantine locator for a hosted model and code
+//! from honest answers to coded training queries (src/eval/calibrate.rs).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::data::{self, Dataset, Split};
+use crate::eval::{CalibrateConfig, Outputs, calibrate, default_nodes};
+use crate::kernels::gpu::AdapterChoice;
+use crate::kernels::locate::calibrated::DEFAULT_FALSE_ALARM;
+use crate::kernels::{Code, CodeParams, Layout, NodeFamily};
+use crate::models::Architecture;
+
+#[derive(Debug, Args)]
+pub(super) struct CalibrateArgs {
+    /// The dataset whose training images make the honest traffic (from scripts/fetch-data.sh).
+    #[arg(long, value_enum, default_value_t = Dataset::Mnist)]
+    dataset: Dataset,
+    /// The hosted model's architecture [default: the dataset's: digit-cnn for MNIST, lenet5
+    /// for Fashion-MNIST]
+    #[arg(long, value_enum)]
+    model: Option<Architecture>,
+    /// Its weights [default: the digit CNN from the data directory, or the embedded model]
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Queries per group.
+    #[arg(long = "k", value_name = "K")]
+    queries: usize,
+    /// Workers that may answer wrongly.
+    #[arg(long, value_name = "A", default_value_t = 1)]
+    byzantine: usize,
+    /// Workers that may not answer (the calibration traffic misses as many, at random).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    stragglers: usize,
+    /// Workers per group [default: the least, 2K + 2A + S - 1]
+    #[arg(long = "n", value_name = "N")]
+    workers: Option<usize>,
+    /// Worker nodes [default: authors, as `eval --byzantine`]
+    #[arg(long, value_name = "FAMILY")]
+    nodes: Option<NodeFamily>,
+    /// What the workers return: logits or softmax (class probabilities).
+    #[arg(long, value_enum, default_value_t = Outputs::Logits)]
+    outputs: Outputs,
+    /// Honest groups to learn from.
+    #[arg(long, value_name = "G", default_value_t = 1000)]
+    groups: usize,
+    /// The probability that an honest answer is flagged.
+    #[arg(long, value_name = "P", default_value_t = DEFAULT_FALSE_ALARM)]
+    false_alarm: f64,
+    /// Where the calibration goes (JSON).
+    #[arg(long, short, value_name = "FILE")]
+    output: PathBuf,
+    /// Groups per device batch.
+    #[arg(long, default_value_t = 64)]
+    batch_groups: usize,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// The data directory [default: $APPROXIFER_DATA, else ./data]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    #[arg(long, value_name = "ADAPTER")]
+    adapter: Option<AdapterChoice>,
+}
+
+pub(super) fn run(args: &CalibrateArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    anyhow::ensure!(args.groups >= 1, "--groups must be at least 1");
+    let (k, s, a) = (args.queries, args.stragglers, args.byzantine);
+    let n = args.workers.unwrap_or(CodeParams::workers_needed(k, s, a));
+    let nodes = args.nodes.unwrap_or(default_nodes(Layout::NonSystematic));
+    let code = Code::new(CodeParams::builder(k, n).stragglers(s).byzantine(a).nodes(nodes).build()?)?;
+    // Fail on an unwritable output before the work, not after.
+    std::fs::File::create(&args.output)?;
+    let dir = args.data.clone().unwrap_or_else(data::default_dir);
+    let burn = crate::backend::BurnDevice::select(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
+    let (architecture, model) =
+        super::model::hosted_for(args.dataset, args.model, args.weights.as_deref(), &dir, &burn.device)?;
+    let images = data::load(&dir, args.dataset, Split::Train)?;
+    eprintln!("{}", burn.notice());
+    let config = CalibrateConfig {
+        dataset: args.dataset,
+        groups: args.groups,
+        outputs: args.outputs,
+        false_alarm: args.false_alarm,
+        batch_groups: args.batch_groups,
+        seed: args.seed,
+    };
+    let bar = super::progress_bar(args.groups as u64, "groups");
+    let calibration =
+        calibrate(&model, &images, &code, &config, &burn.device, |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    crate::eval::calibrate::write(&args.output, &calibration)?;
+    writeln!(
+        out,
+        "calibration of {} on {} for K = {k}, N = {n}, S = {s}, {nodes} nodes, {} outputs, from {} honest groups: {}",
+        architecture.name(),
+        args.dataset.name(),
+        calibration.row_len,
+        calibration.groups,
+        args.output.display()
+    )?;
+    Ok(())
+}
