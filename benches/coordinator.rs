@@ -111,6 +111,7 @@ fn settings() -> SchemeConfig {
         stragglers: 1,
         byzantine: 0,
         locator: Default::default(),
+        learning: None,
         copies: 2,
         hedge_after: Duration::from_secs(10),
         coded_hedge_after: None,

@@ -431,6 +431,8 @@ fn eval_byzantine_reports_each_attack_and_locator() {
         "none,sign-flip",
         "--queries",
         "40",
+        "--calibration-groups",
+        "100",
         "--json",
         "--data",
         &data,
@@ -441,7 +443,8 @@ fn eval_byzantine_reports_each_attack_and_locator() {
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let described: Vec<(&str, &str)> =
         rows.iter().map(|r| (r["attack"].as_str().unwrap(), r["locator"].as_str().unwrap())).collect();
-    assert_eq!(described, [("none", "robust"), ("none", "paper"), ("sign-flip", "robust"), ("sign-flip", "paper")]);
+    let expected = ["none", "sign-flip"].map(|attack| ["calibrated", "robust", "paper"].map(|l| (attack, l)));
+    assert_eq!(described, expected.concat());
     for r in &rows {
         assert_eq!((r["k"].as_u64(), r["n"].as_u64(), r["byzantine"].as_u64()), (Some(2), Some(5), Some(1)));
         assert_eq!(r["outputs"], "logits");
@@ -450,9 +453,9 @@ fn eval_byzantine_reports_each_attack_and_locator() {
         }
     }
     assert!(rows[0]["detection_rate"].is_null(), "nobody lies under 'none'");
-    assert!((0.0..=1.0).contains(&rows[2]["detection_rate"].as_f64().unwrap()));
+    assert!((0.0..=1.0).contains(&rows[3]["detection_rate"].as_f64().unwrap()));
     // The paper's locator always removes A = 1 of the N = 5 honest workers when nobody lies.
-    assert_eq!(rows[1]["false_positive_rate"], 0.2);
+    assert_eq!(rows[2]["false_positive_rate"], 0.2);
     assert_one_line_error(
         &["eval", "--byzantine", "1", "--attack", "shout", "--data", &data],
         "unknown attack 'shout'",
@@ -461,6 +464,69 @@ fn eval_byzantine_reports_each_attack_and_locator() {
     let systematic =
         ["eval", "--byzantine", "1", "--layout", "systematic", "--k", "2", "--queries", "4", "--data", &data];
     assert_one_line_error(&systematic, "the non-systematic layout only");
+}
+
+#[test]
+fn calibrate_writes_what_decode_and_eval_use_and_both_refuse_another_code() {
+    let data = data_dir();
+    let dir = temp_dir();
+    let calibration = dir.path().join("calibration.json");
+    let model = ["--dataset", "fashion-mnist", "--model", "lenet5", "--data", &data];
+    let calibrate = [
+        &["calibrate", "--k", "2", "--byzantine", "1", "--groups", "100", "-o"][..],
+        &[path_str(&calibration)],
+        &model,
+    ]
+    .concat();
+    let out = approxifer(&calibrate);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&calibration).unwrap()).unwrap();
+    assert_eq!((written["queries"].as_u64(), written["workers"].as_u64()), (Some(2), Some(5)));
+    assert_eq!((written["row_len"].as_u64(), written["groups"].as_u64()), (Some(10), Some(100)));
+    assert_eq!(written["nodes"], "authors");
+
+    // eval measures it next to the others, on test queries it never saw.
+    let eval = [
+        &["eval", "--k", "2", "--byzantine", "1", "--attack", "none", "--queries", "20", "--json"][..],
+        &["--calibration", path_str(&calibration)],
+        &model,
+    ]
+    .concat();
+    let out = approxifer(&eval);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let locators: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["locator"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(locators, ["calibrated", "robust", "paper"]);
+    let curve = [&eval[..], &["--n", "5,6"]].concat();
+    assert_one_line_error(&curve, "a calibration file describes one code");
+
+    // decode: the same code and nodes locate with it; another code is refused, naming both.
+    let (outputs, decoded) = (dir.path().join("outputs.npy"), dir.path().join("decoded.npy"));
+    npy::write(&outputs, &[5, 10], &Data::F32(pattern(50, 0.2).iter().map(|&v| v as f32).collect())).unwrap();
+    let decode = |n: &'static str| {
+        [
+            &["decode", "--k", "2", "--n", n, "--byzantine", "1", "--nodes", "authors", "--backend", "cpu"][..],
+            &["--calibration", path_str(&calibration), "--input", path_str(&outputs), "--output", path_str(&decoded)],
+        ]
+        .concat()
+    };
+    let report = stdout_json(&[&decode("5")[..], &["--responders", "0,1,2,3,4"]].concat());
+    assert_eq!(report["locator"], "calibrated");
+    assert_eq!(report["located"].as_array().map(Vec::len), Some(1));
+    npy::write(&outputs, &[6, 10], &Data::F32(pattern(60, 0.2).iter().map(|&v| v as f32).collect())).unwrap();
+    assert_one_line_error(
+        &[&decode("6")[..], &["--responders", "0,1,2,3,4,5"]].concat(),
+        "the calibration describes K = 2, N = 5",
+    );
+    npy::write(&outputs, &[5, 10], &Data::F32(pattern(50, 0.2).iter().map(|&v| v as f32).collect())).unwrap();
+    std::fs::write(&calibration, "{\"queries\": 2}").unwrap();
+    assert_one_line_error(
+        &[&decode("5")[..], &["--responders", "0,1,2,3,4"]].concat(),
+        "is not one `approxifer calibrate` wrote",
+    );
 }
 
 #[test]
@@ -862,7 +928,7 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     assert_one_line_error(&["serve-bench", "--faults", typo], "slowdwn");
     assert_one_line_error(&["serve", "--listen", "not-an-address"], "--listen");
     assert_one_line_error(&["serve", "--attack", "shout"], "unknown attack 'shout'");
-    assert_one_line_error(&["serve", "--locator", "bw"], "expected robust or paper");
+    assert_one_line_error(&["serve", "--locator", "bw"], "invalid value 'bw' for '--locator");
 }
 
 /// A v2 inference of `images` (each 28 x 28) against `addr`: the predicted classes.

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use approxifer::kernels::{Code, CodeParams, Layout};
 use approxifer::serve::v2;
-use approxifer::serve::{Coordinator, FaultPlan, Latency, LocalWorker, Scheme, Stats, Worker, WorkerFaults};
+use approxifer::serve::{
+    Coordinator, CoordinatorConfig, FaultPlan, Latency, Learning, LocalWorker, Scheme, Stats, Worker, WorkerFaults,
+};
 use burn::tensor::Device;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -91,6 +93,45 @@ fn sample(metrics: &str, name_and_labels: &str) -> f64 {
         .lines()
         .find_map(|line| line.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
         .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_export_the_byzantine_locators_state() {
+    // K = 2, A = 1, N = 5, honest workers: the calibrated locator learns from every group and
+    // takes over after 40; /metrics shows which locator is active and what it has learnt.
+    let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
+    let workers: Vec<Arc<dyn Worker>> =
+        (0..5).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 1000)) as Arc<dyn Worker>).collect();
+    let learning = Learning { refit_every: 40, ..Learning::default() };
+    let config = CoordinatorConfig {
+        learning: Some(learning),
+        ..coordinator_config(code, None, 1000, Duration::from_millis(2000))
+    };
+    let server = Server::start(Box::new(Coordinator::start(config, workers).unwrap()));
+    let (_, metrics) = server.get("/metrics");
+    assert_eq!(sample(&metrics, "approxifer_locator{locator=\"robust\"}"), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "approxifer_locator_refits"), 0.0, "{metrics}");
+    for batch in 0..50 {
+        let (status, _, body) = server.post(&rows(2 * batch..2 * batch + 2).to_string());
+        assert_eq!(status, 200, "{body}");
+    }
+    let started = Instant::now();
+    let metrics = loop {
+        let (_, metrics) = server.get("/metrics");
+        if sample(&metrics, "approxifer_locator_refits") >= 1.0 || started.elapsed() > Duration::from_secs(20) {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(sample(&metrics, "approxifer_locator{locator=\"calibrated\"}"), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "approxifer_locator{locator=\"robust\"}"), 0.0, "{metrics}");
+    assert!(sample(&metrics, "approxifer_locator_calibration_groups") >= 40.0, "{metrics}");
+    assert!(sample(&metrics, "approxifer_locator_observed_groups") >= 40.0, "{metrics}");
+    for worker in 0..5 {
+        let threshold = sample(&metrics, &format!("approxifer_locator_threshold{{worker=\"{worker}\"}}"));
+        assert!(threshold.is_finite() && threshold > 0.0, "{metrics}");
+    }
+    server.stop();
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use approxifer::kernels::{Code, CodeParams, Layout, Locator};
 use approxifer::serve::{
-    Codec, Coordinator, CoordinatorConfig, FaultPlan, Latency, LocalWorker, RandomSlowdown, ServeError, ServedModel,
-    Stats, Worker, WorkerFaults,
+    Codec, Coordinator, CoordinatorConfig, FaultPlan, Latency, Learning, LocalWorker, RandomSlowdown, ServeError,
+    ServedModel, Stats, Worker, WorkerFaults,
 };
 use burn::tensor::{Device, Tensor};
 use crossbeam_channel::RecvTimeoutError;
@@ -395,6 +395,65 @@ fn a_byzantine_code_removes_the_liar_before_decoding() {
 }
 
 #[test]
+fn the_coordinator_learns_a_calibrated_locator_from_the_groups_that_agree() {
+    // K = 2, A = 1, N = 5; worker 1 shifts its answer by 100 on half of its batches. The robust
+    // locator removes it; the groups where nobody was removed teach the calibrated locator,
+    // which takes over after 30 of them and keeps removing the liar.
+    let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
+    let mut faults = vec![WorkerFaults::NONE; 5];
+    faults[1].byzantine_probability = 0.5;
+    let plan = FaultPlan { latency: Latency::Constant { ms: 0.0 }, workers: faults, random_slowdown: None };
+    let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
+    let workers: Vec<Arc<dyn Worker>> = (0..5)
+        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, shift.clone())) as Arc<dyn Worker>)
+        .collect();
+    let learning = Learning { refit_every: 30, ..Learning::default() };
+    let config = CoordinatorConfig { learning: Some(learning), ..config(code, Some(plan), 100, 2000) };
+    let coordinator = Coordinator::start(config, workers).unwrap();
+    assert_eq!(coordinator.locator_state().locator, "robust");
+    let mut worst = 0.0f32;
+    let mut ask = |from: usize| {
+        for pair in from..from + 100 {
+            let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
+            for (i, ticket) in tickets.into_iter().enumerate() {
+                let answer = ticket.recv().unwrap().unwrap();
+                worst = worst.max(max_error(&answer.output, &expected(&query(2 * pair + i))));
+            }
+        }
+    };
+    ask(0);
+    // The learner fits on its own thread.
+    let started = std::time::Instant::now();
+    while coordinator.locator_state().refits == 0 && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = coordinator.locator_state();
+    assert_eq!(state.locator, "calibrated", "{state:?}");
+    assert!(state.learning && state.refits >= 1 && state.calibration_groups >= 30, "{state:?}");
+    assert!(state.observed_groups >= state.calibration_groups, "{state:?}");
+    assert!(state.thresholds.len() == 5 && state.thresholds.iter().all(|t| t.is_finite() && *t > 0.0), "{state:?}");
+    ask(100);
+    assert!(worst < 1.0, "the liar reached an answer: error {worst}");
+    let stats = coordinator.shutdown();
+    assert_eq!(stats.decoded_groups, 200);
+    // About half the groups had the liar; every one of them was removed, and few others.
+    assert!((60..=140).contains(&stats.located_workers), "{stats:?}");
+}
+
+#[test]
+fn a_calibration_for_another_code_is_refused_at_start() {
+    let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
+    let other = Code::new(CodeParams::builder(2, 6).byzantine(1).build().unwrap()).unwrap();
+    let mut builder = approxifer::kernels::CalibrationBuilder::new(&other, C, usize::MAX).unwrap();
+    let answers: Vec<f32> = (0..200 * 6 * C).map(|i| ((i * 31 % 17) as f32).sin()).collect();
+    builder.observe(&answers, &vec![true; 200 * 6]).unwrap();
+    let locator = Locator::Calibrated(Arc::new(builder.fit(0.01).unwrap()));
+    let config = CoordinatorConfig { locator, ..config(code, None, 100, 2000) };
+    let err = Coordinator::start(config, workers(5, 100)).err().expect("refused");
+    assert!(err.contains("N = 6") && err.contains("N = 5"), "{err}");
+}
+
+#[test]
 fn a_non_finite_answer_is_erased_never_decoded() {
     // K = 2, N = 3, S = 1, A = 0: worker 1 answers NaN; its answer counts as no answer.
     let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
@@ -486,6 +545,7 @@ fn batched_answers_equal_group_at_a_time_answers_for_every_scheme() {
         stragglers: 2,
         byzantine: 0,
         locator: Locator::Robust,
+        learning: None,
         copies: 2,
         hedge_after: Duration::from_secs(1),
         coded_hedge_after: None,

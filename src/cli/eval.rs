@@ -131,6 +131,15 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         "--byzantine evaluates the non-systematic layout only"
     );
     anyhow::ensure!(args.k.iter().all(|&k| k >= 1), "--k values must be at least 1");
+    let one = |values: Option<&Vec<usize>>| values.is_none_or(|v| v.len() == 1);
+    anyhow::ensure!(
+        args.calibration.is_none()
+            || (args.k.len() == 1
+                && one(args.byzantine.as_ref())
+                && one(args.stragglers.as_ref())
+                && args.workers.len() <= 1),
+        "a calibration file describes one code: give one --k, --byzantine, --stragglers and at most one --n"
+    );
     let explicit = !args.scheme.is_empty();
     let schemes = if explicit { args.scheme.clone() } else { vec![EvalScheme::Approxifer, EvalScheme::Parm] };
     anyhow::ensure!(

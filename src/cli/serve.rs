@@ -15,9 +15,28 @@ use super::{CodecArg, ms};
 use crate::attack::Attack;
 use crate::kernels::Locator;
 use crate::kernels::gpu::AdapterChoice;
+use crate::serve::Learning;
 use crate::serve::http::{HttpConfig, ModelSpec, serve_v2};
 use crate::serve::pool::{background_loads, local_workers};
 use crate::serve::{FaultPlan, Placement, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
+
+/// `serve --locator`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LocatorChoice {
+    Calibrated,
+    Robust,
+    Paper,
+}
+
+impl LocatorChoice {
+    fn name(self) -> &'static str {
+        match self {
+            LocatorChoice::Calibrated => "calibrated",
+            LocatorChoice::Robust => "robust",
+            LocatorChoice::Paper => "paper",
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
@@ -52,9 +71,19 @@ pub(super) struct ServeArgs {
     /// Workers whose answers a coded group may find wrong and remove before decoding.
     #[arg(long, value_name = "A", default_value_t = 0)]
     byzantine: usize,
-    /// How wrong answers are found with --byzantine: robust (ours) or paper.
-    #[arg(long, default_value_t = Locator::Robust)]
-    locator: Locator,
+    /// How wrong answers are found with --byzantine: calibrated (ours, learnt from the groups
+    /// that agree; it starts as robust, or from --calibration), robust (ours, nothing learnt)
+    /// or paper.
+    #[arg(long, value_enum, default_value_t = LocatorChoice::Calibrated)]
+    locator: LocatorChoice,
+    /// With --byzantine: start the calibrated locator from this calibration (what `approxifer
+    /// calibrate` writes for the hosted model and code, with --nodes authors).
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+    /// With --locator calibrated: refit after this many more agreeing groups (0: never learn,
+    /// keep --calibration as it is).
+    #[arg(long, value_name = "GROUPS", default_value_t = Learning::default().refit_every)]
+    refit_every: usize,
     /// How a worker lies when the --faults plan makes it Byzantine: gaussian-SIGMA,
     /// sign-flip, random, constant, targeted or colluding.
     #[arg(long, default_value = "sign-flip")]
@@ -136,11 +165,26 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         !shape.is_empty() && shape.iter().all(|&d| d > 0) && output_len > 0,
         "--input-shape and --output-len must be positive"
     );
+    anyhow::ensure!(
+        args.calibration.is_none() || args.locator == LocatorChoice::Calibrated,
+        "--calibration is the calibrated locator's; it does not go with --locator {}",
+        args.locator.name()
+    );
+    let locator = match (args.locator, &args.calibration) {
+        (LocatorChoice::Paper, _) => Locator::Paper,
+        (LocatorChoice::Robust, _) | (LocatorChoice::Calibrated, None) => Locator::Robust,
+        (LocatorChoice::Calibrated, Some(path)) => {
+            Locator::Calibrated(std::sync::Arc::new(crate::eval::calibrate::read(path)?))
+        }
+    };
+    let learning = (args.locator == LocatorChoice::Calibrated && args.refit_every > 0)
+        .then(|| Learning { refit_every: args.refit_every, ..Learning::default() });
     let settings = SchemeConfig {
         k: args.k,
         stragglers: args.stragglers,
         byzantine: args.byzantine,
-        locator: args.locator.clone(),
+        locator,
+        learning,
         copies: args.copies,
         hedge_after,
         coded_hedge_after: Some(hedge_after),

@@ -69,6 +69,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
         stragglers: 0,
         byzantine: 0,
         locator: Default::default(),
+        learning: None,
         copies: 1,
         hedge_after: deadline,
         coded_hedge_after: None,

@@ -104,6 +104,7 @@ impl ServeBenchConfig {
             stragglers: 1,
             byzantine: 0,
             locator: crate::kernels::Locator::default(),
+            learning: None,
             copies: self.copies,
             hedge_after: Duration::ZERO,
             coded_hedge_after: self.coded_hedge_after,

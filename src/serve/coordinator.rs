@@ -26,6 +26,7 @@ use super::answer::{Answer, CodingError, ServeError, Stats, Ticket};
 use super::batch::{Coding, Dispatch, Part, Segment, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
+use super::locating::{Learning, LocatorState, OnlineLocator};
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 use crate::kernels::gpu::GpuCodec;
 use crate::kernels::{Code, CodeParams, Locator, cpu, locate};
@@ -55,8 +56,12 @@ pub struct CoordinatorConfig {
     /// one more service time, not its whole lateness. `None`: never.
     pub hedge_after: Option<Duration>,
     /// How a group's liars are found when the code has `A > 0` (and `N >= 2K + 2A + S - 1`):
-    /// they are removed before decoding, on the CPU, whichever the codec.
+    /// they are removed before decoding, on the CPU, whichever the codec. A calibrated locator
+    /// must describe `code`; partial groups are located by the robust one.
     pub locator: Locator,
+    /// Learn a calibrated locator from the groups that agree (codes with `A > 0`), replacing
+    /// `locator` once fitted ([`crate::serve::locating`]).
+    pub learning: Option<Learning>,
 }
 
 /// Where the coordinator decodes its batches. Both give the same results (the GPU kernels are
@@ -84,6 +89,7 @@ impl Codec {
 /// A running coordinator. Dropping it shuts it down gracefully (see [`Coordinator::shutdown`]).
 pub struct Coordinator {
     front: Front,
+    locating: Arc<OnlineLocator>,
 }
 
 impl Coordinator {
@@ -100,17 +106,21 @@ impl Coordinator {
             plan.validate().map_err(|e| e.to_string())?;
         }
         let full = Arc::new(Coding::new(config.code.clone()).map_err(|e| e.to_string())?);
+        let learning = config.learning.filter(|_| config.code.params().byzantine() > 0);
+        let locating =
+            Arc::new(OnlineLocator::start(&config.code, config.output_len, config.locator.clone(), learning)?);
         let (capacity, input_len) = (config.capacity, config.input_len);
         let (ready, warm) = crossbeam_channel::bounded(1);
+        let looped = locating.clone();
         let front = Front::spawn("approxifer-coordinator", capacity, input_len, move |incoming, in_flight| {
-            let mut state = Loop::new(config, full, workers, in_flight);
+            let mut state = Loop::new(config, full, workers, in_flight, looped);
             state.warm_up();
             let _ = ready.send(());
             state.run(incoming)
         })?;
         // Returns once the workers' devices are warm, so that no query waits for it.
         let _ = warm.recv();
-        Ok(Coordinator { front })
+        Ok(Coordinator { front, locating })
     }
 
     /// Accepts `query` (or refuses it at once, with nothing queued); its answer arrives on the
@@ -127,6 +137,16 @@ impl Coordinator {
     /// Queries accepted and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.front.in_flight()
+    }
+
+    /// The Byzantine locator in use, and what it has learnt.
+    pub fn locator_state(&self) -> LocatorState {
+        self.locating.state()
+    }
+
+    /// The code's `A`: liars per group it removes.
+    pub fn byzantine(&self) -> usize {
+        self.locating.byzantine()
     }
 
     /// Stops accepting queries, sends the batch being formed, waits for every batch in flight
@@ -195,6 +215,7 @@ struct Loop {
     next_request: u64,
     replies: (Sender<Response>, Receiver<Response>),
     stats: Stats,
+    locating: Arc<OnlineLocator>,
 }
 
 impl Loop {
@@ -203,6 +224,7 @@ impl Loop {
         full: Arc<Coding>,
         workers: Vec<Arc<dyn Worker>>,
         in_flight: Arc<AtomicUsize>,
+        locating: Arc<OnlineLocator>,
     ) -> Self {
         let n = workers.len();
         let k = config.code.params().queries();
@@ -221,6 +243,7 @@ impl Loop {
             config,
             workers,
             in_flight,
+            locating,
         }
     }
 
@@ -528,7 +551,8 @@ impl Loop {
     ) -> Result<Vec<f32>, CodingError> {
         let (c, start) = (self.config.output_len, Instant::now());
         if coding.code.params().byzantine() > 0 {
-            let location = locate(&coding.code, &self.config.locator, outputs, c, masks)?;
+            let location = locate(&coding.code, &self.locating.for_code(&coding.code), outputs, c, masks)?;
+            self.locating.observe(&coding.code, outputs, masks, &location.located);
             *masks = location.masks;
             self.stats.located_workers += location.located.iter().map(Vec::len).sum::<usize>() as u64;
         }

@@ -17,7 +17,7 @@
 //! scheme and what is in flight.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -37,6 +37,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use super::answer::{Answer, ServeError, Stats};
+use super::locating::LocatorState;
 use super::scheme::Scheme;
 use super::v2;
 
@@ -205,6 +206,16 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LocatorLabels {
+    locator: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: usize,
+}
+
 /// The server's Prometheus metrics.
 struct Metrics {
     registry: Registry,
@@ -213,6 +224,53 @@ struct Metrics {
     refusals: Family<OutcomeLabels, Counter>,
     latency: Histogram,
     in_flight: Gauge,
+    locator: LocatorMetrics,
+}
+
+/// The Byzantine locator's state (coded schemes with `A > 0`), read at each scrape.
+#[derive(Default)]
+struct LocatorMetrics {
+    active: Family<LocatorLabels, Gauge>,
+    observed_groups: Gauge,
+    refits: Gauge,
+    calibration_groups: Gauge,
+    thresholds: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl LocatorMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("locator", "The Byzantine locator in use (1) by name", self.active.clone());
+        registry.register(
+            "locator_observed_groups",
+            "Groups in which nobody was located, handed to the calibrated locator's learner",
+            self.observed_groups.clone(),
+        );
+        registry.register("locator_refits", "Calibrations fitted from traffic", self.refits.clone());
+        registry.register(
+            "locator_calibration_groups",
+            "Honest groups the active calibration was fitted on",
+            self.calibration_groups.clone(),
+        );
+        registry.register(
+            "locator_threshold",
+            "The active calibration's squared Mahalanobis threshold per worker position",
+            self.thresholds.clone(),
+        );
+    }
+
+    fn set(&self, state: &LocatorState) {
+        for name in ["calibrated", "robust", "paper"] {
+            self.active.get_or_create(&LocatorLabels { locator: name }).set(i64::from(name == state.locator));
+        }
+        let count = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.observed_groups.set(count(state.observed_groups));
+        self.refits.set(count(state.refits));
+        self.calibration_groups.set(count(state.calibration_groups));
+        self.thresholds.clear();
+        for (worker, &threshold) in state.thresholds.iter().enumerate() {
+            self.thresholds.get_or_create(&WorkerLabels { worker }).set(threshold);
+        }
+    }
 }
 
 impl Metrics {
@@ -233,7 +291,9 @@ impl Metrics {
         registry.register("refused_requests", "Predict requests refused whole, by error code", refusals.clone());
         registry.register("predict_latency_seconds", "Time to answer a predict request", latency.clone());
         registry.register("queries_in_flight", "Queries accepted and not yet answered", in_flight.clone());
-        Metrics { registry, requests, queries, refusals, latency, in_flight }
+        let locator = LocatorMetrics::default();
+        locator.register(&mut registry);
+        Metrics { registry, requests, queries, refusals, latency, in_flight, locator }
     }
 
     fn request(&self, route: &'static str, status: StatusCode) {
@@ -276,6 +336,10 @@ impl App {
 
     fn in_flight(&self) -> usize {
         self.scheme.read().ok().and_then(|s| s.as_ref().map(|s| s.in_flight())).unwrap_or(0)
+    }
+
+    fn locator_state(&self) -> Option<LocatorState> {
+        self.scheme.read().ok().and_then(|s| s.as_ref().and_then(|s| s.locator_state()))
     }
 }
 
@@ -507,6 +571,9 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics.in_flight.set(i64::try_from(app.in_flight()).unwrap_or(i64::MAX));
+    if let Some(state) = app.locator_state() {
+        app.metrics.locator.set(&state);
+    }
     let mut text = String::new();
     let response = match prometheus_client::encoding::text::encode(&mut text, &app.metrics.registry) {
         Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)

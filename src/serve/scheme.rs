@@ -8,6 +8,7 @@ use super::answer::{ServeError, Stats, Ticket};
 use super::baseline::{Baseline, BaselineConfig, Policy};
 use super::coordinator::{Codec, Coordinator, CoordinatorConfig};
 use super::faults::FaultPlan;
+use super::locating::{Learning, LocatorState};
 use super::parm::{Parm, ParmConfig};
 use super::worker::Worker;
 use crate::kernels::{Code, CodeParams, Locator, NodeFamily};
@@ -24,6 +25,10 @@ pub trait Scheme: Send + Sync {
     fn in_flight(&self) -> usize;
     /// Stops accepting queries, answers everything accepted, and returns the books.
     fn shutdown(self: Box<Self>) -> Stats;
+    /// The Byzantine locator in use (coded schemes with `A > 0` only).
+    fn locator_state(&self) -> Option<LocatorState> {
+        None
+    }
 }
 
 impl Scheme for Coordinator {
@@ -38,6 +43,9 @@ impl Scheme for Coordinator {
     }
     fn shutdown(self: Box<Self>) -> Stats {
         Coordinator::shutdown(*self)
+    }
+    fn locator_state(&self) -> Option<LocatorState> {
+        Some(self.locator_state()).filter(|_| self.byzantine() > 0)
     }
 }
 
@@ -98,6 +106,8 @@ pub struct SchemeConfig {
     /// Workers a coded group's answers may lie about (`A`), and how they are found.
     pub byzantine: usize,
     pub locator: Locator,
+    /// Learn a calibrated locator from traffic ([`CoordinatorConfig::learning`]).
+    pub learning: Option<Learning>,
     pub copies: usize,
     /// When hedged requests send their backup.
     pub hedge_after: Duration,
@@ -160,6 +170,7 @@ impl SchemeKind {
                     codec: config.codec.clone(),
                     hedge_after: config.coded_hedge_after,
                     locator: config.locator.clone(),
+                    learning: config.learning,
                 };
                 return Ok(Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?));
             }

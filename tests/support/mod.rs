@@ -52,5 +52,6 @@ pub fn coordinator_config(
         codec: Codec::Cpu,
         hedge_after: None,
         locator: Locator::Robust,
+        learning: None,
     }
 }

@@ -1,0 +1,192 @@
+//! The coordinator's Byzantine locator, kept up to date from its own traffic.
+//!
+//! A calibrated locator ([`crate::kernels::locate::calibrated`]) learns how honest answers vary
+//! at every worker position. A service sees thousands of groups, most of them honest: the
+//! groups in which the active locator found nobody to remove are handed to a learner thread,
+//! which keeps each position's most recent features and refits every so often; the new
+//! calibration replaces the active locator at the next batch. It starts from a calibration
+//! file or, without one, from the robust locator. Learning never blocks serving: when the
+//! learner falls behind, groups are not learnt from.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::kernels::locate::calibrated::DEFAULT_FALSE_ALARM;
+use crate::kernels::{Calibration, CalibrationBuilder, Code, Locator};
+
+/// How the coordinator learns its calibrated locator from traffic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Learning {
+    /// The probability that an honest answer is flagged.
+    pub false_alarm: f64,
+    /// Honest answers kept per worker position (the most recent).
+    pub window: usize,
+    /// Refit after this many more agreeing groups.
+    pub refit_every: usize,
+}
+
+impl Default for Learning {
+    fn default() -> Self {
+        Learning { false_alarm: DEFAULT_FALSE_ALARM, window: 4096, refit_every: 1000 }
+    }
+}
+
+/// What `/metrics` reports of the locator.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LocatorState {
+    /// The active locator's name.
+    pub locator: &'static str,
+    /// Whether it learns from traffic.
+    pub learning: bool,
+    /// Agreeing groups handed to the learner.
+    pub observed_groups: u64,
+    /// Calibrations fitted from traffic.
+    pub refits: u64,
+    /// Honest groups the active calibration was fitted on (0 when it is not calibrated).
+    pub calibration_groups: u64,
+    /// The active calibration's threshold per worker position.
+    pub thresholds: Vec<f64>,
+}
+
+/// Agreeing groups of the full code: `[B, N, C]` answers and `[B, N]` responders.
+type Observation = (Vec<f32>, Vec<bool>);
+
+/// Groups in flight to the learner before new ones are dropped.
+const QUEUE: usize = 64;
+
+/// The locator in use and what learns it.
+pub struct OnlineLocator {
+    /// The code the calibration describes; groups coded otherwise (partial groups of
+    /// `K' < K`) are located by the robust locator.
+    code: Code,
+    output_len: usize,
+    shared: Arc<Shared>,
+    learner: Option<Sender<Observation>>,
+}
+
+struct Shared {
+    active: Mutex<Locator>,
+    state: Mutex<LocatorState>,
+}
+
+impl OnlineLocator {
+    /// Starts with `initial` for `code` (whose answers have `output_len` values), learning a
+    /// calibrated locator from traffic when `learning` is given. A calibration that does not
+    /// describe `code` is an error.
+    pub fn start(code: &Code, output_len: usize, initial: Locator, learning: Option<Learning>) -> Result<Self, String> {
+        if let Locator::Calibrated(calibration) = &initial {
+            calibration.check(code, output_len).map_err(|e| e.to_string())?;
+        }
+        let state = LocatorState { learning: learning.is_some(), ..describe(&initial) };
+        let shared = Arc::new(Shared { active: Mutex::new(initial), state: Mutex::new(state) });
+        let learner = match learning {
+            Some(learning) => {
+                let builder = CalibrationBuilder::new(code, output_len, learning.window).map_err(|e| e.to_string())?;
+                let (sender, receiver) = crossbeam_channel::bounded::<Observation>(QUEUE);
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name("approxifer-locator".into())
+                    .spawn(move || learn(builder, learning, receiver, &shared))
+                    .map_err(|e| format!("cannot start the locator's learner: {e}"))?;
+                Some(sender)
+            }
+            None => None,
+        };
+        Ok(OnlineLocator { code: code.clone(), output_len, shared, learner })
+    }
+
+    /// The locator for groups coded with `code`.
+    pub fn for_code(&self, code: &Code) -> Locator {
+        let active = self.shared.active.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match active {
+            Locator::Calibrated(_) if code.params() != self.code.params() => Locator::Robust,
+            locator => locator,
+        }
+    }
+
+    /// Hands the groups of `outputs` (`[B, N, C]`, `masks` the responders before location)
+    /// in which nobody was `located` to the learner, if it learns and `code` is its code.
+    pub fn observe(&self, code: &Code, outputs: &[f32], masks: &[bool], located: &[Vec<usize>]) {
+        let Some(learner) = &self.learner else { return };
+        if code.params() != self.code.params() {
+            return;
+        }
+        let (n, c) = (code.params().workers(), self.output_len);
+        let mut answers = Vec::new();
+        let mut responders = Vec::new();
+        for (g, found) in located.iter().enumerate() {
+            if found.is_empty() {
+                answers.extend_from_slice(&outputs[g * n * c..(g + 1) * n * c]);
+                responders.extend_from_slice(&masks[g * n..(g + 1) * n]);
+            }
+        }
+        if responders.is_empty() {
+            return;
+        }
+        let groups = (responders.len() / n) as u64;
+        match learner.try_send((answers, responders)) {
+            Ok(()) => self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).observed_groups += groups,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// The code's `A`.
+    pub fn byzantine(&self) -> usize {
+        self.code.params().byzantine()
+    }
+
+    /// What `/metrics` reports.
+    pub fn state(&self) -> LocatorState {
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The learner thread: observes agreeing groups and refits; ends when the coordinator drops
+/// its sender.
+fn learn(
+    mut builder: CalibrationBuilder,
+    learning: Learning,
+    observations: crossbeam_channel::Receiver<Observation>,
+    shared: &Shared,
+) {
+    let mut since_fit = 0;
+    for (answers, masks) in observations {
+        let before = builder.groups();
+        // The coordinator checked these shapes when it located them.
+        if builder.observe(&answers, &masks).is_err() {
+            continue;
+        }
+        since_fit += builder.groups() - before;
+        if since_fit < learning.refit_every || !builder.ready() {
+            continue;
+        }
+        since_fit = 0;
+        // A fit can fail only on degenerate traffic; the active locator then stays.
+        let Ok(calibration) = builder.fit(learning.false_alarm) else { continue };
+        let locator = Locator::Calibrated(Arc::new(calibration));
+        let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        *state = LocatorState {
+            learning: true,
+            observed_groups: state.observed_groups,
+            refits: state.refits + 1,
+            ..describe(&locator)
+        };
+        drop(state);
+        *shared.active.lock().unwrap_or_else(PoisonError::into_inner) = locator;
+    }
+}
+
+/// The state fields a locator itself decides.
+fn describe(locator: &Locator) -> LocatorState {
+    let calibration: Option<&Calibration> = match locator {
+        Locator::Calibrated(calibration) => Some(&**calibration),
+        _ => None,
+    };
+    LocatorState {
+        locator: locator.name(),
+        calibration_groups: calibration.map_or(0, |c| c.groups as u64),
+        thresholds: calibration.map_or_else(Vec::new, |c| c.summary().iter().map(|p| p.threshold).collect()),
+        ..LocatorState::default()
+    }
+}
