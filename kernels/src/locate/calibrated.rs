@@ -452,12 +452,16 @@ pub(super) fn suspects(
         if scores.iter().all(|s| *s <= 1.0) {
             break;
         }
-        let mut order: Vec<usize> = (0..keep.len()).filter(|&i| scores[i] > 1.0).collect();
+        let mut order: Vec<usize> = (0..keep.len()).collect();
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        if let [only] = order[..] {
-            removed.push(keep.remove(only));
+        // One clear outlier goes without trying the others (the common case, and cheap).
+        if scores[order[0]] >= CLEAR && scores[order[1]] <= 1.0 {
+            removed.push(keep.remove(order[0]));
             continue;
         }
+        // The first removal is the locator's plain decision; a marginal answer after it may
+        // only be above its threshold because of the gap a removal opened.
+        let first = removed.is_empty();
         let mut best: Option<(f64, usize)> = None;
         for &candidate in order.iter().take(CANDIDATES) {
             let rest: Vec<usize> = keep.iter().enumerate().filter(|(i, _)| *i != candidate).map(|(_, &w)| w).collect();
@@ -467,17 +471,28 @@ pub(super) fn suspects(
                 best = Some((worst, candidate));
             }
         }
-        let Some((_, candidate)) = best else { break };
+        let Some((worst, candidate)) = best else { break };
+        // After a removal, an answer only just above its threshold goes only if the group
+        // looks more honest without it: a removal opens a gap that raises the neighbours'
+        // residuals, and would otherwise start a cascade of false alarms.
+        if !first && scores[candidate] < CLEAR && worst >= scores[order[0]] {
+            break;
+        }
         removed.push(keep.remove(candidate));
     }
     removed.sort_unstable();
     removed
 }
 
+/// After a first removal, a score this many times the threshold is an answer removed without
+/// asking whether the group looks more honest without it.
+const CLEAR: f64 = 2.0;
+
 /// The joint test's share of the false-alarm budget; the consistency test has the rest.
 const JOINT_SHARE: f64 = 0.8;
 
-/// How many of the highest scorers above their thresholds are tried as the one to remove.
+/// How many of the highest scorers are tried as the one to remove (a liar's neighbour may
+/// score above it).
 const CANDIDATES: usize = 3;
 
 /// Collects honest features per worker position and fits a [`Calibration`]. Offline it sees
