@@ -123,3 +123,62 @@ pub fn latency_cdf_svg(reports: &[crate::serve::SchemeReport], path: &Path) -> a
     root.present()?;
     Ok(())
 }
+
+/// The redundancy curve of `eval --byzantine --n ...`: per `A` (one panel each), the
+/// calibrated locator's detection under every attack, and its false-positive rate with nobody
+/// lying, against `N`.
+pub fn redundancy_svg(rows: &[crate::eval::ByzantineRow], path: &Path) -> anyhow::Result<()> {
+    let rows: Vec<_> = rows.iter().filter(|r| r.locator == "calibrated").collect();
+    anyhow::ensure!(!rows.is_empty(), "nothing to plot: the redundancy curve is the calibrated locator's");
+    let mut byzantine: Vec<usize> = rows.iter().map(|r| r.byzantine).collect();
+    byzantine.sort_unstable();
+    byzantine.dedup();
+    let (n_min, n_max) = rows.iter().fold((usize::MAX, 0), |(lo, hi), r| (lo.min(r.n), hi.max(r.n)));
+    let root = SVGBackend::new(path, (420 * byzantine.len() as u32, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut attacks: Vec<String> = rows.iter().filter(|r| r.attack != "none").map(|r| r.attack.clone()).collect();
+    attacks.dedup();
+    attacks.sort();
+    attacks.dedup();
+    for (area, &a) in root.split_evenly((1, byzantine.len())).iter().zip(&byzantine) {
+        let caption = format!("{} on {}: K = {}, A = {a}", rows[0].model, rows[0].dataset, rows[0].k);
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 15))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(n_min as f64 - 0.5..n_max as f64 + 0.5, 0.0..1.0)?;
+        chart.configure_mesh().x_desc("N (workers)").y_desc("detection / false positives").draw()?;
+        let line = |attack: &str, value: &dyn Fn(&crate::eval::ByzantineRow) -> Option<f64>| {
+            let mut points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.byzantine == a && r.attack == attack)
+                .filter_map(|r| value(r).map(|v| (r.n as f64, v)))
+                .collect();
+            points.sort_by(|p, q| p.0.total_cmp(&q.0));
+            points
+        };
+        for (i, attack) in attacks.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(
+                    LineSeries::new(line(attack, &|r| r.detection_rate), colour.stroke_width(2)).point_size(3),
+                )?
+                .label(attack.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+        }
+        chart
+            .draw_series(LineSeries::new(line("none", &|r| Some(r.false_positive_rate)), BLACK.stroke_width(1)))?
+            .label("false positives, no attack")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::MiddleRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .label_font(("sans-serif", 11))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}

@@ -460,7 +460,6 @@ fn eval_byzantine_reports_each_attack_and_locator() {
         &["eval", "--byzantine", "1", "--attack", "shout", "--data", &data],
         "unknown attack 'shout'",
     );
-    assert_one_line_error(&["eval", "--byzantine", "1", "--plot", "x.svg", "--data", &data], "does not apply");
     let systematic =
         ["eval", "--byzantine", "1", "--layout", "systematic", "--k", "2", "--queries", "4", "--data", &data];
     assert_one_line_error(&systematic, "the non-systematic layout only");

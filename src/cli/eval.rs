@@ -73,8 +73,8 @@ pub(super) struct EvalArgs {
     /// gaussian-1, gaussian-10 and gaussian-100]
     #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "byzantine")]
     attack: Option<Vec<Attack>>,
-    /// With --byzantine, worker counts N to measure, comma-separated (the redundancy curve)
-    /// [default: the least, 2K + 2A + S - 1]
+    /// With --byzantine, worker counts N to measure, comma-separated (the redundancy curve;
+    /// values below an A's least are left out of it) [default: the least, 2K + 2A + S - 1]
     #[arg(long = "n", value_name = "LIST", value_delimiter = ',', requires = "byzantine")]
     workers: Vec<usize>,
     /// With --byzantine, the calibrated locator's calibration (what `approxifer calibrate`
@@ -107,7 +107,8 @@ pub(super) struct EvalArgs {
     batch_groups: usize,
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Also draw accuracy against K and against S into this SVG file.
+    /// Also draw accuracy against K and against S into this SVG file (with --byzantine: the
+    /// calibrated locator's detection and false positives against N).
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
     /// The data directory [default: $APPROXIFER_DATA, else ./data]
@@ -123,12 +124,12 @@ pub(super) struct EvalArgs {
 
 pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.byzantine.is_none() || args.plot.is_none(),
-        "--plot draws accuracy against K and S; it does not apply to --byzantine"
-    );
-    anyhow::ensure!(
         args.byzantine.is_none() || matches!(args.layout, None | Some(LayoutChoice::NonSystematic)),
         "--byzantine evaluates the non-systematic layout only"
+    );
+    anyhow::ensure!(
+        args.byzantine.is_none() || args.plot.is_none() || args.calibration.is_some() || args.calibration_groups > 0,
+        "--plot draws the calibrated locator's curve; --calibration-groups 0 leaves it out"
     );
     anyhow::ensure!(args.k.iter().all(|&k| k >= 1), "--k values must be at least 1");
     let one = |values: Option<&Vec<usize>>| values.is_none_or(|v| v.len() == 1);
@@ -208,6 +209,9 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
             super::write_json_lines(&rows, out)?;
         } else {
             write_byzantine_table(&rows, out)?;
+        }
+        if let Some(plot) = &args.plot {
+            crate::plot::redundancy_svg(&rows, plot)?;
         }
         return Ok(());
     }

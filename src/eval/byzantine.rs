@@ -31,7 +31,8 @@ pub struct ByzantineConfig {
     /// `A` values.
     pub byzantine: Vec<usize>,
     /// `N` values; empty for the least each `(K, S, A)` allows, `2K + 2A + S - 1`. Values
-    /// below a setting's least are an error.
+    /// below a setting's least are left out of it (one list serves every `A`); a setting left
+    /// with none is an error.
     pub workers: Vec<usize>,
     pub attacks: Vec<Attack>,
     /// Where the calibrated locator comes from; `None`: it is not measured.
@@ -99,8 +100,16 @@ pub fn evaluate_byzantine(
     let mut codes = Vec::new();
     for setting in &eval.settings {
         for &a in &config.byzantine {
-            let least = [CodeParams::workers_needed(setting.k, setting.stragglers, a)];
-            for &n in if config.workers.is_empty() { &least[..] } else { &config.workers } {
+            let least = CodeParams::workers_needed(setting.k, setting.stragglers, a);
+            let workers: Vec<usize> = if config.workers.is_empty() {
+                vec![least]
+            } else {
+                config.workers.iter().copied().filter(|&n| n >= least).collect()
+            };
+            if workers.is_empty() {
+                return Err(EvalError::NoWorkerCount { least, k: setting.k, byzantine: a });
+            }
+            for n in workers {
                 let params = CodeParams::builder(setting.k, n).stragglers(setting.stragglers).byzantine(a).nodes(nodes);
                 codes.push(Code::new(params.build()?)?);
             }

@@ -98,6 +98,8 @@ pub enum EvalError {
     Unsupported(&'static str),
     #[error("reading the model's answers back from the device: {0}")]
     Data(String),
+    #[error("no --n value reaches 2K + 2A + S - 1 = {least} for K = {k}, A = {byzantine}")]
+    NoWorkerCount { least: usize, k: usize, byzantine: usize },
     #[error("{queries} queries make no group of K = {k} (the test set has {available} images)")]
     TooFewQueries { queries: usize, k: usize, available: usize },
 }
