@@ -454,7 +454,8 @@ pub(super) fn suspects(
         }
         let mut order: Vec<usize> = (0..keep.len()).collect();
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        // One clear outlier goes without trying the others (the common case, and cheap).
+        // One clear outlier goes without trying the others (the common case, and cheap). Not
+        // the highest of several, however far out: a liar's neighbour can score above it.
         if scores[order[0]] >= CLEAR && scores[order[1]] <= 1.0 {
             removed.push(keep.remove(order[0]));
             continue;

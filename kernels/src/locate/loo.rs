@@ -6,20 +6,27 @@
 //! `p(l)` being `l`'s position among the others. Removing responder `c` as well drops its
 //! term and flips the sign of every `T_il` with `l > c` (their positions shift by one), so
 //! with prefix sums over `l` every row's prediction *without `c`* costs `O(row_len)`: a
-//! locator can try removing each of several suspects for the price of one pass.
+//! locator can try removing each of several suspects for the price of one pass. The prefix
+//! sums are made only when asked for (most groups need no second look).
 
-/// The prefix sums of one responder set's leave-one-out predictions.
+/// One responder set's leave-one-out predictions, with the prefix sums that remove one more
+/// responder made on first use.
 pub(super) struct LeaveOneOut<'a> {
     rows: Vec<&'a [f64]>,
     row_len: usize,
     /// `[m, m]`: `T_il`, zero on the diagonal.
     terms: Vec<f64>,
+    /// `[m]`: `sum_l T_il^2`.
+    squares: Vec<f64>,
+    prefix: std::cell::OnceCell<Prefix>,
+}
+
+/// Prefix sums over `l` of every row's terms.
+struct Prefix {
     /// `[m, m + 1, row_len]`: `sum_{l < c} T_il y_l`.
     numerators: Vec<f64>,
     /// `[m, m + 1]`: `sum_{l < c} T_il`.
     denominators: Vec<f64>,
-    /// `[m]`: `sum_l T_il^2`.
-    squares: Vec<f64>,
 }
 
 impl<'a> LeaveOneOut<'a> {
@@ -29,25 +36,37 @@ impl<'a> LeaveOneOut<'a> {
         let m = rows.len();
         let row_len = rows[0].len();
         let mut terms = vec![0.0; m * m];
-        let mut numerators = vec![0.0; m * (m + 1) * row_len];
-        let mut denominators = vec![0.0; m * (m + 1)];
         let mut squares = vec![0.0; m];
         for i in 0..m {
-            let numerator = &mut numerators[i * (m + 1) * row_len..(i + 1) * (m + 1) * row_len];
-            for l in 0..m {
-                let position = if l < i { l } else { l.saturating_sub(1) };
-                let term = if l == i { 0.0 } else { (if position % 2 == 0 { 1.0 } else { -1.0 }) / difference(i, l) };
+            for l in (0..m).filter(|&l| l != i) {
+                let position = if l < i { l } else { l - 1 };
+                let term = (if position % 2 == 0 { 1.0 } else { -1.0 }) / difference(i, l);
                 terms[i * m + l] = term;
                 squares[i] += term * term;
-                denominators[i * (m + 1) + l + 1] = denominators[i * (m + 1) + l] + term;
-                let (before, after) = numerator.split_at_mut((l + 1) * row_len);
-                let previous = &before[l * row_len..];
-                for ((next, prev), y) in after[..row_len].iter_mut().zip(previous).zip(rows[l]) {
-                    *next = prev + term * y;
-                }
             }
         }
-        LeaveOneOut { rows, row_len, terms, numerators, denominators, squares }
+        LeaveOneOut { rows, row_len, terms, squares, prefix: std::cell::OnceCell::new() }
+    }
+
+    fn prefix(&self) -> &Prefix {
+        self.prefix.get_or_init(|| {
+            let (m, row_len) = (self.rows.len(), self.row_len);
+            let mut numerators = vec![0.0; m * (m + 1) * row_len];
+            let mut denominators = vec![0.0; m * (m + 1)];
+            for i in 0..m {
+                let numerator = &mut numerators[i * (m + 1) * row_len..(i + 1) * (m + 1) * row_len];
+                for l in 0..m {
+                    let term = self.terms[i * m + l];
+                    denominators[i * (m + 1) + l + 1] = denominators[i * (m + 1) + l] + term;
+                    let (before, after) = numerator.split_at_mut((l + 1) * row_len);
+                    let previous = &before[l * row_len..];
+                    for ((next, prev), y) in after[..row_len].iter_mut().zip(previous).zip(self.rows[l]) {
+                        *next = prev + term * y;
+                    }
+                }
+            }
+            Prefix { numerators, denominators }
+        })
     }
 
     /// Every row's residual `(y_i - prediction_i) / sqrt(1 + sum_l w_l^2)` against all the
@@ -56,11 +75,16 @@ impl<'a> LeaveOneOut<'a> {
     /// nodes, whose predictions extrapolate with large weights, on the same footing as
     /// interior ones.
     pub(super) fn residuals(&self) -> Vec<f64> {
-        let m = self.rows.len();
-        let mut out = vec![0.0; m * self.row_len];
-        for (i, residual) in out.chunks_exact_mut(self.row_len).enumerate() {
-            let numerator = self.numerator(i, m);
-            let denominator = self.denominators[i * (m + 1) + m];
+        let (m, row_len) = (self.rows.len(), self.row_len);
+        let mut out = vec![0.0; m * row_len];
+        let mut numerator = vec![0.0; row_len];
+        for (i, residual) in out.chunks_exact_mut(row_len).enumerate() {
+            numerator.fill(0.0);
+            let terms = &self.terms[i * m..(i + 1) * m];
+            for (term, row) in terms.iter().zip(&self.rows) {
+                numerator.iter_mut().zip(*row).for_each(|(acc, y)| *acc += term * y);
+            }
+            let denominator: f64 = terms.iter().sum();
             self.residual(i, |k| numerator[k], denominator, self.squares[i], residual);
         }
         out
@@ -70,11 +94,13 @@ impl<'a> LeaveOneOut<'a> {
     /// order. At least three rows.
     pub(super) fn residuals_without(&self, c: usize) -> Vec<f64> {
         let m = self.rows.len();
+        let prefix = self.prefix();
         let mut out = vec![0.0; (m - 1) * self.row_len];
         for (i, residual) in (0..m).filter(|&i| i != c).zip(out.chunks_exact_mut(self.row_len)) {
             // Terms before c keep their sign, terms after c flip, c's own goes.
-            let (before, through, all) = (self.numerator(i, c), self.numerator(i, c + 1), self.numerator(i, m));
-            let d = &self.denominators[i * (m + 1)..(i + 1) * (m + 1)];
+            let numerator = |c| self.numerator(prefix, i, c);
+            let (before, through, all) = (numerator(c), numerator(c + 1), numerator(m));
+            let d = &prefix.denominators[i * (m + 1)..(i + 1) * (m + 1)];
             let denominator = d[c] - (d[m] - d[c + 1]);
             let squares = self.squares[i] - self.terms[i * m + c].powi(2);
             self.residual(i, |k| before[k] - (all[k] - through[k]), denominator, squares, residual);
@@ -83,10 +109,10 @@ impl<'a> LeaveOneOut<'a> {
     }
 
     /// `sum_{l < c} T_il y_l`.
-    fn numerator(&self, i: usize, c: usize) -> &[f64] {
+    fn numerator<'p>(&self, prefix: &'p Prefix, i: usize, c: usize) -> &'p [f64] {
         let m = self.rows.len();
         let start = (i * (m + 1) + c) * self.row_len;
-        &self.numerators[start..start + self.row_len]
+        &prefix.numerators[start..start + self.row_len]
     }
 
     fn residual(&self, i: usize, numerator: impl Fn(usize) -> f64, denominator: f64, squares: f64, out: &mut [f64]) {
