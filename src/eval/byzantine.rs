@@ -2,10 +2,12 @@
 //! what accuracy is left, on a real model's answers (ALGORITHM.md, "Byzantine-robust
 //! decoding"; the paper's setting is `K = 12`, `S = 0`, `N = 2K + 2A + S - 1`).
 //!
-//! Per group: `K` random test inputs are encoded and run through the model on the device (the
-//! honest answers, computed once per setting); then, per attack, `S` random stragglers and `A`
-//! random liars among the responders; the liars' rows are corrupted on the host; each locator
-//! removes its suspects and the group is decoded from the rest.
+//! Per setting (`K`, `S`, `A` and each `N`), the calibrated locator is first learnt from honest
+//! coded training traffic (or read from a file). Per group: `K` random test inputs are encoded
+//! and run through the model on the device (the honest answers, computed once per setting);
+//! then, per attack, `S` random stragglers and `A` random liars among the responders; the
+//! liars' rows are corrupted on the host; each locator removes its suspects and the group is
+//! decoded from the rest.
 
 use std::sync::Arc;
 

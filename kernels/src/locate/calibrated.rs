@@ -68,11 +68,11 @@ fn typicality_len(row_len: usize) -> usize {
     row_len + usize::from(row_len >= 2)
 }
 
-/// `beta_a - beta_b` for every pair of `code`'s workers, `[N, N]`, computed from the angles
-/// (accurate for close nodes).
-fn node_differences(code: &Code) -> Vec<f64> {
+/// `1 / (beta_a - beta_b)` for every pair of `code`'s workers, `[N, N]` (infinite on the
+/// diagonal, never read), the differences computed from the angles (accurate for close nodes).
+fn inverse_differences(code: &Code) -> Vec<f64> {
     let nodes = &code.nodes().workers;
-    nodes.iter().flat_map(|a| nodes.iter().map(move |b| a.cos_difference(*b))).collect()
+    nodes.iter().flat_map(|a| nodes.iter().map(move |b| 1.0 / a.cos_difference(*b))).collect()
 }
 
 /// Writes `row`'s typicality features into `out` (`typicality_len` values): the row sorted,
@@ -93,14 +93,14 @@ fn typicality(row: &[f64], out: &mut [f64]) {
 
 /// The leave-one-out predictions of `keep`'s rows of `group`.
 fn leave_one_out<'a>(
-    differences: &[f64],
+    inverse_differences: &[f64],
     n: usize,
     group: &'a [f64],
     row_len: usize,
     keep: &[usize],
 ) -> LeaveOneOut<'a> {
     let rows: Vec<&[f64]> = keep.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
-    LeaveOneOut::new(rows, |a, b| differences[keep[a] * n + keep[b]])
+    LeaveOneOut::new(rows, |a, b| inverse_differences[keep[a] * n + keep[b]])
 }
 
 /// The features of every worker of `keep` (sorted, finite rows of `group`, `[N, row_len]`),
@@ -108,7 +108,7 @@ fn leave_one_out<'a>(
 pub fn features(code: &Code, group: &[f64], row_len: usize, keep: &[usize]) -> Vec<f64> {
     let (f, t) = (feature_len(row_len), typicality_len(row_len));
     let n = code.params().workers();
-    let residuals = leave_one_out(&node_differences(code), n, group, row_len, keep).residuals();
+    let residuals = leave_one_out(&inverse_differences(code), n, group, row_len, keep).residuals();
     let mut out = vec![0.0; keep.len() * f];
     for ((feature, &w), residual) in out.chunks_exact_mut(f).zip(keep).zip(residuals.chunks_exact(row_len)) {
         typicality(&group[w * row_len..(w + 1) * row_len], &mut feature[..t]);
@@ -137,9 +137,9 @@ pub struct Calibration {
     /// Honest groups learnt from.
     pub groups: usize,
     positions: Vec<Position>,
-    /// [`node_differences`] of the code, made on first use.
+    /// [`inverse_differences`] of the code, made on first use.
     #[serde(skip)]
-    differences: std::sync::OnceLock<Vec<f64>>,
+    inverse_differences: std::sync::OnceLock<Vec<f64>>,
 }
 
 /// How a calibration compares answers, chosen from the honest traffic.
@@ -377,8 +377,8 @@ impl Calibration {
     }
 
     fn leave_one_out<'a>(&self, code: &Code, group: &'a [f64], keep: &[usize]) -> LeaveOneOut<'a> {
-        let differences = self.differences.get_or_init(|| node_differences(code));
-        leave_one_out(differences, self.workers, group, self.row_len, keep)
+        let inverse = self.inverse_differences.get_or_init(|| inverse_differences(code));
+        leave_one_out(inverse, self.workers, group, self.row_len, keep)
     }
 
     /// The part of every `workers`' score that does not depend on the other responders (its
@@ -602,7 +602,7 @@ impl CalibrationBuilder {
             false_alarm,
             groups: self.groups,
             positions,
-            differences: std::sync::OnceLock::new(),
+            inverse_differences: std::sync::OnceLock::new(),
         })
     }
 }

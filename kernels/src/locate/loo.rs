@@ -31,8 +31,10 @@ struct Prefix {
 
 impl<'a> LeaveOneOut<'a> {
     /// `rows` are the responders' rows in node order (decreasing node values) and
-    /// `difference(a, b) = beta_a - beta_b` for their indices in `rows`. At least two rows.
-    pub(super) fn new(rows: Vec<&'a [f64]>, difference: impl Fn(usize, usize) -> f64) -> Self {
+    /// `inverse(a, b) = 1 / (beta_a - beta_b)` for their indices in `rows` (a table lookup
+    /// where the caller has one: a division per pair is a good part of a pass). At least two
+    /// rows.
+    pub(super) fn new(rows: Vec<&'a [f64]>, inverse: impl Fn(usize, usize) -> f64) -> Self {
         let m = rows.len();
         let row_len = rows[0].len();
         let mut terms = vec![0.0; m * m];
@@ -40,7 +42,7 @@ impl<'a> LeaveOneOut<'a> {
         for i in 0..m {
             for l in (0..m).filter(|&l| l != i) {
                 let position = if l < i { l } else { l - 1 };
-                let term = (if position % 2 == 0 { 1.0 } else { -1.0 }) / difference(i, l);
+                let term = if position % 2 == 0 { 1.0 } else { -1.0 } * inverse(i, l);
                 terms[i * m + l] = term;
                 squares[i] += term * term;
             }
@@ -150,7 +152,7 @@ mod tests {
         let nodes: Vec<f64> = (0..9).map(|i| (i as f64 * std::f64::consts::PI / 9.0).cos()).collect();
         let rows: Vec<Vec<f64>> =
             (0..9).map(|i| (0..3).map(|k| ((i * 7 + k * 3) % 11) as f64 - 4.0).collect()).collect();
-        let loo = LeaveOneOut::new(rows.iter().map(Vec::as_slice).collect(), |a, b| nodes[a] - nodes[b]);
+        let loo = LeaveOneOut::new(rows.iter().map(Vec::as_slice).collect(), |a, b| 1.0 / (nodes[a] - nodes[b]));
         let all = loo.residuals();
         for i in 0..9 {
             for (a, b) in all[i * 3..(i + 1) * 3].iter().zip(direct(&rows, &nodes, i)) {

@@ -79,7 +79,7 @@ pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[us
 /// Overflow gives `inf`, never NaN.
 fn leave_one_out(rows: &[&[f64]], diff: impl Fn(usize, usize) -> f64) -> Vec<f64> {
     let row_len = rows[0].len();
-    LeaveOneOut::new(rows.to_vec(), diff)
+    LeaveOneOut::new(rows.to_vec(), |a, b| 1.0 / diff(a, b))
         .residuals()
         .chunks_exact(row_len)
         .map(|r| {
