@@ -238,12 +238,13 @@ fn workers_needed_is_the_bound_the_builder_enforces() {
 #[test]
 fn near_one_hot_answers_do_not_look_atypical() {
     // Class probabilities: every low rank sits at about 0, differing in the sixth decimal.
-    // None of that is evidence against a row.
+    // None of that is evidence against a row (the robust locator compares probabilities as
+    // log-ratios, where they are logits spread over a few units, as a softmax's are).
     let code = byzantine_code(4, 1, 0);
     let (n, c) = (code.params().workers(), 5);
     let mut answers = vec![0.0f64; n * c];
     for (w, row) in answers.chunks_exact_mut(c).enumerate() {
-        row.iter_mut().enumerate().for_each(|(i, v)| *v = 1e-6 * ((w * 7 + i * 3) % 11) as f64);
+        row.iter_mut().enumerate().for_each(|(i, v)| *v = 1e-6 * (1 + (w * 7 + i * 3) % 11) as f64);
         row[w % c] = 1.0 - row.iter().sum::<f64>();
     }
     let location = locate(&code, &Locator::Robust, &answers, c, &vec![true; n]).unwrap();
