@@ -417,6 +417,8 @@ fn decode_with_byzantine_workers_reports_and_skips_the_located_ones() {
 #[test]
 fn eval_byzantine_reports_each_attack_and_locator() {
     let data = data_dir();
+    let dir = temp_dir();
+    let plot = dir.path().join("curve.svg");
     let args = [
         "eval",
         "--dataset",
@@ -436,6 +438,8 @@ fn eval_byzantine_reports_each_attack_and_locator() {
         "--json",
         "--data",
         &data,
+        "--plot",
+        path_str(&plot),
     ];
     let out = approxifer(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -452,6 +456,10 @@ fn eval_byzantine_reports_each_attack_and_locator() {
             assert!((0.0..=1.0).contains(&r[key].as_f64().unwrap()), "{key}: {r}");
         }
     }
+    // The redundancy curve: one panel per A, the calibrated locator's lines.
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("K = 2, A = 1") && svg.contains("sign-flip"), "{svg}");
+    assert!(svg.contains("false positives, no attack"));
     assert!(rows[0]["detection_rate"].is_null(), "nobody lies under 'none'");
     assert!((0.0..=1.0).contains(&rows[3]["detection_rate"].as_f64().unwrap()));
     // The paper's locator always removes A = 1 of the N = 5 honest workers when nobody lies.
