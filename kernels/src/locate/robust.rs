@@ -19,8 +19,9 @@
 //! Workers are removed one at a time, largest combined score first, re-scoring after each
 //! removal (a liar also spoils its neighbours' consistency), while the score exceeds
 //! [`THRESHOLD`]. Nothing here depends on the attack. On logits about 1% of honest workers
-//! are removed when nobody lies; on class probabilities, whose sorted profiles are bimodal
-//! (near one-hot answers to nearly pure queries, shared mass for blends), `A` are (README).
+//! are removed when nobody lies. Class probabilities are judged on their log-ratios: as they
+//! are, their sorted profiles are bimodal (near one-hot answers to nearly pure queries, shared
+//! mass for blends) and `A` honest workers per group were removed (README).
 
 use super::composition::{centred_log_ratios, is_composition};
 use super::loo::LeaveOneOut;
