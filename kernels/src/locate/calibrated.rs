@@ -23,8 +23,9 @@
 //!
 //! Locating removes one responder at a time while some responder scores above its threshold.
 //! A liar also raises its neighbours' scores, so of the few highest scorers the one removed is
-//! the one whose removal leaves the rest looking most honest ([`LeaveOneOut`] makes trying
-//! each cheap). Nothing depends on the attack or on the model being a classifier.
+//! the one whose removal leaves the rest looking most honest (prefix sums of the leave-one-out
+//! predictions make trying each cheap). Nothing depends on the attack or on the model being a
+//! classifier.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
