@@ -5,7 +5,7 @@
 //! liar look alike on a real model: neighbouring workers hold different blends of the queries
 //! and the model is far from linear in them. A service sees thousands of honest groups, and at
 //! a given worker position honest answers vary in a characteristic way. So every responder is
-//! described by a feature vector ([`features`]):
+//! described by a feature vector:
 //!
 //! - its row sorted, largest first (typicality: a classifier's answer has its profile
 //!   whatever the query, a regression model has its own);
@@ -35,7 +35,7 @@ use nalgebra::DMatrix;
 use super::composition::{centred_log_ratios, is_composition};
 use super::loo::LeaveOneOut;
 use crate::code::Code;
-use crate::cpu::{Accumulator, Element};
+use crate::cpu::Element;
 use crate::error::{Error, Result};
 use crate::family::NodeFamily;
 use crate::params::Layout;
@@ -105,11 +105,11 @@ fn leave_one_out<'a>(
 }
 
 /// The features of every worker of `keep` (sorted, finite rows of `group`, `[N, row_len]`),
-/// `[keep.len(), feature_len(row_len)]`, the residuals computed against the others of `keep`.
-pub fn features(code: &Code, group: &[f64], row_len: usize, keep: &[usize]) -> Vec<f64> {
+/// `[keep.len(), feature_len(row_len)]`, the residuals computed against the others of `keep`
+/// (`inverse` the code's [`inverse_differences`]).
+fn features(inverse: &[f64], n: usize, group: &[f64], row_len: usize, keep: &[usize]) -> Vec<f64> {
     let (f, t) = (feature_len(row_len), typicality_len(row_len));
-    let n = code.params().workers();
-    let residuals = leave_one_out(&inverse_differences(code), n, group, row_len, keep).residuals();
+    let residuals = leave_one_out(inverse, n, group, row_len, keep).residuals();
     let mut out = vec![0.0; keep.len() * f];
     for ((feature, &w), residual) in out.chunks_exact_mut(f).zip(keep).zip(residuals.chunks_exact(row_len)) {
         typicality(&group[w * row_len..(w + 1) * row_len], &mut feature[..t]);
@@ -359,11 +359,10 @@ impl Calibration {
         }
         // A file can say anything: every position must have the shapes scoring relies on.
         let f = feature_len(row_len);
-        let whole = |p: &Position| p.is_whole(f, row_len);
-        match self.positions.iter().position(|p| !whole(p)) {
-            _ if self.positions.len() != self.workers => {
-                Err(Error::InvalidCalibration { position: None, positions: self.positions.len() })
-            }
+        if self.positions.len() != self.workers {
+            return Err(Error::InvalidCalibration { position: None, positions: self.positions.len() });
+        }
+        match self.positions.iter().position(|p| !p.is_whole(f, row_len)) {
             Some(position) => Err(Error::InvalidCalibration { position: Some(position), positions: self.workers }),
             None => Ok(()),
         }
@@ -503,6 +502,8 @@ const CANDIDATES: usize = 3;
 #[derive(Clone, Debug)]
 pub struct CalibrationBuilder {
     code: Code,
+    /// The code's [`inverse_differences`], made once for every group observed.
+    inverse_differences: Vec<f64>,
     row_len: usize,
     capacity: usize,
     groups: usize,
@@ -521,6 +522,7 @@ impl CalibrationBuilder {
         let n = code.params().workers();
         Ok(CalibrationBuilder {
             code: code.clone(),
+            inverse_differences: inverse_differences(code),
             row_len,
             capacity,
             groups: 0,
@@ -540,7 +542,7 @@ impl CalibrationBuilder {
         self.code.check_masks(masks)?;
         let f = feature_len(row_len);
         for (group, mask) in outputs.chunks_exact(n * row_len).zip(masks.chunks_exact(n)) {
-            let values = widen(group);
+            let values = super::widen(group);
             let row = |w: usize| &values[w * row_len..(w + 1) * row_len];
             let finite: Vec<usize> = (0..n).filter(|&w| mask[w] && row(w).iter().all(|v| v.is_finite())).collect();
             if finite.len() < 3 {
@@ -553,7 +555,7 @@ impl CalibrationBuilder {
             if keep.len() < 3 {
                 continue;
             }
-            let features = features(&self.code, &values, row_len, &keep);
+            let features = features(&self.inverse_differences, n, &values, row_len, &keep);
             for (&w, feature) in keep.iter().zip(features.chunks_exact(f)) {
                 let store = &mut self.samples[w];
                 if self.capacity != usize::MAX && store.len() / f >= self.capacity {
@@ -606,12 +608,6 @@ impl CalibrationBuilder {
             inverse_differences: std::sync::OnceLock::new(),
         })
     }
-}
-
-pub(super) fn widen<T: Element>(values: &[T]) -> Vec<f64> {
-    let mut wide = vec![T::Acc::default(); values.len()];
-    T::widen(values, &mut wide);
-    wide.iter().map(|v| v.to_f64()).collect()
 }
 
 /// The `q` quantile (nearest rank) of `values`; NaN sorts last.

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 pub use calibrated::{Calibration, CalibrationBuilder};
 
 use crate::code::Code;
-use crate::cpu::Element;
+use crate::cpu::{Accumulator, Element};
 use crate::error::{Error, Result};
 use crate::shape::{expect_len, whole_groups};
 
@@ -138,7 +138,7 @@ pub fn locate<T: Element>(
         .zip(masks.par_chunks_exact(n))
         .enumerate()
         .map(|(index, (group, mask))| {
-            let values = calibrated::widen(group);
+            let values = widen(group);
             let responders = (0..n).filter(|&w| mask[w]);
             let (non_finite, finite): (Vec<usize>, Vec<usize>) =
                 responders.partition(|&w| values[w * row_len..(w + 1) * row_len].iter().any(|v| !v.is_finite()));
@@ -159,4 +159,11 @@ pub fn locate<T: Element>(
         }
     }
     Ok(Location { masks: kept, located })
+}
+
+/// `values` in `f64`, as both the locators and calibration read them.
+fn widen<T: Element>(values: &[T]) -> Vec<f64> {
+    let mut wide = vec![T::Acc::default(); values.len()];
+    T::widen(values, &mut wide);
+    wide.iter().map(|v| v.to_f64()).collect()
 }
