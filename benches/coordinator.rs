@@ -112,6 +112,7 @@ fn settings() -> SchemeConfig {
         byzantine: 0,
         locator: Default::default(),
         learning: None,
+        privacy: Default::default(),
         copies: 2,
         hedge_after: Duration::from_secs(10),
         coded_hedge_after: None,

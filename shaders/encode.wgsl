@@ -1,4 +1,5 @@
-// Batched Berrut encode: coded[b, n, :] = sum_j E[n, j] * queries[b, j, :].
+// Batched Berrut encode: coded[b, n, :] = sum_j E[n, j] * queries[b, j, :]. For a private code
+// the K here is K + T: each group's queries are followed by its T masks, and E has K + T columns.
 //
 // CPU twin: kernels/src/cpu/encode.rs (via cpu/combine.rs).
 //

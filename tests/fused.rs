@@ -184,7 +184,7 @@ fn encoding_a_subset_of_workers_gives_those_rows_of_the_full_encode_on_both_path
         }
         // The WGSL path on Burn tensors agrees with it.
         let tensor = Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &gpu());
-        let on_device = fused::encode_rows(tensor, &FusedCode::new(c.clone()).unwrap(), &workers).unwrap();
+        let on_device = fused::encode_rows(tensor, None, &FusedCode::new(c.clone()).unwrap(), &workers).unwrap();
         assert_eq!(on_device.dims(), [groups, m, d]);
         assert_close(&host(on_device), &rows, Tolerance::BALANCED, "encode_rows");
     }
@@ -194,6 +194,47 @@ fn encoding_a_subset_of_workers_gives_those_rows_of_the_full_encode_on_both_path
     let err = cpu::encode_rows_to_vec(&c, &[0, 3], &queries, 4).unwrap_err();
     assert_eq!(err, approxifer::kernels::Error::WorkerOutOfRange { worker: 3, workers: 3 });
     let tensor = Tensor::<3>::from_data(TensorData::new(queries, [1, 2, 4]), &gpu());
-    let err = fused::encode_rows(tensor, &FusedCode::new(c).unwrap(), &[3]).unwrap_err();
+    let err = fused::encode_rows(tensor, None, &FusedCode::new(c).unwrap(), &[3]).unwrap_err();
     assert!(matches!(err, FusedError::Codec(approxifer::kernels::Error::WorkerOutOfRange { .. })), "{err}");
+}
+
+#[test]
+fn masked_encoding_on_burn_tensors_matches_the_cpu_and_refuses_missing_masks() {
+    use approxifer::kernels::MaskPlacement;
+    use approxifer::kernels::privacy::MaskSampler;
+    let (k, n, t, d, groups) = (8, 11, 2, 784, 3);
+    let params = CodeParams::builder(k, n).stragglers(1).privacy(t).masks(MaskPlacement::Interleaved).build().unwrap();
+    let c = Code::new(params).unwrap();
+    let fused_code = FusedCode::new(c.clone()).unwrap();
+    let queries = values(groups * k * d, 21);
+    let masks = MaskSampler::seeded(2.0, 22).unwrap().masks(&c, groups, d);
+    let expected = cpu::encode_masked_to_vec(&c, &queries, &masks, d).unwrap();
+    let q = || Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &gpu());
+    let m = Tensor::<3>::from_data(TensorData::new(masks.clone(), [groups, t, d]), &gpu());
+    let coded = fused::encode_masked(q(), Some(m.clone()), &fused_code).unwrap();
+    assert_eq!(coded.dims(), [groups, n, d]);
+    assert_close(&host(coded), &expected, Tolerance::BALANCED, "encode_masked");
+    // A subset of workers: those rows.
+    let rows = fused::encode_rows(q(), Some(m.clone()), &fused_code, &[7, 2]).unwrap();
+    let host_rows = host(rows);
+    for g in 0..groups {
+        for (r, w) in [7, 2].into_iter().enumerate() {
+            let want = &expected[(g * n + w) * d..][..d];
+            assert_close(&host_rows[(g * 2 + r) * d..][..d], want, Tolerance::BALANCED, "encode_rows masked");
+        }
+    }
+    // Without masks, or with masks of the wrong shape: typed errors, nothing launched.
+    let err = fused::encode(q(), &fused_code).unwrap_err();
+    assert!(matches!(err, FusedError::Codec(approxifer::kernels::Error::MasksMismatch { privacy: 2, .. })), "{err}");
+    let short = Tensor::<3>::from_data(TensorData::new(masks[..groups * d].to_vec(), [groups, 1, d]), &gpu());
+    let err = fused::encode_masked(q(), Some(short), &fused_code).unwrap_err();
+    assert!(matches!(err, FusedError::Shape { what: "masks", .. }), "{err}");
+    // And the runner codes a private batch end to end.
+    let runner = CodedRunner::new(|x: Tensor<2>| x, fused_code, gpu()).unwrap();
+    let flat_q = Tensor::<2>::from_data(TensorData::new(queries.clone(), [groups * k, d]), &gpu());
+    let flat_m = Tensor::<2>::from_data(TensorData::new(masks, [groups * t, d]), &gpu());
+    let coded = runner.encode_masked(flat_q.clone(), Some(flat_m)).unwrap();
+    assert_eq!(coded.dims(), [groups * n, d]);
+    assert_close(&host(coded.reshape([groups, n, d])), &expected, Tolerance::BALANCED, "runner");
+    assert!(runner.encode(flat_q).is_err());
 }

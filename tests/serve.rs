@@ -546,6 +546,7 @@ fn batched_answers_equal_group_at_a_time_answers_for_every_scheme() {
         byzantine: 0,
         locator: Locator::Robust,
         learning: None,
+        privacy: Default::default(),
         copies: 2,
         hedge_after: Duration::from_secs(1),
         coded_hedge_after: None,
@@ -758,4 +759,60 @@ fn parm_rebuilds_one_missing_answer_per_group_and_waits_on_two() {
         }
     }
     assert_eq!((stats.answered, stats.errors), (20, 10));
+}
+
+/// Each worker records the inputs it is given (host copies), then runs the test model.
+fn recording_workers(n: usize, seen: &Arc<std::sync::Mutex<Vec<Vec<f32>>>>) -> Vec<Arc<dyn Worker>> {
+    (0..n)
+        .map(|i| {
+            let seen = seen.clone();
+            let inner = model();
+            let recording: ServedModel = Arc::new(move |x: Tensor<2>| {
+                let rows = x.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+                seen.lock().unwrap().extend(rows.chunks(D).map(<[f32]>::to_vec));
+                inner.forward(x)
+            });
+            Arc::new(worker(i, recording, 100)) as Arc<dyn Worker>
+        })
+        .collect()
+}
+
+#[test]
+fn a_private_code_sends_no_worker_a_query_unmasked_and_draws_fresh_masks_per_batch() {
+    use approxifer::kernels::MaskPlacement;
+    let run = |seen: &Arc<std::sync::Mutex<Vec<Vec<f32>>>>| {
+        let params = CodeParams::builder(4, 6).stragglers(1).privacy(1).masks(MaskPlacement::Interleaved);
+        let code = Code::with_masked_workers(params).unwrap();
+        let n = code.params().workers();
+        let config = CoordinatorConfig {
+            max_queue_delay: Duration::from_millis(200),
+            mask_sigma: 0.5,
+            ..config(code, None, 100, 5000)
+        };
+        let coordinator = Coordinator::start(config, recording_workers(n, seen)).unwrap();
+        seen.lock().unwrap().clear(); // the warm-up's zero queries
+        // Two full groups and a partial one of K' = 1, which a code without masks would send
+        // unmixed.
+        let tickets = coordinator.submit_all((0..9).map(query).collect()).unwrap();
+        let answers: Vec<_> = tickets.into_iter().map(|t| t.recv().unwrap().expect("decoded")).collect();
+        assert_eq!(coordinator.shutdown().batches, 1);
+        answers
+    };
+    let (first, second) = (Arc::new(std::sync::Mutex::new(Vec::new())), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let answers = run(&first);
+    run(&second);
+    let (first, second) = (first.lock().unwrap().clone(), second.lock().unwrap().clone());
+    assert!(first.len() >= 6 * 2 + 3, "{} coded queries seen", first.len());
+    for (i, answer) in answers.iter().enumerate() {
+        assert!(answer.approximate, "query {i} was answered from an unmasked query");
+        assert!(max_error(&answer.output, &expected(&query(i))) < 2.0, "query {i}: {answer:?}");
+    }
+    for row in &first {
+        let nearest = (0..9).map(|i| max_error(row, &query(i))).fold(f32::INFINITY, f32::min);
+        assert!(nearest > 0.05, "a worker saw a query nearly unmasked: {row:?}");
+    }
+    // The same queries again: every coded query differs, the masks being fresh.
+    for row in &second {
+        assert!(first.iter().all(|seen| max_error(row, seen) > 1e-3), "a coded query repeated: {row:?}");
+    }
 }

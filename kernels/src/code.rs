@@ -3,8 +3,8 @@
 use crate::berrut;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
-use crate::nodes::NodeTable;
-use crate::params::CodeParams;
+use crate::nodes::{Angle, NodeTable};
+use crate::params::{CodeParams, CodeParamsBuilder, MAX_WORKERS};
 
 /// One Berrut code, prepared from validated [`CodeParams`]: build it once, then encode and
 /// decode any number of groups with it.
@@ -20,7 +20,8 @@ pub struct Code {
 }
 
 impl Code {
-    /// Prepares the code: node angles, the difference table and the `N x K` encode matrix.
+    /// Prepares the code: node angles, the difference table and the `N x (K + T)` encode
+    /// matrix.
     pub fn new(params: CodeParams) -> Result<Self> {
         let nodes = NodeTable::new(&params);
         let (k, n) = (params.queries(), params.workers());
@@ -28,12 +29,44 @@ impl Code {
         for alpha in &nodes.data {
             data_minus_worker.extend(nodes.workers.iter().map(|&beta| alpha.cos_difference(beta)));
         }
-        // Row n: weights of the data nodes at beta_n, i.e. differences beta_n - alpha_j.
-        let encode = Matrix::from_rows(n, k, |worker, row| {
-            berrut::weights_into((0..k).map(|j| -data_minus_worker[j * n + worker]), row)
+        if params.privacy() > 0 {
+            if let Some(at) = data_minus_worker.iter().position(|&d| d == 0.0) {
+                return Err(Error::UnmaskedWorker { worker: at % n, query: at / n });
+            }
+        }
+        // The encoder's inputs are the K queries then the T masks; Berrut's signs alternate in
+        // node order, so the weights are formed over the merged, sorted nodes and then placed
+        // in their input columns.
+        let mut sources: Vec<(Angle, usize)> = nodes.data.iter().copied().zip(0..k).collect();
+        sources.extend(nodes.masks.iter().copied().zip(k..));
+        sources.sort_by_key(|&(angle, _)| angle);
+        let mut sorted = vec![0.0; sources.len()];
+        let encode = Matrix::from_rows(n, sources.len(), |worker, row| {
+            let beta = nodes.workers[worker];
+            berrut::weights_into(sources.iter().map(|&(alpha, _)| -alpha.cos_difference(beta)), &mut sorted);
+            for (&(_, column), &w) in sources.iter().zip(&sorted) {
+                row[column] = w;
+            }
         });
         encode.ensure_finite("encode")?;
         Ok(Code { params, nodes, data_minus_worker, encode })
+    }
+
+    /// The code of `params`, or of the same parameters with the fewest more workers for which
+    /// no worker node coincides with a query's node: with `T > 0`, such a worker would receive
+    /// its query unmasked ([`Error::UnmaskedWorker`]), which some `(K, T, N)` triples and node
+    /// families give. Every other error is returned as it is. What a service that derives `N`
+    /// from `K`, `T`, `S` and `A` uses.
+    pub fn with_masked_workers(params: CodeParamsBuilder) -> Result<Self> {
+        let first = params.build()?;
+        let mut last = Error::NoQueries;
+        for workers in first.workers()..=first.workers().saturating_add(first.sources()).min(MAX_WORKERS) {
+            match Code::new(params.workers(workers).build()?) {
+                Err(e @ Error::UnmaskedWorker { .. }) => last = e,
+                other => return other,
+            }
+        }
+        Err(last)
     }
 
     /// The code that decodes a Byzantine code's groups once the liars are removed: the same
@@ -46,6 +79,8 @@ impl Code {
         }
         let params = CodeParams::builder(p.queries(), p.workers())
             .stragglers(p.stragglers() + p.byzantine())
+            .privacy(p.privacy())
+            .masks(p.masks())
             .nodes(p.nodes())
             .layout(p.layout())
             .build()?;
@@ -72,7 +107,8 @@ impl Code {
         self.nodes.beta()
     }
 
-    /// The `N x K` encode matrix `E`: coded query `n` is `sum_j E[n, j] X_j`.
+    /// The `N x (K + T)` encode matrix `E`: coded query `n` is `sum_j E[n, j] X_j` over the
+    /// `K` queries then the `T` masks of the group.
     pub fn encode_matrix(&self) -> &Matrix {
         &self.encode
     }
@@ -80,11 +116,13 @@ impl Code {
     /// The rows of the encode matrix for `workers` (in that order): the weights that form only
     /// those workers' coded queries, as a device hosting some of a group's workers needs.
     pub fn encode_rows(&self, workers: &[usize]) -> Result<Matrix> {
-        let (k, n) = (self.params.queries(), self.params.workers());
+        let n = self.params.workers();
         if let Some(&worker) = workers.iter().find(|&&w| w >= n) {
             return Err(Error::WorkerOutOfRange { worker, workers: n });
         }
-        Ok(Matrix::from_rows(workers.len(), k, |r, row| row.copy_from_slice(self.encode.row(workers[r]))))
+        Ok(Matrix::from_rows(workers.len(), self.encode.cols(), |r, row| {
+            row.copy_from_slice(self.encode.row(workers[r]))
+        }))
     }
 
     /// `alpha_j - beta_n` as a `K x N` row-major table (exact zeros at coincident nodes).
@@ -147,10 +185,12 @@ impl Code {
     /// encode matrix): its systematic worker, or a worker whose node coincides with `alpha_j`.
     /// When one of them answers, query `j`'s prediction is exact rather than reconstructed.
     pub fn direct_workers(&self) -> Vec<Vec<usize>> {
-        let (k, n) = (self.params.queries(), self.params.workers());
+        let (k, n, sources) = (self.params.queries(), self.params.workers(), self.encode.cols());
         let e = self.encode.as_slice();
         (0..k)
-            .map(|j| (0..n).filter(|&w| (0..k).all(|i| e[w * k + i] == f64::from(u8::from(i == j)))).collect())
+            .map(|j| {
+                (0..n).filter(|&w| (0..sources).all(|i| e[w * sources + i] == f64::from(u8::from(i == j)))).collect()
+            })
             .collect()
     }
 

@@ -29,6 +29,41 @@ pub enum Error {
     )]
     TooFewWorkersForByzantine { workers: usize, queries: usize, byzantine: usize, stragglers: usize },
 
+    /// A private code with too few workers: its interpolant has `K + T` data nodes, so it needs
+    /// `K + T + S` workers, or `2(K + T) + 2A + S - 1` with `A > 0`.
+    #[error(
+        "N >= {} violated for privacy T = {privacy}: N = {workers} workers cannot carry K = {queries} queries and {privacy} masks (S = {stragglers}, A = {byzantine})",
+        needed
+    )]
+    TooFewWorkersForPrivacy {
+        workers: usize,
+        needed: usize,
+        queries: usize,
+        privacy: usize,
+        stragglers: usize,
+        byzantine: usize,
+    },
+
+    /// Masks asked for with the systematic layout, which hands raw queries to workers.
+    #[error("privacy T = {privacy} needs the non-systematic layout: the systematic one sends raw queries to K workers")]
+    PrivacyNeedsMixing { privacy: usize },
+
+    /// A worker node coincides with a query's data node, so that worker would receive the
+    /// query unmasked.
+    #[error(
+        "worker {worker}'s node coincides with query {query}'s node: it would receive the query unmasked; choose another N or worker node family"
+    )]
+    UnmaskedWorker { worker: usize, query: usize },
+
+    /// An encoder of a private code called without masks, or masks for a code without
+    /// privacy.
+    #[error("the code mixes T = {privacy} masks per group; {what}")]
+    MasksMismatch { privacy: usize, what: &'static str },
+
+    /// A mask scale that is not a finite number above zero.
+    #[error("mask sigma must be finite and > 0, got {sigma}")]
+    InvalidMaskSigma { sigma: f64 },
+
     /// The node family is not defined for so few workers (second-kind points need two).
     #[error("N >= {min} violated for {family} worker nodes: N = {workers}")]
     TooFewWorkersForNodes { family: NodeFamily, workers: usize, min: usize },

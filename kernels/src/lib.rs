@@ -15,6 +15,10 @@
 //! With `A > 0` ([`CodeParamsBuilder::byzantine`]), [`cpu::decode_robust`] first removes the
 //! workers a [`Locator`] finds lying, then decodes from the rest (module [`locate`](mod@locate) explains).
 //!
+//! With `T > 0` ([`CodeParamsBuilder::privacy`]), each group also mixes `T` random masks
+//! ([`privacy::MaskSampler`]) so that `T` colluding workers see the queries under noise;
+//! encode with [`cpu::encode_masked`].
+//!
 //! The math lives in [`berrut`] (weights) and [`nodes`] (exact node angles); everything else
 //! takes its numbers from there.
 //!
@@ -36,6 +40,7 @@ pub mod cpu;
 pub mod gpu;
 pub mod locate;
 pub mod nodes;
+pub mod privacy;
 pub mod tolerance;
 
 mod code;
@@ -49,5 +54,5 @@ pub use code::{Code, Responders};
 pub use error::{Error, Result};
 pub use locate::{Calibration, CalibrationBuilder, Location, Locator, locate};
 pub use matrix::Matrix;
-pub use params::{CodeParams, CodeParamsBuilder, Layout, MAX_WORKERS, NodeFamily};
+pub use params::{CodeParams, CodeParamsBuilder, Layout, MAX_WORKERS, MaskPlacement, NodeFamily};
 pub use tolerance::Tolerance;

@@ -88,8 +88,11 @@ impl NodeFamily {
 /// The node layout of one code: where each query and each worker sits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeTable {
-    /// `theta` of the data nodes `alpha_j`, increasing.
+    /// `theta` of the data nodes `alpha_j` of the queries, increasing.
     pub data: Vec<Angle>,
+    /// `theta` of the data nodes of a private code's `T` masks, increasing (empty when
+    /// `T = 0`). Queries and masks together are the first-kind points of `K + T`.
+    pub masks: Vec<Angle>,
     /// `theta` of the worker nodes `beta_n`, increasing.
     pub workers: Vec<Angle>,
     /// For the systematic layout, the worker that holds query `j` unmixed.
@@ -103,12 +106,18 @@ impl NodeTable {
         let workers = params.nodes().angles(n);
         match params.layout() {
             Layout::NonSystematic => {
-                NodeTable { data: NodeFamily::Chebyshev1.angles(k), workers, systematic_workers: None }
+                let sources = NodeFamily::Chebyshev1.angles(params.sources());
+                let mask_positions = params.masks().positions(k, params.privacy());
+                let (mut data, mut masks) = (Vec::with_capacity(k), Vec::with_capacity(params.privacy()));
+                for (position, angle) in sources.into_iter().enumerate() {
+                    if mask_positions.contains(&position) { masks.push(angle) } else { data.push(angle) }
+                }
+                NodeTable { data, masks, workers, systematic_workers: None }
             }
             Layout::Systematic => {
                 let chosen = systematic_positions(&workers, k);
                 let data = chosen.iter().map(|&w| workers[w]).collect();
-                NodeTable { data, workers, systematic_workers: Some(chosen) }
+                NodeTable { data, masks: Vec::new(), workers, systematic_workers: Some(chosen) }
             }
         }
     }

@@ -138,6 +138,29 @@ fn gpu_matches_cpu_for_every_layout_and_family_with_coincident_nodes() {
 }
 
 #[test]
+fn masked_encoding_on_the_gpu_matches_the_cpu() {
+    use approxifer_kernels::MaskPlacement;
+    use approxifer_kernels::privacy::MaskSampler;
+    let gpu = codec();
+    for (k, n, t, placement, groups, row_len) in [
+        (8, 10, 1, MaskPlacement::Tail, 7, 784),
+        (8, 11, 2, MaskPlacement::Interleaved, 5, 13),
+        (3, 9, 4, MaskPlacement::Tail, 2, 4),
+    ] {
+        let params = CodeParams::builder(k, n).stragglers(1).privacy(t).masks(placement).build().unwrap();
+        let code = Code::new(params).unwrap();
+        let queries = random_f32(groups * k * row_len, 31);
+        let masks = MaskSampler::seeded(4.0, 32).unwrap().masks(&code, groups, row_len);
+        let expected = cpu::encode_masked_to_vec(&code, &queries, &masks, row_len).unwrap();
+        let coded = gpu.encode_masked(&code, &queries, &masks, row_len).unwrap();
+        Tolerance::BALANCED.check(f64s(&coded), f64s(&expected)).unwrap_or_else(|m| panic!("{params:?}: {m}"));
+        // Without masks the GPU refuses, as the CPU does.
+        let e = gpu.encode(&code, &queries, row_len).unwrap_err();
+        assert!(matches!(e, GpuError::Codec(Error::MasksMismatch { .. })), "{e}");
+    }
+}
+
+#[test]
 fn gpu_matches_cpu_in_f16() {
     let gpu = codec();
     let code = code(8, 10, 2);

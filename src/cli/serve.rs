@@ -14,11 +14,13 @@ use super::workers::{RemoteArgs, WorkerArgs};
 use super::{CodecArg, ms};
 use crate::attack::Attack;
 use crate::kernels::Locator;
+use crate::kernels::MaskPlacement;
 use crate::kernels::gpu::AdapterChoice;
+use crate::kernels::privacy::DEFAULT_MASK_SIGMA;
 use crate::serve::Learning;
 use crate::serve::http::{HttpConfig, ModelSpec, serve_v2};
 use crate::serve::pool::{background_loads, local_workers};
-use crate::serve::{FaultPlan, Placement, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
+use crate::serve::{FaultPlan, Placement, Privacy, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
 
 /// `serve --locator`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -71,6 +73,16 @@ pub(super) struct ServeArgs {
     /// Workers whose answers a coded group may find wrong and remove before decoding.
     #[arg(long, value_name = "A", default_value_t = 0)]
     byzantine: usize,
+    /// Mix T random masks into every coded group, so that any T colluding workers see the
+    /// queries under noise (N grows by T; empirical privacy, see the README).
+    #[arg(long, value_name = "T", default_value_t = 0)]
+    privacy: usize,
+    /// With --privacy: the masks' standard deviation, in the units of the model's input.
+    #[arg(long, value_name = "SIGMA", default_value_t = DEFAULT_MASK_SIGMA)]
+    mask_sigma: f64,
+    /// With --privacy: where the mask nodes sit among the data nodes.
+    #[arg(long, value_name = "PLACEMENT", default_value_t = MaskPlacement::Tail)]
+    mask_placement: MaskPlacement,
     /// How wrong answers are found with --byzantine: calibrated (ours, learnt from the groups
     /// that agree; it starts as robust, or from --calibration), robust (ours, nothing learnt)
     /// or paper.
@@ -185,6 +197,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         byzantine: args.byzantine,
         locator,
         learning,
+        privacy: Privacy { colluders: args.privacy, placement: args.mask_placement, sigma: args.mask_sigma },
         copies: args.copies,
         hedge_after,
         coded_hedge_after: Some(hedge_after),

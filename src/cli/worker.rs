@@ -70,6 +70,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
         byzantine: 0,
         locator: Default::default(),
         learning: None,
+        privacy: Default::default(),
         copies: 1,
         hedge_after: deadline,
         coded_hedge_after: None,

@@ -82,46 +82,91 @@ impl FusedCode {
         row_len: usize,
     ) -> Result<CodecLaunch, FusedError> {
         let rows = self.code.encode_rows(workers)?;
-        let k = self.code.params().queries() as u32;
-        let config = ops::config(Shader::Encode, elem, row_len, k, workers.len() as u32);
+        let sources = self.code.params().sources() as u32;
+        let config = ops::config(Shader::Encode, elem, row_len, sources, workers.len() as u32);
         Ok(CodecLaunch { config, table: approxifer_kernels::gpu::launch::padded_f32(rows.as_slice()).into() })
     }
 
     fn launch(&self, shader: Shader, elem: approxifer_kernels::gpu::Elem, row_len: usize) -> CodecLaunch {
-        let table = match shader {
-            Shader::Decode => self.decode_table.clone(),
-            _ => self.encode_table.clone(),
+        let p = self.code.params();
+        let (table, rows) = match shader {
+            Shader::Decode => (self.decode_table.clone(), p.queries()),
+            _ => (self.encode_table.clone(), p.sources()),
         };
-        let (k, n) = (self.code.params().queries() as u32, self.code.params().workers() as u32);
-        CodecLaunch { config: ops::config(shader, elem, row_len, k, n), table }
+        CodecLaunch { config: ops::config(shader, elem, row_len, rows as u32, p.workers() as u32), table }
     }
 }
 
-/// Encodes `[B, K, D]` queries into `[B, N, D]` coded queries on the queries' device.
+/// Encodes `[B, K, D]` queries into `[B, N, D]` coded queries on the queries' device. For a
+/// code without privacy; a private code also takes masks ([`encode_masked`]).
 pub fn encode(queries: Tensor<3>, code: &FusedCode) -> Result<Tensor<3>, FusedError> {
-    let (k, n) = (code.code.params().queries(), code.code.params().workers());
+    encode_masked(queries, None, code)
+}
+
+/// Encodes `[B, K, D]` queries and, for a private code, `[B, T, D]` masks (see
+/// [`approxifer_kernels::privacy`]) into `[B, N, D]` coded queries on the queries' device.
+/// Each group's masks are appended to its queries on the device (the kernel reads one
+/// `[K + T, D]` block per group).
+pub fn encode_masked(queries: Tensor<3>, masks: Option<Tensor<3>>, code: &FusedCode) -> Result<Tensor<3>, FusedError> {
+    let n = code.code.params().workers();
     let [groups, _, row_len] = queries.dims();
-    check_rows("queries", &queries.dims(), k, "[B, K, D]")?;
     let elem = check_tensor("queries", &queries.device(), queries.dtype())?;
+    let sources = sources(queries, masks, code)?;
     check_launch("coded queries", groups, n, row_len)?;
     let launch = code.launch(Shader::Encode, elem, row_len);
-    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(queries.into_dispatch(), launch)))
+    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(sources.into_dispatch(), launch)))
 }
 
 /// Encodes `[B, K, D]` queries into the coded queries of `workers` only, `[B, M, D]` with
 /// `M = workers.len()` in the order given, on the queries' device: a device hosting `M` of a
-/// group's `N` workers forms exactly their rows. Rows are those of [`Code::encode_rows`].
-pub fn encode_rows(queries: Tensor<3>, code: &FusedCode, workers: &[usize]) -> Result<Tensor<3>, FusedError> {
-    let k = code.code.params().queries();
+/// group's `N` workers forms exactly their rows. Rows are those of [`Code::encode_rows`];
+/// `masks` as in [`encode_masked`].
+pub fn encode_rows(
+    queries: Tensor<3>,
+    masks: Option<Tensor<3>>,
+    code: &FusedCode,
+    workers: &[usize],
+) -> Result<Tensor<3>, FusedError> {
     let [groups, _, row_len] = queries.dims();
-    check_rows("queries", &queries.dims(), k, "[B, K, D]")?;
     let elem = check_tensor("queries", &queries.device(), queries.dtype())?;
     if workers.is_empty() {
         return Err(FusedError::Shape { what: "workers", expected: "at least one worker".into(), actual: vec![0] });
     }
+    let sources = sources(queries, masks, code)?;
     check_launch("coded queries", groups, workers.len(), row_len)?;
     let launch = code.encode_rows_launch(workers, elem, row_len)?;
-    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(queries.into_dispatch(), launch)))
+    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(sources.into_dispatch(), launch)))
+}
+
+/// The encode kernel's input: `[B, K, D]` queries, then each group's `T` masks.
+fn sources(queries: Tensor<3>, masks: Option<Tensor<3>>, code: &FusedCode) -> Result<Tensor<3>, FusedError> {
+    let (k, t) = (code.code.params().queries(), code.code.params().privacy());
+    let [groups, _, row_len] = queries.dims();
+    check_rows("queries", &queries.dims(), k, "[B, K, D]")?;
+    match (t, masks) {
+        (0, None) => Ok(queries),
+        (0, Some(_)) => Err(CodecError::MasksMismatch { privacy: 0, what: "it takes no masks" }.into()),
+        (privacy, None) => {
+            Err(CodecError::MasksMismatch { privacy, what: "encode it with masks (encode_masked)" }.into())
+        }
+        (_, Some(masks)) => {
+            let dims = masks.dims();
+            if dims != [groups, t, row_len] {
+                let expected = format!("[B, T, D] = [{groups}, {t}, {row_len}] like the queries");
+                return Err(FusedError::Shape { what: "masks", expected, actual: dims.to_vec() });
+            }
+            if masks.dtype() != queries.dtype() {
+                return Err(FusedError::DType { what: "masks (unlike the queries)", dtype: masks.dtype() });
+            }
+            if masks.device() != queries.device() {
+                return Err(FusedError::Device {
+                    what: "masks (unlike the queries)",
+                    device: format!("{:?}", masks.device()),
+                });
+            }
+            Ok(Tensor::cat(vec![queries, masks], 1))
+        }
+    }
 }
 
 /// Whether `device` runs the fused kernels (a Burn wgpu device without autodiff).

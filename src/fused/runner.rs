@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Tensor};
 
-use super::{FusedCode, FusedError, decode, encode};
+use super::{FusedCode, FusedError, decode, encode_masked};
 
 /// What the runner hosts: a batch `[batch, ...]` (rank `D`) to predictions `[batch, classes]`.
 /// Implemented for every `Fn(Tensor<D>) -> Tensor<2>`, so a Burn module is hosted as
@@ -49,13 +49,31 @@ impl<M: Model<D>, const D: usize> CodedRunner<M, D> {
     }
 
     /// Stage 1: `B x K` queries `[B*K, ...]` into `B x N` coded queries `[B*N, ...]`, query
-    /// `b*K + j` being query `j` of group `b`.
+    /// `b*K + j` being query `j` of group `b`. For a code without privacy.
     pub fn encode(&self, queries: Tensor<D>) -> Result<Tensor<D>, FusedError> {
-        let (k, n) = (self.code.code().params().queries(), self.code.code().params().workers());
+        self.encode_masked(queries, None)
+    }
+
+    /// Stage 1 of a private code: as [`Self::encode`], with `B x T` masks `[B*T, ...]` shaped
+    /// like the queries (mask `b*T + t` is mask `t` of group `b`).
+    pub fn encode_masked(&self, queries: Tensor<D>, masks: Option<Tensor<D>>) -> Result<Tensor<D>, FusedError> {
+        let p = self.code.code().params();
+        let (k, t, n) = (p.queries(), p.privacy(), p.workers());
         let dims = queries.dims();
         let groups = whole_groups("queries", &dims, k)?;
         let row: usize = dims[1..].iter().product();
-        let coded = encode(queries.reshape([groups, k, row]), &self.code)?;
+        let masks = match masks {
+            Some(masks) => {
+                let mask_dims = masks.dims();
+                if t == 0 || mask_dims[1..] != dims[1..] || mask_dims[0] != groups * t {
+                    let expected = format!("[B*T, ...] = [{}, ...] shaped like the queries", groups * t);
+                    return Err(FusedError::Shape { what: "masks", expected, actual: mask_dims.to_vec() });
+                }
+                Some(masks.reshape([groups, t, row]))
+            }
+            None => None,
+        };
+        let coded = encode_masked(queries.reshape([groups, k, row]), masks, &self.code)?;
         let mut coded_dims = dims;
         coded_dims[0] = groups * n;
         Ok(coded.reshape(coded_dims))

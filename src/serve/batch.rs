@@ -8,6 +8,8 @@
 //! encode forms exactly the coded queries of that device's workers ([`fused::encode_rows`]),
 //! and each worker's input is a view of that tensor. Coded queries never exist in host memory
 //! on a wgpu device; on Burn's CPU backend the CPU kernels form them, the host being the device.
+//! A private code's masks are drawn on the host, once per segment, and go to each device with
+//! the queries.
 
 use std::sync::{Arc, OnceLock};
 
@@ -58,6 +60,21 @@ pub struct Segment {
     pub coding: Arc<Coding>,
     pub first_query: usize,
     pub groups: usize,
+    /// A private code's masks, `[groups, T, D]`, drawn once per dispatch so that every device
+    /// mixes the same ones (empty when `T = 0`).
+    pub masks: Vec<f32>,
+}
+
+impl Segment {
+    /// The coded queries of `nodes` for every group of this segment, `[groups, nodes, D]`,
+    /// formed by the CPU kernels from the dispatch's `queries`.
+    fn encode_on_host(&self, queries: &[f32], nodes: &[usize], d: usize) -> Result<Vec<f32>, CodecError> {
+        let k = self.coding.queries();
+        let host = &queries[self.first_query * d..(self.first_query + self.groups * k) * d];
+        let mut coded = vec![0.0; self.groups * nodes.len() * d];
+        cpu::encode_rows_masked(&self.coding.code, nodes, host, &self.masks, d, &mut coded)?;
+        Ok(coded)
+    }
 }
 
 /// The queries of one dispatch, `[Q, D]` in host memory as they arrived, and their coding
@@ -76,7 +93,8 @@ impl Dispatch {
     pub(crate) fn new(queries: Vec<f32>, input_len: usize, segments: Vec<Segment>) -> Self {
         debug_assert!(input_len > 0 && queries.len() % input_len == 0);
         debug_assert!(
-            segments.iter().all(|s| (s.first_query + s.groups * s.coding.queries()) * input_len <= queries.len())
+            segments.iter().all(|s| (s.first_query + s.groups * s.coding.queries()) * input_len <= queries.len()
+                && s.masks.len() == s.groups * s.coding.code.params().privacy() * input_len)
         );
         Dispatch { queries, input_len, segments }
     }
@@ -197,9 +215,7 @@ impl Work {
         let mut input = Vec::with_capacity(self.rows() * d);
         for part in parts {
             let segment = &dispatch.segments[part.segment];
-            let k = segment.coding.queries();
-            let host = &dispatch.queries[segment.first_query * d..(segment.first_query + segment.groups * k) * d];
-            input.extend(cpu::encode_rows_to_vec(&segment.coding.code, &[part.node], host, d)?);
+            input.extend(segment.encode_on_host(&dispatch.queries, &[part.node], d)?);
         }
         Ok(input)
     }
@@ -238,11 +254,13 @@ fn form(dispatch: &Dispatch, slots: &[Option<Vec<Part>>], device: &Device) -> Re
         let rows = match (&raw, &segment.coding.fused) {
             (Some(raw), Some(fused)) if on_device => {
                 let queries = raw.clone().narrow(0, segment.first_query, groups * k).reshape([groups, k, d]);
-                fused::encode_rows(queries, fused, &nodes)?
+                let t = segment.coding.code.params().privacy();
+                let masks = (t > 0)
+                    .then(|| Tensor::<3>::from_data(TensorData::new(segment.masks.clone(), [groups, t, d]), device));
+                fused::encode_rows(queries, masks, fused, &nodes)?
             }
             _ => {
-                let host = &dispatch.queries[segment.first_query * d..(segment.first_query + groups * k) * d];
-                let values = cpu::encode_rows_to_vec(&segment.coding.code, &nodes, host, d)?;
+                let values = segment.encode_on_host(&dispatch.queries, &nodes, d)?;
                 Tensor::<3>::from_data(TensorData::new(values, [groups, nodes.len(), d]), device)
             }
         };

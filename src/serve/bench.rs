@@ -105,6 +105,7 @@ impl ServeBenchConfig {
             byzantine: 0,
             locator: crate::kernels::Locator::default(),
             learning: None,
+            privacy: Default::default(),
             copies: self.copies,
             hedge_after: Duration::ZERO,
             coded_hedge_after: self.coded_hedge_after,

@@ -29,7 +29,8 @@ use super::front::{Batcher, Front, Submission, answer};
 use super::locating::{Learning, LocatorState, OnlineLocator};
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 use crate::kernels::gpu::GpuCodec;
-use crate::kernels::{Code, CodeParams, Locator, cpu, locate};
+use crate::kernels::privacy::MaskSampler;
+use crate::kernels::{Code, CodeParams, Error as CodecError, Locator, cpu, locate};
 
 /// How the coordinator runs.
 #[derive(Clone, Debug)]
@@ -62,6 +63,10 @@ pub struct CoordinatorConfig {
     /// Learn a calibrated locator from the groups that agree (codes with `A > 0`), replacing
     /// `locator` once fitted ([`crate::serve::locating`]).
     pub learning: Option<Learning>,
+    /// With a private code (`T > 0`): the masks' standard deviation, in the units of the
+    /// queries. The masks come from a generator seeded by the operating system
+    /// ([`MaskSampler::from_entropy`]). Ignored when `T = 0`.
+    pub mask_sigma: f64,
 }
 
 /// Where the coordinator decodes its batches. Both give the same results (the GPU kernels are
@@ -106,6 +111,10 @@ impl Coordinator {
             plan.validate().map_err(|e| e.to_string())?;
         }
         let full = Arc::new(Coding::new(config.code.clone()).map_err(|e| e.to_string())?);
+        let masks = match config.code.params().privacy() {
+            0 => None,
+            _ => Some(MaskSampler::from_entropy(config.mask_sigma).map_err(|e| e.to_string())?),
+        };
         let learning = config.learning.filter(|_| config.code.params().byzantine() > 0);
         let locating =
             Arc::new(OnlineLocator::start(&config.code, config.output_len, config.locator.clone(), learning)?);
@@ -113,7 +122,7 @@ impl Coordinator {
         let (ready, warm) = crossbeam_channel::bounded(1);
         let looped = locating.clone();
         let front = Front::spawn("approxifer-coordinator", capacity, input_len, move |incoming, in_flight| {
-            let mut state = Loop::new(config, full, workers, in_flight, looped);
+            let mut state = Loop::new(config, full, workers, in_flight, looped, masks);
             state.warm_up();
             let _ = ready.send(());
             state.run(incoming)
@@ -216,6 +225,8 @@ struct Loop {
     replies: (Sender<Response>, Receiver<Response>),
     stats: Stats,
     locating: Arc<OnlineLocator>,
+    /// A private code's mask generator (`None` when `T = 0`).
+    masks: Option<MaskSampler>,
 }
 
 impl Loop {
@@ -225,6 +236,7 @@ impl Loop {
         workers: Vec<Arc<dyn Worker>>,
         in_flight: Arc<AtomicUsize>,
         locating: Arc<OnlineLocator>,
+        masks: Option<MaskSampler>,
     ) -> Self {
         let n = workers.len();
         let k = config.code.params().queries();
@@ -244,6 +256,7 @@ impl Loop {
             workers,
             in_flight,
             locating,
+            masks,
         }
     }
 
@@ -288,21 +301,39 @@ impl Loop {
         }
     }
 
-    /// The coding of groups of `k` queries (the configured code's `S`, `A` and nodes).
+    /// The coding of groups of `k` queries (the configured code's `S`, `A`, `T` and nodes).
     fn coding(&mut self, k: usize) -> Result<Arc<Coding>, CodingError> {
         if let Some(coding) = self.codings.get(&k) {
             return Ok(coding.clone());
         }
         let p = *self.config.code.params();
-        // What K' needs, and at least what the node family is defined for (never more than N).
-        let n = CodeParams::workers_needed(k, p.stragglers(), p.byzantine()).max(p.nodes().min_nodes());
+        // What K' needs, and at least what the node family is defined for; a private code's
+        // partial group may take a worker more to keep every query masked (never more than N).
+        let n = CodeParams::workers_needed(k + p.privacy(), p.stragglers(), p.byzantine()).max(p.nodes().min_nodes());
         let params = CodeParams::builder(k, n)
             .stragglers(p.stragglers())
             .byzantine(p.byzantine())
+            .privacy(p.privacy())
+            .masks(p.masks())
             .nodes(p.nodes())
-            .layout(p.layout())
-            .build()?;
-        let coding = Arc::new(Coding::new(Code::new(params)?)?);
+            .layout(p.layout());
+        let code = Code::with_masked_workers(params)?;
+        if code.params().workers() > p.workers() {
+            // Not reached for the codes `serve` builds (N' <= N); a typed error if it were.
+            let needed = code.params().workers();
+            let (queries, privacy, stragglers, byzantine) = (k, p.privacy(), p.stragglers(), p.byzantine());
+            let workers = p.workers();
+            return Err(CodecError::TooFewWorkersForPrivacy {
+                workers,
+                needed,
+                queries,
+                privacy,
+                stragglers,
+                byzantine,
+            }
+            .into());
+        }
+        let coding = Arc::new(Coding::new(code)?);
         self.codings.insert(k, coding.clone());
         Ok(coding)
     }
@@ -315,7 +346,9 @@ impl Loop {
         let mut segments = Vec::new();
         let mut states = Vec::new();
         if full > 0 {
-            segments.push(Segment { coding: self.coding(k)?, first_query: 0, groups: full });
+            let coding = self.coding(k)?;
+            let masks = self.masks(&coding, full);
+            segments.push(Segment { coding, first_query: 0, groups: full, masks });
             states.push(SegmentState { workers: (0..n).collect(), outputs: vec![None; n] });
         }
         if rest > 0 {
@@ -323,7 +356,8 @@ impl Loop {
             let nodes = coding.workers();
             let workers: Vec<usize> = (0..nodes).map(|i| (self.rotation + i) % n).collect();
             self.rotation = (self.rotation + nodes) % n;
-            segments.push(Segment { coding, first_query: full * k, groups: 1 });
+            let masks = self.masks(&coding, 1);
+            segments.push(Segment { coding, first_query: full * k, groups: 1, masks });
             states.push(SegmentState { workers, outputs: vec![None; nodes] });
         }
         let mut parts: Vec<Vec<Part>> = vec![Vec::new(); n];
@@ -333,6 +367,14 @@ impl Loop {
             }
         }
         Ok(BatchLayout { segments, states, parts })
+    }
+
+    /// Fresh masks for `groups` groups of `coding` (none when the code has no privacy).
+    fn masks(&mut self, coding: &Coding, groups: usize) -> Vec<f32> {
+        match &mut self.masks {
+            Some(sampler) => sampler.masks(&coding.code, groups, self.config.input_len),
+            None => Vec::new(),
+        }
     }
 
     /// Sends batches of every shape this coordinator sends (a group of each `K' < K`, and

@@ -34,5 +34,5 @@ pub use faults::{FaultError, FaultFileError, FaultPlan, Latency, Outcome, Random
 pub use locating::{Learning, LocatorState};
 pub use pool::{Placement, PlacementError};
 pub use remote::{Endpoint, EndpointError, Protocol, RemoteConfig, RemoteWorker};
-pub use scheme::{Scheme, SchemeConfig, SchemeKind};
+pub use scheme::{Privacy, Scheme, SchemeConfig, SchemeKind};
 pub use worker::{Cancel, LocalWorker, Request, Response, ServedModel, Tamper, Worker, WorkerError, sign_flip};

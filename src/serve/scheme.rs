@@ -11,7 +11,8 @@ use super::faults::FaultPlan;
 use super::locating::{Learning, LocatorState};
 use super::parm::{Parm, ParmConfig};
 use super::worker::Worker;
-use crate::kernels::{Code, CodeParams, Locator, NodeFamily};
+use crate::kernels::privacy::DEFAULT_MASK_SIGMA;
+use crate::kernels::{Code, CodeParams, Locator, MaskPlacement, NodeFamily};
 
 /// A running serving scheme: admission up to a capacity, one answer or error per accepted
 /// query, graceful shutdown.
@@ -96,6 +97,37 @@ pub enum SchemeKind {
     Parm,
 }
 
+/// Masks mixed into ApproxIFER's groups so that `colluders` (`T`) workers together see the
+/// queries under noise ([`crate::kernels::privacy`]); `colluders = 0`: none.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Privacy {
+    pub colluders: usize,
+    pub placement: MaskPlacement,
+    /// The masks' standard deviation, in the units of the queries.
+    pub sigma: f64,
+}
+
+impl Default for Privacy {
+    fn default() -> Self {
+        Privacy { colluders: 0, placement: MaskPlacement::default(), sigma: DEFAULT_MASK_SIGMA }
+    }
+}
+
+/// ApproxIFER's code for `config`: the fewest workers its `K`, `S`, `A` and `T` allow (one more
+/// where a worker would otherwise see a query unmasked), the authors' worker nodes.
+fn approxifer_code(config: &SchemeConfig) -> Result<Code, crate::kernels::Error> {
+    let (k, s, a, privacy) = (config.k, config.stragglers, config.byzantine, config.privacy);
+    let n = CodeParams::workers_needed(k + privacy.colluders, s, a);
+    Code::with_masked_workers(
+        CodeParams::builder(k, n)
+            .stragglers(s)
+            .byzantine(a)
+            .privacy(privacy.colluders)
+            .masks(privacy.placement)
+            .nodes(NodeFamily::Authors),
+    )
+}
+
 /// What building a scheme takes besides its workers.
 #[derive(Clone, Debug)]
 pub struct SchemeConfig {
@@ -108,6 +140,8 @@ pub struct SchemeConfig {
     pub locator: Locator,
     /// Learn a calibrated locator from traffic ([`CoordinatorConfig::learning`]).
     pub learning: Option<Learning>,
+    /// Masks against colluding workers (ApproxIFER only).
+    pub privacy: Privacy,
     pub copies: usize,
     /// When hedged requests send their backup.
     pub hedge_after: Duration,
@@ -142,7 +176,12 @@ impl SchemeKind {
     /// How many workers the scheme runs on.
     pub fn workers(self, config: &SchemeConfig) -> usize {
         match self {
-            SchemeKind::Approxifer => CodeParams::workers_needed(config.k, config.stragglers, config.byzantine),
+            SchemeKind::Approxifer => approxifer_code(config).map_or_else(
+                |_| {
+                    CodeParams::workers_needed(config.k + config.privacy.colluders, config.stragglers, config.byzantine)
+                },
+                |code| code.params().workers(),
+            ),
             SchemeKind::Parm => config.k + 1,
             SchemeKind::Replication => config.copies * config.k,
             SchemeKind::Uncoded | SchemeKind::Hedged => config.k,
@@ -153,11 +192,7 @@ impl SchemeKind {
     pub fn start(self, config: &SchemeConfig, workers: Vec<Arc<dyn Worker>>) -> anyhow::Result<Box<dyn Scheme>> {
         let policy = match self {
             SchemeKind::Approxifer => {
-                let (k, s, a) = (config.k, config.stragglers, config.byzantine);
-                let n = self.workers(config);
-                let code = Code::new(
-                    CodeParams::builder(k, n).stragglers(s).byzantine(a).nodes(NodeFamily::Authors).build()?,
-                )?;
+                let code = approxifer_code(config)?;
                 let coordinator = CoordinatorConfig {
                     code,
                     input_len: config.input_len,
@@ -171,6 +206,7 @@ impl SchemeKind {
                     hedge_after: config.coded_hedge_after,
                     locator: config.locator.clone(),
                     learning: config.learning,
+                    mask_sigma: config.privacy.sigma,
                 };
                 return Ok(Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?));
             }

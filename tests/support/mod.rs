@@ -53,5 +53,6 @@ pub fn coordinator_config(
         hedge_after: None,
         locator: Locator::Robust,
         learning: None,
+        mask_sigma: 1.0,
     }
 }

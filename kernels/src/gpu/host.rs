@@ -9,6 +9,7 @@ use super::kernels::{DeviceTensor, GpuCode, Kernels};
 use super::shader::Elem;
 use crate::code::Code;
 use crate::cpu::Element;
+use crate::error::Error;
 use crate::shape::{expect_len, whole_groups};
 
 /// Storage types the GPU kernels take.
@@ -48,23 +49,51 @@ impl GpuCodec {
         &self.kernels
     }
 
-    /// Encodes `[B, K, row_len]` queries into `[B, N, row_len]` on the device.
+    /// Encodes `[B, K, row_len]` queries into `[B, N, row_len]` on the device. For a code
+    /// without privacy; a private code's encoder also takes masks ([`Self::encode_masked`]).
     pub fn encode<T: GpuElement>(&self, code: &Code, queries: &[T], row_len: usize) -> Result<Vec<T>, GpuError> {
-        let (k, n) = (code.params().queries(), code.params().workers());
+        if code.params().privacy() > 0 {
+            let privacy = code.params().privacy();
+            return Err(Error::MasksMismatch { privacy, what: "encode it with masks (encode_masked)" }.into());
+        }
+        self.encode_masked(code, queries, &[], row_len)
+    }
+
+    /// Encodes `[B, K, row_len]` queries with `[B, T, row_len]` masks into `[B, N, row_len]`
+    /// on the device: the twin of [`crate::cpu::encode_masked`]. Each group's queries and masks
+    /// are uploaded as one `[K + T, row_len]` block, the encode kernel's input.
+    pub fn encode_masked<T: GpuElement>(
+        &self,
+        code: &Code,
+        queries: &[T],
+        masks: &[T],
+        row_len: usize,
+    ) -> Result<Vec<T>, GpuError> {
+        let (k, t, n) = (code.params().queries(), code.params().privacy(), code.params().workers());
         let groups = whole_groups("queries", queries.len(), k, row_len)?;
+        if t == 0 && !masks.is_empty() {
+            return Err(Error::MasksMismatch { privacy: 0, what: "it takes no masks" }.into());
+        }
+        expect_len("masks", masks.len(), groups * t * row_len)?;
         let len = groups * n * row_len;
         if groups == 0 {
             return Ok(Vec::new());
         }
+        let sources: std::borrow::Cow<'_, [T]> = if t == 0 {
+            queries.into()
+        } else {
+            let group_queries = queries.chunks_exact(k * row_len);
+            group_queries.zip(masks.chunks_exact(t * row_len)).flat_map(|(q, m)| q.iter().chain(m)).copied().collect()
+        };
         let gpu_code = GpuCode::new(&self.ctx, code)?;
-        let input = self.upload("queries", bytemuck::cast_slice(queries))?;
+        let input = self.upload("queries", bytemuck::cast_slice(&sources))?;
         let output = self.output("coded queries", len * size_of::<T>())?;
         let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
         self.kernels.record_encode(
             &self.ctx,
             &mut encoder,
             &gpu_code,
-            DeviceTensor::new(&input, T::ELEM, queries.len()),
+            DeviceTensor::new(&input, T::ELEM, sources.len()),
             DeviceTensor::new(&output, T::ELEM, len),
             row_len,
         )?;

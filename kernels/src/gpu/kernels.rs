@@ -14,13 +14,14 @@ use super::shader::{Elem, Shader, ShaderConfig};
 use crate::code::Code;
 use crate::shape::{expect_len, whole_groups};
 
-/// A code's tables as the kernels read them: the `N x K` encode matrix and the `K x N` node
+/// A code's tables as the kernels read them: the `N x (K + T)` encode matrix and the `K x N` node
 /// differences `alpha_j - beta_n` from which the decode kernel forms its weights, both the `f64`
 /// tables of [`Code`] rounded to `f32` and padded to whole vec4s. They travel in each launch's
 /// uniform block (see [`super::launch`]), so they must fit the uniform binding limit.
 #[derive(Clone, Debug)]
 pub struct GpuCode {
     queries: u32,
+    sources: u32,
     workers: u32,
     weights: Vec<f32>,
     differences: Vec<f32>,
@@ -45,6 +46,7 @@ impl GpuCode {
         }
         Ok(GpuCode {
             queries: code.params().queries() as u32,
+            sources: code.params().sources() as u32,
             workers: code.params().workers() as u32,
             weights,
             differences,
@@ -56,12 +58,17 @@ impl GpuCode {
         self.queries
     }
 
+    /// `K + T`: the rows the encode kernel mixes per group (queries, then masks).
+    pub fn sources(&self) -> u32 {
+        self.sources
+    }
+
     /// `N`.
     pub fn workers(&self) -> u32 {
         self.workers
     }
 
-    /// The encode kernel's table: `E`, `[N, K]` row-major, padded.
+    /// The encode kernel's table: `E`, `[N, K + T]` row-major, padded.
     pub fn encode_table(&self) -> &[f32] {
         &self.weights
     }
@@ -171,28 +178,29 @@ impl Kernels {
             .clone()
     }
 
-    /// Records `coded = encode(queries)` for `[groups, K, row_len]` queries into
+    /// Records `coded = encode(sources)` for `[groups, K + T, row_len]` sources (each group's
+    /// `K` queries then its `T` masks; just the queries when `T = 0`) into
     /// `[groups, N, row_len]` coded queries.
     pub fn record_encode(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
         code: &GpuCode,
-        queries: DeviceTensor<'_>,
+        sources: DeviceTensor<'_>,
         coded: DeviceTensor<'_>,
         row_len: usize,
     ) -> Result<(), GpuError> {
-        let (k, n) = (code.queries as usize, code.workers as usize);
-        let groups = whole_groups("queries", queries.len, k, row_len)?;
+        let (rows, n) = (code.sources as usize, code.workers as usize);
+        let groups = whole_groups("queries", sources.len, rows, row_len)?;
         expect_len("coded queries", coded.len, groups * n * row_len)?;
-        let elem = same_elem(queries.elem, coded.elem)?;
+        let elem = same_elem(sources.elem, coded.elem)?;
         let packing = packing(row_len);
         let bindings = [
-            Binding::tensor("queries", queries, k * row_len, packing),
+            Binding::tensor("queries", sources, rows * row_len, packing),
             Binding::tensor("coded queries", coded, n * row_len, packing),
         ];
         let config =
-            ShaderConfig { shader: Shader::Encode, elem, packing, queries: code.queries, workers: code.workers };
+            ShaderConfig { shader: Shader::Encode, elem, packing, queries: code.sources, workers: code.workers };
         let launch = Launch { config, groups, row_len, rows_per_group: 1, table: &code.weights };
         self.dispatch(ctx, encoder, &bindings, launch)
     }

@@ -38,7 +38,7 @@ use crate::code::Code;
 use crate::cpu::Element;
 use crate::error::{Error, Result};
 use crate::family::NodeFamily;
-use crate::params::Layout;
+use crate::params::{Layout, MaskPlacement};
 use crate::shape::{expect_len, whole_groups};
 
 /// The default probability that an honest answer scores above its position's threshold.
@@ -129,6 +129,12 @@ pub struct Calibration {
     pub workers: usize,
     pub nodes: NodeFamily,
     pub layout: Layout,
+    /// `T` and the mask placement of a private code (absent from files of codes without
+    /// privacy). Honest answers also vary with the masks' scale: learn with the one served.
+    #[serde(default)]
+    pub privacy: usize,
+    #[serde(default)]
+    pub masks: MaskPlacement,
     /// Values per answer row.
     pub row_len: usize,
     /// How answers are compared.
@@ -349,11 +355,13 @@ impl Calibration {
     /// the error says what differs.
     pub fn check(&self, code: &Code, row_len: usize) -> Result<()> {
         let p = code.params();
-        let ours = (self.queries, self.workers, self.nodes, self.layout, self.row_len);
-        let theirs = (p.queries(), p.workers(), p.nodes(), p.layout(), row_len);
+        let ours = (self.queries, self.workers, self.nodes, self.layout, self.row_len, self.privacy, self.masks);
+        let theirs = (p.queries(), p.workers(), p.nodes(), p.layout(), row_len, p.privacy(), p.masks());
         if ours != theirs {
-            let describe = |(k, n, nodes, layout, c): (usize, usize, NodeFamily, Layout, usize)| {
-                format!("K = {k}, N = {n}, {nodes} nodes, {layout}, {c} outputs")
+            type Shape = (usize, usize, NodeFamily, Layout, usize, usize, MaskPlacement);
+            let describe = |(k, n, nodes, layout, c, t, masks): Shape| {
+                let privacy = if t > 0 { format!(", T = {t} ({masks} masks)") } else { String::new() };
+                format!("K = {k}, N = {n}, {nodes} nodes, {layout}{privacy}, {c} outputs")
             };
             return Err(Error::CalibrationMismatch { calibration: describe(ours), code: describe(theirs) });
         }
@@ -600,6 +608,8 @@ impl CalibrationBuilder {
             workers: p.workers(),
             nodes: p.nodes(),
             layout: p.layout(),
+            privacy: p.privacy(),
+            masks: p.masks(),
             row_len: self.row_len,
             representation: self.representation.unwrap_or_default(),
             false_alarm,

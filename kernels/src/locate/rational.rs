@@ -24,7 +24,7 @@ const RCOND: f64 = 1e-12;
 pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[usize], budget: usize) -> Vec<usize> {
     let beta = code.beta();
     let x: Vec<f64> = workers.iter().map(|&w| beta[w]).collect();
-    let degree = code.params().queries() + budget - 1;
+    let degree = code.params().sources() + budget - 1;
     // Chebyshev values T_k(beta_i), k = 0..=degree, and T_k(0) = cos(k pi / 2).
     let t: Vec<Vec<f64>> = x.iter().map(|&z| chebyshev(z, degree)).collect();
     let t0 = chebyshev(0.0, degree);

@@ -1,0 +1,187 @@
+//! Private codes: `T` masks interpolated with the `K` queries over the first-kind points of
+//! `K + T`, checked against the definition written out here independently of the crate's node
+//! tables, plus the bounds and refusals a user can meet.
+
+mod support;
+
+use approxifer_kernels::privacy::MaskSampler;
+use approxifer_kernels::{Code, CodeParams, Error, Layout, MaskPlacement, NodeFamily, berrut, cpu};
+use support::{random_f32, random_masks};
+
+fn private(k: usize, n: usize, s: usize, t: usize, masks: MaskPlacement) -> Code {
+    Code::new(CodeParams::builder(k, n).stragglers(s).privacy(t).masks(masks).build().unwrap()).unwrap()
+}
+
+/// The encode matrix from the definition: data nodes `cos((2i+1) pi / 2(K+T))` in decreasing
+/// order, `mask_positions` of them masks and the rest queries, worker nodes second-kind points
+/// of `N`; columns are the queries then the masks.
+fn reference_encode(k: usize, n: usize, t: usize, mask_positions: &[usize]) -> Vec<Vec<f64>> {
+    let m = k + t;
+    let data: Vec<f64> = (0..m).map(|i| ((2 * i + 1) as f64 * std::f64::consts::PI / (2 * m) as f64).cos()).collect();
+    let query_positions: Vec<usize> = (0..m).filter(|i| !mask_positions.contains(i)).collect();
+    let column_of: Vec<usize> = (0..m)
+        .map(|i| match mask_positions.iter().position(|&p| p == i) {
+            Some(mask) => k + mask,
+            None => query_positions.iter().position(|&p| p == i).unwrap(),
+        })
+        .collect();
+    (0..n)
+        .map(|w| {
+            let beta = (w as f64 * std::f64::consts::PI / (n - 1) as f64).cos();
+            let sorted = berrut::weights(beta, &data);
+            let mut row = vec![0.0; m];
+            for (i, &weight) in sorted.iter().enumerate() {
+                row[column_of[i]] = weight;
+            }
+            row
+        })
+        .collect()
+}
+
+#[test]
+fn the_encode_matrix_mixes_queries_and_masks_as_defined() {
+    for (k, n, t, placement, mask_positions) in [
+        (8, 10, 1, MaskPlacement::Tail, vec![8]),
+        (8, 11, 2, MaskPlacement::Tail, vec![8, 9]),
+        (8, 10, 1, MaskPlacement::Interleaved, vec![4]),
+        (8, 11, 2, MaskPlacement::Interleaved, vec![3, 6]),
+        (5, 12, 3, MaskPlacement::Interleaved, vec![2, 4, 6]),
+    ] {
+        let code = private(k, n, 1, t, placement);
+        assert_eq!(code.params().sources(), k + t);
+        let e = code.encode_matrix();
+        assert_eq!((e.rows(), e.cols()), (n, k + t));
+        let reference = reference_encode(k, n, t, &mask_positions);
+        for (w, expected) in reference.iter().enumerate() {
+            for (j, &x) in expected.iter().enumerate() {
+                let got = e.row(w)[j];
+                assert!((got - x).abs() < 1e-12, "K={k} T={t} {placement}: E[{w},{j}] = {got}, expected {x}");
+            }
+            // Every coded query carries some mask: no worker sees its queries alone.
+            assert!(e.row(w)[k..].iter().any(|&m| m.abs() > 1e-3), "worker {w} gets no mask");
+        }
+    }
+}
+
+#[test]
+fn mask_placements_give_distinct_positions_inside_the_nodes() {
+    for k in 1..20 {
+        for t in 1..6 {
+            for placement in MaskPlacement::ALL {
+                let p = placement.positions(k, t);
+                assert_eq!(p.len(), t);
+                assert!(p.windows(2).all(|w| w[0] < w[1]) && p[t - 1] < k + t, "{placement} K={k} T={t}: {p:?}");
+            }
+        }
+    }
+    assert_eq!("interleaved".parse::<MaskPlacement>(), Ok(MaskPlacement::Interleaved));
+    assert!("middle".parse::<MaskPlacement>().unwrap_err().contains("tail or interleaved"));
+}
+
+#[test]
+fn masked_encoding_is_the_matrix_applied_to_queries_then_masks() {
+    let (k, n, t, d, groups) = (4, 8, 2, 9, 5);
+    let code = private(k, n, 2, t, MaskPlacement::Interleaved);
+    let queries = random_f32(groups * k * d, 1);
+    let masks = MaskSampler::seeded(2.0, 3).unwrap().masks(&code, groups, d);
+    assert_eq!(masks.len(), groups * t * d);
+    let coded = cpu::encode_masked_to_vec(&code, &queries, &masks, d).unwrap();
+    let e = code.encode_matrix();
+    for b in 0..groups {
+        for w in 0..n {
+            for c in 0..d {
+                let mut expected = 0.0f64;
+                for j in 0..k {
+                    expected += e.row(w)[j] * f64::from(queries[(b * k + j) * d + c]);
+                }
+                for m in 0..t {
+                    expected += e.row(w)[k + m] * f64::from(masks[(b * t + m) * d + c]);
+                }
+                let got = f64::from(coded[(b * n + w) * d + c]);
+                assert!((got - expected).abs() < 1e-4, "group {b} worker {w} column {c}: {got} vs {expected}");
+            }
+        }
+    }
+    // A chosen subset of workers gets exactly those rows.
+    let workers = [6, 1, 3];
+    let mut rows = vec![0.0f32; groups * workers.len() * d];
+    cpu::encode_rows_masked(&code, &workers, &queries, &masks, d, &mut rows).unwrap();
+    for b in 0..groups {
+        for (r, &w) in workers.iter().enumerate() {
+            assert_eq!(rows[(b * 3 + r) * d..][..d], coded[(b * n + w) * d..][..d]);
+        }
+    }
+    // Decoding a private code is decoding at the query nodes, as for any code.
+    let outputs = random_f32(groups * n * 3, 4);
+    let responders = random_masks(groups, n, 2, 5);
+    assert_eq!(cpu::decode_to_vec(&code, &outputs, 3, &responders).unwrap().len(), groups * k * 3);
+}
+
+#[test]
+fn masks_change_every_coded_query_and_only_through_the_mask_columns() {
+    let (k, n, t, d, groups) = (8, 10, 1, 16, 3);
+    let code = private(k, n, 1, t, MaskPlacement::Tail);
+    let queries = random_f32(groups * k * d, 9);
+    let zero = vec![0.0f32; groups * t * d];
+    let masks = MaskSampler::seeded(5.0, 1).unwrap().masks(&code, groups, d);
+    let plain = cpu::encode_masked_to_vec(&code, &queries, &zero, d).unwrap();
+    let masked = cpu::encode_masked_to_vec(&code, &queries, &masks, d).unwrap();
+    for (w, (a, b)) in plain.chunks(d).zip(masked.chunks(d)).enumerate() {
+        assert!(a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-3), "coded query {w} is unmasked");
+    }
+}
+
+#[test]
+fn private_codes_refuse_to_encode_without_masks_and_plain_codes_refuse_masks() {
+    let code = private(4, 7, 1, 2, MaskPlacement::Tail);
+    let queries = random_f32(2 * 4 * 3, 1);
+    let refused = cpu::encode_to_vec(&code, &queries, 3).unwrap_err();
+    assert!(matches!(refused, Error::MasksMismatch { privacy: 2, .. }), "{refused}");
+    let mut coded = vec![0.0f32; 2 * 7 * 3];
+    assert!(matches!(
+        cpu::encode_rows(&code, &[0, 1], &queries, 3, &mut coded[..12]),
+        Err(Error::MasksMismatch { .. })
+    ));
+    // Masks for one group fewer than the queries: a shape error, nothing written.
+    let short = vec![1.0f32; 2 * 3];
+    let refused = cpu::encode_masked(&code, &queries, &short, 3, &mut coded).unwrap_err();
+    assert!(matches!(refused, Error::ShapeMismatch { what: "masks", expected: 12, actual: 6 }), "{refused}");
+    assert!(coded.iter().all(|&x| x == 0.0));
+
+    let plain = Code::new(CodeParams::builder(4, 6).stragglers(1).build().unwrap()).unwrap();
+    let refused = cpu::encode_masked_to_vec(&plain, &queries, &short, 3).unwrap_err();
+    assert!(matches!(refused, Error::MasksMismatch { privacy: 0, .. }), "{refused}");
+}
+
+#[test]
+fn privacy_bounds_are_typed_errors() {
+    // N >= K + T + S.
+    let e = CodeParams::builder(8, 10).stragglers(1).privacy(2).build().unwrap_err();
+    assert!(matches!(e, Error::TooFewWorkersForPrivacy { workers: 10, needed: 11, .. }), "{e}");
+    assert!(e.to_string().contains("N >= 11"), "{e}");
+    // With A > 0 the locator sees K + T data nodes: 2(K + T) + 2A + S - 1.
+    let e = CodeParams::builder(4, 10).byzantine(1).privacy(1).build().unwrap_err();
+    assert!(matches!(e, Error::TooFewWorkersForPrivacy { needed: 11, .. }), "{e}");
+    assert!(CodeParams::builder(4, 11).byzantine(1).privacy(1).build().is_ok());
+    // The systematic layout hands raw queries out.
+    let e = CodeParams::builder(4, 8).privacy(1).layout(Layout::Systematic).build().unwrap_err();
+    assert_eq!(e, Error::PrivacyNeedsMixing { privacy: 1 });
+    // K = 2, T = 1: query 1 sits at cos(pi / 2), which is worker 2's node when N = 5.
+    let params = CodeParams::builder(2, 5).stragglers(2).privacy(1).build().unwrap();
+    assert_eq!(Code::new(params).unwrap_err(), Error::UnmaskedWorker { worker: 2, query: 1 });
+    let params = CodeParams::builder(2, 5).stragglers(2).privacy(1).nodes(NodeFamily::Authors).build().unwrap();
+    assert!(Code::new(params).is_ok());
+    // A service deriving N takes the next N whose nodes mask every query.
+    let code = Code::with_masked_workers(CodeParams::builder(2, 5).stragglers(2).privacy(1)).unwrap();
+    assert_eq!(code.params().workers(), 6);
+    let e = Code::with_masked_workers(CodeParams::builder(2, 4).stragglers(2).privacy(1)).unwrap_err();
+    assert!(matches!(e, Error::TooFewWorkersForPrivacy { .. }), "{e}");
+}
+
+#[test]
+fn the_erasure_code_of_a_private_byzantine_code_keeps_its_masks() {
+    let code = Code::new(CodeParams::builder(3, 12).stragglers(1).byzantine(1).privacy(1).build().unwrap()).unwrap();
+    let erasure = code.erasure_code().unwrap();
+    assert_eq!((erasure.params().privacy(), erasure.params().stragglers()), (1, 2));
+    assert_eq!(erasure.encode_matrix(), code.encode_matrix());
+}
