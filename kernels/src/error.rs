@@ -60,6 +60,10 @@ pub enum Error {
     #[error("the code mixes T = {privacy} masks per group; {what}")]
     MasksMismatch { privacy: usize, what: &'static str },
 
+    /// A coalition size that is not between one worker and all of them.
+    #[error("colluders must be between 1 and N = {workers}, got {colluders}")]
+    InvalidColluders { colluders: usize, workers: usize },
+
     /// A mask scale that is not a finite number above zero.
     #[error("mask sigma must be finite and > 0, got {sigma}")]
     InvalidMaskSigma { sigma: f64 },

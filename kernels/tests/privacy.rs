@@ -4,7 +4,7 @@
 
 mod support;
 
-use approxifer_kernels::privacy::MaskSampler;
+use approxifer_kernels::privacy::{MaskSampler, exposures, most_exposed};
 use approxifer_kernels::{Code, CodeParams, Error, Layout, MaskPlacement, NodeFamily, berrut, cpu};
 use support::{random_f32, random_masks};
 
@@ -184,4 +184,88 @@ fn the_erasure_code_of_a_private_byzantine_code_keeps_its_masks() {
     let erasure = code.erasure_code().unwrap();
     assert_eq!((erasure.params().privacy(), erasure.params().stragglers()), (1, 2));
     assert_eq!(erasure.encode_matrix(), code.encode_matrix());
+}
+
+/// The signal-to-noise ratio of query `j` seen by workers `w` (one or two), written out with
+/// the closed-form inverse of the 1x1 or 2x2 covariance.
+fn snr_by_hand(code: &Code, j: usize, w: &[usize], sigma: f64) -> f64 {
+    let e = code.encode_matrix();
+    let k = code.params().queries();
+    let var = |source: usize| if source < k { 1.0 } else { sigma * sigma };
+    let others: Vec<usize> = (0..e.cols()).filter(|&s| s != j).collect();
+    let cov = |x: usize, y: usize| others.iter().map(|&s| var(s) * e.row(x)[s] * e.row(y)[s]).sum::<f64>();
+    match *w {
+        [a] => e.row(a)[j].powi(2) / cov(a, a),
+        [a, b] => {
+            let (p, q, r) = (cov(a, a), cov(a, b), cov(b, b));
+            let (x, y) = (e.row(a)[j], e.row(b)[j]);
+            (x * x * r - 2.0 * x * y * q + y * y * p) / (p * r - q * q)
+        }
+        _ => unreachable!("one or two colluders"),
+    }
+}
+
+#[test]
+fn exposure_is_the_best_coalition_by_linear_signal_to_noise() {
+    for (t, colluders) in [(1, 1), (2, 2), (2, 1), (0, 1), (0, 2)] {
+        for placement in MaskPlacement::ALL {
+            let code = Code::with_masked_workers(
+                CodeParams::builder(5, 5 + t + 1).stragglers(1).privacy(t).masks(placement).nodes(NodeFamily::Authors),
+            )
+            .unwrap();
+            let n = code.params().workers();
+            let exposures = exposures(&code, colluders, 1.5).unwrap();
+            assert_eq!(exposures.len(), 5);
+            for exposure in &exposures {
+                let coalitions: Vec<Vec<usize>> = if colluders == 1 {
+                    (0..n).map(|a| vec![a]).collect()
+                } else {
+                    (0..n).flat_map(|a| (a + 1..n).map(move |b| vec![a, b])).collect()
+                };
+                let best = coalitions
+                    .iter()
+                    .map(|w| (snr_by_hand(&code, exposure.query, w, 1.5), w))
+                    .fold((f64::NEG_INFINITY, &coalitions[0]), |b, c| if c.0 > b.0 { c } else { b });
+                // The crate's whisper of ridge moves near-singular coalitions' ratios slightly.
+                if best.0.is_infinite() {
+                    // A worker on query j's node sees it alone: the crate's ratio is just huge.
+                    assert!(exposure.snr > 1e9, "T {t}: {exposure:?}");
+                    continue;
+                }
+                let tolerance = 1e-6 * best.0.abs().max(1.0);
+                assert!((exposure.snr - best.0).abs() <= tolerance, "T {t}: {exposure:?} vs {best:?}");
+                // Ties between coalitions are broken either way: the chosen one must be as good.
+                let chosen = snr_by_hand(&code, exposure.query, &exposure.workers, 1.5);
+                assert!((chosen - best.0).abs() <= tolerance, "T {t}, {placement}: {exposure:?} vs {best:?}");
+            }
+            let worst = most_exposed(&code, colluders, 1.5).unwrap();
+            assert!(exposures.iter().all(|e| e.snr <= worst.snr));
+        }
+    }
+}
+
+#[test]
+fn t_colluders_are_drowned_by_larger_masks_and_t_plus_one_are_not() {
+    let code = Code::with_masked_workers(CodeParams::builder(8, 11).stragglers(1).privacy(2)).unwrap();
+    let snr = |colluders, sigma| most_exposed(&code, colluders, sigma).unwrap().snr;
+    // T colluders: every mask stays in any combination of their coded queries, so a large
+    // enough scale drowns the query, at last as 1 / sigma^2. The tail masks' weights on the
+    // two workers nearest query 0 are nearly proportional (both masks sit far away, at one
+    // end), so their combination almost cancels both: it takes a very large scale.
+    let scales = [1.0, 1e2, 1e4, 1e5, 1e6];
+    let drowned: Vec<f64> = scales.iter().map(|&s| snr(2, s)).collect();
+    assert!(drowned.windows(2).all(|w| w[1] < w[0]), "{drowned:?}");
+    assert!(drowned[4] < 0.02 * drowned[3], "{drowned:?}");
+    // T + 1 colluders can cancel both masks: the ratio stops falling with the scale.
+    let plateau: Vec<f64> = scales.iter().map(|&s| snr(3, s)).collect();
+    assert!(plateau[4] > 0.9 * plateau[3] && plateau[4] > 100.0 * drowned[4], "{plateau:?} {drowned:?}");
+}
+
+#[test]
+fn exposure_refuses_impossible_coalitions_and_scales() {
+    let code = private(4, 7, 1, 2, MaskPlacement::Tail);
+    assert_eq!(exposures(&code, 0, 1.0).unwrap_err(), Error::InvalidColluders { colluders: 0, workers: 7 });
+    assert_eq!(exposures(&code, 8, 1.0).unwrap_err(), Error::InvalidColluders { colluders: 8, workers: 7 });
+    assert!(matches!(exposures(&code, 2, 0.0).unwrap_err(), Error::InvalidMaskSigma { .. }));
+    assert!(matches!(most_exposed(&code, 2, f64::NAN).unwrap_err(), Error::InvalidMaskSigma { .. }));
 }
