@@ -71,6 +71,103 @@ fn code_text_output_is_readable() {
     assert!(text.contains("encode (N x K)") && text.contains("decode (K x |F|)"), "{text}");
 }
 
+#[test]
+fn code_encode_and_decode_take_a_private_code() {
+    // K = 2, T = 1: first-kind points of 3 (cos pi/6, 0, -cos pi/6); the tail mask takes the
+    // last, the interleaved one the middle.
+    let c = (std::f64::consts::PI / 6.0).cos();
+    for (placement, alpha, mask) in [("tail", [c, 0.0], -c), ("interleaved", [c, -c], 0.0)] {
+        let args =
+            ["code", "--k", "2", "--n", "5", "--nodes", "authors", "--privacy", "1", "--mask-placement", placement];
+        let v = stdout_json(&[&args[..], &["--json"]].concat());
+        assert_eq!((v["privacy"].as_u64(), v["mask_placement"].as_str()), (Some(1), Some(placement)));
+        assert!(reference::max_abs_diff(&[numbers(&v["alpha"])], &[alpha.to_vec()]) < 1e-12, "{v}");
+        assert!(reference::max_abs_diff(&[numbers(&v["mask_nodes"])], &[vec![mask]]) < 1e-12, "{v}");
+        assert!(matrix(&v["encode"]).iter().all(|row| row.len() == 3), "N x (K + T): {v}");
+        let text = String::from_utf8(approxifer(&args).stdout).unwrap();
+        assert!(text.contains("T = 1 masks") && text.contains("encode (N x (K + T))"), "{text}");
+    }
+    let plain = stdout_json(&["code", "--k", "2", "--n", "4", "--json"]);
+    assert_eq!(plain["privacy"], 0);
+    assert!(plain.get("mask_nodes").is_none() && plain.get("mask_placement").is_none(), "{plain}");
+
+    let dir = temp_dir();
+    let (k, n, t, groups, row_len) = (3usize, 7usize, 2usize, 4usize, 5usize);
+    let queries = pattern(groups * k * row_len, 0.3);
+    let input = dir.path().join("queries.npy");
+    npy::write(&input, &[groups * k, row_len], &Data::F64(queries.clone())).unwrap();
+    let code = ["--k", "3", "--n", "7", "--stragglers", "1", "--privacy", "2", "--nodes", "authors"];
+    let encode = |name: &str, extra: &[&str]| -> Result<Vec<f64>, String> {
+        let output = dir.path().join(name);
+        let io = ["--input", path_str(&input), "--output", path_str(&output)];
+        let out = approxifer(&[&["encode"][..], &code, &io, extra].concat());
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let coded = npy::read(&output).unwrap();
+        assert_eq!(coded.shape, [groups * n, row_len]);
+        let Data::F64(v) = coded.data else { panic!("dtype changed") };
+        Ok(v)
+    };
+    // Seeded masks repeat; the operating system's entropy does not.
+    assert_eq!(encode("a.npy", &["--seed", "5"]).unwrap(), encode("b.npy", &["--seed", "5"]).unwrap());
+    assert_ne!(encode("c.npy", &[]).unwrap(), encode("d.npy", &[]).unwrap());
+    // Given masks: the coded queries are the encode matrix applied to the queries then masks.
+    let masks = pattern(groups * t * row_len, 1.9);
+    let masks_path = dir.path().join("masks.npy");
+    npy::write(&masks_path, &[groups * t, row_len], &Data::F64(masks.clone())).unwrap();
+    let coded = encode("e.npy", &["--masks", path_str(&masks_path)]).unwrap();
+    let e = matrix(&stdout_json(&[&["code"][..], &code, &["--json"]].concat())["encode"]);
+    for g in 0..groups {
+        let sources: Vec<&[f64]> = (0..k)
+            .map(|j| &queries[(g * k + j) * row_len..][..row_len])
+            .chain((0..t).map(|m| &masks[(g * t + m) * row_len..][..row_len]))
+            .collect();
+        for (w, weights) in e.iter().enumerate() {
+            for x in 0..row_len {
+                let expected: f64 = weights.iter().zip(&sources).map(|(a, s)| a * s[x]).sum();
+                assert!((coded[(g * n + w) * row_len + x] - expected).abs() < 1e-12);
+            }
+        }
+    }
+    // Decoding a private code is plain decoding at the K query nodes.
+    let outputs = dir.path().join("coded.npy");
+    npy::write(&outputs, &[groups * n, row_len], &Data::F64(coded.clone())).unwrap();
+    let decoded_path = dir.path().join("decoded.npy");
+    let io = ["--input", path_str(&outputs), "--output", path_str(&decoded_path), "--responders", "0,1,2,4,5,6"];
+    let out = approxifer(&[&["decode"][..], &code, &io].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let Data::F64(decoded) = npy::read(&decoded_path).unwrap().data else { panic!("dtype changed") };
+    let d =
+        matrix(&stdout_json(&[&["code"][..], &code, &["--responders", "0,1,2,4,5,6", "--json"]].concat())["decode"]);
+    for g in 0..groups {
+        for (j, weights) in d.iter().enumerate() {
+            for x in 0..row_len {
+                let expected: f64 =
+                    weights.iter().zip([0, 1, 2, 4, 5, 6]).map(|(a, w)| a * coded[(g * n + w) * row_len + x]).sum();
+                assert!((decoded[(g * k + j) * row_len + x] - expected).abs() < 1e-12);
+            }
+        }
+    }
+    // Refusals, one line each.
+    let short = dir.path().join("short.npy");
+    npy::write(&short, &[groups * t - 1, row_len], &Data::F64(masks[row_len..].to_vec())).unwrap();
+    let error = encode("f.npy", &["--masks", path_str(&short)]).unwrap_err();
+    assert!(error.contains("need 8 mask rows") && error.lines().count() == 1, "{error}");
+    let wrong_dtype = dir.path().join("f32.npy");
+    npy::write(&wrong_dtype, &[groups * t, row_len], &Data::F32(masks.iter().map(|&m| m as f32).collect())).unwrap();
+    let error = encode("g.npy", &["--masks", path_str(&wrong_dtype)]).unwrap_err();
+    assert!(error.contains("same dtype"), "{error}");
+    assert!(encode("h.npy", &["--mask-sigma", "0"]).unwrap_err().contains("mask sigma must be finite and > 0"));
+    assert!(!dir.path().join("f.npy").exists() && !dir.path().join("h.npy").exists(), "nothing written on error");
+    assert_one_line_error(
+        &["encode", "--k", "2", "--n", "3", "--seed", "1", "--input", path_str(&input), "--output", "x.npy"],
+        "add --privacy T",
+    );
+    assert_one_line_error(&["code", "--k", "8", "--n", "10", "--stragglers", "1", "--privacy", "2"], "N >= 11");
+    assert_one_line_error(&["code", "--k", "4", "--n", "8", "--privacy", "1", "--systematic"], "non-systematic");
+}
+
 /// Checks one `code --json` invocation against the reference.
 fn check_code_against_reference(k: usize, n: usize, s: usize, family: &str, systematic: bool, responders: &[usize]) {
     let list = responders.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
@@ -697,6 +794,85 @@ fn eval_prints_the_documented_json_keys_and_draws_a_plot() {
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("degraded, systematic"), "{}", &svg[..svg.len().min(200)]);
     assert!(svg.contains("ParM (rebuilt)"), "ParM drawn beside ApproxIFER");
+}
+
+#[test]
+fn eval_privacy_reports_the_cost_and_both_attacks_and_draws_the_trade_off() {
+    let dir = temp_dir();
+    let plot = dir.path().join("privacy.svg");
+    let data = data_dir();
+    let args = [
+        "eval",
+        "--dataset",
+        "fashion-mnist",
+        "--model",
+        "lenet5",
+        "--k",
+        "4",
+        "--privacy",
+        "1",
+        "--mask-sigma",
+        "0.5,16",
+        "--mask-placement",
+        "tail",
+        "--attacker-samples",
+        "512",
+        "--attacker-epochs",
+        "1",
+        "--queries",
+        "200",
+        "--json",
+        "--data",
+        &data,
+        "--plot",
+        plot.to_str().unwrap(),
+    ];
+    let out = approxifer(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for key in [
+        "scheme",
+        "k",
+        "n",
+        "stragglers",
+        "base_accuracy",
+        "degraded_accuracy_paper",
+        "privacy",
+        "mask_sigma",
+        "mask_placement",
+        "degraded_accuracy_unmasked",
+        "attacker_accuracy",
+        "attacker_accuracy_unmasked",
+        "nearest_attack_accuracy",
+        "nearest_attack_accuracy_unmasked",
+        "colluders",
+    ] {
+        assert!(rows.iter().all(|r| r.get(key).is_some()), "missing {key}: {rows:?}");
+    }
+    let value = |r: &Value, key: &str| r[key].as_f64().unwrap();
+    for r in &rows {
+        assert_eq!((r["privacy"].as_u64(), r["stragglers"].as_u64()), (Some(1), Some(1)));
+        assert!(r["n"].as_u64().unwrap() >= 6, "N >= K + T + S: {r}");
+        assert_eq!(r["colluders"].as_array().unwrap().len(), 1);
+        for key in ["attacker_accuracy", "attacker_accuracy_unmasked", "nearest_attack_accuracy"] {
+            assert!((0.0..=1.0).contains(&value(r, key)), "{key}: {r}");
+        }
+    }
+    // Without masks the nearest worker's coded query is mostly its query; large masks drown it
+    // and cost decoded accuracy.
+    let (small, large) = (&rows[0], &rows[1]);
+    assert!(value(small, "nearest_attack_accuracy_unmasked") > 0.5, "{small}");
+    assert!(
+        value(large, "nearest_attack_accuracy") < value(small, "nearest_attack_accuracy_unmasked") - 0.2,
+        "{large}"
+    );
+    assert!(value(large, "degraded_accuracy_paper") < value(large, "degraded_accuracy_unmasked"), "{large}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("masks tail") && svg.contains("no masks"), "{}", &svg[..200]);
+    assert_one_line_error(&["eval", "--privacy", "0", "--data", &data], "at least 1");
+    assert_one_line_error(&["eval", "--privacy", "1", "--byzantine", "1", "--data", &data], "cannot be used with");
 }
 
 #[test]

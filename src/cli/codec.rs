@@ -11,7 +11,8 @@ use serde::Serialize;
 use super::CodeArgs;
 use crate::backend::{Backend, Engine};
 use crate::kernels::gpu::AdapterChoice;
-use crate::kernels::{Layout, Locator, NodeFamily, cpu, locate};
+use crate::kernels::privacy::{DEFAULT_MASK_SIGMA, MaskSampler};
+use crate::kernels::{Code, Layout, Locator, MaskPlacement, NodeFamily, cpu, locate};
 use crate::map_data;
 use crate::npy::{self, Array, Data};
 
@@ -72,6 +73,68 @@ pub(super) struct EncodeCmd {
     /// Where to write the coded queries, shape [B*N, ...], same dtype.
     #[arg(long, value_name = "FILE")]
     output: PathBuf,
+    /// With --privacy T: the masks, .npy of shape [B*T, ...] with the queries' row shape and
+    /// dtype [default: drawn N(0, sigma^2) from ChaCha20, fresh for every group]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["mask_sigma", "seed"])]
+    masks: Option<PathBuf>,
+    /// With --privacy T: the drawn masks' standard deviation, in the queries' units
+    /// [default: 8, chosen by measurement: README, "Private queries"]
+    #[arg(long, value_name = "SIGMA")]
+    mask_sigma: Option<f64>,
+    /// With --privacy T: draw the masks from this seed, the same every run (for tests and
+    /// evaluations; a service must not) [default: the operating system's entropy]
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl EncodeCmd {
+    /// The masks of `groups` groups of `code` (`[groups, T, row_len]`) in the dtype of
+    /// `queries`: read from --masks or drawn; empty when the code has no privacy.
+    fn masks(&self, code: &Code, queries: &Data, groups: usize, row_len: usize) -> anyhow::Result<Data> {
+        let t = code.params().privacy();
+        if t == 0 {
+            ensure!(
+                self.masks.is_none() && self.mask_sigma.is_none() && self.seed.is_none(),
+                "--masks, --mask-sigma and --seed are for private codes: add --privacy T"
+            );
+            return Ok(map_data!(queries, _v => Vec::new()));
+        }
+        if let Some(path) = &self.masks {
+            let masks = npy::read(path)?;
+            ensure!(
+                masks.shape[1..].iter().product::<usize>() == row_len,
+                "{}: mask rows have shape {:?}, the queries' rows have {row_len} elements",
+                path.display(),
+                &masks.shape[1..]
+            );
+            ensure!(
+                masks.shape[0] == groups * t && masks.data.len() == groups * t * row_len,
+                "{}: {groups} groups with T = {t} need {} mask rows of {row_len}, the file has shape {:?}",
+                path.display(),
+                groups * t,
+                masks.shape
+            );
+            ensure!(
+                masks.data.dtype() == queries.dtype(),
+                "{}: masks are {}, the queries {}; give them the same dtype",
+                path.display(),
+                masks.data.dtype(),
+                queries.dtype()
+            );
+            return Ok(masks.data);
+        }
+        let sigma = self.mask_sigma.unwrap_or(DEFAULT_MASK_SIGMA);
+        let mut sampler = match self.seed {
+            Some(seed) => MaskSampler::seeded(sigma, seed)?,
+            None => MaskSampler::from_entropy(sigma)?,
+        };
+        let drawn = sampler.masks(code, groups, row_len);
+        Ok(match queries {
+            Data::F16(_) => Data::F16(drawn.iter().map(|&m| half::f16::from_f32(m)).collect()),
+            Data::F32(_) => Data::F32(drawn),
+            Data::F64(_) => Data::F64(drawn.iter().map(|&m| f64::from(m)).collect()),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +180,14 @@ struct CodeReport {
     byzantine: usize,
     nodes: NodeFamily,
     layout: Layout,
+    /// Colluding workers the masks hide the queries from (T).
+    privacy: usize,
+    /// Private codes: where the masks' data nodes sit among the K + T.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mask_placement: Option<MaskPlacement>,
+    /// Private codes: the masks' data node values, decreasing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    mask_nodes: Vec<f64>,
     /// Systematic layout: the worker that receives query j unmixed.
     #[serde(skip_serializing_if = "Option::is_none")]
     systematic_workers: Option<Vec<usize>>,
@@ -147,6 +218,9 @@ pub(super) fn code(args: &CodeCmd, out: &mut impl Write) -> anyhow::Result<()> {
         byzantine: p.byzantine(),
         nodes: p.nodes(),
         layout: p.layout(),
+        privacy: p.privacy(),
+        mask_placement: (p.privacy() > 0).then_some(p.masks()),
+        mask_nodes: code.nodes().masks.iter().map(|a| a.cos()).collect(),
         systematic_workers: code.nodes().systematic_workers.clone(),
         alpha: code.alpha(),
         beta: code.beta(),
@@ -173,8 +247,15 @@ fn print_report(r: &CodeReport, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "systematic workers (query j -> worker): {workers:?}")?;
     }
     writeln!(out, "alpha (data nodes):   {}", row_text(&r.alpha))?;
+    if let Some(placement) = r.mask_placement {
+        writeln!(out, "T = {} masks ({placement}) at {}", r.privacy, row_text(&r.mask_nodes))?;
+    }
     writeln!(out, "beta (worker nodes):  {}", row_text(&r.beta))?;
-    writeln!(out, "encode (N x K), row n = weights of the queries in coded query n:")?;
+    if r.privacy > 0 {
+        writeln!(out, "encode (N x (K + T)), row n = weights of the queries, then the masks, in coded query n:")?;
+    } else {
+        writeln!(out, "encode (N x K), row n = weights of the queries in coded query n:")?;
+    }
     for row in &r.encode {
         writeln!(out, "  {}", row_text(row))?;
     }
@@ -196,12 +277,16 @@ pub(super) fn encode(args: &EncodeCmd) -> anyhow::Result<()> {
     let (k, n) = (code.params().queries(), code.params().workers());
     let input = npy::read(&args.input)?;
     let (groups, row_len) = split_groups(&input, k, &args.input, "queries")?;
+    let masks = args.masks(&code, &input.data, groups, row_len)?;
     let output = npy::OutputFile::create(&args.output)?;
     let engine = args.engine.engine(&input.data)?;
-    let coded = match (engine, input.data) {
-        (Engine::Gpu(gpu), Data::F32(v)) => Data::F32(gpu.encode(&code, &v, row_len)?),
-        (Engine::Gpu(gpu), Data::F16(v)) => Data::F16(gpu.encode(&code, &v, row_len)?),
-        (_, data) => map_data!(data, v => cpu::encode_to_vec(&code, &v, row_len)?),
+    let coded = match (engine, input.data, masks) {
+        (Engine::Gpu(gpu), Data::F32(v), Data::F32(m)) => Data::F32(gpu.encode_masked(&code, &v, &m, row_len)?),
+        (Engine::Gpu(gpu), Data::F16(v), Data::F16(m)) => Data::F16(gpu.encode_masked(&code, &v, &m, row_len)?),
+        (_, Data::F16(v), Data::F16(m)) => Data::F16(cpu::encode_masked_to_vec(&code, &v, &m, row_len)?),
+        (_, Data::F32(v), Data::F32(m)) => Data::F32(cpu::encode_masked_to_vec(&code, &v, &m, row_len)?),
+        (_, Data::F64(v), Data::F64(m)) => Data::F64(cpu::encode_masked_to_vec(&code, &v, &m, row_len)?),
+        _ => anyhow::bail!("the masks' dtype differs from the queries'"),
     };
     output.write(&regroup_shape(&input.shape, groups * n), &coded)?;
     Ok(())

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::kernels::{Code, CodeParams, Layout, NodeFamily};
+use crate::kernels::{Code, CodeParams, Layout, MaskPlacement, NodeFamily};
 
 /// Resilient, model-agnostic prediction serving with Berrut-coded queries (ApproxIFER).
 ///
@@ -96,6 +96,13 @@ struct CodeArgs {
     /// Send K of the N workers the raw queries (systematic layout).
     #[arg(long)]
     systematic: bool,
+    /// Colluding workers the queries are hidden from (T): T random masks are mixed into every
+    /// group over K + T data nodes (needs N >= K + T + S, or more with --byzantine).
+    #[arg(long, value_name = "T", default_value_t = 0)]
+    privacy: usize,
+    /// Where the T masks' data nodes sit among the K + T: tail (the authors') or interleaved.
+    #[arg(long, value_name = "PLACEMENT", default_value_t = MaskPlacement::Tail)]
+    mask_placement: MaskPlacement,
 }
 
 impl CodeArgs {
@@ -104,6 +111,8 @@ impl CodeArgs {
         let mut builder = CodeParams::builder(self.queries, self.workers)
             .stragglers(self.stragglers)
             .byzantine(self.byzantine)
+            .privacy(self.privacy)
+            .masks(self.mask_placement)
             .layout(layout);
         if let Some(nodes) = self.nodes {
             builder = builder.nodes(nodes);
