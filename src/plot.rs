@@ -182,3 +182,79 @@ pub fn redundancy_svg(rows: &[crate::eval::ByzantineRow], path: &Path) -> anyhow
     root.present()?;
     Ok(())
 }
+
+/// The privacy trade-off (`eval --privacy --plot`): per `T`, decoded (degraded) accuracy
+/// against the attacker's accuracy (the learnt one where trained, else the nearest-worker
+/// attack), one line per mask placement through the mask scales, and the code without masks.
+pub fn privacy_svg(rows: &[crate::eval::PrivacyRow], path: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(!rows.is_empty(), "nothing to plot: no privacy settings");
+    let mut ts: Vec<usize> = rows.iter().map(|r| r.privacy).collect();
+    ts.sort_unstable();
+    ts.dedup();
+    let learnt = rows.iter().all(|r| r.attacker_accuracy.is_some());
+    let attack =
+        |r: &crate::eval::PrivacyRow| if learnt { r.attacker_accuracy } else { Some(r.nearest_attack_accuracy) };
+    let attack_unmasked = |r: &crate::eval::PrivacyRow| {
+        if learnt { r.attacker_accuracy_unmasked } else { Some(r.nearest_attack_accuracy_unmasked) }
+    };
+    let root = SVGBackend::new(path, (460 * ts.len() as u32, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut placements: Vec<_> = rows.iter().map(|r| r.mask_placement).collect();
+    placements.dedup();
+    placements.sort_by_key(|p| p.name());
+    placements.dedup();
+    for (area, &t) in root.split_evenly((1, ts.len())).iter().zip(&ts) {
+        let Some(first) = rows.iter().find(|r| r.privacy == t) else { continue };
+        let caption = format!(
+            "{} on {}: K = {}, S = {}, T = {t}",
+            first.eval.model, first.eval.dataset, first.eval.k, first.eval.stragglers
+        );
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 15))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)?;
+        let x_desc = if learnt { "learnt attacker's accuracy" } else { "nearest-worker attack's accuracy" };
+        chart.configure_mesh().x_desc(x_desc).y_desc("decoded accuracy (S stragglers)").draw()?;
+        for (i, &placement) in placements.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            let mut points: Vec<(f64, f64, f64)> = rows
+                .iter()
+                .filter(|r| r.privacy == t && r.mask_placement == placement)
+                .filter_map(|r| attack(r).map(|a| (r.mask_sigma, a, r.eval.degraded_accuracy_paper)))
+                .collect();
+            points.sort_by(|p, q| p.0.total_cmp(&q.0));
+            chart
+                .draw_series(LineSeries::new(points.iter().map(|p| (p.1, p.2)), colour.stroke_width(2)).point_size(3))?
+                .label(format!("masks {placement} (sigma {})", sigmas_text(&points)))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2)));
+            chart.draw_series(points.iter().map(|&(sigma, a, d)| {
+                Text::new(format!("{sigma}"), (a, d), ("sans-serif", 10).into_font().color(&BLACK))
+            }))?;
+        }
+        let unmasked: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.privacy == t)
+            .filter_map(|r| attack_unmasked(r).map(|a| (a, r.degraded_accuracy_unmasked)))
+            .collect();
+        chart
+            .draw_series(unmasked.iter().map(|&p| Cross::new(p, 6, BLACK.stroke_width(2))))?
+            .label("no masks")
+            .legend(|(x, y)| Cross::new((x + 9, y), 5, BLACK));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .label_font(("sans-serif", 11))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+/// `0.5, 1, 2` from the scales of a series.
+fn sigmas_text(points: &[(f64, f64, f64)]) -> String {
+    points.iter().map(|p| format!("{}", p.0)).collect::<Vec<_>>().join(", ")
+}

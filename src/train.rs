@@ -67,13 +67,15 @@ pub fn normalisation(dataset: Dataset) -> (f32, f32) {
 
 /// Images `[count, 1, rows, cols]`, normalised for `dataset`, on `device`.
 pub fn image_tensor(images: &Images, range: std::ops::Range<usize>, dataset: Dataset, device: &Device) -> Tensor<4> {
+    let (count, rows, cols) = (range.len(), images.rows, images.cols);
+    Tensor::from_data(TensorData::new(normalised(images, range, dataset), [count, 1, rows, cols]), device)
+}
+
+/// The pixels of images `range`, normalised for `dataset`, row-major on the host.
+pub fn normalised(images: &Images, range: std::ops::Range<usize>, dataset: Dataset) -> Vec<f32> {
     let (mean, std) = normalisation(dataset);
     let len = images.image_len();
-    let values: Vec<f32> = images.pixels[range.start * len..range.end * len]
-        .iter()
-        .map(|&p| (f32::from(p) / 255.0 - mean) / std)
-        .collect();
-    Tensor::from_data(TensorData::new(values, [range.len(), 1, images.rows, images.cols]), device)
+    images.pixels[range.start * len..range.end * len].iter().map(|&p| (f32::from(p) / 255.0 - mean) / std).collect()
 }
 
 /// Trains a fresh `config.architecture` on `train`, evaluating on `test` after each epoch;

@@ -84,11 +84,23 @@ pub fn run_pipeline_bench(choice: &AdapterChoice, config: &PipelineBenchConfig) 
 
     // The same work with the coded queries and predictions crossing to the host.
     let d = side * side;
-    let host_queries = queries.clone().into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    // try_into_data: a batch too large for the device is an error here, not a panic.
+    let read_back = |what: &str, e: &dyn std::fmt::Debug| anyhow::anyhow!("reading {what} back from the device: {e:?}");
+    let host_queries = queries
+        .clone()
+        .try_into_data()
+        .map_err(|e| read_back("the queries", &e))?
+        .try_to_vec::<f32>()
+        .map_err(|e| read_back("the queries", &e))?;
     let host_round_trip_total_ms = median_ms(&device, config.repeats, || {
         let coded = cpu::encode_to_vec(&code, &host_queries, d)?;
         let coded = Tensor::<4>::from_data(TensorData::new(coded, [groups * n, 1, side, side]), &device);
-        let predictions = model.forward(coded).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let predictions = model
+            .forward(coded)
+            .try_into_data()
+            .map_err(|e| read_back("the predictions", &e))?
+            .try_to_vec::<f32>()
+            .map_err(|e| read_back("the predictions", &e))?;
         let decoded = cpu::decode_to_vec(&code, &predictions, crate::models::CLASSES, &masks)?;
         drop(Tensor::<2>::from_data(TensorData::new(decoded, [groups * k, crate::models::CLASSES]), &device));
         Ok(())

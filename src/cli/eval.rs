@@ -9,13 +9,16 @@ use clap::{Args, ValueEnum};
 use crate::attack::Attack;
 use crate::data::{self, Dataset, Split};
 use crate::eval::{
-    ByzantineConfig, ByzantineRow, CalibrationSource, EvalConfig, EvalRow, Outputs, Setting, evaluate,
-    evaluate_byzantine, evaluate_parm,
+    AttackerConfig, ByzantineConfig, ByzantineRow, CalibrationSource, EvalConfig, EvalRow, Outputs, PrivacyConfig,
+    PrivacyRow, Setting, evaluate, evaluate_byzantine, evaluate_parm, evaluate_privacy,
 };
 use crate::kernels::gpu::AdapterChoice;
 use crate::kernels::locate::calibrated::DEFAULT_FALSE_ALARM;
-use crate::kernels::{Layout, NodeFamily};
+use crate::kernels::{Layout, MaskPlacement, NodeFamily};
 use crate::models::Architecture;
+
+/// The mask scales `eval --privacy` sweeps unless told.
+const DEFAULT_MASK_SIGMAS: [f64; 5] = [0.5, 2.0, 8.0, 32.0, 128.0];
 
 /// Which layouts to evaluate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -88,6 +91,26 @@ pub(super) struct EvalArgs {
     /// With --byzantine, the calibrated locator's false-alarm probability per honest answer.
     #[arg(long, value_name = "P", default_value_t = DEFAULT_FALSE_ALARM, requires = "byzantine")]
     false_alarm: f64,
+    /// Colluding workers T, one or more: measure private codes instead (T masks per group;
+    /// N = K + T + S, or the next N whose worker nodes all avoid the query nodes): their
+    /// accuracy next to the same code without masks, and two attacks on the queries.
+    #[arg(long, value_name = "T", value_delimiter = ',', conflicts_with = "byzantine")]
+    privacy: Option<Vec<usize>>,
+    /// With --privacy, the mask scales, comma-separated: standard deviations in the queries'
+    /// normalised units [default: 0.5,2,8,32,128]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "privacy")]
+    mask_sigma: Vec<f64>,
+    /// With --privacy, where the masks' nodes sit, comma-separated: tail (the authors'),
+    /// interleaved [default: both]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "privacy")]
+    mask_placement: Vec<MaskPlacement>,
+    /// With --privacy, coded training groups the learnt attacker (a LeNet-5 on the colluders'
+    /// coded queries) sees per epoch (0: only the nearest-worker attack).
+    #[arg(long, value_name = "G", default_value_t = 20_000, requires = "privacy")]
+    attacker_samples: usize,
+    /// With --privacy, the learnt attacker's epochs.
+    #[arg(long, default_value_t = 2, requires = "privacy")]
+    attacker_epochs: usize,
     /// Layouts [default: both; non-systematic with --byzantine, the only one it runs]
     #[arg(long, value_enum)]
     layout: Option<LayoutChoice>,
@@ -132,6 +155,18 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         "--plot draws the calibrated locator's curve; --calibration-groups 0 leaves it out"
     );
     anyhow::ensure!(args.k.iter().all(|&k| k >= 1), "--k values must be at least 1");
+    anyhow::ensure!(
+        args.privacy.as_ref().is_none_or(|t| t.iter().all(|&t| t >= 1)),
+        "--privacy values must be at least 1 (T = 0 is the code without masks)"
+    );
+    anyhow::ensure!(
+        args.mask_sigma.iter().all(|&s| s.is_finite() && s > 0.0),
+        "--mask-sigma values must be finite and > 0"
+    );
+    anyhow::ensure!(
+        args.privacy.is_none() || matches!(args.layout, None | Some(LayoutChoice::NonSystematic)),
+        "--privacy evaluates the non-systematic layout only: the systematic one sends raw queries"
+    );
     let one = |values: Option<&Vec<usize>>| values.is_none_or(|v| v.len() == 1);
     anyhow::ensure!(
         args.calibration.is_none()
@@ -160,15 +195,23 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     }
     eprintln!("{}", burn.notice());
     let byzantine = args.byzantine.is_some();
+    let private = args.privacy.is_some();
     // The Byzantine evaluation runs the non-systematic layout, without stragglers, on logits
-    // unless told otherwise.
+    // unless told otherwise; the privacy evaluation the non-systematic layout, with S = 1.
+    let only_mixed = byzantine || private;
     let layouts: &[Layout] =
-        match args.layout.unwrap_or(if byzantine { LayoutChoice::NonSystematic } else { LayoutChoice::Both }) {
+        match args.layout.unwrap_or(if only_mixed { LayoutChoice::NonSystematic } else { LayoutChoice::Both }) {
             LayoutChoice::NonSystematic => &[Layout::NonSystematic],
             LayoutChoice::Systematic => &[Layout::Systematic],
             LayoutChoice::Both => &[Layout::NonSystematic, Layout::Systematic],
         };
-    let default_stragglers: &[usize] = if byzantine { &[0] } else { &[1, 2, 3] };
+    let default_stragglers: &[usize] = if byzantine {
+        &[0]
+    } else if private {
+        &[1]
+    } else {
+        &[1, 2, 3]
+    };
     let mut settings = Vec::new();
     for &layout in layouts {
         for &k in &args.k {
@@ -187,6 +230,47 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         nodes: args.nodes,
         seed: args.seed,
     };
+    if let Some(privacy) = &args.privacy {
+        let config = PrivacyConfig {
+            eval: config,
+            privacy: privacy.clone(),
+            sigmas: if args.mask_sigma.is_empty() { DEFAULT_MASK_SIGMAS.to_vec() } else { args.mask_sigma.clone() },
+            placements: if args.mask_placement.is_empty() {
+                MaskPlacement::ALL.to_vec()
+            } else {
+                args.mask_placement.clone()
+            },
+            attacker: (args.attacker_samples > 0 && args.attacker_epochs > 0)
+                .then(|| -> anyhow::Result<_> {
+                    Ok(AttackerConfig {
+                        images: Arc::new(data::load(&dir, args.dataset, Split::Train)?),
+                        samples: args.attacker_samples,
+                        epochs: args.attacker_epochs,
+                    })
+                })
+                .transpose()?,
+        };
+        // JSON rows go out as they are measured (a sweep takes minutes per row on a CPU).
+        let mut written: std::io::Result<()> = Ok(());
+        let rows = with_progress(|progress| {
+            evaluate_privacy(&model, &test, &config, &device, progress, |row| {
+                if args.json && written.is_ok() {
+                    written = serde_json::to_writer(&mut *out, row)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| writeln!(out))
+                        .and_then(|()| out.flush());
+                }
+            })
+        })?;
+        written?;
+        if !args.json {
+            write_privacy_table(&rows, out)?;
+        }
+        if let Some(plot) = &args.plot {
+            crate::plot::privacy_svg(&rows, plot)?;
+        }
+        return Ok(());
+    }
     if let Some(byzantine) = &args.byzantine {
         let attacks = args.attack.clone().unwrap_or_else(|| std::iter::once(Attack::None).chain(Attack::ALL).collect());
         let calibration = if let Some(path) = &args.calibration {
@@ -375,6 +459,62 @@ fn write_byzantine_table(rows: &[ByzantineRow], out: &mut impl Write) -> anyhow:
             r.dataset,
             r.queries,
             r.nodes,
+            outputs.as_str().unwrap_or("?")
+        )?;
+    }
+    Ok(())
+}
+
+fn write_privacy_table(rows: &[PrivacyRow], out: &mut impl Write) -> anyhow::Result<()> {
+    writeln!(
+        out,
+        "{:>3} {:>3} {:>3} {:>3} {:<12} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "K",
+        "N",
+        "S",
+        "T",
+        "masks",
+        "sigma",
+        "base",
+        "degraded",
+        "(no mask)",
+        "attacker",
+        "(no mask)",
+        "nearest",
+        "(no mask)"
+    )?;
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    for r in rows {
+        writeln!(
+            out,
+            "{:>3} {:>3} {:>3} {:>3} {:<12} {:>6} {:>8.4} {:>9.4} {:>9.4} {:>9} {:>9} {:>9.4} {:>9.4}",
+            r.eval.k,
+            r.eval.n,
+            r.eval.stragglers,
+            r.privacy,
+            r.mask_placement.name(),
+            r.mask_sigma,
+            r.eval.base_accuracy,
+            r.eval.degraded_accuracy_paper,
+            r.degraded_accuracy_unmasked,
+            opt(r.attacker_accuracy),
+            opt(r.attacker_accuracy_unmasked),
+            r.nearest_attack_accuracy,
+            r.nearest_attack_accuracy_unmasked
+        )?;
+    }
+    if let Some(r) = rows.first() {
+        let outputs = serde_json::to_value(r.eval.outputs)?;
+        writeln!(
+            out,
+            "{} on {}, {} queries per setting, {} nodes, workers return {}. degraded: decoded from N - S \
+             responders; attacker: a LeNet-5 trained on the T colluders' coded queries naming the class of \
+             the query they see best; nearest: the hosted model on the coded query of the worker nearest each \
+             query's node; (no mask): the same code without masks. Chance is 0.1.",
+            r.eval.model,
+            r.eval.dataset,
+            r.eval.queries,
+            r.eval.nodes,
             outputs.as_str().unwrap_or("?")
         )?;
     }

@@ -14,17 +14,20 @@
 mod byzantine;
 pub mod calibrate;
 mod parm;
+mod privacy;
 
 pub use byzantine::{ByzantineConfig, ByzantineRow, CalibrationSource, evaluate_byzantine};
 pub use calibrate::{CalibrateConfig, calibrate};
 pub use parm::evaluate_parm;
+pub use privacy::{AttackerConfig, PrivacyConfig, PrivacyRow, evaluate_privacy};
 
-use burn::tensor::{Device, Tensor, activation};
+use burn::tensor::{Device, Tensor, TensorData, activation};
 use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 
 use crate::data::{Dataset, Images};
 use crate::fused::{CodedRunner, FusedCode, FusedError};
+use crate::kernels::privacy::MaskSampler;
 use crate::kernels::{Code, CodeParams, Layout, NodeFamily};
 use crate::models::Classifier;
 use crate::train::{argmax_rows, image_tensor};
@@ -128,74 +131,116 @@ pub fn evaluate(
     let mut done = 0;
     let mut rows = Vec::with_capacity(config.settings.len());
     for setting in &config.settings {
-        let groups = queries / setting.k;
-        if groups == 0 {
-            return Err(EvalError::TooFewQueries { queries, k: setting.k, available: test.len() });
-        }
         let n = setting.k + setting.stragglers;
         let mut params = CodeParams::builder(setting.k, n).stragglers(setting.stragglers).layout(setting.layout);
         params = params.nodes(config.nodes.unwrap_or(default_nodes(setting.layout)));
         let code = Code::new(params.build()?)?;
-        let direct = code.direct_workers();
-        let outputs = config.outputs;
-        let hosted = |x: Tensor<4>| match outputs {
-            Outputs::Softmax => activation::softmax(model.forward(x), 1),
-            Outputs::Logits => model.forward(x),
-        };
-        let runner = CodedRunner::new(hosted, FusedCode::new(code)?, device.clone())?;
-        // The same queries for every setting (one seed), fresh stragglers per setting.
-        let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
-        let mut order: Vec<usize> = (0..test.len()).collect();
-        order.shuffle(&mut rng);
-        order.truncate(groups * setting.k);
-        let mut tally = Tally::default();
-        for batch in order.chunks(config.batch_groups.max(1) * setting.k) {
-            let b = batch.len() / setting.k;
-            let images = test.gather(batch);
-            let x = image_tensor(&images, 0..batch.len(), config.dataset, device);
-            let base = argmax_rows(model.forward(x.clone()));
-            let predictions = runner.forward(runner.encode(x)?);
-            let all = vec![true; b * n];
-            let normal = argmax_rows(runner.decode(predictions.clone(), &all)?);
-            let masks = straggler_masks(b, n, setting.stragglers, &mut rng);
-            let degraded = argmax_rows(runner.decode(predictions, &masks)?);
-            for (q, &label) in images.labels.iter().enumerate() {
-                let label = usize::from(label);
-                let (group, j) = (q / setting.k, q % setting.k);
-                tally.base += usize::from(base[q] == label);
-                tally.normal += usize::from(normal[q] == label);
-                tally.degraded += usize::from(degraded[q] == label);
-                let available = direct[j].iter().any(|&w| masks[group * n + w]);
-                if !available {
-                    tally.reconstructed += 1;
-                    tally.reconstructed_correct += usize::from(degraded[q] == label);
-                }
-            }
-            tally.queries += batch.len();
-            done += b;
+        rows.push(evaluate_code(model, test, config, code, None, device, &mut |groups| {
+            done += groups;
             progress(done, total_groups);
-        }
-        let rate = |correct: usize| correct as f64 / tally.queries as f64;
-        rows.push(EvalRow {
-            scheme: "approxifer".into(),
-            dataset: config.dataset.name().into(),
-            model: config.model.clone(),
-            k: setting.k,
-            n,
-            stragglers: setting.stragglers,
-            layout: setting.layout.name().into(),
-            nodes: runner.code().code().params().nodes().name().into(),
-            outputs: config.outputs,
-            base_accuracy: rate(tally.base),
-            normal_accuracy: rate(tally.normal),
-            degraded_accuracy_paper: rate(tally.degraded),
-            degraded_accuracy_reconstructed: (tally.reconstructed > 0)
-                .then(|| tally.reconstructed_correct as f64 / tally.reconstructed as f64),
-            reconstructed: tally.reconstructed,
-            queries: tally.queries,
-        });
+        })?);
     }
     Ok(rows)
+}
+
+/// One setting of [`evaluate`]: `code` on `config`'s queries (the same for every code, by
+/// `config.seed`) with `S` random stragglers per group (the same for codes of one `N`), masks
+/// for a private code drawn from `masks`; `batch_done(groups)` after every device batch.
+fn evaluate_code(
+    model: &Classifier,
+    test: &Images,
+    config: &EvalConfig,
+    code: Code,
+    mut masks: Option<&mut MaskSampler>,
+    device: &Device,
+    batch_done: &mut dyn FnMut(usize),
+) -> Result<EvalRow, EvalError> {
+    let queries = config.queries.min(test.len());
+    let p = *code.params();
+    let (k, n, stragglers, t) = (p.queries(), p.workers(), p.stragglers(), p.privacy());
+    let groups = queries / k;
+    if groups == 0 {
+        return Err(EvalError::TooFewQueries { queries, k, available: test.len() });
+    }
+    if t > 0 && masks.is_none() {
+        return Err(EvalError::Codec(crate::kernels::Error::MasksMismatch {
+            privacy: t,
+            what: "evaluate it with masks",
+        }));
+    }
+    let direct = code.direct_workers();
+    let outputs = config.outputs;
+    let hosted = |x: Tensor<4>| match outputs {
+        Outputs::Softmax => activation::softmax(model.forward(x), 1),
+        Outputs::Logits => model.forward(x),
+    };
+    let runner = CodedRunner::new(hosted, FusedCode::new(code)?, device.clone())?;
+    // The same queries for every setting (one seed), fresh stragglers per setting.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let order = query_order(test, config, k, &mut rng);
+    let mut tally = Tally::default();
+    for batch in order.chunks(config.batch_groups.max(1) * k) {
+        let b = batch.len() / k;
+        let images = test.gather(batch);
+        let x = image_tensor(&images, 0..batch.len(), config.dataset, device);
+        let base = argmax_rows(model.forward(x.clone()));
+        let group_masks = match masks.as_deref_mut().filter(|_| t > 0) {
+            Some(sampler) => {
+                let [_, channels, rows, cols] = x.dims();
+                let drawn = sampler.masks(runner.code().code(), b, channels * rows * cols);
+                Some(Tensor::from_data(TensorData::new(drawn, [b * t, channels, rows, cols]), device))
+            }
+            None => None,
+        };
+        let predictions = runner.forward(runner.encode_masked(x, group_masks)?);
+        let all = vec![true; b * n];
+        let normal = argmax_rows(runner.decode(predictions.clone(), &all)?);
+        let responders = straggler_masks(b, n, stragglers, &mut rng);
+        let degraded = argmax_rows(runner.decode(predictions, &responders)?);
+        for (q, &label) in images.labels.iter().enumerate() {
+            let label = usize::from(label);
+            let (group, j) = (q / k, q % k);
+            tally.base += usize::from(base[q] == label);
+            tally.normal += usize::from(normal[q] == label);
+            tally.degraded += usize::from(degraded[q] == label);
+            let available = direct[j].iter().any(|&w| responders[group * n + w]);
+            if !available {
+                tally.reconstructed += 1;
+                tally.reconstructed_correct += usize::from(degraded[q] == label);
+            }
+        }
+        tally.queries += batch.len();
+        batch_done(b);
+    }
+    let rate = |correct: usize| correct as f64 / tally.queries as f64;
+    Ok(EvalRow {
+        scheme: "approxifer".into(),
+        dataset: config.dataset.name().into(),
+        model: config.model.clone(),
+        k,
+        n,
+        stragglers,
+        layout: p.layout().name().into(),
+        nodes: p.nodes().name().into(),
+        outputs: config.outputs,
+        base_accuracy: rate(tally.base),
+        normal_accuracy: rate(tally.normal),
+        degraded_accuracy_paper: rate(tally.degraded),
+        degraded_accuracy_reconstructed: (tally.reconstructed > 0)
+            .then(|| tally.reconstructed_correct as f64 / tally.reconstructed as f64),
+        reconstructed: tally.reconstructed,
+        queries: tally.queries,
+    })
+}
+
+/// The test images an evaluation asks about, in whole groups of `k`: `config.queries` of them
+/// (at most the test set) in an order drawn from `rng`, seeded with `config.seed`.
+fn query_order(test: &Images, config: &EvalConfig, k: usize, rng: &mut rand::rngs::StdRng) -> Vec<usize> {
+    let queries = config.queries.min(test.len());
+    let mut order: Vec<usize> = (0..test.len()).collect();
+    order.shuffle(rng);
+    order.truncate(queries / k * k);
+    order
 }
 
 /// The worker nodes evaluation uses unless told otherwise: the authors' `cos(n pi / N)` for the

@@ -22,9 +22,17 @@ pub struct LeNet5 {
 
 impl LeNet5 {
     pub fn init(device: &Device) -> Self {
+        Self::with_channels(1, device)
+    }
+
+    /// LeNet-5 on images of `channels` planes (`[batch, channels, 28, 28]`): e.g. the coded
+    /// queries of several colluding workers, for the privacy evaluation's attacker.
+    pub fn with_channels(channels: usize, device: &Device) -> Self {
         LeNet5 {
             // Padding 2 keeps 28 x 28, as the original's 32 x 32 inputs had a border.
-            conv1: Conv2dConfig::new([1, 6], [5, 5]).with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2)).init(device),
+            conv1: Conv2dConfig::new([channels, 6], [5, 5])
+                .with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2))
+                .init(device),
             conv2: Conv2dConfig::new([6, 16], [5, 5]).init(device),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             fc1: LinearConfig::new(16 * 5 * 5, 120).init(device),
@@ -34,7 +42,7 @@ impl LeNet5 {
         }
     }
 
-    /// Logits `[batch, 10]` for images `[batch, 1, 28, 28]`.
+    /// Logits `[batch, 10]` for images `[batch, channels, 28, 28]`.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let x = self.pool.forward(self.relu.forward(self.conv1.forward(images))); // 6 x 14 x 14
         let x = self.pool.forward(self.relu.forward(self.conv2.forward(x))); // 16 x 5 x 5
