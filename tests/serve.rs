@@ -802,7 +802,9 @@ fn a_private_code_sends_no_worker_a_query_unmasked_and_draws_fresh_masks_per_bat
     let answers = run(&first);
     run(&second);
     let (first, second) = (first.lock().unwrap().clone(), second.lock().unwrap().clone());
-    assert!(first.len() >= 6 * 2 + 3, "{} coded queries seen", first.len());
+    // N = 6 workers, two rows each, and three for the partial group; a group decodes from
+    // N - S answers, and work not started by then is cancelled: at least 5 * 2 + 2 rows.
+    assert!(first.len() >= 5 * 2 + 2, "{} coded queries seen", first.len());
     for (i, answer) in answers.iter().enumerate() {
         assert!(answer.approximate, "query {i} was answered from an unmasked query");
         assert!(max_error(&answer.output, &expected(&query(i))) < 2.0, "query {i}: {answer:?}");
