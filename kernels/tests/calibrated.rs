@@ -180,6 +180,7 @@ fn liars_in_the_calibration_traffic_do_not_spoil_it() {
 fn a_calibration_survives_a_round_trip_and_refuses_another_code() {
     let code = code(1);
     let calibration = calibrated(Model::Regression, &code, 400, 4);
+    let untouched = (*calibration).clone();
     let text = serde_json::to_string(&*calibration).unwrap();
     let back: Calibration = serde_json::from_str(&text).unwrap();
     back.check(&code, 4).unwrap();
@@ -192,6 +193,8 @@ fn a_calibration_survives_a_round_trip_and_refuses_another_code() {
     let before = locate(&code, &Locator::Calibrated(calibration.clone()), &answers, 4, &masks).unwrap();
     let after = locate(&code, &Locator::Calibrated(Arc::new(back.clone())), &answers, 4, &masks).unwrap();
     assert_eq!(before, after);
+    // What locating made and kept (the code's leave-one-out terms) is no part of equality.
+    assert_eq!(*calibration, untouched, "a used calibration equals its copy from before use");
     let other = Code::new(CodeParams::builder(K, 14).byzantine(1).nodes(NodeFamily::Authors).build().unwrap()).unwrap();
     assert!(matches!(back.check(&other, 4), Err(Error::CalibrationMismatch { .. })));
     assert!(matches!(back.check(&code, 5), Err(Error::CalibrationMismatch { .. })));

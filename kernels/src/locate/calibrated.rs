@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 use nalgebra::DMatrix;
 
 use super::composition::{centred_log_ratios, is_composition};
-use super::loo::LeaveOneOut;
+use super::loo::{LeaveOneOut, Terms};
 use crate::code::Code;
 use crate::cpu::Element;
 use crate::error::{Error, Result};
@@ -82,7 +82,7 @@ fn typicality(row: &[f64], out: &mut [f64]) {
     let row_len = row.len();
     let sorted = &mut out[..row_len];
     sorted.copy_from_slice(row);
-    sorted.sort_by(|a, b| b.total_cmp(a));
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
     if row_len >= 2 {
         let (high, low) = (sorted[0], sorted[row_len - 1]);
         // The floor keeps a flat row finite (and far out) without letting rounding noise on a
@@ -146,7 +146,27 @@ pub struct Calibration {
     positions: Vec<Position>,
     /// [`inverse_differences`] of the code, made on first use.
     #[serde(skip)]
-    inverse_differences: std::sync::OnceLock<Vec<f64>>,
+    inverse_differences: Memo<Vec<f64>>,
+    /// The leave-one-out terms of all `N` workers answering, made on first use.
+    #[serde(skip)]
+    all_terms: Memo<Terms>,
+}
+
+/// A value a [`Calibration`] makes from its code on first use and keeps: not part of what the
+/// calibration is, so equality ignores it (and files never hold it).
+#[derive(Clone, Debug)]
+struct Memo<T>(std::sync::OnceLock<T>);
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo(std::sync::OnceLock::new())
+    }
+}
+
+impl<T> PartialEq for Memo<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// How a calibration compares answers, chosen from the honest traffic.
@@ -212,14 +232,15 @@ impl Position {
         Ok(Position { joint, consistency })
     }
 
-    /// The part of the score a responder's own row decides.
-    fn prepare(&self, typicality: &[f64]) -> Prepared {
-        self.joint.prepare(typicality)
+    /// The part of the score a responder's own row decides (`centred`: scratch of the
+    /// typicality's length): see [`Gaussian::prepare`].
+    fn prepare(&self, typicality: &[f64], centred: &mut [f64], tail: &mut [f64]) -> f64 {
+        self.joint.prepare(typicality, centred, tail)
     }
 
-    /// The score (above 1: suspect) of the responder whose typicality was `prepared` and whose
-    /// leave-one-out residual is `residual`.
-    fn score(&self, prepared: &Prepared, residual: &[f64]) -> f64 {
+    /// The score (above 1: suspect) of the responder whose typicality was prepared into
+    /// `(head, tail)` and whose leave-one-out residual is `residual`.
+    fn score(&self, prepared: (f64, &[f64]), residual: &[f64]) -> f64 {
         let joint = self.joint.finish(Some(prepared), residual) / self.joint.threshold;
         let consistency = self.consistency.finish(None, residual) / self.consistency.threshold;
         joint.max(consistency)
@@ -265,27 +286,34 @@ impl Gaussian {
     }
 
     /// The whitened typicality part of a feature (which comes first, so the lower-triangular
-    /// whitening's first rows see nothing else): its squared norm, and its contribution to
-    /// the remaining whitened coordinates.
-    fn prepare(&self, typicality: &[f64]) -> Prepared {
+    /// whitening's first rows see nothing else): returns its squared norm and writes its
+    /// contribution to the remaining whitened coordinates into `tail` (`F - t` values);
+    /// `centred` is scratch of the typicality's length. No allocation: this runs for every
+    /// responder of every group.
+    fn prepare(&self, typicality: &[f64], centred: &mut [f64], tail: &mut [f64]) -> f64 {
         let (f, t) = (self.mean.len(), typicality.len());
-        let centred: Vec<f64> = typicality.iter().zip(&self.mean).map(|(x, m)| x - m).collect();
+        for ((c, x), m) in centred.iter_mut().zip(typicality).zip(&self.mean) {
+            *c = x - m;
+        }
         if self.whitening.len() == f {
-            let head = centred.iter().zip(&self.whitening).map(|(c, s)| (c * s).powi(2)).sum();
-            return Prepared { head, tail: vec![0.0; f - t] };
+            tail.fill(0.0);
+            return centred.iter().zip(&self.whitening).map(|(c, s)| (c * s).powi(2)).sum();
         }
         let row = |r: usize| &self.whitening[r * f..r * f + t.min(r + 1)];
-        let dot = |r: usize| row(r).iter().zip(&centred).map(|(w, c)| w * c).sum::<f64>();
-        Prepared { head: (0..t).map(|r| dot(r).powi(2)).sum(), tail: (t..f).map(dot).collect() }
+        let dot = |r: usize| row(r).iter().zip(&*centred).map(|(w, c)| w * c).sum::<f64>();
+        for (out, r) in tail.iter_mut().zip(t..f) {
+            *out = dot(r);
+        }
+        (0..t).map(|r| dot(r).powi(2)).sum()
     }
 
     /// The squared Mahalanobis distance of the feature whose typicality part was `prepared`
     /// (none: the feature is the residual alone) and whose residual part is `residual`; the
     /// same as [`distance`](Self::distance).
-    fn finish(&self, prepared: Option<&Prepared>, residual: &[f64]) -> f64 {
+    fn finish(&self, prepared: Option<(f64, &[f64])>, residual: &[f64]) -> f64 {
         let f = self.mean.len();
         let t = f - residual.len();
-        let mut d2 = prepared.map_or(0.0, |p| p.head);
+        let mut d2 = prepared.map_or(0.0, |p| p.0);
         if self.whitening.len() == f {
             let centred = residual.iter().zip(&self.mean[t..]).map(|(x, m)| x - m);
             d2 += centred.zip(&self.whitening[t..]).map(|(c, s)| (c * s).powi(2)).sum::<f64>();
@@ -293,7 +321,7 @@ impl Gaussian {
             let mean = &self.mean[t..];
             for i in 0..residual.len() {
                 let r = t + i;
-                let partial = prepared.map_or(0.0, |p| p.tail[i]);
+                let partial = prepared.map_or(0.0, |p| p.1[i]);
                 let row = &self.whitening[r * f + t..r * f + r + 1];
                 let z = partial + row.iter().zip(residual).zip(mean).map(|((w, x), m)| w * (x - m)).sum::<f64>();
                 d2 += z * z;
@@ -384,32 +412,40 @@ impl Calibration {
         self.scores_of(keep, &residuals, &prepared)
     }
 
-    fn leave_one_out<'a>(&self, code: &Code, group: &'a [f64], keep: &[usize]) -> LeaveOneOut<'a> {
-        let inverse = self.inverse_differences.get_or_init(|| inverse_differences(code));
-        leave_one_out(inverse, self.workers, group, self.row_len, keep)
+    fn leave_one_out<'a>(&'a self, code: &Code, group: &'a [f64], keep: &[usize]) -> LeaveOneOut<'a> {
+        let (n, row_len) = (self.workers, self.row_len);
+        let inverse = self.inverse_differences.0.get_or_init(|| inverse_differences(code));
+        if keep.len() < n {
+            return leave_one_out(inverse, n, group, row_len, keep);
+        }
+        // Everyone answered (`keep` is sorted and distinct): the terms are the same every time.
+        let terms = self.all_terms.0.get_or_init(|| Terms::new(n, |a, b| inverse[a * n + b]));
+        LeaveOneOut::with_terms(group.chunks_exact(row_len).collect(), Cow::Borrowed(terms))
     }
 
     /// The part of every `workers`' score that does not depend on the other responders (its
-    /// typicality, whitened), indexed by worker; `None` for a row no honest worker returns
-    /// (`possible` false), which scores infinite.
-    fn prepare(&self, group: &[f64], workers: &[usize], possible: &[bool]) -> Vec<Option<Prepared>> {
+    /// typicality, whitened); a row no honest worker returns (`possible` false) scores
+    /// infinite.
+    fn prepare(&self, group: &[f64], workers: &[usize], possible: &[bool]) -> Prepared {
         let (row_len, t) = (self.row_len, typicality_len(self.row_len));
-        let mut feature = vec![0.0; t];
-        let mut prepared = vec![None; self.workers];
+        let (mut feature, mut centred) = (vec![0.0; t], vec![0.0; t]);
+        let mut prepared = Prepared { heads: vec![f64::NAN; self.workers], tails: vec![0.0; self.workers * row_len] };
         for &w in workers.iter().filter(|&&w| possible[w]) {
             typicality(&group[w * row_len..(w + 1) * row_len], &mut feature);
-            prepared[w] = Some(self.positions[w].prepare(&feature));
+            let tail = &mut prepared.tails[w * row_len..(w + 1) * row_len];
+            prepared.heads[w] = self.positions[w].prepare(&feature, &mut centred, tail);
         }
         prepared
     }
 
     /// The scores of `keep` given their leave-one-out `residuals` (`[keep.len(), row_len]`).
-    fn scores_of(&self, keep: &[usize], residuals: &[f64], prepared: &[Option<Prepared>]) -> Vec<f64> {
+    fn scores_of(&self, keep: &[usize], residuals: &[f64], prepared: &Prepared) -> Vec<f64> {
+        let row_len = self.row_len;
         keep.iter()
-            .zip(residuals.chunks_exact(self.row_len))
-            .map(|(&w, residual)| match &prepared[w] {
-                Some(prepared) => self.positions[w].score(prepared, residual),
-                None => f64::INFINITY,
+            .zip(residuals.chunks_exact(row_len))
+            .map(|(&w, residual)| match prepared.heads[w] {
+                head if head.is_nan() => f64::INFINITY,
+                head => self.positions[w].score((head, &prepared.tails[w * row_len..(w + 1) * row_len]), residual),
             })
             .collect()
     }
@@ -423,11 +459,13 @@ impl Calibration {
     }
 }
 
-/// A responder's score, the part its own row decides.
+/// Every responder's score, the part its own row decides: per worker, the whitened
+/// typicality's squared norm (NaN: not prepared, a row no honest worker returns) and its
+/// contribution to the residual's whitened coordinates (`row_len` values).
 #[derive(Clone, Debug)]
 struct Prepared {
-    head: f64,
-    tail: Vec<f64>,
+    heads: Vec<f64>,
+    tails: Vec<f64>,
 }
 
 /// What [`Calibration::summary`] reports per worker position.
@@ -615,7 +653,8 @@ impl CalibrationBuilder {
             false_alarm,
             groups: self.groups,
             positions,
-            inverse_differences: std::sync::OnceLock::new(),
+            inverse_differences: Memo::default(),
+            all_terms: Memo::default(),
         })
     }
 }

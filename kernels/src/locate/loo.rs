@@ -9,16 +9,43 @@
 //! locator can try removing each of several suspects for the price of one pass. The prefix
 //! sums are made only when asked for (most groups need no second look).
 
+use std::borrow::Cow;
+
 /// One responder set's leave-one-out predictions, with the prefix sums that remove one more
 /// responder made on first use.
 pub(super) struct LeaveOneOut<'a> {
     rows: Vec<&'a [f64]>,
     row_len: usize,
+    terms: Cow<'a, Terms>,
+    prefix: std::cell::OnceCell<Prefix>,
+}
+
+/// The interpolation terms of one responder set, which depend on its nodes alone: a caller
+/// that meets the same set again (every worker answering, the common case) keeps them.
+#[derive(Clone, Debug)]
+pub(super) struct Terms {
     /// `[m, m]`: `T_il`, zero on the diagonal.
     terms: Vec<f64>,
     /// `[m]`: `sum_l T_il^2`.
     squares: Vec<f64>,
-    prefix: std::cell::OnceCell<Prefix>,
+}
+
+impl Terms {
+    /// The terms of `m` responders in node order (decreasing node values), with
+    /// `inverse(a, b) = 1 / (beta_a - beta_b)` for their indices among them.
+    pub(super) fn new(m: usize, inverse: impl Fn(usize, usize) -> f64) -> Self {
+        let mut terms = vec![0.0; m * m];
+        let mut squares = vec![0.0; m];
+        for i in 0..m {
+            for l in (0..m).filter(|&l| l != i) {
+                let position = if l < i { l } else { l - 1 };
+                let term = if position % 2 == 0 { 1.0 } else { -1.0 } * inverse(i, l);
+                terms[i * m + l] = term;
+                squares[i] += term * term;
+            }
+        }
+        Terms { terms, squares }
+    }
 }
 
 /// Prefix sums over `l` of every row's terms.
@@ -35,19 +62,14 @@ impl<'a> LeaveOneOut<'a> {
     /// where the caller has one: a division per pair is a good part of a pass). At least two
     /// rows.
     pub(super) fn new(rows: Vec<&'a [f64]>, inverse: impl Fn(usize, usize) -> f64) -> Self {
-        let m = rows.len();
+        let terms = Terms::new(rows.len(), inverse);
+        Self::with_terms(rows, Cow::Owned(terms))
+    }
+
+    /// As [`Self::new`], with the set's [`Terms`] made before (for `rows.len()` responders).
+    pub(super) fn with_terms(rows: Vec<&'a [f64]>, terms: Cow<'a, Terms>) -> Self {
         let row_len = rows[0].len();
-        let mut terms = vec![0.0; m * m];
-        let mut squares = vec![0.0; m];
-        for i in 0..m {
-            for l in (0..m).filter(|&l| l != i) {
-                let position = if l < i { l } else { l - 1 };
-                let term = if position % 2 == 0 { 1.0 } else { -1.0 } * inverse(i, l);
-                terms[i * m + l] = term;
-                squares[i] += term * term;
-            }
-        }
-        LeaveOneOut { rows, row_len, terms, squares, prefix: std::cell::OnceCell::new() }
+        LeaveOneOut { rows, row_len, terms, prefix: std::cell::OnceCell::new() }
     }
 
     fn prefix(&self) -> &Prefix {
@@ -58,7 +80,7 @@ impl<'a> LeaveOneOut<'a> {
             for i in 0..m {
                 let numerator = &mut numerators[i * (m + 1) * row_len..(i + 1) * (m + 1) * row_len];
                 for l in 0..m {
-                    let term = self.terms[i * m + l];
+                    let term = self.terms.terms[i * m + l];
                     denominators[i * (m + 1) + l + 1] = denominators[i * (m + 1) + l] + term;
                     let (before, after) = numerator.split_at_mut((l + 1) * row_len);
                     let previous = &before[l * row_len..];
@@ -82,12 +104,12 @@ impl<'a> LeaveOneOut<'a> {
         let mut numerator = vec![0.0; row_len];
         for (i, residual) in out.chunks_exact_mut(row_len).enumerate() {
             numerator.fill(0.0);
-            let terms = &self.terms[i * m..(i + 1) * m];
+            let terms = &self.terms.terms[i * m..(i + 1) * m];
             for (term, row) in terms.iter().zip(&self.rows) {
                 numerator.iter_mut().zip(*row).for_each(|(acc, y)| *acc += term * y);
             }
             let denominator: f64 = terms.iter().sum();
-            self.residual(i, |k| numerator[k], denominator, self.squares[i], residual);
+            self.residual(i, |k| numerator[k], denominator, self.terms.squares[i], residual);
         }
         out
     }
@@ -104,7 +126,7 @@ impl<'a> LeaveOneOut<'a> {
             let (before, through, all) = (numerator(c), numerator(c + 1), numerator(m));
             let d = &prefix.denominators[i * (m + 1)..(i + 1) * (m + 1)];
             let denominator = d[c] - (d[m] - d[c + 1]);
-            let squares = self.squares[i] - self.terms[i * m + c].powi(2);
+            let squares = self.terms.squares[i] - self.terms.terms[i * m + c].powi(2);
             self.residual(i, |k| before[k] - (all[k] - through[k]), denominator, squares, residual);
         }
         out
