@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::eval::EvalRow;
@@ -171,13 +172,7 @@ pub fn redundancy_svg(rows: &[crate::eval::ByzantineRow], path: &Path) -> anyhow
             .draw_series(LineSeries::new(line("none", &|r| Some(r.false_positive_rate)), BLACK.stroke_width(1)))?
             .label("false positives, no attack")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::MiddleRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .label_font(("sans-serif", 11))
-            .draw()?;
+        panel_legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
     }
     root.present()?;
     Ok(())
@@ -242,13 +237,7 @@ pub fn privacy_svg(rows: &[crate::eval::PrivacyRow], path: &Path) -> anyhow::Res
             .draw_series(unmasked.iter().map(|&p| Cross::new(p, 6, BLACK.stroke_width(2))))?
             .label("no masks")
             .legend(|(x, y)| Cross::new((x + 9, y), 5, BLACK));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.8))
-            .label_font(("sans-serif", 11))
-            .draw()?;
+        panel_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     }
     root.present()?;
     Ok(())
@@ -257,4 +246,20 @@ pub fn privacy_svg(rows: &[crate::eval::PrivacyRow], path: &Path) -> anyhow::Res
 /// `0.5, 1, 2` from the scales of a series.
 fn sigmas_text(points: &[(f64, f64, f64)]) -> String {
     points.iter().map(|p| format!("{}", p.0)).collect::<Vec<_>>().join(", ")
+}
+
+/// One panel's legend at `position`, over a translucent box (the panels of the Byzantine and
+/// privacy plots).
+fn panel_legend<'a, 'b: 'a>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .label_font(("sans-serif", 11))
+        .draw()?;
+    Ok(())
 }
