@@ -873,6 +873,7 @@ fn eval_privacy_reports_the_cost_and_both_attacks_and_draws_the_trade_off() {
     assert!(svg.starts_with("<svg") && svg.contains("masks tail") && svg.contains("no masks"), "{}", &svg[..200]);
     assert_one_line_error(&["eval", "--privacy", "0", "--data", &data], "at least 1");
     assert_one_line_error(&["eval", "--privacy", "1", "--byzantine", "1", "--data", &data], "cannot be used with");
+    assert_one_line_error(&["eval", "--privacy", "1", "--scheme", "parm", "--data", &data], "cannot be used with");
 }
 
 #[test]

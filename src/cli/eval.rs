@@ -94,7 +94,7 @@ pub(super) struct EvalArgs {
     /// Colluding workers T, one or more: measure private codes instead (T masks per group;
     /// N = K + T + S, or the next N whose worker nodes all avoid the query nodes): their
     /// accuracy next to the same code without masks, and two attacks on the queries.
-    #[arg(long, value_name = "T", value_delimiter = ',', conflicts_with = "byzantine")]
+    #[arg(long, value_name = "T", value_delimiter = ',', conflicts_with_all = ["byzantine", "scheme", "parity", "parity_dir"])]
     privacy: Option<Vec<usize>>,
     /// With --privacy, the mask scales, comma-separated: standard deviations in the queries'
     /// normalised units [default: 0.5,2,8,32,128]
