@@ -188,6 +188,13 @@ struct BatchLayout {
     parts: Vec<Vec<Part>>,
 }
 
+/// An outstanding request: its batch, its worker, and the parts its answer's rows hold.
+struct Route {
+    batch: u64,
+    worker: usize,
+    parts: Vec<Part>,
+}
+
 /// A batch in flight.
 struct Batch {
     dispatch: Arc<Dispatch>,
@@ -218,8 +225,8 @@ struct Loop {
     /// Where partial groups' nodes start, rotating so that their work spreads over the workers.
     rotation: usize,
     pending: HashMap<u64, Batch>,
-    /// Request id -> its batch and the parts its answer's rows hold.
-    routes: HashMap<u64, (u64, Vec<Part>)>,
+    /// Request id -> where it went and what its answer holds: the requests outstanding.
+    routes: HashMap<u64, Route>,
     next_batch: u64,
     next_request: u64,
     replies: (Sender<Response>, Receiver<Response>),
@@ -479,7 +486,7 @@ impl Loop {
             self.served[w] += 1;
             let request = Request { id: request_id, work, injected, cancel: cancel.clone() };
             if self.workers[w].submit(request, &self.replies.0).is_ok() {
-                self.routes.insert(request_id, (id, std::mem::take(&mut parts[w])));
+                self.routes.insert(request_id, Route { batch: id, worker: w, parts: std::mem::take(&mut parts[w]) });
                 taken.push((w, request_id));
             }
         }
@@ -489,7 +496,7 @@ impl Loop {
     /// Takes a worker's answer; decodes its batch once every group has enough answers.
     fn receive(&mut self, response: Response) {
         let c = self.config.output_len;
-        let Some((id, parts)) = self.routes.remove(&response.id) else {
+        let Some(Route { batch: id, parts, .. }) = self.routes.remove(&response.id) else {
             self.stats.late_responses += 1;
             return;
         };
@@ -604,19 +611,28 @@ impl Loop {
     }
 
     /// Re-sends, for every batch whose hedge time has come, each of its unanswered coded
-    /// queries to a worker that has answered it (round robin over them); each helper forms its
-    /// share on its own device. Sending only as many as a group still needs measured a worse
-    /// tail (serve-bench at 200 q/s, 10k queries: p99.9 - p50 21.7 against 19.6 ms) for no
-    /// saving: the copies not needed are cancelled when the batch decodes.
+    /// queries to a worker that has answered it and has nothing else outstanding (round robin
+    /// over them); each helper forms its share on its own device. Sending only as many as a
+    /// group still needs measured a worse tail (serve-bench at 200 q/s, 10k queries: p99.9 -
+    /// p50 21.7 against 19.6 ms) for no saving: the copies not needed are cancelled when the
+    /// batch decodes. A helper busy with other batches would only queue the copy behind them,
+    /// and under load every copy delays the batches after it (on an H200 at half load, hedges
+    /// to busy workers took ApproxIFER's p50 from 26 to 273 ms): with no idle helper, the
+    /// batch looks again a hedge period later.
     fn hedge(&mut self, now: Instant) {
         let n = self.workers.len();
         let due: Vec<u64> =
             self.pending.iter().filter(|(_, b)| b.hedge_at.is_some_and(|t| t <= now)).map(|(&id, _)| id).collect();
+        let mut busy = vec![false; n];
+        for route in self.routes.values() {
+            busy[route.worker] = true;
+        }
         for id in due {
             let Some(batch) = self.pending.get_mut(&id) else { continue };
             batch.hedge_at = None;
-            let helpers: Vec<usize> = (0..n).filter(|&w| batch.answered[w]).collect();
+            let helpers: Vec<usize> = (0..n).filter(|&w| batch.answered[w] && !busy[w]).collect();
             if helpers.is_empty() {
+                batch.hedge_at = self.config.hedge_after.map(|after| now + after);
                 continue;
             }
             let mut parts: Vec<Vec<Part>> = vec![Vec::new(); n];
@@ -640,6 +656,7 @@ impl Loop {
                 }
                 let mut own = vec![Vec::new(); n];
                 own[w] = std::mem::take(&mut parts[w]);
+                busy[w] = true;
                 sent.extend(self.send(id, &dispatch, &[w], own, &cancel).into_iter().map(|(_, r)| r));
             }
             self.stats.hedged_requests += sent.len() as u64;
