@@ -25,6 +25,13 @@ fn stdout_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The JSON objects a successful command prints one per line (`--json` of the reports).
+fn stdout_json_lines(args: &[&str]) -> Vec<Value> {
+    let out = approxifer(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 fn numbers(v: &Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
@@ -538,10 +545,7 @@ fn eval_byzantine_reports_each_attack_and_locator() {
         "--plot",
         path_str(&plot),
     ];
-    let out = approxifer(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = stdout_json_lines(&args);
     let described: Vec<(&str, &str)> =
         rows.iter().map(|r| (r["attack"].as_str().unwrap(), r["locator"].as_str().unwrap())).collect();
     let expected = ["none", "sign-flip"].map(|attack| ["calibrated", "robust", "paper"].map(|l| (attack, l)));
@@ -646,10 +650,7 @@ fn help_and_version_succeed() {
 
 #[test]
 fn demo_decodes_a_smooth_network_and_improves_with_more_workers() {
-    let out = approxifer(&["demo", "--synthetic", "--groups", "300", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = stdout_json_lines(&["demo", "--synthetic", "--groups", "300", "--json"]);
     assert_eq!(rows.len(), 7);
     for r in &rows {
         let agreement = r["label_agreement"].as_f64().unwrap();
@@ -760,10 +761,7 @@ fn eval_prints_the_documented_json_keys_and_draws_a_plot() {
         "--plot",
         plot.to_str().unwrap(),
     ];
-    let out = approxifer(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = stdout_json_lines(&args);
     // ApproxIFER's four settings (layout by layout), and ParM where a parity model is shipped
     // (K = 4, not 6), after the last of its K's S = 1 rows.
     let schemes: Vec<(&str, u64)> =
@@ -827,10 +825,7 @@ fn eval_privacy_reports_the_cost_and_both_attacks_and_draws_the_trade_off() {
         "--plot",
         plot.to_str().unwrap(),
     ];
-    let out = approxifer(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = stdout_json_lines(&args);
     assert_eq!(rows.len(), 2, "{rows:?}");
     for key in [
         "scheme",
@@ -922,10 +917,7 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
         "--plot",
         plot.to_str().unwrap(),
     ];
-    let out = approxifer(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: Vec<Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows = stdout_json_lines(&args);
     let schemes: Vec<&str> = rows.iter().map(|r| r["scheme"].as_str().unwrap()).collect();
     assert_eq!(schemes, ["uncoded", "replication", "hedged", "approxifer", "parm"]);
     // --schemes picks some, run in the usual order.
@@ -1317,10 +1309,7 @@ fn parm_trains_a_parity_model_and_eval_sets_it_beside_approxifer() {
         "-o",
         parity.to_str().unwrap(),
     ];
-    let out = approxifer(&train);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let epochs: Vec<Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let epochs = stdout_json_lines(&train);
     assert_eq!(epochs.len(), 2);
     let loss = |e: &Value| e["mean_loss"].as_f64().unwrap();
     assert!(loss(&epochs[1]) < loss(&epochs[0]), "the loss falls: {epochs:?}");
@@ -1334,9 +1323,7 @@ fn parm_trains_a_parity_model_and_eval_sets_it_beside_approxifer() {
         let mut args = vec!["eval", "--dataset", "fashion-mnist", "--queries", "400", "--stragglers", "1", "--json"];
         args.extend(["--layout", "non-systematic", "--data", &data]);
         args.extend(extra);
-        let out = approxifer(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        stdout_json_lines(&args)
     };
     let rows = eval(&["--k", "2", "--parity-dir", dir.path().to_str().unwrap()]);
     let schemes: Vec<&str> = rows.iter().map(|r| r["scheme"].as_str().unwrap()).collect();
