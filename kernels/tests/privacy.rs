@@ -269,3 +269,18 @@ fn exposure_refuses_impossible_coalitions_and_scales() {
     assert!(matches!(exposures(&code, 2, 0.0).unwrap_err(), Error::InvalidMaskSigma { .. }));
     assert!(matches!(most_exposed(&code, 2, f64::NAN).unwrap_err(), Error::InvalidMaskSigma { .. }));
 }
+
+#[test]
+fn large_coalitions_are_grown_greedily_from_the_best_single_worker() {
+    // C(30, 5) = 142506 coalitions are too many to try one by one: the search is greedy.
+    let params = CodeParams::builder(8, 30).stragglers(1).privacy(2).nodes(NodeFamily::Authors);
+    let code = Code::with_masked_workers(params).unwrap();
+    let (one, five) = (exposures(&code, 1, 4.0).unwrap(), exposures(&code, 5, 4.0).unwrap());
+    for (single, group) in one.iter().zip(&five) {
+        assert_eq!(group.workers.len(), 5, "{group:?}");
+        assert!(group.workers.windows(2).all(|w| w[0] < w[1]), "increasing, distinct: {group:?}");
+        // It starts from the best single worker, and more workers never see less.
+        assert!(group.workers.contains(&single.workers[0]), "{single:?} {group:?}");
+        assert!(group.snr >= single.snr * (1.0 - 1e-9), "{single:?} {group:?}");
+    }
+}

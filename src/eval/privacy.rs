@@ -261,7 +261,7 @@ fn learnt_attack(
     let channels = exposure.workers.len();
     let train = &attacker.images;
     if train.len() < k {
-        return Err(EvalError::TooFewQueries { queries: train.len(), k, available: train.len() });
+        return Err(EvalError::Unsupported("the attacker's training set holds fewer images than one group"));
     }
     let (rows, cols) = (train.rows, train.cols);
     let sampler = |seed: u64| sigma.map(|s| MaskSampler::seeded(s, seed)).transpose();
