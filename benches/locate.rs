@@ -6,6 +6,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+use approxifer::kernels::locate::calibrated::DEFAULT_FALSE_ALARM;
 use approxifer::kernels::{CalibrationBuilder, Code, CodeParams, Locator, NodeFamily, cpu, locate};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -53,7 +54,7 @@ fn locate_10k_groups(c: &mut Criterion) {
     let mut builder = CalibrationBuilder::new(&code, CLASSES, usize::MAX).unwrap();
     let calibration_groups = 2000;
     builder.observe(&honest(&code, calibration_groups, 1), &vec![true; calibration_groups * n]).unwrap();
-    let calibrated = Locator::Calibrated(Arc::new(builder.fit(0.005).unwrap()));
+    let calibrated = Locator::Calibrated(Arc::new(builder.fit(DEFAULT_FALSE_ALARM).unwrap()));
     let clean = honest(&code, groups, 2);
     let mut attacked = clean.clone();
     for (g, group) in attacked.chunks_exact_mut(n * CLASSES).enumerate() {

@@ -1,10 +1,12 @@
 //! The calibrated locator on two models of different kinds (a nonlinear regression and a
 //! classifier's logits, the latter also as probabilities), under attacks none of the locators
-//! was tuned on: no false alarms, never behind the paper's locator, robust to liars in the
-//! calibration traffic; and its files: round trip, mismatch and damage as typed errors.
+//! was tuned on: no false alarms (also next to stragglers), never behind the paper's locator
+//! (also with three liars per group), robust to liars in the calibration traffic; and its
+//! files: round trip, mismatch and damage as typed errors.
 
 use std::sync::Arc;
 
+use approxifer_kernels::locate::calibrated::DEFAULT_FALSE_ALARM;
 use approxifer_kernels::{Calibration, CalibrationBuilder, Code, CodeParams, Error, Locator, NodeFamily, cpu, locate};
 use rand::{Rng, SeedableRng};
 
@@ -117,7 +119,7 @@ fn calibrated(model: Model, code: &Code, groups: usize, seed: u64) -> Arc<Calibr
     let n = code.params().workers();
     let mut builder = CalibrationBuilder::new(code, model.outputs(), usize::MAX).unwrap();
     builder.observe(&honest(model, code, groups, &mut rng), &vec![true; groups * n]).unwrap();
-    Arc::new(builder.fit(0.005).unwrap())
+    Arc::new(builder.fit(DEFAULT_FALSE_ALARM).unwrap())
 }
 
 #[test]
@@ -146,6 +148,94 @@ fn no_false_alarms_and_never_behind_the_papers_locator() {
     }
 }
 
+/// `A` liars per group at random positions, each answering `attack`'s corruption.
+fn corrupt_several(
+    answers: &mut [f64],
+    n: usize,
+    c: usize,
+    a: usize,
+    attack: Attack,
+    rng: &mut impl Rng,
+) -> Vec<Vec<usize>> {
+    let groups = answers.len() / (n * c);
+    (0..groups)
+        .map(|g| {
+            let mut liars: Vec<usize> = rand::seq::index::sample(rng, n, a).into_vec();
+            liars.sort_unstable();
+            for &liar in &liars {
+                let row = &mut answers[(g * n + liar) * c..(g * n + liar + 1) * c];
+                match attack {
+                    Attack::Scale => row.iter_mut().for_each(|v| *v *= 3.0),
+                    Attack::Reverse => row.reverse(),
+                    Attack::Offset | Attack::Replay => unreachable!("not used with several liars"),
+                }
+            }
+            liars
+        })
+        .collect()
+}
+
+#[test]
+fn several_liars_are_found_without_removing_their_honest_neighbours() {
+    // With A = 3 an honest worker between two liars is predicted from both and can score above
+    // either: removing one worker at a time spends the budget on it and leaves a liar. The
+    // locator swaps such removals back, and judges a residual next to a removal on the scale
+    // honest residuals have there.
+    let code = code(3);
+    let (n, model) = (code.params().workers(), Model::Logits);
+    let c = model.outputs();
+    let locator = Locator::Calibrated(calibrated(model, &code, 3000, 8));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let groups = 500;
+    let masks = vec![true; groups * n];
+    let several_rates = |found: &[Vec<usize>], liars: &[Vec<usize>]| {
+        let hits: usize = found.iter().zip(liars).map(|(f, l)| f.iter().filter(|w| l.contains(w)).count()).sum();
+        let wrong: usize = found.iter().zip(liars).map(|(f, l)| f.iter().filter(|w| !l.contains(w)).count()).sum();
+        (hits as f64 / (3 * groups) as f64, wrong as f64 / ((n - 3) * groups) as f64)
+    };
+    for attack in [Attack::Scale, Attack::Reverse] {
+        let mut answers = honest(model, &code, groups, &mut rng);
+        let liars = corrupt_several(&mut answers, n, c, 3, attack, &mut rng);
+        let ours = several_rates(&locate(&code, &locator, &answers, c, &masks).unwrap().located, &liars);
+        let paper = several_rates(&locate(&code, &Locator::Paper, &answers, c, &masks).unwrap().located, &liars);
+        eprintln!("{attack:?}: ours {ours:?}, the paper's {paper:?}");
+        assert!(ours.0 >= paper.0 && ours.1 <= paper.1, "{attack:?}: ours {ours:?}, the paper's {paper:?}");
+        // A reversed row has an honest row's profile: only its consistency gives it away.
+        let (detection, false_positives) = match attack {
+            Attack::Scale => (0.99, 0.01),
+            _ => (0.7, 0.05),
+        };
+        assert!(ours.0 >= detection && ours.1 <= false_positives, "{attack:?}: {ours:?}");
+    }
+}
+
+#[test]
+fn honest_answers_next_to_missing_workers_raise_no_alarm() {
+    // Calibrated on groups where everyone answered; located on groups where two neighbouring
+    // workers straggled. The responders next to the gap are predicted across it, so their
+    // honest residuals are larger: judged on the full set's scale they looked like liars.
+    let n = CodeParams::workers_needed(K, 2, 1);
+    let params = CodeParams::builder(K, n).stragglers(2).byzantine(1).nodes(NodeFamily::Authors).build().unwrap();
+    let code = Code::new(params).unwrap();
+    for model in [Model::Regression, Model::Logits] {
+        let c = model.outputs();
+        let locator = Locator::Calibrated(calibrated(model, &code, 3000, 10));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let groups = 1000;
+        let answers = honest(model, &code, groups, &mut rng);
+        let mut masks = vec![true; groups * n];
+        for mask in masks.chunks_exact_mut(n) {
+            let first = rng.random_range(0..n - 1);
+            mask[first] = false;
+            mask[first + 1] = false;
+        }
+        let alarms: usize = locate(&code, &locator, &answers, c, &masks).unwrap().located.iter().map(Vec::len).sum();
+        let rate = alarms as f64 / ((n - 2) * groups) as f64;
+        eprintln!("{model:?}: {rate:.4}");
+        assert!(rate <= 0.01, "{model:?}: {rate} of honest responders removed next to two stragglers");
+    }
+}
+
 #[test]
 fn liars_in_the_calibration_traffic_do_not_spoil_it() {
     let (code, model) = (code(1), Model::Logits);
@@ -162,7 +252,7 @@ fn liars_in_the_calibration_traffic_do_not_spoil_it() {
     }
     let mut builder = CalibrationBuilder::new(&code, c, usize::MAX).unwrap();
     builder.observe(&traffic, &vec![true; groups * n]).unwrap();
-    let spoiled = Locator::Calibrated(Arc::new(builder.fit(0.005).unwrap()));
+    let spoiled = Locator::Calibrated(Arc::new(builder.fit(DEFAULT_FALSE_ALARM).unwrap()));
     let clean = Locator::Calibrated(calibrated(model, &code, groups, 3));
 
     let mut answers = honest(model, &code, 1000, &mut rng);
@@ -213,6 +303,14 @@ fn a_damaged_calibration_is_an_error_not_a_panic() {
     value["positions"][3]["joint"]["mean"].as_array_mut().unwrap().pop();
     let damaged: Calibration = serde_json::from_value(value.clone()).unwrap();
     assert!(matches!(damaged.check(&code, 4), Err(Error::InvalidCalibration { position: Some(3), .. })));
+    // The gap scales: absent (a file from before them) is fine; a non-positive one is not.
+    let mut without_gaps: serde_json::Value = serde_json::to_value(&*calibration).unwrap();
+    without_gaps.as_object_mut().unwrap().remove("gap_scales").expect("saved with its gap scales");
+    serde_json::from_value::<Calibration>(without_gaps).unwrap().check(&code, 4).unwrap();
+    let mut bad_gap: serde_json::Value = serde_json::to_value(&*calibration).unwrap();
+    bad_gap["gap_scales"][5] = serde_json::json!(-1.0);
+    let bad_gap: Calibration = serde_json::from_value(bad_gap).unwrap();
+    assert!(matches!(bad_gap.check(&code, 4), Err(Error::InvalidCalibration { position: None, .. })));
     value["positions"].as_array_mut().unwrap().pop();
     let short: Calibration = serde_json::from_value(value).unwrap();
     let n = code.params().workers();

@@ -140,11 +140,34 @@ impl<'a> LeaveOneOut<'a> {
     }
 
     fn residual(&self, i: usize, numerator: impl Fn(usize) -> f64, denominator: f64, squares: f64, out: &mut [f64]) {
-        let gain = (1.0 + squares / (denominator * denominator)).sqrt();
-        for (k, (r, y)) in out.iter_mut().zip(self.rows[i]).enumerate() {
-            *r = (y - numerator(k) / denominator) / gain;
-        }
+        scaled_residual(self.rows[i], numerator, denominator, squares, out);
     }
+}
+
+/// `(y - numerator / denominator) / sqrt(1 + squares / denominator^2)` per value of `y`: a
+/// row's residual against a Berrut prediction with terms summing to `denominator` and squares
+/// to `squares`, on the scale of unit independent noise.
+fn scaled_residual(y: &[f64], numerator: impl Fn(usize) -> f64, denominator: f64, squares: f64, out: &mut [f64]) {
+    let gain = (1.0 + squares / (denominator * denominator)).sqrt();
+    for (k, (r, y)) in out.iter_mut().zip(y).enumerate() {
+        *r = (y - numerator(k) / denominator) / gain;
+    }
+}
+
+/// The residual of `target` against the Berrut interpolant of `others` (in node order,
+/// `target` not among them), as [`LeaveOneOut::residuals`] scales it, into `out`;
+/// `inverse(l) = 1 / (beta_target - beta_l)` for `others`' `l`-th. One prediction, where a
+/// [`LeaveOneOut`] pass makes one per row.
+pub(super) fn residual_against(target: &[f64], others: &[&[f64]], inverse: impl Fn(usize) -> f64, out: &mut [f64]) {
+    let mut numerator = vec![0.0; target.len()];
+    let (mut denominator, mut squares) = (0.0, 0.0);
+    for (l, row) in others.iter().enumerate() {
+        let term = if l % 2 == 0 { 1.0 } else { -1.0 } * inverse(l);
+        denominator += term;
+        squares += term * term;
+        numerator.iter_mut().zip(*row).for_each(|(acc, y)| *acc += term * y);
+    }
+    scaled_residual(target, |k| numerator[k], denominator, squares, out);
 }
 
 #[cfg(test)]
@@ -170,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn prefix_sums_match_the_definition_with_and_without_each_row() {
+    fn prefix_sums_and_single_predictions_match_the_definition_with_and_without_each_row() {
         let nodes: Vec<f64> = (0..9).map(|i| (i as f64 * std::f64::consts::PI / 9.0).cos()).collect();
         let rows: Vec<Vec<f64>> =
             (0..9).map(|i| (0..3).map(|k| ((i * 7 + k * 3) % 11) as f64 - 4.0).collect()).collect();
@@ -179,6 +202,15 @@ mod tests {
         for i in 0..9 {
             for (a, b) in all[i * 3..(i + 1) * 3].iter().zip(direct(&rows, &nodes, i)) {
                 assert!((a - b).abs() < 1e-12, "row {i}: {a} vs {b}");
+            }
+        }
+        for i in 0..9 {
+            let others: Vec<usize> = (0..9).filter(|&l| l != i).collect();
+            let rows_of: Vec<&[f64]> = others.iter().map(|&l| rows[l].as_slice()).collect();
+            let mut one = vec![0.0; 3];
+            residual_against(&rows[i], &rows_of, |l| 1.0 / (nodes[i] - nodes[others[l]]), &mut one);
+            for (a, b) in one.iter().zip(direct(&rows, &nodes, i)) {
+                assert!((a - b).abs() < 1e-12, "row {i} alone: {a} vs {b}");
             }
         }
         for c in 0..9 {
