@@ -920,16 +920,24 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
     let rows = stdout_json_lines(&args);
     let schemes: Vec<&str> = rows.iter().map(|r| r["scheme"].as_str().unwrap()).collect();
     assert_eq!(schemes, ["uncoded", "replication", "hedged", "approxifer", "parm"]);
-    // --schemes picks some, run in the usual order.
-    let some = ["serve-bench", "--queries", "20", "--device", "cpu", "--json", "--schemes", "approxifer,uncoded"];
-    let out = approxifer(&some);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let picked: Vec<String> = String::from_utf8(out.stdout.clone())
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["scheme"].as_str().unwrap().to_owned())
+    // --schemes picks some, run in the usual order; the coded scheme's own queue delay.
+    let some = [
+        "serve-bench",
+        "--queries",
+        "20",
+        "--device",
+        "cpu",
+        "--json",
+        "--schemes",
+        "approxifer,uncoded",
+        "--coded-queue-delay-ms",
+        "3",
+    ];
+    let picked: Vec<(String, f64)> = stdout_json_lines(&some)
+        .iter()
+        .map(|r| (r["scheme"].as_str().unwrap().to_owned(), r["max_queue_delay_ms"].as_f64().unwrap()))
         .collect();
-    assert_eq!(picked, ["uncoded", "approxifer"]);
+    assert_eq!(picked, [("uncoded".into(), 10.0), ("approxifer".into(), 3.0)], "twice the injected 5 ms, and 3");
     for r in &rows {
         for key in [
             "p50_ms",
@@ -941,6 +949,7 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "worker_seconds",
             "device_seconds_per_1000",
             "decode_us_per_batch",
+            "max_queue_delay_ms",
             "accuracy",
             "queries",
             "answered",

@@ -556,6 +556,38 @@ fn a_hedge_waits_for_an_idle_helper_and_is_tried_again() {
     assert_eq!(stats.hedged_requests, 2, "one hedge per group, each to the idle worker 2");
 }
 
+#[test]
+fn the_hedge_delay_follows_the_batches_completion_times() {
+    // K = 2, N = 3, S = 1; workers take 10, 20 and 60 ms: every group is decodable at 20 ms
+    // from workers 0 and 1. With a 5 ms hedge delay each group would send worker 0 (idle from
+    // 10 ms) a hedge it does not need; once the coordinator has seen HEDGE_HISTORY groups
+    // complete in 20 ms, it waits longer than that before hedging.
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 10.0 },
+        workers: vec![
+            WorkerFaults::NONE,
+            WorkerFaults { slowdown: 2.0, ..WorkerFaults::NONE },
+            WorkerFaults { slowdown: 6.0, ..WorkerFaults::NONE },
+        ],
+        random_slowdown: None,
+    };
+    let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
+    let config =
+        CoordinatorConfig { hedge_after: Some(Duration::from_millis(5)), ..config(code, Some(plan), 100, 2000) };
+    let coordinator = Coordinator::start(config, workers(3, 100)).unwrap();
+    let groups = 3 * approxifer::serve::HEDGE_HISTORY;
+    for g in 0..groups {
+        let tickets: Vec<_> = (0..2).map(|i| coordinator.submit(query(2 * g + i)).unwrap()).collect();
+        for ticket in tickets {
+            ticket.recv().unwrap().expect("decoded");
+        }
+    }
+    let hedged = coordinator.shutdown().hedged_requests as usize;
+    // One hedge per group while the history fills (the fixed delay's behaviour), then few.
+    assert!(hedged >= approxifer::serve::HEDGE_HISTORY / 2, "{hedged}: the 5 ms delay should hedge at first");
+    assert!(hedged <= approxifer::serve::HEDGE_HISTORY + 8, "{hedged} hedges for {groups} groups");
+}
+
 /// Workers 1 and 4 of N = 6 never answer: every group decodes from the other four, so runs
 /// that batch differently decode from the same responders.
 fn two_hung_of_six() -> FaultPlan {
@@ -567,12 +599,11 @@ fn two_hung_of_six() -> FaultPlan {
     }
 }
 
-#[test]
-fn batched_answers_equal_group_at_a_time_answers_for_every_scheme() {
-    use approxifer::serve::{SchemeConfig, SchemeKind};
-    let settings = |max_batch: usize, faults: Option<FaultPlan>| SchemeConfig {
+/// Every scheme's settings for the scheme tests: `K = 4`, no faults, no hedging.
+fn scheme_settings(stragglers: usize, max_batch: usize) -> approxifer::serve::SchemeConfig {
+    approxifer::serve::SchemeConfig {
         k: 4,
-        stragglers: 2,
+        stragglers,
         byzantine: 0,
         locator: Locator::Robust,
         learning: None,
@@ -584,10 +615,20 @@ fn batched_answers_equal_group_at_a_time_answers_for_every_scheme() {
         output_len: C,
         max_batch,
         max_queue_delay: Duration::from_millis(50),
+        coded_queue_delay: None,
         deadline: Duration::from_secs(5),
         capacity: 1000,
-        faults: faults.map(|plan| (plan, 3)),
+        faults: None,
         codec: Codec::Cpu,
+    }
+}
+
+#[test]
+fn batched_answers_equal_group_at_a_time_answers_for_every_scheme() {
+    use approxifer::serve::{SchemeConfig, SchemeKind};
+    let settings = |max_batch: usize, faults: Option<FaultPlan>| SchemeConfig {
+        faults: faults.map(|plan| (plan, 3)),
+        ..scheme_settings(2, max_batch)
     };
     for kind in [SchemeKind::Uncoded, SchemeKind::Replication, SchemeKind::Hedged, SchemeKind::Approxifer] {
         let faults = (kind == SchemeKind::Approxifer).then(two_hung_of_six);
@@ -618,6 +659,32 @@ fn batched_answers_equal_group_at_a_time_answers_for_every_scheme() {
                 assert!(max_error(a, &expected(&query(i))) < 1e-5, "{kind:?} query {i}: the model's own answer");
             }
         }
+    }
+}
+
+#[test]
+fn the_coded_queue_delay_gathers_fuller_batches_for_the_coded_schemes_only() {
+    use approxifer::serve::{SchemeConfig, SchemeKind};
+    // Baselines send each query at once; the coded scheme waits 300 ms for more.
+    let config = SchemeConfig {
+        max_queue_delay: Duration::ZERO,
+        coded_queue_delay: Some(Duration::from_millis(300)),
+        capacity: 100,
+        ..scheme_settings(1, 8)
+    };
+    for (kind, batches) in [(SchemeKind::Uncoded, 3), (SchemeKind::Approxifer, 1)] {
+        assert_eq!(kind.queue_delay(&config).as_millis(), if batches == 1 { 300 } else { 0 });
+        let scheme = kind.start(&config, workers(kind.workers(&config), 100)).unwrap();
+        let tickets: Vec<_> = (0..3)
+            .map(|i| {
+                std::thread::sleep(Duration::from_millis(20));
+                scheme.submit(query(i)).unwrap()
+            })
+            .collect();
+        for ticket in tickets {
+            ticket.recv().unwrap().expect("answered");
+        }
+        assert_eq!(scheme.shutdown().batches, batches, "{kind:?}");
     }
 }
 

@@ -107,7 +107,8 @@ pub(super) struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     parity: Option<PathBuf>,
     /// Hedged requests send a backup after this long; ApproxIFER re-sends a group's
-    /// unanswered coded queries to workers that have answered.
+    /// unanswered coded queries to workers that have answered after at least this long (later
+    /// when recent batches took longer: 1.25 times their p95).
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     hedge_after_ms: f64,
     /// A query not answered this long after dispatch gets a deadline error.
@@ -205,6 +206,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         output_len,
         max_batch: args.workers.max_batch,
         max_queue_delay,
+        coded_queue_delay: None,
         deadline,
         capacity: args.capacity,
         faults,

@@ -65,9 +65,15 @@ pub(super) struct ServeBenchArgs {
     #[arg(long, default_value_t = 2)]
     copies: usize,
     /// ApproxIFER re-sends a group's unanswered coded queries to workers that have answered
-    /// after this many ms (three base service times by default; 0: never).
+    /// after at least this many ms (three base service times by default; later when recent
+    /// batches took longer: 1.25 times their p95; 0: never).
     #[arg(long, value_name = "MS", default_value_t = 15.0)]
     coded_hedge_ms: f64,
+    /// ApproxIFER's and ParM's batches wait this long for queries [default:
+    /// --max-queue-delay-ms]. A coded batch costs every worker of a group a forward pass, so at
+    /// low load a longer delay makes fewer, fuller batches: less work for a later p50.
+    #[arg(long, value_name = "MS")]
+    coded_queue_delay_ms: Option<f64>,
     /// Hedged requests send a backup after this many ms [default: the uncoded run's p95]
     #[arg(long, value_name = "MS")]
     hedge_after_ms: Option<f64>,
@@ -141,6 +147,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         deadline: ms(args.deadline_ms, "--deadline-ms")?,
         max_batch,
         max_queue_delay,
+        coded_queue_delay: args.coded_queue_delay_ms.map(|v| ms(v, "--coded-queue-delay-ms")).transpose()?,
         workers_per_device: args.workers.workers_per_device,
         hedge_after: args.hedge_after_ms.map(|v| ms(v, "--hedge-after-ms")).transpose()?,
         copies: args.copies,
@@ -230,14 +237,19 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             concurrency: args.remote.worker_concurrency,
         },
     };
+    let coded_delay = match config.coded_queue_delay {
+        Some(delay) => format!(" ({} ms for the coded schemes)", delay.as_secs_f64() * 1e3),
+        None => String::new(),
+    };
     eprintln!(
-        "approxifer: {} queries per scheme to the embedded {} ({} path, {} per batch, {} ms queue delay, \
+        "approxifer: {} queries per scheme to the embedded {} ({} path, {} per batch, {} ms queue delay{}, \
          {} ms injected per batch); {:?}",
         args.queries,
         crate::embedded::ARCHITECTURE.name(),
         if max_batch == 1 { "per-query" } else { "batched" },
         max_batch,
         max_queue_delay.as_secs_f64() * 1e3,
+        coded_delay,
         args.latency_ms,
         arrivals
     );

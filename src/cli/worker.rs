@@ -78,6 +78,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
         output_len: crate::models::CLASSES,
         max_batch: args.workers.max_batch,
         max_queue_delay,
+        coded_queue_delay: None,
         deadline,
         capacity: args.capacity,
         faults,

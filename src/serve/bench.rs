@@ -43,6 +43,8 @@ pub struct ServeBenchConfig {
     /// Groups (coded) or queries (baselines) per batch; 1 is the per-query path.
     pub max_batch: usize,
     pub max_queue_delay: Duration,
+    /// ApproxIFER's and ParM's queue delay (`None`: `max_queue_delay`).
+    pub coded_queue_delay: Option<Duration>,
     /// Workers per device (`None`: spread round robin over the devices).
     pub workers_per_device: Option<usize>,
     /// Hedged requests send a backup after this long; `None`: the uncoded run's p95.
@@ -63,6 +65,8 @@ pub struct SchemeReport {
     /// `batched`, or `per-query` (one query or group per forward pass).
     pub path: String,
     pub max_batch: usize,
+    /// How long a batch that is not full waited for queries.
+    pub max_queue_delay_ms: f64,
     pub workers: usize,
     pub p50_ms: f64,
     pub p90_ms: f64,
@@ -113,6 +117,7 @@ impl ServeBenchConfig {
             output_len,
             max_batch: self.max_batch,
             max_queue_delay: self.max_queue_delay,
+            coded_queue_delay: self.coded_queue_delay,
             deadline: self.deadline,
             capacity: self.queries.max(1),
             faults: Some((self.plan.clone(), self.seed)),
@@ -215,6 +220,7 @@ pub fn run(
         let mut report = outcome.report(kind.name(), pool.len(), worker_seconds, labels);
         report.path = if config.max_batch == 1 { "per-query" } else { "batched" }.into();
         report.max_batch = config.max_batch;
+        report.max_queue_delay_ms = kind.queue_delay(&settings).as_secs_f64() * 1e3;
         report.bare_forward_qps = bare;
         report.decode_us_per_batch = stats.decode_ns as f64 / 1e3 / stats.batches.max(1) as f64;
         reports.push(report);
@@ -446,6 +452,7 @@ impl Outcome {
             scheme: scheme.into(),
             path: String::new(),
             max_batch: 0,
+            max_queue_delay_ms: f64::NAN,
             workers,
             p50_ms: f64::NAN,
             p90_ms: f64::NAN,

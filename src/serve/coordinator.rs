@@ -13,7 +13,7 @@
 //! query, a worker's answer, or the next timer (the batch's queue delay, a batch's hedge or
 //! deadline); nothing is shared but the in-flight count that bounds admission.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
@@ -51,10 +51,13 @@ pub struct CoordinatorConfig {
     pub faults: Option<(FaultPlan, u64)>,
     /// Where batches are decoded (workers encode on their own devices).
     pub codec: Codec,
-    /// This long after dispatch, re-send a batch's unanswered coded queries to workers that
-    /// have already answered it (every worker runs the same model, so any of them can serve
-    /// any coded query): a straggler beyond the `S` the code absorbs then costs this delay and
-    /// one more service time, not its whole lateness. `None`: never.
+    /// At least this long after dispatch, re-send a batch's unanswered coded queries to
+    /// workers that have already answered it (every worker runs the same model, so any of
+    /// them can serve any coded query): a straggler beyond the `S` the code absorbs then costs
+    /// this delay and one more service time, not its whole lateness. The delay follows the
+    /// batches: once [`HEDGE_HISTORY`] have completed, it is the larger of this and a quarter
+    /// more than their 95th percentile completion time, so that on a loaded device batches
+    /// that are merely as slow as the others are not hedged. `None`: never.
     pub hedge_after: Option<Duration>,
     /// How a group's liars are found when the code has `A > 0` (and `N >= 2K + 2A + S - 1`):
     /// they are removed before decoding, on the CPU, whichever the codec. A calibrated locator
@@ -68,6 +71,16 @@ pub struct CoordinatorConfig {
     /// ([`MaskSampler::from_entropy`]). Ignored when `T = 0`.
     pub mask_sigma: f64,
 }
+
+/// How many recent batches' completion times (dispatch to decodable) set the hedge delay
+/// ([`CoordinatorConfig::hedge_after`]); fewer than this and the configured delay holds.
+pub const HEDGE_HISTORY: usize = 32;
+
+/// The share of recent batches a batch must take longer than to be hedged...
+const HEDGE_QUANTILE: f64 = 0.95;
+/// ... and by this factor: late, not merely as slow as the others, whose completion times
+/// jitter by a fraction.
+const HEDGE_MARGIN: f64 = 1.25;
 
 /// Where the coordinator decodes its batches. Both give the same results (the GPU kernels are
 /// tested against the CPU ones).
@@ -206,6 +219,7 @@ struct Batch {
     /// The requests sent for this batch (their routes are dropped with it).
     requests: Vec<u64>,
     deadline: Instant,
+    dispatched: Instant,
     hedge_at: Option<Instant>,
     /// Cancels the batch's requests not yet started once it is decoded or has failed.
     cancel: Cancel,
@@ -230,6 +244,8 @@ struct Loop {
     next_batch: u64,
     next_request: u64,
     replies: (Sender<Response>, Receiver<Response>),
+    /// The last [`HEDGE_HISTORY`] batches' completion times, oldest first.
+    completions: VecDeque<Duration>,
     stats: Stats,
     locating: Arc<OnlineLocator>,
     /// A private code's mask generator (`None` when `T = 0`).
@@ -258,6 +274,7 @@ impl Loop {
             next_batch: 0,
             next_request: 0,
             replies: crossbeam_channel::unbounded(),
+            completions: VecDeque::with_capacity(HEDGE_HISTORY),
             stats: Stats::default(),
             config,
             workers,
@@ -454,7 +471,8 @@ impl Loop {
             answered: vec![false; n],
             requests,
             deadline: now + self.config.deadline,
-            hedge_at: self.config.hedge_after.map(|after| now + after),
+            dispatched: now,
+            hedge_at: self.hedge_delay().map(|after| now + after),
             cancel,
         };
         self.pending.insert(id, batch);
@@ -536,8 +554,26 @@ impl Loop {
         }
         if self.decodable(id) {
             let batch = self.pending.remove(&id).expect("the batch is pending");
+            if self.completions.len() == HEDGE_HISTORY {
+                self.completions.pop_front();
+            }
+            self.completions.push_back(batch.dispatched.elapsed());
             self.decode(batch);
         }
+    }
+
+    /// How long after dispatch (or after a hedge found no idle helper) a batch is hedged:
+    /// the configured delay, or [`HEDGE_MARGIN`] times the recent batches' [`HEDGE_QUANTILE`]
+    /// completion time when that is longer.
+    fn hedge_delay(&self) -> Option<Duration> {
+        let floor = self.config.hedge_after?;
+        if self.completions.len() < HEDGE_HISTORY {
+            return Some(floor);
+        }
+        let mut recent: Vec<Duration> = self.completions.iter().copied().collect();
+        recent.sort_unstable();
+        let index = ((HEDGE_QUANTILE * recent.len() as f64).ceil() as usize).clamp(1, recent.len()) - 1;
+        Some(floor.max(recent[index].mul_f64(HEDGE_MARGIN)))
     }
 
     /// Whether every group of batch `id` has at least `N - S` finite answers.
@@ -627,12 +663,13 @@ impl Loop {
         for route in self.routes.values() {
             busy[route.worker] = true;
         }
+        let delay = self.hedge_delay();
         for id in due {
             let Some(batch) = self.pending.get_mut(&id) else { continue };
             batch.hedge_at = None;
             let helpers: Vec<usize> = (0..n).filter(|&w| batch.answered[w] && !busy[w]).collect();
             if helpers.is_empty() {
-                batch.hedge_at = self.config.hedge_after.map(|after| now + after);
+                batch.hedge_at = delay.map(|after| now + after);
                 continue;
             }
             let mut parts: Vec<Vec<Part>> = vec![Vec::new(); n];

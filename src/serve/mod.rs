@@ -29,7 +29,7 @@ pub use answer::{Answer, CodingError, ServeError, Stats, Ticket};
 pub use baseline::{Baseline, BaselineConfig, Policy};
 pub use batch::{Coding, Dispatch, FormError, Part, Segment, Work};
 pub use bench::{Arrivals, SchemeReport, ServeBenchConfig};
-pub use coordinator::{Codec, Coordinator, CoordinatorConfig};
+pub use coordinator::{Codec, Coordinator, CoordinatorConfig, HEDGE_HISTORY};
 pub use faults::{FaultError, FaultFileError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
 pub use locating::{Learning, LocatorState};
 pub use pool::{Placement, PlacementError};

@@ -155,6 +155,11 @@ pub struct SchemeConfig {
     pub max_batch: usize,
     /// A batch that is not full is sent this long after its oldest query arrived.
     pub max_queue_delay: Duration,
+    /// The coded schemes' queue delay (`None`: `max_queue_delay`). A coded batch costs every
+    /// worker of the group a forward pass where an uncoded one costs one worker, so at low
+    /// load a longer delay buys fewer, fuller batches: the redundancy, not `N` times the
+    /// fixed cost of a batch, is then what coding costs.
+    pub coded_queue_delay: Option<Duration>,
     pub deadline: Duration,
     pub capacity: usize,
     pub faults: Option<(FaultPlan, u64)>,
@@ -188,6 +193,15 @@ impl SchemeKind {
         }
     }
 
+    /// How long the scheme's batches wait for queries: the coded schemes' own delay where one
+    /// is set.
+    pub fn queue_delay(self, config: &SchemeConfig) -> Duration {
+        match self {
+            SchemeKind::Approxifer | SchemeKind::Parm => config.coded_queue_delay.unwrap_or(config.max_queue_delay),
+            SchemeKind::Uncoded | SchemeKind::Replication | SchemeKind::Hedged => config.max_queue_delay,
+        }
+    }
+
     /// Starts the scheme over `workers` ([`workers`](Self::workers) of them).
     pub fn start(self, config: &SchemeConfig, workers: Vec<Arc<dyn Worker>>) -> anyhow::Result<Box<dyn Scheme>> {
         let policy = match self {
@@ -198,7 +212,7 @@ impl SchemeKind {
                     input_len: config.input_len,
                     output_len: config.output_len,
                     max_batch: config.max_batch,
-                    max_queue_delay: config.max_queue_delay,
+                    max_queue_delay: self.queue_delay(config),
                     deadline: config.deadline,
                     capacity: config.capacity,
                     faults: config.faults.clone(),
@@ -216,7 +230,7 @@ impl SchemeKind {
                     input_len: config.input_len,
                     output_len: config.output_len,
                     max_batch: config.max_batch,
-                    max_queue_delay: config.max_queue_delay,
+                    max_queue_delay: self.queue_delay(config),
                     deadline: config.deadline,
                     capacity: config.capacity,
                     faults: config.faults.clone(),
