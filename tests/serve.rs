@@ -289,6 +289,41 @@ fn work_nobody_needs_any_more_is_skipped_not_queued_behind_a_straggler() {
 }
 
 #[test]
+fn an_uncoded_batch_goes_to_a_free_worker_not_behind_a_straggler() {
+    use approxifer::serve::{Baseline, BaselineConfig, Policy};
+    // Two workers, worker 0 taking 300 ms a request and worker 1 30 ms. A goes to worker 0, B
+    // to worker 1; C comes once B is answered, while worker 0 still has A: it goes to worker 1
+    // and is answered in one service time (round robin would queue it behind A, 240 ms more).
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 30.0 },
+        workers: vec![WorkerFaults { slowdown: 10.0, ..WorkerFaults::NONE }],
+        random_slowdown: None,
+    };
+    let config = BaselineConfig {
+        policy: Policy::Uncoded,
+        input_len: D,
+        output_len: C,
+        max_batch: 1,
+        max_queue_delay: Duration::ZERO,
+        deadline: Duration::from_secs(2),
+        capacity: 100,
+        faults: Some((plan, 1)),
+    };
+    let uncoded = Baseline::start(config, workers(2, 100)).unwrap();
+    let a = uncoded.submit(query(0)).unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    let b = uncoded.submit(query(1)).unwrap();
+    b.recv().unwrap().expect("answered");
+    let c_sent = std::time::Instant::now();
+    let c = uncoded.submit(query(2)).unwrap();
+    let answer = c.recv().unwrap().expect("answered");
+    let c_took = c_sent.elapsed();
+    assert!(max_error(&answer.output, &expected(&query(2))) < 1e-4);
+    assert!(a.recv().unwrap().is_ok());
+    assert!(c_took < Duration::from_millis(150), "C took {c_took:?}: it queued behind A");
+}
+
+#[test]
 fn a_coordinator_coding_on_the_gpu_answers_as_one_coding_on_the_cpu() {
     use approxifer::kernels::gpu::{AdapterChoice, GpuCodec, GpuContext};
     use approxifer::kernels::tolerance::Tolerance;

@@ -1,7 +1,8 @@
 //! What users run today, under the same workers, faults and dynamic batching as the
 //! coordinator: each batch of queries to one worker (uncoded), to `r` workers with the first
 //! answer winning (replication), or to one worker and, if it has not answered after a delay,
-//! to a second (hedged requests).
+//! to a second (hedged requests); always to the workers with the fewest requests outstanding,
+//! as a load balancer's least-request policy would.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -139,8 +140,8 @@ struct Loop {
     next_worker: usize,
     batcher: Batcher,
     pending: HashMap<u64, Pending>,
-    /// Request id -> its batch.
-    routes: HashMap<u64, u64>,
+    /// Request id -> its batch and worker.
+    routes: HashMap<u64, (u64, usize)>,
     next_batch: u64,
     next_request: u64,
     replies: (Sender<Response>, Receiver<Response>),
@@ -222,13 +223,21 @@ impl Loop {
         self.pending.insert(id, pending);
     }
 
-    /// Sends the batch to `copies` workers it has not been sent to, in round-robin order,
+    /// Sends the batch to `copies` workers it has not been sent to, those with the fewest
+    /// requests outstanding first (a load balancer's least-request policy: a batch does not
+    /// queue behind a straggler while another worker is free), ties in round-robin order,
     /// passing over any that refuse it (a full queue, a server that is down); copies on one
     /// device share one upload.
     fn send(&mut self, id: u64, pending: &mut Pending, copies: usize) {
         let n = self.workers.len();
-        let candidates: Vec<usize> =
+        let mut outstanding = vec![0usize; n];
+        for &(_, w) in self.routes.values() {
+            outstanding[w] += 1;
+        }
+        let mut candidates: Vec<usize> =
             (0..n).map(|i| (self.next_worker + i) % n).filter(|w| !pending.sent_to.contains(w)).collect();
+        // Stable: equally loaded workers keep their round-robin order.
+        candidates.sort_by_key(|&w| outstanding[w]);
         let devices: Vec<_> = candidates.iter().map(|&w| self.workers[w].device()).collect();
         let works = Work::by_device(&pending.dispatch, &devices, vec![None; candidates.len()]);
         let mut taken = 0;
@@ -250,13 +259,13 @@ impl Loop {
                 taken += 1;
                 pending.sent_to.push(w);
                 pending.requests.push(request_id);
-                self.routes.insert(request_id, id);
+                self.routes.insert(request_id, (id, w));
             }
         }
     }
 
     fn receive(&mut self, response: Response) {
-        let Some(id) = self.routes.remove(&response.id) else {
+        let Some((id, _)) = self.routes.remove(&response.id) else {
             self.stats.late_responses += 1;
             return;
         };
