@@ -495,24 +495,39 @@ impl Calibration {
     /// The scores of `keep` given their leave-one-out `residuals` (`[keep.len(), row_len]`),
     /// each residual judged on the scale honest ones have next to the gaps `keep` leaves.
     fn scores_of(&self, keep: &[usize], residuals: &[f64], prepared: &Prepared) -> Vec<f64> {
-        self.scores_with(keep, residuals, prepared, true)
-    }
-
-    /// As [`scores_of`](Self::scores_of), with residuals next to a gap taken as they are.
-    fn raw_scores_of(&self, keep: &[usize], residuals: &[f64], prepared: &Prepared) -> Vec<f64> {
-        self.scores_with(keep, residuals, prepared, false)
-    }
-
-    fn scores_with(&self, keep: &[usize], residuals: &[f64], prepared: &Prepared, scale_gaps: bool) -> Vec<f64> {
         let mut scaled = vec![0.0; self.row_len];
         keep.iter()
             .zip(residuals.chunks_exact(self.row_len))
             .enumerate()
-            .map(|(j, (&w, residual))| {
-                let gap = if scale_gaps { gap_index(keep, j, self.workers) } else { 0 };
-                self.score(w, gap, residual, prepared, &mut scaled)
-            })
+            .map(|(j, (&w, residual))| self.score(w, gap_index(keep, j, self.workers), residual, prepared, &mut scaled))
             .collect()
+    }
+
+    /// The highest score among `keep` but its `candidate`-th, each judged against the others
+    /// but the candidate with residuals taken as they are (no gap scale), or at least `bound`
+    /// when that is sure: the rows are scored in `order` (the highest scorers with the
+    /// candidate first) and scoring stops at the first that reaches `bound`. Choosing among
+    /// candidates by the lowest such score needs no more, and most are ruled out by their first
+    /// few rows.
+    fn worst_without(
+        &self,
+        loo: &LeaveOneOut,
+        keep: &[usize],
+        order: &[usize],
+        candidate: usize,
+        prepared: &Prepared,
+        bound: f64,
+    ) -> f64 {
+        let (mut residual, mut scaled) = (vec![0.0; self.row_len], vec![0.0; self.row_len]);
+        let mut worst = 0.0f64;
+        for &i in order.iter().filter(|&&i| i != candidate) {
+            loo.residual_without(candidate, i, &mut residual);
+            worst = worst.max(self.score(keep[i], 0, &residual, prepared, &mut scaled));
+            if worst >= bound {
+                break;
+            }
+        }
+        worst
     }
 
     /// Worker `w`'s score with leave-one-out `residual` in gap class `gap` (`scaled`: scratch
@@ -621,9 +636,8 @@ pub(super) fn suspects(
         // (measured: a few percent more liars found at A = 1, as many at A = 2, 3).
         let mut best: Option<(f64, usize)> = None;
         for &candidate in order.iter().take(CANDIDATES) {
-            let rest: Vec<usize> = keep.iter().enumerate().filter(|(i, _)| *i != candidate).map(|(_, &w)| w).collect();
-            let after = calibration.raw_scores_of(&rest, &loo.residuals_without(candidate), &prepared);
-            let worst = after.iter().copied().fold(0.0f64, f64::max);
+            let bound = best.map_or(f64::INFINITY, |(b, _)| b);
+            let worst = calibration.worst_without(&loo, &keep, &order, candidate, &prepared, bound);
             if best.is_none_or(|(b, _)| worst < b) {
                 best = Some((worst, candidate));
             }

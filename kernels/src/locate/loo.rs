@@ -114,22 +114,18 @@ impl<'a> LeaveOneOut<'a> {
         out
     }
 
-    /// The residuals of every row but `c`'s against the others but `c`, `[m - 1, row_len]` in
-    /// order. At least three rows.
-    pub(super) fn residuals_without(&self, c: usize) -> Vec<f64> {
+    /// Row `i`'s residual against the others but `c` (`i != c`) into `out`. At least three
+    /// rows. One row at a time, so that a caller judging a removal can stop early.
+    pub(super) fn residual_without(&self, c: usize, i: usize, out: &mut [f64]) {
         let m = self.rows.len();
         let prefix = self.prefix();
-        let mut out = vec![0.0; (m - 1) * self.row_len];
-        for (i, residual) in (0..m).filter(|&i| i != c).zip(out.chunks_exact_mut(self.row_len)) {
-            // Terms before c keep their sign, terms after c flip, c's own goes.
-            let numerator = |c| self.numerator(prefix, i, c);
-            let (before, through, all) = (numerator(c), numerator(c + 1), numerator(m));
-            let d = &prefix.denominators[i * (m + 1)..(i + 1) * (m + 1)];
-            let denominator = d[c] - (d[m] - d[c + 1]);
-            let squares = self.terms.squares[i] - self.terms.terms[i * m + c].powi(2);
-            self.residual(i, |k| before[k] - (all[k] - through[k]), denominator, squares, residual);
-        }
-        out
+        // Terms before c keep their sign, terms after c flip, c's own goes.
+        let numerator = |c| self.numerator(prefix, i, c);
+        let (before, through, all) = (numerator(c), numerator(c + 1), numerator(m));
+        let d = &prefix.denominators[i * (m + 1)..(i + 1) * (m + 1)];
+        let denominator = d[c] - (d[m] - d[c + 1]);
+        let squares = self.terms.squares[i] - self.terms.terms[i * m + c].powi(2);
+        self.residual(i, |k| before[k] - (all[k] - through[k]), denominator, squares, out);
     }
 
     /// `sum_{l < c} T_il y_l`.
@@ -217,9 +213,10 @@ mod tests {
             let keep: Vec<usize> = (0..9).filter(|&i| i != c).collect();
             let rest: Vec<Vec<f64>> = keep.iter().map(|&i| rows[i].clone()).collect();
             let rest_nodes: Vec<f64> = keep.iter().map(|&i| nodes[i]).collect();
-            let without = loo.residuals_without(c);
-            for j in 0..8 {
-                for (a, b) in without[j * 3..(j + 1) * 3].iter().zip(direct(&rest, &rest_nodes, j)) {
+            for (j, i) in keep.iter().copied().enumerate() {
+                let mut without = vec![0.0; 3];
+                loo.residual_without(c, i, &mut without);
+                for (a, b) in without.iter().zip(direct(&rest, &rest_nodes, j)) {
                     assert!((a - b).abs() < 1e-9, "without {c}, row {j}: {a} vs {b}");
                 }
             }
