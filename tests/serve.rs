@@ -180,7 +180,8 @@ fn baselines_give_the_models_own_answers_and_replication_and_hedging_survive_a_d
             policy,
             input_len: D,
             output_len: C,
-            // One query per batch: which worker a query meets is then plain round robin.
+            // One query per batch, all submitted at once: the dead worker takes the first, and
+            // later ones while it has no more outstanding than the others.
             max_batch: 1,
             max_queue_delay: Duration::ZERO,
             deadline: Duration::from_millis(100),
@@ -205,7 +206,10 @@ fn baselines_give_the_models_own_answers_and_replication_and_hedging_survive_a_d
         assert_eq!(stats.answered + stats.errors, 40);
         missed
     };
-    assert_eq!(run(Policy::Uncoded), 10, "round robin sends every fourth query to the dead worker");
+    // At most every fourth query (round robin among equally loaded workers), however the
+    // answers of the others interleave with the dispatches.
+    let missed = run(Policy::Uncoded);
+    assert!((1..=10).contains(&missed), "{missed} queries sent to the dead worker");
     assert_eq!(run(Policy::Replication { copies: 2 }), 0);
     assert_eq!(run(Policy::Hedged { after: Duration::from_millis(5) }), 0);
 }
