@@ -505,10 +505,10 @@ impl Calibration {
 
     /// The highest score among `keep` but its `candidate`-th, each judged against the others
     /// but the candidate with residuals taken as they are (no gap scale), or at least `bound`
-    /// when that is sure: the rows are scored in `order` (the highest scorers with the
-    /// candidate first) and scoring stops at the first that reaches `bound`. Choosing among
-    /// candidates by the lowest such score needs no more, and most are ruled out by their first
-    /// few rows.
+    /// when that is sure: the rows are scored in `order` (those that scored highest with the
+    /// candidate kept come first) and scoring stops at the first that reaches `bound`. Choosing
+    /// among candidates by the lowest such score needs no more, and most are ruled out by their
+    /// first few rows.
     fn worst_without(
         &self,
         loo: &LeaveOneOut,
