@@ -508,26 +508,29 @@ impl Calibration {
     /// when that is sure: the rows are scored in `order` (those that scored highest with the
     /// candidate kept come first) and scoring stops at the first that reaches `bound`. Choosing
     /// among candidates by the lowest such score needs no more, and most are ruled out by their
-    /// first few rows.
+    /// first few rows. The residuals go to `residuals` (`[keep.len() - 1, row_len]`, the
+    /// candidate left out); the flag says whether every row was reached.
     fn worst_without(
         &self,
         loo: &LeaveOneOut,
         keep: &[usize],
         order: &[usize],
-        candidate: usize,
+        (candidate, bound): (usize, f64),
         prepared: &Prepared,
-        bound: f64,
-    ) -> f64 {
-        let (mut residual, mut scaled) = (vec![0.0; self.row_len], vec![0.0; self.row_len]);
+        residuals: &mut [f64],
+    ) -> (f64, bool) {
+        let (row_len, mut scaled) = (self.row_len, vec![0.0; self.row_len]);
         let mut worst = 0.0f64;
-        for &i in order.iter().filter(|&&i| i != candidate) {
-            loo.residual_without(candidate, i, &mut residual);
-            worst = worst.max(self.score(keep[i], 0, &residual, prepared, &mut scaled));
+        for (scored, &i) in order.iter().filter(|&&i| i != candidate).enumerate() {
+            let at = if i < candidate { i } else { i - 1 };
+            let residual = &mut residuals[at * row_len..(at + 1) * row_len];
+            loo.residual_without(candidate, i, residual);
+            worst = worst.max(self.score(keep[i], 0, residual, prepared, &mut scaled));
             if worst >= bound {
-                break;
+                return (worst, scored + 2 == keep.len());
             }
         }
-        worst
+        (worst, true)
     }
 
     /// Worker `w`'s score with leave-one-out `residual` in gap class `gap` (`scaled`: scratch
@@ -616,9 +619,18 @@ pub(super) fn suspects(
     let prepared = calibration.prepare(group, workers, &possible);
     // Whether every kept answer was seen below its threshold (nothing left to refine).
     let mut settled = false;
+    // The residuals of `keep` when the last removal's trial left them behind (it predicts
+    // every other row without the removed one: the next pass's residuals, up to rounding).
+    let mut carried: Option<Vec<f64>> = None;
+    let (mut trial, mut chosen) = (Vec::new(), Vec::new());
     while removed.len() < budget && keep.len() > 3 {
-        let loo = calibration.leave_one_out(code, group, &keep);
-        let scores = calibration.scores_of(&keep, &loo.residuals(), &prepared);
+        // The leave-one-out terms of `keep`, made when first needed.
+        let mut loo = None;
+        let residuals = match carried.take() {
+            Some(residuals) => residuals,
+            None => loo.get_or_insert_with(|| calibration.leave_one_out(code, group, &keep)).residuals(),
+        };
+        let scores = calibration.scores_of(&keep, &residuals, &prepared);
         if scores.iter().all(|s| *s <= 1.0) {
             settled = true;
             break;
@@ -634,16 +646,23 @@ pub(super) fn suspects(
         // Which to remove is judged on raw residuals: removing a liar lowers its neighbours'
         // residuals by what it had added to them, which the gap's scale would partly hide
         // (measured: a few percent more liars found at A = 1, as many at A = 2, 3).
-        let mut best: Option<(f64, usize)> = None;
+        let loo = loo.get_or_insert_with(|| calibration.leave_one_out(code, group, &keep));
+        let mut best: Option<(f64, usize, bool)> = None;
         for &candidate in order.iter().take(CANDIDATES) {
-            let bound = best.map_or(f64::INFINITY, |(b, _)| b);
-            let worst = calibration.worst_without(&loo, &keep, &order, candidate, &prepared, bound);
-            if best.is_none_or(|(b, _)| worst < b) {
-                best = Some((worst, candidate));
+            trial.resize((keep.len() - 1) * calibration.row_len, 0.0);
+            let bound = best.map_or(f64::INFINITY, |(b, ..)| b);
+            let (worst, whole) =
+                calibration.worst_without(loo, &keep, &order, (candidate, bound), &prepared, &mut trial);
+            if best.is_none_or(|(b, ..)| worst < b) {
+                best = Some((worst, candidate, whole));
+                std::mem::swap(&mut trial, &mut chosen);
             }
         }
-        let Some((_, candidate)) = best else { break };
+        let Some((_, candidate, whole)) = best else { break };
         removed.push(keep.remove(candidate));
+        if whole {
+            carried = Some(std::mem::take(&mut chosen));
+        }
     }
     if !settled {
         refine(calibration, code, group, &prepared, &mut keep, &mut removed);
