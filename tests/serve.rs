@@ -27,6 +27,25 @@ fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u
     coordinator_config(code, faults, capacity, Duration::from_millis(deadline_ms))
 }
 
+/// A baseline over the test model that sends every query alone and at once.
+fn one_query_per_batch(
+    policy: approxifer::serve::Policy,
+    faults: Option<(FaultPlan, u64)>,
+    deadline: Duration,
+    capacity: usize,
+) -> approxifer::serve::BaselineConfig {
+    approxifer::serve::BaselineConfig {
+        policy,
+        input_len: D,
+        output_len: C,
+        max_batch: 1,
+        max_queue_delay: Duration::ZERO,
+        deadline,
+        capacity,
+        faults,
+    }
+}
+
 fn max_error(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
@@ -167,7 +186,7 @@ fn decoded_answers_approximate_the_model_and_exact_ones_equal_it() {
 
 #[test]
 fn baselines_give_the_models_own_answers_and_replication_and_hedging_survive_a_dead_worker() {
-    use approxifer::serve::{Baseline, BaselineConfig, Policy};
+    use approxifer::serve::{Baseline, Policy};
     // Worker 0 of 4 never answers: uncoded queries sent there miss their deadline; a second
     // copy, or a hedge sent elsewhere, is answered.
     let plan = FaultPlan {
@@ -176,18 +195,9 @@ fn baselines_give_the_models_own_answers_and_replication_and_hedging_survive_a_d
         random_slowdown: None,
     };
     let run = |policy: Policy| {
-        let config = BaselineConfig {
-            policy,
-            input_len: D,
-            output_len: C,
-            // One query per batch, all submitted at once: the dead worker takes the first, and
-            // later ones while it has no more outstanding than the others.
-            max_batch: 1,
-            max_queue_delay: Duration::ZERO,
-            deadline: Duration::from_millis(100),
-            capacity: 1000,
-            faults: Some((plan.clone(), 5)),
-        };
+        // One query per batch, all submitted at once: the dead worker takes the first, and
+        // later ones while it has no more outstanding than the others.
+        let config = one_query_per_batch(policy, Some((plan.clone(), 5)), Duration::from_millis(100), 1000);
         let baseline = Baseline::start(config, workers(4, 1000)).unwrap();
         let tickets: Vec<_> = (0..40).map(|i| baseline.submit(query(i)).unwrap()).collect();
         let mut missed = 0;
@@ -246,7 +256,7 @@ fn a_panicking_model_loses_requests_not_the_worker() {
 
 #[test]
 fn work_nobody_needs_any_more_is_skipped_not_queued_behind_a_straggler() {
-    use approxifer::serve::{Baseline, BaselineConfig, Policy};
+    use approxifer::serve::{Baseline, Policy};
     // Worker 0 takes 100 ms a request, the others 1 ms. Without cancellation it would work
     // through every request queued to it (2 s); its groups (and the other copies) are answered
     // by the fast workers long before, so it skips what it had not started.
@@ -278,23 +288,14 @@ fn work_nobody_needs_any_more_is_skipped_not_queued_behind_a_straggler() {
     drop(coordinator);
 
     let workers = local();
-    let config = BaselineConfig {
-        policy: Policy::Replication { copies: 3 },
-        input_len: D,
-        output_len: C,
-        max_batch: 1,
-        max_queue_delay: Duration::ZERO,
-        deadline: Duration::from_secs(2),
-        capacity: 100,
-        faults: Some((plan, 1)),
-    };
+    let config = one_query_per_batch(Policy::Replication { copies: 3 }, Some((plan, 1)), Duration::from_secs(2), 100);
     let replication = Baseline::start(config, shared(&workers)).unwrap();
     check(&replication, &workers[0], "replicas");
 }
 
 #[test]
 fn an_uncoded_batch_goes_to_a_free_worker_not_behind_a_straggler() {
-    use approxifer::serve::{Baseline, BaselineConfig, Policy};
+    use approxifer::serve::{Baseline, Policy};
     // Two workers, worker 0 taking 300 ms a request and worker 1 30 ms. A goes to worker 0, B
     // to worker 1; C comes once B is answered, while worker 0 still has A: it goes to worker 1
     // and is answered in one service time (round robin would queue it behind A, 240 ms more).
@@ -303,16 +304,7 @@ fn an_uncoded_batch_goes_to_a_free_worker_not_behind_a_straggler() {
         workers: vec![WorkerFaults { slowdown: 10.0, ..WorkerFaults::NONE }],
         random_slowdown: None,
     };
-    let config = BaselineConfig {
-        policy: Policy::Uncoded,
-        input_len: D,
-        output_len: C,
-        max_batch: 1,
-        max_queue_delay: Duration::ZERO,
-        deadline: Duration::from_secs(2),
-        capacity: 100,
-        faults: Some((plan, 1)),
-    };
+    let config = one_query_per_batch(Policy::Uncoded, Some((plan, 1)), Duration::from_secs(2), 100);
     let uncoded = Baseline::start(config, workers(2, 100)).unwrap();
     let a = uncoded.submit(query(0)).unwrap();
     std::thread::sleep(Duration::from_millis(10));
