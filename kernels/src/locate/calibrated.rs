@@ -462,8 +462,12 @@ impl Calibration {
     pub fn scores(&self, code: &Code, group: &[f64], keep: &[usize]) -> Vec<f64> {
         let (group, possible) = self.representation.apply(group, self.row_len);
         let prepared = self.prepare(&group, keep, &possible);
-        let residuals = self.leave_one_out(code, &group, keep).residuals();
-        self.scores_of(keep, &residuals, &prepared)
+        self.pass_scores(code, &group, keep, &prepared)
+    }
+
+    /// The scores of `keep`, from one leave-one-out pass over their rows.
+    fn pass_scores(&self, code: &Code, group: &[f64], keep: &[usize], prepared: &Prepared) -> Vec<f64> {
+        self.scores_of(keep, &self.leave_one_out(code, group, keep).residuals(), prepared)
     }
 
     fn leave_one_out<'a>(&'a self, code: &Code, group: &'a [f64], keep: &[usize]) -> LeaveOneOut<'a> {
@@ -698,22 +702,24 @@ fn restore(
             return;
         }
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let loo = calibration.leave_one_out(code, group, keep);
-        let before = calibration.scores_of(keep, &loo.residuals(), prepared);
+        let before = calibration.pass_scores(code, group, keep, prepared);
         let explained = candidates.into_iter().find(|&(_, r)| {
             let mut trial = keep.clone();
-            let at = trial.partition_point(|&w| w < removed[r]);
-            trial.insert(at, removed[r]);
-            let loo = calibration.leave_one_out(code, group, &trial);
-            let scores = calibration.scores_of(&trial, &loo.residuals(), prepared);
+            let at = insert_sorted(&mut trial, removed[r]);
+            let scores = calibration.pass_scores(code, group, &trial, prepared);
             let others = scores[..at].iter().chain(&scores[at + 1..]);
             scores[at] <= 1.0 && others.zip(&before).all(|(&s, &b)| s <= b.max(1.0))
         });
         let Some((_, r)) = explained else { return };
-        let back = removed.remove(r);
-        let at = keep.partition_point(|&w| w < back);
-        keep.insert(at, back);
+        insert_sorted(keep, removed.remove(r));
     }
+}
+
+/// Inserts `w` into the sorted `workers`; returns where it went.
+fn insert_sorted(workers: &mut Vec<usize>, w: usize) -> usize {
+    let at = workers.partition_point(|&k| k < w);
+    workers.insert(at, w);
+    at
 }
 
 /// Swaps a removed responder back for a kept one while that makes the group look more honest
@@ -730,10 +736,7 @@ fn refine(
     keep: &mut Vec<usize>,
     removed: &mut [usize],
 ) {
-    let scores_of = |keep: &[usize]| {
-        let loo = calibration.leave_one_out(code, group, keep);
-        calibration.scores_of(keep, &loo.residuals(), prepared)
-    };
+    let scores_of = |keep: &[usize]| calibration.pass_scores(code, group, keep, prepared);
     // An answer atypical on its own is a liar whoever else is kept: never swapped back.
     if removed.iter().all(|&w| calibration.atypical(prepared, w)) {
         return;
@@ -757,7 +760,7 @@ fn refine(
             };
             for (r, &back) in removed.iter().enumerate().filter(|&(_, &back)| worth(back)) {
                 let mut trial = others.clone();
-                trial.insert(trial.partition_point(|&w| w < back), back);
+                insert_sorted(&mut trial, back);
                 let after: f64 = scores_of(&trial).iter().sum();
                 if best.is_none_or(|(b, ..)| after < b) {
                     best = Some((after, out, r));
@@ -767,8 +770,7 @@ fn refine(
         match best {
             Some((after, out, r)) if after < total => {
                 let back = std::mem::replace(&mut removed[r], keep.remove(out));
-                let at = keep.partition_point(|&w| w < back);
-                keep.insert(at, back);
+                insert_sorted(keep, back);
             }
             _ => return,
         }
