@@ -311,6 +311,14 @@ fn a_damaged_calibration_is_an_error_not_a_panic() {
     bad_gap["gap_scales"][5] = serde_json::json!(-1.0);
     let bad_gap: Calibration = serde_json::from_value(bad_gap).unwrap();
     assert!(matches!(bad_gap.check(&code, 4), Err(Error::InvalidCalibration { position: None, .. })));
+    // A full whitening is lower triangular (scoring relies on the zeros past the diagonal).
+    let mut upper: serde_json::Value = serde_json::to_value(&*calibration).unwrap();
+    let whitening = upper["positions"][2]["consistency"]["whitening"].as_array_mut().unwrap();
+    assert_eq!(whitening.len(), 16, "rows of 4 have a full 4 x 4 whitening");
+    assert_eq!(whitening[1], serde_json::json!(0.0), "saved with zeros above the diagonal");
+    whitening[1] = serde_json::json!(0.5);
+    let upper: Calibration = serde_json::from_value(upper).unwrap();
+    assert!(matches!(upper.check(&code, 4), Err(Error::InvalidCalibration { position: Some(2), .. })));
     value["positions"].as_array_mut().unwrap().pop();
     let short: Calibration = serde_json::from_value(value).unwrap();
     let n = code.params().workers();

@@ -27,11 +27,11 @@
 //!
 //! Locating removes one responder at a time while some responder scores above its threshold.
 //! A liar also raises its neighbours' scores, so of the few highest scorers the one removed is
-//! the one whose removal leaves the rest looking most honest (prefix sums of the leave-one-out
-//! predictions make trying each cheap). With several liars that can still pick an honest
-//! worker between two of them, so removals are then swapped while that lowers the kept
-//! answers' total score, and a removed answer the rest explain is put back. Nothing depends on
-//! the attack or on the model being a classifier.
+//! the one whose removal leaves the rest looking most honest (trying one updates the pass's
+//! sums from the shorter side of it, in `loo.rs`, and the few race best-first). With several
+//! liars that can still pick an honest worker between two of them, so removals are then
+//! swapped while that lowers the kept answers' total score, and a removed answer the rest
+//! explain is put back. Nothing depends on the attack or on the model being a classifier.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -39,7 +39,7 @@ use std::collections::VecDeque;
 use nalgebra::DMatrix;
 
 use super::composition::{centred_log_ratios, is_composition};
-use super::loo::{self, LeaveOneOut, Terms};
+use super::loo::{self, LeaveOneOut, Sums, Terms};
 use crate::code::Code;
 use crate::cpu::Element;
 use crate::error::{Error, Result};
@@ -114,17 +114,16 @@ fn residual_against(
     out: &mut [f64],
 ) {
     let row = |l: usize| &group[l * row_len..(l + 1) * row_len];
-    let rows: Vec<&[f64]> = others.iter().map(|&l| row(l)).collect();
-    loo::residual_against(row(w), &rows, |l| inverse[w * n + others[l]], out);
+    loo::residual_against(row(w), others.iter().map(|&l| (row(l), inverse[w * n + l])), out);
 }
 
 /// Writes `row`'s typicality features into `out` (`typicality_len` values): the row sorted,
 /// largest first, then the logarithm of its spread.
-fn typicality(row: &[f64], out: &mut [f64]) {
+fn typicality(row: &[f64], network: &SortingNetwork, out: &mut [f64]) {
     let row_len = row.len();
     let sorted = &mut out[..row_len];
     sorted.copy_from_slice(row);
-    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    network.sort_descending(sorted);
     if row_len >= 2 {
         let (high, low) = (sorted[0], sorted[row_len - 1]);
         // The floor keeps a flat row finite (and far out) without letting rounding noise on a
@@ -133,6 +132,58 @@ fn typicality(row: &[f64], out: &mut [f64]) {
         out[row_len] = (high - low).max(floor).ln();
     }
 }
+
+/// Sorts rows of one length largest first. Short rows (a classifier's) go through Knuth's
+/// merge-exchange network (TAOCP 5.2.2, Algorithm M), its compare-exchanges listed once and
+/// branchless: an insertion sort's branches are a coin toss on every comparison, and this runs
+/// for every responder of every group. Longer rows keep `sort_unstable`.
+#[derive(Clone, Debug, Default)]
+struct SortingNetwork {
+    /// `(i, j)`, `i < j`: the larger of the two goes to `i`. None: sort the usual way.
+    pairs: Option<Vec<(usize, usize)>>,
+}
+
+impl SortingNetwork {
+    fn new(n: usize) -> Self {
+        if n > NETWORK_SORT_MAX {
+            return SortingNetwork { pairs: None };
+        }
+        let mut pairs = Vec::new();
+        if n >= 2 {
+            let top = 1 << (usize::BITS - (n - 1).leading_zeros() - 1);
+            let mut p = top;
+            while p > 0 {
+                let (mut q, mut r, mut d) = (top, 0, p);
+                loop {
+                    pairs.extend((0..n - d).filter(|i| i & p == r).map(|i| (i, i + d)));
+                    if q == p {
+                        break;
+                    }
+                    (d, q, r) = (q - p, q / 2, p);
+                }
+                p /= 2;
+            }
+        }
+        SortingNetwork { pairs: Some(pairs) }
+    }
+
+    /// Sorts finite `values` (of the length the network was made for) largest first.
+    fn sort_descending(&self, values: &mut [f64]) {
+        match &self.pairs {
+            Some(pairs) => {
+                for &(i, j) in pairs {
+                    let (a, b) = (values[i], values[j]);
+                    values[i] = a.max(b);
+                    values[j] = a.min(b);
+                }
+            }
+            None => values.sort_unstable_by(|a, b| b.total_cmp(a)),
+        }
+    }
+}
+
+/// Rows up to this long are sorted by a network ([`SortingNetwork`]).
+const NETWORK_SORT_MAX: usize = 64;
 
 /// The leave-one-out predictions of `keep`'s rows of `group`.
 fn leave_one_out<'a>(
@@ -148,13 +199,19 @@ fn leave_one_out<'a>(
 
 /// The features of every worker of `keep` (sorted, finite rows of `group`, `[N, row_len]`),
 /// `[keep.len(), feature_len(row_len)]`, the residuals computed against the others of `keep`
-/// (`inverse` the code's [`inverse_differences`]).
-fn features(inverse: &[f64], n: usize, group: &[f64], row_len: usize, keep: &[usize]) -> Vec<f64> {
+/// (`inverse` the code's [`inverse_differences`], `network` sorting rows of `row_len`).
+fn features(
+    (inverse, network): (&[f64], &SortingNetwork),
+    n: usize,
+    group: &[f64],
+    row_len: usize,
+    keep: &[usize],
+) -> Vec<f64> {
     let (f, t) = (feature_len(row_len), typicality_len(row_len));
     let residuals = leave_one_out(inverse, n, group, row_len, keep).residuals();
     let mut out = vec![0.0; keep.len() * f];
     for ((feature, &w), residual) in out.chunks_exact_mut(f).zip(keep).zip(residuals.chunks_exact(row_len)) {
-        typicality(&group[w * row_len..(w + 1) * row_len], &mut feature[..t]);
+        typicality(&group[w * row_len..(w + 1) * row_len], network, &mut feature[..t]);
         feature[t..].copy_from_slice(residual);
     }
     out
@@ -198,6 +255,9 @@ pub struct Calibration {
     /// The leave-one-out terms of all `N` workers answering, made on first use.
     #[serde(skip)]
     all_terms: Memo<Terms>,
+    /// The sorting network for rows of `row_len` values, made on first use.
+    #[serde(skip)]
+    network: Memo<SortingNetwork>,
 }
 
 /// A value a [`Calibration`] makes from its code on first use and keeps: not part of what the
@@ -256,6 +316,41 @@ impl Representation {
 struct Position {
     joint: Gaussian,
     consistency: Gaussian,
+    /// Both tests' residual rows side by side ([`Paired`]), made on first use; none where
+    /// either whitening is diagonal.
+    #[serde(skip)]
+    paired: Memo<Option<Paired>>,
+}
+
+/// The residual rows of both tests' full whitenings (each lower triangular, `[c, c]` once the
+/// joint one's typicality columns are set aside), laid out as [`Interleaved`] does with the
+/// joint test's four rows and then the consistency test's for each column: one loop makes
+/// both tests' sums, eight independent ones.
+#[derive(Clone, Debug)]
+struct Paired {
+    values: Vec<f64>,
+}
+
+impl Paired {
+    fn new(joint: &Gaussian, consistency: &Gaussian, c: usize) -> Option<Paired> {
+        let f = joint.mean.len();
+        let t = f - c;
+        if joint.whitening.len() != f * f || consistency.whitening.len() != c * c {
+            return None;
+        }
+        let mut values = Vec::new();
+        for first in (0..c).step_by(4) {
+            for j in 0..c.min(first + 4) {
+                let lower = |i: usize| i < c && j <= i;
+                values.extend(
+                    (first..first + 4).map(|i| if lower(i) { joint.whitening[(t + i) * f + t + j] } else { 0.0 }),
+                );
+                values
+                    .extend((first..first + 4).map(|i| if lower(i) { consistency.whitening[i * c + j] } else { 0.0 }));
+            }
+        }
+        Some(Paired { values })
+    }
 }
 
 impl Position {
@@ -277,7 +372,7 @@ impl Position {
         let joint = Gaussian::fit(&kept, position, 1.0 - JOINT_SHARE * false_alarm)?;
         let residuals: Vec<&[f64]> = kept.iter().map(|r| &r[f - row_len..]).collect();
         let consistency = Gaussian::fit(&residuals, position, 1.0 - (1.0 - JOINT_SHARE) * false_alarm)?;
-        Ok(Position { joint, consistency })
+        Ok(Position { joint, consistency, paired: Memo::default() })
     }
 
     /// The part of the score a responder's own row decides (`centred`: scratch of the
@@ -287,11 +382,59 @@ impl Position {
     }
 
     /// The score (above 1: suspect) of the responder whose typicality was prepared into
-    /// `(head, tail)` and whose leave-one-out residual is `residual`.
-    fn score(&self, prepared: (f64, &[f64]), residual: &[f64]) -> f64 {
-        let joint = self.joint.finish(Some(prepared), residual) / self.joint.threshold;
-        let consistency = self.consistency.finish(None, residual) / self.consistency.threshold;
-        joint.max(consistency)
+    /// `(head, tail)` and whose leave-one-out residual is `residual` (`scratch`: twice its
+    /// length).
+    fn score(&self, prepared: (f64, &[f64]), residual: &[f64], scratch: &mut [f64]) -> f64 {
+        let c = residual.len();
+        let paired = self.paired.0.get_or_init(|| Paired::new(&self.joint, &self.consistency, c));
+        let (joint, consistency) = match paired {
+            Some(paired) => self.paired_distances(paired, prepared, residual, scratch),
+            None => {
+                (self.joint.finish(Some(prepared), residual, scratch), self.consistency.finish(None, residual, scratch))
+            }
+        };
+        (joint / self.joint.threshold).max(consistency / self.consistency.threshold)
+    }
+
+    /// Both tests' squared distances in one pass over [`Paired`] rows: what the two
+    /// [`Gaussian::finish`] calls give, to the last bit.
+    fn paired_distances(
+        &self,
+        paired: &Paired,
+        (head, tail): (f64, &[f64]),
+        residual: &[f64],
+        scratch: &mut [f64],
+    ) -> (f64, f64) {
+        let c = residual.len();
+        let t = self.joint.mean.len() - c;
+        let (joint_centred, consistency_centred) = scratch[..2 * c].split_at_mut(c);
+        for (k, x) in residual.iter().enumerate() {
+            joint_centred[k] = x - self.joint.mean[t + k];
+            consistency_centred[k] = x - self.consistency.mean[k];
+        }
+        let (mut joint, mut consistency) = ([0.0f64; 4], [0.0f64; 4]);
+        let mut offset = 0;
+        for first in (0..c).step_by(4) {
+            let width = c.min(first + 4);
+            let values = &paired.values[offset..offset + 8 * width];
+            offset += 8 * width;
+            let mut sums = [0.0f64; 8];
+            for (w, (x, y)) in values.chunks_exact(8).zip(joint_centred.iter().zip(&*consistency_centred)) {
+                let w: &[f64; 8] = w.try_into().expect("chunks of eight");
+                let (joint_sums, consistency_sums) = sums.split_at_mut(4);
+                joint_sums.iter_mut().zip(&w[..4]).for_each(|(sum, w)| *sum += w * x);
+                consistency_sums.iter_mut().zip(&w[4..]).for_each(|(sum, w)| *sum += w * y);
+            }
+            for k in 0..4 {
+                let partial = if first + k < c { tail[first + k] } else { 0.0 };
+                let z = partial + sums[k];
+                joint[k] += z * z;
+                consistency[k] += sums[4 + k] * sums[4 + k];
+            }
+        }
+        let finite = |d2: f64| if d2.is_nan() { f64::INFINITY } else { d2 };
+        let total = |lanes: [f64; 4]| (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+        (finite(head + total(joint)), finite(0.0 + total(consistency)))
     }
 
     /// Whether the statistics have the shapes features of `f` values with residuals of
@@ -312,6 +455,57 @@ struct Gaussian {
     /// features, `1 / sigma` per coordinate.
     whitening: Vec<f64>,
     threshold: f64,
+    /// A full whitening's rows laid out for [`Gaussian::prepare`] (every row, the typicality's
+    /// columns) and for [`Gaussian::finish`] (the residual's rows and columns), made on first
+    /// use.
+    #[serde(skip)]
+    typicality_rows: Memo<Interleaved>,
+    #[serde(skip)]
+    residual_rows: Memo<Interleaved>,
+}
+
+/// Some rows of a lower-triangular matrix restricted to some columns, laid out by blocks of
+/// four rows, column by column (zeros past each row's diagonal and past the last row), so that
+/// four rows' products with a vector are summed in one vector operation: four running sums
+/// the processor overlaps, where one sum would wait on every addition. Each row's sum gets
+/// the same products in the same order as on its own.
+#[derive(Clone, Debug, Default)]
+struct Interleaved {
+    values: Vec<f64>,
+    /// Per block, the columns it holds (up to its last row's diagonal).
+    widths: Vec<usize>,
+}
+
+impl Interleaved {
+    /// Rows `rows` and columns `columns` of the row-major `[f, f]` lower-triangular `matrix`.
+    fn new(matrix: &[f64], f: usize, rows: std::ops::Range<usize>, columns: std::ops::Range<usize>) -> Self {
+        let (mut values, mut widths) = (Vec::new(), Vec::new());
+        for first in rows.clone().step_by(4) {
+            let width = columns.len().min((first + 4).saturating_sub(columns.start));
+            for j in columns.start..columns.start + width {
+                let value = |i: usize| if i < rows.end && j <= i { matrix[i * f + j] } else { 0.0 };
+                values.extend((first..first + 4).map(value));
+            }
+            widths.push(width);
+        }
+        Interleaved { values, widths }
+    }
+
+    /// Calls `each(i, sums)` for every block, `i` its first row (counted from the first of
+    /// `rows`) and `sums` its four rows' products with `x` (the columns' values).
+    fn products(&self, x: &[f64], mut each: impl FnMut(usize, &[f64; 4])) {
+        let mut offset = 0;
+        for (block, &width) in self.widths.iter().enumerate() {
+            let values = &self.values[offset..offset + 4 * width];
+            offset += 4 * width;
+            let mut sums = [0.0f64; 4];
+            for (w, x) in values.chunks_exact(4).zip(&x[..width]) {
+                let w: &[f64; 4] = w.try_into().expect("chunks of four");
+                sums.iter_mut().zip(w).for_each(|(sum, w)| *sum += w * x);
+            }
+            each(4 * block, &sums);
+        }
+    }
 }
 
 impl Gaussian {
@@ -347,33 +541,50 @@ impl Gaussian {
             tail.fill(0.0);
             return centred.iter().zip(&self.whitening).map(|(c, s)| (c * s).powi(2)).sum();
         }
-        let row = |r: usize| &self.whitening[r * f..r * f + t.min(r + 1)];
-        let dot = |r: usize| row(r).iter().zip(&*centred).map(|(w, c)| w * c).sum::<f64>();
-        for (out, r) in tail.iter_mut().zip(t..f) {
-            *out = dot(r);
-        }
-        (0..t).map(|r| dot(r).powi(2)).sum()
+        let rows = self.typicality_rows.0.get_or_init(|| Interleaved::new(&self.whitening, f, 0..f, 0..t));
+        let mut head = 0.0;
+        rows.products(centred, |first, sums| {
+            for (r, sum) in (first..f).zip(sums) {
+                if r < t {
+                    head += sum * sum;
+                } else {
+                    tail[r - t] = *sum;
+                }
+            }
+        });
+        head
     }
 
     /// The squared Mahalanobis distance of the feature whose typicality part was `prepared`
     /// (none: the feature is the residual alone) and whose residual part is `residual`; the
-    /// same as [`distance`](Self::distance).
-    fn finish(&self, prepared: Option<(f64, &[f64])>, residual: &[f64]) -> f64 {
-        let f = self.mean.len();
-        let t = f - residual.len();
+    /// same as [`distance`](Self::distance). `scratch` has the residual's length.
+    fn finish(&self, prepared: Option<(f64, &[f64])>, residual: &[f64], scratch: &mut [f64]) -> f64 {
+        let (f, c) = (self.mean.len(), residual.len());
+        let t = f - c;
         let mut d2 = prepared.map_or(0.0, |p| p.0);
         if self.whitening.len() == f {
             let centred = residual.iter().zip(&self.mean[t..]).map(|(x, m)| x - m);
             d2 += centred.zip(&self.whitening[t..]).map(|(c, s)| (c * s).powi(2)).sum::<f64>();
         } else {
-            let mean = &self.mean[t..];
-            for i in 0..residual.len() {
-                let r = t + i;
-                let partial = prepared.map_or(0.0, |p| p.1[i]);
-                let row = &self.whitening[r * f + t..r * f + r + 1];
-                let z = partial + row.iter().zip(residual).zip(mean).map(|((w, x), m)| w * (x - m)).sum::<f64>();
-                d2 += z * z;
+            // The centred residual once, then four whitened coordinates at a time, their
+            // squares summed in four lanes as well (rows past `c` add zero).
+            let centred = &mut scratch[..c];
+            for ((out, x), m) in centred.iter_mut().zip(residual).zip(&self.mean[t..]) {
+                *out = x - m;
             }
+            let rows = self.residual_rows.0.get_or_init(|| Interleaved::new(&self.whitening, f, t..f, t..f));
+            let mut squares = [0.0f64; 4];
+            rows.products(centred, |first, sums| {
+                for (k, (square, sum)) in squares.iter_mut().zip(sums).enumerate() {
+                    let partial = match prepared {
+                        Some((_, tail)) if first + k < c => tail[first + k],
+                        _ => 0.0,
+                    };
+                    let z = partial + sum;
+                    *square += z * z;
+                }
+            });
+            d2 += (squares[0] + squares[1]) + (squares[2] + squares[3]);
         }
         if d2.is_nan() { f64::INFINITY } else { d2 }
     }
@@ -387,8 +598,11 @@ impl Gaussian {
     }
 
     fn is_whole(&self, f: usize) -> bool {
+        // A full whitening is lower triangular: scoring multiplies by the zeros past a row's
+        // diagonal (`finish`), so a file must hold them.
+        let triangular = || (0..f * f).all(|at| at % f <= at / f || self.whitening[at] == 0.0);
         self.mean.len() == f
-            && (self.whitening.len() == f || self.whitening.len() == f * f)
+            && (self.whitening.len() == f || (self.whitening.len() == f * f && triangular()))
             && self.threshold > 0.0
             && !self.threshold.is_nan()
     }
@@ -422,7 +636,14 @@ impl Gaussian {
                 .ok_or(Error::SingularCalibration { position })?;
             (0..f * f).map(|i| inverse[(i / f, i % f)]).collect()
         };
-        Ok(Gaussian { samples: rows.len(), mean, whitening, threshold: f64::INFINITY })
+        Ok(Gaussian {
+            samples: rows.len(),
+            mean,
+            whitening,
+            threshold: f64::INFINITY,
+            typicality_rows: Memo::default(),
+            residual_rows: Memo::default(),
+        })
     }
 }
 
@@ -465,6 +686,34 @@ impl Calibration {
         self.pass_scores(code, &group, keep, &prepared)
     }
 
+    /// The scores of `keep` (every worker of it once in `visit`, in that order), from one
+    /// leave-one-out pass over their rows, unless their running sum reaches `bound` (scores
+    /// are never negative: the total would too).
+    fn scores_within(
+        &self,
+        code: &Code,
+        group: &[f64],
+        keep: &[usize],
+        prepared: &Prepared,
+        (visit, bound): (impl Iterator<Item = usize>, f64),
+        buffers: &mut Buffers,
+    ) -> Option<Vec<f64>> {
+        let loo = self.leave_one_out(code, group, keep);
+        let Buffers { residual, scratch } = buffers;
+        let mut scores = vec![f64::NAN; keep.len()];
+        let mut running = 0.0;
+        for w in visit {
+            let j = keep.binary_search(&w).expect("a worker of keep");
+            loo.residual(j, residual);
+            scores[j] = self.score(w, gap_index(keep, j, self.workers), residual, prepared, scratch);
+            running += scores[j];
+            if running >= bound {
+                return None;
+            }
+        }
+        Some(scores)
+    }
+
     /// The scores of `keep`, from one leave-one-out pass over their rows.
     fn pass_scores(&self, code: &Code, group: &[f64], keep: &[usize], prepared: &Prepared) -> Vec<f64> {
         self.scores_of(keep, &self.leave_one_out(code, group, keep).residuals(), prepared)
@@ -487,9 +736,10 @@ impl Calibration {
     fn prepare(&self, group: &[f64], workers: &[usize], possible: &[bool]) -> Prepared {
         let (row_len, t) = (self.row_len, typicality_len(self.row_len));
         let (mut feature, mut centred) = (vec![0.0; t], vec![0.0; t]);
+        let network = self.network.0.get_or_init(|| SortingNetwork::new(row_len));
         let mut prepared = Prepared { heads: vec![f64::NAN; self.workers], tails: vec![0.0; self.workers * row_len] };
         for &w in workers.iter().filter(|&&w| possible[w]) {
-            typicality(&group[w * row_len..(w + 1) * row_len], &mut feature);
+            typicality(&group[w * row_len..(w + 1) * row_len], network, &mut feature);
             let tail = &mut prepared.tails[w * row_len..(w + 1) * row_len];
             prepared.heads[w] = self.positions[w].prepare(&feature, &mut centred, tail);
         }
@@ -499,48 +749,84 @@ impl Calibration {
     /// The scores of `keep` given their leave-one-out `residuals` (`[keep.len(), row_len]`),
     /// each residual judged on the scale honest ones have next to the gaps `keep` leaves.
     fn scores_of(&self, keep: &[usize], residuals: &[f64], prepared: &Prepared) -> Vec<f64> {
-        let mut scaled = vec![0.0; self.row_len];
+        let mut scratch = vec![0.0; 3 * self.row_len];
         keep.iter()
             .zip(residuals.chunks_exact(self.row_len))
             .enumerate()
-            .map(|(j, (&w, residual))| self.score(w, gap_index(keep, j, self.workers), residual, prepared, &mut scaled))
+            .map(|(j, (&w, residual))| {
+                self.score(w, gap_index(keep, j, self.workers), residual, prepared, &mut scratch)
+            })
             .collect()
     }
 
-    /// The highest score among `keep` but its `candidate`-th, each judged against the others
-    /// but the candidate with residuals taken as they are (no gap scale), or at least `bound`
-    /// when that is sure: the rows are scored in `order` (those that scored highest with the
-    /// candidate kept come first) and scoring stops at the first that reaches `bound`. Choosing
-    /// among candidates by the lowest such score needs no more, and most are ruled out by their
-    /// first few rows. The residuals go to `residuals` (`[keep.len() - 1, row_len]`, the
-    /// candidate left out); the flag says whether every row was reached.
-    fn worst_without(
+    /// Which of `candidates` (indices into `keep`) to remove: the one whose removal leaves the
+    /// highest score of the others lowest (ties: the first), each row judged against the
+    /// others but the candidate with residuals taken as they are (no gap scale). A best-first
+    /// race: the candidate whose highest score so far is lowest scores its next row (rows in
+    /// `order`, those that scored highest with the candidate kept first), and the first to
+    /// be lowest with every row scored wins, since the others' highest so far can only grow.
+    /// Most candidates are ruled out by their first few rows. Returns the winner's index in
+    /// `candidates`; its trial (same index in `trials`) holds the next pass's sums and scores.
+    fn choose_removal(
         &self,
         loo: &LeaveOneOut,
         keep: &[usize],
-        order: &[usize],
-        (candidate, bound): (usize, f64),
+        (order, candidates): (&[usize], &[usize]),
         prepared: &Prepared,
-        residuals: &mut [f64],
-    ) -> (f64, bool) {
-        let (row_len, mut scaled) = (self.row_len, vec![0.0; self.row_len]);
-        let mut worst = 0.0f64;
-        for (scored, &i) in order.iter().filter(|&&i| i != candidate).enumerate() {
-            let at = if i < candidate { i } else { i - 1 };
-            let residual = &mut residuals[at * row_len..(at + 1) * row_len];
-            loo.residual_without(candidate, i, residual);
-            worst = worst.max(self.score(keep[i], 0, residual, prepared, &mut scaled));
-            if worst >= bound {
-                return (worst, scored + 2 == keep.len());
-            }
+        trials: &mut [Trial],
+        buffers: &mut Buffers,
+    ) -> usize {
+        let Buffers { residual, scratch } = buffers;
+        // Per candidate: the highest score so far and how far along `order` it is.
+        let mut races = vec![(0.0f64, 0usize); candidates.len()];
+        for trial in trials.iter_mut() {
+            trial.sums.resize(keep.len() - 1, self.row_len);
+            trial.scores.resize(keep.len() - 1, 0.0);
         }
-        (worst, true)
+        loop {
+            let leader = (0..candidates.len())
+                .min_by(|&a, &b| races[a].0.total_cmp(&races[b].0).then(a.cmp(&b)))
+                .expect("at least one candidate");
+            let candidate = candidates[leader];
+            let (worst, next) = &mut races[leader];
+            if order.get(*next) == Some(&candidate) {
+                *next += 1;
+            }
+            let Some(&i) = order.get(*next) else { return leader };
+            *next += 1;
+            let at = if i < candidate { i } else { i - 1 };
+            let trial = &mut trials[leader];
+            loo.residual_without(candidate, i, (&mut trial.sums, at), residual);
+            trial.scores[at] = self.score(keep[i], 0, residual, prepared, scratch);
+            *worst = worst.max(trial.scores[at]);
+        }
     }
 
-    /// Worker `w`'s score with leave-one-out `residual` in gap class `gap` (`scaled`: scratch
-    /// of the residual's length).
-    fn score(&self, w: usize, gap: usize, residual: &[f64], prepared: &Prepared, scaled: &mut [f64]) -> f64 {
+    /// `keep`'s scores after a removal whose trial scored them with raw residuals: the
+    /// workers next to a gap are scored again on its scale ([`Self::scores_of`]).
+    fn rescore_gaps(
+        &self,
+        keep: &[usize],
+        loo: &LeaveOneOut,
+        scores: &mut [f64],
+        prepared: &Prepared,
+        buffers: &mut Buffers,
+    ) {
+        let Buffers { residual, scratch } = buffers;
+        for (j, score) in scores.iter_mut().enumerate() {
+            let gap = gap_index(keep, j, self.workers);
+            if gap > 0 {
+                loo.residual(j, residual);
+                *score = self.score(keep[j], gap, residual, prepared, scratch);
+            }
+        }
+    }
+
+    /// Worker `w`'s score with leave-one-out `residual` in gap class `gap` (`scratch`: three
+    /// times the residual's length).
+    fn score(&self, w: usize, gap: usize, residual: &[f64], prepared: &Prepared, scratch: &mut [f64]) -> f64 {
         let row_len = self.row_len;
+        let (scaled, scratch) = scratch.split_at_mut(row_len);
         let head = prepared.heads[w];
         if head.is_nan() {
             return f64::INFINITY;
@@ -552,21 +838,27 @@ impl Calibration {
             }
             _ => residual,
         };
-        self.positions[w].score((head, &prepared.tails[w * row_len..(w + 1) * row_len]), residual)
+        self.positions[w].score((head, &prepared.tails[w * row_len..(w + 1) * row_len]), residual, scratch)
     }
 
     /// The score `w` (not in `keep`) would have were it kept: its residual against the
     /// interpolant of `keep` (one prediction, not a pass over the group), in the gap class it
     /// would be in.
-    fn score_against(&self, code: &Code, group: &[f64], prepared: &Prepared, keep: &[usize], w: usize) -> f64 {
-        let (n, row_len) = (self.workers, self.row_len);
+    fn score_against(
+        &self,
+        (code, group): (&Code, &[f64]),
+        prepared: &Prepared,
+        keep: &[usize],
+        w: usize,
+        buffers: &mut Buffers,
+    ) -> f64 {
+        let n = self.workers;
         let inverse = self.inverse_differences.0.get_or_init(|| inverse_differences(code));
-        let mut residual = vec![0.0; row_len];
-        residual_against(inverse, n, group, row_len, keep, w, &mut residual);
+        let Buffers { residual, scratch } = buffers;
+        residual_against(inverse, n, group, self.row_len, keep, w, residual);
         let at = keep.partition_point(|&k| k < w);
         let gap = gap_class(at.checked_sub(1).map(|p| keep[p]), w, keep.get(at).copied(), n);
-        let mut scaled = vec![0.0; row_len];
-        self.score(w, gap, &residual, prepared, &mut scaled)
+        self.score(w, gap, residual, prepared, scratch)
     }
 
     /// Whether `w`'s own row scores above its threshold whatever the others answer: its
@@ -583,6 +875,28 @@ impl Calibration {
             .map(|p| PositionSummary { samples: p.joint.samples, threshold: p.joint.threshold })
             .collect()
     }
+}
+
+/// Scratch for scoring one row at a time: a residual and what [`Calibration::score`] needs
+/// (three residuals' length). Made once per group.
+#[derive(Debug)]
+struct Buffers {
+    residual: Vec<f64>,
+    scratch: Vec<f64>,
+}
+
+impl Buffers {
+    fn new(row_len: usize) -> Self {
+        Buffers { residual: vec![0.0; row_len], scratch: vec![0.0; 3 * row_len] }
+    }
+}
+
+/// A removal tried ([`Calibration::choose_removal`]): the pass's sums without the candidate and
+/// the other rows' scores on raw residuals, indexed as once the candidate is gone.
+#[derive(Debug, Default)]
+struct Trial {
+    sums: Sums,
+    scores: Vec<f64>,
 }
 
 /// Every responder's score, the part its own row decides: per worker, the whitened
@@ -623,18 +937,12 @@ pub(super) fn suspects(
     let prepared = calibration.prepare(group, workers, &possible);
     // Whether every kept answer was seen below its threshold (nothing left to refine).
     let mut settled = false;
-    // The residuals of `keep` when the last removal's trial left them behind (it predicts
-    // every other row without the removed one: the next pass's residuals, up to rounding).
-    let mut carried: Option<Vec<f64>> = None;
-    let (mut trial, mut chosen) = (Vec::new(), Vec::new());
+    // `keep`'s leave-one-out pass: a removal's trial leaves the next one behind.
+    let mut loo = calibration.leave_one_out(code, group, &keep);
+    let mut trials: [Trial; CANDIDATES] = Default::default();
+    let mut buffers = Buffers::new(calibration.row_len);
+    let mut scores = calibration.scores_of(&keep, &loo.residuals(), &prepared);
     while removed.len() < budget && keep.len() > 3 {
-        // The leave-one-out terms of `keep`, made when first needed.
-        let mut loo = None;
-        let residuals = match carried.take() {
-            Some(residuals) => residuals,
-            None => loo.get_or_insert_with(|| calibration.leave_one_out(code, group, &keep)).residuals(),
-        };
-        let scores = calibration.scores_of(&keep, &residuals, &prepared);
         if scores.iter().all(|s| *s <= 1.0) {
             settled = true;
             break;
@@ -643,35 +951,34 @@ pub(super) fn suspects(
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
         // One clear outlier goes without trying the others (the common case, and cheap). Not
         // the highest of several, however far out: a liar's neighbour can score above it.
-        if scores[order[0]] >= CLEAR && scores[order[1]] <= 1.0 {
-            removed.push(keep.remove(order[0]));
-            continue;
-        }
-        // Which to remove is judged on raw residuals: removing a liar lowers its neighbours'
-        // residuals by what it had added to them, which the gap's scale would partly hide
-        // (measured: a few percent more liars found at A = 1, as many at A = 2, 3).
-        let loo = loo.get_or_insert_with(|| calibration.leave_one_out(code, group, &keep));
-        let mut best: Option<(f64, usize, bool)> = None;
-        for &candidate in order.iter().take(CANDIDATES) {
-            trial.resize((keep.len() - 1) * calibration.row_len, 0.0);
-            let bound = best.map_or(f64::INFINITY, |(b, ..)| b);
-            let (worst, whole) =
-                calibration.worst_without(loo, &keep, &order, (candidate, bound), &prepared, &mut trial);
-            if best.is_none_or(|(b, ..)| worst < b) {
-                best = Some((worst, candidate, whole));
-                std::mem::swap(&mut trial, &mut chosen);
+        let (removal, carried) = if scores[order[0]] >= CLEAR && scores[order[1]] <= 1.0 {
+            (order[0], None)
+        } else {
+            // Which to remove is judged on raw residuals: removing a liar lowers its
+            // neighbours' residuals by what it had added to them, which the gap's scale would
+            // partly hide (measured: a few percent more liars found at A = 1, as many at A = 2, 3).
+            let candidates = &order[..CANDIDATES.min(order.len())];
+            let chosen =
+                calibration.choose_removal(&loo, &keep, (&order, candidates), &prepared, &mut trials, &mut buffers);
+            (candidates[chosen], Some(std::mem::take(&mut trials[chosen])))
+        };
+        removed.push(keep.remove(removal));
+        match carried {
+            Some(Trial { sums, scores: trial }) => {
+                loo = loo.without(removal, Some(sums));
+                scores = trial;
+                calibration.rescore_gaps(&keep, &loo, &mut scores, &prepared, &mut buffers);
             }
-        }
-        let Some((_, candidate, whole)) = best else { break };
-        removed.push(keep.remove(candidate));
-        if whole {
-            carried = Some(std::mem::take(&mut chosen));
+            None => {
+                loo = loo.without(removal, None);
+                scores = calibration.scores_of(&keep, &loo.residuals(), &prepared);
+            }
         }
     }
     if !settled {
-        refine(calibration, code, group, &prepared, &mut keep, &mut removed);
+        refine(calibration, (code, group), &prepared, scores, (&mut keep, &mut removed), &mut buffers);
     }
-    restore(calibration, code, group, &prepared, &mut keep, &mut removed);
+    restore(calibration, (code, group), &prepared, (&mut keep, &mut removed), &mut buffers);
     removed.sort_unstable();
     removed
 }
@@ -682,11 +989,10 @@ pub(super) fn suspects(
 /// raised by it) is then undone once the liar is gone.
 fn restore(
     calibration: &Calibration,
-    code: &Code,
-    group: &[f64],
+    (code, group): (&Code, &[f64]),
     prepared: &Prepared,
-    keep: &mut Vec<usize>,
-    removed: &mut Vec<usize>,
+    (keep, removed): (&mut Vec<usize>, &mut Vec<usize>),
+    buffers: &mut Buffers,
 ) {
     loop {
         // Its own score against the kept answers first (one prediction, where the full check
@@ -695,7 +1001,7 @@ fn restore(
             .iter()
             .enumerate()
             .filter(|(_, w)| !calibration.atypical(prepared, **w))
-            .map(|(r, &w)| (calibration.score_against(code, group, prepared, keep, w), r))
+            .map(|(r, &w)| (calibration.score_against((code, group), prepared, keep, w, buffers), r))
             .filter(|(score, _)| *score <= 1.0)
             .collect();
         if candidates.is_empty() {
@@ -727,22 +1033,21 @@ fn insert_sorted(workers: &mut Vec<usize>, w: usize) -> usize {
 /// a time can go wrong with several liars: an honest neighbour of two liars may score above
 /// both (its residual is predicted from them), be removed first, and leave a liar standing
 /// once the budget is spent. Judged against the rest, the wrongly removed answer then fits and
-/// the liar does not. Only groups with a score above its threshold left are looked at.
+/// the liar does not. Only groups with a score above its threshold left are looked at
+/// (`scores`: `keep`'s, from the last pass).
 fn refine(
     calibration: &Calibration,
-    code: &Code,
-    group: &[f64],
+    (code, group): (&Code, &[f64]),
     prepared: &Prepared,
-    keep: &mut Vec<usize>,
-    removed: &mut [usize],
+    mut scores: Vec<f64>,
+    (keep, removed): (&mut Vec<usize>, &mut [usize]),
+    buffers: &mut Buffers,
 ) {
-    let scores_of = |keep: &[usize]| calibration.pass_scores(code, group, keep, prepared);
     // An answer atypical on its own is a liar whoever else is kept: never swapped back.
     if removed.iter().all(|&w| calibration.atypical(prepared, w)) {
         return;
     }
     for _ in 0..2 * removed.len() {
-        let scores = scores_of(keep);
         if scores.iter().all(|&s| s <= 1.0) {
             return;
         }
@@ -750,30 +1055,42 @@ fn refine(
         let mut order: Vec<usize> = (0..keep.len()).collect();
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
         // A removed answer scoring above the kept one it would replace, judged against the
-        // others, is not tried (one prediction, where trying is a pass over the group).
-        let mut best: Option<(f64, usize, usize)> = None;
+        // others, is not tried (one prediction, where trying is a pass over the group). A
+        // swap is worth making when it lowers the total below `total` and below the best so
+        // far: a trial stops scoring once it cannot.
+        let mut best: Option<(f64, usize, usize, Vec<f64>)> = None;
         for &out in order.iter().take(CANDIDATES) {
             let others: Vec<usize> = keep.iter().copied().filter(|&w| w != keep[out]).collect();
-            let worth = |back: usize| {
-                !calibration.atypical(prepared, back)
-                    && calibration.score_against(code, group, prepared, &others, back) < scores[out]
-            };
-            for (r, &back) in removed.iter().enumerate().filter(|&(_, &back)| worth(back)) {
+            let worth: Vec<usize> = (0..removed.len())
+                .filter(|&r| {
+                    let back = removed[r];
+                    !calibration.atypical(prepared, back)
+                        && calibration.score_against((code, group), prepared, &others, back, buffers) < scores[out]
+                })
+                .collect();
+            for r in worth {
                 let mut trial = others.clone();
-                insert_sorted(&mut trial, back);
-                let after: f64 = scores_of(&trial).iter().sum();
-                if best.is_none_or(|(b, ..)| after < b) {
-                    best = Some((after, out, r));
+                insert_sorted(&mut trial, removed[r]);
+                let bound = best.as_ref().map_or(total, |(b, ..)| b.min(total));
+                // The returning answer and the highest scorers first: they reach the bound soonest.
+                let visit =
+                    std::iter::once(removed[r]).chain(order.iter().map(|&j| keep[j]).filter(|&w| w != keep[out]));
+                let Some(trial_scores) =
+                    calibration.scores_within(code, group, &trial, prepared, (visit, bound), buffers)
+                else {
+                    continue;
+                };
+                let after: f64 = trial_scores.iter().sum();
+                if after < bound {
+                    best = Some((after, out, r, trial_scores));
                 }
             }
         }
-        match best {
-            Some((after, out, r)) if after < total => {
-                let back = std::mem::replace(&mut removed[r], keep.remove(out));
-                insert_sorted(keep, back);
-            }
-            _ => return,
-        }
+        let Some((_, out, r, trial_scores)) = best else { return };
+        let back = std::mem::replace(&mut removed[r], keep.remove(out));
+        insert_sorted(keep, back);
+        // The trial's pass is the new `keep`'s.
+        scores = trial_scores;
     }
 }
 
@@ -796,6 +1113,8 @@ pub struct CalibrationBuilder {
     code: Code,
     /// The code's [`inverse_differences`], made once for every group observed.
     inverse_differences: Vec<f64>,
+    /// Sorts rows of `row_len` values (the typicality feature).
+    network: SortingNetwork,
     row_len: usize,
     capacity: usize,
     groups: usize,
@@ -818,6 +1137,7 @@ impl CalibrationBuilder {
         Ok(CalibrationBuilder {
             code: code.clone(),
             inverse_differences: inverse_differences(code),
+            network: SortingNetwork::new(row_len),
             row_len,
             capacity,
             groups: 0,
@@ -851,7 +1171,7 @@ impl CalibrationBuilder {
             if keep.len() < 3 {
                 continue;
             }
-            let features = features(&self.inverse_differences, n, &values, row_len, &keep);
+            let features = features((&self.inverse_differences, &self.network), n, &values, row_len, &keep);
             for (&w, feature) in keep.iter().zip(features.chunks_exact(f)) {
                 let store = &mut self.samples[w];
                 if self.capacity != usize::MAX && store.len() / f >= self.capacity {
@@ -967,6 +1287,7 @@ impl CalibrationBuilder {
             gap_scales: self.gap_scales(),
             inverse_differences: Memo::default(),
             all_terms: Memo::default(),
+            network: Memo::default(),
         })
     }
 }
@@ -986,4 +1307,173 @@ fn quantile(values: &[f64], q: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let index = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use rand::{Rng, SeedableRng};
+
+    /// Deterministic values in `[-1, 1)`.
+    fn values(seed: u64, len: usize) -> Vec<f64> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+    }
+
+    /// A code with `A = 2` at the least `N`, a calibration learnt from a smooth nonlinear
+    /// model's honest answers (4 outputs), and `groups` of its answers with two sign-flipped
+    /// liars each (`[groups, N, 4]`).
+    fn attacked_groups(groups: usize) -> (Code, Calibration, Vec<f64>) {
+        use crate::params::{CodeParams, NodeFamily};
+        let (k, a, dim, row_len) = (4, 2, 6, 4);
+        let n = CodeParams::workers_needed(k, 0, a);
+        let code =
+            Code::new(CodeParams::builder(k, n).byzantine(a).nodes(NodeFamily::Authors).build().unwrap()).unwrap();
+        let weights = values(7, row_len * dim);
+        let answers = |groups: usize, seed: u64| -> Vec<f64> {
+            let queries = values(seed, groups * k * dim);
+            let coded = crate::cpu::encode_to_vec(&code, &queries, dim).unwrap();
+            let model = |x: &[f64]| -> Vec<f64> {
+                weights
+                    .chunks_exact(dim)
+                    .map(|w| 3.0 * w.iter().zip(x).map(|(w, x)| w * x).sum::<f64>().tanh())
+                    .collect()
+            };
+            coded.chunks_exact(dim).flat_map(model).collect()
+        };
+        let mut builder = CalibrationBuilder::new(&code, row_len, usize::MAX).unwrap();
+        builder.observe(&answers(1500, 1), &vec![true; 1500 * n]).unwrap();
+        let calibration = builder.fit(DEFAULT_FALSE_ALARM).unwrap();
+        let mut attacked = answers(groups, 2);
+        for (g, group) in attacked.chunks_exact_mut(n * row_len).enumerate() {
+            for liar in [g % n, (g * 5 + 3) % n] {
+                group[liar * row_len..(liar + 1) * row_len].iter_mut().for_each(|v| *v = -*v);
+            }
+        }
+        (code, calibration, attacked)
+    }
+
+    #[test]
+    fn the_race_removes_the_candidate_a_full_evaluation_of_each_would_and_leaves_its_pass() {
+        let (code, calibration, attacked) = attacked_groups(60);
+        let (n, row_len) = (code.params().workers(), calibration.row_len);
+        let keep: Vec<usize> = (0..n).collect();
+        let mut buffers = Buffers::new(row_len);
+        for group in attacked.chunks_exact(n * row_len) {
+            let prepared = calibration.prepare(group, &keep, &vec![true; n]);
+            let loo = calibration.leave_one_out(&code, group, &keep);
+            let scores = calibration.scores_of(&keep, &loo.residuals(), &prepared);
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+            let candidates = &order[..CANDIDATES];
+            let mut trials: [Trial; CANDIDATES] = Default::default();
+            let chosen =
+                calibration.choose_removal(&loo, &keep, (&order, candidates), &prepared, &mut trials, &mut buffers);
+            // Each candidate's removal evaluated in full, from a new pass without it.
+            let passes: Vec<(Vec<usize>, Vec<f64>)> = candidates
+                .iter()
+                .map(|&c| {
+                    let rest: Vec<usize> = keep.iter().copied().filter(|&w| w != keep[c]).collect();
+                    let residuals = loo.without(c, None).residuals();
+                    let raw = rest
+                        .iter()
+                        .zip(residuals.chunks_exact(row_len))
+                        .map(|(&w, r)| calibration.score(w, 0, r, &prepared, &mut buffers.scratch))
+                        .collect();
+                    (rest, raw)
+                })
+                .collect();
+            let worst: Vec<f64> = passes.iter().map(|(_, raw)| raw.iter().copied().fold(0.0, f64::max)).collect();
+            let least = worst.iter().copied().fold(f64::INFINITY, f64::min);
+            assert!(worst[chosen] <= least * (1.0 + 1e-9), "chose {chosen} of {worst:?}");
+            for (trial, fresh) in trials[chosen].scores.iter().zip(&passes[chosen].1) {
+                assert!((trial - fresh).abs() <= 1e-9 * fresh.max(1e-12), "trial {trial} vs pass {fresh}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bounded_pass_gives_every_score_or_none_when_their_sum_reaches_the_bound() {
+        let (code, calibration, attacked) = attacked_groups(20);
+        let (n, row_len) = (code.params().workers(), calibration.row_len);
+        let mut buffers = Buffers::new(row_len);
+        for (g, group) in attacked.chunks_exact(n * row_len).enumerate() {
+            // A responder set with a worker missing, visited in an order of its own.
+            let keep: Vec<usize> = (0..n).filter(|&w| w != g % n).collect();
+            let prepared = calibration.prepare(group, &keep, &vec![true; n]);
+            let full = calibration.pass_scores(&code, group, &keep, &prepared);
+            let total: f64 = full.iter().sum();
+            let visit = || keep.iter().rev().copied();
+            for bound in [total * 1.5, total * 1.0001, total, total * 0.5] {
+                let within = calibration.scores_within(&code, group, &keep, &prepared, (visit(), bound), &mut buffers);
+                match within {
+                    // Up to rounding: the running sum adds in another order than the total
+                    // (the caller compares the total itself).
+                    Some(scores) => {
+                        assert!(total < bound * (1.0 + 1e-12), "a bound of {bound} passed a total of {total}");
+                        assert_eq!(scores, full);
+                    }
+                    None => assert!(total >= bound * (1.0 - 1e-12), "a total of {total} stopped at {bound}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_sorting_network_sorts_every_length_largest_first() {
+        for n in 0..=NETWORK_SORT_MAX + 3 {
+            for seed in 0..20 {
+                let mut values = values(seed * 100 + n as u64, n);
+                // Ties as well.
+                if n > 3 {
+                    values[n / 2] = values[1];
+                }
+                let mut expected = values.clone();
+                expected.sort_by(|a, b| b.total_cmp(a));
+                SortingNetwork::new(n).sort_descending(&mut values);
+                assert_eq!(values, expected, "n = {n}, seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_score_split_into_its_own_row_and_its_residual_is_the_whole_distance_of_both_tests() {
+        // Every residual length, so that whitening four coordinates at a time meets every
+        // remainder, with correlated features (a full whitening) and long ones (diagonal).
+        for row_len in (1..=9).chain([40]) {
+            let (f, t) = (feature_len(row_len), typicality_len(row_len));
+            let samples: Vec<Vec<f64>> = (0..4 * f as u64 + 8)
+                .map(|s| {
+                    let base = values(s + 1, f);
+                    (0..f).map(|j| base[j] + 0.5 * base[(j + 1) % f] + 3.0 * (j as f64)).collect()
+                })
+                .collect();
+            let rows: Vec<&[f64]> = samples.iter().map(Vec::as_slice).collect();
+            let joint = Gaussian::fit(&rows, 0, 0.99).unwrap();
+            assert_eq!(joint.whitening.len(), if f > MAX_FULL_COVARIANCE { f } else { f * f });
+            let residuals: Vec<&[f64]> = rows.iter().map(|r| &r[t..]).collect();
+            let consistency = Gaussian::fit(&residuals, 0, 0.99).unwrap();
+            let position = Position { joint: joint.clone(), consistency: consistency.clone(), paired: Memo::default() };
+            let (mut centred, mut tail, mut scratch) = (vec![0.0; t], vec![0.0; row_len], vec![0.0; 2 * row_len]);
+            for probe in 0..5u64 {
+                let feature: Vec<f64> =
+                    values(1000 + probe, f).iter().enumerate().map(|(j, v)| 4.0 * v + 3.0 * j as f64).collect();
+                let head = joint.prepare(&feature[..t], &mut centred, &mut tail);
+                let split = joint.finish(Some((head, &tail)), &feature[t..], &mut scratch);
+                let whole = joint.distance(&feature);
+                assert!((split - whole).abs() <= 1e-9 * whole, "C = {row_len}: {split} vs {whole}");
+                let alone = consistency.finish(None, &feature[t..], &mut scratch);
+                let whole_residual = consistency.distance(&feature[t..]);
+                assert!(
+                    (alone - whole_residual).abs() <= 1e-9 * whole_residual,
+                    "C = {row_len}, residual alone: {alone} vs {whole_residual}"
+                );
+                // Both tests at once, as a position scores a responder.
+                let score = position.score((head, &tail), &feature[t..], &mut scratch);
+                let expected = (whole / joint.threshold).max(whole_residual / consistency.threshold);
+                assert!((score - expected).abs() <= 1e-9 * expected, "C = {row_len}, score: {score} vs {expected}");
+            }
+        }
+    }
 }

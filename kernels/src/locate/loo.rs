@@ -4,20 +4,22 @@
 //! For responders `0..m` (nodes decreasing) and row `i`, the Berrut interpolant of the others
 //! at `beta_i` is `sum_l T_il y_l / sum_l T_il` with `T_il = (-1)^{p(l)} / (beta_i - beta_l)`,
 //! `p(l)` being `l`'s position among the others. Removing responder `c` as well drops its
-//! term and flips the sign of every `T_il` with `l > c` (their positions shift by one), so
-//! with prefix sums over `l` every row's prediction *without `c`* costs `O(row_len)`: a
-//! locator can try removing each of several suspects for the price of one pass. The prefix
-//! sums are made only when asked for (most groups need no second look).
+//! term and flips the sign of every `T_il` with `l > c` (their positions shift by one). So
+//! from a pass's sums `N_i = sum_l T_il y_l`, row `i`'s prediction *without `c`* needs only the
+//! terms on the shorter side of `c`: `2 sum_{l<c} - N_i + T_ic y_c`, or `N_i - 2 sum_{l>c} -
+//! T_ic y_c`. A locator tries removing each of a few suspects for about a quarter of a pass
+//! each, and the removal it keeps leaves the next pass's sums behind.
 
 use std::borrow::Cow;
 
-/// One responder set's leave-one-out predictions, with the prefix sums that remove one more
-/// responder made on first use.
+use nalgebra::{DMatrixView, DMatrixViewMut};
+
+/// One responder set's leave-one-out predictions: its rows, their terms and the pass's sums.
 pub(super) struct LeaveOneOut<'a> {
     rows: Vec<&'a [f64]>,
     row_len: usize,
     terms: Cow<'a, Terms>,
-    prefix: std::cell::OnceCell<Prefix>,
+    sums: Sums,
 }
 
 /// The interpolation terms of one responder set, which depend on its nodes alone: a caller
@@ -35,25 +37,60 @@ impl Terms {
     /// `inverse(a, b) = 1 / (beta_a - beta_b)` for their indices among them.
     pub(super) fn new(m: usize, inverse: impl Fn(usize, usize) -> f64) -> Self {
         let mut terms = vec![0.0; m * m];
-        let mut squares = vec![0.0; m];
         for i in 0..m {
             for l in (0..m).filter(|&l| l != i) {
                 let position = if l < i { l } else { l - 1 };
-                let term = if position % 2 == 0 { 1.0 } else { -1.0 } * inverse(i, l);
-                terms[i * m + l] = term;
-                squares[i] += term * term;
+                terms[i * m + l] = if position % 2 == 0 { 1.0 } else { -1.0 } * inverse(i, l);
             }
+        }
+        Self::with_squares(m, terms)
+    }
+
+    /// The terms of the same set without its `c`-th responder: its row and column go and the
+    /// terms after it flip sign (no division, the same terms as [`Terms::new`] makes). The
+    /// squares lose `c`'s, as [`LeaveOneOut::residual_without`] computes them, so that a
+    /// removal's trial and the next pass agree to the last bit.
+    fn without(&self, c: usize) -> Terms {
+        let m = self.squares.len();
+        let (mut terms, mut squares) = (Vec::with_capacity((m - 1) * (m - 1)), Vec::with_capacity(m - 1));
+        for (i, (row, square)) in self.terms.chunks_exact(m).zip(&self.squares).enumerate() {
+            if i == c {
+                continue;
+            }
+            terms.extend_from_slice(&row[..c]);
+            terms.extend(row[c + 1..].iter().map(|t| -t));
+            squares.push(square - row[c] * row[c]);
         }
         Terms { terms, squares }
     }
+
+    fn with_squares(m: usize, terms: Vec<f64>) -> Terms {
+        let squares = terms.chunks_exact(m).map(|row| row.iter().map(|t| t * t).sum()).collect();
+        Terms { terms, squares }
+    }
+
+    fn row(&self, i: usize) -> &[f64] {
+        let m = self.squares.len();
+        &self.terms[i * m..(i + 1) * m]
+    }
 }
 
-/// Prefix sums over `l` of every row's terms.
-struct Prefix {
-    /// `[m, m + 1, row_len]`: `sum_{l < c} T_il y_l`.
+/// Every row's Berrut prediction from the others before its division: what a pass computes
+/// and a removal updates.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Sums {
+    /// `[m, row_len]`: `sum_l T_il y_l`.
     numerators: Vec<f64>,
-    /// `[m, m + 1]`: `sum_{l < c} T_il`.
+    /// `[m]`: `sum_l T_il`.
     denominators: Vec<f64>,
+}
+
+impl Sums {
+    /// Room for `m` rows of `row_len` values (contents unspecified).
+    pub(super) fn resize(&mut self, m: usize, row_len: usize) {
+        self.numerators.resize(m * row_len, 0.0);
+        self.denominators.resize(m, 0.0);
+    }
 }
 
 impl<'a> LeaveOneOut<'a> {
@@ -68,29 +105,29 @@ impl<'a> LeaveOneOut<'a> {
 
     /// As [`Self::new`], with the set's [`Terms`] made before (for `rows.len()` responders).
     pub(super) fn with_terms(rows: Vec<&'a [f64]>, terms: Cow<'a, Terms>) -> Self {
-        let row_len = rows[0].len();
-        LeaveOneOut { rows, row_len, terms, prefix: std::cell::OnceCell::new() }
+        let (m, row_len) = (rows.len(), rows[0].len());
+        let values: Vec<f64> = rows.iter().flat_map(|row| row.iter().copied()).collect();
+        // The numerators are the product `T Y` (`[m, m] x [m, row_len]`, row-major); in
+        // nalgebra's column-major terms, `N^T = Y^T T^T` over the same buffers. A matrix
+        // product, blocked and vectorised, where sums row by row wait on every addition.
+        let mut numerators = vec![0.0; m * row_len];
+        let values_t = DMatrixView::from_slice(&values, row_len, m);
+        let terms_t = DMatrixView::from_slice(&terms.terms, m, m);
+        DMatrixViewMut::from_slice(&mut numerators, row_len, m).gemm(1.0, &values_t, &terms_t, 0.0);
+        let denominators = terms.terms.chunks_exact(m).map(|row| row.iter().sum()).collect();
+        LeaveOneOut { rows, row_len, terms, sums: Sums { numerators, denominators } }
     }
 
-    fn prefix(&self) -> &Prefix {
-        self.prefix.get_or_init(|| {
-            let (m, row_len) = (self.rows.len(), self.row_len);
-            let mut numerators = vec![0.0; m * (m + 1) * row_len];
-            let mut denominators = vec![0.0; m * (m + 1)];
-            for i in 0..m {
-                let numerator = &mut numerators[i * (m + 1) * row_len..(i + 1) * (m + 1) * row_len];
-                for l in 0..m {
-                    let term = self.terms.terms[i * m + l];
-                    denominators[i * (m + 1) + l + 1] = denominators[i * (m + 1) + l] + term;
-                    let (before, after) = numerator.split_at_mut((l + 1) * row_len);
-                    let previous = &before[l * row_len..];
-                    for ((next, prev), y) in after[..row_len].iter_mut().zip(previous).zip(self.rows[l]) {
-                        *next = prev + term * y;
-                    }
-                }
-            }
-            Prefix { numerators, denominators }
-        })
+    /// The same set without its `c`-th row, from the `sums` that [`Self::residual_without`]
+    /// left for every other row (with `c`), or from a new pass (without).
+    pub(super) fn without(&self, c: usize, sums: Option<Sums>) -> LeaveOneOut<'a> {
+        let mut rows = self.rows.clone();
+        rows.remove(c);
+        let terms = Cow::Owned(self.terms.without(c));
+        match sums {
+            Some(sums) => LeaveOneOut { rows, row_len: self.row_len, terms, sums },
+            None => Self::with_terms(rows, terms),
+        }
     }
 
     /// Every row's residual `(y_i - prediction_i) / sqrt(1 + sum_l w_l^2)` against all the
@@ -99,44 +136,45 @@ impl<'a> LeaveOneOut<'a> {
     /// nodes, whose predictions extrapolate with large weights, on the same footing as
     /// interior ones.
     pub(super) fn residuals(&self) -> Vec<f64> {
-        let (m, row_len) = (self.rows.len(), self.row_len);
-        let mut out = vec![0.0; m * row_len];
-        let mut numerator = vec![0.0; row_len];
-        for (i, residual) in out.chunks_exact_mut(row_len).enumerate() {
-            numerator.fill(0.0);
-            let terms = &self.terms.terms[i * m..(i + 1) * m];
-            for (term, row) in terms.iter().zip(&self.rows) {
-                numerator.iter_mut().zip(*row).for_each(|(acc, y)| *acc += term * y);
-            }
-            let denominator: f64 = terms.iter().sum();
-            self.residual(i, |k| numerator[k], denominator, self.terms.squares[i], residual);
+        let mut out = vec![0.0; self.rows.len() * self.row_len];
+        for (i, residual) in out.chunks_exact_mut(self.row_len).enumerate() {
+            self.residual(i, residual);
         }
         out
     }
 
-    /// Row `i`'s residual against the others but `c` (`i != c`) into `out`. At least three
-    /// rows. One row at a time, so that a caller judging a removal can stop early.
-    pub(super) fn residual_without(&self, c: usize, i: usize, out: &mut [f64]) {
-        let m = self.rows.len();
-        let prefix = self.prefix();
-        // Terms before c keep their sign, terms after c flip, c's own goes.
-        let numerator = |c| self.numerator(prefix, i, c);
-        let (before, through, all) = (numerator(c), numerator(c + 1), numerator(m));
-        let d = &prefix.denominators[i * (m + 1)..(i + 1) * (m + 1)];
-        let denominator = d[c] - (d[m] - d[c + 1]);
-        let squares = self.terms.squares[i] - self.terms.terms[i * m + c].powi(2);
-        self.residual(i, |k| before[k] - (all[k] - through[k]), denominator, squares, out);
+    /// Row `i`'s residual as [`Self::residuals`] gives it, into `out`.
+    pub(super) fn residual(&self, i: usize, out: &mut [f64]) {
+        let row_len = self.row_len;
+        let numerator = &self.sums.numerators[i * row_len..(i + 1) * row_len];
+        let (denominator, squares) = (self.sums.denominators[i], self.terms.squares[i]);
+        scaled_residual(self.rows[i], |k| numerator[k], denominator, squares, out);
     }
 
-    /// `sum_{l < c} T_il y_l`.
-    fn numerator<'p>(&self, prefix: &'p Prefix, i: usize, c: usize) -> &'p [f64] {
-        let m = self.rows.len();
-        let start = (i * (m + 1) + c) * self.row_len;
-        &prefix.numerators[start..start + self.row_len]
-    }
-
-    fn residual(&self, i: usize, numerator: impl Fn(usize) -> f64, denominator: f64, squares: f64, out: &mut [f64]) {
-        scaled_residual(self.rows[i], numerator, denominator, squares, out);
+    /// Row `i`'s residual against the others but `c` (`i != c`) into `out`, its sums into
+    /// `trial`'s row `at` (`trial` sized for one row fewer). At least three rows. One row at a
+    /// time, so that a caller judging a removal can stop early.
+    pub(super) fn residual_without(&self, c: usize, i: usize, (trial, at): (&mut Sums, usize), out: &mut [f64]) {
+        let (m, row_len) = (self.rows.len(), self.row_len);
+        let terms = self.terms.row(i);
+        let numerator = &mut trial.numerators[at * row_len..(at + 1) * row_len];
+        // The shorter side's sum: the other side's is the pass's sum less it and c's term.
+        let (side, sign) = if 2 * c < m { (0..c, 1.0) } else { (c + 1..m, -1.0) };
+        numerator.fill(0.0);
+        let mut denominator = 0.0;
+        for l in side {
+            let term = terms[l];
+            denominator += term;
+            numerator.iter_mut().zip(self.rows[l]).for_each(|(acc, y)| *acc += term * y);
+        }
+        let (full, removed, term) = (&self.sums.numerators[i * row_len..(i + 1) * row_len], self.rows[c], terms[c]);
+        for ((n, full), y) in numerator.iter_mut().zip(full).zip(removed) {
+            *n = sign * (2.0 * *n - full + term * y);
+        }
+        let denominator = sign * (2.0 * denominator - self.sums.denominators[i] + term);
+        trial.denominators[at] = denominator;
+        let squares = self.terms.squares[i] - term * term;
+        scaled_residual(self.rows[i], |k| numerator[k], denominator, squares, out);
     }
 }
 
@@ -144,26 +182,37 @@ impl<'a> LeaveOneOut<'a> {
 /// row's residual against a Berrut prediction with terms summing to `denominator` and squares
 /// to `squares`, on the scale of unit independent noise.
 fn scaled_residual(y: &[f64], numerator: impl Fn(usize) -> f64, denominator: f64, squares: f64, out: &mut [f64]) {
-    let gain = (1.0 + squares / (denominator * denominator)).sqrt();
+    let (inverse, inverse_gain) = inverse_and_gain(denominator, squares);
     for (k, (r, y)) in out.iter_mut().zip(y).enumerate() {
-        *r = (y - numerator(k) / denominator) / gain;
+        *r = (y - numerator(k) * inverse) * inverse_gain;
     }
 }
 
-/// The residual of `target` against the Berrut interpolant of `others` (in node order,
-/// `target` not among them), as [`LeaveOneOut::residuals`] scales it, into `out`;
-/// `inverse(l) = 1 / (beta_target - beta_l)` for `others`' `l`-th. One prediction, where a
-/// [`LeaveOneOut`] pass makes one per row.
-pub(super) fn residual_against(target: &[f64], others: &[&[f64]], inverse: impl Fn(usize) -> f64, out: &mut [f64]) {
-    let mut numerator = vec![0.0; target.len()];
+/// `1 / denominator` and `1 / sqrt(1 + squares / denominator^2)`: two divisions per row, not
+/// two per value (a division costs several multiplications).
+fn inverse_and_gain(denominator: f64, squares: f64) -> (f64, f64) {
+    let gain = (1.0 + squares / (denominator * denominator)).sqrt();
+    (1.0 / denominator, 1.0 / gain)
+}
+
+/// The residual of `target` against the Berrut interpolant of `others`, as
+/// [`LeaveOneOut::residuals`] scales it, into `out`: `others` are the other rows in node order
+/// (`target`'s not among them), each with `1 / (beta_target - beta_l)`. One prediction, where
+/// a [`LeaveOneOut`] pass makes one per row.
+pub(super) fn residual_against<'r>(target: &[f64], others: impl Iterator<Item = (&'r [f64], f64)>, out: &mut [f64]) {
+    // The numerator is summed in `out`, then turned into the residual in place.
+    out.fill(0.0);
     let (mut denominator, mut squares) = (0.0, 0.0);
-    for (l, row) in others.iter().enumerate() {
-        let term = if l % 2 == 0 { 1.0 } else { -1.0 } * inverse(l);
+    for (l, (row, inverse)) in others.enumerate() {
+        let term = if l % 2 == 0 { 1.0 } else { -1.0 } * inverse;
         denominator += term;
         squares += term * term;
-        numerator.iter_mut().zip(*row).for_each(|(acc, y)| *acc += term * y);
+        out.iter_mut().zip(row).for_each(|(acc, y)| *acc += term * y);
     }
-    scaled_residual(target, |k| numerator[k], denominator, squares, out);
+    let (inverse, inverse_gain) = inverse_and_gain(denominator, squares);
+    for (r, y) in out.iter_mut().zip(target) {
+        *r = (y - *r * inverse) * inverse_gain;
+    }
 }
 
 #[cfg(test)]
@@ -189,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn prefix_sums_and_single_predictions_match_the_definition_with_and_without_each_row() {
+    fn passes_removals_and_single_predictions_match_the_definition_with_and_without_each_row() {
         let nodes: Vec<f64> = (0..9).map(|i| (i as f64 * std::f64::consts::PI / 9.0).cos()).collect();
         let rows: Vec<Vec<f64>> =
             (0..9).map(|i| (0..3).map(|k| ((i * 7 + k * 3) % 11) as f64 - 4.0).collect()).collect();
@@ -202,9 +251,9 @@ mod tests {
         }
         for i in 0..9 {
             let others: Vec<usize> = (0..9).filter(|&l| l != i).collect();
-            let rows_of: Vec<&[f64]> = others.iter().map(|&l| rows[l].as_slice()).collect();
             let mut one = vec![0.0; 3];
-            residual_against(&rows[i], &rows_of, |l| 1.0 / (nodes[i] - nodes[others[l]]), &mut one);
+            let others_of = others.iter().map(|&l| (rows[l].as_slice(), 1.0 / (nodes[i] - nodes[l])));
+            residual_against(&rows[i], others_of, &mut one);
             for (a, b) in one.iter().zip(direct(&rows, &nodes, i)) {
                 assert!((a - b).abs() < 1e-12, "row {i} alone: {a} vs {b}");
             }
@@ -213,11 +262,22 @@ mod tests {
             let keep: Vec<usize> = (0..9).filter(|&i| i != c).collect();
             let rest: Vec<Vec<f64>> = keep.iter().map(|&i| rows[i].clone()).collect();
             let rest_nodes: Vec<f64> = keep.iter().map(|&i| nodes[i]).collect();
+            let mut trial = Sums::default();
+            trial.resize(8, 3);
             for (j, i) in keep.iter().copied().enumerate() {
                 let mut without = vec![0.0; 3];
-                loo.residual_without(c, i, &mut without);
+                loo.residual_without(c, i, (&mut trial, j), &mut without);
                 for (a, b) in without.iter().zip(direct(&rest, &rest_nodes, j)) {
                     assert!((a - b).abs() < 1e-9, "without {c}, row {j}: {a} vs {b}");
+                }
+            }
+            // What the trial left behind is the smaller set's pass, as is a new one.
+            for sums in [Some(trial.clone()), None] {
+                let next = loo.without(c, sums).residuals();
+                for j in 0..8 {
+                    for (a, b) in next[j * 3..(j + 1) * 3].iter().zip(direct(&rest, &rest_nodes, j)) {
+                        assert!((a - b).abs() < 1e-9, "after removing {c}, row {j}: {a} vs {b}");
+                    }
                 }
             }
         }
