@@ -108,7 +108,7 @@ pub(super) struct ServeArgs {
     parity: Option<PathBuf>,
     /// Hedged requests send a backup after this long; ApproxIFER re-sends a group's
     /// unanswered coded queries to workers that have answered after at least this long (later
-    /// when recent batches took longer: 1.25 times their p95).
+    /// when recent batches took longer: twice their median).
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     hedge_after_ms: f64,
     /// A query not answered this long after dispatch gets a deadline error.

@@ -66,7 +66,7 @@ pub(super) struct ServeBenchArgs {
     copies: usize,
     /// ApproxIFER re-sends a group's unanswered coded queries to workers that have answered
     /// after at least this many ms (three base service times by default; later when recent
-    /// batches took longer: 1.25 times their p95; 0: never).
+    /// batches took longer: twice their median; 0: never).
     #[arg(long, value_name = "MS", default_value_t = 15.0)]
     coded_hedge_ms: f64,
     /// ApproxIFER's and ParM's batches wait this long for queries [default:
