@@ -338,18 +338,11 @@ impl Paired {
         if joint.whitening.len() != f * f || consistency.whitening.len() != c * c {
             return None;
         }
-        let mut values = Vec::new();
-        for first in (0..c).step_by(4) {
-            for j in 0..c.min(first + 4) {
-                let lower = |i: usize| i < c && j <= i;
-                values.extend(
-                    (first..first + 4).map(|i| if lower(i) { joint.whitening[(t + i) * f + t + j] } else { 0.0 }),
-                );
-                values
-                    .extend((first..first + 4).map(|i| if lower(i) { consistency.whitening[i * c + j] } else { 0.0 }));
-            }
-        }
-        Some(Paired { values })
+        // Both have the same blocks and widths (`c` rows and columns each).
+        let joint = Interleaved::new(&joint.whitening, f, t..f, t..f);
+        let consistency = Interleaved::new(&consistency.whitening, c, 0..c, 0..c);
+        let columns = joint.values.chunks_exact(4).zip(consistency.values.chunks_exact(4));
+        Some(Paired { values: columns.flat_map(|(joint, consistency)| [joint, consistency].concat()).collect() })
     }
 }
 
@@ -434,7 +427,7 @@ impl Position {
         }
         let finite = |d2: f64| if d2.is_nan() { f64::INFINITY } else { d2 };
         let total = |lanes: [f64; 4]| (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-        (finite(head + total(joint)), finite(0.0 + total(consistency)))
+        (finite(head + total(joint)), finite(total(consistency)))
     }
 
     /// Whether the statistics have the shapes features of `f` values with residuals of
@@ -1071,7 +1064,7 @@ fn refine(
             for r in worth {
                 let mut trial = others.clone();
                 insert_sorted(&mut trial, removed[r]);
-                let bound = best.as_ref().map_or(total, |(b, ..)| b.min(total));
+                let bound = best.as_ref().map_or(total, |(b, ..)| *b);
                 // The returning answer and the highest scorers first: they reach the bound soonest.
                 let visit =
                     std::iter::once(removed[r]).chain(order.iter().map(|&j| keep[j]).filter(|&w| w != keep[out]));
