@@ -595,24 +595,25 @@ fn a_second_straggler_costs_a_hedge_not_its_whole_delay() {
 
 #[test]
 fn a_due_hedge_waits_for_an_idle_helper_and_goes_the_moment_one_is() {
-    // K = 2, N = 3, S = 1; every request takes 100 ms, on workers 0 and 1 1000 ms. Groups A
-    // and B go out 30 ms apart. When A's hedge is due (130 ms) its one helper, worker 2, is
+    // K = 2, N = 3, S = 1; every request takes 200 ms, on workers 0 and 1 2000 ms. Groups A
+    // and B go out 60 ms apart. When A's hedge is due (260 ms) its one helper, worker 2, is
     // busy with B: a copy would only queue behind it. A's hedge goes when worker 2 answers B
-    // (200 ms); B, which nobody had answered at its hedge time, follows when worker 2 answers
-    // A's hedge (300 ms); both are answered by about 400 ms. Looking again a hedge period
-    // later instead hedges A at 260 ms and B at 420 ms, answered at about 520 ms.
+    // (400 ms); B, which nobody had answered at its hedge time, follows when worker 2 answers
+    // A's hedge (600 ms); both are answered by about 800 ms. Looking again a hedge period
+    // later instead hedges A at 520 ms and B at 840 ms, answered at about 1040 ms. (Times are
+    // long enough for a loaded CI machine's scheduling not to blur the two.)
     let plan = FaultPlan {
-        latency: Latency::Constant { ms: 100.0 },
+        latency: Latency::Constant { ms: 200.0 },
         workers: vec![WorkerFaults { slowdown: 10.0, ..WorkerFaults::NONE }; 2],
         random_slowdown: None,
     };
     let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
     let config =
-        CoordinatorConfig { hedge_after: Some(Duration::from_millis(130)), ..config(code, Some(plan), 100, 3000) };
+        CoordinatorConfig { hedge_after: Some(Duration::from_millis(260)), ..config(code, Some(plan), 100, 6000) };
     let coordinator = Coordinator::start(config, workers(3, 100)).unwrap();
     let start = std::time::Instant::now();
     let first: Vec<_> = (0..2).map(|i| coordinator.submit(query(i)).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(30));
+    std::thread::sleep(Duration::from_millis(60));
     let second: Vec<_> = (2..4).map(|i| coordinator.submit(query(i)).unwrap()).collect();
     for (i, ticket) in first.into_iter().chain(second).enumerate() {
         let answer = ticket.recv().unwrap().unwrap();
@@ -620,7 +621,7 @@ fn a_due_hedge_waits_for_an_idle_helper_and_goes_the_moment_one_is() {
     }
     let elapsed = start.elapsed();
     let stats = coordinator.shutdown();
-    assert!(elapsed < Duration::from_millis(460), "{elapsed:?}: a hedge waited longer than for worker 2");
+    assert!(elapsed < Duration::from_millis(920), "{elapsed:?}: a hedge waited longer than for worker 2");
     assert_eq!(stats.hedged_requests, 2, "one hedge per group, each to the idle worker 2");
 }
 
