@@ -992,6 +992,46 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
     }
 }
 
+#[test]
+fn serve_bench_repeats_the_workload_over_seeds_and_reports_each_figure_spread() {
+    let args = [
+        "serve-bench",
+        "--queries",
+        "30",
+        "--latency-ms",
+        "1",
+        "--device",
+        "cpu",
+        "--schemes",
+        "uncoded,approxifer",
+        "--seed",
+        "3",
+        "--repeat",
+        "2",
+        "--json",
+    ];
+    let rows = stdout_json_lines(&args);
+    let schemes: Vec<&str> = rows.iter().map(|r| r["scheme"].as_str().unwrap()).collect();
+    assert_eq!(schemes, ["uncoded", "approxifer"]);
+    for r in &rows {
+        assert_eq!(r["seeds"], serde_json::json!([3, 4]), "{r}");
+        let runs = r["runs"].as_array().unwrap();
+        let seeds: Vec<u64> = runs.iter().map(|run| run["seed"].as_u64().unwrap()).collect();
+        assert_eq!(seeds, [3, 4], "{r}");
+        let tails: Vec<f64> =
+            runs.iter().map(|run| run["p999_ms"].as_f64().unwrap() - run["p50_ms"].as_f64().unwrap()).collect();
+        let tail = &r["tail_ms"];
+        let (min, max) = (tail["min"].as_f64().unwrap(), tail["max"].as_f64().unwrap());
+        assert!((min - tails[0].min(tails[1])).abs() < 1e-9 && (max - tails[0].max(tails[1])).abs() < 1e-9, "{r}");
+        assert!((tail["median"].as_f64().unwrap() - (tails[0] + tails[1]) / 2.0).abs() < 1e-9, "{r}");
+        for key in ["p50_ms", "p999_ms", "throughput_qps", "worker_seconds", "accuracy", "work_vs_uncoded"] {
+            assert!(r[key]["median"].as_f64().is_some(), "missing {key}: {r}");
+        }
+    }
+    let uncoded_ratio = &rows[0]["tail_smaller_than_uncoded"];
+    assert_eq!((uncoded_ratio["min"].as_f64(), uncoded_ratio["max"].as_f64()), (Some(1.0), Some(1.0)));
+}
+
 // ---- backends -------------------------------------------------------------------------------
 
 #[test]
@@ -1098,6 +1138,7 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     assert_one_line_error(&["serve", "--capacity", "8", "--max-request", "9"], "--max-request must be between 1");
     assert_one_line_error(&["serve", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
     assert_one_line_error(&["serve-bench", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
+    assert_one_line_error(&["serve-bench", "--repeat", "0"], "--repeat must be at least 1");
     assert_one_line_error(&["serve-bench", "--schemes", "hedged"], "run uncoded too, or give --hedge-after-ms");
     assert_one_line_error(&["serve-bench", "--schemes", "bogus"], "--schemes");
     assert_one_line_error(&["serve-bench", "--max-batch", "100000"], "--max-batch must be between 1 and 4096");

@@ -10,7 +10,9 @@ use clap::{Args, Parser, ValueEnum};
 
 use super::workers::{RemoteArgs, WorkerArgs};
 use super::{CodecArg, ms};
-use crate::serve::bench::{Arrivals, SCHEMES, SchemeReport, ServeBenchConfig, Workers, run};
+use crate::serve::bench::{
+    Arrivals, RepeatedReport, SCHEMES, SchemeReport, ServeBenchConfig, Spread, Workers, run, summarize,
+};
 use crate::serve::{FaultPlan, Latency, RandomSlowdown, SchemeKind};
 
 /// How workers take their queries.
@@ -86,6 +88,11 @@ pub(super) struct ServeBenchArgs {
     deadline_ms: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Run the whole workload this many times, with seeds --seed, --seed + 1, ..., and report
+    /// each figure's median and range over the runs (and each run's ratios to uncoded): a p99.9
+    /// is a handful of queries, so one run's tail can be the seed's more than the scheme's.
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    repeat: u64,
     /// Where ApproxIFER's coordinator decodes its batches (gpu: the adapter in
     /// APPROXIFER_ADAPTER, else the best one); workers encode on their own devices.
     #[arg(long, value_enum, default_value_t = CodecArg::Cpu)]
@@ -111,8 +118,8 @@ pub(super) fn quick() -> ServeBenchArgs {
 
 pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.k >= 1 && args.queries >= 1 && args.copies >= 1,
-        "--k, --queries and --copies must be at least 1"
+        args.k >= 1 && args.queries >= 1 && args.copies >= 1 && args.repeat >= 1,
+        "--k, --queries, --copies and --repeat must be at least 1"
     );
     // Twice the service time keeps batch formation from dominating the tail at low load.
     let max_queue_delay = args.workers.check((2.0 * args.latency_ms).max(1.0))?;
@@ -253,20 +260,97 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         args.latency_ms,
         arrivals
     );
-    let bar = super::progress_bar(0, "queries");
-    let reports = run(&config, &workers, &inputs, &sample.labels, crate::models::CLASSES, |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    })?;
-    bar.finish_and_clear();
-    if args.json {
-        super::write_json_lines(&reports, out)?;
-    } else {
-        write_table(&reports, out)?;
+    let seeds: Vec<u64> = (0..args.repeat).map(|r| args.seed.wrapping_add(r)).collect();
+    let mut runs = Vec::with_capacity(seeds.len());
+    for &seed in &seeds {
+        if seeds.len() > 1 {
+            eprintln!("approxifer: run {} of {} (seed {seed})", runs.len() + 1, seeds.len());
+        }
+        config.seed = seed;
+        let bar = super::progress_bar(0, "queries");
+        runs.push(run(&config, &workers, &inputs, &sample.labels, crate::models::CLASSES, |done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?);
+        bar.finish_and_clear();
     }
+    let pooled = if let [reports] = &runs[..] {
+        if args.json {
+            super::write_json_lines(reports, out)?;
+        } else {
+            write_table(reports, out)?;
+        }
+        reports.clone()
+    } else {
+        let summaries = summarize(&runs);
+        if args.json {
+            super::write_json_lines(&summaries, out)?;
+        } else {
+            write_summary(&summaries, out)?;
+        }
+        pooled_latencies(&summaries)
+    };
     if let Some(path) = &args.plot {
-        crate::plot::latency_cdf_svg(&reports, path)?;
+        crate::plot::latency_cdf_svg(&pooled, path)?;
         eprintln!("approxifer: plot written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Per scheme, its first run's report holding every run's latencies: the CDF over all runs.
+fn pooled_latencies(summaries: &[RepeatedReport]) -> Vec<SchemeReport> {
+    let pooled = summaries.iter().filter_map(|summary| {
+        let mut report = summary.runs.first()?.clone();
+        report.latencies_ms = summary.runs.iter().flat_map(|r| r.latencies_ms.iter().copied()).collect();
+        report.latencies_ms.sort_by(f64::total_cmp);
+        Some(report)
+    });
+    pooled.collect()
+}
+
+/// The `--repeat` table: medians, with the range over the runs where it tells most.
+fn write_summary(summaries: &[RepeatedReport], out: &mut impl Write) -> anyhow::Result<()> {
+    let seeds = summaries.first().map(|s| &s.seeds[..]).unwrap_or(&[]);
+    writeln!(
+        out,
+        "{} runs (seeds {}); medians over the runs, [min, max] where given; ratios to uncoded taken within each run",
+        seeds.len(),
+        seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+    )?;
+    writeln!(
+        out,
+        "{:<12} {:>8} {:>9} {:>24} {:>22} {:>10} {:>9} {:>20} {:>8} {:>7}",
+        "scheme",
+        "p50 ms",
+        "p99.9 ms",
+        "p99.9-p50 ms",
+        "tail x smaller",
+        "throughput",
+        "worker s",
+        "work / uncoded",
+        "accuracy",
+        "errors"
+    )?;
+    let median = |s: Option<Spread>| s.map_or(f64::NAN, |s| s.median);
+    let range = |s: Option<Spread>, unit: &str| match s {
+        Some(s) => format!("{:.2}{unit} [{:.2}, {:.2}]", s.median, s.min, s.max),
+        None => "-".into(),
+    };
+    for s in summaries {
+        writeln!(
+            out,
+            "{:<12} {:>8.2} {:>9.2} {:>24} {:>22} {:>10.1} {:>9.2} {:>20} {:>8.4} {:>7}",
+            s.scheme,
+            median(s.p50_ms),
+            median(s.p999_ms),
+            range(s.tail_ms, ""),
+            range(s.tail_smaller_than_uncoded, "x"),
+            median(s.throughput_qps),
+            median(s.worker_seconds),
+            range(s.work_vs_uncoded, "x"),
+            median(s.accuracy),
+            s.errors
+        )?;
     }
     Ok(())
 }

@@ -65,6 +65,8 @@ pub struct SchemeReport {
     /// `batched`, or `per-query` (one query or group per forward pass).
     pub path: String,
     pub max_batch: usize,
+    /// The workload's seed (arrivals, queries and faults).
+    pub seed: u64,
     /// How long a batch that is not full waited for queries.
     pub max_queue_delay_ms: f64,
     pub workers: usize,
@@ -220,6 +222,7 @@ pub fn run(
         let mut report = outcome.report(kind.name(), pool.len(), worker_seconds, labels);
         report.path = if config.max_batch == 1 { "per-query" } else { "batched" }.into();
         report.max_batch = config.max_batch;
+        report.seed = config.seed;
         report.max_queue_delay_ms = kind.queue_delay(&settings).as_secs_f64() * 1e3;
         report.bare_forward_qps = bare;
         report.decode_us_per_batch = stats.decode_ns as f64 / 1e3 / stats.batches.max(1) as f64;
@@ -452,6 +455,7 @@ impl Outcome {
             scheme: scheme.into(),
             path: String::new(),
             max_batch: 0,
+            seed: 0,
             max_queue_delay_ms: f64::NAN,
             workers,
             p50_ms: f64::NAN,
@@ -471,5 +475,154 @@ impl Outcome {
             latencies_ms: latencies,
         }
         .with_percentiles()
+    }
+}
+
+/// The median and range of one figure over repeated runs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (NaN ones left out); `None` when none is left.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut values: Vec<f64> = values.into_iter().filter(|v| !v.is_nan()).collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => values[n / 2],
+            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        };
+        Some(Spread { median, min: values[0], max: values[n - 1] })
+    }
+}
+
+/// One scheme over runs of the same workload with different seeds (`serve-bench --repeat`):
+/// a tail statistic is a handful of queries, so one run's can be the seed's more than the
+/// scheme's. Each ratio to uncoded is taken within a run, then spread over the runs.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RepeatedReport {
+    pub scheme: String,
+    pub seeds: Vec<u64>,
+    pub p50_ms: Option<Spread>,
+    pub p999_ms: Option<Spread>,
+    /// p99.9 - p50.
+    pub tail_ms: Option<Spread>,
+    /// Uncoded's p99.9 - p50 over this scheme's, per run: how many times smaller its tail is.
+    pub tail_smaller_than_uncoded: Option<Spread>,
+    pub throughput_qps: Option<Spread>,
+    pub worker_seconds: Option<Spread>,
+    /// This scheme's worker-seconds over uncoded's, per run.
+    pub work_vs_uncoded: Option<Spread>,
+    pub accuracy: Option<Spread>,
+    /// Queries not answered, over all runs.
+    pub errors: usize,
+    /// Every run's report, in the order run.
+    pub runs: Vec<SchemeReport>,
+}
+
+/// Each scheme's [`RepeatedReport`] over `runs` (each a [`run`]'s reports), in the order the
+/// first run reports them.
+pub fn summarize(runs: &[Vec<SchemeReport>]) -> Vec<RepeatedReport> {
+    let tail = |r: &SchemeReport| r.p999_ms - r.p50_ms;
+    let schemes: Vec<String> =
+        runs.first().map(|first| first.iter().map(|r| r.scheme.clone()).collect()).unwrap_or_default();
+    schemes
+        .into_iter()
+        .map(|scheme| {
+            // Per run: this scheme's report and, if it ran, uncoded's.
+            let pairs: Vec<(&SchemeReport, Option<&SchemeReport>)> = runs
+                .iter()
+                .filter_map(|run| {
+                    let find = |name: &str| run.iter().find(|r| r.scheme == name);
+                    Some((find(&scheme)?, find(SchemeKind::Uncoded.name())))
+                })
+                .collect();
+            let spread = |figure: fn(&SchemeReport) -> f64| Spread::of(pairs.iter().map(|(r, _)| figure(r)));
+            let against = |ratio: &dyn Fn(&SchemeReport, &SchemeReport) -> f64| {
+                Spread::of(pairs.iter().filter_map(|(r, uncoded)| uncoded.map(|u| ratio(r, u))))
+            };
+            RepeatedReport {
+                seeds: pairs.iter().map(|(r, _)| r.seed).collect(),
+                p50_ms: spread(|r| r.p50_ms),
+                p999_ms: spread(|r| r.p999_ms),
+                tail_ms: spread(tail),
+                tail_smaller_than_uncoded: against(&|r, u| tail(u) / tail(r)),
+                throughput_qps: spread(|r| r.throughput_qps),
+                worker_seconds: spread(|r| r.worker_seconds),
+                work_vs_uncoded: against(&|r, u| r.worker_seconds / u.worker_seconds),
+                accuracy: spread(|r| r.accuracy),
+                errors: pairs.iter().map(|(r, _)| r.errors).sum(),
+                runs: pairs.iter().map(|(r, _)| (*r).clone()).collect(),
+                scheme,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(scheme: &str, seed: u64, (p50, p999): (f64, f64), worker_seconds: f64) -> SchemeReport {
+        SchemeReport {
+            scheme: scheme.into(),
+            path: "batched".into(),
+            max_batch: 8,
+            seed,
+            max_queue_delay_ms: 10.0,
+            workers: 5,
+            p50_ms: p50,
+            p90_ms: p50,
+            p99_ms: p999,
+            p999_ms: p999,
+            throughput_qps: 100.0,
+            bare_forward_qps: 1000.0,
+            worker_seconds,
+            device_seconds_per_1000: 1.0,
+            decode_us_per_batch: 0.0,
+            accuracy: 0.9,
+            queries: 10,
+            answered: 9,
+            errors: 1,
+            approximate: 0,
+            latencies_ms: vec![p50, p999],
+        }
+    }
+
+    #[test]
+    fn a_spread_is_the_median_and_range_of_the_values_that_are_numbers() {
+        assert_eq!(Spread::of([3.0, 1.0, 2.0]), Some(Spread { median: 2.0, min: 1.0, max: 3.0 }));
+        assert_eq!(Spread::of([4.0, 1.0, f64::NAN, 2.0, 8.0]), Some(Spread { median: 3.0, min: 1.0, max: 8.0 }));
+        assert_eq!(Spread::of([f64::NAN]), None);
+        assert_eq!(Spread::of([]), None);
+    }
+
+    #[test]
+    fn repeated_runs_give_each_scheme_its_spread_and_its_ratios_to_uncoded_within_each_run() {
+        // Uncoded's tail is 40 then 90 ms; ApproxIFER's 10 then 30: 4x and 3x smaller. Pooled
+        // medians (65 / 20 = 3.25x) would be another figure.
+        let runs = vec![
+            vec![report("uncoded", 1, (10.0, 50.0), 10.0), report("approxifer", 1, (12.0, 22.0), 12.0)],
+            vec![report("uncoded", 2, (10.0, 100.0), 20.0), report("approxifer", 2, (14.0, 44.0), 30.0)],
+            vec![report("uncoded", 3, (10.0, 60.0), 10.0)],
+        ];
+        let summaries = summarize(&runs);
+        let names: Vec<&str> = summaries.iter().map(|s| s.scheme.as_str()).collect();
+        assert_eq!(names, ["uncoded", "approxifer"]);
+        let (uncoded, coded) = (&summaries[0], &summaries[1]);
+        assert_eq!(uncoded.seeds, [1, 2, 3]);
+        assert_eq!(coded.seeds, [1, 2], "a run without the scheme is not counted");
+        assert_eq!(uncoded.tail_ms, Some(Spread { median: 50.0, min: 40.0, max: 90.0 }));
+        assert_eq!(coded.tail_ms, Some(Spread { median: 20.0, min: 10.0, max: 30.0 }));
+        assert_eq!(coded.tail_smaller_than_uncoded, Some(Spread { median: 3.5, min: 3.0, max: 4.0 }));
+        assert_eq!(coded.work_vs_uncoded, Some(Spread { median: 1.35, min: 1.2, max: 1.5 }));
+        assert_eq!(uncoded.tail_smaller_than_uncoded.map(|s| (s.min, s.max)), Some((1.0, 1.0)));
+        assert_eq!((uncoded.errors, coded.errors), (3, 2));
+        assert_eq!(coded.runs.iter().map(|r| r.seed).collect::<Vec<_>>(), [1, 2]);
     }
 }
