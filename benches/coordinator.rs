@@ -126,6 +126,7 @@ fn settings() -> SchemeConfig {
         capacity: 4 * GROUPS * K,
         faults: None,
         codec: Codec::Cpu,
+        trace_slower_than: None,
     }
 }
 

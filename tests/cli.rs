@@ -1032,6 +1032,22 @@ fn serve_bench_repeats_the_workload_over_seeds_and_reports_each_figure_spread() 
     assert_eq!((uncoded_ratio["min"].as_f64(), uncoded_ratio["max"].as_f64()), (Some(1.0), Some(1.0)));
 }
 
+#[test]
+fn serve_bench_prints_the_slowest_coded_batches_timelines_when_asked() {
+    let args = ["serve-bench", "--schemes", "approxifer", "--queries", "30", "--latency-ms", "1", "--device", "cpu"];
+    let traced = approxifer(&[&args[..], &["--trace-slow-ms", "0"]].concat());
+    let stderr = String::from_utf8_lossy(&traced.stderr);
+    assert!(traced.status.success(), "{stderr}");
+    let lines: Vec<&str> =
+        stderr.lines().skip_while(|l| !l.contains("approxifer's slowest batches (seed 7)")).collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    assert!(lines[1].trim_start().starts_with("batch ") && lines[1].contains(": 0.0 sent to "), "{stderr}");
+    assert!(lines[1].trim_end().ends_with("decoded;"), "{stderr}");
+    let quiet = approxifer(&args);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("slowest batches"));
+    assert_one_line_error(&[&args[..], &["--trace-slow-ms", "nan"]].concat(), "--trace-slow-ms must be a non-negative");
+}
+
 // ---- backends -------------------------------------------------------------------------------
 
 #[test]

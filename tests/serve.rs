@@ -594,6 +594,51 @@ fn a_second_straggler_costs_a_hedge_not_its_whole_delay() {
 }
 
 #[test]
+fn the_slowest_batches_timelines_say_what_they_waited_for() {
+    use approxifer::serve::BatchEvent;
+    // K = 2, N = 3, S = 1; workers 0 and 1 take 100 ms, worker 2 1 ms: the batch waits for its
+    // hedge (10 ms) to worker 2.
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 1.0 },
+        workers: vec![WorkerFaults { slowdown: 100.0, ..WorkerFaults::NONE }; 2],
+        random_slowdown: None,
+    };
+    let run = |slower_than: Duration| {
+        let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
+        let config = CoordinatorConfig {
+            hedge_after: Some(Duration::from_millis(10)),
+            trace_slower_than: Some(slower_than),
+            ..config(code, Some(plan.clone()), 100, 2000)
+        };
+        let coordinator = Coordinator::start(config, workers(3, 100)).unwrap();
+        for ticket in coordinator.submit_all(vec![query(0), query(1)]).unwrap() {
+            ticket.recv().unwrap().expect("answered");
+        }
+        coordinator.shutdown().slow_batches
+    };
+    let slow = run(Duration::from_millis(5));
+    assert_eq!(slow.len(), 1, "{slow:?}");
+    let trace = &slow[0];
+    // (On a loaded machine worker 2 may answer after the hedge is due: it then waits for it.)
+    let timeline: Vec<&(Duration, BatchEvent)> =
+        trace.events.iter().filter(|(_, e)| *e != BatchEvent::HedgeWaiting).collect();
+    let events: Vec<BatchEvent> = timeline.iter().map(|(_, e)| e.clone()).collect();
+    let expected = [
+        BatchEvent::Sent { workers: vec![0, 1, 2] },
+        BatchEvent::Answered { worker: 2 },
+        BatchEvent::Hedged { helpers: vec![2] },
+        BatchEvent::Answered { worker: 2 },
+        BatchEvent::Decoded,
+    ];
+    assert_eq!(events, expected, "{trace}");
+    let times: Vec<Duration> = timeline.iter().map(|(at, _)| *at).collect();
+    assert!(times.is_sorted() && times[2] >= Duration::from_millis(10), "{trace}");
+    assert!(trace.took >= times[4] && trace.took < Duration::from_millis(100), "{trace}");
+    assert_eq!((trace.queries, trace.hedge_after), (2, Some(Duration::from_millis(10))));
+    assert!(run(Duration::from_secs(10)).is_empty(), "no batch took 10 s");
+}
+
+#[test]
 fn a_due_hedge_waits_for_an_idle_helper_and_goes_the_moment_one_is() {
     // K = 2, N = 3, S = 1; every request takes 200 ms, on workers 0 and 1 2000 ms. Groups A
     // and B go out 60 ms apart. When A's hedge is due (260 ms) its one helper, worker 2, is
@@ -689,6 +734,7 @@ fn scheme_settings(stragglers: usize, max_batch: usize) -> approxifer::serve::Sc
         capacity: 1000,
         faults: None,
         codec: Codec::Cpu,
+        trace_slower_than: None,
     }
 }
 
@@ -953,6 +999,7 @@ fn a_private_code_sends_no_worker_a_query_unmasked_and_draws_fresh_masks_per_bat
         let config = CoordinatorConfig {
             max_queue_delay: Duration::from_millis(200),
             mask_sigma: 0.5,
+            trace_slower_than: None,
             ..config(code, None, 100, 5000)
         };
         let coordinator = Coordinator::start(config, recording_workers(n, seen)).unwrap();

@@ -211,6 +211,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         capacity: args.capacity,
         faults,
         codec: args.codec.build(&args.workers.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?,
+        trace_slower_than: None,
     };
     let pool = args.scheme.workers(&settings);
     let name = args.scheme.name();

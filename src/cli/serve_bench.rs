@@ -103,6 +103,11 @@ pub(super) struct ServeBenchArgs {
     /// Print one JSON object per scheme instead of a table.
     #[arg(long)]
     json: bool,
+    /// Print the timelines of ApproxIFER's slowest batches (up to 20 per run) that took at
+    /// least this many ms, dispatch to decoding, on stderr: when each worker answered, when the
+    /// hedge was due and where it went. What a tail is made of.
+    #[arg(long, value_name = "MS")]
+    trace_slow_ms: Option<f64>,
 }
 
 /// What the main command runs: a short serve-bench of every scheme on the embedded model, on
@@ -161,6 +166,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         codec: args.codec.build(&crate::kernels::gpu::AdapterChoice::from_env())?,
         coded_hedge_after: Some(ms(args.coded_hedge_ms, "--coded-hedge-ms")?).filter(|d| !d.is_zero()),
         schemes: SCHEMES.into_iter().filter(|s| args.schemes.is_empty() || args.schemes.contains(s)).collect(),
+        trace_slower_than: args.trace_slow_ms.map(|v| ms(v, "--trace-slow-ms")).transpose()?,
     };
     anyhow::ensure!(
         config.hedge_after.is_some()
@@ -273,6 +279,10 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             bar.set_position(done as u64);
         })?);
         bar.finish_and_clear();
+        for report in runs.last().into_iter().flatten().filter(|r| !r.slow_batches.is_empty()) {
+            eprintln!("approxifer: {}'s slowest batches (seed {seed}):", report.scheme);
+            report.slow_batches.iter().for_each(|trace| eprintln!("  {trace}"));
+        }
     }
     let pooled = if let [reports] = &runs[..] {
         if args.json {

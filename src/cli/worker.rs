@@ -83,6 +83,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
         capacity: args.capacity,
         faults,
         codec: CodecArg::Cpu.build(&Default::default())?,
+        trace_slower_than: None,
     };
     let (mut devices, notices) = args.workers.devices()?;
     devices.truncate(1);

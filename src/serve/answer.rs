@@ -57,6 +57,9 @@ pub struct Stats {
     pub located_workers: u64,
     /// Time spent locating and decoding, in nanoseconds (the coordinator's share of coding).
     pub decode_ns: u64,
+    /// The slowest batches' timelines, slowest first (coded schemes, when asked:
+    /// [`CoordinatorConfig::trace_slower_than`](super::CoordinatorConfig::trace_slower_than)).
+    pub slow_batches: Vec<super::trace::BatchTrace>,
 }
 
 /// Why a batch could not be coded or decoded: kept typed from the layer that failed.

@@ -56,6 +56,9 @@ pub struct ServeBenchConfig {
     pub coded_hedge_after: Option<Duration>,
     /// The schemes to run, in [`SCHEMES`]' order.
     pub schemes: Vec<SchemeKind>,
+    /// ApproxIFER keeps the timelines of its slowest batches that took at least this long
+    /// ([`SchemeReport::slow_batches`]).
+    pub trace_slower_than: Option<Duration>,
 }
 
 /// One scheme's figures; the JSON of `serve-bench --json`.
@@ -95,6 +98,10 @@ pub struct SchemeReport {
     /// Every answered query's latency, sorted (for the CDF plot).
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
+    /// The slowest batches' timelines, slowest first, when traced
+    /// ([`ServeBenchConfig::trace_slower_than`]; coded schemes only).
+    #[serde(skip)]
+    pub slow_batches: Vec<super::trace::BatchTrace>,
 }
 
 /// The schemes serve-bench compares, in the order it runs them: uncoded first, so that its p95
@@ -124,6 +131,7 @@ impl ServeBenchConfig {
             capacity: self.queries.max(1),
             faults: Some((self.plan.clone(), self.seed)),
             codec: self.codec.clone(),
+            trace_slower_than: self.trace_slower_than,
         }
     }
 
@@ -226,6 +234,7 @@ pub fn run(
         report.max_queue_delay_ms = kind.queue_delay(&settings).as_secs_f64() * 1e3;
         report.bare_forward_qps = bare;
         report.decode_us_per_batch = stats.decode_ns as f64 / 1e3 / stats.batches.max(1) as f64;
+        report.slow_batches = stats.slow_batches;
         reports.push(report);
     }
     Ok(reports)
@@ -473,6 +482,7 @@ impl Outcome {
             errors,
             approximate,
             latencies_ms: latencies,
+            slow_batches: Vec::new(),
         }
         .with_percentiles()
     }
@@ -591,6 +601,7 @@ mod tests {
             errors: 1,
             approximate: 0,
             latencies_ms: vec![p50, p999],
+            slow_batches: Vec::new(),
         }
     }
 

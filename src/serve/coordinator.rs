@@ -27,6 +27,7 @@ use super::batch::{Coding, Dispatch, Part, Segment, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
 use super::locating::{Learning, LocatorState, OnlineLocator};
+use super::trace::{BatchEvent, BatchTrace, keep_slowest};
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 use crate::kernels::gpu::GpuCodec;
 use crate::kernels::privacy::MaskSampler;
@@ -70,6 +71,9 @@ pub struct CoordinatorConfig {
     /// queries. The masks come from a generator seeded by the operating system
     /// ([`MaskSampler::from_entropy`]). Ignored when `T = 0`.
     pub mask_sigma: f64,
+    /// Keep the timelines of the slowest batches that took at least this long, dispatch to
+    /// decoding or expiry ([`Stats::slow_batches`]); `None`: none.
+    pub trace_slower_than: Option<Duration>,
 }
 
 /// How many recent batches' completion times (dispatch to decodable) set the hedge delay
@@ -222,8 +226,19 @@ struct Batch {
     deadline: Instant,
     dispatched: Instant,
     hedge: Hedge,
+    /// Its timeline, when slow batches are traced.
+    trace: Option<BatchTrace>,
     /// Cancels the batch's requests not yet started once it is decoded or has failed.
     cancel: Cancel,
+}
+
+impl Batch {
+    /// Adds `event` to the batch's timeline, if it keeps one.
+    fn note(&mut self, event: BatchEvent) {
+        if let Some(trace) = &mut self.trace {
+            trace.events.push((self.dispatched.elapsed(), event));
+        }
+    }
 }
 
 /// When a batch's unanswered coded queries are re-sent ([`Loop::hedge`]).
@@ -507,6 +522,13 @@ impl Loop {
             deadline: now + self.config.deadline,
             dispatched: now,
             hedge: Hedge::after(self.hedge_delay(), now),
+            trace: self.config.trace_slower_than.map(|_| BatchTrace {
+                batch: id,
+                queries: count,
+                hedge_after: self.hedge_delay(),
+                took: Duration::ZERO,
+                events: vec![(Duration::ZERO, BatchEvent::Sent { workers: sent.iter().map(|&(w, _)| w).collect() })],
+            }),
             cancel,
         };
         self.pending.insert(id, batch);
@@ -556,6 +578,7 @@ impl Loop {
             self.stats.late_responses += 1;
             return;
         };
+        batch.note(BatchEvent::Answered { worker: response.worker });
         // A wrong-sized answer cannot be split into its rows: it counts as no answer.
         let segments = batch.dispatch.segments();
         let rows: usize = parts.iter().map(|p| segments[p.segment].groups).sum();
@@ -614,7 +637,9 @@ impl Loop {
 
     /// Decodes every segment of `batch` (one call each, a responder mask per group) and
     /// answers its queries.
-    fn decode(&mut self, batch: Batch) {
+    fn decode(&mut self, mut batch: Batch) {
+        batch.note(BatchEvent::Decoded);
+        self.keep_trace(&mut batch);
         batch.cancel.cancel();
         for r in &batch.requests {
             self.routes.remove(r);
@@ -697,6 +722,9 @@ impl Loop {
             let Some(batch) = self.pending.get_mut(&id) else { continue };
             let helpers: Vec<usize> = (0..n).filter(|&w| batch.answered[w] && !busy[w]).collect();
             if helpers.is_empty() {
+                if batch.hedge != Hedge::WhenIdle {
+                    batch.note(BatchEvent::HedgeWaiting);
+                }
                 batch.hedge = Hedge::WhenIdle;
                 continue;
             }
@@ -714,12 +742,13 @@ impl Loop {
                 parts[helpers[i % helpers.len()]].push(part);
             }
             let (dispatch, cancel) = (batch.dispatch.clone(), batch.cancel.clone());
-            let mut sent = Vec::new();
+            let (mut sent, mut hedged_to) = (Vec::new(), Vec::new());
             // One share per helper: a hedge is formed on the helper's own device.
             for w in helpers {
                 if parts[w].is_empty() {
                     continue;
                 }
+                hedged_to.push(w);
                 let mut own = vec![Vec::new(); n];
                 own[w] = std::mem::take(&mut parts[w]);
                 busy[w] = true;
@@ -727,6 +756,7 @@ impl Loop {
             }
             self.stats.hedged_requests += sent.len() as u64;
             if let Some(batch) = self.pending.get_mut(&id) {
+                batch.note(BatchEvent::Hedged { helpers: hedged_to });
                 batch.requests.extend(sent);
             }
         }
@@ -737,7 +767,9 @@ impl Loop {
         let expired: Vec<u64> = self.pending.iter().filter(|(_, b)| b.deadline <= now).map(|(&id, _)| id).collect();
         let c = self.config.output_len;
         for id in expired {
-            let batch = self.pending.remove(&id).expect("listed as pending");
+            let mut batch = self.pending.remove(&id).expect("listed as pending");
+            batch.note(BatchEvent::Expired);
+            self.keep_trace(&mut batch);
             batch.cancel.cancel();
             for r in &batch.requests {
                 self.routes.remove(r);
@@ -756,6 +788,17 @@ impl Loop {
                     ServeError::DeadlineMissed { answered, needed, deadline_ms },
                 );
             }
+        }
+    }
+
+    /// Keeps `batch`'s timeline among the slowest if it took long enough to be traced.
+    fn keep_trace(&mut self, batch: &mut Batch) {
+        let (Some(mut trace), Some(slower_than)) = (batch.trace.take(), self.config.trace_slower_than) else {
+            return;
+        };
+        trace.took = batch.dispatched.elapsed();
+        if trace.took >= slower_than {
+            keep_slowest(&mut self.stats.slow_batches, trace);
         }
     }
 

@@ -22,6 +22,7 @@ pub mod pool;
 pub mod remote;
 pub mod replica;
 pub mod scheme;
+pub mod trace;
 pub mod v2;
 pub mod worker;
 
@@ -35,4 +36,5 @@ pub use locating::{Learning, LocatorState};
 pub use pool::{Placement, PlacementError};
 pub use remote::{Endpoint, EndpointError, Protocol, RemoteConfig, RemoteWorker};
 pub use scheme::{Privacy, Scheme, SchemeConfig, SchemeKind};
+pub use trace::{BatchEvent, BatchTrace};
 pub use worker::{Cancel, LocalWorker, Request, Response, ServedModel, Tamper, Worker, WorkerError, sign_flip};

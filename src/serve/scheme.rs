@@ -164,6 +164,9 @@ pub struct SchemeConfig {
     pub capacity: usize,
     pub faults: Option<(FaultPlan, u64)>,
     pub codec: Codec,
+    /// ApproxIFER keeps the timelines of its slowest batches that took at least this long
+    /// ([`CoordinatorConfig::trace_slower_than`]).
+    pub trace_slower_than: Option<Duration>,
 }
 
 impl SchemeKind {
@@ -221,6 +224,7 @@ impl SchemeKind {
                     locator: config.locator.clone(),
                     learning: config.learning,
                     mask_sigma: config.privacy.sigma,
+                    trace_slower_than: config.trace_slower_than,
                 };
                 return Ok(Box::new(Coordinator::start(coordinator, workers).map_err(anyhow::Error::msg)?));
             }

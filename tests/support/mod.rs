@@ -54,5 +54,6 @@ pub fn coordinator_config(
         locator: Locator::Robust,
         learning: None,
         mask_sigma: 1.0,
+        trace_slower_than: None,
     }
 }
