@@ -1154,7 +1154,10 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     assert_one_line_error(&["serve", "--capacity", "8", "--max-request", "9"], "--max-request must be between 1");
     assert_one_line_error(&["serve", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
     assert_one_line_error(&["serve-bench", "--max-batch", "0"], "--max-batch must be between 1 and 4096");
-    assert_one_line_error(&["serve-bench", "--repeat", "0"], "--repeat must be at least 1");
+    assert_one_line_error(&["serve-bench", "--repeat", "0"], "--repeat must be between 1 and 10000");
+    assert_one_line_error(&["serve-bench", "--trace-slow-ms", "1e300"], "--trace-slow-ms is too large");
+    assert_one_line_error(&["serve-bench", "--deadline-ms", "1e12"], "--deadline-ms is too large");
+    assert_one_line_error(&["serve-bench", "--repeat", "100000000000"], "--repeat must be between 1 and 10000");
     assert_one_line_error(&["serve-bench", "--schemes", "hedged"], "run uncoded too, or give --hedge-after-ms");
     assert_one_line_error(&["serve-bench", "--schemes", "bogus"], "--schemes");
     assert_one_line_error(&["serve-bench", "--max-batch", "100000"], "--max-batch must be between 1 and 4096");

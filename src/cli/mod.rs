@@ -192,11 +192,16 @@ impl CodecArg {
     }
 }
 
-/// A duration given in milliseconds on the command line (`what` names the option).
+/// A duration given in milliseconds on the command line (`what` names the option), at most
+/// [`MAX_MS`]: deadlines and timers are added to the clock, which a far larger one overflows.
 fn ms(v: f64, what: &str) -> anyhow::Result<std::time::Duration> {
     anyhow::ensure!(v.is_finite() && v >= 0.0, "{what} must be a non-negative number of ms");
+    anyhow::ensure!(v <= MAX_MS, "{what} is too large: {v:e} ms (at most {MAX_MS:e})");
     Ok(std::time::Duration::from_secs_f64(v / 1e3))
 }
+
+/// The longest duration an option takes, in ms (about 11.6 days).
+const MAX_MS: f64 = 1e9;
 
 /// One JSON object per line, the `--json` output of the report commands.
 fn write_json_lines<T: serde::Serialize>(rows: &[T], out: &mut impl Write) -> anyhow::Result<()> {

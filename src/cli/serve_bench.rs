@@ -110,6 +110,9 @@ pub(super) struct ServeBenchArgs {
     trace_slow_ms: Option<f64>,
 }
 
+/// The most runs `--repeat` takes (each is a whole workload: more is a typo).
+const MAX_REPEAT: u64 = 10_000;
+
 /// What the main command runs: a short serve-bench of every scheme on the embedded model, on
 /// the best device present, with one random worker 10x slower on 5 % of dispatches.
 pub(super) fn quick() -> ServeBenchArgs {
@@ -123,9 +126,10 @@ pub(super) fn quick() -> ServeBenchArgs {
 
 pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.k >= 1 && args.queries >= 1 && args.copies >= 1 && args.repeat >= 1,
-        "--k, --queries, --copies and --repeat must be at least 1"
+        args.k >= 1 && args.queries >= 1 && args.copies >= 1,
+        "--k, --queries and --copies must be at least 1"
     );
+    anyhow::ensure!((1..=MAX_REPEAT).contains(&args.repeat), "--repeat must be between 1 and {MAX_REPEAT}");
     // Twice the service time keeps batch formation from dominating the tail at low load.
     let max_queue_delay = args.workers.check((2.0 * args.latency_ms).max(1.0))?;
     let max_batch = if args.path == Path::PerQuery { 1 } else { args.workers.max_batch };

@@ -138,6 +138,10 @@ pub enum FaultFileError {
     Invalid { path: PathBuf, source: FaultError },
 }
 
+/// The longest latency a plan injects: a worker that slow is hung. A plan's factors multiplied
+/// (or a Pareto draw) can exceed what a `Duration` holds.
+pub const MAX_INJECTED: Duration = Duration::from_secs(24 * 3600);
+
 fn require(ok: bool, what: &'static str, value: f64, rule: &'static str) -> Result<(), FaultError> {
     if ok { Ok(()) } else { Err(FaultError::Invalid { what, value, rule }) }
 }
@@ -248,7 +252,7 @@ impl FaultPlan {
                 if let Some((_, factor)) = slow.filter(|(p, _)| *p == position) {
                     ms *= factor;
                 }
-                let latency = Duration::from_secs_f64(ms / 1e3);
+                let latency = Duration::try_from_secs_f64(ms / 1e3).map_or(MAX_INJECTED, |d| d.min(MAX_INJECTED));
                 // Drawn only when asked for, so plans without it keep their random stream.
                 if faults.byzantine_probability > 0.0 && rng.random_bool(faults.byzantine_probability) {
                     Outcome::Tampered(latency)
@@ -294,6 +298,19 @@ mod tests {
         // Pareto mean: scale * shape / (shape - 1) = 2 * 3 / 2 = 3.
         let pareto = mean(FaultPlan::healthy(Latency::Pareto { scale_ms: 2.0, shape: 3.0 }), &mut rng);
         assert!((pareto - 3.0).abs() < 0.1, "{pareto}");
+    }
+
+    #[test]
+    fn factors_beyond_what_a_duration_holds_inject_the_longest_latency_not_a_panic() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let plan = FaultPlan {
+            latency: Latency::Constant { ms: 1e300 },
+            workers: vec![WorkerFaults { slowdown: 1e300, ..WorkerFaults::NONE }, WorkerFaults::NONE],
+            random_slowdown: None,
+        };
+        plan.validate().unwrap();
+        let fates = plan.draw(&[(0, 0), (1, 0)], &mut rng);
+        assert_eq!(fates, [Outcome::Answer(MAX_INJECTED), Outcome::Answer(MAX_INJECTED)]);
     }
 
     #[test]

@@ -178,8 +178,9 @@ impl Runner {
                     continue;
                 }
                 Some(Outcome::Hang) => continue,
-                Some(Outcome::Answer(delay) | Outcome::Tampered(delay)) if !delay.is_zero() => {
-                    std::thread::sleep(delay)
+                // Sleeps out the injected delay; on to the model unless stopped meanwhile.
+                Some(Outcome::Answer(delay) | Outcome::Tampered(delay)) if !self.sleep_unless_stopped(delay) => {
+                    continue;
                 }
                 _ => {}
             }
@@ -196,6 +197,22 @@ impl Runner {
             }
             // The scheme may have stopped listening (shutdown): nothing left to do then.
             let _ = reply.send(Response { id: request.id, worker: self.index, output });
+        }
+    }
+
+    /// Sleeps for an injected `delay`, in slices, so that dropping the worker does not wait for
+    /// a long one (a plan can inject up to a day); false if stopped meanwhile.
+    fn sleep_unless_stopped(&self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     }
 
