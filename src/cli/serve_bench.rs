@@ -278,15 +278,16 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         }
         config.seed = seed;
         let bar = super::progress_bar(0, "queries");
-        runs.push(run(&config, &workers, &inputs, &sample.labels, crate::models::CLASSES, |done, total| {
+        let reports = run(&config, &workers, &inputs, &sample.labels, crate::models::CLASSES, |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
-        })?);
+        })?;
         bar.finish_and_clear();
-        for report in runs.last().into_iter().flatten().filter(|r| !r.slow_batches.is_empty()) {
+        for report in reports.iter().filter(|r| !r.slow_batches.is_empty()) {
             eprintln!("approxifer: {}'s slowest batches (seed {seed}):", report.scheme);
             report.slow_batches.iter().for_each(|trace| eprintln!("  {trace}"));
         }
+        runs.push(reports);
     }
     let pooled = if let [reports] = &runs[..] {
         if args.json {

@@ -512,7 +512,7 @@ impl Loop {
             }
             return self.fail(full + usize::from(rest > 0), replies, error);
         }
-        let now = Instant::now();
+        let (now, hedge_after) = (Instant::now(), self.hedge_delay());
         let batch = Batch {
             dispatch,
             replies,
@@ -521,11 +521,11 @@ impl Loop {
             requests,
             deadline: now + self.config.deadline,
             dispatched: now,
-            hedge: Hedge::after(self.hedge_delay(), now),
+            hedge: Hedge::after(hedge_after, now),
             trace: self.config.trace_slower_than.map(|_| BatchTrace {
                 batch: id,
                 queries: count,
-                hedge_after: self.hedge_delay(),
+                hedge_after,
                 took: Duration::ZERO,
                 events: vec![(Duration::ZERO, BatchEvent::Sent { workers: sent.iter().map(|&(w, _)| w).collect() })],
             }),
