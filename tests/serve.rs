@@ -594,6 +594,46 @@ fn a_second_straggler_costs_a_hedge_not_its_whole_delay() {
 }
 
 #[test]
+fn a_lagging_workers_coded_queries_go_with_the_next_batch_to_the_others() {
+    // K = 4, N = 5, S = 1; worker 0 takes 2 s, worker 4 never answers, the others 10 ms. The
+    // first batch has three answers of the four it needs and waits for its hedge (150 ms).
+    // The second is sent while both are known to lag: their coded queries also go to workers
+    // 1-3 (twice each, as they are idle), in the requests those get anyway, so it is answered
+    // in about one service time instead of a hedge delay.
+    let hung = WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE };
+    let slow = WorkerFaults { slowdown: 200.0, ..WorkerFaults::NONE };
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 10.0 },
+        workers: vec![slow, WorkerFaults::NONE, WorkerFaults::NONE, WorkerFaults::NONE, hung],
+        random_slowdown: None,
+    };
+    let code = Code::new(CodeParams::builder(4, 5).stragglers(1).build().unwrap()).unwrap();
+    let config = CoordinatorConfig {
+        hedge_after: Some(Duration::from_millis(150)),
+        trace_slower_than: Some(Duration::ZERO),
+        ..config(code, Some(plan), 100, 5000)
+    };
+    let coordinator = Coordinator::start(config, workers(5, 100)).unwrap();
+    let batch = |first: usize| {
+        let start = std::time::Instant::now();
+        let tickets = coordinator.submit_all((first..first + 4).map(query).collect()).unwrap();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let answer = ticket.recv().unwrap().unwrap();
+            let error = max_error(&answer.output, &expected(&query(first + i)));
+            assert!(error < 1.0, "query {}: {error}", first + i);
+        }
+        start.elapsed()
+    };
+    let first = batch(0);
+    let second = batch(4);
+    let stats = coordinator.shutdown();
+    let traces: Vec<String> = stats.slow_batches.iter().map(ToString::to_string).collect();
+    assert!(first >= Duration::from_millis(150), "{first:?}: three answers cannot decode it: {traces:?}");
+    assert!(second < Duration::from_millis(100), "{second:?}: waited as if nobody had covered: {traces:?}");
+    assert_eq!(stats.covered_parts, 4, "workers 0 and 4, each to two of the idle workers 1-3: {traces:?}");
+}
+
+#[test]
 fn the_slowest_batches_timelines_say_what_they_waited_for() {
     use approxifer::serve::BatchEvent;
     // K = 2, N = 3, S = 1; workers 0 and 1 take 100 ms, worker 2 1 ms: the batch waits for its
@@ -1034,4 +1074,46 @@ fn a_private_code_sends_no_worker_a_query_unmasked_and_draws_fresh_masks_per_bat
     for row in &second {
         assert!(first.iter().all(|seen| max_error(row, seen) > 1e-3), "a coded query repeated: {row:?}");
     }
+}
+
+#[test]
+fn a_private_codes_coded_queries_are_never_re_sent_to_a_worker_that_saw_another() {
+    use approxifer::kernels::MaskPlacement;
+    // K = 4, S = 1, T = 1: N = 6, and workers 1 and 4 never answer, one more than the code
+    // absorbs. A hedge (or a cover) would show a worker that answered a second coded query of
+    // the group: two of its coded queries, a coalition of two against a code built for one.
+    // The group waits for its deadline instead.
+    let params = CodeParams::builder(4, 6).stragglers(1).privacy(1).masks(MaskPlacement::Interleaved);
+    let code = Code::with_masked_workers(params).unwrap();
+    let n = code.params().workers();
+    let rows_seen: Arc<Vec<std::sync::atomic::AtomicUsize>> = Arc::new((0..n).map(|_| Default::default()).collect());
+    let workers: Vec<Arc<dyn Worker>> = (0..n)
+        .map(|i| {
+            let (rows_seen, inner) = (rows_seen.clone(), model());
+            let counting: ServedModel = Arc::new(move |x: Tensor<2>| {
+                rows_seen[i].fetch_add(x.dims()[0], std::sync::atomic::Ordering::Relaxed);
+                inner.forward(x)
+            });
+            Arc::new(worker(i, counting, 100)) as Arc<dyn Worker>
+        })
+        .collect();
+    let config = CoordinatorConfig {
+        hedge_after: Some(Duration::from_millis(10)),
+        trace_slower_than: None,
+        ..config(code, Some(two_hung_of_six()), 100, 600)
+    };
+    let coordinator = Coordinator::start(config, workers).unwrap();
+    let warm_up: Vec<usize> = rows_seen.iter().map(|r| r.swap(0, std::sync::atomic::Ordering::Relaxed)).collect();
+    assert!(warm_up.iter().all(|&rows| rows > 0), "every worker warms up: {warm_up:?}");
+    for round in 0..3 {
+        let tickets = coordinator.submit_all((4 * round..4 * round + 4).map(query).collect()).unwrap();
+        for ticket in tickets {
+            let result = ticket.recv().unwrap();
+            assert!(matches!(result, Err(ServeError::DeadlineMissed { answered: 4, needed: 5, .. })), "{result:?}");
+        }
+    }
+    let stats = coordinator.shutdown();
+    let seen: Vec<usize> = rows_seen.iter().map(|r| r.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    assert_eq!(seen, vec![3, 0, 3, 3, 0, 3], "one coded query per group and worker");
+    assert_eq!((stats.hedged_requests, stats.covered_parts), (0, 0), "{stats:?}");
 }

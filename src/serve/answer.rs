@@ -49,8 +49,12 @@ pub struct Stats {
     pub errors: u64,
     /// Worker answers that came after their group was decoded or failed.
     pub late_responses: u64,
-    /// Coded queries re-sent to another worker (see [`CoordinatorConfig::hedge_after`]).
+    /// Coded queries re-sent to another worker (see
+    /// [`CoordinatorConfig::hedge_after`](super::CoordinatorConfig::hedge_after)).
     pub hedged_requests: u64,
+    /// Coded queries of a lagging worker also given to another at dispatch (see
+    /// [`CoordinatorConfig::hedge_after`](super::CoordinatorConfig::hedge_after)).
+    pub covered_parts: u64,
     /// Answers holding NaN or infinity: dropped on arrival, as if never given.
     pub non_finite_answers: u64,
     /// Workers the locator removed from decoded groups (codes with `A > 0`).

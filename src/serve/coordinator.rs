@@ -26,6 +26,7 @@ use super::answer::{Answer, CodingError, ServeError, Stats, Ticket};
 use super::batch::{Coding, Dispatch, Part, Segment, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
+use super::lag::Lag;
 use super::locating::{Learning, LocatorState, OnlineLocator};
 use super::trace::{BatchEvent, BatchTrace, keep_slowest};
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
@@ -58,7 +59,11 @@ pub struct CoordinatorConfig {
     /// this delay and one more service time, not its whole lateness. The delay follows the
     /// batches: once [`HEDGE_HISTORY`] have completed, it is the larger of this and twice
     /// their median completion time, so that on a loaded device batches that are merely as
-    /// slow as the others are not hedged. `None`: never.
+    /// slow as the others are not hedged. A worker that has been on one request for three
+    /// quarters of that delay is lagging: while fewer than half the workers lag, each batch's
+    /// coded queries for them also go to other workers, in their requests for that batch
+    /// ([`Stats::covered_parts`]). `None`: never; neither with a private code (`T > 0`),
+    /// whose guarantee allows a worker one coded query per group.
     pub hedge_after: Option<Duration>,
     /// How a group's liars are found when the code has `A > 0` (and `N >= 2K + 2A + S - 1`):
     /// they are removed before decoding, on the CPU, whichever the codec. A calibrated locator
@@ -86,6 +91,11 @@ pub const HEDGE_HISTORY: usize = 32;
 /// next delay, which made the next late batches later (measured at 600 q/s, 20,000 queries:
 /// p99.9 - p50 25-26 ms against 20 with the median).
 const HEDGE_MARGIN: f64 = 2.0;
+
+/// A worker is lagging once it has been on one request for this fraction of the hedge delay
+/// ([`CoordinatorConfig::hedge_after`]): a healthy one answers within about one median
+/// completion time (half the delay), a straggler takes many.
+const LAG_FRACTION: f64 = 0.75;
 
 /// Where the coordinator decodes its batches. Both give the same results (the GPU kernels are
 /// tested against the CPU ones).
@@ -284,6 +294,8 @@ struct Loop {
     faults: Option<(FaultPlan, StdRng)>,
     /// Requests each worker has been sent (for crash-after faults).
     served: Vec<u64>,
+    /// How long each worker has been on its current request (for covering lagging workers).
+    lag: Lag,
     batcher: Batcher,
     /// Where partial groups' nodes start, rotating so that their work spreads over the workers.
     rotation: usize,
@@ -316,6 +328,7 @@ impl Loop {
             codings: HashMap::from([(k, full)]),
             faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
             served: vec![0; n],
+            lag: Lag::new(n),
             batcher: Batcher::new(config.max_batch.saturating_mul(k), config.max_queue_delay),
             rotation: 0,
             pending: HashMap::new(),
@@ -488,7 +501,7 @@ impl Loop {
         self.stats.batches += 1;
         let (full, rest) = (count / k, count % k);
         self.stats.groups += (full + usize::from(rest > 0)) as u64;
-        let BatchLayout { segments, states, parts } = match self.layout(count) {
+        let BatchLayout { segments, states, mut parts } = match self.layout(count) {
             Ok(layout) => layout,
             Err(e) => return self.fail(full + usize::from(rest > 0), replies, e.into()),
         };
@@ -496,6 +509,8 @@ impl Loop {
         let id = self.next_batch;
         self.next_batch += 1;
         let cancel = Cancel::default();
+        let covers = self.cover(&states, &mut parts, Instant::now());
+        self.stats.covered_parts += covers.len() as u64;
         let involved: Vec<usize> = (0..n).filter(|&w| !parts[w].is_empty()).collect();
         let sent = self.send(id, &dispatch, &involved, parts, &cancel);
         // Every segment needs enough of its workers to have taken their rows.
@@ -507,9 +522,7 @@ impl Loop {
         let requests: Vec<u64> = sent.iter().map(|&(_, r)| r).collect();
         if let Some(error) = short {
             cancel.cancel();
-            for r in &requests {
-                self.routes.remove(r);
-            }
+            self.forget(&requests);
             return self.fail(full + usize::from(rest > 0), replies, error);
         }
         let (now, hedge_after) = (Instant::now(), self.hedge_delay());
@@ -527,7 +540,10 @@ impl Loop {
                 queries: count,
                 hedge_after,
                 took: Duration::ZERO,
-                events: vec![(Duration::ZERO, BatchEvent::Sent { workers: sent.iter().map(|&(w, _)| w).collect() })],
+                events: std::iter::once(BatchEvent::Sent { workers: sent.iter().map(|&(w, _)| w).collect() })
+                    .chain(covers.iter().map(|&(lagging, helper)| BatchEvent::Covered { lagging, helper }))
+                    .map(|event| (Duration::ZERO, event))
+                    .collect(),
             }),
             cancel,
         };
@@ -553,6 +569,7 @@ impl Loop {
             None => vec![None; workers.len()],
         };
         let works = self.works(dispatch, workers, &parts);
+        let now = Instant::now();
         let mut taken = Vec::with_capacity(workers.len());
         for ((&w, work), injected) in workers.iter().zip(works).zip(fates) {
             let request_id = self.next_request;
@@ -561,15 +578,26 @@ impl Loop {
             let request = Request { id: request_id, work, injected, cancel: cancel.clone() };
             if self.workers[w].submit(request, &self.replies.0).is_ok() {
                 self.routes.insert(request_id, Route { batch: id, worker: w, parts: std::mem::take(&mut parts[w]) });
+                self.lag.sent(w, request_id, now);
                 taken.push((w, request_id));
             }
         }
         taken
     }
 
+    /// Drops the routes of cancelled `requests`.
+    fn forget(&mut self, requests: &[u64]) {
+        for r in requests {
+            if let Some(route) = self.routes.remove(r) {
+                self.lag.cancelled(route.worker, *r);
+            }
+        }
+    }
+
     /// Takes a worker's answer; decodes its batch once every group has enough answers.
     fn receive(&mut self, response: Response) {
         let c = self.config.output_len;
+        self.lag.answered(response.worker, response.id, Instant::now());
         let Some(Route { batch: id, parts, .. }) = self.routes.remove(&response.id) else {
             self.stats.late_responses += 1;
             return;
@@ -619,9 +647,64 @@ impl Loop {
         }
     }
 
+    /// Gives the coded queries of each lagging worker (one that has been on a request for
+    /// [`LAG_FRACTION`] of the hedge delay) also to the worker of the dispatch, not lagging,
+    /// with the fewest parts in it, and to a second one if one has nothing else outstanding,
+    /// in the requests they are sent anyway. A worker straggling for many service times leaves
+    /// every batch meanwhile one answer short of the `S` the code absorbs, so a second
+    /// straggler among them costs a hedge delay, a wait for a free helper and another pass;
+    /// an extra row in a request costs a few more rows of the same forward pass. The second
+    /// copy is for the helper itself straggling (it made the tail smaller at 50 % and 80 %
+    /// load: README, "Covering lagging workers"); a busy helper would only queue it. Returns
+    /// each cover, as (lagging worker, helper).
+    ///
+    /// Not with liars in the code (`A > 0`): a liar computing two of a group's coded queries
+    /// would be two of the `A` the locator removes, on every batch of a straggle (a hedge
+    /// risks it on late batches only). Nor when hedging is off, or with colluders
+    /// ([`Loop::hedge_delay`]).
+    fn cover(&self, states: &[SegmentState], parts: &mut [Vec<Part>], now: Instant) -> Vec<(usize, usize)> {
+        let Some(hedge) = self.hedge_delay().filter(|_| self.config.code.params().byzantine() == 0) else {
+            return Vec::new();
+        };
+        let lagging = self.lag.lagging(hedge.mul_f64(LAG_FRACTION), now);
+        let mut covers = Vec::new();
+        // Most workers lagging is a loaded box, not stragglers: extra rows there only add to
+        // the load.
+        let count = lagging.iter().filter(|&&l| l).count();
+        if count == 0 || 2 * count >= lagging.len() {
+            return covers;
+        }
+        let mut outstanding = vec![0usize; parts.len()];
+        for route in self.routes.values() {
+            outstanding[route.worker] += 1;
+        }
+        for (segment, state) in states.iter().enumerate() {
+            for (node, &w) in state.workers.iter().enumerate() {
+                if !lagging[w] {
+                    continue;
+                }
+                for copy in 0..2 {
+                    let helper = (0..parts.len())
+                        .filter(|&h| !lagging[h] && !parts[h].is_empty())
+                        .filter(|&h| copy == 0 || outstanding[h] == 0)
+                        .filter(|&h| !parts[h].contains(&Part { segment, node }))
+                        .min_by_key(|&h| (parts[h].len(), outstanding[h]));
+                    let Some(helper) = helper else { break };
+                    parts[helper].push(Part { segment, node });
+                    covers.push((w, helper));
+                }
+            }
+        }
+        covers
+    }
+
     /// How long after dispatch a batch is hedged: [`hedge_delay`] of the configured delay and
-    /// the recent completion times.
+    /// the recent completion times. Never with a private code (`T > 0`): a copy shows a worker
+    /// a second coded query of a group, a coalition of two against a code built for `T`.
     fn hedge_delay(&self) -> Option<Duration> {
+        if self.config.code.params().privacy() > 0 {
+            return None;
+        }
         Some(hedge_delay(self.config.hedge_after?, &self.completions))
     }
 
@@ -641,9 +724,7 @@ impl Loop {
         batch.note(BatchEvent::Decoded);
         self.keep_trace(&mut batch);
         batch.cancel.cancel();
-        for r in &batch.requests {
-            self.routes.remove(r);
-        }
+        self.forget(&batch.requests);
         let c = self.config.output_len;
         let mut replies = batch.replies;
         for (state, segment) in batch.segments.iter().zip(batch.dispatch.segments()) {
@@ -771,9 +852,7 @@ impl Loop {
             batch.note(BatchEvent::Expired);
             self.keep_trace(&mut batch);
             batch.cancel.cancel();
-            for r in &batch.requests {
-                self.routes.remove(r);
-            }
+            self.forget(&batch.requests);
             let deadline_ms = self.config.deadline.as_millis();
             let mut replies = batch.replies;
             for (state, segment) in batch.segments.iter().zip(batch.dispatch.segments()) {

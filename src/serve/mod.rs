@@ -15,6 +15,7 @@ pub mod faults;
 mod front;
 pub mod grpc;
 pub mod http;
+mod lag;
 pub mod load;
 pub mod locating;
 pub mod parm;

@@ -16,6 +16,11 @@ pub enum BatchEvent {
     Sent {
         workers: Vec<usize>,
     },
+    /// A lagging worker's coded queries went also to this helper, in its request.
+    Covered {
+        lagging: usize,
+        helper: usize,
+    },
     /// A worker answered (numbers or not).
     Answered {
         worker: usize,
@@ -59,6 +64,7 @@ impl fmt::Display for BatchTrace {
             write!(f, " {:.1} ", ms(*at))?;
             match event {
                 BatchEvent::Sent { workers } => write!(f, "sent to {}", list(workers))?,
+                BatchEvent::Covered { lagging, helper } => write!(f, "w{lagging}'s rows also to w{helper}")?,
                 BatchEvent::Answered { worker } => write!(f, "w{worker}")?,
                 BatchEvent::HedgeWaiting => write!(f, "hedge waits for a free helper")?,
                 BatchEvent::Hedged { helpers } => write!(f, "hedged to {}", list(helpers))?,
