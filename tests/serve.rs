@@ -631,6 +631,16 @@ fn a_lagging_workers_coded_queries_go_with_the_next_batch_to_the_others() {
     assert!(first >= Duration::from_millis(150), "{first:?}: three answers cannot decode it: {traces:?}");
     assert!(second < Duration::from_millis(100), "{second:?}: waited as if nobody had covered: {traces:?}");
     assert_eq!(stats.covered_parts, 4, "workers 0 and 4, each to two of the idle workers 1-3: {traces:?}");
+    let second_trace = stats.slow_batches.iter().find(|trace| trace.batch == 1).expect("every batch is traced");
+    let covered: Vec<usize> = second_trace
+        .events
+        .iter()
+        .filter_map(|(_, event)| match event {
+            approxifer::serve::BatchEvent::Covered { lagging, helper } if (1..4).contains(helper) => Some(*lagging),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(covered, vec![0, 0, 4, 4], "{second_trace}");
 }
 
 #[test]

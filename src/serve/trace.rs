@@ -117,6 +117,7 @@ mod tests {
             took: ms(31),
             events: vec![
                 (ms(0), BatchEvent::Sent { workers: vec![0, 1, 2] }),
+                (ms(0), BatchEvent::Covered { lagging: 0, helper: 2 }),
                 (ms(6), BatchEvent::Answered { worker: 2 }),
                 (ms(20), BatchEvent::HedgeWaiting),
                 (ms(24), BatchEvent::Hedged { helpers: vec![2] }),
@@ -126,8 +127,8 @@ mod tests {
         };
         assert_eq!(
             trace.to_string(),
-            "batch 7 (8 queries) took 31.0 ms, hedge due at 20.0: 0.0 sent to 0,1,2; 6.0 w2; 20.0 hedge waits \
-             for a free helper; 24.0 hedged to 2; 31.0 w2; 31.0 decoded;"
+            "batch 7 (8 queries) took 31.0 ms, hedge due at 20.0: 0.0 sent to 0,1,2; 0.0 w0's rows also to w2; \
+             6.0 w2; 20.0 hedge waits for a free helper; 24.0 hedged to 2; 31.0 w2; 31.0 decoded;"
         );
     }
 }
