@@ -949,6 +949,8 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "worker_seconds",
             "device_seconds_per_1000",
             "decode_us_per_batch",
+            "hedged_requests",
+            "covered_parts",
             "max_queue_delay_ms",
             "accuracy",
             "queries",
@@ -962,6 +964,9 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
         assert!(r["bare_forward_qps"].as_f64().unwrap() > 0.0 && r["device_seconds_per_1000"].as_f64().unwrap() > 0.0);
         let decoding = r["decode_us_per_batch"].as_f64().unwrap();
         assert_eq!(decoding > 0.0, r["scheme"] == "approxifer", "only the coded scheme decodes: {r}");
+        if r["scheme"] != "approxifer" {
+            assert_eq!((r["hedged_requests"].as_u64(), r["covered_parts"].as_u64()), (Some(0), Some(0)), "{r}");
+        }
         assert_eq!(r["answered"].as_u64().unwrap() + r["errors"].as_u64().unwrap(), 60, "the books balance: {r}");
         assert!(r["p50_ms"].as_f64().unwrap() <= r["p999_ms"].as_f64().unwrap());
     }

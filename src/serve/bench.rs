@@ -88,6 +88,12 @@ pub struct SchemeReport {
     pub device_seconds_per_1000: f64,
     /// The coordinator's locate-and-decode time per batch, in microseconds (0 for baselines).
     pub decode_us_per_batch: f64,
+    /// Coded queries re-sent to workers that had answered, after the hedge delay (0 for the
+    /// uncoded schemes: hedged requests' backups are their own scheme).
+    pub hedged_requests: u64,
+    /// Coded queries of lagging workers also given to others at dispatch (0 for the uncoded
+    /// schemes).
+    pub covered_parts: u64,
     /// Fraction of answered queries whose argmax is the label.
     pub accuracy: f64,
     pub queries: usize,
@@ -234,6 +240,8 @@ pub fn run(
         report.max_queue_delay_ms = kind.queue_delay(&settings).as_secs_f64() * 1e3;
         report.bare_forward_qps = bare;
         report.decode_us_per_batch = stats.decode_ns as f64 / 1e3 / stats.batches.max(1) as f64;
+        report.hedged_requests = stats.hedged_requests;
+        report.covered_parts = stats.covered_parts;
         report.slow_batches = stats.slow_batches;
         reports.push(report);
     }
@@ -476,6 +484,8 @@ impl Outcome {
             worker_seconds,
             device_seconds_per_1000: if answered > 0 { 1e3 * worker_seconds / answered as f64 } else { f64::NAN },
             decode_us_per_batch: 0.0,
+            hedged_requests: 0,
+            covered_parts: 0,
             accuracy: if answered > 0 { correct as f64 / answered as f64 } else { 0.0 },
             queries: self.results.len(),
             answered,
@@ -595,6 +605,8 @@ mod tests {
             worker_seconds,
             device_seconds_per_1000: 1.0,
             decode_us_per_batch: 0.0,
+            hedged_requests: 0,
+            covered_parts: 0,
             accuracy: 0.9,
             queries: 10,
             answered: 9,
