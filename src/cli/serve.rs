@@ -108,9 +108,9 @@ pub(super) struct ServeArgs {
     parity: Option<PathBuf>,
     /// Hedged requests send a backup after this long; ApproxIFER re-sends a group's
     /// unanswered coded queries to workers that have answered after at least this long (later
-    /// when recent batches took longer: twice their median), and gives a worker that has been
-    /// on one request for 3/4 of that delay's coded queries also to others. Neither with
-    /// --privacy: a worker would see two coded queries of a group.
+    /// when recent batches took longer: twice their median); once a worker has been on one
+    /// request for 3/4 of that delay, its coded queries of the next batches also go to other
+    /// workers. Neither with --privacy: a worker would see two coded queries of a group.
     #[arg(long, value_name = "MS", default_value_t = 20.0)]
     hedge_after_ms: f64,
     /// A query not answered this long after dispatch gets a deadline error.

@@ -68,8 +68,9 @@ pub(super) struct ServeBenchArgs {
     copies: usize,
     /// ApproxIFER re-sends a group's unanswered coded queries to workers that have answered
     /// after at least this many ms (three base service times by default; later when recent
-    /// batches took longer: twice their median; 0: never), and gives a worker that has been on
-    /// one request for 3/4 of that delay's coded queries also to others (0: never).
+    /// batches took longer: twice their median; 0: never); once a worker has been on one
+    /// request for 3/4 of that delay, its coded queries of the next batches also go to other
+    /// workers (0: never).
     #[arg(long, value_name = "MS", default_value_t = 15.0)]
     coded_hedge_ms: f64,
     /// ApproxIFER's and ParM's batches wait this long for queries [default:

@@ -88,11 +88,11 @@ pub struct SchemeReport {
     pub device_seconds_per_1000: f64,
     /// The coordinator's locate-and-decode time per batch, in microseconds (0 for baselines).
     pub decode_us_per_batch: f64,
-    /// Coded queries re-sent to workers that had answered, after the hedge delay (0 for the
-    /// uncoded schemes: hedged requests' backups are their own scheme).
+    /// ApproxIFER's coded queries re-sent to workers that had answered, after the hedge delay
+    /// (0 for the other schemes: hedged requests' backups are a scheme of their own).
     pub hedged_requests: u64,
-    /// Coded queries of lagging workers also given to others at dispatch (0 for the uncoded
-    /// schemes).
+    /// ApproxIFER's coded queries of lagging workers also given to others at dispatch (0 for
+    /// the other schemes).
     pub covered_parts: u64,
     /// Fraction of answered queries whose argmax is the label.
     pub accuracy: f64,
