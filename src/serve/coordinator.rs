@@ -509,7 +509,8 @@ impl Loop {
         let id = self.next_batch;
         self.next_batch += 1;
         let cancel = Cancel::default();
-        let covers = self.cover(&states, &mut parts, Instant::now());
+        let hedge_after = self.hedge_delay();
+        let covers = self.cover(hedge_after, &states, &mut parts, Instant::now());
         self.stats.covered_parts += covers.len() as u64;
         let involved: Vec<usize> = (0..n).filter(|&w| !parts[w].is_empty()).collect();
         let sent = self.send(id, &dispatch, &involved, parts, &cancel);
@@ -525,7 +526,7 @@ impl Loop {
             self.forget(&requests);
             return self.fail(full + usize::from(rest > 0), replies, error);
         }
-        let (now, hedge_after) = (Instant::now(), self.hedge_delay());
+        let now = Instant::now();
         let batch = Batch {
             dispatch,
             replies,
@@ -660,10 +661,16 @@ impl Loop {
     ///
     /// Not with liars in the code (`A > 0`): a liar computing two of a group's coded queries
     /// would be two of the `A` the locator removes, on every batch of a straggle (a hedge
-    /// risks it on late batches only). Nor when hedging is off, or with colluders
-    /// ([`Loop::hedge_delay`]).
-    fn cover(&self, states: &[SegmentState], parts: &mut [Vec<Part>], now: Instant) -> Vec<(usize, usize)> {
-        let Some(hedge) = self.hedge_delay().filter(|_| self.config.code.params().byzantine() == 0) else {
+    /// risks it on late batches only). Nor when hedging is off (`hedge_after`, the batch's
+    /// [`Loop::hedge_delay`]), or with colluders.
+    fn cover(
+        &self,
+        hedge_after: Option<Duration>,
+        states: &[SegmentState],
+        parts: &mut [Vec<Part>],
+        now: Instant,
+    ) -> Vec<(usize, usize)> {
+        let Some(hedge) = hedge_after.filter(|_| self.config.code.params().byzantine() == 0) else {
             return Vec::new();
         };
         let lagging = self.lag.lagging(hedge.mul_f64(LAG_FRACTION), now);
@@ -674,10 +681,7 @@ impl Loop {
         if count == 0 || 2 * count >= lagging.len() {
             return covers;
         }
-        let mut outstanding = vec![0usize; parts.len()];
-        for route in self.routes.values() {
-            outstanding[route.worker] += 1;
-        }
+        let outstanding = self.outstanding();
         for (segment, state) in states.iter().enumerate() {
             for (node, &w) in state.workers.iter().enumerate() {
                 if !lagging[w] {
@@ -696,6 +700,15 @@ impl Loop {
             }
         }
         covers
+    }
+
+    /// Per worker, its requests outstanding for batches still pending.
+    fn outstanding(&self) -> Vec<usize> {
+        let mut outstanding = vec![0; self.workers.len()];
+        for route in self.routes.values() {
+            outstanding[route.worker] += 1;
+        }
+        outstanding
     }
 
     /// How long after dispatch a batch is hedged: [`hedge_delay`] of the configured delay and
@@ -795,10 +808,7 @@ impl Loop {
         if due.is_empty() {
             return;
         }
-        let mut busy = vec![false; n];
-        for route in self.routes.values() {
-            busy[route.worker] = true;
-        }
+        let mut busy: Vec<bool> = self.outstanding().iter().map(|&requests| requests > 0).collect();
         for id in due {
             let Some(batch) = self.pending.get_mut(&id) else { continue };
             let helpers: Vec<usize> = (0..n).filter(|&w| batch.answered[w] && !busy[w]).collect();
