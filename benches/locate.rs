@@ -1,6 +1,8 @@
 //! Byzantine location cost: 10,000 groups of `K = 12` queries, `A = 3`, `N = 2K + 2A - 1 = 29`,
-//! 10 outputs, on two threads: honest groups, and groups with three liars each (sign flips:
-//! every locator re-scores to its full depth). Issue 14's target: <= 0.1 s for the default locator.
+//! 10 outputs, on two threads: honest groups, and groups with three liars each, liars that
+//! only their neighbours give away (sign flips of outputs symmetric about zero: every locator
+//! re-scores to its full depth) and liars whose own rows do (scaled tenfold). Issue 14's
+//! target: <= 0.1 s for the default locator.
 //! Run: `cargo bench --bench locate`.
 
 use std::hint::black_box;
@@ -56,17 +58,27 @@ fn locate_10k_groups(c: &mut Criterion) {
     builder.observe(&honest(&code, calibration_groups, 1), &vec![true; calibration_groups * n]).unwrap();
     let calibrated = Locator::Calibrated(Arc::new(builder.fit(DEFAULT_FALSE_ALARM).unwrap()));
     let clean = honest(&code, groups, 2);
-    let mut attacked = clean.clone();
-    for (g, group) in attacked.chunks_exact_mut(n * CLASSES).enumerate() {
-        for liar in [g % n, (g + 7) % n, (g + 17) % n] {
-            group[liar * CLASSES..(liar + 1) * CLASSES].iter_mut().for_each(|v| *v = -*v);
+    let attacked = |lie: fn(&mut f32)| {
+        let mut answers = clean.clone();
+        for (g, group) in answers.chunks_exact_mut(n * CLASSES).enumerate() {
+            for liar in [g % n, (g + 7) % n, (g + 17) % n] {
+                group[liar * CLASSES..(liar + 1) * CLASSES].iter_mut().for_each(lie);
+            }
         }
-    }
+        answers
+    };
+    // The model's outputs are symmetric about zero, so a sign-flipped row looks like an honest
+    // one on its own and only its disagreement with the others gives it away: every locator
+    // re-scores to its full depth. A row scaled tenfold is atypical on its own.
+    let flipped = attacked(|v| *v = -*v);
+    let scaled = attacked(|v| *v *= 10.0);
     let masks = vec![true; groups * n];
     let pool = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build().expect("a rayon pool");
     let mut group = c.benchmark_group(format!("locate K={K} A={A} N={n} C={CLASSES} B={groups}"));
     group.sample_size(10);
-    for (liars, answers) in [("no liars", &clean), ("3 liars per group", &attacked)] {
+    let cases =
+        [("no liars", &clean), ("3 sign-flipping liars per group", &flipped), ("3 scaling liars per group", &scaled)];
+    for (liars, answers) in cases {
         for locator in [&calibrated, &Locator::Robust] {
             group.bench_function(format!("{}, {liars}", locator.name()), |b| {
                 b.iter(|| pool.install(|| locate(&code, locator, black_box(answers), CLASSES, &masks).unwrap()))

@@ -210,6 +210,40 @@ fn several_liars_are_found_without_removing_their_honest_neighbours() {
 }
 
 #[test]
+fn an_answer_far_out_on_its_own_is_removed_whatever_the_others_answer() {
+    // A = 3, and one liar more than the code tolerates: in every group one scales its row
+    // tenfold (far beyond any honest row's profile) and three reverse theirs (an honest
+    // profile: only their neighbours give them away), at random positions. However the budget
+    // goes among the three, the first is removed in every group.
+    let code = code(3);
+    let (n, model) = (code.params().workers(), Model::Logits);
+    let c = model.outputs();
+    let locator = Locator::Calibrated(calibrated(model, &code, 3000, 8));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+    let groups = 300;
+    let mut answers = honest(model, &code, groups, &mut rng);
+    let reversed = corrupt_several(&mut answers, n, c, 3, Attack::Reverse, &mut rng);
+    let scaled: Vec<usize> = reversed
+        .iter()
+        .enumerate()
+        .map(|(g, liars)| {
+            let free: Vec<usize> = (0..n).filter(|w| !liars.contains(w)).collect();
+            let liar = free[rng.random_range(0..free.len())];
+            answers[(g * n + liar) * c..(g * n + liar + 1) * c].iter_mut().for_each(|v| *v *= 10.0);
+            liar
+        })
+        .collect();
+    let found = locate(&code, &locator, &answers, c, &vec![true; groups * n]).unwrap().located;
+    for (g, (found, liar)) in found.iter().zip(&scaled).enumerate() {
+        assert!(
+            found.contains(liar),
+            "group {g}: the scaled row {liar} kept, {found:?} removed (reversed: {:?})",
+            reversed[g]
+        );
+    }
+}
+
+#[test]
 fn honest_answers_next_to_missing_workers_raise_no_alarm() {
     // Calibrated on groups where everyone answered; located on groups where two neighbouring
     // workers straggled. The responders next to the gap are predicted across it, so their

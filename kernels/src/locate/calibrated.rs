@@ -908,9 +908,10 @@ pub struct PositionSummary {
     pub threshold: f64,
 }
 
-/// Up to `budget` suspects among `workers` (sorted, finite rows of `group`), one at a time
-/// while some responder scores above its threshold. A liar also raises its neighbours' scores
-/// (their residuals are predicted from it), so the one removed is, among the [`CANDIDATES`]
+/// Up to `budget` suspects among `workers` (sorted, finite rows of `group`): first those whose
+/// own rows are [`CLEAR`]ly atypical, then one at a time while some responder scores above its
+/// threshold. A liar also raises its neighbours' scores (their residuals are predicted from
+/// it), so the one removed is, among the [`CANDIDATES`]
 /// highest scorers, the one whose removal leaves the others' highest score lowest: the removal
 /// that best explains the group. Whether to go on is judged with residuals next to a removal
 /// on the scale honest ones have there ([`gap_index`]), so that a removal does not start a
@@ -925,9 +926,21 @@ pub(super) fn suspects(
 ) -> Vec<usize> {
     let (group, possible) = calibration.representation.apply(group, calibration.row_len);
     let group = &group[..];
-    let mut keep = workers.to_vec();
-    let mut removed = Vec::new();
     let prepared = calibration.prepare(group, workers, &possible);
+    // An answer far beyond its threshold on its own row alone scores above it whoever else is
+    // kept: the loop below would go on until it is removed, and neither `refine` nor `restore`
+    // puts it back. So it goes first, the most atypical first, with no pass or race spent on
+    // it. Not one just past its threshold: honest answers are, a few in a thousand, and with
+    // the budget of a single liar that would keep the liar (measured on MNIST logits at A = 1:
+    // 0.930 of the Gaussian-10 liars found, against 0.945).
+    let how_atypical = |w: usize| {
+        let head = prepared.heads[w];
+        if head.is_nan() { f64::INFINITY } else { head / calibration.positions[w].joint.threshold }
+    };
+    let mut removed: Vec<usize> = workers.iter().copied().filter(|&w| how_atypical(w) >= CLEAR).collect();
+    removed.sort_by(|&a, &b| how_atypical(b).total_cmp(&how_atypical(a)));
+    removed.truncate(budget.min(workers.len().saturating_sub(3)));
+    let mut keep: Vec<usize> = workers.iter().copied().filter(|w| !removed.contains(w)).collect();
     // Whether every kept answer was seen below its threshold (nothing left to refine).
     let mut settled = false;
     // `keep`'s leave-one-out pass: a removal's trial leaves the next one behind.
@@ -1087,8 +1100,9 @@ fn refine(
     }
 }
 
-/// A score this many times the threshold, with every other responder below its own, is an
-/// answer removed without trying the others.
+/// A score this many times the threshold is clear: such an answer is removed without trying
+/// the others when every other responder is below its own threshold, and first of all when
+/// its own row alone scores it so.
 const CLEAR: f64 = 2.0;
 
 /// The joint test's share of the false-alarm budget; the consistency test has the rest.
