@@ -721,6 +721,66 @@ fn a_due_hedge_waits_for_an_idle_helper_and_goes_the_moment_one_is() {
 }
 
 #[test]
+fn a_hedge_skips_a_helper_lagging_on_a_request_nobody_needs() {
+    use approxifer::serve::BatchEvent;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // K = 4, N = 5, S = 1. Batch B: workers 0 and 1 answer, 2-4 fail it; it needs two more
+    // answers. Batch C, 50 ms later: worker 0 takes 2 s on it, 1-4 answer, so C is decoded
+    // without worker 0, which runs on. When B's hedge is due (400 ms) both 0 and 1 answered B
+    // and neither has a request of a pending batch, but worker 0 has been on one for 350 ms
+    // (lagging from 300): the copies must all go to worker 1, not queue behind its 2 s.
+    let is_warm_up = |x: &Tensor<2>| x.clone().abs().sum().into_scalar::<f32>() == 0.0;
+    let scripted = |i: usize| -> Arc<dyn Worker> {
+        let (f, calls) = (model(), AtomicUsize::new(0));
+        let script: ServedModel = Arc::new(move |x: Tensor<2>| {
+            if is_warm_up(&x) {
+                return f.forward(x);
+            }
+            let output = f.forward(x);
+            match (i, calls.fetch_add(1, Ordering::SeqCst)) {
+                // A wrong number of rows: no answer.
+                (2..=4, 0) => Tensor::cat(vec![output.clone(), output], 0),
+                (0, 1) => {
+                    std::thread::sleep(Duration::from_secs(2));
+                    output
+                }
+                _ => output,
+            }
+        });
+        Arc::new(worker(i, script, 100))
+    };
+    let code = Code::new(CodeParams::builder(4, 5).stragglers(1).build().unwrap()).unwrap();
+    let config = CoordinatorConfig {
+        hedge_after: Some(Duration::from_millis(400)),
+        trace_slower_than: Some(Duration::ZERO),
+        ..config(code, None, 100, 10_000)
+    };
+    let coordinator = Coordinator::start(config, (0..5).map(scripted).collect()).unwrap();
+    let start = std::time::Instant::now();
+    let b = coordinator.submit_all((0..4).map(query).collect()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let c = coordinator.submit_all((4..8).map(query).collect()).unwrap();
+    for (i, ticket) in b.into_iter().chain(c).enumerate() {
+        let answer = ticket.recv().unwrap().unwrap();
+        assert!(max_error(&answer.output, &expected(&query(i))) < 1.0, "query {i}");
+    }
+    let elapsed = start.elapsed();
+    let stats = coordinator.shutdown();
+    let traces: Vec<String> = stats.slow_batches.iter().map(ToString::to_string).collect();
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}: B waited for worker 0: {traces:?}");
+    let first = stats.slow_batches.iter().find(|trace| trace.batch == 0).expect("every batch is traced");
+    let hedged: Vec<&Vec<usize>> = first
+        .events
+        .iter()
+        .filter_map(|(_, event)| match event {
+            BatchEvent::Hedged { helpers } => Some(helpers),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(hedged, vec![&vec![1]], "{first}");
+}
+
+#[test]
 fn the_hedge_delay_follows_the_batches_completion_times() {
     // K = 2, N = 3, S = 1; workers take 10, 20 and 60 ms: every group is decodable at 20 ms
     // from workers 0 and 1. With a 5 ms hedge delay each group would send worker 0 (idle from
