@@ -135,6 +135,56 @@ fn metrics_export_the_byzantine_locators_state() {
 }
 
 #[test]
+fn metrics_count_what_the_coordinator_did_to_answer() {
+    // K = 3, N = 4, S = 1 and workers 0 and 1 never answer: every group waits for its hedge
+    // (10 ms) to workers 2 and 3. /metrics shows the batches, the groups answered and the
+    // hedges as they happen, and the same counts as the books the server returns on stop.
+    let code = Code::new(CodeParams::builder(3, 4).stragglers(1).build().unwrap()).unwrap();
+    let workers: Vec<Arc<dyn Worker>> =
+        (0..4).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 1000)) as Arc<dyn Worker>).collect();
+    let hung = WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE };
+    let plan = FaultPlan {
+        latency: Latency::Constant { ms: 1.0 },
+        workers: vec![hung, hung, WorkerFaults::NONE, WorkerFaults::NONE],
+        random_slowdown: None,
+    };
+    let config = CoordinatorConfig {
+        hedge_after: Some(Duration::from_millis(10)),
+        ..coordinator_config(code, Some(plan), 1000, Duration::from_millis(5000))
+    };
+    let server = Server::start(Box::new(Coordinator::start(config, workers).unwrap()));
+    for batch in 0..4 {
+        let (status, _, body) = server.post(&rows(3 * batch..3 * batch + 3).to_string());
+        assert_eq!(status, 200, "{body}");
+    }
+    // The coordinator publishes its counts after it answers: wait for the last group's.
+    let started = Instant::now();
+    let metrics = loop {
+        let (_, metrics) = server.get("/metrics");
+        if sample(&metrics, "approxifer_decoded_groups_total") >= 4.0 || started.elapsed() > Duration::from_secs(20) {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stats = server.stop();
+    assert_eq!((stats.decoded_groups, stats.failed_groups), (4, 0), "{stats:?}");
+    assert!(stats.hedged_requests >= 4, "a hedge per group at least: {stats:?}");
+    let exported = [
+        ("approxifer_batches_total", stats.batches),
+        ("approxifer_groups_total", stats.groups),
+        ("approxifer_decoded_groups_total", stats.decoded_groups),
+        ("approxifer_failed_groups_total", stats.failed_groups),
+        ("approxifer_hedged_requests_total", stats.hedged_requests),
+        ("approxifer_covered_parts_total", stats.covered_parts),
+        ("approxifer_located_workers_total", stats.located_workers),
+    ];
+    for (name, value) in exported {
+        assert_eq!(sample(&metrics, name), value as f64, "{name}: {metrics}");
+    }
+    assert!(sample(&metrics, "approxifer_decode_seconds_total") > 0.0, "{metrics}");
+}
+
+#[test]
 fn predictions_come_back_in_order_and_health_and_metrics_report_them() {
     let server = Server::start(coordinator(None, 100, 2000));
     let (status, _, body) = server.post(&rows(0..5).to_string());

@@ -1,7 +1,7 @@
 //! What every scheme gives back: an [`Answer`] or a [`ServeError`] per accepted query, on its
 //! [`Ticket`], and the [`Stats`] of a run.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::Receiver;
 
@@ -64,6 +64,57 @@ pub struct Stats {
     /// The slowest batches' timelines, slowest first (coded schemes, when asked:
     /// [`CoordinatorConfig::trace_slower_than`](super::CoordinatorConfig::trace_slower_than)).
     pub slow_batches: Vec<super::trace::BatchTrace>,
+}
+
+impl Stats {
+    /// The counts, without the batch timelines.
+    pub fn counters(&self) -> Stats {
+        let Stats {
+            batches,
+            groups,
+            decoded_groups,
+            failed_groups,
+            answered,
+            errors,
+            late_responses,
+            hedged_requests,
+            covered_parts,
+            non_finite_answers,
+            located_workers,
+            decode_ns,
+            slow_batches: _,
+        } = *self;
+        Stats {
+            batches,
+            groups,
+            decoded_groups,
+            failed_groups,
+            answered,
+            errors,
+            late_responses,
+            hedged_requests,
+            covered_parts,
+            non_finite_answers,
+            located_workers,
+            decode_ns,
+            slow_batches: Vec::new(),
+        }
+    }
+}
+
+/// A running scheme's counts, for `/metrics`: its thread publishes them after every turn of
+/// its loop, and anyone holding a clone reads the latest.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LiveStats(Arc<Mutex<Stats>>);
+
+impl LiveStats {
+    pub fn publish(&self, stats: &Stats) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = stats.counters();
+    }
+
+    pub fn read(&self) -> Stats {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 /// Why a batch could not be coded or decoded: kept typed from the layer that failed.

@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::answer::{Answer, ServeError, Stats, Ticket};
+use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Dispatch, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
@@ -76,7 +76,7 @@ impl Baseline {
             let works = Work::by_device(&dispatch, &devices, vec![None; workers.len()]);
             warm_up(&workers, works.into_iter().enumerate().collect(), until);
         }
-        let front = Front::spawn("approxifer-baseline", capacity, input_len, move |incoming, in_flight| {
+        let front = Front::spawn("approxifer-baseline", capacity, input_len, move |incoming, in_flight, live| {
             let state = Loop {
                 faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
                 served: vec![0; workers.len()],
@@ -89,6 +89,7 @@ impl Baseline {
                 replies: crossbeam_channel::unbounded(),
                 stats: Stats::default(),
                 in_flight,
+                live,
                 workers,
                 config,
             };
@@ -110,6 +111,11 @@ impl Baseline {
     /// Queries accepted and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.front.in_flight()
+    }
+
+    /// The counts so far (no timelines).
+    pub fn stats(&self) -> Stats {
+        self.front.stats()
     }
 
     /// As [`super::Coordinator::shutdown`].
@@ -135,6 +141,7 @@ struct Loop {
     config: BaselineConfig,
     workers: Vec<Arc<dyn Worker>>,
     in_flight: Arc<AtomicUsize>,
+    live: LiveStats,
     faults: Option<(FaultPlan, StdRng)>,
     served: Vec<u64>,
     next_worker: usize,
@@ -178,6 +185,7 @@ impl Loop {
                 self.dispatch(batch);
             }
             self.timers(now);
+            self.live.publish(&self.stats);
             if !open && self.batcher.is_empty() && self.pending.is_empty() {
                 return self.stats;
             }

@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::answer::{Answer, CodingError, ServeError, Stats, Ticket};
+use super::answer::{Answer, CodingError, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Coding, Dispatch, Part, Segment, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
@@ -149,8 +149,8 @@ impl Coordinator {
         let (capacity, input_len) = (config.capacity, config.input_len);
         let (ready, warm) = crossbeam_channel::bounded(1);
         let looped = locating.clone();
-        let front = Front::spawn("approxifer-coordinator", capacity, input_len, move |incoming, in_flight| {
-            let mut state = Loop::new(config, full, workers, in_flight, looped, masks);
+        let front = Front::spawn("approxifer-coordinator", capacity, input_len, move |incoming, in_flight, live| {
+            let mut state = Loop::new(config, full, workers, (in_flight, live), looped, masks);
             state.warm_up();
             let _ = ready.send(());
             state.run(incoming)
@@ -174,6 +174,11 @@ impl Coordinator {
     /// Queries accepted and not yet answered.
     pub fn in_flight(&self) -> usize {
         self.front.in_flight()
+    }
+
+    /// The counts so far (no timelines).
+    pub fn stats(&self) -> Stats {
+        self.front.stats()
     }
 
     /// The Byzantine locator in use, and what it has learnt.
@@ -291,6 +296,7 @@ struct Loop {
     codings: HashMap<usize, Arc<Coding>>,
     workers: Vec<Arc<dyn Worker>>,
     in_flight: Arc<AtomicUsize>,
+    live: LiveStats,
     faults: Option<(FaultPlan, StdRng)>,
     /// Requests each worker has been sent (for crash-after faults).
     served: Vec<u64>,
@@ -318,7 +324,7 @@ impl Loop {
         config: CoordinatorConfig,
         full: Arc<Coding>,
         workers: Vec<Arc<dyn Worker>>,
-        in_flight: Arc<AtomicUsize>,
+        (in_flight, live): (Arc<AtomicUsize>, LiveStats),
         locating: Arc<OnlineLocator>,
         masks: Option<MaskSampler>,
     ) -> Self {
@@ -341,6 +347,7 @@ impl Loop {
             config,
             workers,
             in_flight,
+            live,
             locating,
             masks,
         }
@@ -381,6 +388,7 @@ impl Loop {
             }
             self.hedge(now);
             self.expire(now);
+            self.live.publish(&self.stats);
             if !open && self.batcher.is_empty() && self.pending.is_empty() {
                 return self.stats;
             }

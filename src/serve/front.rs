@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::answer::{Answer, ServeError, Stats, Ticket};
+use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
 
 /// An accepted query and where its result goes.
 pub(crate) struct Submission {
@@ -19,28 +19,30 @@ pub(crate) struct Submission {
 pub(crate) struct Front {
     submissions: Option<Sender<Submission>>,
     in_flight: Arc<AtomicUsize>,
+    live: LiveStats,
     capacity: usize,
     input_len: usize,
     thread: Option<JoinHandle<Stats>>,
 }
 
 impl Front {
-    /// Starts the scheme's thread, `run(submissions, in_flight)`, which must answer every
-    /// submission exactly once (through [`answer`]) and return when the submissions close.
+    /// Starts the scheme's thread, `run(submissions, in_flight, live)`, which must answer every
+    /// submission exactly once (through [`answer`]), publish its counts to `live` as it goes and
+    /// return them when the submissions close.
     pub fn spawn(
         name: &str,
         capacity: usize,
         input_len: usize,
-        run: impl FnOnce(Receiver<Submission>, Arc<AtomicUsize>) -> Stats + Send + 'static,
+        run: impl FnOnce(Receiver<Submission>, Arc<AtomicUsize>, LiveStats) -> Stats + Send + 'static,
     ) -> Result<Self, String> {
         let (submissions, incoming) = crossbeam_channel::unbounded();
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let counter = in_flight.clone();
+        let (in_flight, live) = (Arc::new(AtomicUsize::new(0)), LiveStats::default());
+        let (counter, publish) = (in_flight.clone(), live.clone());
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(incoming, counter))
+            .spawn(move || run(incoming, counter, publish))
             .map_err(|e| e.to_string())?;
-        Ok(Front { submissions: Some(submissions), in_flight, capacity, input_len, thread: Some(thread) })
+        Ok(Front { submissions: Some(submissions), in_flight, live, capacity, input_len, thread: Some(thread) })
     }
 
     /// Accepts `query` (or refuses it at once, with nothing queued).
@@ -80,6 +82,11 @@ impl Front {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The scheme's counts so far, as its thread last published them.
+    pub fn stats(&self) -> Stats {
+        self.live.read()
     }
 
     /// Closes admission and waits for the scheme to answer everything it accepted.

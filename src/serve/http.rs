@@ -225,6 +225,7 @@ struct Metrics {
     latency: Histogram,
     in_flight: Gauge,
     locator: LocatorMetrics,
+    scheme: SchemeMetrics,
 }
 
 /// The Byzantine locator's state (coded schemes with `A > 0`), read at each scrape.
@@ -273,6 +274,76 @@ impl LocatorMetrics {
     }
 }
 
+/// The scheme's own counts (its [`Stats`]), read at each scrape: what the coordinator did to
+/// answer (re-sent, covered, located, dropped), which the per-query counts do not show.
+#[derive(Default)]
+struct SchemeMetrics {
+    batches: Counter,
+    groups: Counter,
+    decoded_groups: Counter,
+    failed_groups: Counter,
+    late_responses: Counter,
+    hedged_requests: Counter,
+    covered_parts: Counter,
+    non_finite_answers: Counter,
+    located_workers: Counter,
+    decode_seconds: Counter<f64, AtomicU64>,
+}
+
+impl SchemeMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let counts = [
+            ("batches", "Batches dispatched: of groups (coded schemes) or of queries", &self.batches),
+            ("groups", "Groups dispatched (queries, for the uncoded schemes)", &self.groups),
+            ("decoded_groups", "Groups answered (queries, for the uncoded schemes)", &self.decoded_groups),
+            ("failed_groups", "Groups that got errors instead of answers", &self.failed_groups),
+            (
+                "late_responses",
+                "Worker answers that came after their group was answered or failed",
+                &self.late_responses,
+            ),
+            (
+                "hedged_requests",
+                "Requests re-sending a late batch's missing work to other workers",
+                &self.hedged_requests,
+            ),
+            ("covered_parts", "Coded queries of lagging workers also given to others at dispatch", &self.covered_parts),
+            (
+                "non_finite_answers",
+                "Worker answers holding NaN or infinity, dropped on arrival",
+                &self.non_finite_answers,
+            ),
+            ("located_workers", "Answers the Byzantine locator removed before decoding", &self.located_workers),
+        ];
+        for (name, help, counter) in counts {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "decode_seconds",
+            "Time the coordinator spent locating and decoding",
+            self.decode_seconds.clone(),
+        );
+    }
+
+    fn set(&self, stats: &Stats) {
+        let pairs = [
+            (&self.batches, stats.batches),
+            (&self.groups, stats.groups),
+            (&self.decoded_groups, stats.decoded_groups),
+            (&self.failed_groups, stats.failed_groups),
+            (&self.late_responses, stats.late_responses),
+            (&self.hedged_requests, stats.hedged_requests),
+            (&self.covered_parts, stats.covered_parts),
+            (&self.non_finite_answers, stats.non_finite_answers),
+            (&self.located_workers, stats.located_workers),
+        ];
+        for (counter, value) in pairs {
+            counter.inner().store(value, Ordering::Relaxed);
+        }
+        self.decode_seconds.inner().store((stats.decode_ns as f64 * 1e-9).to_bits(), Ordering::Relaxed);
+    }
+}
+
 impl Metrics {
     fn new() -> Self {
         let mut registry = Registry::with_prefix("approxifer");
@@ -293,7 +364,9 @@ impl Metrics {
         registry.register("queries_in_flight", "Queries accepted and not yet answered", in_flight.clone());
         let locator = LocatorMetrics::default();
         locator.register(&mut registry);
-        Metrics { registry, requests, queries, refusals, latency, in_flight, locator }
+        let scheme = SchemeMetrics::default();
+        scheme.register(&mut registry);
+        Metrics { registry, requests, queries, refusals, latency, in_flight, locator, scheme }
     }
 
     fn request(&self, route: &'static str, status: StatusCode) {
@@ -340,6 +413,10 @@ impl App {
 
     fn locator_state(&self) -> Option<LocatorState> {
         self.scheme.read().ok().and_then(|s| s.as_ref().and_then(|s| s.locator_state()))
+    }
+
+    fn stats(&self) -> Option<Stats> {
+        self.scheme.read().ok().and_then(|s| s.as_ref().map(|s| s.stats()))
     }
 }
 
@@ -573,6 +650,9 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.metrics.in_flight.set(i64::try_from(app.in_flight()).unwrap_or(i64::MAX));
     if let Some(state) = app.locator_state() {
         app.metrics.locator.set(&state);
+    }
+    if let Some(stats) = app.stats() {
+        app.metrics.scheme.set(&stats);
     }
     let mut text = String::new();
     let response = match prometheus_client::encoding::text::encode(&mut text, &app.metrics.registry) {

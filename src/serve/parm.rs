@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::answer::{Answer, ServeError, Stats, Ticket};
+use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Dispatch, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
@@ -69,7 +69,7 @@ impl Parm {
             warm_up(&workers, works.into_iter().enumerate().collect(), until);
         }
         let (capacity, input_len) = (config.capacity, config.input_len);
-        let front = Front::spawn("approxifer-parm", capacity, input_len, move |incoming, in_flight| {
+        let front = Front::spawn("approxifer-parm", capacity, input_len, move |incoming, in_flight, live| {
             let state = Loop {
                 faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
                 served: vec![0; workers.len()],
@@ -81,6 +81,7 @@ impl Parm {
                 replies: crossbeam_channel::unbounded(),
                 stats: Stats::default(),
                 in_flight,
+                live,
                 workers,
                 config,
             };
@@ -99,6 +100,11 @@ impl Parm {
 
     pub fn in_flight(&self) -> usize {
         self.front.in_flight()
+    }
+
+    /// The counts so far (no timelines).
+    pub fn stats(&self) -> Stats {
+        self.front.stats()
     }
 
     pub fn shutdown(mut self) -> Stats {
@@ -122,6 +128,7 @@ struct Loop {
     config: ParmConfig,
     workers: Vec<Arc<dyn Worker>>,
     in_flight: Arc<AtomicUsize>,
+    live: LiveStats,
     faults: Option<(FaultPlan, StdRng)>,
     served: Vec<u64>,
     batcher: Batcher,
@@ -172,6 +179,7 @@ impl Loop {
                 self.dispatch(batch);
             }
             self.expire(now);
+            self.live.publish(&self.stats);
             if !open && self.batcher.is_empty() && self.pending.is_empty() {
                 return self.stats;
             }

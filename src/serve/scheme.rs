@@ -26,6 +26,8 @@ pub trait Scheme: Send + Sync {
     fn in_flight(&self) -> usize;
     /// Stops accepting queries, answers everything accepted, and returns the books.
     fn shutdown(self: Box<Self>) -> Stats;
+    /// The books so far, without the batch timelines (what `/metrics` exports).
+    fn stats(&self) -> Stats;
     /// The Byzantine locator in use (coded schemes with `A > 0` only).
     fn locator_state(&self) -> Option<LocatorState> {
         None
@@ -41,6 +43,9 @@ impl Scheme for Coordinator {
     }
     fn in_flight(&self) -> usize {
         Coordinator::in_flight(self)
+    }
+    fn stats(&self) -> Stats {
+        Coordinator::stats(self)
     }
     fn shutdown(self: Box<Self>) -> Stats {
         Coordinator::shutdown(*self)
@@ -60,6 +65,9 @@ impl Scheme for Parm {
     fn in_flight(&self) -> usize {
         Parm::in_flight(self)
     }
+    fn stats(&self) -> Stats {
+        Parm::stats(self)
+    }
     fn shutdown(self: Box<Self>) -> Stats {
         Parm::shutdown(*self)
     }
@@ -74,6 +82,9 @@ impl Scheme for Baseline {
     }
     fn in_flight(&self) -> usize {
         Baseline::in_flight(self)
+    }
+    fn stats(&self) -> Stats {
+        Baseline::stats(self)
     }
     fn shutdown(self: Box<Self>) -> Stats {
         Baseline::shutdown(*self)
