@@ -911,12 +911,12 @@ pub struct PositionSummary {
 /// Up to `budget` suspects among `workers` (sorted, finite rows of `group`): first those whose
 /// own rows are [`CLEAR`]ly atypical, then one at a time while some responder scores above its
 /// threshold. A liar also raises its neighbours' scores (their residuals are predicted from
-/// it), so the one removed is, among the [`CANDIDATES`]
-/// highest scorers, the one whose removal leaves the others' highest score lowest: the removal
-/// that best explains the group. Whether to go on is judged with residuals next to a removal
-/// on the scale honest ones have there ([`gap_index`]), so that a removal does not start a
-/// cascade of false alarms. Then [`refine`] undoes the removals that, with several liars,
-/// went to the wrong worker, and [`restore`] those the rest of the group explains.
+/// it), so the one removed is, among the [`CANDIDATES`] highest scorers, the one whose removal
+/// leaves the others' highest score lowest: the removal that best explains the group. Whether
+/// to go on is judged with residuals next to a removal on the scale honest ones have there
+/// ([`gap_index`]), so that a removal does not start a cascade of false alarms. Then [`refine`]
+/// undoes the removals that, with several liars, went to the wrong worker, and [`restore`]
+/// those the rest of the group explains.
 pub(super) fn suspects(
     calibration: &Calibration,
     code: &Code,
