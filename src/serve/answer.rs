@@ -69,36 +69,7 @@ pub struct Stats {
 impl Stats {
     /// The counts, without the batch timelines.
     pub fn counters(&self) -> Stats {
-        let Stats {
-            batches,
-            groups,
-            decoded_groups,
-            failed_groups,
-            answered,
-            errors,
-            late_responses,
-            hedged_requests,
-            covered_parts,
-            non_finite_answers,
-            located_workers,
-            decode_ns,
-            slow_batches: _,
-        } = *self;
-        Stats {
-            batches,
-            groups,
-            decoded_groups,
-            failed_groups,
-            answered,
-            errors,
-            late_responses,
-            hedged_requests,
-            covered_parts,
-            non_finite_answers,
-            located_workers,
-            decode_ns,
-            slow_batches: Vec::new(),
-        }
+        Stats { slow_batches: Vec::new(), ..*self }
     }
 }
 
