@@ -930,16 +930,17 @@ pub(super) fn suspects(
     // An answer far beyond its threshold on its own row alone scores above it whoever else is
     // kept: the loop below would go on until it is removed, and neither `refine` nor `restore`
     // puts it back. So it goes first, the most atypical first, with no pass or race spent on
-    // it. Not one just past its threshold: honest answers are, a few in a thousand, and with
-    // the budget of a single liar that would keep the liar (measured on MNIST logits at A = 1:
-    // 0.930 of the Gaussian-10 liars found, against 0.945).
+    // it. Not one just past its threshold: honest answers are, a few in a thousand (measured on
+    // MNIST logits at A = 1: 0.930 of the Gaussian-10 liars found, against 0.945). And not
+    // the last removal of the budget: an honest answer can be far out too, and a liar beside
+    // it should be weighed against it by the loop's race, not lose to it unweighed.
     let how_atypical = |w: usize| {
         let head = prepared.heads[w];
         if head.is_nan() { f64::INFINITY } else { head / calibration.positions[w].joint.threshold }
     };
     let mut removed: Vec<usize> = workers.iter().copied().filter(|&w| how_atypical(w) >= CLEAR).collect();
     removed.sort_by(|&a, &b| how_atypical(b).total_cmp(&how_atypical(a)));
-    removed.truncate(budget.min(workers.len().saturating_sub(3)));
+    removed.truncate(budget.saturating_sub(1).min(workers.len().saturating_sub(3)));
     let mut keep: Vec<usize> = workers.iter().copied().filter(|w| !removed.contains(w)).collect();
     // Whether every kept answer was seen below its threshold (nothing left to refine).
     let mut settled = false;
