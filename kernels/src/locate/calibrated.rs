@@ -933,7 +933,7 @@ pub(super) fn suspects(
     // it. Not one just past its threshold: honest answers are, a few in a thousand (measured on
     // MNIST logits at A = 1: 0.930 of the Gaussian-10 liars found, against 0.945). And not
     // the last removal of the budget: an honest answer can be far out too, and a liar beside
-    // it should be weighed against it by the loop's race, not lose to it unweighed.
+    // it should be weighed against it by the loop's race, not lose to it unweighed (0.955).
     let how_atypical = |w: usize| {
         let head = prepared.heads[w];
         if head.is_nan() { f64::INFINITY } else { head / calibration.positions[w].joint.threshold }
