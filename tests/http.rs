@@ -95,6 +95,19 @@ fn sample(metrics: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `/metrics` once `name` reaches `least` (what the server publishes after it answers), or
+/// as it is after 20 s.
+fn metrics_once(server: &Server, name: &str, least: f64) -> String {
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = server.get("/metrics");
+        if sample(&metrics, name) >= least || started.elapsed() > Duration::from_secs(20) {
+            return metrics;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn metrics_export_the_byzantine_locators_state() {
     // K = 2, A = 1, N = 5, honest workers: the calibrated locator learns from every group and
@@ -115,14 +128,7 @@ fn metrics_export_the_byzantine_locators_state() {
         let (status, _, body) = server.post(&rows(2 * batch..2 * batch + 2).to_string());
         assert_eq!(status, 200, "{body}");
     }
-    let started = Instant::now();
-    let metrics = loop {
-        let (_, metrics) = server.get("/metrics");
-        if sample(&metrics, "approxifer_locator_refits") >= 1.0 || started.elapsed() > Duration::from_secs(20) {
-            break metrics;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let metrics = metrics_once(&server, "approxifer_locator_refits", 1.0);
     assert_eq!(sample(&metrics, "approxifer_locator{locator=\"calibrated\"}"), 1.0, "{metrics}");
     assert_eq!(sample(&metrics, "approxifer_locator{locator=\"robust\"}"), 0.0, "{metrics}");
     assert!(sample(&metrics, "approxifer_locator_calibration_groups") >= 40.0, "{metrics}");
@@ -158,14 +164,7 @@ fn metrics_count_what_the_coordinator_did_to_answer() {
         assert_eq!(status, 200, "{body}");
     }
     // The coordinator publishes its counts after it answers: wait for the last group's.
-    let started = Instant::now();
-    let metrics = loop {
-        let (_, metrics) = server.get("/metrics");
-        if sample(&metrics, "approxifer_decoded_groups_total") >= 4.0 || started.elapsed() > Duration::from_secs(20) {
-            break metrics;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let metrics = metrics_once(&server, "approxifer_decoded_groups_total", 4.0);
     let stats = server.stop();
     assert_eq!((stats.decoded_groups, stats.failed_groups), (4, 0), "{stats:?}");
     assert!(stats.hedged_requests >= 4, "a hedge per group at least: {stats:?}");
