@@ -184,6 +184,52 @@ fn metrics_count_what_the_coordinator_did_to_answer() {
 }
 
 #[test]
+fn metrics_show_which_worker_straggles_and_which_lies() {
+    // K = 2, A = 1, N = 5, S = 0: every group waits for all five answers. Worker 1 shifts its
+    // answers by 100 (the locator removes it from every group) and worker 3 is ten times
+    // slower than the others (2 ms injected per request): per worker, /metrics shows the
+    // requests, the answers, the groups located and the time busy, as the stop's books do.
+    let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
+    let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
+    let workers: Vec<Arc<dyn Worker>> = (0..5)
+        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 1000, shift.clone())) as Arc<dyn Worker>)
+        .collect();
+    let mut faults = vec![WorkerFaults::NONE; 5];
+    faults[1].byzantine_probability = 1.0;
+    faults[3].slowdown = 10.0;
+    let plan = FaultPlan { latency: Latency::Constant { ms: 2.0 }, workers: faults, random_slowdown: None };
+    let config = coordinator_config(code, Some(plan), 1000, Duration::from_millis(5000));
+    let server = Server::start(Box::new(Coordinator::start(config, workers).unwrap()));
+    let groups = 12;
+    for group in 0..groups {
+        let (status, _, body) = server.post(&rows(2 * group..2 * group + 2).to_string());
+        assert_eq!(status, 200, "{body}");
+    }
+    let metrics = metrics_once(&server, "approxifer_decoded_groups_total", groups as f64);
+    let stats = server.stop();
+    assert_eq!((stats.decoded_groups, stats.failed_groups), (groups as u64, 0), "{stats:?}");
+    assert_eq!(stats.workers.len(), 5);
+    let exported =
+        |name: &str, w: usize| sample(&metrics, &format!("approxifer_worker_{name}_total{{worker=\"{w}\"}}"));
+    let mut busy_per_answer = Vec::new();
+    for (w, books) in stats.workers.iter().enumerate() {
+        // One request per group (no hedges: S = 0), answered, none late.
+        assert_eq!((books.requests, books.answers, books.late_answers), (groups as u64, groups as u64, 0), "{w}");
+        assert_eq!(books.located, if w == 1 { groups as u64 } else { 0 }, "worker {w}: {stats:?}");
+        for (name, value) in [("requests", books.requests), ("answers", books.answers), ("located", books.located)] {
+            assert_eq!(exported(name, w), value as f64, "worker {w}'s {name}: {metrics}");
+        }
+        let busy = exported("busy_seconds", w);
+        assert!((busy - books.busy_ns as f64 * 1e-9).abs() < 1e-6, "worker {w}: {busy} s exported");
+        busy_per_answer.push(busy / groups as f64);
+    }
+    // The straggler's service time stands out: about 20 ms against about 2 ms.
+    let others = busy_per_answer.iter().enumerate().filter(|(w, _)| *w != 3).map(|(_, b)| *b).fold(0.0, f64::max);
+    assert!(busy_per_answer[3] >= 0.018, "{busy_per_answer:?}");
+    assert!(busy_per_answer[3] > 4.0 * others, "{busy_per_answer:?}");
+}
+
+#[test]
 fn predictions_come_back_in_order_and_health_and_metrics_report_them() {
     let server = Server::start(coordinator(None, 100, 2000));
     let (status, _, body) = server.post(&rows(0..5).to_string());

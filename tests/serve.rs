@@ -117,6 +117,12 @@ fn a_hundred_thousand_queries_under_faults_balance_the_books() {
     assert_eq!(coordinator.in_flight(), 0);
     let stats = Arc::into_inner(coordinator).unwrap().shutdown();
     assert_eq!((stats.answered + stats.errors) as usize, submitters * per_submitter);
+    // Per worker, the same books: late and non-finite answers add up to the totals, nobody
+    // answers more than it was sent.
+    let total = |count: fn(&approxifer::serve::WorkerStats) -> u64| stats.workers.iter().map(count).sum::<u64>();
+    assert_eq!(total(|w| w.late_answers), stats.late_responses);
+    assert_eq!(total(|w| w.non_finite_rows), stats.non_finite_answers);
+    assert!(stats.workers.iter().all(|w| w.late_answers <= w.answers && w.answers <= w.requests), "{stats:?}");
     // With S = 2, a hang on worker 0 and a crashed worker 1 leave the groups decodable.
     assert!(errors * 100 < ok, "{errors} errors against {ok} answers");
     // Systematic: a prediction is approximate only when its own worker did not answer.
@@ -313,6 +319,11 @@ fn work_nobody_needs_any_more_is_skipped_not_queued_behind_a_straggler() {
         std::thread::sleep(Duration::from_millis(400));
         let (busy, skipped) = (slow.busy(), slow.skipped());
         assert!(busy < Duration::from_millis(350) && skipped >= 15, "{what}: busy {busy:?}, {skipped} skipped");
+        // The scheme's books tell the straggler by its time per answer: 100 ms against 1 ms.
+        let books = scheme.stats().workers;
+        let per_answer = |w: usize| Duration::from_nanos(books[w].busy_ns / books[w].answers.max(1));
+        assert!(books[0].answers >= 1 && per_answer(0) >= Duration::from_millis(95), "{what}: {books:?}");
+        assert!(per_answer(1) < Duration::from_millis(20) && per_answer(2) < Duration::from_millis(20), "{what}");
     };
 
     let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
@@ -1070,6 +1081,11 @@ fn parm_rebuilds_one_missing_answer_per_group_and_waits_on_two() {
         assert_eq!(answer.approximate, i % k == 1, "query {i}");
     }
     assert_eq!((stats.answered, stats.errors), (50, 0));
+    // Per worker: every worker got each batch; the hung one answered none of them.
+    let requests = stats.workers[0].requests;
+    assert!(requests > 0 && stats.workers.iter().all(|w| w.requests == requests), "{:?}", stats.workers);
+    let answers: Vec<u64> = stats.workers.iter().map(|w| w.answers).collect();
+    assert_eq!(answers, [requests, 0, requests, requests]);
     // The parity worker down as well: the groups' member 1 cannot be rebuilt and misses its
     // deadline; every other query is answered.
     let (results, stats) = run(vec![WorkerFaults::NONE, hung, WorkerFaults::NONE, hung], 30);

@@ -2,6 +2,7 @@
 //! [`Ticket`], and the [`Stats`] of a run.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
@@ -61,16 +62,67 @@ pub struct Stats {
     pub located_workers: u64,
     /// Time spent locating and decoding, in nanoseconds (the coordinator's share of coding).
     pub decode_ns: u64,
+    /// Per worker, what it was sent and how it answered: where a straggler or a liar shows.
+    pub workers: Vec<WorkerStats>,
     /// The slowest batches' timelines, slowest first (coded schemes, when asked:
     /// [`CoordinatorConfig::trace_slower_than`](super::CoordinatorConfig::trace_slower_than)).
     pub slow_batches: Vec<super::trace::BatchTrace>,
 }
 
 impl Stats {
+    /// No counts yet, for a scheme driving `workers` workers.
+    pub(crate) fn for_workers(workers: usize) -> Stats {
+        Stats { workers: vec![WorkerStats::default(); workers], ..Stats::default() }
+    }
+
     /// The counts, without the batch timelines.
     pub fn counters(&self) -> Stats {
-        Stats { slow_batches: Vec::new(), ..*self }
+        Stats { workers: self.workers.clone(), slow_batches: Vec::new(), ..*self }
     }
+
+    /// Worker `w`'s counts (`None` for an index no worker has: a remote answer's worker
+    /// field is not trusted to be in range).
+    pub(crate) fn worker(&mut self, w: usize) -> Option<&mut WorkerStats> {
+        self.workers.get_mut(w)
+    }
+
+    /// A request went to worker `w`.
+    pub(crate) fn sent(&mut self, w: usize) {
+        if let Some(worker) = self.worker(w) {
+            worker.requests += 1;
+        }
+    }
+
+    /// Worker `w` answered, after `busy` on the request (`None`: not known), `late` when its
+    /// batch no longer needed it.
+    pub(crate) fn answered(&mut self, w: usize, busy: Option<Duration>, late: bool) {
+        if late {
+            self.late_responses += 1;
+        }
+        if let Some(worker) = self.worker(w) {
+            worker.answers += 1;
+            worker.late_answers += u64::from(late);
+            worker.busy_ns += busy.map_or(0, |b| u64::try_from(b.as_nanos()).unwrap_or(u64::MAX));
+        }
+    }
+}
+
+/// What one worker was sent and answered, as the scheme driving it saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub requests: u64,
+    /// Answers of any kind, on time or late.
+    pub answers: u64,
+    /// Answers that came after their batch was answered or failed.
+    pub late_answers: u64,
+    /// Rows of its answers holding NaN or infinity (coded schemes).
+    pub non_finite_rows: u64,
+    /// Groups whose answer from this worker the Byzantine locator removed.
+    pub located: u64,
+    /// Time spent on the requests it answered, each from when the worker could start it (it
+    /// was sent, or the worker's previous answer came), in nanoseconds: over `answers`, its
+    /// mean service time.
+    pub busy_ns: u64,
 }
 
 /// A running scheme's counts, for `/metrics`: its thread publishes them after every turn of
@@ -80,7 +132,11 @@ pub(crate) struct LiveStats(Arc<Mutex<Stats>>);
 
 impl LiveStats {
     pub fn publish(&self, stats: &Stats) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = stats.counters();
+        let mut published = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // In place: the per-worker counts' buffer is reused, as this runs every loop turn.
+        let workers = std::mem::take(&mut published.workers);
+        *published = Stats { workers, slow_batches: Vec::new(), ..*stats };
+        published.workers.clone_from(&stats.workers);
     }
 
     pub fn read(&self) -> Stats {

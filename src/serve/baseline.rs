@@ -17,6 +17,7 @@ use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Dispatch, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
+use super::lag::Lag;
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 
 /// How a baseline spreads one query over the workers.
@@ -80,6 +81,7 @@ impl Baseline {
             let state = Loop {
                 faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
                 served: vec![0; workers.len()],
+                lag: Lag::new(workers.len()),
                 next_worker: 0,
                 batcher: Batcher::new(config.max_batch, config.max_queue_delay),
                 pending: HashMap::new(),
@@ -87,7 +89,7 @@ impl Baseline {
                 next_batch: 0,
                 next_request: 0,
                 replies: crossbeam_channel::unbounded(),
-                stats: Stats::default(),
+                stats: Stats::for_workers(workers.len()),
                 in_flight,
                 live,
                 workers,
@@ -144,6 +146,8 @@ struct Loop {
     live: LiveStats,
     faults: Option<(FaultPlan, StdRng)>,
     served: Vec<u64>,
+    /// What each worker is running, for its service times.
+    lag: Lag,
     next_worker: usize,
     batcher: Batcher,
     pending: HashMap<u64, Pending>,
@@ -268,28 +272,25 @@ impl Loop {
                 pending.sent_to.push(w);
                 pending.requests.push(request_id);
                 self.routes.insert(request_id, (id, w));
+                self.lag.sent(w, request_id, Instant::now());
+                self.stats.sent(w);
             }
         }
     }
 
     fn receive(&mut self, response: Response) {
-        let Some((id, _)) = self.routes.remove(&response.id) else {
-            self.stats.late_responses += 1;
-            return;
-        };
-        let Some(pending) = self.pending.get(&id) else {
-            self.stats.late_responses += 1;
-            return;
-        };
+        let busy = self.lag.answered(response.worker, response.id, Instant::now());
+        let id = self.routes.remove(&response.id).map(|(id, _)| id);
+        let pending = id.and_then(|id| self.pending.get(&id));
+        self.stats.answered(response.worker, busy, pending.is_none());
+        let (Some(id), Some(pending)) = (id, pending) else { return };
         let c = self.config.output_len;
         if response.output.len() != pending.replies.len() * c {
             return;
         }
         let pending = self.pending.remove(&id).expect("the batch is pending");
         pending.cancel.cancel();
-        for r in &pending.requests {
-            self.routes.remove(r);
-        }
+        self.forget(&pending.requests);
         self.stats.decoded_groups += pending.replies.len() as u64;
         for (reply, output) in pending.replies.into_iter().zip(response.output.chunks_exact(c)) {
             self.answer(reply, Ok(Answer { output: output.to_vec(), approximate: false }));
@@ -309,14 +310,21 @@ impl Loop {
         for id in expired {
             let pending = self.pending.remove(&id).expect("listed as pending");
             pending.cancel.cancel();
-            for r in &pending.requests {
-                self.routes.remove(r);
-            }
+            self.forget(&pending.requests);
             self.stats.failed_groups += pending.replies.len() as u64;
             let error =
                 ServeError::DeadlineMissed { answered: 0, needed: 1, deadline_ms: self.config.deadline.as_millis() };
             for reply in pending.replies {
                 self.answer(reply, Err(error.clone()));
+            }
+        }
+    }
+
+    /// Drops the routes of cancelled `requests`.
+    fn forget(&mut self, requests: &[u64]) {
+        for r in requests {
+            if let Some((_, w)) = self.routes.remove(r) {
+                self.lag.cancelled(w, *r);
             }
         }
     }

@@ -343,7 +343,7 @@ impl Loop {
             next_request: 0,
             replies: crossbeam_channel::unbounded(),
             completions: VecDeque::with_capacity(HEDGE_HISTORY),
-            stats: Stats::default(),
+            stats: Stats::for_workers(n),
             config,
             workers,
             in_flight,
@@ -588,6 +588,7 @@ impl Loop {
             if self.workers[w].submit(request, &self.replies.0).is_ok() {
                 self.routes.insert(request_id, Route { batch: id, worker: w, parts: std::mem::take(&mut parts[w]) });
                 self.lag.sent(w, request_id, now);
+                self.stats.sent(w);
                 taken.push((w, request_id));
             }
         }
@@ -606,15 +607,11 @@ impl Loop {
     /// Takes a worker's answer; decodes its batch once every group has enough answers.
     fn receive(&mut self, response: Response) {
         let c = self.config.output_len;
-        self.lag.answered(response.worker, response.id, Instant::now());
-        let Some(Route { batch: id, parts, .. }) = self.routes.remove(&response.id) else {
-            self.stats.late_responses += 1;
-            return;
-        };
-        let Some(batch) = self.pending.get_mut(&id) else {
-            self.stats.late_responses += 1;
-            return;
-        };
+        let busy = self.lag.answered(response.worker, response.id, Instant::now());
+        let route = self.routes.remove(&response.id);
+        let batch = route.as_ref().and_then(|route| self.pending.get_mut(&route.batch));
+        self.stats.answered(response.worker, busy, batch.is_none());
+        let (Some(Route { batch: id, parts, .. }), Some(batch)) = (route, batch) else { return };
         batch.note(BatchEvent::Answered { worker: response.worker });
         // A wrong-sized answer cannot be split into its rows: it counts as no answer.
         let segments = batch.dispatch.segments();
@@ -634,7 +631,11 @@ impl Loop {
             // A NaN or an infinity is known bad: its row counts as no answer (decoding masks
             // it out) rather than spending the locator's budget, and its group waits for
             // another answer or a hedge, whose finite rows fill the gaps.
-            self.stats.non_finite_answers += rows.chunks_exact(c).filter(|r| !finite(r)).count() as u64;
+            let non_finite = rows.chunks_exact(c).filter(|r| !finite(r)).count() as u64;
+            self.stats.non_finite_answers += non_finite;
+            if let Some(worker) = self.stats.worker(response.worker) {
+                worker.non_finite_rows += non_finite;
+            }
             match &mut batch.segments[part.segment].outputs[part.node] {
                 slot @ None => *slot = Some(rows.to_vec()),
                 Some(held) => {
@@ -765,7 +766,7 @@ impl Loop {
             }
             let queries = segment.first_query..segment.first_query + groups * k;
             let segment_replies: Vec<_> = replies[queries.clone()].iter_mut().map(Option::take).collect();
-            match self.decode_segment(coding, &outputs, &mut masks) {
+            match self.decode_segment(coding, &state.workers, &outputs, &mut masks) {
                 Ok(decoded) => {
                     self.stats.decoded_groups += groups as u64;
                     for (q, reply) in segment_replies.into_iter().enumerate() {
@@ -780,10 +781,12 @@ impl Loop {
         }
     }
 
-    /// Removes located liars (codes with `A > 0`) from `masks`, then decodes.
+    /// Removes located liars (codes with `A > 0`) from `masks`, then decodes (`workers`: who
+    /// served each node).
     fn decode_segment(
         &mut self,
         coding: &Coding,
+        workers: &[usize],
         outputs: &[f32],
         masks: &mut Vec<bool>,
     ) -> Result<Vec<f32>, CodingError> {
@@ -793,6 +796,11 @@ impl Loop {
             self.locating.observe(&coding.code, outputs, masks, &location.located);
             *masks = location.masks;
             self.stats.located_workers += location.located.iter().map(Vec::len).sum::<usize>() as u64;
+            for &node in location.located.iter().flatten() {
+                if let Some(worker) = workers.get(node).and_then(|&w| self.stats.worker(w)) {
+                    worker.located += 1;
+                }
+            }
         }
         let decoded = self.config.codec.decode(&coding.erasure, outputs, c, masks);
         self.stats.decode_ns += start.elapsed().as_nanos() as u64;

@@ -36,7 +36,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use super::answer::{Answer, ServeError, Stats};
+use super::answer::{Answer, ServeError, Stats, WorkerStats};
 use super::locating::LocatorState;
 use super::scheme::Scheme;
 use super::v2;
@@ -288,6 +288,61 @@ struct SchemeMetrics {
     non_finite_answers: Counter,
     located_workers: Counter,
     decode_seconds: Counter<f64, AtomicU64>,
+    workers: WorkerMetrics,
+}
+
+/// Per worker, its [`WorkerStats`]: which one straggles (busy seconds per answer, late
+/// answers) or lies (located).
+#[derive(Default)]
+struct WorkerMetrics {
+    requests: Family<WorkerLabels, Counter>,
+    answers: Family<WorkerLabels, Counter>,
+    late_answers: Family<WorkerLabels, Counter>,
+    non_finite_rows: Family<WorkerLabels, Counter>,
+    located: Family<WorkerLabels, Counter>,
+    busy_seconds: Family<WorkerLabels, Counter<f64, AtomicU64>>,
+}
+
+impl WorkerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let counts = [
+            ("worker_requests", "Requests sent to each worker", &self.requests),
+            ("worker_answers", "Answers each worker returned, on time or late", &self.answers),
+            (
+                "worker_late_answers",
+                "Answers each worker returned after their batch was answered or failed",
+                &self.late_answers,
+            ),
+            ("worker_non_finite_rows", "Rows holding NaN or infinity in each worker's answers", &self.non_finite_rows),
+            ("worker_located", "Groups whose answer from each worker the Byzantine locator removed", &self.located),
+        ];
+        for (name, help, family) in counts {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "worker_busy_seconds",
+            "Time each worker spent on the requests it answered, each from when it could start it",
+            self.busy_seconds.clone(),
+        );
+    }
+
+    fn set(&self, workers: &[WorkerStats]) {
+        for (worker, stats) in workers.iter().enumerate() {
+            let labels = WorkerLabels { worker };
+            let pairs = [
+                (&self.requests, stats.requests),
+                (&self.answers, stats.answers),
+                (&self.late_answers, stats.late_answers),
+                (&self.non_finite_rows, stats.non_finite_rows),
+                (&self.located, stats.located),
+            ];
+            for (family, value) in pairs {
+                family.get_or_create(&labels).inner().store(value, Ordering::Relaxed);
+            }
+            let busy = stats.busy_ns as f64 * 1e-9;
+            self.busy_seconds.get_or_create(&labels).inner().store(busy.to_bits(), Ordering::Relaxed);
+        }
+    }
 }
 
 impl SchemeMetrics {
@@ -323,6 +378,7 @@ impl SchemeMetrics {
             "Time the coordinator spent locating and decoding",
             self.decode_seconds.clone(),
         );
+        self.workers.register(registry);
     }
 
     fn set(&self, stats: &Stats) {
@@ -341,6 +397,7 @@ impl SchemeMetrics {
             counter.inner().store(value, Ordering::Relaxed);
         }
         self.decode_seconds.inner().store((stats.decode_ns as f64 * 1e-9).to_bits(), Ordering::Relaxed);
+        self.workers.set(&stats.workers);
     }
 }
 

@@ -1,5 +1,6 @@
-//! Which workers are lagging: what the coordinator can tell, from the requests it sent and the
-//! answers it got, about how long each worker has been on the request it is running.
+//! Which workers are lagging, and how long each answered request took: what a scheme can tell,
+//! from the requests it sent and the answers it got, about how long each worker has been on
+//! the request it is running.
 //!
 //! A worker runs its requests in the order sent and skips those cancelled before it reaches
 //! them, answering nothing for them ([`super::worker::Cancel`]). So a request cancelled while
@@ -30,12 +31,18 @@ impl Lag {
     }
 
     /// `worker` answered request `id` at `at`: it is done with every request sent to it before.
-    pub(crate) fn answered(&mut self, worker: usize, id: u64, at: Instant) {
-        let Some(queue) = self.queues.get_mut(worker) else { return };
-        while queue.front().is_some_and(|&(front, _)| front <= id) {
+    /// Returns how long it was on this one, from when it could start it (`None`: an id not
+    /// sent to it, or answered before).
+    pub(crate) fn answered(&mut self, worker: usize, id: u64, at: Instant) -> Option<Duration> {
+        let queue = self.queues.get_mut(worker)?;
+        let mut sent = None;
+        while let Some(&(front, at)) = queue.front().filter(|&&(front, _)| front <= id) {
             queue.pop_front();
+            sent = (front == id).then_some(at);
         }
+        let started = sent.map(|sent| self.answered[worker].map_or(sent, |previous| previous.max(sent)));
         self.answered[worker] = Some(at);
+        started.map(|started| at.saturating_duration_since(started))
     }
 
     /// Request `id` to `worker` is no longer needed: unless it is the one the worker is
@@ -80,10 +87,12 @@ mod tests {
         lag.cancelled(0, 2);
         assert_eq!(lag.running_for(0, t0 + 30 * MS), Some(30 * MS), "still on request 1");
         assert_eq!(lag.lagging(20 * MS, t0 + 30 * MS), vec![true, false]);
-        // Its late answer: request 2 is skipped, request 3 starts now.
-        lag.answered(0, 1, t0 + 50 * MS);
+        // Its late answer, 50 ms after it was sent: request 2 is skipped, request 3 starts now
+        // and takes 6 ms.
+        assert_eq!(lag.answered(0, 1, t0 + 50 * MS), Some(50 * MS));
         assert_eq!(lag.running_for(0, t0 + 55 * MS), Some(5 * MS));
-        lag.answered(0, 3, t0 + 56 * MS);
+        assert_eq!(lag.answered(0, 3, t0 + 56 * MS), Some(6 * MS));
+        assert_eq!(lag.answered(0, 3, t0 + 57 * MS), None, "answered before");
         assert_eq!(lag.running_for(0, t0 + 90 * MS), None, "nothing to run is not lagging");
         assert_eq!(lag.lagging(MS, t0 + 90 * MS), vec![false, false]);
     }
@@ -95,14 +104,14 @@ mod tests {
         // Request 1 hung (no answer ever comes); the answer to 2 shows the worker moved on.
         lag.sent(0, 1, t0);
         lag.sent(0, 2, t0);
-        lag.answered(0, 2, t0 + 10 * MS);
+        assert_eq!(lag.answered(0, 2, t0 + 10 * MS), Some(10 * MS));
         assert_eq!(lag.running_for(0, t0 + 20 * MS), None);
         // A request sent to an idle worker runs from when it was sent.
         lag.sent(0, 3, t0 + 30 * MS);
         assert_eq!(lag.running_for(0, t0 + 32 * MS), Some(2 * MS));
         // Unknown workers are ignored, not a panic.
         lag.sent(5, 4, t0);
-        lag.answered(5, 4, t0);
+        assert_eq!(lag.answered(5, 4, t0), None);
         lag.cancelled(5, 4);
         assert_eq!(lag.running_for(5, t0), None);
     }

@@ -27,7 +27,7 @@ pub mod trace;
 pub mod v2;
 pub mod worker;
 
-pub use answer::{Answer, CodingError, ServeError, Stats, Ticket};
+pub use answer::{Answer, CodingError, ServeError, Stats, Ticket, WorkerStats};
 pub use baseline::{Baseline, BaselineConfig, Policy};
 pub use batch::{Coding, Dispatch, FormError, Part, Segment, Work};
 pub use bench::{Arrivals, RepeatedReport, SchemeReport, ServeBenchConfig, Spread, summarize};

@@ -22,6 +22,7 @@ use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Dispatch, Work};
 use super::faults::FaultPlan;
 use super::front::{Batcher, Front, Submission, answer};
+use super::lag::Lag;
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 
 /// How ParM runs.
@@ -73,13 +74,14 @@ impl Parm {
             let state = Loop {
                 faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
                 served: vec![0; workers.len()],
+                lag: Lag::new(workers.len()),
                 batcher: Batcher::new(config.max_batch * config.k, config.max_queue_delay),
                 pending: HashMap::new(),
                 routes: HashMap::new(),
                 next_batch: 0,
                 next_request: 0,
                 replies: crossbeam_channel::unbounded(),
-                stats: Stats::default(),
+                stats: Stats::for_workers(workers.len()),
                 in_flight,
                 live,
                 workers,
@@ -131,6 +133,8 @@ struct Loop {
     live: LiveStats,
     faults: Option<(FaultPlan, StdRng)>,
     served: Vec<u64>,
+    /// What each worker is running, for its service times.
+    lag: Lag,
     batcher: Batcher,
     pending: HashMap<u64, Pending>,
     /// Request id -> (batch, worker).
@@ -236,6 +240,8 @@ impl Loop {
             if self.workers[w].submit(request, &self.replies.0).is_ok() {
                 pending.requests.push(request_id);
                 self.routes.insert(request_id, (id, w));
+                self.lag.sent(w, request_id, Instant::now());
+                self.stats.sent(w);
             }
         }
         self.pending.insert(id, pending);
@@ -243,15 +249,12 @@ impl Loop {
     }
 
     fn receive(&mut self, response: Response) {
-        let Some((id, w)) = self.routes.remove(&response.id) else {
-            self.stats.late_responses += 1;
-            return;
-        };
+        let busy = self.lag.answered(response.worker, response.id, Instant::now());
+        let route = self.routes.remove(&response.id);
+        let pending = route.and_then(|(id, _)| self.pending.get_mut(&id));
+        self.stats.answered(response.worker, busy, pending.is_none());
+        let (Some((id, w)), Some(pending)) = (route, pending) else { return };
         let c = self.config.output_len;
-        let Some(pending) = self.pending.get_mut(&id) else {
-            self.stats.late_responses += 1;
-            return;
-        };
         if response.output.len() != pending.groups * c {
             return; // a malformed answer is a missing one
         }
@@ -290,9 +293,7 @@ impl Loop {
         }
         if pending.replies.iter().all(Option::is_none) {
             pending.cancel.cancel();
-            for r in &pending.requests {
-                self.routes.remove(r);
-            }
+            self.forget(&pending.requests);
         } else {
             self.pending.insert(id, pending);
         }
@@ -303,9 +304,7 @@ impl Loop {
         for id in expired {
             let pending = self.pending.remove(&id).expect("listed as pending");
             pending.cancel.cancel();
-            for r in &pending.requests {
-                self.routes.remove(r);
-            }
+            self.forget(&pending.requests);
             let answered = pending.answers.iter().filter(|a| a.is_some()).count();
             let error = ServeError::DeadlineMissed {
                 answered,
@@ -315,6 +314,15 @@ impl Loop {
             for reply in pending.replies.into_iter().flatten() {
                 self.stats.failed_groups += 1;
                 self.answer(reply, Err(error.clone()));
+            }
+        }
+    }
+
+    /// Drops the routes of cancelled `requests`.
+    fn forget(&mut self, requests: &[u64]) {
+        for r in requests {
+            if let Some((_, w)) = self.routes.remove(r) {
+                self.lag.cancelled(w, *r);
             }
         }
     }
