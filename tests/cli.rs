@@ -968,6 +968,14 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             assert_eq!((r["hedged_requests"].as_u64(), r["covered_parts"].as_u64()), (Some(0), Some(0)), "{r}");
         }
         assert_eq!(r["answered"].as_u64().unwrap() + r["errors"].as_u64().unwrap(), 60, "the books balance: {r}");
+        // Per worker: one entry each, every one sent work, no answer it was not asked for.
+        let per_worker = r["per_worker"].as_array().unwrap();
+        assert_eq!(per_worker.len() as u64, r["workers"].as_u64().unwrap(), "{r}");
+        for w in per_worker {
+            let count = |key: &str| w[key].as_u64().unwrap();
+            assert!(count("requests") > 0 && count("answers") <= count("requests"), "{r}");
+            assert!(count("busy_ns") > 0 || count("answers") == 0, "{r}");
+        }
         assert!(r["p50_ms"].as_f64().unwrap() <= r["p999_ms"].as_f64().unwrap());
     }
     let workers: Vec<u64> = rows.iter().map(|r| r["workers"].as_u64().unwrap()).collect();

@@ -108,7 +108,7 @@ impl Stats {
 }
 
 /// What one worker was sent and answered, as the scheme driving it saw.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WorkerStats {
     pub requests: u64,
     /// Answers of any kind, on time or late.

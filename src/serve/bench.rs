@@ -12,7 +12,7 @@ use rand_distr::{Distribution, Exp};
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::answer::{ServeError, Ticket};
+use super::answer::{ServeError, Ticket, WorkerStats};
 use super::coordinator::Codec;
 use super::faults::FaultPlan;
 use super::pool::{Placement, PlacementError, background_loads, local_workers};
@@ -101,6 +101,8 @@ pub struct SchemeReport {
     pub errors: usize,
     /// Answers decoded rather than computed on the query itself.
     pub approximate: usize,
+    /// Per worker, the scheme's books: requests, answers (late ones too), busy time.
+    pub per_worker: Vec<WorkerStats>,
     /// Every answered query's latency, sorted (for the CDF plot).
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
@@ -242,6 +244,7 @@ pub fn run(
         report.decode_us_per_batch = stats.decode_ns as f64 / 1e3 / stats.batches.max(1) as f64;
         report.hedged_requests = stats.hedged_requests;
         report.covered_parts = stats.covered_parts;
+        report.per_worker = stats.workers;
         report.slow_batches = stats.slow_batches;
         reports.push(report);
     }
@@ -491,6 +494,7 @@ impl Outcome {
             answered,
             errors,
             approximate,
+            per_worker: Vec::new(),
             latencies_ms: latencies,
             slow_batches: Vec::new(),
         }
@@ -612,6 +616,7 @@ mod tests {
             answered: 9,
             errors: 1,
             approximate: 0,
+            per_worker: Vec::new(),
             latencies_ms: vec![p50, p999],
             slow_batches: Vec::new(),
         }
