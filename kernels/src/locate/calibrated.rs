@@ -1035,12 +1035,14 @@ fn insert_sorted(workers: &mut Vec<usize>, w: usize) -> usize {
     at
 }
 
-/// Swaps a removed responder back for a kept one while that makes the group look more honest
+/// Swaps removed responders back for kept ones while that makes the group look more honest
 /// (a lower sum of the kept responders' scores, for the same number removed). One removal at
 /// a time can go wrong with several liars: an honest neighbour of two liars may score above
 /// both (its residual is predicted from them), be removed first, and leave a liar standing
 /// once the budget is spent. Judged against the rest, the wrongly removed answer then fits and
-/// the liar does not. Only groups with a score above its threshold left are looked at
+/// the liar does not. Two neighbouring liars can leave two honest answers removed, neither
+/// worth swapping back alone (each returns next to a liar still kept): when no single swap
+/// helps, pairs are tried. Only groups with a score above its threshold left are looked at
 /// (`scores`: `keep`'s, from the last pass).
 fn refine(
     calibration: &Calibration,
@@ -1050,10 +1052,10 @@ fn refine(
     (keep, removed): (&mut Vec<usize>, &mut [usize]),
     buffers: &mut Buffers,
 ) {
-    // An answer atypical on its own is a liar whoever else is kept: never swapped back.
-    if removed.iter().all(|&w| calibration.atypical(prepared, w)) {
-        return;
-    }
+    // An answer atypical on its own scores above its threshold whoever else is kept, but it
+    // is swapped back all the same when a kept one scores higher still: with more answers
+    // past their thresholds than the budget (an honest one far out, a few in a thousand, and
+    // `A` liars), the budget goes to the worst.
     for _ in 0..2 * removed.len() {
         if scores.iter().all(|&s| s <= 1.0) {
             return;
@@ -1061,27 +1063,36 @@ fn refine(
         let total: f64 = scores.iter().sum();
         let mut order: Vec<usize> = (0..keep.len()).collect();
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-        // A removed answer scoring above the kept one it would replace, judged against the
-        // others, is not tried (one prediction, where trying is a pass over the group). A
-        // swap is worth making when it lowers the total below `total` and below the best so
-        // far: a trial stops scoring once it cannot.
-        let mut best: Option<(f64, usize, usize, Vec<f64>)> = None;
-        for &out in order.iter().take(CANDIDATES) {
-            let others: Vec<usize> = keep.iter().copied().filter(|&w| w != keep[out]).collect();
+        let top = &order[..CANDIDATES.min(order.len())];
+        // Swapping `outs` (indices into `keep`) for as many removed answers, every such
+        // choice: a removed answer scoring above every answer it would replace, judged against
+        // the others, is not tried (one prediction, where trying is a pass over the group); a
+        // trial stops scoring once it cannot beat the best so far (or `total`).
+        let mut best: Option<Swap> = None;
+        let mut try_swap = |outs: &[usize], best: &mut Option<Swap>| {
+            let others: Vec<usize> =
+                keep.iter().enumerate().filter(|(j, _)| !outs.contains(j)).map(|(_, &w)| w).collect();
+            let highest = outs.iter().map(|&o| scores[o]).fold(0.0, f64::max);
             let worth: Vec<usize> = (0..removed.len())
-                .filter(|&r| {
-                    let back = removed[r];
-                    !calibration.atypical(prepared, back)
-                        && calibration.score_against((code, group), prepared, &others, back, buffers) < scores[out]
-                })
+                .filter(|&r| calibration.score_against((code, group), prepared, &others, removed[r], buffers) < highest)
                 .collect();
-            for r in worth {
+            let choices: Vec<Vec<usize>> = match outs.len() {
+                1 => worth.iter().map(|&r| vec![r]).collect(),
+                _ => worth
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, &a)| worth[i + 1..].iter().map(move |&b| vec![a, b]))
+                    .collect(),
+            };
+            for backs in choices {
                 let mut trial = others.clone();
-                insert_sorted(&mut trial, removed[r]);
-                let bound = best.as_ref().map_or(total, |(b, ..)| *b);
-                // The returning answer and the highest scorers first: they reach the bound soonest.
-                let visit =
-                    std::iter::once(removed[r]).chain(order.iter().map(|&j| keep[j]).filter(|&w| w != keep[out]));
+                for &r in &backs {
+                    insert_sorted(&mut trial, removed[r]);
+                }
+                let bound = best.as_ref().map_or(total, |b| b.total);
+                // The returning answers and the highest scorers first: they reach the bound soonest.
+                let returning = backs.iter().map(|&r| removed[r]);
+                let visit = returning.chain(order.iter().filter(|j| !outs.contains(j)).map(|&j| keep[j]));
                 let Some(trial_scores) =
                     calibration.scores_within(code, group, &trial, prepared, (visit, bound), buffers)
                 else {
@@ -1089,16 +1100,39 @@ fn refine(
                 };
                 let after: f64 = trial_scores.iter().sum();
                 if after < bound {
-                    best = Some((after, out, r, trial_scores));
+                    *best = Some(Swap { total: after, outs: outs.to_vec(), backs, scores: trial_scores });
+                }
+            }
+        };
+        for &out in top {
+            try_swap(&[out], &mut best);
+        }
+        if best.is_none() {
+            for (i, &first) in top.iter().enumerate() {
+                for &second in &top[i + 1..] {
+                    try_swap(&[first, second], &mut best);
                 }
             }
         }
-        let Some((_, out, r, trial_scores)) = best else { return };
-        let back = std::mem::replace(&mut removed[r], keep.remove(out));
-        insert_sorted(keep, back);
+        let Some(Swap { outs, backs, scores: trial_scores, .. }) = best else { return };
+        let mut leaving: Vec<usize> = outs.iter().map(|&o| keep[o]).collect();
+        keep.retain(|w| !leaving.contains(w));
+        for r in backs {
+            let back = std::mem::replace(&mut removed[r], leaving.pop().expect("as many out as back"));
+            insert_sorted(keep, back);
+        }
         // The trial's pass is the new `keep`'s.
         scores = trial_scores;
     }
+}
+
+/// A swap [`refine`] tried: `keep`'s `outs` (indices) for `removed`'s `backs` (indices), the
+/// kept scores' sum after it, and those scores.
+struct Swap {
+    total: f64,
+    outs: Vec<usize>,
+    backs: Vec<usize>,
+    scores: Vec<f64>,
 }
 
 /// A score this many times the threshold is clear: such an answer is removed without trying
