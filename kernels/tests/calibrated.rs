@@ -175,6 +175,15 @@ fn corrupt_several(
         .collect()
 }
 
+/// Detection (liars found / liars) and false positives (honest removed / honest) with several
+/// liars per group, of `n` workers each.
+fn rates_of_several(found: &[Vec<usize>], liars: &[Vec<usize>], n: usize) -> (f64, f64) {
+    let hits: usize = found.iter().zip(liars).map(|(f, l)| f.iter().filter(|w| l.contains(w)).count()).sum();
+    let wrong: usize = found.iter().zip(liars).map(|(f, l)| f.iter().filter(|w| !l.contains(w)).count()).sum();
+    let (liars, workers) = (liars.iter().map(Vec::len).sum::<usize>(), n * found.len());
+    (hits as f64 / liars as f64, wrong as f64 / (workers - liars) as f64)
+}
+
 #[test]
 fn several_liars_are_found_without_removing_their_honest_neighbours() {
     // With A = 3 an honest worker between two liars is predicted from both and can score above
@@ -188,16 +197,11 @@ fn several_liars_are_found_without_removing_their_honest_neighbours() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let groups = 500;
     let masks = vec![true; groups * n];
-    let several_rates = |found: &[Vec<usize>], liars: &[Vec<usize>]| {
-        let hits: usize = found.iter().zip(liars).map(|(f, l)| f.iter().filter(|w| l.contains(w)).count()).sum();
-        let wrong: usize = found.iter().zip(liars).map(|(f, l)| f.iter().filter(|w| !l.contains(w)).count()).sum();
-        (hits as f64 / (3 * groups) as f64, wrong as f64 / ((n - 3) * groups) as f64)
-    };
     for attack in [Attack::Scale, Attack::Reverse] {
         let mut answers = honest(model, &code, groups, &mut rng);
         let liars = corrupt_several(&mut answers, n, c, 3, attack, &mut rng);
-        let ours = several_rates(&locate(&code, &locator, &answers, c, &masks).unwrap().located, &liars);
-        let paper = several_rates(&locate(&code, &Locator::Paper, &answers, c, &masks).unwrap().located, &liars);
+        let ours = rates_of_several(&locate(&code, &locator, &answers, c, &masks).unwrap().located, &liars, n);
+        let paper = rates_of_several(&locate(&code, &Locator::Paper, &answers, c, &masks).unwrap().located, &liars, n);
         eprintln!("{attack:?}: ours {ours:?}, the paper's {paper:?}");
         assert!(ours.0 >= paper.0 && ours.1 <= paper.1, "{attack:?}: ours {ours:?}, the paper's {paper:?}");
         // A reversed row has an honest row's profile: only its consistency gives it away.
@@ -241,9 +245,7 @@ fn two_neighbouring_liars_do_not_leave_two_honest_answers_removed() {
         })
         .collect();
     let found = locate(&code, &locator, &answers, c, &vec![true; groups * n]).unwrap().located;
-    let hits: usize = found.iter().zip(&liars).map(|(f, l)| f.iter().filter(|w| l.contains(w)).count()).sum();
-    let wrong: usize = found.iter().zip(&liars).map(|(f, l)| f.iter().filter(|w| !l.contains(w)).count()).sum();
-    let (detection, false_positives) = (hits as f64 / (3 * groups) as f64, wrong as f64 / ((n - 3) * groups) as f64);
+    let (detection, false_positives) = rates_of_several(&found, &liars, n);
     let flanked = found
         .iter()
         .zip(&liars)
