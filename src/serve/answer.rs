@@ -75,11 +75,6 @@ impl Stats {
         Stats { workers: vec![WorkerStats::default(); workers], ..Stats::default() }
     }
 
-    /// The counts, without the batch timelines.
-    pub fn counters(&self) -> Stats {
-        Stats { workers: self.workers.clone(), slow_batches: Vec::new(), ..*self }
-    }
-
     /// Worker `w`'s counts (`None` for an index no worker has: a remote answer's worker
     /// field is not trusted to be in range).
     pub(crate) fn worker(&mut self, w: usize) -> Option<&mut WorkerStats> {
@@ -131,6 +126,7 @@ pub struct WorkerStats {
 pub(crate) struct LiveStats(Arc<Mutex<Stats>>);
 
 impl LiveStats {
+    /// Publishes `stats`' counts (not its batch timelines, which only the stop returns).
     pub fn publish(&self, stats: &Stats) {
         let mut published = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         // In place: the per-worker counts' buffer is reused, as this runs every loop turn.

@@ -928,10 +928,11 @@ pub(super) fn suspects(
     let group = &group[..];
     let prepared = calibration.prepare(group, workers, &possible);
     // An answer far beyond its threshold on its own row alone scores above it whoever else is
-    // kept: the loop below would go on until it is removed, and neither `refine` nor `restore`
-    // puts it back. So it goes first, the most atypical first, with no pass or race spent on
-    // it. Not one just past its threshold: honest answers are, a few in a thousand (measured on
-    // MNIST logits at A = 1: 0.930 of the Gaussian-10 liars found, against 0.945). And not
+    // kept: the loop below would go on until it is removed, `restore` never puts it back and
+    // `refine` only for a kept answer scoring higher still. So it goes first, the most
+    // atypical first, with no pass or race spent on it. Not one just past its threshold:
+    // honest answers are, a few in a thousand (measured on MNIST logits at A = 1: 0.930 of
+    // the Gaussian-10 liars found, against 0.945). And not
     // the last removal of the budget: an honest answer can be far out too, and a liar beside
     // it should be weighed against it by the loop's race, not lose to it unweighed (0.955).
     let how_atypical = |w: usize| {
