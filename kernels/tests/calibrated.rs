@@ -395,6 +395,11 @@ fn a_damaged_calibration_is_an_error_not_a_panic() {
     bad_gap["gap_scales"][5] = serde_json::json!(-1.0);
     let bad_gap: Calibration = serde_json::from_value(bad_gap).unwrap();
     assert!(matches!(bad_gap.check(&code, 4), Err(Error::InvalidCalibration { position: None, .. })));
+    // A predictor whose precision is not symmetric is damaged too.
+    let mut asymmetric: serde_json::Value = serde_json::to_value(&*calibration).unwrap();
+    asymmetric["predictor"]["precision"][1] = serde_json::json!(1e3);
+    let asymmetric: Calibration = serde_json::from_value(asymmetric).unwrap();
+    assert!(matches!(asymmetric.check(&code, 4), Err(Error::InvalidCalibration { position: None, .. })));
     // A full whitening is lower triangular (scoring relies on the zeros past the diagonal).
     let mut upper: serde_json::Value = serde_json::to_value(&*calibration).unwrap();
     let whitening = upper["positions"][2]["consistency"]["whitening"].as_array_mut().unwrap();
@@ -408,6 +413,30 @@ fn a_damaged_calibration_is_an_error_not_a_panic() {
     let n = code.params().workers();
     let err = locate(&code, &Locator::Calibrated(Arc::new(short)), &vec![0.0f32; n * 4], 4, &vec![true; n]);
     assert!(matches!(err, Err(Error::InvalidCalibration { position: None, .. })));
+}
+
+#[test]
+fn a_calibration_file_from_before_the_predictor_still_locates() {
+    // Written by the version before the learnt predictor (the regression model, `A = 1`, 400
+    // groups): its statistics are of residuals against Berrut's interpolant, so it locates
+    // with that interpolant, as it did.
+    let text = include_str!("fixtures/calibration-before-predictor.json");
+    let value: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert!(value.get("predictor").is_none(), "a file from before the predictor");
+    let calibration: Calibration = serde_json::from_value(value).unwrap();
+    let code = code(1);
+    calibration.check(&code, 4).unwrap();
+    let locator = Locator::Calibrated(Arc::new(calibration));
+    let n = code.params().workers();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+    for attack in [Attack::Offset, Attack::Reverse] {
+        let mut answers = honest(Model::Regression, &code, 300, &mut rng);
+        let liars = corrupt(&mut answers, n, 4, attack, &mut rng);
+        let found = locate(&code, &locator, &answers, 4, &vec![true; 300 * n]).unwrap().located;
+        let (detection, false_positives) = rates(&found, &liars, n);
+        eprintln!("{attack:?}: {detection}, {false_positives}");
+        assert!(detection >= 0.9 && false_positives <= 0.01, "{attack:?}: {detection}, {false_positives}");
+    }
 }
 
 #[test]

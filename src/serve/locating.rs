@@ -20,7 +20,7 @@ use crate::kernels::{Calibration, CalibrationBuilder, Code, Locator};
 pub struct Learning {
     /// The probability that an honest answer is flagged.
     pub false_alarm: f64,
-    /// Honest answers kept per worker position (the most recent).
+    /// Agreeing groups kept to learn from (the most recent).
     pub window: usize,
     /// Refit after this many more agreeing groups.
     pub refit_every: usize,

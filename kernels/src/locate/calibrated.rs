@@ -10,8 +10,12 @@
 //! - its row sorted, largest first (typicality: a classifier's answer has its profile
 //!   whatever the query, a regression model has its own);
 //! - the logarithm of its row's spread (a flattened or rescaled row stands out in it);
-//! - its row's leave-one-out Berrut residual against the other responders (consistency),
-//!   scaled by the prediction's noise gain.
+//! - its row's leave-one-out residual against the other responders (consistency): the
+//!   difference from the best linear prediction of it from theirs that the positions' honest
+//!   covariance allows ([`conditional`](super::conditional), learnt from the same traffic;
+//!   1.7x smaller than Berrut's interpolant leaves on MNIST logits), on the scale of that
+//!   prediction's spread. A calibration file written before the predictor uses Berrut's
+//!   interpolant, scaled by its noise gain.
 //!
 //! Probability vectors are first mapped to their centred log-ratios ([`Representation`]).
 //! Per position, calibration fits two Gaussians to honest features (mean, and the inverse
@@ -27,8 +31,8 @@
 //!
 //! Locating removes one responder at a time while some responder scores above its threshold.
 //! A liar also raises its neighbours' scores, so of the few highest scorers the one removed is
-//! the one whose removal leaves the rest looking most honest (trying one updates the pass's
-//! sums from the shorter side of it, in `loo.rs`, and the few race best-first). With several
+//! the one whose removal leaves the rest looking most honest (trying one updates each row's
+//! prediction in a few operations, and the few race best-first). With several
 //! liars that can still pick an honest worker between two of them, so removals are then
 //! swapped while that lowers the kept answers' total score, and a removed answer the rest
 //! explain is put back. Nothing depends on the attack or on the model being a classifier.
@@ -39,6 +43,7 @@ use std::collections::VecDeque;
 use nalgebra::DMatrix;
 
 use super::composition::{centred_log_ratios, is_composition};
+use super::conditional::{self, Conditional, Predictor};
 use super::loo::{self, LeaveOneOut, Sums, Terms};
 use crate::code::Code;
 use crate::cpu::Element;
@@ -197,26 +202,6 @@ fn leave_one_out<'a>(
     LeaveOneOut::new(rows, |a, b| inverse_differences[keep[a] * n + keep[b]])
 }
 
-/// The features of every worker of `keep` (sorted, finite rows of `group`, `[N, row_len]`),
-/// `[keep.len(), feature_len(row_len)]`, the residuals computed against the others of `keep`
-/// (`inverse` the code's [`inverse_differences`], `network` sorting rows of `row_len`).
-fn features(
-    (inverse, network): (&[f64], &SortingNetwork),
-    n: usize,
-    group: &[f64],
-    row_len: usize,
-    keep: &[usize],
-) -> Vec<f64> {
-    let (f, t) = (feature_len(row_len), typicality_len(row_len));
-    let residuals = leave_one_out(inverse, n, group, row_len, keep).residuals();
-    let mut out = vec![0.0; keep.len() * f];
-    for ((feature, &w), residual) in out.chunks_exact_mut(f).zip(keep).zip(residuals.chunks_exact(row_len)) {
-        typicality(&group[w * row_len..(w + 1) * row_len], network, &mut feature[..t]);
-        feature[t..].copy_from_slice(residual);
-    }
-    out
-}
-
 /// What the calibrated locator knows of one code's honest answers: per worker position, the
 /// Gaussian of honest features and the distance honest answers rarely exceed. Saved as JSON
 /// by `approxifer calibrate`.
@@ -249,6 +234,10 @@ pub struct Calibration {
     /// written before it): 1.
     #[serde(default)]
     gap_scales: Vec<f64>,
+    /// The leave-one-out predictor learnt from the honest traffic; none (files written
+    /// before it): Berrut's interpolant of the other responders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    predictor: Option<Predictor>,
     /// [`inverse_differences`] of the code, made on first use.
     #[serde(skip)]
     inverse_differences: Memo<Vec<f64>>,
@@ -666,6 +655,9 @@ impl Calibration {
         if !gaps_whole {
             return Err(Error::InvalidCalibration { position: None, positions: self.positions.len() });
         }
+        if self.predictor.as_ref().is_some_and(|p| !p.is_whole(self.workers, row_len)) {
+            return Err(Error::InvalidCalibration { position: None, positions: self.positions.len() });
+        }
         match self.positions.iter().position(|p| !p.is_whole(f, row_len)) {
             Some(position) => Err(Error::InvalidCalibration { position: Some(position), positions: self.workers }),
             None => Ok(()),
@@ -712,15 +704,18 @@ impl Calibration {
         self.scores_of(keep, &self.leave_one_out(code, group, keep).residuals(), prepared)
     }
 
-    fn leave_one_out<'a>(&'a self, code: &Code, group: &'a [f64], keep: &[usize]) -> LeaveOneOut<'a> {
+    fn leave_one_out<'a>(&'a self, code: &Code, group: &'a [f64], keep: &[usize]) -> Pass<'a> {
         let (n, row_len) = (self.workers, self.row_len);
+        if let Some(predictor) = &self.predictor {
+            return Pass::Learned(Conditional::new(predictor, group, row_len, keep));
+        }
         let inverse = self.inverse_differences.0.get_or_init(|| inverse_differences(code));
         if keep.len() < n {
-            return leave_one_out(inverse, n, group, row_len, keep);
+            return Pass::Berrut(leave_one_out(inverse, n, group, row_len, keep));
         }
         // Everyone answered (`keep` is sorted and distinct): the terms are the same every time.
         let terms = self.all_terms.0.get_or_init(|| Terms::new(n, |a, b| inverse[a * n + b]));
-        LeaveOneOut::with_terms(group.chunks_exact(row_len).collect(), Cow::Borrowed(terms))
+        Pass::Berrut(LeaveOneOut::with_terms(group.chunks_exact(row_len).collect(), Cow::Borrowed(terms)))
     }
 
     /// The part of every `workers`' score that does not depend on the other responders (its
@@ -762,7 +757,7 @@ impl Calibration {
     /// `candidates`; its trial (same index in `trials`) holds the next pass's sums and scores.
     fn choose_removal(
         &self,
-        loo: &LeaveOneOut,
+        loo: &Pass,
         keep: &[usize],
         (order, candidates): (&[usize], &[usize]),
         prepared: &Prepared,
@@ -797,14 +792,7 @@ impl Calibration {
 
     /// `keep`'s scores after a removal whose trial scored them with raw residuals: the
     /// workers next to a gap are scored again on its scale ([`Self::scores_of`]).
-    fn rescore_gaps(
-        &self,
-        keep: &[usize],
-        loo: &LeaveOneOut,
-        scores: &mut [f64],
-        prepared: &Prepared,
-        buffers: &mut Buffers,
-    ) {
+    fn rescore_gaps(&self, keep: &[usize], loo: &Pass, scores: &mut [f64], prepared: &Prepared, buffers: &mut Buffers) {
         let Buffers { residual, scratch } = buffers;
         for (j, score) in scores.iter_mut().enumerate() {
             let gap = gap_index(keep, j, self.workers);
@@ -846,9 +834,14 @@ impl Calibration {
         buffers: &mut Buffers,
     ) -> f64 {
         let n = self.workers;
-        let inverse = self.inverse_differences.0.get_or_init(|| inverse_differences(code));
         let Buffers { residual, scratch } = buffers;
-        residual_against(inverse, n, group, self.row_len, keep, w, residual);
+        match &self.predictor {
+            Some(predictor) => conditional::residual_against(predictor, group, self.row_len, keep, w, residual),
+            None => {
+                let inverse = self.inverse_differences.0.get_or_init(|| inverse_differences(code));
+                residual_against(inverse, n, group, self.row_len, keep, w, residual);
+            }
+        }
         let at = keep.partition_point(|&k| k < w);
         let gap = gap_class(at.checked_sub(1).map(|p| keep[p]), w, keep.get(at).copied(), n);
         self.score(w, gap, residual, prepared, scratch)
@@ -867,6 +860,43 @@ impl Calibration {
             .iter()
             .map(|p| PositionSummary { samples: p.joint.samples, threshold: p.joint.threshold })
             .collect()
+    }
+}
+
+/// One responder set's leave-one-out pass, by the calibration's learnt predictor or, for a
+/// calibration without one, by Berrut's interpolant.
+enum Pass<'a> {
+    Berrut(LeaveOneOut<'a>),
+    Learned(Conditional<'a>),
+}
+
+impl<'a> Pass<'a> {
+    fn residuals(&self) -> Vec<f64> {
+        match self {
+            Pass::Berrut(loo) => loo.residuals(),
+            Pass::Learned(conditional) => conditional.residuals(),
+        }
+    }
+
+    fn residual(&self, i: usize, out: &mut [f64]) {
+        match self {
+            Pass::Berrut(loo) => loo.residual(i, out),
+            Pass::Learned(conditional) => conditional.residual(i, out),
+        }
+    }
+
+    fn residual_without(&self, c: usize, i: usize, trial: (&mut Sums, usize), out: &mut [f64]) {
+        match self {
+            Pass::Berrut(loo) => loo.residual_without(c, i, trial, out),
+            Pass::Learned(conditional) => conditional.residual_without(c, i, trial, out),
+        }
+    }
+
+    fn without(&self, c: usize, sums: Option<Sums>) -> Pass<'a> {
+        match self {
+            Pass::Berrut(loo) => Pass::Berrut(loo.without(c, sums)),
+            Pass::Learned(conditional) => Pass::Learned(conditional.without(c, sums)),
+        }
     }
 }
 
@@ -1148,14 +1178,12 @@ const JOINT_SHARE: f64 = 0.8;
 /// score above it).
 const CANDIDATES: usize = 3;
 
-/// Collects honest features per worker position and fits a [`Calibration`]. Offline it sees
-/// every calibration group; online (`capacity`) it keeps each position's most recent samples,
-/// so the fit follows the traffic.
+/// Collects honest groups and fits a [`Calibration`]: the predictor first, then every
+/// position's features under it. Offline it keeps every calibration group; online
+/// (`capacity`) the most recent ones, so the fit follows the traffic.
 #[derive(Clone, Debug)]
 pub struct CalibrationBuilder {
     code: Code,
-    /// The code's [`inverse_differences`], made once for every group observed.
-    inverse_differences: Vec<f64>,
     /// Sorts rows of `row_len` values (the typicality feature).
     network: SortingNetwork,
     row_len: usize,
@@ -1163,30 +1191,26 @@ pub struct CalibrationBuilder {
     groups: usize,
     /// Chosen from the first group observed.
     representation: Option<Representation>,
-    samples: Vec<VecDeque<f64>>,
-    /// Per position and gap class ([`gap_index`]), squared norms of honest residuals with
-    /// neighbours left out: what the gap scales are learnt from.
-    gaps: Vec<VecDeque<f64>>,
+    /// The groups kept: their rows as the representation compares them (`[N, row_len]`) and
+    /// which workers answered with a row that can be honest (sorted).
+    history: VecDeque<(Vec<f64>, Vec<usize>)>,
 }
 
 impl CalibrationBuilder {
-    /// A builder for `code` with rows of `row_len` values keeping at most `capacity` samples
-    /// per position (`usize::MAX`: all).
+    /// A builder for `code` with rows of `row_len` values keeping at most `capacity` groups
+    /// (`usize::MAX`: all).
     pub fn new(code: &Code, row_len: usize, capacity: usize) -> Result<Self> {
         if row_len == 0 {
             return Err(Error::EmptyRows { what: "calibration rows" });
         }
-        let n = code.params().workers();
         Ok(CalibrationBuilder {
             code: code.clone(),
-            inverse_differences: inverse_differences(code),
             network: SortingNetwork::new(row_len),
             row_len,
             capacity,
             groups: 0,
             representation: None,
-            samples: vec![VecDeque::new(); n],
-            gaps: vec![VecDeque::new(); n * GAP_LEVELS * GAP_LEVELS],
+            history: VecDeque::new(),
         })
     }
 
@@ -1199,7 +1223,6 @@ impl CalibrationBuilder {
         let groups = whole_groups("calibration outputs", outputs.len(), n, row_len)?;
         expect_len("calibration masks", masks.len(), groups * n)?;
         self.code.check_masks(masks)?;
-        let f = feature_len(row_len);
         for (group, mask) in outputs.chunks_exact(n * row_len).zip(masks.chunks_exact(n)) {
             let values = super::widen(group);
             let row = |w: usize| &values[w * row_len..(w + 1) * row_len];
@@ -1214,15 +1237,10 @@ impl CalibrationBuilder {
             if keep.len() < 3 {
                 continue;
             }
-            let features = features((&self.inverse_differences, &self.network), n, &values, row_len, &keep);
-            for (&w, feature) in keep.iter().zip(features.chunks_exact(f)) {
-                let store = &mut self.samples[w];
-                if self.capacity != usize::MAX && store.len() / f >= self.capacity {
-                    store.drain(..f);
-                }
-                store.extend(feature);
+            if self.capacity != usize::MAX && self.history.len() >= self.capacity {
+                self.history.pop_front();
             }
-            self.observe_gaps(&values, &keep);
+            self.history.push_back((values.into_owned(), keep));
             self.groups += 1;
         }
         Ok(())
@@ -1230,7 +1248,7 @@ impl CalibrationBuilder {
 
     /// Each responder's residual with up to `GAP_LEVELS - 1` of its nearest responders on
     /// each side left out as well, its squared norm filed under the gap class that leaves.
-    fn observe_gaps(&mut self, values: &[f64], keep: &[usize]) {
+    fn gap_samples(&self, predictor: &Predictor, values: &[f64], keep: &[usize], gaps: &mut [Vec<f64>]) {
         let (n, row_len) = (self.code.params().workers(), self.row_len);
         let mut residual = vec![0.0; row_len];
         let mut others = Vec::with_capacity(keep.len());
@@ -1243,49 +1261,11 @@ impl CalibrationBuilder {
                         continue;
                     }
                     let gap = gap_class((j > left).then(|| keep[j - left - 1]), w, keep.get(j + 1 + right).copied(), n);
-                    residual_against(&self.inverse_differences, n, values, row_len, &others, w, &mut residual);
-                    let store = &mut self.gaps[w * GAP_LEVELS * GAP_LEVELS + gap];
-                    if self.capacity != usize::MAX && store.len() >= self.capacity {
-                        store.pop_front();
-                    }
-                    store.push_back(residual.iter().map(|r| r * r).sum());
+                    conditional::residual_against(predictor, values, row_len, &others, w, &mut residual);
+                    gaps[w * GAP_LEVELS * GAP_LEVELS + gap].push(residual.iter().map(|r| r * r).sum());
                 }
             }
         }
-    }
-
-    /// Per position and gap class, the factor honest residuals grow by over the position's
-    /// usual class (its median squared norm against the usual one's, square-rooted); a class
-    /// seen too rarely to tell takes the largest factor of its position.
-    fn gap_scales(&self) -> Vec<f64> {
-        let classes = GAP_LEVELS * GAP_LEVELS;
-        let mut scales = vec![1.0; self.gaps.len()];
-        for (position, stores) in self.gaps.chunks_exact(classes).enumerate() {
-            // Class 0 (both neighbours answered) unless the traffic rarely had everyone answer.
-            let usual = match &stores[0] {
-                full if full.len() >= MIN_GAP_SAMPLES => full,
-                _ => match stores.iter().rev().max_by_key(|s| s.len()) {
-                    Some(most) if most.len() >= MIN_GAP_SAMPLES => most,
-                    _ => continue,
-                },
-            };
-            let base = median(usual.iter().copied());
-            if base.is_nan() || base <= 0.0 {
-                continue;
-            }
-            let own = &mut scales[position * classes..(position + 1) * classes];
-            let mut largest = 1.0f64;
-            for (scale, store) in own.iter_mut().zip(stores) {
-                if store.len() >= MIN_GAP_SAMPLES {
-                    *scale = (median(store.iter().copied()) / base).sqrt();
-                    largest = largest.max(*scale);
-                } else {
-                    *scale = f64::NAN;
-                }
-            }
-            own.iter_mut().filter(|s| s.is_nan()).for_each(|s| *s = largest);
-        }
-        scales
     }
 
     /// Honest groups observed so far.
@@ -1296,7 +1276,9 @@ impl CalibrationBuilder {
     /// Whether every position has enough samples for [`fit`](Self::fit).
     pub fn ready(&self) -> bool {
         let f = feature_len(self.row_len);
-        self.samples.iter().all(|s| s.len() / f >= SAMPLES_PER_FEATURE * f + 2)
+        let mut counts = vec![0usize; self.code.params().workers()];
+        self.history.iter().flat_map(|(_, keep)| keep).for_each(|&w| counts[w] += 1);
+        counts.iter().all(|&c| c >= SAMPLES_PER_FEATURE * f + 2)
     }
 
     /// Fits every position; `false_alarm` in `(0, 0.5)`.
@@ -1304,15 +1286,33 @@ impl CalibrationBuilder {
         if !(false_alarm > 0.0 && false_alarm < 0.5) {
             return Err(Error::InvalidFalseAlarm { false_alarm });
         }
-        let f = feature_len(self.row_len);
-        let positions = self
-            .samples
+        let (n, row_len) = (self.code.params().workers(), self.row_len);
+        let (f, t) = (feature_len(row_len), typicality_len(row_len));
+        if self.history.is_empty() {
+            return Err(Error::TooFewCalibrationSamples {
+                position: 0,
+                samples: 0,
+                needed: SAMPLES_PER_FEATURE * f + 2,
+            });
+        }
+        let history = self.history.iter().map(|(values, keep)| (values.as_slice(), keep.as_slice()));
+        let predictor = Predictor::learn(history.clone(), n, row_len)?;
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); n];
+        let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); n * GAP_LEVELS * GAP_LEVELS];
+        for (values, keep) in history {
+            let residuals = Conditional::new(&predictor, values, row_len, keep).residuals();
+            for (&w, residual) in keep.iter().zip(residuals.chunks_exact(row_len)) {
+                let start = samples[w].len();
+                samples[w].resize(start + f, 0.0);
+                typicality(&values[w * row_len..(w + 1) * row_len], &self.network, &mut samples[w][start..start + t]);
+                samples[w][start + t..].copy_from_slice(residual);
+            }
+            self.gap_samples(&predictor, values, keep, &mut gaps);
+        }
+        let positions = samples
             .iter()
             .enumerate()
-            .map(|(w, samples)| {
-                let samples: Vec<f64> = samples.iter().copied().collect();
-                Position::fit(w, &samples, f, self.row_len, false_alarm)
-            })
+            .map(|(w, samples)| Position::fit(w, samples, f, row_len, false_alarm))
             .collect::<Result<Vec<_>>>()?;
         let p = self.code.params();
         Ok(Calibration {
@@ -1322,17 +1322,53 @@ impl CalibrationBuilder {
             layout: p.layout(),
             privacy: p.privacy(),
             masks: p.masks(),
-            row_len: self.row_len,
+            row_len,
             representation: self.representation.unwrap_or_default(),
             false_alarm,
             groups: self.groups,
             positions,
-            gap_scales: self.gap_scales(),
+            gap_scales: gap_scales(&gaps),
+            predictor: Some(predictor),
             inverse_differences: Memo::default(),
             all_terms: Memo::default(),
             network: Memo::default(),
         })
     }
+}
+
+/// Per position and gap class, the factor honest residuals grow by over the position's usual
+/// class (its median squared norm against the usual one's, square-rooted), from `gaps` (per
+/// position and class, squared norms); a class seen too rarely to tell takes the largest
+/// factor of its position.
+fn gap_scales(gaps: &[Vec<f64>]) -> Vec<f64> {
+    let classes = GAP_LEVELS * GAP_LEVELS;
+    let mut scales = vec![1.0; gaps.len()];
+    for (position, stores) in gaps.chunks_exact(classes).enumerate() {
+        // Class 0 (both neighbours answered) unless the traffic rarely had everyone answer.
+        let usual = match &stores[0] {
+            full if full.len() >= MIN_GAP_SAMPLES => full,
+            _ => match stores.iter().rev().max_by_key(|s| s.len()) {
+                Some(most) if most.len() >= MIN_GAP_SAMPLES => most,
+                _ => continue,
+            },
+        };
+        let base = median(usual.iter().copied());
+        if base.is_nan() || base <= 0.0 {
+            continue;
+        }
+        let own = &mut scales[position * classes..(position + 1) * classes];
+        let mut largest = 1.0f64;
+        for (scale, store) in own.iter_mut().zip(stores) {
+            if store.len() >= MIN_GAP_SAMPLES {
+                *scale = (median(store.iter().copied()) / base).sqrt();
+                largest = largest.max(*scale);
+            } else {
+                *scale = f64::NAN;
+            }
+        }
+        own.iter_mut().filter(|s| s.is_nan()).for_each(|s| *s = largest);
+    }
+    scales
 }
 
 /// A gap class needs this many samples before its scale is trusted.

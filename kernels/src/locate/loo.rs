@@ -80,9 +80,9 @@ impl Terms {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Sums {
     /// `[m, row_len]`: `sum_l T_il y_l`.
-    numerators: Vec<f64>,
+    pub(super) numerators: Vec<f64>,
     /// `[m]`: `sum_l T_il`.
-    denominators: Vec<f64>,
+    pub(super) denominators: Vec<f64>,
 }
 
 impl Sums {

@@ -20,6 +20,7 @@
 
 pub mod calibrated;
 mod composition;
+mod conditional;
 mod loo;
 pub mod rational;
 pub mod robust;
