@@ -27,7 +27,9 @@ pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 echo "triton: installing nvidia-pytriton (Triton Inference Server) into $dir" >&2
 "$python" -m venv "$dir/venv" >&2
 # The package's internal layout is used below, so its version is pinned.
-"$dir/venv/bin/pip" install --quiet --disable-pip-version-check "nvidia-pytriton==0.7.0" >&2
+# Through the interpreter, not the `pip` script: a venv whose folder moved (a target folder
+# copied or renamed) keeps a `pip` whose first line names the old path.
+"$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check "nvidia-pytriton==0.7.0" >&2
 site=$("$dir/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 server="$site/pytriton/tritonserver"
 stub="$server/python_backend_stubs/$pyver/triton_python_backend_stub"
