@@ -43,7 +43,7 @@ use std::collections::VecDeque;
 use nalgebra::DMatrix;
 
 use super::composition::{centred_log_ratios, is_composition};
-use super::conditional::{self, Conditional, Predictor};
+use super::conditional::{self, Conditional, Predictor, Solve};
 use super::loo::{self, LeaveOneOut, Sums, Terms};
 use crate::code::Code;
 use crate::cpu::Element;
@@ -314,10 +314,18 @@ struct Position {
 /// The residual rows of both tests' full whitenings (each lower triangular, `[c, c]` once the
 /// joint one's typicality columns are set aside), laid out as [`Interleaved`] does with the
 /// joint test's four rows and then the consistency test's for each column: one loop makes
-/// both tests' sums, eight independent ones.
+/// both tests' sums, eight independent ones. The means' whitened values are kept apart
+/// (`L^-1 (r - m) = L^-1 r - L^-1 m`), so a residual is whitened as it comes and scaled after
+/// ([`Residual`]).
 #[derive(Clone, Debug)]
 struct Paired {
     values: Vec<f64>,
+    /// `-L^-1 m` of the joint test's residual part, which [`Position::prepare`] adds to the
+    /// typicality's contribution, and of the consistency test (`c` values each).
+    joint_offset: Vec<f64>,
+    consistency_offset: Vec<f64>,
+    /// `1 / threshold` of each test: a score is a product, not a division, on this path.
+    inverse_thresholds: (f64, f64),
 }
 
 impl Paired {
@@ -328,11 +336,27 @@ impl Paired {
             return None;
         }
         // Both have the same blocks and widths (`c` rows and columns each).
+        let whitened_mean = |g: &Gaussian, first: usize| -> Vec<f64> {
+            let width = g.mean.len();
+            (first..width).map(|r| -(first..=r).map(|j| g.whitening[r * width + j] * g.mean[j]).sum::<f64>()).collect()
+        };
+        let (joint_offset, consistency_offset) = (whitened_mean(joint, t), whitened_mean(consistency, 0));
+        let inverse_thresholds = (1.0 / joint.threshold, 1.0 / consistency.threshold);
         let joint = Interleaved::new(&joint.whitening, f, t..f, t..f);
         let consistency = Interleaved::new(&consistency.whitening, c, 0..c, 0..c);
         let columns = joint.values.chunks_exact(4).zip(consistency.values.chunks_exact(4));
-        Some(Paired { values: columns.flat_map(|(joint, consistency)| [joint, consistency].concat()).collect() })
+        let values = columns.flat_map(|(joint, consistency)| [joint, consistency].concat()).collect();
+        Some(Paired { values, joint_offset, consistency_offset, inverse_thresholds })
     }
+}
+
+/// A leave-one-out residual as `values` times `scale`: the learnt predictor's `q` and
+/// `1 / sqrt(P_ii)` (whitened before it is scaled, so that the square root and division
+/// overlap the whitening), Berrut's residual and 1.
+#[derive(Clone, Copy, Debug)]
+struct Residual<'r> {
+    values: &'r [f64],
+    scale: f64,
 }
 
 impl Position {
@@ -359,64 +383,42 @@ impl Position {
 
     /// The part of the score a responder's own row decides (`centred`: scratch of the
     /// typicality's length): see [`Gaussian::prepare`].
+    ///
+    /// With a [`Paired`] layout, `tail` also takes the joint test's whitened mean, which
+    /// [`Position::score`] then leaves out.
     fn prepare(&self, typicality: &[f64], centred: &mut [f64], tail: &mut [f64]) -> f64 {
-        self.joint.prepare(typicality, centred, tail)
+        let head = self.joint.prepare(typicality, centred, tail);
+        if let Some(paired) = self.paired(tail.len()) {
+            tail.iter_mut().zip(&paired.joint_offset).for_each(|(t, o)| *t += o);
+        }
+        head
+    }
+
+    /// Both tests' residual rows side by side, for residuals of `c` values (none where either
+    /// whitening is diagonal).
+    fn paired(&self, c: usize) -> Option<&Paired> {
+        self.paired.0.get_or_init(|| Paired::new(&self.joint, &self.consistency, c)).as_ref()
     }
 
     /// The score (above 1: suspect) of the responder whose typicality was prepared into
-    /// `(head, tail)` and whose leave-one-out residual is `residual` (`scratch`: twice its
-    /// length).
-    fn score(&self, prepared: (f64, &[f64]), residual: &[f64], scratch: &mut [f64]) -> f64 {
-        let c = residual.len();
-        let paired = self.paired.0.get_or_init(|| Paired::new(&self.joint, &self.consistency, c));
-        let (joint, consistency) = match paired {
-            Some(paired) => self.paired_distances(paired, prepared, residual, scratch),
+    /// `(head, tail)` ([`Self::prepare`]) and whose leave-one-out residual is `residual`
+    /// (`scratch`: three times its length).
+    fn score(&self, prepared: (f64, &[f64]), residual: Residual, scratch: &mut [f64]) -> f64 {
+        let c = residual.values.len();
+        match self.paired(c) {
+            Some(paired) => {
+                let (joint, consistency) = paired_distances(paired, prepared, residual);
+                let (joint_scale, consistency_scale) = paired.inverse_thresholds;
+                (joint * joint_scale).max(consistency * consistency_scale)
+            }
             None => {
-                (self.joint.finish(Some(prepared), residual, scratch), self.consistency.finish(None, residual, scratch))
-            }
-        };
-        (joint / self.joint.threshold).max(consistency / self.consistency.threshold)
-    }
-
-    /// Both tests' squared distances in one pass over [`Paired`] rows: what the two
-    /// [`Gaussian::finish`] calls give, to the last bit.
-    fn paired_distances(
-        &self,
-        paired: &Paired,
-        (head, tail): (f64, &[f64]),
-        residual: &[f64],
-        scratch: &mut [f64],
-    ) -> (f64, f64) {
-        let c = residual.len();
-        let t = self.joint.mean.len() - c;
-        let (joint_centred, consistency_centred) = scratch[..2 * c].split_at_mut(c);
-        for (k, x) in residual.iter().enumerate() {
-            joint_centred[k] = x - self.joint.mean[t + k];
-            consistency_centred[k] = x - self.consistency.mean[k];
-        }
-        let (mut joint, mut consistency) = ([0.0f64; 4], [0.0f64; 4]);
-        let mut offset = 0;
-        for first in (0..c).step_by(4) {
-            let width = c.min(first + 4);
-            let values = &paired.values[offset..offset + 8 * width];
-            offset += 8 * width;
-            let mut sums = [0.0f64; 8];
-            for (w, (x, y)) in values.chunks_exact(8).zip(joint_centred.iter().zip(&*consistency_centred)) {
-                let w: &[f64; 8] = w.try_into().expect("chunks of eight");
-                let (joint_sums, consistency_sums) = sums.split_at_mut(4);
-                joint_sums.iter_mut().zip(&w[..4]).for_each(|(sum, w)| *sum += w * x);
-                consistency_sums.iter_mut().zip(&w[4..]).for_each(|(sum, w)| *sum += w * y);
-            }
-            for k in 0..4 {
-                let partial = if first + k < c { tail[first + k] } else { 0.0 };
-                let z = partial + sums[k];
-                joint[k] += z * z;
-                consistency[k] += sums[4 + k] * sums[4 + k];
+                let (scaled, scratch) = scratch.split_at_mut(c);
+                scaled.iter_mut().zip(residual.values).for_each(|(s, r)| *s = r * residual.scale);
+                let joint = self.joint.finish(Some(prepared), scaled, scratch);
+                let consistency = self.consistency.finish(None, scaled, scratch);
+                (joint / self.joint.threshold).max(consistency / self.consistency.threshold)
             }
         }
-        let finite = |d2: f64| if d2.is_nan() { f64::INFINITY } else { d2 };
-        let total = |lanes: [f64; 4]| (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-        (finite(head + total(joint)), finite(total(consistency)))
     }
 
     /// Whether the statistics have the shapes features of `f` values with residuals of
@@ -424,6 +426,35 @@ impl Position {
     fn is_whole(&self, f: usize, row_len: usize) -> bool {
         self.joint.is_whole(f) && self.consistency.is_whole(row_len)
     }
+}
+
+/// Both tests' squared distances in one pass over [`Paired`] rows: what the two
+/// [`Gaussian::finish`] calls give (up to rounding: the means are whitened apart), with
+/// `tail` prepared by [`Position::prepare`].
+fn paired_distances(paired: &Paired, (head, tail): (f64, &[f64]), residual: Residual) -> (f64, f64) {
+    let Residual { values: residual, scale } = residual;
+    let c = residual.len();
+    let (mut joint, mut consistency) = ([0.0f64; 4], [0.0f64; 4]);
+    let mut offset = 0;
+    for first in (0..c).step_by(4) {
+        let width = c.min(first + 4);
+        let values = &paired.values[offset..offset + 8 * width];
+        offset += 8 * width;
+        let mut sums = [0.0f64; 8];
+        for (w, x) in values.chunks_exact(8).zip(residual) {
+            let w: &[f64; 8] = w.try_into().expect("chunks of eight");
+            sums.iter_mut().zip(w).for_each(|(sum, w)| *sum += w * x);
+        }
+        for k in 0..4.min(c - first) {
+            let z = tail[first + k] + scale * sums[k];
+            joint[k] += z * z;
+            let y = paired.consistency_offset[first + k] + scale * sums[4 + k];
+            consistency[k] += y * y;
+        }
+    }
+    let finite = |d2: f64| if d2.is_nan() { f64::INFINITY } else { d2 };
+    let total = |lanes: [f64; 4]| (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    (finite(head + total(joint)), finite(total(consistency)))
 }
 
 /// A Gaussian test: the squared Mahalanobis distance from the honest mean, against the
@@ -668,7 +699,7 @@ impl Calibration {
     pub fn scores(&self, code: &Code, group: &[f64], keep: &[usize]) -> Vec<f64> {
         let (group, possible) = self.representation.apply(group, self.row_len);
         let prepared = self.prepare(&group, keep, &possible);
-        self.pass_scores(code, &group, keep, &prepared)
+        self.pass_scores(code, &group, keep, &prepared, &mut Buffers::new(self.row_len))
     }
 
     /// The scores of `keep` (every worker of it once in `visit`, in that order), from one
@@ -684,12 +715,12 @@ impl Calibration {
         buffers: &mut Buffers,
     ) -> Option<Vec<f64>> {
         let loo = self.leave_one_out(code, group, keep);
-        let Buffers { residual, scratch } = buffers;
+        let Buffers { residual, scratch, .. } = buffers;
         let mut scores = vec![f64::NAN; keep.len()];
         let mut running = 0.0;
         for w in visit {
             let j = keep.binary_search(&w).expect("a worker of keep");
-            loo.residual(j, residual);
+            let residual = loo.residual(j, residual);
             scores[j] = self.score(w, gap_index(keep, j, self.workers), residual, prepared, scratch);
             running += scores[j];
             if running >= bound {
@@ -700,8 +731,15 @@ impl Calibration {
     }
 
     /// The scores of `keep`, from one leave-one-out pass over their rows.
-    fn pass_scores(&self, code: &Code, group: &[f64], keep: &[usize], prepared: &Prepared) -> Vec<f64> {
-        self.scores_of(keep, &self.leave_one_out(code, group, keep).residuals(), prepared)
+    fn pass_scores(
+        &self,
+        code: &Code,
+        group: &[f64],
+        keep: &[usize],
+        prepared: &Prepared,
+        buffers: &mut Buffers,
+    ) -> Vec<f64> {
+        self.scores_of(keep, &self.leave_one_out(code, group, keep), prepared, buffers)
     }
 
     fn leave_one_out<'a>(&'a self, code: &Code, group: &'a [f64], keep: &[usize]) -> Pass<'a> {
@@ -734,15 +772,14 @@ impl Calibration {
         prepared
     }
 
-    /// The scores of `keep` given their leave-one-out `residuals` (`[keep.len(), row_len]`),
-    /// each residual judged on the scale honest ones have next to the gaps `keep` leaves.
-    fn scores_of(&self, keep: &[usize], residuals: &[f64], prepared: &Prepared) -> Vec<f64> {
-        let mut scratch = vec![0.0; 3 * self.row_len];
-        keep.iter()
-            .zip(residuals.chunks_exact(self.row_len))
-            .enumerate()
-            .map(|(j, (&w, residual))| {
-                self.score(w, gap_index(keep, j, self.workers), residual, prepared, &mut scratch)
+    /// The scores of `keep` given their leave-one-out pass, each residual judged on the scale
+    /// honest ones have next to the gaps `keep` leaves.
+    fn scores_of(&self, keep: &[usize], loo: &Pass, prepared: &Prepared, buffers: &mut Buffers) -> Vec<f64> {
+        let Buffers { residual, scratch, .. } = buffers;
+        (0..keep.len())
+            .map(|j| {
+                let residual = loo.residual(j, residual);
+                self.score(keep[j], gap_index(keep, j, self.workers), residual, prepared, scratch)
             })
             .collect()
     }
@@ -757,8 +794,9 @@ impl Calibration {
     /// groups left for [`refine`] to repair). A best-first race: the candidate whose total
     /// so far is lowest scores its next row (rows in `order`, those that scored highest with
     /// the candidate kept first), and the first to be lowest with every row scored wins, since
-    /// the others' totals can only grow. Returns the winner's index in `candidates`; its trial
-    /// (same index in `trials`) holds the next pass's sums and scores.
+    /// the others' totals can only grow (the leader scores [`STRIDE`] rows at a time: more
+    /// rows scored, the same winner but for ties). Returns the winner's index in `candidates`;
+    /// its trial (same index in `trials`) holds the next pass's sums and scores.
     fn choose_removal(
         &self,
         loo: &Pass,
@@ -768,9 +806,10 @@ impl Calibration {
         trials: &mut [Trial],
         buffers: &mut Buffers,
     ) -> usize {
-        let Buffers { residual, scratch } = buffers;
+        let Buffers { residual, scratch, .. } = buffers;
         // Per candidate: its total so far and how far along `order` it is.
-        let mut races = vec![(0.0f64, 0usize); candidates.len()];
+        let mut races = [(0.0f64, 0usize); CANDIDATES];
+        let races = &mut races[..candidates.len()];
         for trial in trials.iter_mut() {
             trial.sums.resize(keep.len() - 1, self.row_len);
             trial.scores.resize(keep.len() - 1, 0.0);
@@ -781,27 +820,34 @@ impl Calibration {
                 .expect("at least one candidate");
             let candidate = candidates[leader];
             let (total, next) = &mut races[leader];
-            if order.get(*next) == Some(&candidate) {
+            let Trial { sums, scores } = &mut trials[leader];
+            let mut scored = 0;
+            while scored < STRIDE {
+                if order.get(*next) == Some(&candidate) {
+                    *next += 1;
+                }
+                let Some(&i) = order.get(*next) else { break };
                 *next += 1;
+                let at = if i < candidate { i } else { i - 1 };
+                let residual = loo.residual_without(candidate, i, (&mut *sums, at), residual);
+                scores[at] = self.score(keep[i], 0, residual, prepared, scratch);
+                *total += scores[at];
+                scored += 1;
             }
-            let Some(&i) = order.get(*next) else { return leader };
-            *next += 1;
-            let at = if i < candidate { i } else { i - 1 };
-            let trial = &mut trials[leader];
-            loo.residual_without(candidate, i, (&mut trial.sums, at), residual);
-            trial.scores[at] = self.score(keep[i], 0, residual, prepared, scratch);
-            *total += trial.scores[at];
+            if scored == 0 {
+                return leader;
+            }
         }
     }
 
     /// `keep`'s scores after a removal whose trial scored them with raw residuals: the
     /// workers next to a gap are scored again on its scale ([`Self::scores_of`]).
     fn rescore_gaps(&self, keep: &[usize], loo: &Pass, scores: &mut [f64], prepared: &Prepared, buffers: &mut Buffers) {
-        let Buffers { residual, scratch } = buffers;
+        let Buffers { residual, scratch, .. } = buffers;
         for (j, score) in scores.iter_mut().enumerate() {
             let gap = gap_index(keep, j, self.workers);
             if gap > 0 {
-                loo.residual(j, residual);
+                let residual = loo.residual(j, residual);
                 *score = self.score(keep[j], gap, residual, prepared, scratch);
             }
         }
@@ -809,18 +855,14 @@ impl Calibration {
 
     /// Worker `w`'s score with leave-one-out `residual` in gap class `gap` (`scratch`: three
     /// times the residual's length).
-    fn score(&self, w: usize, gap: usize, residual: &[f64], prepared: &Prepared, scratch: &mut [f64]) -> f64 {
+    fn score(&self, w: usize, gap: usize, residual: Residual, prepared: &Prepared, scratch: &mut [f64]) -> f64 {
         let row_len = self.row_len;
-        let (scaled, scratch) = scratch.split_at_mut(row_len);
         let head = prepared.heads[w];
         if head.is_nan() {
             return f64::INFINITY;
         }
         let residual = match self.gap_scales.get(w * GAP_LEVELS * GAP_LEVELS + gap) {
-            Some(&scale) if gap > 0 && scale != 1.0 => {
-                scaled.iter_mut().zip(residual).for_each(|(s, r)| *s = r / scale);
-                &scaled[..]
-            }
+            Some(&scale) if gap > 0 && scale != 1.0 => Residual { scale: residual.scale / scale, ..residual },
             _ => residual,
         };
         self.positions[w].score((head, &prepared.tails[w * row_len..(w + 1) * row_len]), residual, scratch)
@@ -838,9 +880,11 @@ impl Calibration {
         buffers: &mut Buffers,
     ) -> f64 {
         let n = self.workers;
-        let Buffers { residual, scratch } = buffers;
+        let Buffers { residual, scratch, solve } = buffers;
         match &self.predictor {
-            Some(predictor) => conditional::residual_against(predictor, group, self.row_len, keep, w, residual),
+            Some(predictor) => {
+                conditional::residual_against(predictor, group, self.row_len, (keep, w), residual, solve)
+            }
             None => {
                 let inverse = self.inverse_differences.0.get_or_init(|| inverse_differences(code));
                 residual_against(inverse, n, group, self.row_len, keep, w, residual);
@@ -848,7 +892,7 @@ impl Calibration {
         }
         let at = keep.partition_point(|&k| k < w);
         let gap = gap_class(at.checked_sub(1).map(|p| keep[p]), w, keep.get(at).copied(), n);
-        self.score(w, gap, residual, prepared, scratch)
+        self.score(w, gap, Residual { values: residual, scale: 1.0 }, prepared, scratch)
     }
 
     /// Whether `w`'s own row scores above its threshold whatever the others answer: its
@@ -875,24 +919,46 @@ enum Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    fn residuals(&self) -> Vec<f64> {
+    /// Row `i`'s residual (Berrut's written into `out`).
+    fn residual<'s>(&'s self, i: usize, out: &'s mut [f64]) -> Residual<'s> {
         match self {
-            Pass::Berrut(loo) => loo.residuals(),
-            Pass::Learned(conditional) => conditional.residuals(),
+            Pass::Berrut(loo) => {
+                loo.residual(i, out);
+                Residual { values: out, scale: 1.0 }
+            }
+            Pass::Learned(conditional) => {
+                let (values, scale) = conditional.unscaled(i);
+                Residual { values, scale }
+            }
         }
     }
 
-    fn residual(&self, i: usize, out: &mut [f64]) {
+    /// Row `i`'s residual with row `c` left out as well, its sums into `trial`'s row (Berrut's
+    /// residual written into `out`).
+    fn residual_without<'s>(
+        &self,
+        c: usize,
+        i: usize,
+        (trial, at): (&'s mut Sums, usize),
+        out: &'s mut [f64],
+    ) -> Residual<'s> {
         match self {
-            Pass::Berrut(loo) => loo.residual(i, out),
-            Pass::Learned(conditional) => conditional.residual(i, out),
+            Pass::Berrut(loo) => {
+                loo.residual_without(c, i, (trial, at), out);
+                Residual { values: out, scale: 1.0 }
+            }
+            Pass::Learned(conditional) => {
+                let scale = conditional.unscaled_without(c, i, (&mut *trial, at));
+                Residual { values: &trial.numerators[at * out.len()..(at + 1) * out.len()], scale }
+            }
         }
     }
 
-    fn residual_without(&self, c: usize, i: usize, trial: (&mut Sums, usize), out: &mut [f64]) {
+    /// The pass's sums, for a trial to reuse.
+    fn into_sums(self) -> Sums {
         match self {
-            Pass::Berrut(loo) => loo.residual_without(c, i, trial, out),
-            Pass::Learned(conditional) => conditional.residual_without(c, i, trial, out),
+            Pass::Berrut(loo) => loo.into_sums(),
+            Pass::Learned(conditional) => conditional.into_sums(),
         }
     }
 
@@ -904,17 +970,18 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// Scratch for scoring one row at a time: a residual and what [`Calibration::score`] needs
-/// (three residuals' length). Made once per group.
+/// Scratch for scoring one row at a time: a residual, what [`Calibration::score`] needs
+/// (three residuals' length) and what a single prediction solves. Made once per group.
 #[derive(Debug)]
 struct Buffers {
     residual: Vec<f64>,
     scratch: Vec<f64>,
+    solve: Solve,
 }
 
 impl Buffers {
     fn new(row_len: usize) -> Self {
-        Buffers { residual: vec![0.0; row_len], scratch: vec![0.0; 3 * row_len] }
+        Buffers { residual: vec![0.0; row_len], scratch: vec![0.0; 3 * row_len], solve: Solve::default() }
     }
 }
 
@@ -983,13 +1050,15 @@ pub(super) fn suspects(
     let mut loo = calibration.leave_one_out(code, group, &keep);
     let mut trials: [Trial; CANDIDATES] = Default::default();
     let mut buffers = Buffers::new(calibration.row_len);
-    let mut scores = calibration.scores_of(&keep, &loo.residuals(), &prepared);
+    let mut order = Vec::new();
+    let mut scores = calibration.scores_of(&keep, &loo, &prepared, &mut buffers);
     while removed.len() < budget && keep.len() > 3 {
         if scores.iter().all(|s| *s <= 1.0) {
             settled = true;
             break;
         }
-        let mut order: Vec<usize> = (0..keep.len()).collect();
+        order.clear();
+        order.extend(0..keep.len());
         order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
         // One clear outlier goes without trying the others (the common case, and cheap). Not
         // the highest of several, however far out: a liar's neighbour can score above it.
@@ -1002,18 +1071,21 @@ pub(super) fn suspects(
             let candidates = &order[..CANDIDATES.min(order.len())];
             let chosen =
                 calibration.choose_removal(&loo, &keep, (&order, candidates), &prepared, &mut trials, &mut buffers);
-            (candidates[chosen], Some(std::mem::take(&mut trials[chosen])))
+            (candidates[chosen], Some(chosen))
         };
         removed.push(keep.remove(removal));
         match carried {
-            Some(Trial { sums, scores: trial }) => {
-                loo = loo.without(removal, Some(sums));
-                scores = trial;
+            Some(chosen) => {
+                // The winner's trial becomes the pass; the pass's buffers, a trial's.
+                let Trial { sums, scores: trial } = std::mem::take(&mut trials[chosen]);
+                let next = loo.without(removal, Some(sums));
+                let sums = std::mem::replace(&mut loo, next).into_sums();
+                trials[chosen] = Trial { sums, scores: std::mem::replace(&mut scores, trial) };
                 calibration.rescore_gaps(&keep, &loo, &mut scores, &prepared, &mut buffers);
             }
             None => {
                 loo = loo.without(removal, None);
-                scores = calibration.scores_of(&keep, &loo.residuals(), &prepared);
+                scores = calibration.scores_of(&keep, &loo, &prepared, &mut buffers);
             }
         }
     }
@@ -1050,11 +1122,11 @@ fn restore(
             return;
         }
         candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let before = calibration.pass_scores(code, group, keep, prepared);
+        let before = calibration.pass_scores(code, group, keep, prepared, buffers);
         let explained = candidates.into_iter().find(|&(_, r)| {
             let mut trial = keep.clone();
             let at = insert_sorted(&mut trial, removed[r]);
-            let scores = calibration.pass_scores(code, group, &trial, prepared);
+            let scores = calibration.pass_scores(code, group, &trial, prepared, buffers);
             let others = scores[..at].iter().chain(&scores[at + 1..]);
             scores[at] <= 1.0 && others.zip(&before).all(|(&s, &b)| s <= b.max(1.0))
         });
@@ -1182,6 +1254,12 @@ const JOINT_SHARE: f64 = 0.8;
 /// score above it).
 const CANDIDATES: usize = 3;
 
+/// How many rows the race's leader scores before the leader is chosen again: scores in a row
+/// are independent, so the processor overlaps them, where one at a time each waits on the
+/// choice before it (measured on `cargo bench --bench locate`'s sign flips: 8 % faster than
+/// one; 2, 3, 6 and 8 between).
+const STRIDE: usize = 4;
+
 /// Collects honest groups and fits a [`Calibration`]: the predictor first, then every
 /// position's features under it. Offline it keeps every calibration group; online
 /// (`capacity`) the most recent ones, so the fit follows the traffic.
@@ -1256,6 +1334,7 @@ impl CalibrationBuilder {
         let (n, row_len) = (self.code.params().workers(), self.row_len);
         let mut residual = vec![0.0; row_len];
         let mut others = Vec::with_capacity(keep.len());
+        let mut solve = Solve::default();
         for (j, &w) in keep.iter().enumerate() {
             for left in 0..GAP_LEVELS.min(j + 1) {
                 for right in 0..GAP_LEVELS.min(keep.len() - j) {
@@ -1265,7 +1344,7 @@ impl CalibrationBuilder {
                         continue;
                     }
                     let gap = gap_class((j > left).then(|| keep[j - left - 1]), w, keep.get(j + 1 + right).copied(), n);
-                    conditional::residual_against(predictor, values, row_len, &others, w, &mut residual);
+                    conditional::residual_against(predictor, values, row_len, (&others, w), &mut residual, &mut solve);
                     gaps[w * GAP_LEVELS * GAP_LEVELS + gap].push(residual.iter().map(|r| r * r).sum());
                 }
             }
@@ -1446,7 +1525,7 @@ mod tests {
         for group in attacked.chunks_exact(n * row_len) {
             let prepared = calibration.prepare(group, &keep, &vec![true; n]);
             let loo = calibration.leave_one_out(&code, group, &keep);
-            let scores = calibration.scores_of(&keep, &loo.residuals(), &prepared);
+            let scores = calibration.scores_of(&keep, &loo, &prepared, &mut buffers);
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
             let candidates = &order[..CANDIDATES];
@@ -1458,11 +1537,12 @@ mod tests {
                 .iter()
                 .map(|&c| {
                     let rest: Vec<usize> = keep.iter().copied().filter(|&w| w != keep[c]).collect();
-                    let residuals = loo.without(c, None).residuals();
-                    let raw = rest
-                        .iter()
-                        .zip(residuals.chunks_exact(row_len))
-                        .map(|(&w, r)| calibration.score(w, 0, r, &prepared, &mut buffers.scratch))
+                    let pass = loo.without(c, None);
+                    let raw = (0..rest.len())
+                        .map(|j| {
+                            let residual = pass.residual(j, &mut buffers.residual);
+                            calibration.score(rest[j], 0, residual, &prepared, &mut buffers.scratch)
+                        })
                         .collect();
                     (rest, raw)
                 })
@@ -1485,7 +1565,7 @@ mod tests {
             // A responder set with a worker missing, visited in an order of its own.
             let keep: Vec<usize> = (0..n).filter(|&w| w != g % n).collect();
             let prepared = calibration.prepare(group, &keep, &vec![true; n]);
-            let full = calibration.pass_scores(&code, group, &keep, &prepared);
+            let full = calibration.pass_scores(&code, group, &keep, &prepared, &mut buffers);
             let total: f64 = full.iter().sum();
             let visit = || keep.iter().rev().copied();
             for bound in [total * 1.5, total * 1.0001, total, total * 0.5] {
@@ -1538,7 +1618,7 @@ mod tests {
             let residuals: Vec<&[f64]> = rows.iter().map(|r| &r[t..]).collect();
             let consistency = Gaussian::fit(&residuals, 0, 0.99).unwrap();
             let position = Position { joint: joint.clone(), consistency: consistency.clone(), paired: Memo::default() };
-            let (mut centred, mut tail, mut scratch) = (vec![0.0; t], vec![0.0; row_len], vec![0.0; 2 * row_len]);
+            let (mut centred, mut tail, mut scratch) = (vec![0.0; t], vec![0.0; row_len], vec![0.0; 3 * row_len]);
             for probe in 0..5u64 {
                 let feature: Vec<f64> =
                     values(1000 + probe, f).iter().enumerate().map(|(j, v)| 4.0 * v + 3.0 * j as f64).collect();
@@ -1552,8 +1632,12 @@ mod tests {
                     (alone - whole_residual).abs() <= 1e-9 * whole_residual,
                     "C = {row_len}, residual alone: {alone} vs {whole_residual}"
                 );
-                // Both tests at once, as a position scores a responder.
-                let score = position.score((head, &tail), &feature[t..], &mut scratch);
+                // Both tests at once, as a position scores a responder, with the residual scaled
+                // after whitening.
+                let head = position.prepare(&feature[..t], &mut centred, &mut tail);
+                let halved: Vec<f64> = feature[t..].iter().map(|v| v * 2.0).collect();
+                let residual = Residual { values: &halved, scale: 0.5 };
+                let score = position.score((head, &tail), residual, &mut scratch);
                 let expected = (whole / joint.threshold).max(whole_residual / consistency.threshold);
                 assert!((score - expected).abs() <= 1e-9 * expected, "C = {row_len}, score: {score} vs {expected}");
             }

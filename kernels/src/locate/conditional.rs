@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 
-use nalgebra::{Cholesky, DMatrix, DMatrixView, DMatrixViewMut, Dyn};
+use nalgebra::{Cholesky, DMatrix, DMatrixView, DMatrixViewMut, DVector, Dyn};
 
 use super::loo::Sums;
 use crate::error::{Error, Result};
@@ -208,6 +208,13 @@ impl Predictor {
 /// The workers of `0..n` neither in `sorted` nor `also` (one walk).
 fn outside(n: usize, sorted: &[usize], also: Option<usize>) -> Vec<usize> {
     let mut excluded = Vec::with_capacity(n - sorted.len());
+    outside_into(n, sorted, also, &mut excluded);
+    excluded
+}
+
+/// [`outside`] into `excluded` (cleared first).
+fn outside_into(n: usize, sorted: &[usize], also: Option<usize>, excluded: &mut Vec<usize>) {
+    excluded.clear();
     let mut next = sorted.iter().peekable();
     for l in 0..n {
         if next.peek() == Some(&&l) {
@@ -216,7 +223,6 @@ fn outside(n: usize, sorted: &[usize], also: Option<usize>) -> Vec<usize> {
             excluded.push(l);
         }
     }
-    excluded
 }
 
 /// One responder set's leave-one-out predictions under a [`Predictor`]: the set's marginal
@@ -264,13 +270,32 @@ impl<'a> Conditional<'a> {
 
     /// Row `i`'s residual as [`Self::residuals`] gives it, into `out`.
     pub(super) fn residual(&self, i: usize, out: &mut [f64]) {
-        let q = &self.sums.numerators[i * self.row_len..(i + 1) * self.row_len];
-        scaled(q, self.sums.denominators[i], out);
+        let (q, scale) = self.unscaled(i);
+        out.iter_mut().zip(q).for_each(|(o, q)| *o = q * scale);
+    }
+
+    /// Row `i`'s residual as `q` and the factor that puts it on its scale (`1 / sqrt(P_ii)`):
+    /// a whitening is linear, so a caller can scale after it, off the critical path.
+    pub(super) fn unscaled(&self, i: usize) -> (&[f64], f64) {
+        (&self.sums.numerators[i * self.row_len..(i + 1) * self.row_len], scale(self.sums.denominators[i]))
     }
 
     /// Row `i`'s residual with row `c` left out as well (`i != c`) into `out`, its sums into
     /// `trial`'s row `at` (`trial` sized for one row fewer).
     pub(super) fn residual_without(&self, c: usize, i: usize, (trial, at): (&mut Sums, usize), out: &mut [f64]) {
+        let scale = self.unscaled_without(c, i, (trial, at));
+        let q = &trial.numerators[at * self.row_len..(at + 1) * self.row_len];
+        out.iter_mut().zip(q).for_each(|(o, q)| *o = q * scale);
+    }
+
+    /// Its sums, for another pass to reuse as buffers.
+    pub(super) fn into_sums(self) -> Sums {
+        self.sums
+    }
+
+    /// [`Self::residual_without`] as [`Self::unscaled`] gives it: the sums go into `trial`'s
+    /// row `at` (its `q` there), the factor is returned.
+    pub(super) fn unscaled_without(&self, c: usize, i: usize, (trial, at): (&mut Sums, usize)) -> f64 {
         let (m, row_len) = (self.len(), self.row_len);
         // The same factor as `without`'s update of row `i`, so that both agree to the bit.
         let factor = self.precision[i * m + c] / self.precision[c * m + c];
@@ -282,7 +307,7 @@ impl<'a> Conditional<'a> {
         q.iter_mut().zip(qi.iter().zip(qc)).for_each(|(q, (qi, qc))| *q = qi - factor * qc);
         let diagonal = self.precision[i * m + i] - factor * self.precision[c * m + i];
         trial.denominators[at] = diagonal;
-        scaled(q, diagonal, out);
+        scale(diagonal)
     }
 
     /// The same set without its `c`-th row, from the `sums` [`Self::residual_without`] left
@@ -312,48 +337,79 @@ impl<'a> Conditional<'a> {
     }
 }
 
-/// `q / sqrt(diagonal)`: a residual `q / diagonal` on the scale of its standard deviation
-/// `1 / sqrt(diagonal)`.
-fn scaled(q: &[f64], diagonal: f64, out: &mut [f64]) {
-    let inverse = 1.0 / diagonal.sqrt();
-    out.iter_mut().zip(q).for_each(|(o, q)| *o = q * inverse);
+/// `1 / sqrt(diagonal)`: the residual `q / diagonal` on the scale of its standard deviation
+/// `1 / sqrt(diagonal)` is `q` times this.
+fn scale(diagonal: f64) -> f64 {
+    1.0 / diagonal.sqrt()
 }
 
 /// The residual of `group`'s row `w` given the rows of `others` (sorted, without `w`), as
 /// [`Conditional::residuals`] scales it, into `out`: one row of the marginal precision, not
-/// the whole set's.
+/// the whole set's. `solve` is scratch kept between calls: this runs for every removed answer
+/// a locator reconsiders, and allocating would cost more than the arithmetic.
 pub(super) fn residual_against(
     predictor: &Predictor,
     group: &[f64],
     row_len: usize,
-    others: &[usize],
-    w: usize,
+    (others, w): (&[usize], usize),
     out: &mut [f64],
+    solve: &mut Solve,
 ) {
     let n = predictor.workers();
     let p = |a: usize, b: usize| predictor.precision[a * n + b];
     // Row `w` of the marginal precision over `others` and `w`: `P_wl - P_wE x_l` with
     // `x = P_EE^-1 P_Ew`.
-    let excluded = outside(n, others, Some(w));
-    let x = predictor
-        .excluded_cholesky(&excluded)
-        .map(|cholesky| cholesky.solve(&DMatrix::from_fn(excluded.len(), 1, |a, _| p(excluded[a], w))));
-    let marginal = |l: usize| match &x {
-        Some(x) => p(w, l) - excluded.iter().enumerate().map(|(a, &k)| x[a] * p(k, l)).sum::<f64>(),
-        None => p(w, l),
-    };
-    let diagonal = marginal(w);
+    let Solve { excluded, block, x, row } = solve;
+    outside_into(n, others, Some(w), excluded);
+    let e = excluded.len();
+    x.clear();
+    x.extend(excluded.iter().map(|&k| p(k, w)));
+    block.clear();
+    block.extend(excluded.iter().flat_map(|&a| excluded.iter().map(move |&b| p(a, b))));
+    // No correction where the block has no factor (only a damaged file's: a principal block of
+    // a positive definite matrix is positive definite).
+    let solved = e > 0
+        && match Cholesky::new(DMatrix::from_vec(e, e, std::mem::take(block))) {
+            Some(cholesky) => {
+                let mut rhs = DVector::from_vec(std::mem::take(x));
+                cholesky.solve_mut(&mut rhs);
+                *x = rhs.data.into();
+                *block = cholesky.unpack().data.into();
+                true
+            }
+            None => false,
+        };
+    // The whole row at once, a row of `P_EE` at a time (contiguous, where a sum per column
+    // strides).
+    row.clear();
+    row.extend_from_slice(&predictor.precision[w * n..(w + 1) * n]);
+    if solved {
+        for (&k, x) in excluded.iter().zip(x.iter()) {
+            row.iter_mut().zip(&predictor.precision[k * n..(k + 1) * n]).for_each(|(r, p)| *r -= x * p);
+        }
+    }
+    let diagonal = row[w];
     let centred = |l: usize| {
         let (row, mean) = (&group[l * row_len..(l + 1) * row_len], &predictor.mean[l * row_len..(l + 1) * row_len]);
         row.iter().zip(mean).map(|(v, m)| v - m)
     };
     out.iter_mut().zip(centred(w)).for_each(|(q, d)| *q = diagonal * d);
     for &l in others {
-        let weight = marginal(l);
+        let weight = row[l];
         out.iter_mut().zip(centred(l)).for_each(|(q, d)| *q += weight * d);
     }
-    let inverse = 1.0 / diagonal.sqrt();
+    let inverse = scale(diagonal);
     out.iter_mut().for_each(|q| *q *= inverse);
+}
+
+/// Scratch for [`residual_against`]: the workers marginalised out, their precision block, the
+/// solve's right-hand side and the marginal precision's row.
+#[derive(Debug, Default)]
+pub(super) struct Solve {
+    excluded: Vec<usize>,
+    block: Vec<f64>,
+    x: Vec<f64>,
+    row: Vec<f64>,
 }
 
 #[cfg(test)]
@@ -409,7 +465,7 @@ mod tests {
                 let expected = direct(&predictor, &covariance, &group, &others, w);
                 close(&residuals[j * C..(j + 1) * C], &expected, &format!("{keep:?}, row {w}"));
                 let mut one = vec![0.0; C];
-                residual_against(&predictor, &group, C, &others, w, &mut one);
+                residual_against(&predictor, &group, C, (&others, w), &mut one, &mut Solve::default());
                 close(&one, &expected, &format!("{keep:?}, row {w} alone"));
             }
             for c in 0..keep.len() {

@@ -151,6 +151,11 @@ impl<'a> LeaveOneOut<'a> {
         scaled_residual(self.rows[i], |k| numerator[k], denominator, squares, out);
     }
 
+    /// Its sums, for another pass to reuse as buffers.
+    pub(super) fn into_sums(self) -> Sums {
+        self.sums
+    }
+
     /// Row `i`'s residual against the others but `c` (`i != c`) into `out`, its sums into
     /// `trial`'s row `at` (`trial` sized for one row fewer). At least three rows. One row at a
     /// time, so that a caller judging a removal can stop early.
