@@ -198,6 +198,7 @@ fn metrics_show_which_worker_straggles_and_which_lies() {
     faults[1].byzantine_probability = 1.0;
     faults[3].slowdown = 10.0;
     let plan = FaultPlan { latency: Latency::Constant { ms: 2.0 }, workers: faults, random_slowdown: None };
+    let locations: Vec<String> = workers.iter().map(|w| w.location()).collect();
     let config = coordinator_config(code, Some(plan), 1000, Duration::from_millis(5000));
     let server = Server::start(Box::new(Coordinator::start(config, workers).unwrap()));
     let groups = 12;
@@ -209,6 +210,12 @@ fn metrics_show_which_worker_straggles_and_which_lies() {
     let stats = server.stop();
     assert_eq!((stats.decoded_groups, stats.failed_groups), (groups as u64, 0), "{stats:?}");
     assert_eq!(stats.workers.len(), 5);
+    // Which worker is where: one info series per worker.
+    for (w, location) in locations.iter().enumerate() {
+        assert!(location.starts_with("local "), "{location}");
+        let info = format!("approxifer_worker_info{{worker=\"{w}\",location=\"{location}\"}}");
+        assert_eq!(sample(&metrics, &info), 1.0, "{info} in {metrics}");
+    }
     let exported =
         |name: &str, w: usize| sample(&metrics, &format!("approxifer_worker_{name}_total{{worker=\"{w}\"}}"));
     let mut busy_per_answer = Vec::new();

@@ -82,6 +82,21 @@ fn a_coordinator_over_remote_workers_answers_as_one_over_local_workers() {
         (0..3).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 100)) as Arc<dyn Worker>).collect();
     let over_remote = coordinator_grouping_alike(3, 3, remote_workers);
     let over_local = coordinator_grouping_alike(3, 3, local_workers);
+    // Where each worker runs, as /metrics tells an operator: each server's model URL.
+    let urls: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match i % 3 {
+            0 => format!("grpc://{}/v2/models/{MODEL}", s.grpc),
+            _ => format!("http://{}/v2/models/{MODEL}", s.addr),
+        })
+        .collect();
+    assert_eq!(over_remote.worker_locations(), urls);
+    assert!(
+        over_local.worker_locations().iter().all(|l| l.starts_with("local ")),
+        "{:?}",
+        over_local.worker_locations()
+    );
     // 26 queries: full groups in a full batch, more full groups, and a partial group of 2.
     let (far, near) = (answers(&over_remote, 0..26), answers(&over_local, 0..26));
     for (i, (a, b)) in far.iter().zip(&near).enumerate() {

@@ -25,7 +25,7 @@ use rand::rngs::StdRng;
 use super::answer::{Answer, CodingError, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Coding, Dispatch, Part, Segment, Work};
 use super::faults::FaultPlan;
-use super::front::{Batcher, Front, Submission, answer};
+use super::front::{Batcher, Front, Submission, answer, locations};
 use super::lag::Lag;
 use super::locating::{Learning, LocatorState, OnlineLocator};
 use super::trace::{BatchEvent, BatchTrace, keep_slowest};
@@ -146,10 +146,10 @@ impl Coordinator {
         let learning = config.learning.filter(|_| config.code.params().byzantine() > 0);
         let locating =
             Arc::new(OnlineLocator::start(&config.code, config.output_len, config.locator.clone(), learning)?);
-        let (capacity, input_len) = (config.capacity, config.input_len);
+        let (sizes, placed) = ((config.capacity, config.input_len), locations(&workers));
         let (ready, warm) = crossbeam_channel::bounded(1);
         let looped = locating.clone();
-        let front = Front::spawn("approxifer-coordinator", capacity, input_len, move |incoming, in_flight, live| {
+        let front = Front::spawn("approxifer-coordinator", sizes, placed, move |incoming, in_flight, live| {
             let mut state = Loop::new(config, full, workers, (in_flight, live), looped, masks);
             state.warm_up();
             let _ = ready.send(());
@@ -169,6 +169,11 @@ impl Coordinator {
     /// Accepts all of `queries` or none of them (see [`Coordinator::submit`]).
     pub fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
         self.front.submit_all(queries)
+    }
+
+    /// Where each of its workers runs, in index order.
+    pub fn worker_locations(&self) -> &[String] {
+        self.front.worker_locations()
     }
 
     /// Queries accepted and not yet answered.

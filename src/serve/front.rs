@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
+use super::worker::Worker;
+
+/// Where each of `workers` runs ([`Worker::location`]), in their order.
+pub(crate) fn locations(workers: &[Arc<dyn Worker>]) -> Vec<String> {
+    workers.iter().map(|w| w.location()).collect()
+}
 
 /// An accepted query and where its result goes.
 pub(crate) struct Submission {
@@ -22,17 +28,20 @@ pub(crate) struct Front {
     live: LiveStats,
     capacity: usize,
     input_len: usize,
+    /// Where each of the scheme's workers runs ([`Worker::location`]), in index order.
+    locations: Vec<String>,
     thread: Option<JoinHandle<Stats>>,
 }
 
 impl Front {
     /// Starts the scheme's thread, `run(submissions, in_flight, live)`, which must answer every
     /// submission exactly once (through [`answer`]), publish its counts to `live` as it goes and
-    /// return them when the submissions close.
+    /// return them when the submissions close. `locations`: where each of the workers `run`
+    /// drives runs ([`locations`]).
     pub fn spawn(
         name: &str,
-        capacity: usize,
-        input_len: usize,
+        (capacity, input_len): (usize, usize),
+        locations: Vec<String>,
         run: impl FnOnce(Receiver<Submission>, Arc<AtomicUsize>, LiveStats) -> Stats + Send + 'static,
     ) -> Result<Self, String> {
         let (submissions, incoming) = crossbeam_channel::unbounded();
@@ -42,7 +51,15 @@ impl Front {
             .name(name.into())
             .spawn(move || run(incoming, counter, publish))
             .map_err(|e| e.to_string())?;
-        Ok(Front { submissions: Some(submissions), in_flight, live, capacity, input_len, thread: Some(thread) })
+        Ok(Front {
+            submissions: Some(submissions),
+            in_flight,
+            live,
+            capacity,
+            input_len,
+            locations,
+            thread: Some(thread),
+        })
     }
 
     /// Accepts `query` (or refuses it at once, with nothing queued).
@@ -78,6 +95,11 @@ impl Front {
             tickets.push(ticket);
         }
         Ok(tickets)
+    }
+
+    /// Where each of the scheme's workers runs, in index order.
+    pub fn worker_locations(&self) -> &[String] {
+        &self.locations
     }
 
     pub fn in_flight(&self) -> usize {

@@ -216,6 +216,14 @@ struct WorkerLabels {
     worker: usize,
 }
 
+/// A worker and where it runs: the per-worker series carry the index alone, and this maps
+/// it to a machine (the info-metric idiom: one series per worker, value 1).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerInfoLabels {
+    worker: usize,
+    location: String,
+}
+
 /// The server's Prometheus metrics.
 struct Metrics {
     registry: Registry,
@@ -402,7 +410,8 @@ impl SchemeMetrics {
 }
 
 impl Metrics {
-    fn new() -> Self {
+    /// `locations`: where each of the scheme's workers runs ([`Scheme::worker_locations`]).
+    fn new(locations: &[String]) -> Self {
         let mut registry = Registry::with_prefix("approxifer");
         let requests = Family::<RequestLabels, Counter>::default();
         let queries = Family::<OutcomeLabels, Counter>::default();
@@ -423,6 +432,15 @@ impl Metrics {
         locator.register(&mut registry);
         let scheme = SchemeMetrics::default();
         scheme.register(&mut registry);
+        let info = Family::<WorkerInfoLabels, Gauge>::default();
+        registry.register(
+            "worker_info",
+            "Where each worker runs (1 per worker): a remote server's model URL, or local and its device",
+            info.clone(),
+        );
+        for (worker, location) in locations.iter().enumerate() {
+            info.get_or_create(&WorkerInfoLabels { worker, location: location.clone() }).set(1);
+        }
         Metrics { registry, requests, queries, refusals, latency, in_flight, locator, scheme }
     }
 
@@ -524,8 +542,8 @@ pub async fn serve_v2(
     if config.max_batch == 0 || config.model.input_len() == 0 {
         return Err(std::io::Error::other("max_batch and input_len must be at least 1"));
     }
-    let app =
-        Arc::new(App { scheme: RwLock::new(Some(scheme)), config, metrics: Metrics::new(), draining: false.into() });
+    let metrics = Metrics::new(&scheme.worker_locations());
+    let app = Arc::new(App { scheme: RwLock::new(Some(scheme)), config, metrics, draining: false.into() });
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let draining = app.clone();
     tokio::spawn(async move {

@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Dispatch, Work};
 use super::faults::FaultPlan;
-use super::front::{Batcher, Front, Submission, answer};
+use super::front::{Batcher, Front, Submission, answer, locations};
 use super::lag::Lag;
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 
@@ -69,8 +69,8 @@ impl Parm {
             let works = Work::by_device(&dispatch, &devices, vec![None; workers.len()]);
             warm_up(&workers, works.into_iter().enumerate().collect(), until);
         }
-        let (capacity, input_len) = (config.capacity, config.input_len);
-        let front = Front::spawn("approxifer-parm", capacity, input_len, move |incoming, in_flight, live| {
+        let (sizes, placed) = ((config.capacity, config.input_len), locations(&workers));
+        let front = Front::spawn("approxifer-parm", sizes, placed, move |incoming, in_flight, live| {
             let state = Loop {
                 faults: config.faults.clone().map(|(plan, seed)| (plan, StdRng::seed_from_u64(seed))),
                 served: vec![0; workers.len()],
@@ -98,6 +98,11 @@ impl Parm {
 
     pub fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
         self.front.submit_all(queries)
+    }
+
+    /// Where each of its workers runs, in index order.
+    pub fn worker_locations(&self) -> &[String] {
+        self.front.worker_locations()
     }
 
     pub fn in_flight(&self) -> usize {

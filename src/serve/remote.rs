@@ -517,6 +517,10 @@ impl Worker for RemoteWorker {
         None
     }
 
+    fn location(&self) -> String {
+        self.shared.config.endpoint.to_string()
+    }
+
     fn submit(&self, request: Request, replies: &Sender<Response>) -> Result<(), WorkerError> {
         if self.shared.is_down() {
             return Err(WorkerError::Unavailable(self.shared.index));

@@ -32,6 +32,9 @@ pub trait Scheme: Send + Sync {
     fn locator_state(&self) -> Option<LocatorState> {
         None
     }
+    /// Where each of its workers runs ([`Worker::location`](super::Worker::location)), in
+    /// index order: `/metrics` maps the per-worker series to machines by it.
+    fn worker_locations(&self) -> Vec<String>;
 }
 
 impl Scheme for Coordinator {
@@ -53,6 +56,9 @@ impl Scheme for Coordinator {
     fn locator_state(&self) -> Option<LocatorState> {
         Some(self.locator_state()).filter(|_| self.byzantine() > 0)
     }
+    fn worker_locations(&self) -> Vec<String> {
+        Coordinator::worker_locations(self).to_vec()
+    }
 }
 
 impl Scheme for Parm {
@@ -71,6 +77,9 @@ impl Scheme for Parm {
     fn shutdown(self: Box<Self>) -> Stats {
         Parm::shutdown(*self)
     }
+    fn worker_locations(&self) -> Vec<String> {
+        Parm::worker_locations(self).to_vec()
+    }
 }
 
 impl Scheme for Baseline {
@@ -88,6 +97,9 @@ impl Scheme for Baseline {
     }
     fn shutdown(self: Box<Self>) -> Stats {
         Baseline::shutdown(*self)
+    }
+    fn worker_locations(&self) -> Vec<String> {
+        Baseline::worker_locations(self).to_vec()
     }
 }
 

@@ -76,6 +76,9 @@ pub trait Worker: Send + Sync {
     /// The device its model runs on, if it is in this process: workers on one device share
     /// one upload and one encode per dispatch.
     fn device(&self) -> Option<&Device>;
+    /// Where it runs, for an operator reading `/metrics` (`approxifer_worker_info`): a remote
+    /// server's model URL, or `local` and its device.
+    fn location(&self) -> String;
     /// Queues `request`; the answer, if the worker gives one, goes to `replies`. Never blocks.
     fn submit(&self, request: Request, replies: &Sender<Response>) -> Result<(), WorkerError>;
 }
@@ -247,6 +250,10 @@ impl Worker for LocalWorker {
 
     fn device(&self) -> Option<&Device> {
         Some(&self.device)
+    }
+
+    fn location(&self) -> String {
+        format!("local {:?}", self.device)
     }
 
     fn submit(&self, request: Request, replies: &Sender<Response>) -> Result<(), WorkerError> {
