@@ -364,6 +364,7 @@ pub(super) fn residual_against(
     let e = excluded.len();
     x.clear();
     x.extend(excluded.iter().map(|&k| p(k, w)));
+    // Row-major, read as nalgebra's column-major: the same, the block being symmetric.
     block.clear();
     block.extend(excluded.iter().flat_map(|&a| excluded.iter().map(move |&b| p(a, b))));
     // No correction where the block has no factor (only a damaged file's: a principal block of
@@ -379,8 +380,8 @@ pub(super) fn residual_against(
             }
             None => false,
         };
-    // The whole row at once, a row of `P_EE` at a time (contiguous, where a sum per column
-    // strides).
+    // The whole row at once, `x_k` times the precision's row `k` off it for each excluded `k`
+    // (contiguous, where a sum per column strides).
     row.clear();
     row.extend_from_slice(&predictor.precision[w * n..(w + 1) * n]);
     if solved {
