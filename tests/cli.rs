@@ -1260,7 +1260,13 @@ fn serve_fronts_approxifer_worker_processes_and_survives_one_killed() {
         let range = 200 + chunk * 40..240 + chunk * 40;
         assert!(accuracy(range) > 0.3, "still answering after a worker died");
     }
-    assert!(server.terminate().success, "serve stops cleanly on SIGTERM");
+    let stopped = server.terminate();
+    assert!(stopped.success, "serve stops cleanly on SIGTERM");
+    // The books printed at the stop name each worker's server.
+    for (w, url) in urls.iter().enumerate() {
+        let line = format!("approxifer: worker {w} ({url}/v2/models/");
+        assert!(stopped.stderr.contains(&line), "no '{line}' in {}", stopped.stderr);
+    }
     for worker in workers {
         assert!(worker.terminate().success, "a worker stops cleanly on SIGTERM");
     }

@@ -285,6 +285,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         (workers, None)
     };
     let scheme = args.scheme.start(&settings, workers)?;
+    let locations = scheme.worker_locations();
     let config = HttpConfig {
         scheme: name.into(),
         model: ModelSpec::new(model_name, shape, output_len),
@@ -298,12 +299,12 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         "approxifer: stopped; {} queries answered, {} errors, {} groups decoded, {} failed, {} liars removed",
         stats.answered, stats.errors, stats.decoded_groups, stats.failed_groups, stats.located_workers
     );
-    for (w, worker) in stats.workers.iter().enumerate() {
+    for (w, (worker, location)) in stats.workers.iter().zip(&locations).enumerate() {
         // Busy time per answer: the worker's mean service time, where a straggler shows.
         let mean_ms = worker.busy_ns as f64 * 1e-6 / worker.answers.max(1) as f64;
         eprintln!(
-            "approxifer: worker {w}: {} requests, {} answers ({} late), {mean_ms:.2} ms busy per answer, {} non-finite \
-             rows, located in {} groups",
+            "approxifer: worker {w} ({location}): {} requests, {} answers ({} late), {mean_ms:.2} ms busy per \
+             answer, {} non-finite rows, located in {} groups",
             worker.requests, worker.answers, worker.late_answers, worker.non_finite_rows, worker.located
         );
     }
