@@ -280,21 +280,14 @@ impl<'a> Conditional<'a> {
         (&self.sums.numerators[i * self.row_len..(i + 1) * self.row_len], scale(self.sums.denominators[i]))
     }
 
-    /// Row `i`'s residual with row `c` left out as well (`i != c`) into `out`, its sums into
-    /// `trial`'s row `at` (`trial` sized for one row fewer).
-    pub(super) fn residual_without(&self, c: usize, i: usize, (trial, at): (&mut Sums, usize), out: &mut [f64]) {
-        let scale = self.unscaled_without(c, i, (trial, at));
-        let q = &trial.numerators[at * self.row_len..(at + 1) * self.row_len];
-        out.iter_mut().zip(q).for_each(|(o, q)| *o = q * scale);
-    }
-
     /// Its sums, for another pass to reuse as buffers.
     pub(super) fn into_sums(self) -> Sums {
         self.sums
     }
 
-    /// [`Self::residual_without`] as [`Self::unscaled`] gives it: the sums go into `trial`'s
-    /// row `at` (its `q` there), the factor is returned.
+    /// Row `i`'s residual with row `c` left out as well (`i != c`), as [`Self::unscaled`] gives
+    /// it: the sums go into `trial`'s row `at` (`trial` sized for one row fewer; its `q`
+    /// there), the factor is returned.
     pub(super) fn unscaled_without(&self, c: usize, i: usize, (trial, at): (&mut Sums, usize)) -> f64 {
         let (m, row_len) = (self.len(), self.row_len);
         // The same factor as `without`'s update of row `i`, so that both agree to the bit.
@@ -310,7 +303,7 @@ impl<'a> Conditional<'a> {
         scale(diagonal)
     }
 
-    /// The same set without its `c`-th row, from the `sums` [`Self::residual_without`] left
+    /// The same set without its `c`-th row, from the `sums` [`Self::unscaled_without`] left
     /// for every other row, or computed here (the same values).
     pub(super) fn without(&self, c: usize, sums: Option<Sums>) -> Conditional<'a> {
         let (m, row_len) = (self.len(), self.row_len);
@@ -327,9 +320,8 @@ impl<'a> Conditional<'a> {
         let sums = sums.unwrap_or_else(|| {
             let mut trial = Sums::default();
             trial.resize(m - 1, row_len);
-            let mut scratch = vec![0.0; row_len];
             for (at, i) in (0..m).filter(|&i| i != c).enumerate() {
-                self.residual_without(c, i, (&mut trial, at), &mut scratch);
+                self.unscaled_without(c, i, (&mut trial, at));
             }
             trial
         });
@@ -474,8 +466,8 @@ mod tests {
                 let mut trial = Sums::default();
                 trial.resize(rest.len(), C);
                 for (at, i) in (0..keep.len()).filter(|&i| i != c).enumerate() {
-                    let mut without = vec![0.0; C];
-                    pass.residual_without(c, i, (&mut trial, at), &mut without);
+                    let scale = pass.unscaled_without(c, i, (&mut trial, at));
+                    let without: Vec<f64> = trial.numerators[at * C..(at + 1) * C].iter().map(|q| q * scale).collect();
                     let others: Vec<usize> = rest.iter().copied().filter(|&l| l != keep[i]).collect();
                     close(&without, &direct(&predictor, &covariance, &group, &others, keep[i]), "without");
                 }
