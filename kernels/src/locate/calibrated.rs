@@ -324,8 +324,6 @@ struct Paired {
     /// typicality's contribution, and of the consistency test (`c` values each).
     joint_offset: Vec<f64>,
     consistency_offset: Vec<f64>,
-    /// `1 / threshold` of each test: a score is a product, not a division, on this path.
-    inverse_thresholds: (f64, f64),
 }
 
 impl Paired {
@@ -341,12 +339,11 @@ impl Paired {
             (first..width).map(|r| -(first..=r).map(|j| g.whitening[r * width + j] * g.mean[j]).sum::<f64>()).collect()
         };
         let (joint_offset, consistency_offset) = (whitened_mean(joint, t), whitened_mean(consistency, 0));
-        let inverse_thresholds = (1.0 / joint.threshold, 1.0 / consistency.threshold);
         let joint = Interleaved::new(&joint.whitening, f, t..f, t..f);
         let consistency = Interleaved::new(&consistency.whitening, c, 0..c, 0..c);
         let columns = joint.values.chunks_exact(4).zip(consistency.values.chunks_exact(4));
         let values = columns.flat_map(|(joint, consistency)| [joint, consistency].concat()).collect();
-        Some(Paired { values, joint_offset, consistency_offset, inverse_thresholds })
+        Some(Paired { values, joint_offset, consistency_offset })
     }
 }
 
@@ -405,20 +402,15 @@ impl Position {
     /// (`scratch`: three times its length).
     fn score(&self, prepared: (f64, &[f64]), residual: Residual, scratch: &mut [f64]) -> f64 {
         let c = residual.values.len();
-        match self.paired(c) {
-            Some(paired) => {
-                let (joint, consistency) = paired_distances(paired, prepared, residual);
-                let (joint_scale, consistency_scale) = paired.inverse_thresholds;
-                (joint * joint_scale).max(consistency * consistency_scale)
-            }
+        let (joint, consistency) = match self.paired(c) {
+            Some(paired) => paired_distances(paired, prepared, residual),
             None => {
                 let (scaled, scratch) = scratch.split_at_mut(c);
                 scaled.iter_mut().zip(residual.values).for_each(|(s, r)| *s = r * residual.scale);
-                let joint = self.joint.finish(Some(prepared), scaled, scratch);
-                let consistency = self.consistency.finish(None, scaled, scratch);
-                (joint / self.joint.threshold).max(consistency / self.consistency.threshold)
+                (self.joint.finish(Some(prepared), scaled, scratch), self.consistency.finish(None, scaled, scratch))
             }
-        }
+        };
+        (joint / self.joint.threshold).max(consistency / self.consistency.threshold)
     }
 
     /// Whether the statistics have the shapes features of `f` values with residuals of
