@@ -728,6 +728,44 @@ fn serving_falls_back_to_the_cpu_when_no_vulkan_driver_is_installed() {
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 5, "one line per scheme");
 }
 
+#[test]
+fn model_commands_run_on_the_cpu_when_no_vulkan_driver_is_installed() {
+    // `auto` (nothing asked for) falls back to Burn's CPU backend with one notice; the fused
+    // stages run the codec's CPU kernels there.
+    let no_driver = |args: &[&str]| {
+        Command::cargo_bin("approxifer")
+            .unwrap()
+            .args(args)
+            .env("VK_DRIVER_FILES", "/nonexistent/icd.json")
+            .env("VK_ICD_FILENAMES", "/nonexistent/icd.json")
+            .env_remove("APPROXIFER_ADAPTER")
+            .output()
+            .unwrap()
+    };
+    let out = no_driver(&["demo", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("no Vulkan adapter found") && stderr.contains("flex"), "{stderr}");
+    let rows: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 6, "the demo's six settings");
+    assert!(rows.iter().all(|r| r["normal_accuracy"].as_f64().unwrap() > 0.8), "{rows:?}");
+
+    let dir = temp_dir();
+    let output = dir.path().join("calibration.json");
+    let data = data_dir();
+    let args = ["calibrate", "--dataset", "fashion-mnist", "--model", "lenet5", "--k", "4", "--groups", "100"];
+    let out = no_driver(&[&args[..], &["--data", &data, "-o", output.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let calibration: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
+    assert_eq!((calibration["queries"].as_u64(), calibration["groups"].as_u64()), (Some(4), Some(100)));
+
+    // An adapter asked for by kind is still an error when it is missing.
+    let out = no_driver(&["demo", "--adapter", "discrete"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no GPU adapter found"), "{out:?}");
+}
+
 // ---- train and eval ---------------------------------------------------------------------------
 
 fn data_dir() -> String {

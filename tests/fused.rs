@@ -1,16 +1,22 @@
-//! The fused path: `shaders/` kernels launched on Burn's wgpu tensors, checked against the CPU
-//! reference kernels, around a model whose reference run is on Burn's CPU (flex) device.
+//! The fused path: `shaders/` kernels launched on Burn's wgpu tensors, and their CPU twins on
+//! Burn's flex tensors (what runs with no Vulkan driver), checked against the CPU reference
+//! kernels, around a model whose reference run is on flex.
 
 use approxifer::fused::{self, CodedRunner, FusedCode, FusedError};
 use approxifer::kernels::{Code, CodeParams, Layout, Tolerance, cpu};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig, Relu};
-use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+use burn::tensor::{DType, Device, DeviceKind, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn gpu() -> Device {
     Device::wgpu(DeviceKind::DefaultDevice)
+}
+
+/// Every device the fused stages run on: wgpu (the WGSL kernels) and flex (their CPU twins).
+fn devices() -> [Device; 2] {
+    [gpu(), Device::flex()]
 }
 
 fn code(k: usize, n: usize, s: usize, layout: Layout) -> Code {
@@ -59,12 +65,30 @@ fn encode_on_burn_tensors_matches_the_cpu_path() {
         let c = code(k, n, 1, layout);
         let groups = 3;
         let queries = values(groups * k * d, d as u64);
-        let tensor = Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &gpu());
-        let coded = fused::encode(tensor, &FusedCode::new(c.clone()).unwrap()).unwrap();
-        assert_eq!(coded.dims(), [groups, n, d]);
         let expected = cpu::encode_to_vec(&c, &queries, d).unwrap();
-        assert_close(&host(coded), &expected, Tolerance::BALANCED, &format!("encode K={k} N={n} D={d}"));
+        for device in devices() {
+            let tensor = Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &device);
+            let coded = fused::encode(tensor, &FusedCode::new(c.clone()).unwrap()).unwrap();
+            assert_eq!((coded.dims(), coded.device()), ([groups, n, d], device.clone()));
+            assert_close(&host(coded), &expected, Tolerance::BALANCED, &format!("encode K={k} N={n} D={d} {device:?}"));
+        }
     }
+}
+
+#[test]
+fn half_precision_tensors_on_flex_are_coded_in_half_precision() {
+    let (k, n, d, groups) = (4, 6, 9, 2);
+    let c = code(k, n, 1, Layout::NonSystematic);
+    let queries = values(groups * k * d, 5);
+    let fc = FusedCode::new(c.clone()).unwrap();
+    let halves =
+        Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), (&Device::flex(), DType::F16));
+    let coded = fused::encode(halves, &fc).unwrap();
+    assert_eq!(coded.dtype(), DType::F16);
+    let expected = cpu::encode_to_vec(&c, &queries, d).unwrap();
+    assert_close(&coded.clone().try_into_vec_as::<f32>().unwrap(), &expected, Tolerance::PERMISSIVE, "encode in f16");
+    let decoded = fused::decode(coded, &masks(&c, groups, 3), &fc).unwrap();
+    assert_eq!(decoded.dtype(), DType::F16);
 }
 
 #[test]
@@ -74,11 +98,14 @@ fn decode_on_burn_tensors_matches_the_cpu_path_for_random_masks() {
         let groups = 17;
         let outputs = values(groups * n * classes, classes as u64);
         let masks = masks(&c, groups, 7);
-        let tensor = Tensor::<3>::from_data(TensorData::new(outputs.clone(), [groups, n, classes]), &gpu());
-        let decoded = fused::decode(tensor, &masks, &FusedCode::new(c.clone()).unwrap()).unwrap();
-        assert_eq!(decoded.dims(), [groups, k, classes]);
         let expected = cpu::decode_to_vec(&c, &outputs, classes, &masks).unwrap();
-        assert_close(&host(decoded), &expected, Tolerance::BALANCED, &format!("decode K={k} N={n} S={s}"));
+        for device in devices() {
+            let tensor = Tensor::<3>::from_data(TensorData::new(outputs.clone(), [groups, n, classes]), &device);
+            let decoded = fused::decode(tensor, &masks, &FusedCode::new(c.clone()).unwrap()).unwrap();
+            assert_eq!((decoded.dims(), decoded.device()), ([groups, k, classes], device.clone()));
+            let what = format!("decode K={k} N={n} S={s} {device:?}");
+            assert_close(&host(decoded), &expected, Tolerance::BALANCED, &what);
+        }
     }
 }
 
@@ -113,19 +140,23 @@ fn the_runner_matches_the_cpu_reference_pipeline() {
     let queries = values(groups * k * d, 3);
     let masks = masks(&c, groups, 11);
 
-    let runner =
-        CodedRunner::new(|x: Tensor<2>| gpu_model.forward(x), FusedCode::new(c.clone()).unwrap(), gpu()).unwrap();
-    let input = Tensor::<2>::from_data(TensorData::new(queries.clone(), [groups * k, d]), &gpu());
-    let decoded = runner.infer(input, &masks).unwrap();
-    assert_eq!(decoded.dims(), [groups * k, 5]);
-    assert_eq!(decoded.device(), gpu(), "the predictions stay on the device");
-
     // Reference: CPU encode, the same weights on Burn's CPU device, CPU decode.
     let coded = cpu::encode_to_vec(&c, &queries, d).unwrap();
     let coded = Tensor::<2>::from_data(TensorData::new(coded, [groups * n, d]), &Device::flex());
     let predictions = cpu_model.forward(coded).into_data().try_to_vec::<f32>().unwrap();
     let expected = cpu::decode_to_vec(&c, &predictions, 5, &masks).unwrap();
-    assert_close(&decoded.into_data().try_to_vec::<f32>().unwrap(), &expected, Tolerance::BALANCED, "pipeline");
+
+    for (model, device) in [(&gpu_model, gpu()), (&cpu_model, Device::flex())] {
+        let runner =
+            CodedRunner::new(|x: Tensor<2>| model.forward(x), FusedCode::new(c.clone()).unwrap(), device.clone())
+                .unwrap();
+        let input = Tensor::<2>::from_data(TensorData::new(queries.clone(), [groups * k, d]), &device);
+        let decoded = runner.infer(input, &masks).unwrap();
+        assert_eq!(decoded.dims(), [groups * k, 5]);
+        assert_eq!(decoded.device(), device, "the predictions stay on the device");
+        let decoded = decoded.into_data().try_to_vec::<f32>().unwrap();
+        assert_close(&decoded, &expected, Tolerance::BALANCED, &format!("pipeline on {device:?}"));
+    }
 }
 
 #[test]
@@ -149,8 +180,15 @@ fn bad_input_is_a_typed_error_before_any_launch() {
     let wrong_rows = Tensor::<3>::from_data(TensorData::new(values(2 * 4 * 3, 1), [2, 4, 3]), &gpu());
     assert!(matches!(fused::encode(wrong_rows, &fc), Err(FusedError::Shape { what: "queries", .. })));
 
-    let on_cpu = Tensor::<3>::from_data(TensorData::new(values(3 * 3, 1), [1, 3, 3]), &Device::flex());
-    assert!(matches!(fused::encode(on_cpu, &fc), Err(FusedError::Device { .. })));
+    // Autodiff tensors are refused (the kernels have no backward pass), on flex as on wgpu.
+    for device in devices() {
+        let tracked = Tensor::<3>::from_data(TensorData::new(values(3 * 3, 1), [1, 3, 3]), &device.clone().autodiff());
+        assert!(matches!(fused::encode(tracked, &fc), Err(FusedError::Device { .. })), "{device:?}");
+    }
+    // A dtype the kernels do not store is refused on flex too (its CPU twins could, but the
+    // stages keep one contract).
+    let doubles = Tensor::<3>::from_data(TensorData::new(values(3 * 3, 1), [1, 3, 3]), (&Device::flex(), DType::F64));
+    assert!(matches!(fused::encode(doubles, &fc), Err(FusedError::DType { .. })));
 
     let outputs = Tensor::<3>::from_data(TensorData::new(values(5 * 2, 1), [1, 5, 2]), &gpu());
     let too_few = [true, true, false, false, false];
@@ -162,7 +200,8 @@ fn bad_input_is_a_typed_error_before_any_launch() {
     let runner = CodedRunner::new(|x: Tensor<2>| x, fc.clone(), gpu()).unwrap();
     let not_whole = Tensor::<2>::from_data(TensorData::new(values(4 * 2, 1), [4, 2]), &gpu());
     assert!(matches!(runner.encode(not_whole), Err(FusedError::Shape { .. })));
-    assert!(matches!(CodedRunner::new(|x: Tensor<2>| x, fc, Device::flex()), Err(FusedError::Device { .. })));
+    let tracked = Device::flex().autodiff();
+    assert!(matches!(CodedRunner::new(|x: Tensor<2>| x, fc, tracked), Err(FusedError::Device { .. })));
 }
 
 #[test]
@@ -182,11 +221,13 @@ fn encoding_a_subset_of_workers_gives_those_rows_of_the_full_encode_on_both_path
                 assert_eq!(got, want, "K={k} N={n}: group {g}, worker {w}");
             }
         }
-        // The WGSL path on Burn tensors agrees with it.
-        let tensor = Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &gpu());
-        let on_device = fused::encode_rows(tensor, None, &FusedCode::new(c.clone()).unwrap(), &workers).unwrap();
-        assert_eq!(on_device.dims(), [groups, m, d]);
-        assert_close(&host(on_device), &rows, Tolerance::BALANCED, "encode_rows");
+        // The fused stage on Burn tensors agrees with it, on wgpu (WGSL) and on flex.
+        for device in devices() {
+            let tensor = Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &device);
+            let on_device = fused::encode_rows(tensor, None, &FusedCode::new(c.clone()).unwrap(), &workers).unwrap();
+            assert_eq!(on_device.dims(), [groups, m, d]);
+            assert_close(&host(on_device), &rows, Tolerance::BALANCED, &format!("encode_rows {device:?}"));
+        }
     }
     // A worker the code does not have is a typed error on both paths, before any launch.
     let c = code(2, 3, 1, Layout::NonSystematic);
@@ -209,32 +250,47 @@ fn masked_encoding_on_burn_tensors_matches_the_cpu_and_refuses_missing_masks() {
     let queries = values(groups * k * d, 21);
     let masks = MaskSampler::seeded(2.0, 22).unwrap().masks(&c, groups, d);
     let expected = cpu::encode_masked_to_vec(&c, &queries, &masks, d).unwrap();
-    let q = || Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &gpu());
-    let m = Tensor::<3>::from_data(TensorData::new(masks.clone(), [groups, t, d]), &gpu());
-    let coded = fused::encode_masked(q(), Some(m.clone()), &fused_code).unwrap();
-    assert_eq!(coded.dims(), [groups, n, d]);
-    assert_close(&host(coded), &expected, Tolerance::BALANCED, "encode_masked");
-    // A subset of workers: those rows.
-    let rows = fused::encode_rows(q(), Some(m.clone()), &fused_code, &[7, 2]).unwrap();
-    let host_rows = host(rows);
-    for g in 0..groups {
-        for (r, w) in [7, 2].into_iter().enumerate() {
-            let want = &expected[(g * n + w) * d..][..d];
-            assert_close(&host_rows[(g * 2 + r) * d..][..d], want, Tolerance::BALANCED, "encode_rows masked");
+    for device in devices() {
+        let q = || Tensor::<3>::from_data(TensorData::new(queries.clone(), [groups, k, d]), &device);
+        let m = Tensor::<3>::from_data(TensorData::new(masks.clone(), [groups, t, d]), &device);
+        let coded = fused::encode_masked(q(), Some(m.clone()), &fused_code).unwrap();
+        assert_eq!(coded.dims(), [groups, n, d]);
+        assert_close(&host(coded), &expected, Tolerance::BALANCED, &format!("encode_masked {device:?}"));
+        // A subset of workers: those rows.
+        let rows = fused::encode_rows(q(), Some(m.clone()), &fused_code, &[7, 2]).unwrap();
+        let host_rows = host(rows);
+        for g in 0..groups {
+            for (r, w) in [7, 2].into_iter().enumerate() {
+                let want = &expected[(g * n + w) * d..][..d];
+                assert_close(
+                    &host_rows[(g * 2 + r) * d..][..d],
+                    want,
+                    Tolerance::BALANCED,
+                    &format!("encode_rows masked {device:?}"),
+                );
+            }
         }
+        // Without masks, or with masks of the wrong shape: typed errors, nothing launched.
+        let err = fused::encode(q(), &fused_code).unwrap_err();
+        assert!(
+            matches!(err, FusedError::Codec(approxifer::kernels::Error::MasksMismatch { privacy: 2, .. })),
+            "{err}"
+        );
+        let short = Tensor::<3>::from_data(TensorData::new(masks[..groups * d].to_vec(), [groups, 1, d]), &device);
+        let err = fused::encode_masked(q(), Some(short), &fused_code).unwrap_err();
+        assert!(matches!(err, FusedError::Shape { what: "masks", .. }), "{err}");
+        // And the runner codes a private batch end to end.
+        let runner = CodedRunner::new(|x: Tensor<2>| x, fused_code.clone(), device.clone()).unwrap();
+        let flat_q = Tensor::<2>::from_data(TensorData::new(queries.clone(), [groups * k, d]), &device);
+        let flat_m = Tensor::<2>::from_data(TensorData::new(masks.clone(), [groups * t, d]), &device);
+        let coded = runner.encode_masked(flat_q.clone(), Some(flat_m)).unwrap();
+        assert_eq!(coded.dims(), [groups * n, d]);
+        assert_close(
+            &host(coded.reshape([groups, n, d])),
+            &expected,
+            Tolerance::BALANCED,
+            &format!("runner {device:?}"),
+        );
+        assert!(runner.encode(flat_q).is_err());
     }
-    // Without masks, or with masks of the wrong shape: typed errors, nothing launched.
-    let err = fused::encode(q(), &fused_code).unwrap_err();
-    assert!(matches!(err, FusedError::Codec(approxifer::kernels::Error::MasksMismatch { privacy: 2, .. })), "{err}");
-    let short = Tensor::<3>::from_data(TensorData::new(masks[..groups * d].to_vec(), [groups, 1, d]), &gpu());
-    let err = fused::encode_masked(q(), Some(short), &fused_code).unwrap_err();
-    assert!(matches!(err, FusedError::Shape { what: "masks", .. }), "{err}");
-    // And the runner codes a private batch end to end.
-    let runner = CodedRunner::new(|x: Tensor<2>| x, fused_code, gpu()).unwrap();
-    let flat_q = Tensor::<2>::from_data(TensorData::new(queries.clone(), [groups * k, d]), &gpu());
-    let flat_m = Tensor::<2>::from_data(TensorData::new(masks, [groups * t, d]), &gpu());
-    let coded = runner.encode_masked(flat_q.clone(), Some(flat_m)).unwrap();
-    assert_eq!(coded.dims(), [groups * n, d]);
-    assert_close(&host(coded.reshape([groups, n, d])), &expected, Tolerance::BALANCED, "runner");
-    assert!(runner.encode(flat_q).is_err());
 }

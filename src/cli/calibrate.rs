@@ -60,7 +60,8 @@ pub(super) struct CalibrateArgs {
     /// The data directory [default: $APPROXIFER_DATA, else ./data]
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    /// Adapter: auto (a GPU, else Burn's CPU backend), discrete, integrated, cpu (a CPU Vulkan
+    /// driver such as lavapipe), or part of its name [env: APPROXIFER_ADAPTER]
     #[arg(long, value_name = "ADAPTER")]
     adapter: Option<AdapterChoice>,
 }
@@ -74,7 +75,8 @@ pub(super) fn run(args: &CalibrateArgs, out: &mut impl Write) -> anyhow::Result<
     // Fail on an unwritable output before the work, not after.
     std::fs::File::create(&args.output)?;
     let dir = args.data.clone().unwrap_or_else(data::default_dir);
-    let burn = crate::backend::BurnDevice::select(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
+    let burn =
+        crate::backend::BurnDevice::select_or_flex(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
     let (architecture, model) =
         super::model::hosted_for(args.dataset, args.model, args.weights.as_deref(), &dir, &burn.device)?;
     let images = data::load(&dir, args.dataset, Split::Train)?;

@@ -22,7 +22,8 @@ pub(super) struct DemoArgs {
     /// Seed for the queries and the stragglers (and the synthetic network).
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    /// Adapter: auto (a GPU, else Burn's CPU backend), discrete, integrated, cpu (a CPU Vulkan
+    /// driver such as lavapipe), or part of its name [env: APPROXIFER_ADAPTER]
     #[arg(long, value_name = "ADAPTER")]
     adapter: Option<AdapterChoice>,
     /// Print one JSON object per setting instead of a table.
@@ -37,7 +38,8 @@ pub(super) fn run(args: &DemoArgs, out: &mut impl Write) -> anyhow::Result<()> {
     if args.synthetic {
         return run_synthetic(args, out);
     }
-    let burn = crate::backend::BurnDevice::select(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
+    let burn =
+        crate::backend::BurnDevice::select_or_flex(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
     let device = burn.device.clone();
     eprintln!("{}", burn.notice());
     let model = crate::embedded::model(&device)?;

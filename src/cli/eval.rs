@@ -137,7 +137,8 @@ pub(super) struct EvalArgs {
     /// The data directory [default: $APPROXIFER_DATA, else ./data]
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    /// Adapter: auto (a GPU, else Burn's CPU backend), discrete, integrated, cpu (a CPU Vulkan
+    /// driver such as lavapipe), or part of its name [env: APPROXIFER_ADAPTER]
     #[arg(long, value_name = "ADAPTER")]
     adapter: Option<AdapterChoice>,
     /// Print one JSON object per setting instead of a table.
@@ -185,7 +186,8 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     anyhow::ensure!(args.parity.is_none() || args.k.len() == 1, "--parity is one K's parity model: give one --k");
     anyhow::ensure!(args.queries >= 1, "--queries must be at least 1");
     let dir = args.data.clone().unwrap_or_else(data::default_dir);
-    let burn = crate::backend::BurnDevice::select(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
+    let burn =
+        crate::backend::BurnDevice::select_or_flex(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
     let device = burn.device.clone();
     let (architecture, model) =
         super::model::hosted_for(args.dataset, args.model, args.weights.as_deref(), &dir, &device)?;

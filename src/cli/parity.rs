@@ -48,7 +48,8 @@ pub(super) struct TrainParityArgs {
     /// The data directory [default: $APPROXIFER_DATA, else ./data]
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    /// Adapter: auto (a GPU, else Burn's CPU backend), discrete, integrated, cpu (a CPU Vulkan
+    /// driver such as lavapipe), or part of its name [env: APPROXIFER_ADAPTER]
     #[arg(long, value_name = "ADAPTER", conflicts_with = "flex")]
     adapter: Option<AdapterChoice>,
     /// Train with Burn's pure-Rust CPU backend (flex) instead of a wgpu adapter.

@@ -37,7 +37,8 @@ pub(super) struct TrainArgs {
     /// The data directory [default: $APPROXIFER_DATA, else ./data]
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Adapter: auto, discrete, integrated, cpu, or part of its name [env: APPROXIFER_ADAPTER]
+    /// Adapter: auto (a GPU, else Burn's CPU backend), discrete, integrated, cpu (a CPU Vulkan
+    /// driver such as lavapipe), or part of its name [env: APPROXIFER_ADAPTER]
     #[arg(long, value_name = "ADAPTER", conflicts_with = "flex")]
     adapter: Option<AdapterChoice>,
     /// Train with Burn's pure-Rust CPU backend (flex) instead of a wgpu adapter (the default
@@ -100,24 +101,21 @@ pub(super) fn run(args: &TrainArgs, out: &mut impl Write) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Where to train: flex when asked, or when the only adapter is a CPU Vulkan driver and none
-/// was asked for; else the adapter chosen.
+/// Where to train: flex when asked, or where [`BurnDevice::select_or_flex`] puts a model (a
+/// CPU Vulkan driver trains convolutions far slower than flex: LeNet-5 on 2000 images and a
+/// 10000-image test, over 5 min against 2.4 s on two cores); else the adapter chosen.
+///
+/// [`BurnDevice::select_or_flex`]: crate::backend::BurnDevice::select_or_flex
 pub(super) fn training_device(adapter: Option<&AdapterChoice>, flex: bool) -> anyhow::Result<burn::tensor::Device> {
     if flex {
         eprintln!("approxifer: training on the CPU with Burn's flex backend");
         return Ok(burn::tensor::Device::flex());
     }
-    let burn = crate::backend::BurnDevice::select(&adapter.cloned().unwrap_or_else(AdapterChoice::from_env))?;
-    if burn.is_cpu && adapter.is_none() {
-        // A CPU Vulkan driver trains convolutions far slower than flex (LeNet-5 on 2000
-        // images and a 10000-image test: over 5 min against 2.4 s on two cores).
-        eprintln!(
-            "approxifer: no GPU found; training on the CPU with Burn's flex backend (--adapter cpu forces {})",
-            burn.adapter
-        );
-        return Ok(burn::tensor::Device::flex());
+    let burn = crate::backend::BurnDevice::select_or_flex(&adapter.cloned().unwrap_or_else(AdapterChoice::from_env))?;
+    match &burn.fallback {
+        Some(why) => eprintln!("approxifer: {why}; training on the CPU with Burn's flex backend"),
+        None => eprintln!("{}", burn.notice()),
     }
-    eprintln!("{}", burn.notice());
     Ok(burn.device)
 }
 

@@ -8,7 +8,10 @@
 //!   compose with any Burn code and stay lazy under Burn's fusion.
 //! - [`CodedRunner`] strings them around a model: `infer(queries, masks) -> predictions`.
 //!
-//! Only Burn's wgpu devices run these kernels (they are WGSL); other devices are a typed error.
+//! Burn's wgpu devices run the WGSL kernels. Burn's flex device (the CPU backend, what a
+//! machine with no Vulkan driver or only a CPU one runs models on) runs their CPU twins on the
+//! tensors' values, in host memory there already: no transfer either way. Other devices are a
+//! typed error.
 
 pub mod ops;
 mod runner;
@@ -17,7 +20,7 @@ use std::sync::Arc;
 
 use approxifer_kernels::gpu::launch::Grid;
 use approxifer_kernels::gpu::{GpuCode, GpuError, Shader};
-use approxifer_kernels::{Code, Error as CodecError};
+use approxifer_kernels::{Code, Error as CodecError, cpu};
 use burn::backend::DispatchDevice;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
@@ -33,9 +36,14 @@ pub enum FusedError {
     /// The code's tables do not fit a launch.
     #[error(transparent)]
     Gpu(#[from] GpuError),
-    /// A tensor on a device the WGSL kernels cannot run on.
-    #[error("{what} is on {device}; the fused kernels run on Burn's wgpu devices (Device::wgpu), without autodiff")]
+    /// A tensor on a device the fused stages cannot run on.
+    #[error(
+        "{what} is on {device}; the fused stages run on Burn's wgpu devices (Device::wgpu) and its flex device, without autodiff"
+    )]
     Device { what: &'static str, device: String },
+    /// A flex tensor whose values could not be read for the CPU twins.
+    #[error("reading {what}: {message}")]
+    Read { what: &'static str, message: String },
     /// A tensor whose dtype the kernels do not store.
     #[error("{what} has dtype {dtype:?}; the fused kernels take f32 or f16")]
     DType { what: &'static str, dtype: DType },
@@ -110,8 +118,12 @@ pub fn encode(queries: Tensor<3>, code: &FusedCode) -> Result<Tensor<3>, FusedEr
 pub fn encode_masked(queries: Tensor<3>, masks: Option<Tensor<3>>, code: &FusedCode) -> Result<Tensor<3>, FusedError> {
     let n = code.code.params().workers();
     let [groups, _, row_len] = queries.dims();
-    let elem = check_tensor("queries", &queries.device(), queries.dtype())?;
+    let place = place("queries", &queries.device(), queries.dtype())?;
     let sources = sources(queries, masks, code)?;
+    let Place::Wgsl(elem) = place else {
+        let all: Vec<usize> = (0..n).collect();
+        return encode_on_host(sources, code, &all);
+    };
     check_launch("coded queries", groups, n, row_len)?;
     let launch = code.launch(Shader::Encode, elem, row_len);
     Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(sources.into_dispatch(), launch)))
@@ -128,11 +140,14 @@ pub fn encode_rows(
     workers: &[usize],
 ) -> Result<Tensor<3>, FusedError> {
     let [groups, _, row_len] = queries.dims();
-    let elem = check_tensor("queries", &queries.device(), queries.dtype())?;
+    let place = place("queries", &queries.device(), queries.dtype())?;
     if workers.is_empty() {
         return Err(FusedError::Shape { what: "workers", expected: "at least one worker".into(), actual: vec![0] });
     }
     let sources = sources(queries, masks, code)?;
+    let Place::Wgsl(elem) = place else {
+        return encode_on_host(sources, code, workers);
+    };
     check_launch("coded queries", groups, workers.len(), row_len)?;
     let launch = code.encode_rows_launch(workers, elem, row_len)?;
     Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(sources.into_dispatch(), launch)))
@@ -169,9 +184,36 @@ fn sources(queries: Tensor<3>, masks: Option<Tensor<3>>, code: &FusedCode) -> Re
     }
 }
 
-/// Whether `device` runs the fused kernels (a Burn wgpu device without autodiff).
+/// Whether `device` runs the WGSL kernels (a Burn wgpu device without autodiff).
 pub fn runs_wgsl(device: &Device) -> bool {
-    check_device("", device).is_ok()
+    matches!(place("", device, DType::F32), Ok(Place::Wgsl(_)))
+}
+
+/// The encode kernel's CPU twin: `[B, K + T, D]` sources (queries, then masks) into the coded
+/// queries of `workers`, `[B, M, D]`, on the sources' (flex) device.
+fn encode_on_host(sources: Tensor<3>, code: &FusedCode, workers: &[usize]) -> Result<Tensor<3>, FusedError> {
+    let (k, t) = (code.code.params().queries(), code.code.params().privacy());
+    let [groups, _, row_len] = sources.dims();
+    let (device, dtype) = (sources.device(), sources.dtype());
+    let values = read("queries", sources)?;
+    // The twin takes queries and masks apart; split each group's block once.
+    let (queries, masks): (Vec<f32>, Vec<f32>) = if t == 0 {
+        (values, Vec::new())
+    } else {
+        let blocks = values.chunks_exact((k + t) * row_len);
+        (
+            blocks.clone().flat_map(|b| &b[..k * row_len]).copied().collect(),
+            blocks.flat_map(|b| &b[k * row_len..]).copied().collect(),
+        )
+    };
+    let mut coded = vec![0.0; groups * workers.len() * row_len];
+    cpu::encode_rows_masked(&code.code, workers, &queries, &masks, row_len, &mut coded)?;
+    Ok(Tensor::from_data(TensorData::new(coded, [groups, workers.len(), row_len]), (&device, dtype)))
+}
+
+/// A flex tensor's values, as `f32`.
+fn read<const D: usize>(what: &'static str, tensor: Tensor<D>) -> Result<Vec<f32>, FusedError> {
+    tensor.try_into_vec_as::<f32>().map_err(|e| FusedError::Read { what, message: format!("{e:?}") })
 }
 
 /// Decodes `[B, N, C]` worker outputs into `[B, K, C]` predictions, with `masks` (`B x N`,
@@ -182,13 +224,19 @@ pub fn decode(outputs: Tensor<3>, masks: &[bool], code: &FusedCode) -> Result<Te
     let [groups, _, classes] = outputs.dims();
     check_rows("worker outputs", &outputs.dims(), n, "[B, N, C]")?;
     let device = outputs.device();
-    let elem = check_tensor("worker outputs", &device, outputs.dtype())?;
+    let place = place("worker outputs", &device, outputs.dtype())?;
     let mask_groups = code.code.check_masks(masks)?;
     if mask_groups != groups {
         return Err(
             CodecError::ShapeMismatch { what: "responder masks", expected: groups * n, actual: masks.len() }.into()
         );
     }
+    let Place::Wgsl(elem) = place else {
+        let dtype = outputs.dtype();
+        let mut decoded = vec![0.0; groups * k * classes];
+        cpu::decode(&code.code, &read("worker outputs", outputs)?, classes, masks, &mut decoded)?;
+        return Ok(Tensor::from_data(TensorData::new(decoded, [groups, k, classes]), (&device, dtype)));
+    };
     check_launch("decoded outputs", groups, k, classes)?;
     let words: Vec<i32> = masks.iter().map(|&m| i32::from(m)).collect();
     let masks = Tensor::<2, Int>::from_data(TensorData::new(words, [groups, n]), &device);
@@ -208,20 +256,23 @@ fn check_rows(what: &'static str, dims: &[usize; 3], rows: usize, layout: &str) 
     Ok(())
 }
 
-/// The storage type for a tensor, if its device and dtype can run the kernels.
-fn check_tensor(
-    what: &'static str,
-    device: &Device,
-    dtype: DType,
-) -> Result<approxifer_kernels::gpu::Elem, FusedError> {
-    check_device(what, device)?;
-    ops::kernel_elem(dtype).ok_or(FusedError::DType { what, dtype })
+/// Where a fused stage runs.
+enum Place {
+    /// The WGSL kernel, storing this element type.
+    Wgsl(approxifer_kernels::gpu::Elem),
+    /// The kernel's CPU twin, on a flex tensor's values.
+    Host,
 }
 
-/// Whether `device` runs WGSL: a Burn wgpu device without autodiff.
-fn check_device(what: &'static str, device: &Device) -> Result<(), FusedError> {
+/// Where a tensor on `device` with `dtype` is coded: WGSL on a wgpu device, the CPU twins on
+/// flex, both for the element types the kernels store; anything else is refused.
+fn place(what: &'static str, device: &Device, dtype: DType) -> Result<Place, FusedError> {
+    let elem = || ops::kernel_elem(dtype).ok_or(FusedError::DType { what, dtype });
     match device.as_dispatch() {
-        DispatchDevice::Cube(cube) if cube.runtime() == burn_cubecl::cubecl::RuntimeId::Wgpu => Ok(()),
+        DispatchDevice::Cube(cube) if cube.runtime() == burn_cubecl::cubecl::RuntimeId::Wgpu => {
+            Ok(Place::Wgsl(elem()?))
+        }
+        DispatchDevice::Flex(_) => elem().map(|_| Place::Host),
         _ => Err(FusedError::Device { what, device: format!("{device:?}") }),
     }
 }

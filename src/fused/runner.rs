@@ -17,7 +17,8 @@ impl<const D: usize, F: Fn(Tensor<D>) -> Tensor<2>> Model<D> for F {
     }
 }
 
-/// Coded inference with an unchanged model on one wgpu device. Queries come in batches of
+/// Coded inference with an unchanged model on one wgpu device (or flex: see the
+/// [module](super)). Queries come in batches of
 /// whole groups (`B x K` inputs); the model sees `B x N` coded inputs; predictions come back
 /// decoded for the `B x K` queries. The stages pass [`Tensor`]s, which stay on the device.
 pub struct CodedRunner<M, const D: usize> {
@@ -27,9 +28,9 @@ pub struct CodedRunner<M, const D: usize> {
 }
 
 impl<M: Model<D>, const D: usize> CodedRunner<M, D> {
-    /// A runner for `model` with `code` on `device`, which must be a Burn wgpu device.
+    /// A runner for `model` with `code` on `device`, a Burn wgpu or flex device.
     pub fn new(model: M, code: FusedCode, device: Device) -> Result<Self, FusedError> {
-        super::check_device("the runner's device", &device)?;
+        super::place("the runner's device", &device, burn::tensor::DType::F32)?;
         Ok(CodedRunner { model, code, device })
     }
 
