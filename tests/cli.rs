@@ -766,6 +766,21 @@ fn model_commands_run_on_the_cpu_when_no_vulkan_driver_is_installed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no GPU adapter found"), "{out:?}");
 }
 
+#[test]
+fn a_failed_calibration_keeps_the_older_file_and_leaves_nothing_beside_it() {
+    let dir = temp_dir();
+    let output = dir.path().join("calibration.json");
+    std::fs::write(&output, "older").unwrap();
+    let data = data_dir();
+    // Ten groups are too few to fit a position's statistics: the run fails after its work.
+    let args = ["calibrate", "--dataset", "fashion-mnist", "--model", "lenet5", "--k", "4", "--groups", "10"];
+    let out = approxifer(&[&args[..], &["--data", &data, "-o", output.to_str().unwrap()]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("calibrate on more groups"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "older");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no staged file left behind");
+}
+
 // ---- train and eval ---------------------------------------------------------------------------
 
 fn data_dir() -> String {

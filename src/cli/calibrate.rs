@@ -72,8 +72,7 @@ pub(super) fn run(args: &CalibrateArgs, out: &mut impl Write) -> anyhow::Result<
     let n = args.workers.unwrap_or(CodeParams::workers_needed(k, s, a));
     let nodes = args.nodes.unwrap_or(default_nodes(Layout::NonSystematic));
     let code = Code::new(CodeParams::builder(k, n).stragglers(s).byzantine(a).nodes(nodes).build()?)?;
-    // Fail on an unwritable output before the work, not after.
-    std::fs::File::create(&args.output)?;
+    let staged = super::output::Staged::new(&args.output)?;
     let dir = args.data.clone().unwrap_or_else(data::default_dir);
     let burn =
         crate::backend::BurnDevice::select_or_flex(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
@@ -93,7 +92,8 @@ pub(super) fn run(args: &CalibrateArgs, out: &mut impl Write) -> anyhow::Result<
     let calibration =
         calibrate(&model, &images, &code, &config, &burn.device, |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    crate::eval::calibrate::write(&args.output, &calibration)?;
+    crate::eval::calibrate::write(staged.path(), &calibration)?;
+    staged.persist()?;
     writeln!(
         out,
         "calibration of {} on {} for K = {k}, N = {n}, S = {s}, {nodes} nodes, {} outputs, from {} honest groups: {}",

@@ -192,9 +192,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     let (architecture, model) =
         super::model::hosted_for(args.dataset, args.model, args.weights.as_deref(), &dir, &device)?;
     let test = data::load(&dir, args.dataset, Split::Test)?;
-    if let Some(plot) = &args.plot {
-        std::fs::File::create(plot)?; // fail before the work, not after
-    }
+    let plot = args.plot.as_deref().map(super::output::Staged::new).transpose()?;
     eprintln!("{}", burn.notice());
     let byzantine = args.byzantine.is_some();
     let private = args.privacy.is_some();
@@ -268,8 +266,9 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         if !args.json {
             write_privacy_table(&rows, out)?;
         }
-        if let Some(plot) = &args.plot {
-            crate::plot::privacy_svg(&rows, plot)?;
+        if let Some(plot) = plot {
+            crate::plot::privacy_svg(&rows, plot.path())?;
+            plot.persist()?;
         }
         return Ok(());
     }
@@ -296,8 +295,9 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         } else {
             write_byzantine_table(&rows, out)?;
         }
-        if let Some(plot) = &args.plot {
-            crate::plot::redundancy_svg(&rows, plot)?;
+        if let Some(plot) = plot {
+            crate::plot::redundancy_svg(&rows, plot.path())?;
+            plot.persist()?;
         }
         return Ok(());
     }
@@ -338,8 +338,9 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     } else {
         write_table(&rows, out)?;
     }
-    if let Some(path) = &args.plot {
-        crate::plot::accuracy_svg(&rows, path)?;
+    if let (Some(plot), Some(path)) = (plot, &args.plot) {
+        crate::plot::accuracy_svg(&rows, plot.path())?;
+        plot.persist()?;
         eprintln!("approxifer: plot written to {}", path.display());
     }
     Ok(())

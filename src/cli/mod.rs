@@ -10,6 +10,7 @@ mod demo;
 mod eval;
 mod export;
 mod model;
+mod output;
 mod parity;
 mod serve;
 mod serve_bench;

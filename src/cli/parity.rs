@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::data::{self, Dataset, Split};
@@ -74,7 +73,7 @@ pub(super) fn run(args: &TrainParityArgs, out: &mut impl Write) -> anyhow::Resul
     let device = super::train::training_device(args.adapter.as_ref(), args.flex)?;
     let (architecture, hosted) =
         super::model::hosted_for(args.dataset, args.model, args.weights.as_deref(), &dir, &device)?;
-    let staging = super::train::staging(&args.output)?;
+    let staged = super::output::Staged::new(&args.output)?;
     let bar = super::progress_bar(0, "steps");
     if !args.json {
         writeln!(out, "{:>6} {:>10} {:>10} {:>10}", "epoch", "loss", "agreement", "accuracy")?;
@@ -107,8 +106,8 @@ pub(super) fn run(args: &TrainParityArgs, out: &mut impl Write) -> anyhow::Resul
     )?;
     bar.finish_and_clear();
     written?;
-    models::save(&model, staging.path())?;
-    staging.persist(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+    models::save(&model, staged.path())?;
+    staged.persist()?;
     eprintln!(
         "approxifer: saved the {} parity model for K = {} (epoch {kept}, best held-out agreement) to {}",
         architecture.name(),

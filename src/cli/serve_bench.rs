@@ -180,9 +180,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             || config.schemes.contains(&SchemeKind::Uncoded),
         "hedged requests back up after the uncoded run's p95: run uncoded too, or give --hedge-after-ms"
     );
-    if let Some(plot) = &args.plot {
-        std::fs::File::create(plot)?; // fail before the work, not after
-    }
+    let plot = args.plot.as_deref().map(super::output::Staged::new).transpose()?;
     // ParM runs where it can: local workers (they answer logits) and a parity model for K.
     let explicit = |kind| args.schemes.contains(&kind);
     let parm_without = if !args.remote.urls.is_empty() || args.remote.file.is_some() {
@@ -307,8 +305,9 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         }
         pooled_latencies(&summaries)
     };
-    if let Some(path) = &args.plot {
-        crate::plot::latency_cdf_svg(&pooled, path)?;
+    if let (Some(staged), Some(path)) = (plot, &args.plot) {
+        crate::plot::latency_cdf_svg(&pooled, staged.path())?;
+        staged.persist()?;
         eprintln!("approxifer: plot written to {}", path.display());
     }
     Ok(())

@@ -1,9 +1,7 @@
 //! `approxifer train`: train a zoo model on MNIST or Fashion-MNIST and save its weights.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
+use std::path::PathBuf;
 
 use clap::Args;
 
@@ -67,7 +65,7 @@ pub(super) fn run(args: &TrainArgs, out: &mut impl Write) -> anyhow::Result<()> 
     }
     let test_set = data::load(&dir, args.dataset, Split::Test)?;
     let device = training_device(args.adapter.as_ref(), args.flex)?;
-    let staging = staging(&args.output)?;
+    let staged = super::output::Staged::new(&args.output)?;
     let bar = super::progress_bar(0, "batches");
     if !args.json {
         writeln!(out, "{:>6} {:>10} {:>14}", "epoch", "loss", "test accuracy")?;
@@ -95,8 +93,8 @@ pub(super) fn run(args: &TrainArgs, out: &mut impl Write) -> anyhow::Result<()> 
     )?;
     bar.finish_and_clear();
     written?;
-    models::save(&model, staging.path())?;
-    staging.persist(&args.output).with_context(|| format!("cannot write {}", args.output.display()))?;
+    models::save(&model, staged.path())?;
+    staged.persist()?;
     eprintln!("approxifer: saved {} weights to {}", args.model.name(), args.output.display());
     Ok(())
 }
@@ -117,15 +115,4 @@ pub(super) fn training_device(adapter: Option<&AdapterChoice>, flex: bool) -> an
         None => eprintln!("{}", burn.notice()),
     }
     Ok(burn.device)
-}
-
-/// A file beside `output` to write weights into, renamed into place once written: an
-/// unwritable directory fails before the work, and a failure never clobbers older weights.
-pub(super) fn staging(output: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    tempfile::Builder::new()
-        .prefix(".approxifer-weights")
-        .suffix(".bpk")
-        .tempfile_in(parent)
-        .with_context(|| format!("cannot write weights into {}", parent.display()))
 }
