@@ -760,10 +760,13 @@ fn model_commands_run_on_the_cpu_when_no_vulkan_driver_is_installed() {
     let calibration: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&output).unwrap()).unwrap();
     assert_eq!((calibration["queries"].as_u64(), calibration["groups"].as_u64()), (Some(4), Some(100)));
 
-    // An adapter asked for by kind is still an error when it is missing.
+    // An adapter asked for by kind is still an error when it is missing, one line that says
+    // what was asked and what to do.
     let out = no_driver(&["demo", "--adapter", "discrete"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no GPU adapter found"), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.lines().count() == 1, "{stderr}");
+    assert!(stderr.contains("--adapter discrete") && stderr.contains("no GPU adapter found"), "{stderr}");
+    assert!(stderr.contains("install a Vulkan driver") && !stderr.contains("--backend"), "{stderr}");
 }
 
 #[test]

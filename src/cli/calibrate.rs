@@ -74,8 +74,7 @@ pub(super) fn run(args: &CalibrateArgs, out: &mut impl Write) -> anyhow::Result<
     let code = Code::new(CodeParams::builder(k, n).stragglers(s).byzantine(a).nodes(nodes).build()?)?;
     let staged = super::output::Staged::new(&args.output)?;
     let dir = args.data.clone().unwrap_or_else(data::default_dir);
-    let burn =
-        crate::backend::BurnDevice::select_or_flex(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
+    let burn = super::model_device(args.adapter.as_ref())?;
     let (architecture, model) =
         super::model::hosted_for(args.dataset, args.model, args.weights.as_deref(), &dir, &burn.device)?;
     let images = data::load(&dir, args.dataset, Split::Train)?;

@@ -38,8 +38,7 @@ pub(super) fn run(args: &DemoArgs, out: &mut impl Write) -> anyhow::Result<()> {
     if args.synthetic {
         return run_synthetic(args, out);
     }
-    let burn =
-        crate::backend::BurnDevice::select_or_flex(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
+    let burn = super::model_device(args.adapter.as_ref())?;
     let device = burn.device.clone();
     eprintln!("{}", burn.notice());
     let model = crate::embedded::model(&device)?;

@@ -186,8 +186,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     anyhow::ensure!(args.parity.is_none() || args.k.len() == 1, "--parity is one K's parity model: give one --k");
     anyhow::ensure!(args.queries >= 1, "--queries must be at least 1");
     let dir = args.data.clone().unwrap_or_else(data::default_dir);
-    let burn =
-        crate::backend::BurnDevice::select_or_flex(&args.adapter.clone().unwrap_or_else(AdapterChoice::from_env))?;
+    let burn = super::model_device(args.adapter.as_ref())?;
     let device = burn.device.clone();
     let (architecture, model) =
         super::model::hosted_for(args.dataset, args.model, args.weights.as_deref(), &dir, &device)?;

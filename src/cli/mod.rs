@@ -21,7 +21,10 @@ mod workers;
 use std::io::Write;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+
+use crate::kernels::gpu::{ADAPTER_ENV, AdapterChoice};
 
 use crate::kernels::{Code, CodeParams, Layout, MaskPlacement, NodeFamily};
 
@@ -120,6 +123,17 @@ impl CodeArgs {
         }
         Ok(Code::new(builder.build()?)?)
     }
+}
+
+/// Where a command runs its model: the adapter `--adapter` (else `APPROXIFER_ADAPTER`) asks
+/// for, or with none asked for the best GPU, else Burn's CPU backend
+/// ([`BurnDevice::select_or_flex`](crate::backend::BurnDevice::select_or_flex)).
+fn model_device(adapter: Option<&AdapterChoice>) -> anyhow::Result<crate::backend::BurnDevice> {
+    let choice = adapter.cloned().unwrap_or_else(AdapterChoice::from_env);
+    crate::backend::BurnDevice::select_or_flex(&choice).with_context(|| match adapter {
+        Some(_) => format!("--adapter {choice} (without it the model runs on the CPU)"),
+        None => format!("{ADAPTER_ENV}={choice} (without it the model runs on the CPU)"),
+    })
 }
 
 /// Parses the arguments, runs the command and turns any failure into one line on stderr.

@@ -109,7 +109,7 @@ pub(super) fn training_device(adapter: Option<&AdapterChoice>, flex: bool) -> an
         eprintln!("approxifer: training on the CPU with Burn's flex backend");
         return Ok(burn::tensor::Device::flex());
     }
-    let burn = crate::backend::BurnDevice::select_or_flex(&adapter.cloned().unwrap_or_else(AdapterChoice::from_env))?;
+    let burn = super::model_device(adapter)?;
     match &burn.fallback {
         Some(why) => eprintln!("approxifer: {why}; training on the CPU with Burn's flex backend"),
         None => eprintln!("{}", burn.notice()),

@@ -1,6 +1,7 @@
 //! The options `serve` and `serve-bench` share for their workers: where the model replicas
 //! run and how queries are batched for them.
 
+use anyhow::Context;
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
 
@@ -66,7 +67,8 @@ impl WorkerArgs {
         let choice = self.adapter.clone().unwrap_or_else(AdapterChoice::from_env);
         let gpus = match self.device {
             WorkerDevice::Cpu => Vec::new(),
-            WorkerDevice::Gpu => BurnDevice::select_all(&choice)?,
+            WorkerDevice::Gpu => BurnDevice::select_all(&choice)
+                .context("--device gpu (--device auto runs the workers on the CPU when there is none)")?,
             WorkerDevice::Auto => {
                 BurnDevice::select_all(&choice).unwrap_or_default().into_iter().filter(|d| !d.is_cpu).collect()
             }

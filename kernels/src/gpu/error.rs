@@ -5,7 +5,7 @@
 pub enum GpuError {
     /// No adapter matched the request (or none exists at all).
     #[error(
-        "no GPU adapter found for '{requested}' (adapters present: {present}); install a Vulkan driver (scripts/setup.sh installs lavapipe) or choose --backend cpu"
+        "no GPU adapter found for '{requested}' (adapters present: {present}); install a Vulkan driver (scripts/setup.sh installs Mesa's lavapipe, which runs on the CPU)"
     )]
     NoAdapter { requested: String, present: String },
 
