@@ -490,3 +490,88 @@ fn the_robust_locator_raises_no_false_alarms_on_probabilities() {
     let found = locate(&code, &Locator::Robust, &answers, 10, &vec![true; groups * n]).unwrap();
     assert!(found.located[0].contains(&3));
 }
+
+/// Honest answers as [`honest`] makes them, and the model's answers to the raw queries
+/// (`[groups, K, C]`: what decoding estimates).
+fn honest_with_truth(model: Model, code: &Code, groups: usize, rng: &mut impl Rng) -> (Vec<f64>, Vec<f64>) {
+    let mut fixed = rand::rngs::StdRng::seed_from_u64(99);
+    let weights: Vec<f64> = (0..11 * DIM).map(|_| fixed.random_range(-1.0..1.0)).collect();
+    let queries: Vec<f64> = (0..groups * K * DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let coded = cpu::encode_to_vec(code, &queries, DIM).unwrap();
+    let answers = coded.chunks_exact(DIM).flat_map(|x| model.answer(x, &weights)).collect();
+    let truth = queries.chunks_exact(DIM).flat_map(|x| model.answer(x, &weights)).collect();
+    (answers, truth)
+}
+
+#[test]
+fn filled_in_rows_decode_closer_to_the_model_than_the_erasure_code() {
+    // Removed answers (here: `A` random workers per group, their rows NaN, as a liar's may
+    // be) are filled with what the learnt predictor expects, and the group decodes from every
+    // node: nearer the model's answers to the raw queries than the responders alone give.
+    for model in [Model::Regression, Model::Logits, Model::Probabilities] {
+        let (a, c, groups) = (2, model.outputs(), 400);
+        let code = code(a);
+        let n = code.params().workers();
+        let locator = Locator::Calibrated(calibrated(model, &code, 1000, 51));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(52);
+        let (mut answers, truth) = honest_with_truth(model, &code, groups, &mut rng);
+        let mut masks = vec![true; groups * n];
+        for (mask, group) in masks.chunks_exact_mut(n).zip(answers.chunks_exact_mut(n * c)) {
+            while mask.iter().filter(|m| !**m).count() < a {
+                let w = rng.random_range(0..n);
+                mask[w] = false;
+                group[w * c..(w + 1) * c].fill(f64::NAN);
+            }
+        }
+        let filled = locator.imputed(&code, &answers, c, &masks).unwrap().expect("a calibration with a predictor");
+        assert!(filled.iter().all(|v| v.is_finite()), "{model:?}: every removed row filled");
+        if let Model::Probabilities = model {
+            for row in filled.chunks_exact(c) {
+                assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-9 && row.iter().all(|&p| p > 0.0), "{row:?}");
+            }
+        }
+        let error = |decoded: &[f64]| -> f64 {
+            decoded.iter().zip(&truth).map(|(d, t)| (d - t).powi(2)).sum::<f64>() / truth.len() as f64
+        };
+        let mut decoded = vec![0.0; truth.len()];
+        cpu::decode_located(&code, &locator, &answers, c, &masks, &mut decoded).unwrap();
+        let with_predictor = error(&decoded);
+        cpu::decode_located(&code, &Locator::Robust, &answers, c, &masks, &mut decoded).unwrap();
+        let erasure = error(&decoded);
+        eprintln!("{model:?}: mean squared error {with_predictor:.4} filled in, {erasure:.4} erasure code");
+        assert!(with_predictor < erasure, "{model:?}: {with_predictor} against {erasure}");
+    }
+}
+
+#[test]
+fn only_a_learnt_predictor_fills_rows_in() {
+    let one = code(1);
+    let n = one.params().workers();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(61);
+    let answers = honest(Model::Regression, &one, 10, &mut rng);
+    let mut masks = vec![true; 10 * n];
+    masks[3] = false;
+    for locator in [Locator::Robust, Locator::Paper] {
+        assert_eq!(locator.imputed(&one, &answers, 4, &masks).unwrap(), None, "{locator:?}");
+    }
+    // A file from before the predictor has nothing to predict with.
+    let old: Calibration = serde_json::from_str(include_str!("fixtures/calibration-before-predictor.json")).unwrap();
+    let old = Locator::Calibrated(Arc::new(old));
+    assert_eq!(old.imputed(&one, &answers, 4, &masks).unwrap(), None);
+    // A code without liars decodes its stragglers as before.
+    let plain = Code::new(CodeParams::builder(K, n).stragglers(1).nodes(NodeFamily::Authors).build().unwrap()).unwrap();
+    let learnt = Locator::Calibrated(calibrated(Model::Regression, &one, 300, 62));
+    assert_eq!(learnt.imputed(&plain, &answers, 4, &masks).unwrap(), None);
+    // And a calibration of another code, or rows of another length, is an error, not a guess.
+    assert!(
+        learnt
+            .imputed(
+                &code(2),
+                &honest(Model::Regression, &code(2), 2, &mut rng),
+                4,
+                &vec![true; 2 * code(2).params().workers()]
+            )
+            .is_err()
+    );
+    assert!(learnt.imputed(&one, &answers[..10 * n * 2], 2, &masks).is_err());
+}

@@ -305,19 +305,33 @@ pub(super) fn decode(args: &DecodeCmd, out: &mut impl Write) -> anyhow::Result<(
         Some(path) => Locator::Calibrated(Arc::new(crate::eval::calibrate::read(path)?)),
         None => args.locator.clone(),
     };
+    let mut data = input.data;
     let (code, located) = if byzantine > 0 {
-        let location = match &input.data {
+        let location = match &data {
             Data::F16(v) => locate(&code, &locator, v, row_len, &masks)?,
             Data::F32(v) => locate(&code, &locator, v, row_len, &masks)?,
             Data::F64(v) => locate(&code, &locator, v, row_len, &masks)?,
         };
         masks = location.masks;
-        (code.erasure_code()?, Some(location.located))
+        // With a learnt predictor the removed rows are filled in and every node decodes.
+        let filled = match &data {
+            Data::F16(v) => locator.imputed(&code, v, row_len, &masks)?.map(Data::F16),
+            Data::F32(v) => locator.imputed(&code, v, row_len, &masks)?.map(Data::F32),
+            Data::F64(v) => locator.imputed(&code, v, row_len, &masks)?.map(Data::F64),
+        };
+        match filled {
+            Some(filled) => {
+                data = filled;
+                masks.fill(true);
+                (code, Some(location.located))
+            }
+            None => (code.erasure_code()?, Some(location.located)),
+        }
     } else {
         (code, None)
     };
-    let engine = args.engine.engine(&input.data)?;
-    let decoded = match (engine, input.data) {
+    let engine = args.engine.engine(&data)?;
+    let decoded = match (engine, data) {
         (Engine::Gpu(gpu), Data::F32(v)) => Data::F32(gpu.decode(&code, &v, row_len, &masks)?),
         (Engine::Gpu(gpu), Data::F16(v)) => Data::F16(gpu.decode(&code, &v, row_len, &masks)?),
         (_, data) => map_data!(data, v => cpu::decode_to_vec(&code, &v, row_len, &masks)?),

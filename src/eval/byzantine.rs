@@ -7,7 +7,8 @@
 //! and run through the model on the device (the honest answers, computed once per setting);
 //! then, per attack, `S` random stragglers and `A` random liars among the responders; the
 //! liars' rows are corrupted on the host; each locator removes its suspects and the group is
-//! decoded from the rest.
+//! decoded from the rest ([`cpu::decode_located`]: the calibrated locator first fills the
+//! missing rows with its predictions).
 
 use std::sync::Arc;
 
@@ -157,7 +158,6 @@ pub fn evaluate_byzantine(
             None => {}
         }
         locators.extend(Locator::UNCALIBRATED);
-        let erasure = code.erasure_code()?;
         let outputs = eval.outputs;
         let runner = coded_runner(model, code, outputs, device)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(eval.seed);
@@ -182,11 +182,11 @@ pub fn evaluate_byzantine(
 
             for (a, &attack) in attacks.iter().enumerate() {
                 let (answers, masks, liars) = corrupt(&honest, b, n, classes, stragglers, byzantine, attack, &mut rng);
-                let correct = |masks: &[bool], code: &Code| -> Result<usize, EvalError> {
-                    let decoded = cpu::decode_to_vec(code, &answers, classes, masks)?;
-                    Ok(decoded.chunks_exact(classes).zip(&labels).filter(|(row, l)| argmax(row) == **l).count())
+                let correct = |decoded: &[f32]| -> usize {
+                    decoded.chunks_exact(classes).zip(&labels).filter(|(row, l)| argmax(row) == **l).count()
                 };
-                undefended[a] += correct(&masks, code)?;
+                undefended[a] += correct(&cpu::decode_to_vec(code, &answers, classes, &masks)?);
+                let mut decoded = vec![0.0; b * k * classes];
                 for (l, locator) in locators.iter().enumerate() {
                     let location = locate(code, locator, &answers, classes, &masks)?;
                     let tally = &mut tallies[a][l];
@@ -197,7 +197,8 @@ pub fn evaluate_byzantine(
                         tally.honest += mask.iter().filter(|&&m| m).count() - bad.len();
                         tally.removed_honest += found.len() - hits;
                     }
-                    tally.correct += correct(&location.masks, &erasure)?;
+                    cpu::decode_located(code, locator, &answers, classes, &location.masks, &mut decoded)?;
+                    tally.correct += correct(&decoded);
                 }
             }
             done += b;

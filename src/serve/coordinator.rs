@@ -786,8 +786,9 @@ impl Loop {
         }
     }
 
-    /// Removes located liars (codes with `A > 0`) from `masks`, then decodes (`workers`: who
-    /// served each node).
+    /// Removes located liars (codes with `A > 0`) from `masks`, then decodes, from every node
+    /// once the missing rows are filled in where the locator learnt a predictor
+    /// ([`Locator::imputed`]; `workers`: who served each node).
     fn decode_segment(
         &mut self,
         coding: &Coding,
@@ -796,8 +797,10 @@ impl Loop {
         masks: &mut Vec<bool>,
     ) -> Result<Vec<f32>, CodingError> {
         let (c, start) = (self.config.output_len, Instant::now());
+        let mut filled = None;
         if coding.code.params().byzantine() > 0 {
-            let location = locate(&coding.code, &self.locating.for_code(&coding.code), outputs, c, masks)?;
+            let locator = self.locating.for_code(&coding.code);
+            let location = locate(&coding.code, &locator, outputs, c, masks)?;
             self.locating.observe(&coding.code, outputs, masks, &location.located);
             *masks = location.masks;
             self.stats.located_workers += location.located.iter().map(Vec::len).sum::<usize>() as u64;
@@ -806,8 +809,13 @@ impl Loop {
                     worker.located += 1;
                 }
             }
+            // With a learnt predictor the missing rows are filled in and every node decodes.
+            filled = locator.imputed(&coding.code, outputs, c, masks)?;
         }
-        let decoded = self.config.codec.decode(&coding.erasure, outputs, c, masks);
+        let decoded = match filled {
+            Some(filled) => self.config.codec.decode(&coding.code, &filled, c, &vec![true; masks.len()]),
+            None => self.config.codec.decode(&coding.erasure, outputs, c, masks),
+        };
         self.stats.decode_ns += start.elapsed().as_nanos() as u64;
         decoded
     }

@@ -61,8 +61,8 @@ pub fn decode_to_vec<T: Element + Default>(
 }
 
 /// Decodes a Byzantine code's groups (`A > 0`): per group, [`locate`](crate::locate())
-/// the faulty responders with `locator`, then decode from the others. Returns, per group, the
-/// workers removed (their rows, NaN included, never reach `decoded`).
+/// the faulty responders with `locator`, then decode from the others ([`decode_located`]).
+/// Returns, per group, the workers removed (their rows, NaN included, never reach `decoded`).
 ///
 /// Errors as [`decode`] and [`locate`](crate::locate()) do, before anything is written. With
 /// `A = 0` this is [`decode`], removing nobody.
@@ -77,6 +77,24 @@ pub fn decode_robust<T: Element>(
     let groups = whole_groups("worker outputs", outputs.len(), code.params().workers(), row_len)?;
     expect_len("decoded outputs", decoded.len(), groups * code.params().queries() * row_len)?;
     let location = crate::locate(code, locator, outputs, row_len, masks)?;
-    decode(&code.erasure_code()?, outputs, row_len, &location.masks, decoded)?;
+    decode_located(code, locator, outputs, row_len, &location.masks, decoded)?;
     Ok(location.located)
+}
+
+/// Decodes groups from which [`locate`](crate::locate) removed its suspects (`masks`: the
+/// masks it returned): from all `N` nodes with the code itself once `locator` has filled the
+/// missing rows ([`Locator::imputed`](crate::Locator::imputed)), else from the responders
+/// with the erasure code.
+pub fn decode_located<T: Element>(
+    code: &Code,
+    locator: &crate::Locator,
+    outputs: &[T],
+    row_len: usize,
+    masks: &[bool],
+    decoded: &mut [T],
+) -> Result<()> {
+    match locator.imputed(code, outputs, row_len, masks)? {
+        Some(filled) => decode(code, &filled, row_len, &vec![true; masks.len()], decoded),
+        None => decode(&code.erasure_code()?, outputs, row_len, masks, decoded),
+    }
 }

@@ -16,7 +16,7 @@ mod decode;
 mod element;
 mod encode;
 
-pub use decode::{decode, decode_robust, decode_to_vec};
+pub use decode::{decode, decode_located, decode_robust, decode_to_vec};
 pub use element::{Accumulator, Element};
 pub use encode::{
     encode, encode_masked, encode_masked_to_vec, encode_rows, encode_rows_masked, encode_rows_to_vec, encode_to_vec,

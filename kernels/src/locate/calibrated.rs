@@ -46,7 +46,7 @@ use super::composition::{centred_log_ratios, is_composition};
 use super::conditional::{self, Conditional, Predictor, Solve};
 use super::loo::{self, LeaveOneOut, Sums, Terms};
 use crate::code::Code;
-use crate::cpu::Element;
+use crate::cpu::{Accumulator, Element};
 use crate::error::{Error, Result};
 use crate::family::NodeFamily;
 use crate::params::{Layout, MaskPlacement};
@@ -685,6 +685,45 @@ impl Calibration {
             Some(position) => Err(Error::InvalidCalibration { position: Some(position), positions: self.workers }),
             None => Ok(()),
         }
+    }
+
+    /// Fills, in place, the rows of the workers `masks` leaves out of each group (stragglers
+    /// and removed answers) with what the learnt predictor expects of them given the
+    /// responders' rows (the Gaussian conditional mean; for probability vectors, of their
+    /// centred log-ratios, mapped back to probabilities), so that the group decodes from all
+    /// `N` nodes with the code itself instead of from the responders with its erasure code.
+    /// On MNIST logits at the least `N` this keeps 0.002-0.004 more of the accuracy under
+    /// every attack (README, "Byzantine workers"). Returns `false`, with nothing written, for a
+    /// calibration without a predictor (a file written before it).
+    pub fn impute<T: Element>(&self, code: &Code, outputs: &mut [T], row_len: usize, masks: &[bool]) -> Result<bool> {
+        let Some(predictor) = &self.predictor else { return Ok(false) };
+        self.check(code, row_len)?;
+        let n = self.workers;
+        let groups = whole_groups("worker outputs", outputs.len(), n, row_len)?;
+        expect_len("responder masks", masks.len(), groups * n)?;
+        let mut wide = vec![T::Acc::default(); n * row_len];
+        for (group, mask) in outputs.chunks_exact_mut(n * row_len).zip(masks.chunks_exact(n)) {
+            let keep: Vec<usize> = (0..n).filter(|&w| mask[w]).collect();
+            if keep.len() == n || keep.is_empty() {
+                continue;
+            }
+            T::widen(group, &mut wide);
+            let values: Vec<f64> = wide.iter().map(|v| v.to_f64()).collect();
+            let (mut values, _) = self.representation.apply(&values, row_len);
+            predictor.impute(values.to_mut(), row_len, &keep);
+            for (w, row) in values.to_mut().chunks_exact_mut(row_len).enumerate().filter(|(w, _)| !mask[*w]) {
+                if self.representation == Representation::LogRatios {
+                    // Back from centred log-ratios: the probabilities they are the logarithms of.
+                    let top = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    row.iter_mut().for_each(|v| *v = (*v - top).exp());
+                    let total: f64 = row.iter().sum();
+                    row.iter_mut().for_each(|v| *v /= total);
+                }
+                let narrow: Vec<T::Acc> = row.iter().map(|&v| T::Acc::from_weight(v)).collect();
+                T::narrow(&narrow, &mut group[w * row_len..(w + 1) * row_len]);
+            }
+        }
+        Ok(true)
     }
 
     /// Each of `keep`'s (squared Mahalanobis distance / threshold): above 1 is suspect.

@@ -165,6 +165,26 @@ impl Predictor {
             && (0..n).all(|i| (0..i).all(|j| self.precision[i * n + j] == self.precision[j * n + i]))
     }
 
+    /// Fills the rows of `group` (`[N, row_len]`) of the workers not in `keep` (sorted) with
+    /// their conditional mean given the rows of `keep`: `mu_M - P_MM^-1 P_MK (Y_K - mu_K)`.
+    /// Leaves the group as it is where the missing workers' block of the precision has no
+    /// Cholesky factor (only a damaged file's).
+    pub(super) fn impute(&self, group: &mut [f64], row_len: usize, keep: &[usize]) {
+        let n = self.workers();
+        let missing = outside(n, keep, None);
+        let Some(cholesky) = self.excluded_cholesky(&missing) else { return };
+        let row = |w: usize| w * row_len..(w + 1) * row_len;
+        let pmk = DMatrix::from_fn(missing.len(), keep.len(), |a, b| self.precision[missing[a] * n + keep[b]]);
+        let centred = DMatrix::from_fn(keep.len(), row_len, |b, c| {
+            group[keep[b] * row_len + c] - self.mean[keep[b] * row_len + c]
+        });
+        let shift = cholesky.solve(&(pmk * centred));
+        for (a, &w) in missing.iter().enumerate() {
+            let (values, mean) = (&mut group[row(w)], &self.mean[row(w)]);
+            values.iter_mut().zip(mean).enumerate().for_each(|(c, (v, m))| *v = m - shift[(a, c)]);
+        }
+    }
+
     /// `N`: the precision is `[N, N]`.
     fn workers(&self) -> usize {
         (self.precision.len() as f64).sqrt().round() as usize

@@ -8,7 +8,9 @@
 //!    suspects chosen by a [`Locator`];
 //! 2. the group is decoded from the rest with the *erasure code* of the same nodes
 //!    ([`Code::erasure_code`]), on the CPU ([`cpu::decode_robust`](crate::cpu::decode_robust)
-//!    does both steps) or on the GPU with the returned masks.
+//!    does both steps) or on the GPU with the returned masks; or, with a calibrated locator,
+//!    the missing rows are first filled with what the learnt predictor expects of them
+//!    ([`Locator::imputed`]) and the group decodes from all `N` nodes with the code itself.
 //!
 //! Three locators are offered. [`Locator::Paper`] is the authors' rational Berlekamp–Welch
 //! fit ([`rational`]). [`Locator::Robust`] is ours with nothing learnt ([`robust`]): on a real
@@ -59,6 +61,27 @@ pub enum Locator {
 impl Locator {
     /// The locators that need nothing learnt, for comparisons.
     pub const UNCALIBRATED: [Locator; 2] = [Locator::Robust, Locator::Paper];
+
+    /// The groups of `outputs` with every row `masks` leaves out filled with its prediction
+    /// ([`Calibration::impute`]), to decode from all `N` nodes with the code itself; `None`
+    /// for a code without liars (`A = 0`) and where nothing was learnt to predict them (the
+    /// uncalibrated locators, a calibration file written before the predictor): decode the
+    /// responders with the erasure code.
+    pub fn imputed<T: Element>(
+        &self,
+        code: &Code,
+        outputs: &[T],
+        row_len: usize,
+        masks: &[bool],
+    ) -> Result<Option<Vec<T>>> {
+        // A code without liars decodes its stragglers as it always has.
+        let Locator::Calibrated(calibration) = self else { return Ok(None) };
+        if code.params().byzantine() == 0 {
+            return Ok(None);
+        }
+        let mut filled = outputs.to_vec();
+        Ok(calibration.impute(code, &mut filled, row_len, masks)?.then_some(filled))
+    }
 
     /// The name used on the command line and in JSON.
     pub fn name(&self) -> &'static str {
