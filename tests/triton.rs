@@ -5,6 +5,7 @@
 #[path = "support/process.rs"]
 mod process;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,7 +50,9 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One `tritonserver` process on loopback; killed (SIGKILL) when dropped.
+/// One `tritonserver` process on loopback, leading a process group of its own; the group is
+/// killed (SIGKILL) when dropped: Triton's Python backend runs each model instance in a stub
+/// process that outlived a killed server (two were left running after two suite runs).
 struct Triton {
     child: Child,
     http: u16,
@@ -70,6 +73,7 @@ impl Triton {
             .env("APPROXIFER_SLOW_FACTOR", "10")
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+            .process_group(0)
             .spawn()
             .unwrap();
         Triton { child, http, grpc, log }
@@ -105,7 +109,10 @@ impl Triton {
 
 impl Drop for Triton {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // The group's id is the server's pid (`process_group(0)`).
+        let group = i32::try_from(self.child.id()).expect("a pid fits an i32");
+        // SAFETY: kill(2) with a negative pid signals that process group; no memory is touched.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
