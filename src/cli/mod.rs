@@ -25,7 +25,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::kernels::gpu::{ADAPTER_ENV, AdapterChoice};
-
 use crate::kernels::{Code, CodeParams, Layout, MaskPlacement, NodeFamily};
 
 /// Resilient, model-agnostic prediction serving with Berrut-coded queries (ApproxIFER).

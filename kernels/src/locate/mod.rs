@@ -74,8 +74,8 @@ impl Locator {
         row_len: usize,
         masks: &[bool],
     ) -> Result<Option<Vec<T>>> {
-        // A code without liars decodes its stragglers as it always has.
         let Locator::Calibrated(calibration) = self else { return Ok(None) };
+        // A code without liars decodes its stragglers as it always has.
         if code.params().byzantine() == 0 {
             return Ok(None);
         }
