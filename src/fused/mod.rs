@@ -119,14 +119,15 @@ pub fn encode_masked(queries: Tensor<3>, masks: Option<Tensor<3>>, code: &FusedC
     let n = code.code.params().workers();
     let [groups, _, row_len] = queries.dims();
     let place = place("queries", &queries.device(), queries.dtype())?;
-    let sources = sources(queries, masks, code)?;
+    let masks = checked_masks(&queries, masks, code)?;
     let Place::Wgsl(elem) = place else {
         let all: Vec<usize> = (0..n).collect();
-        return encode_on_host(sources, code, &all);
+        return encode_on_host(queries, masks, code, &all);
     };
     check_launch("coded queries", groups, n, row_len)?;
     let launch = code.launch(Shader::Encode, elem, row_len);
-    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(sources.into_dispatch(), launch)))
+    let sources = sources(queries, masks).into_dispatch();
+    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(sources, launch)))
 }
 
 /// Encodes `[B, K, D]` queries into the coded queries of `workers` only, `[B, M, D]` with
@@ -144,22 +145,28 @@ pub fn encode_rows(
     if workers.is_empty() {
         return Err(FusedError::Shape { what: "workers", expected: "at least one worker".into(), actual: vec![0] });
     }
-    let sources = sources(queries, masks, code)?;
+    let masks = checked_masks(&queries, masks, code)?;
     let Place::Wgsl(elem) = place else {
-        return encode_on_host(sources, code, workers);
+        return encode_on_host(queries, masks, code, workers);
     };
     check_launch("coded queries", groups, workers.len(), row_len)?;
     let launch = code.encode_rows_launch(workers, elem, row_len)?;
-    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(sources.into_dispatch(), launch)))
+    let sources = sources(queries, masks).into_dispatch();
+    Ok(Tensor::from_dispatch(burn::backend::Dispatch::coded_encode(sources, launch)))
 }
 
-/// The encode kernel's input: `[B, K, D]` queries, then each group's `T` masks.
-fn sources(queries: Tensor<3>, masks: Option<Tensor<3>>, code: &FusedCode) -> Result<Tensor<3>, FusedError> {
+/// `masks` once checked against the code and `[B, K, D]` `queries`: `[B, T, D]` on their
+/// device with their dtype for a private code, none otherwise.
+fn checked_masks(
+    queries: &Tensor<3>,
+    masks: Option<Tensor<3>>,
+    code: &FusedCode,
+) -> Result<Option<Tensor<3>>, FusedError> {
     let (k, t) = (code.code.params().queries(), code.code.params().privacy());
     let [groups, _, row_len] = queries.dims();
     check_rows("queries", &queries.dims(), k, "[B, K, D]")?;
     match (t, masks) {
-        (0, None) => Ok(queries),
+        (0, None) => Ok(None),
         (0, Some(_)) => Err(CodecError::MasksMismatch { privacy: 0, what: "it takes no masks" }.into()),
         (privacy, None) => {
             Err(CodecError::MasksMismatch { privacy, what: "encode it with masks (encode_masked)" }.into())
@@ -179,8 +186,16 @@ fn sources(queries: Tensor<3>, masks: Option<Tensor<3>>, code: &FusedCode) -> Re
                     device: format!("{:?}", masks.device()),
                 });
             }
-            Ok(Tensor::cat(vec![queries, masks], 1))
+            Ok(Some(masks))
         }
+    }
+}
+
+/// The encode kernel's input: `[B, K, D]` queries, then each group's `T` masks.
+fn sources(queries: Tensor<3>, masks: Option<Tensor<3>>) -> Tensor<3> {
+    match masks {
+        Some(masks) => Tensor::cat(vec![queries, masks], 1),
+        None => queries,
     }
 }
 
@@ -189,25 +204,19 @@ pub fn runs_wgsl(device: &Device) -> bool {
     matches!(place("", device, DType::F32), Ok(Place::Wgsl(_)))
 }
 
-/// The encode kernel's CPU twin: `[B, K + T, D]` sources (queries, then masks) into the coded
-/// queries of `workers`, `[B, M, D]`, on the sources' (flex) device.
-fn encode_on_host(sources: Tensor<3>, code: &FusedCode, workers: &[usize]) -> Result<Tensor<3>, FusedError> {
-    let (k, t) = (code.code.params().queries(), code.code.params().privacy());
-    let [groups, _, row_len] = sources.dims();
-    let (device, dtype) = (sources.device(), sources.dtype());
-    let values = read("queries", sources)?;
-    // The twin takes queries and masks apart; split each group's block once.
-    let (queries, masks): (Vec<f32>, Vec<f32>) = if t == 0 {
-        (values, Vec::new())
-    } else {
-        let blocks = values.chunks_exact((k + t) * row_len);
-        (
-            blocks.clone().flat_map(|b| &b[..k * row_len]).copied().collect(),
-            blocks.flat_map(|b| &b[k * row_len..]).copied().collect(),
-        )
-    };
+/// The encode kernel's CPU twin: `[B, K, D]` queries and checked masks into the coded queries
+/// of `workers`, `[B, M, D]`, on the queries' (flex) device.
+fn encode_on_host(
+    queries: Tensor<3>,
+    masks: Option<Tensor<3>>,
+    code: &FusedCode,
+    workers: &[usize],
+) -> Result<Tensor<3>, FusedError> {
+    let [groups, _, row_len] = queries.dims();
+    let (device, dtype) = (queries.device(), queries.dtype());
+    let masks = masks.map(|m| read("masks", m)).transpose()?.unwrap_or_default();
     let mut coded = vec![0.0; groups * workers.len() * row_len];
-    cpu::encode_rows_masked(&code.code, workers, &queries, &masks, row_len, &mut coded)?;
+    cpu::encode_rows_masked(&code.code, workers, &read("queries", queries)?, &masks, row_len, &mut coded)?;
     Ok(Tensor::from_data(TensorData::new(coded, [groups, workers.len(), row_len]), (&device, dtype)))
 }
 
