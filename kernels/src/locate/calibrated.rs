@@ -692,8 +692,8 @@ impl Calibration {
     /// responders' rows (the Gaussian conditional mean; for probability vectors, of their
     /// centred log-ratios, mapped back to probabilities), so that the group decodes from all
     /// `N` nodes with the code itself instead of from the responders with its erasure code.
-    /// On MNIST logits at the least `N` this keeps up to 0.006 more of the accuracy, and never
-    /// less, under every attack (README, "Byzantine workers"). Returns `false`, with nothing written, for a
+    /// On MNIST logits at the least `N` this keeps up to 0.006 more of the accuracy under the
+    /// attacks (README, "Byzantine workers"). Returns `false`, with nothing written, for a
     /// calibration without a predictor (a file written before it).
     pub fn impute<T: Element>(&self, code: &Code, outputs: &mut [T], row_len: usize, masks: &[bool]) -> Result<bool> {
         let Some(predictor) = &self.predictor else { return Ok(false) };
