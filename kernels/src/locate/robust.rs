@@ -32,8 +32,8 @@ use crate::code::Code;
 /// stays near 0.01 while sign flips are found.
 pub const THRESHOLD: f64 = 6.0;
 
-/// Differences below this fraction of a group's largest answer are not told apart when
-/// comparing sorted rows.
+/// Differences below this fraction of a group's largest answer are not told apart, in
+/// leave-one-out residuals or when comparing sorted rows.
 const RESOLUTION: f64 = 1e-3;
 
 /// The normal distribution's MAD-to-sigma factor.
@@ -62,8 +62,14 @@ pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[us
     };
     while removed.len() < budget && keep.len() > 2 {
         let rows: Vec<&[f64]> = keep.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
-        let consistency = robust_z(&leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]])), 0.0);
-        let typicality = robust_z(&atypicality(&rows), 0.0);
+        // Differences below the resolution say nothing: a group whose coded queries are all
+        // one query (a serving coordinator pads a partial group with copies) answers the same
+        // row everywhere but for rounding, and scaled by a MAD of 0, rounding is "far out"
+        // (measured: with nobody lying, an honest answer removed from one such group in four).
+        // Residuals are in the answers' units; typicality is already in spreads per rank.
+        let residuals = leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]]));
+        let consistency = robust_z(&residuals, RESOLUTION * magnitude(&rows));
+        let typicality = robust_z(&atypicality(&rows), RESOLUTION);
         let scores: Vec<f64> = consistency.iter().zip(&typicality).map(|(c, t)| c + t).collect();
         let worst = worst(&scores);
         // NaN (from an overflow) counts as far outside.
@@ -96,8 +102,7 @@ fn leave_one_out(rows: &[&[f64]], diff: impl Fn(usize, usize) -> f64) -> Vec<f64
 /// near one-hot rows (class probabilities) all sit at about 0, and differences of 1e-6
 /// there say nothing about a row.
 fn atypicality(rows: &[&[f64]]) -> Vec<f64> {
-    let magnitude = rows.iter().flat_map(|row| row.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
-    let floor = RESOLUTION * magnitude;
+    let floor = RESOLUTION * magnitude(rows);
     let sorted: Vec<Vec<f64>> = rows
         .iter()
         .map(|row| {
@@ -116,6 +121,11 @@ fn atypicality(rows: &[&[f64]]) -> Vec<f64> {
         }
     }
     sum_sq.iter().map(|s| (s / ranks as f64).sqrt()).collect()
+}
+
+/// The largest magnitude of any value of `rows` (infinite ones included).
+fn magnitude(rows: &[&[f64]]) -> f64 {
+    rows.iter().flat_map(|row| row.iter()).fold(0.0f64, |m, v| m.max(v.abs()))
 }
 
 /// The index of the largest score, NaN counting as largest (a score that overflowed came
@@ -169,6 +179,21 @@ mod tests {
         let flat: Vec<&[f64]> = rows.iter().enumerate().filter(|(i, _)| *i != 4).map(|(_, r)| r.as_slice()).collect();
         let nodes: Vec<f64> = nodes.iter().enumerate().filter(|(i, _)| *i != 4).map(|(_, v)| *v).collect();
         assert!(leave_one_out(&flat, |a, b| nodes[a] - nodes[b]).iter().all(|&v| v < 1e-12));
+    }
+
+    #[test]
+    fn answers_equal_up_to_rounding_are_no_outliers_and_a_liar_among_them_is() {
+        // Every coded query of a group one query: the same row everywhere, to the bit but for
+        // two workers' rounding (a batch computed in another order): the residuals' MAD is 0.
+        let (n, row_len) = (10, 10);
+        let code = Code::new(crate::CodeParams::builder(4, n).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+        let row: Vec<f64> = (0..row_len).map(|c| if c == 3 { 9.0 } else { -1.0 - 0.3 * c as f64 }).collect();
+        let rounded = |w: usize| if w == 2 || w == 7 { 1.0 + 1e-7 } else { 1.0 };
+        let mut group: Vec<f64> = (0..n).flat_map(|w| row.iter().map(move |v| v * rounded(w))).collect();
+        let workers: Vec<usize> = (0..n).collect();
+        assert_eq!(suspects(&code, &group, row_len, &workers, 1), Vec::<usize>::new());
+        group[6 * row_len..7 * row_len].iter_mut().for_each(|v| *v = -*v);
+        assert_eq!(suspects(&code, &group, row_len, &workers, 1), vec![6]);
     }
 
     #[test]
