@@ -57,8 +57,8 @@ const QUEUE: usize = 64;
 
 /// The locator in use and what learns it.
 pub struct OnlineLocator {
-    /// The code the calibration describes; groups coded otherwise (partial groups of
-    /// `K' < K`) are located by the robust locator.
+    /// The code the calibration describes; groups coded otherwise (none from the coordinator,
+    /// which pads partial groups of codes with liars) are located by the robust locator.
     code: Code,
     output_len: usize,
     shared: Arc<Shared>,
