@@ -989,7 +989,6 @@ fn a_partial_group_of_a_code_with_liars_is_padded_to_k() {
     let answers: Vec<_> = tickets.into_iter().map(|t| t.recv().unwrap().expect("decoded")).collect();
     let stats = coordinator.shutdown();
     assert_eq!((stats.batches, stats.groups, stats.decoded_groups, stats.answered), (1, 2, 2, 5), "{stats:?}");
-    assert_eq!(stats.located_workers, 0, "nobody lies, and identical answers are no outliers: {stats:?}");
     let last = &answers[4];
     assert!(last.approximate && max_error(&last.output, &expected(&query(4))) < 1e-4, "{last:?}");
     for (i, answer) in answers[..4].iter().enumerate() {
