@@ -1012,6 +1012,10 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "queries",
             "answered",
             "errors",
+            "liars",
+            "decoded_groups",
+            "located_liars",
+            "located_honest",
         ] {
             assert!(r.get(key).is_some(), "missing {key}: {r}");
         }
@@ -1215,6 +1219,45 @@ fn bench_kernels_reports_every_figure() {
 // ---- serve ----------------------------------------------------------------------------------------
 
 #[test]
+fn serve_bench_puts_the_same_liars_in_every_pool_and_the_coded_scheme_removes_theirs() {
+    let args = |liars: &'static str| {
+        let base = ["serve-bench", "--schemes", "uncoded,approxifer", "--byzantine", "1", "--queries", "400"];
+        let rest = ["--rate", "400", "--latency-ms", "1", "--device", "cpu", "--locator", "robust", "--json"];
+        [&base[..], &["--liars", liars], &rest[..]].concat()
+    };
+    let rows = stdout_json_lines(&args("1"));
+    let (uncoded, coded) = (&rows[0], &rows[1]);
+    assert_eq!((uncoded["scheme"].as_str(), coded["scheme"].as_str()), (Some("uncoded"), Some("approxifer")));
+    assert_eq!(coded["workers"], 10, "N = 2K + 2A with S = 1");
+    for r in &rows {
+        let liars = r["liars"].as_array().unwrap();
+        assert_eq!(liars.len(), 1, "{r}");
+        assert!(liars[0].as_u64().unwrap() < r["workers"].as_u64().unwrap(), "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+    }
+    let count = |key: &str| coded[key].as_u64().unwrap();
+    // Most groups at this rate are partial (K' < K), and the liar takes part only in those
+    // whose N' reaches it; the robust locator removes an honest answer in a few percent.
+    assert!(count("located_liars") >= 20 && count("located_honest") * 2 <= count("located_liars"), "{coded}");
+    assert!(count("located_liars") <= count("decoded_groups"), "{coded}");
+    assert_eq!((uncoded["located_liars"].as_u64(), uncoded["located_honest"].as_u64()), (Some(0), Some(0)));
+    // A sign-flipped probability vector's argmax is a wrong class: uncoded answers a quarter of
+    // the queries wrongly; the coded scheme removes the liar before decoding.
+    let accuracy = |r: &Value| r["accuracy"].as_f64().unwrap();
+    assert!(accuracy(coded) > accuracy(uncoded) + 0.08, "{} vs {}", accuracy(coded), accuracy(uncoded));
+
+    let honest = stdout_json_lines(&args("0"));
+    for r in &honest {
+        assert!(r["liars"].as_array().unwrap().is_empty(), "{r}");
+        assert!(accuracy(r) > accuracy(uncoded) + 0.08, "nobody lies: {r}");
+    }
+    // The robust locator removes about 2 % of honest answers (9 per group here).
+    let removed = honest[1]["located_honest"].as_u64().unwrap() as f64;
+    let answers = 9.0 * honest[1]["decoded_groups"].as_u64().unwrap() as f64;
+    assert!(honest[1]["located_liars"] == 0 && removed <= 0.04 * answers, "{}", honest[1]);
+}
+
+#[test]
 fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     let dir = temp_dir();
     let typo = write_file(dir.path(), "faults.toml", b"latency = { kind = \"constant\", ms = 1.0 }\nslowdwn = 2.0\n");
@@ -1243,6 +1286,16 @@ fn serve_and_serve_bench_refuse_bad_settings_before_listening() {
     assert_one_line_error(&["serve", "--listen", "not-an-address"], "--listen");
     assert_one_line_error(&["serve", "--attack", "shout"], "unknown attack 'shout'");
     assert_one_line_error(&["serve", "--locator", "bw"], "invalid value 'bw' for '--locator");
+    assert_one_line_error(&["serve-bench", "--lie-probability", "2"], "--lie-probability must be in [0, 1]");
+    assert_one_line_error(
+        &["serve-bench", "--liars", "5", "--schemes", "uncoded"],
+        "5 liars: the uncoded scheme has 4",
+    );
+    assert_one_line_error(&["serve-bench", "--liars", "1", "--faults", typo], "--faults");
+    assert_one_line_error(
+        &["serve-bench", "--byzantine", "1", "--locator", "robust", "--calibration", "c.json"],
+        "--calibration is the calibrated locator's",
+    );
 }
 
 /// A v2 inference of `images` (each 28 x 28) against `addr`: the predicted classes.

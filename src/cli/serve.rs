@@ -22,7 +22,7 @@ use crate::serve::http::{HttpConfig, ModelSpec, serve_v2};
 use crate::serve::pool::{background_loads, local_workers};
 use crate::serve::{FaultPlan, Placement, Privacy, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
 
-/// `serve --locator`.
+/// `--locator`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum LocatorChoice {
     Calibrated,
@@ -37,6 +37,45 @@ impl LocatorChoice {
             LocatorChoice::Robust => "robust",
             LocatorChoice::Paper => "paper",
         }
+    }
+}
+
+/// How a coded scheme with `--byzantine` finds wrong answers (`serve`, `serve-bench`).
+#[derive(Debug, Args)]
+pub(super) struct LocatorArgs {
+    /// How wrong answers are found with --byzantine: calibrated (ours, learnt from the groups
+    /// that agree; it starts as robust, or from --calibration), robust (ours, nothing learnt)
+    /// or paper.
+    #[arg(long, value_enum, default_value_t = LocatorChoice::Calibrated)]
+    locator: LocatorChoice,
+    /// With --byzantine: start the calibrated locator from this calibration (what `approxifer
+    /// calibrate` writes for the hosted model and code, with --nodes authors).
+    #[arg(long, value_name = "FILE")]
+    calibration: Option<PathBuf>,
+    /// With --locator calibrated: refit after this many more agreeing groups (0: never learn,
+    /// keep --calibration as it is).
+    #[arg(long, value_name = "GROUPS", default_value_t = Learning::default().refit_every)]
+    refit_every: usize,
+}
+
+impl LocatorArgs {
+    /// The locator to start from and how it learns from traffic.
+    pub(super) fn build(&self) -> anyhow::Result<(Locator, Option<Learning>)> {
+        anyhow::ensure!(
+            self.calibration.is_none() || self.locator == LocatorChoice::Calibrated,
+            "--calibration is the calibrated locator's; it does not go with --locator {}",
+            self.locator.name()
+        );
+        let locator = match (self.locator, &self.calibration) {
+            (LocatorChoice::Paper, _) => Locator::Paper,
+            (LocatorChoice::Robust, _) | (LocatorChoice::Calibrated, None) => Locator::Robust,
+            (LocatorChoice::Calibrated, Some(path)) => {
+                Locator::Calibrated(Arc::new(crate::eval::calibrate::read(path)?))
+            }
+        };
+        let learning = (self.locator == LocatorChoice::Calibrated && self.refit_every > 0)
+            .then(|| Learning { refit_every: self.refit_every, ..Learning::default() });
+        Ok((locator, learning))
     }
 }
 
@@ -83,19 +122,8 @@ pub(super) struct ServeArgs {
     /// With --privacy: where the mask nodes sit among the data nodes.
     #[arg(long, value_name = "PLACEMENT", default_value_t = MaskPlacement::Tail)]
     mask_placement: MaskPlacement,
-    /// How wrong answers are found with --byzantine: calibrated (ours, learnt from the groups
-    /// that agree; it starts as robust, or from --calibration), robust (ours, nothing learnt)
-    /// or paper.
-    #[arg(long, value_enum, default_value_t = LocatorChoice::Calibrated)]
-    locator: LocatorChoice,
-    /// With --byzantine: start the calibrated locator from this calibration (what `approxifer
-    /// calibrate` writes for the hosted model and code, with --nodes authors).
-    #[arg(long, value_name = "FILE")]
-    calibration: Option<PathBuf>,
-    /// With --locator calibrated: refit after this many more agreeing groups (0: never learn,
-    /// keep --calibration as it is).
-    #[arg(long, value_name = "GROUPS", default_value_t = Learning::default().refit_every)]
-    refit_every: usize,
+    #[command(flatten)]
+    locating: LocatorArgs,
     /// How a worker lies when the --faults plan makes it Byzantine: gaussian-SIGMA,
     /// sign-flip, random, constant, targeted or colluding.
     #[arg(long, default_value = "sign-flip")]
@@ -180,20 +208,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         !shape.is_empty() && shape.iter().all(|&d| d > 0) && output_len > 0,
         "--input-shape and --output-len must be positive"
     );
-    anyhow::ensure!(
-        args.calibration.is_none() || args.locator == LocatorChoice::Calibrated,
-        "--calibration is the calibrated locator's; it does not go with --locator {}",
-        args.locator.name()
-    );
-    let locator = match (args.locator, &args.calibration) {
-        (LocatorChoice::Paper, _) => Locator::Paper,
-        (LocatorChoice::Robust, _) | (LocatorChoice::Calibrated, None) => Locator::Robust,
-        (LocatorChoice::Calibrated, Some(path)) => {
-            Locator::Calibrated(std::sync::Arc::new(crate::eval::calibrate::read(path)?))
-        }
-    };
-    let learning = (args.locator == LocatorChoice::Calibrated && args.refit_every > 0)
-        .then(|| Learning { refit_every: args.refit_every, ..Learning::default() });
+    let (locator, learning) = args.locating.build()?;
     let settings = SchemeConfig {
         k: args.k,
         stragglers: args.stragglers,

@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use clap::{Args, Parser, ValueEnum};
 
+use super::serve::LocatorArgs;
 use super::workers::{RemoteArgs, WorkerArgs};
 use super::{CodecArg, ms};
+use crate::attack::Attack;
 use crate::serve::bench::{
-    Arrivals, RepeatedReport, SCHEMES, SchemeReport, ServeBenchConfig, Spread, Workers, run, summarize,
+    Arrivals, Liars, RepeatedReport, SCHEMES, SchemeReport, ServeBenchConfig, Spread, Workers, run, summarize,
 };
 use crate::serve::{FaultPlan, Latency, RandomSlowdown, SchemeKind};
 
@@ -59,6 +61,22 @@ pub(super) struct ServeBenchArgs {
     /// the README shows one.
     #[arg(long, value_name = "FILE")]
     faults: Option<PathBuf>,
+    /// Wrong answers ApproxIFER finds and removes per group: its code grows to N = 2K + 2A
+    /// (S = 1). The other schemes have no defence against liars.
+    #[arg(long, value_name = "A", default_value_t = 0)]
+    byzantine: usize,
+    /// Workers of every scheme's pool that lie (chosen by the seed) [default: --byzantine]
+    #[arg(long, value_name = "M", conflicts_with = "faults")]
+    liars: Option<usize>,
+    /// The probability that a liar answers a request wrongly (1: every answer).
+    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    lie_probability: f64,
+    /// How a liar alters each row of its answer: gaussian-SIGMA, sign-flip, random, constant,
+    /// targeted or colluding (also for a --faults plan's byzantine_probability).
+    #[arg(long, default_value = "sign-flip")]
+    attack: Attack,
+    #[command(flatten)]
+    locating: LocatorArgs,
     /// ParM's parity model for the embedded model at --k (what `approxifer train-parity`
     /// writes) [default: the shipped one; ParM is left out where there is none]
     #[arg(long, value_name = "FILE")]
@@ -156,6 +174,12 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         }
         (None, None) => Arrivals::Poisson { rate_qps: 0.5 * args.k as f64 * 1e3 / args.latency_ms },
     };
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.lie_probability),
+        "--lie-probability must be in [0, 1], not {}",
+        args.lie_probability
+    );
+    let (locator, learning) = args.locating.build()?;
     let mut config = ServeBenchConfig {
         k: args.k,
         queries: args.queries,
@@ -173,7 +197,18 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         coded_hedge_after: Some(ms(args.coded_hedge_ms, "--coded-hedge-ms")?).filter(|d| !d.is_zero()),
         schemes: SCHEMES.into_iter().filter(|s| args.schemes.is_empty() || args.schemes.contains(s)).collect(),
         trace_slower_than: args.trace_slow_ms.map(|v| ms(v, "--trace-slow-ms")).transpose()?,
+        byzantine: args.byzantine,
+        locator,
+        learning,
+        liars: Liars { count: args.liars.unwrap_or(args.byzantine), probability: args.lie_probability },
+        attack: args.attack,
     };
+    config.check_liars()?;
+    let remote = !args.remote.urls.is_empty() || args.remote.file.is_some();
+    anyhow::ensure!(
+        config.liars.count == 0 || !remote,
+        "--liars are local workers that lie; remote servers answer as they do (--liars 0)"
+    );
     anyhow::ensure!(
         config.hedge_after.is_some()
             || !config.schemes.contains(&SchemeKind::Hedged)
@@ -183,7 +218,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
     let plot = args.plot.as_deref().map(super::output::Staged::new).transpose()?;
     // ParM runs where it can: local workers (they answer logits) and a parity model for K.
     let explicit = |kind| args.schemes.contains(&kind);
-    let parm_without = if !args.remote.urls.is_empty() || args.remote.file.is_some() {
+    let parm_without = if remote {
         Some("it needs workers that answer logits; remote servers answer probabilities".to_string())
     } else if args.parity.is_none()
         && !crate::embedded::parity_ks(crate::embedded::ARCHITECTURE, crate::embedded::DATASET).contains(&args.k)
@@ -283,6 +318,18 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             bar.set_position(done as u64);
         })?;
         bar.finish_and_clear();
+        for report in reports.iter().filter(|r| !r.liars.is_empty() || r.located_liars + r.located_honest > 0) {
+            let liars = report.liars.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+            let located = if report.scheme == SchemeKind::Approxifer.name() && args.byzantine > 0 {
+                format!(
+                    "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {}",
+                    report.decoded_groups, report.located_liars, report.located_honest
+                )
+            } else {
+                String::new()
+            };
+            eprintln!("approxifer: {}: liars: workers [{liars}] of {}{located}", report.scheme, report.workers);
+        }
         for report in reports.iter().filter(|r| !r.slow_batches.is_empty()) {
             eprintln!("approxifer: {}'s slowest batches (seed {seed}):", report.scheme);
             report.slow_batches.iter().for_each(|trace| eprintln!("  {trace}"));

@@ -15,10 +15,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 use super::answer::{ServeError, Ticket, WorkerStats};
 use super::coordinator::Codec;
 use super::faults::FaultPlan;
+use super::locating::Learning;
 use super::pool::{Placement, PlacementError, background_loads, local_workers};
 use super::remote::{Endpoint, RemoteConfig, RemoteWorker};
 use super::scheme::{Scheme, SchemeConfig, SchemeKind};
-use super::worker::{ServedModel, Worker, sign_flip};
+use super::worker::{ServedModel, Worker};
+use crate::attack::Attack;
+use crate::kernels::Locator;
 
 /// How queries arrive.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,6 +62,47 @@ pub struct ServeBenchConfig {
     /// ApproxIFER keeps the timelines of its slowest batches that took at least this long
     /// ([`SchemeReport::slow_batches`]).
     pub trace_slower_than: Option<Duration>,
+    /// Wrong answers ApproxIFER's code finds and removes per group (`N = 2K + 2A`, with
+    /// `S = 1`); the other schemes have no defence against them.
+    pub byzantine: usize,
+    /// How ApproxIFER finds them, and whether it learns from its traffic.
+    pub locator: Locator,
+    pub learning: Option<Learning>,
+    /// Workers of every scheme's pool that lie, on top of what the plan says.
+    pub liars: Liars,
+    /// How a lying worker alters each row of its answer.
+    pub attack: Attack,
+}
+
+/// Byzantine workers: `count` of each scheme's pool, chosen by the workload's seed, each
+/// answering a request wrongly with probability `probability`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Liars {
+    pub count: usize,
+    pub probability: f64,
+}
+
+impl Liars {
+    pub const NONE: Liars = Liars { count: 0, probability: 0.0 };
+
+    /// Which of a pool of `workers` lie for `seed` (increasing), and `plan` with them lying.
+    /// The same seed picks the same positions in pools of one size.
+    fn place(self, plan: &FaultPlan, workers: usize, seed: u64) -> (FaultPlan, Vec<usize>) {
+        if self.count == 0 {
+            return (plan.clone(), Vec::new());
+        }
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x11a5);
+        let mut chosen = rand::seq::index::sample(&mut rng, workers, self.count.min(workers)).into_vec();
+        chosen.sort_unstable();
+        let mut plan = plan.clone();
+        if plan.workers.len() < workers {
+            plan.workers.resize(workers, super::faults::WorkerFaults::NONE);
+        }
+        for &w in &chosen {
+            plan.workers[w].byzantine_probability = self.probability;
+        }
+        (plan, chosen)
+    }
 }
 
 /// One scheme's figures; the JSON of `serve-bench --json`.
@@ -110,6 +154,13 @@ pub struct SchemeReport {
     /// ([`ServeBenchConfig::trace_slower_than`]; coded schemes only).
     #[serde(skip)]
     pub slow_batches: Vec<super::trace::BatchTrace>,
+    /// The workers that lied ([`ServeBenchConfig::liars`]).
+    pub liars: Vec<usize>,
+    /// Groups decoded (coded schemes), and how many times the locator removed a liar's
+    /// answer from one and an honest worker's.
+    pub decoded_groups: u64,
+    pub located_liars: u64,
+    pub located_honest: u64,
 }
 
 /// The schemes serve-bench compares, in the order it runs them: uncoded first, so that its p95
@@ -123,9 +174,9 @@ impl ServeBenchConfig {
         SchemeConfig {
             k: self.k,
             stragglers: 1,
-            byzantine: 0,
-            locator: crate::kernels::Locator::default(),
-            learning: None,
+            byzantine: self.byzantine,
+            locator: self.locator.clone(),
+            learning: self.learning,
             privacy: Default::default(),
             copies: self.copies,
             hedge_after: Duration::ZERO,
@@ -140,6 +191,22 @@ impl ServeBenchConfig {
             faults: Some((self.plan.clone(), self.seed)),
             codec: self.codec.clone(),
             trace_slower_than: self.trace_slower_than,
+        }
+    }
+
+    /// Whether every scheme's pool can hold the liars, who lie with a probability.
+    pub fn check_liars(&self) -> anyhow::Result<()> {
+        let Liars { count, probability } = self.liars;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&probability),
+            "the liars' lie probability must be in [0, 1], not {probability}"
+        );
+        let settings = self.settings(1, 1);
+        match self.schemes.iter().find(|kind| kind.workers(&settings) < count) {
+            Some(kind) => {
+                anyhow::bail!("{count} liars: the {} scheme has {} workers", kind.name(), kind.workers(&settings))
+            }
+            None => Ok(()),
         }
     }
 
@@ -178,6 +245,11 @@ pub fn run(
     anyhow::ensure!(!inputs.is_empty() && inputs.len() == labels.len(), "inputs and labels must match");
     anyhow::ensure!(config.max_batch >= 1, "the batch size must be at least 1");
     config.plan.validate()?;
+    config.check_liars()?;
+    anyhow::ensure!(
+        config.liars.count == 0 || matches!(workers, Workers::Local { .. }),
+        "liars are injected into local workers; remote servers answer as they do"
+    );
     let input_len = inputs[0].len();
     let mut settings = config.settings(input_len, output_len);
     // Every placement is checked before any scheme runs.
@@ -212,7 +284,9 @@ pub fn run(
             }
             (None, None) => Duration::ZERO,
         };
-        let pool = Pool::start(workers, kind, placement.as_ref(), kind.workers(&settings), output_len);
+        let (plan, liars) = config.liars.place(&config.plan, kind.workers(&settings), config.seed);
+        settings.faults = Some((plan, config.seed));
+        let pool = Pool::start(workers, (kind, config), placement.as_ref(), kind.workers(&settings), output_len);
         let bare = match (workers, &pool) {
             (Workers::Local { devices, .. }, Pool::Local(local)) => bare_forward_qps(
                 local,
@@ -244,6 +318,12 @@ pub fn run(
         report.decode_us_per_batch = stats.decode_ns as f64 / 1e3 / stats.batches.max(1) as f64;
         report.hedged_requests = stats.hedged_requests;
         report.covered_parts = stats.covered_parts;
+        report.decoded_groups = stats.decoded_groups;
+        (report.located_liars, report.located_honest) =
+            stats.workers.iter().enumerate().fold((0, 0), |(l, h), (w, s)| {
+                if liars.contains(&w) { (l + s.located, h) } else { (l, h + s.located) }
+            });
+        report.liars = liars;
         report.per_worker = stats.workers;
         report.slow_batches = stats.slow_batches;
         reports.push(report);
@@ -258,16 +338,18 @@ enum Pool {
 }
 
 impl Pool {
+    /// `kind`'s pool; its local workers lie (where the plan says) by `config.attack`.
     fn start(
         workers: &Workers,
-        kind: SchemeKind,
+        (kind, config): (SchemeKind, &ServeBenchConfig),
         placement: Option<&Placement>,
         count: usize,
         output_len: usize,
     ) -> Pool {
         match (workers, placement) {
             (Workers::Local { devices, replica }, Some(placement)) => {
-                Pool::Local(local_workers(devices, placement, 4096, |w, d| replica(kind, w, d), |_| sign_flip()))
+                let tamper = |w: usize| config.attack.tamper(config.seed.wrapping_add(w as u64));
+                Pool::Local(local_workers(devices, placement, 4096, |w, d| replica(kind, w, d), tamper))
             }
             (Workers::Remote { endpoints, input_shape, timeout, concurrency }, _) => Pool::Remote(
                 endpoints[..count]
@@ -497,6 +579,10 @@ impl Outcome {
             per_worker: Vec::new(),
             latencies_ms: latencies,
             slow_batches: Vec::new(),
+            liars: Vec::new(),
+            decoded_groups: 0,
+            located_liars: 0,
+            located_honest: 0,
         }
         .with_percentiles()
     }
@@ -591,6 +677,7 @@ pub fn summarize(runs: &[Vec<SchemeReport>]) -> Vec<RepeatedReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::{Latency, WorkerFaults};
 
     fn report(scheme: &str, seed: u64, (p50, p999): (f64, f64), worker_seconds: f64) -> SchemeReport {
         SchemeReport {
@@ -619,7 +706,34 @@ mod tests {
             per_worker: Vec::new(),
             latencies_ms: vec![p50, p999],
             slow_batches: Vec::new(),
+            liars: Vec::new(),
+            decoded_groups: 0,
+            located_liars: 0,
+            located_honest: 0,
         }
+    }
+
+    #[test]
+    fn liars_are_placed_by_the_seed_and_lie_as_often_as_asked() {
+        let plan = FaultPlan {
+            latency: Latency::Constant { ms: 1.0 },
+            workers: vec![WorkerFaults { slowdown: 3.0, ..WorkerFaults::NONE }],
+            random_slowdown: None,
+        };
+        let liars = Liars { count: 2, probability: 0.25 };
+        let (placed, chosen) = liars.place(&plan, 10, 7);
+        assert_eq!(chosen.len(), 2);
+        assert!(chosen.windows(2).all(|w| w[0] < w[1]) && chosen.iter().all(|&w| w < 10));
+        for w in 0..10 {
+            let expected = if chosen.contains(&w) { 0.25 } else { 0.0 };
+            assert_eq!(placed.worker(w).byzantine_probability, expected, "worker {w}");
+        }
+        // The plan's own faults stay.
+        assert_eq!(placed.worker(0).slowdown, 3.0);
+        assert_eq!(liars.place(&plan, 10, 7).1, chosen, "the same seed, the same liars");
+        let others: Vec<Vec<usize>> = (8..16).map(|seed| liars.place(&plan, 10, seed).1).collect();
+        assert!(others.iter().any(|o| *o != chosen), "other seeds, other liars");
+        assert_eq!(Liars::NONE.place(&plan, 10, 7), (plan.clone(), Vec::new()));
     }
 
     #[test]
