@@ -85,23 +85,23 @@ pub struct Liars {
 impl Liars {
     pub const NONE: Liars = Liars { count: 0, probability: 0.0 };
 
-    /// Which of a pool of `workers` lie for `seed` (increasing), and `plan` with them lying.
-    /// The same seed picks the same positions in pools of one size.
+    /// `plan` with `count` of a pool of `workers`, chosen by `seed`, lying (the same seed
+    /// picks the same positions in pools of one size), and every worker of the pool that
+    /// lies in it, the plan's own included (increasing).
     fn place(self, plan: &FaultPlan, workers: usize, seed: u64) -> (FaultPlan, Vec<usize>) {
-        if self.count == 0 {
-            return (plan.clone(), Vec::new());
-        }
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x11a5);
-        let mut chosen = rand::seq::index::sample(&mut rng, workers, self.count.min(workers)).into_vec();
-        chosen.sort_unstable();
         let mut plan = plan.clone();
-        if plan.workers.len() < workers {
-            plan.workers.resize(workers, super::faults::WorkerFaults::NONE);
+        if self.count > 0 {
+            let mut rng = StdRng::seed_from_u64(seed ^ 0x11a5);
+            let chosen = rand::seq::index::sample(&mut rng, workers, self.count.min(workers));
+            if plan.workers.len() < workers {
+                plan.workers.resize(workers, super::faults::WorkerFaults::NONE);
+            }
+            for w in chosen {
+                plan.workers[w].byzantine_probability = self.probability;
+            }
         }
-        for &w in &chosen {
-            plan.workers[w].byzantine_probability = self.probability;
-        }
-        (plan, chosen)
+        let lying = (0..workers).filter(|&w| plan.worker(w).byzantine_probability > 0.0).collect();
+        (plan, lying)
     }
 }
 
@@ -154,7 +154,7 @@ pub struct SchemeReport {
     /// ([`ServeBenchConfig::trace_slower_than`]; coded schemes only).
     #[serde(skip)]
     pub slow_batches: Vec<super::trace::BatchTrace>,
-    /// The workers that lied ([`ServeBenchConfig::liars`]).
+    /// The workers that lie: [`ServeBenchConfig::liars`] and the plan's own.
     pub liars: Vec<usize>,
     /// Groups decoded (coded schemes), and how many times the locator removed a liar's
     /// answer from one and an honest worker's.
@@ -734,6 +734,10 @@ mod tests {
         let others: Vec<Vec<usize>> = (8..16).map(|seed| liars.place(&plan, 10, seed).1).collect();
         assert!(others.iter().any(|o| *o != chosen), "other seeds, other liars");
         assert_eq!(Liars::NONE.place(&plan, 10, 7), (plan.clone(), Vec::new()));
+        // A plan's own liars are liars too.
+        let mut lying = plan.clone();
+        lying.workers.push(WorkerFaults { byzantine_probability: 0.5, ..WorkerFaults::NONE });
+        assert_eq!(Liars::NONE.place(&lying, 10, 7).1, vec![1]);
     }
 
     #[test]
