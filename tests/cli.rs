@@ -1255,6 +1255,28 @@ fn serve_bench_puts_the_same_liars_in_every_pool_and_the_coded_scheme_removes_th
     let removed = honest[1]["located_honest"].as_u64().unwrap() as f64;
     let answers = 9.0 * honest[1]["decoded_groups"].as_u64().unwrap() as f64;
     assert!(honest[1]["located_liars"] == 0 && removed <= 0.04 * answers, "{}", honest[1]);
+
+    // A fault plan says who lies itself: worker 1 of every pool, and no other.
+    let dir = temp_dir();
+    let plan = "latency = { kind = \"constant\", ms = 1.0 }\n[[workers]]\n[[workers]]\nbyzantine_probability = 1.0\n";
+    let plan = write_file(dir.path(), "faults.toml", plan.as_bytes());
+    let planned = [
+        "serve-bench",
+        "--schemes",
+        "uncoded,approxifer",
+        "--byzantine",
+        "1",
+        "--queries",
+        "100",
+        "--device",
+        "cpu",
+        "--json",
+        "--faults",
+        path_str(&plan),
+    ];
+    for r in stdout_json_lines(&planned) {
+        assert_eq!(r["liars"], serde_json::json!([1]), "{r}");
+    }
 }
 
 #[test]

@@ -65,7 +65,8 @@ pub(super) struct ServeBenchArgs {
     /// (S = 1). The other schemes have no defence against liars.
     #[arg(long, value_name = "A", default_value_t = 0)]
     byzantine: usize,
-    /// Workers of every scheme's pool that lie (chosen by the seed) [default: --byzantine]
+    /// Workers of every scheme's pool that lie (chosen by the seed) [default: --byzantine;
+    /// with --faults, the plan's byzantine_probability says who lies]
     #[arg(long, value_name = "M", conflicts_with = "faults")]
     liars: Option<usize>,
     /// The probability that a liar answers a request wrongly (1: every answer).
@@ -200,7 +201,10 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         byzantine: args.byzantine,
         locator,
         learning,
-        liars: Liars { count: args.liars.unwrap_or(args.byzantine), probability: args.lie_probability },
+        liars: Liars {
+            count: args.liars.unwrap_or(if args.faults.is_some() { 0 } else { args.byzantine }),
+            probability: args.lie_probability,
+        },
         attack: args.attack,
     };
     config.check_liars()?;
