@@ -1016,6 +1016,8 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "decoded_groups",
             "located_liars",
             "located_honest",
+            "locator",
+            "refits",
         ] {
             assert!(r.get(key).is_some(), "missing {key}: {r}");
         }
@@ -1241,6 +1243,7 @@ fn serve_bench_puts_the_same_liars_in_every_pool_and_the_coded_scheme_removes_th
     assert!(count("located_liars") >= 20 && count("located_honest") * 2 <= count("located_liars"), "{coded}");
     assert!(count("located_liars") <= count("decoded_groups"), "{coded}");
     assert_eq!((uncoded["located_liars"].as_u64(), uncoded["located_honest"].as_u64()), (Some(0), Some(0)));
+    assert_eq!((uncoded["locator"].as_str(), coded["locator"].as_str()), (None, Some("robust")));
     // A sign-flipped probability vector's argmax is a wrong class: uncoded answers a quarter of
     // the queries wrongly; the coded scheme removes the liar before decoding.
     let accuracy = |r: &Value| r["accuracy"].as_f64().unwrap();

@@ -326,8 +326,13 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             let liars = report.liars.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
             let located = if report.scheme == SchemeKind::Approxifer.name() && args.byzantine > 0 {
                 format!(
-                    "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {}",
-                    report.decoded_groups, report.located_liars, report.located_honest
+                    "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {} \
+                     (at the end: {}, {} refits from the traffic)",
+                    report.decoded_groups,
+                    report.located_liars,
+                    report.located_honest,
+                    report.locator.as_deref().unwrap_or("none"),
+                    report.refits
                 )
             } else {
                 String::new()

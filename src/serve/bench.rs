@@ -161,6 +161,10 @@ pub struct SchemeReport {
     pub decoded_groups: u64,
     pub located_liars: u64,
     pub located_honest: u64,
+    /// The locator in use when the run ended (`None` without one: baselines, `A = 0`), and
+    /// how many calibrations it had fitted from the run's traffic.
+    pub locator: Option<String>,
+    pub refits: u64,
 }
 
 /// The schemes serve-bench compares, in the order it runs them: uncoded first, so that its p95
@@ -307,6 +311,7 @@ pub fn run(
         let busy_before = pool.busy_seconds();
         let done_before = i * config.queries;
         let outcome = drive(scheme.as_ref(), config, inputs, |done| progress(done_before + done, total))?;
+        let locator = scheme.locator_state();
         let stats = scheme.shutdown(); // everything accepted has been answered
         let worker_seconds = pool.busy_seconds() - busy_before;
         let mut report = outcome.report(kind.name(), pool.len(), worker_seconds, labels);
@@ -324,6 +329,7 @@ pub fn run(
                 if liars.contains(&w) { (l + s.located, h) } else { (l, h + s.located) }
             });
         report.liars = liars;
+        (report.locator, report.refits) = locator.map_or((None, 0), |l| (Some(l.locator.to_owned()), l.refits));
         report.per_worker = stats.workers;
         report.slow_batches = stats.slow_batches;
         reports.push(report);
@@ -583,6 +589,8 @@ impl Outcome {
             decoded_groups: 0,
             located_liars: 0,
             located_honest: 0,
+            locator: None,
+            refits: 0,
         }
         .with_percentiles()
     }
@@ -710,6 +718,8 @@ mod tests {
             decoded_groups: 0,
             located_liars: 0,
             located_honest: 0,
+            locator: None,
+            refits: 0,
         }
     }
 
