@@ -322,20 +322,18 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             bar.set_position(done as u64);
         })?;
         bar.finish_and_clear();
-        for report in reports.iter().filter(|r| !r.liars.is_empty() || r.located_liars + r.located_honest > 0) {
-            let liars = report.liars.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
-            let located = if report.scheme == SchemeKind::Approxifer.name() && args.byzantine > 0 {
-                format!(
+        for (report, books) in reports.iter().map(|r| (r, &r.byzantine)) {
+            if books.liars.is_empty() && books.located_liars + books.located_honest == 0 {
+                continue;
+            }
+            let liars = books.liars.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+            let located = match &books.locator {
+                Some(locator) => format!(
                     "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {} \
-                     (at the end: {}, {} refits from the traffic)",
-                    report.decoded_groups,
-                    report.located_liars,
-                    report.located_honest,
-                    report.locator.as_deref().unwrap_or("none"),
-                    report.refits
-                )
-            } else {
-                String::new()
+                     (at the end: {locator}, {} refits from the traffic)",
+                    books.decoded_groups, books.located_liars, books.located_honest, books.refits
+                ),
+                None => String::new(),
             };
             eprintln!("approxifer: {}: liars: workers [{liars}] of {}{located}", report.scheme, report.workers);
         }

@@ -154,6 +154,14 @@ pub struct SchemeReport {
     /// ([`ServeBenchConfig::trace_slower_than`]; coded schemes only).
     #[serde(skip)]
     pub slow_batches: Vec<super::trace::BatchTrace>,
+    /// Who lied and what the locator made of it (its keys at the top level of the JSON).
+    #[serde(flatten)]
+    pub byzantine: ByzantineBooks,
+}
+
+/// A run's liars and its locator's work.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ByzantineBooks {
     /// The workers that lie: [`ServeBenchConfig::liars`] and the plan's own.
     pub liars: Vec<usize>,
     /// Groups decoded (coded schemes), and how many times the locator removed a liar's
@@ -323,13 +331,18 @@ pub fn run(
         report.decode_us_per_batch = stats.decode_ns as f64 / 1e3 / stats.batches.max(1) as f64;
         report.hedged_requests = stats.hedged_requests;
         report.covered_parts = stats.covered_parts;
-        report.decoded_groups = stats.decoded_groups;
-        (report.located_liars, report.located_honest) =
+        let (located_liars, located_honest) =
             stats.workers.iter().enumerate().fold((0, 0), |(l, h), (w, s)| {
                 if liars.contains(&w) { (l + s.located, h) } else { (l, h + s.located) }
             });
-        report.liars = liars;
-        (report.locator, report.refits) = locator.map_or((None, 0), |l| (Some(l.locator.to_owned()), l.refits));
+        report.byzantine = ByzantineBooks {
+            liars,
+            decoded_groups: stats.decoded_groups,
+            located_liars,
+            located_honest,
+            locator: locator.as_ref().map(|l| l.locator.to_owned()),
+            refits: locator.map_or(0, |l| l.refits),
+        };
         report.per_worker = stats.workers;
         report.slow_batches = stats.slow_batches;
         reports.push(report);
@@ -585,12 +598,7 @@ impl Outcome {
             per_worker: Vec::new(),
             latencies_ms: latencies,
             slow_batches: Vec::new(),
-            liars: Vec::new(),
-            decoded_groups: 0,
-            located_liars: 0,
-            located_honest: 0,
-            locator: None,
-            refits: 0,
+            byzantine: ByzantineBooks::default(),
         }
         .with_percentiles()
     }
@@ -714,12 +722,7 @@ mod tests {
             per_worker: Vec::new(),
             latencies_ms: vec![p50, p999],
             slow_batches: Vec::new(),
-            liars: Vec::new(),
-            decoded_groups: 0,
-            located_liars: 0,
-            located_honest: 0,
-            locator: None,
-            refits: 0,
+            byzantine: ByzantineBooks::default(),
         }
     }
 

@@ -30,7 +30,7 @@ pub mod worker;
 pub use answer::{Answer, CodingError, ServeError, Stats, Ticket, WorkerStats};
 pub use baseline::{Baseline, BaselineConfig, Policy};
 pub use batch::{Coding, Dispatch, FormError, Part, Segment, Work};
-pub use bench::{Arrivals, Liars, RepeatedReport, SchemeReport, ServeBenchConfig, Spread, summarize};
+pub use bench::{Arrivals, ByzantineBooks, Liars, RepeatedReport, SchemeReport, ServeBenchConfig, Spread, summarize};
 pub use coordinator::{Codec, Coordinator, CoordinatorConfig, HEDGE_HISTORY};
 pub use faults::{FaultError, FaultFileError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
 pub use locating::{Learning, LocatorState};
