@@ -1018,6 +1018,7 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "located_honest",
             "locator",
             "refits",
+            "short_positions",
         ] {
             assert!(r.get(key).is_some(), "missing {key}: {r}");
         }

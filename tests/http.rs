@@ -141,6 +141,39 @@ fn metrics_export_the_byzantine_locators_state() {
 }
 
 #[test]
+fn metrics_name_the_position_a_liar_leaves_without_honest_answers_to_learn_from() {
+    // K = 2, A = 1, S = 1, N = 6: worker 1 always lies and is ten times slower, so the groups
+    // decode from the other five, agree, and are learnt from with position 1 always missing.
+    // No calibration can be fitted without its honest answers: /metrics says which position
+    // it waits for, and the robust locator stays.
+    let code = Code::new(CodeParams::builder(2, 6).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+    let workers: Vec<Arc<dyn Worker>> =
+        (0..6).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 1000)) as Arc<dyn Worker>).collect();
+    let mut faults = vec![WorkerFaults::NONE; 6];
+    faults[1] = WorkerFaults { byzantine_probability: 1.0, slowdown: 10.0, ..WorkerFaults::NONE };
+    let plan = FaultPlan { latency: Latency::Constant { ms: 2.0 }, workers: faults, random_slowdown: None };
+    let learning = Learning { refit_every: 40, ..Learning::default() };
+    let config = CoordinatorConfig {
+        learning: Some(learning),
+        ..coordinator_config(code, Some(plan), 1000, Duration::from_millis(5000))
+    };
+    let server = Server::start(Box::new(Coordinator::start(config, workers).unwrap()));
+    for batch in 0..90 {
+        let (status, _, body) = server.post(&rows(2 * batch..2 * batch + 2).to_string());
+        assert_eq!(status, 200, "{body}");
+    }
+    let metrics = metrics_once(&server, "approxifer_locator_short_position{worker=\"1\"}", 1.0);
+    assert_eq!(sample(&metrics, "approxifer_locator_short_position{worker=\"1\"}"), 1.0, "{metrics}");
+    for worker in [0, 2, 3, 4, 5] {
+        let short = format!("approxifer_locator_short_position{{worker=\"{worker}\"}}");
+        assert!(!metrics.contains(&short), "{short}: {metrics}");
+    }
+    assert_eq!(sample(&metrics, "approxifer_locator{locator=\"robust\"}"), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "approxifer_locator_refits"), 0.0, "{metrics}");
+    server.stop();
+}
+
+#[test]
 fn metrics_count_what_the_coordinator_did_to_answer() {
     // K = 3, N = 4, S = 1 and workers 0 and 1 never answer: every group waits for its hedge
     // (10 ms) to workers 2 and 3. /metrics shows the batches, the groups answered and the

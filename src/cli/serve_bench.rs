@@ -327,10 +327,14 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
                 continue;
             }
             let liars = books.liars.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
+            let short = match &books.short_positions[..] {
+                [] => String::new(),
+                short => format!("; too few honest answers to learn from at positions {short:?}"),
+            };
             let located = match &books.locator {
                 Some(locator) => format!(
                     "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {} \
-                     (at the end: {locator}, {} refits from the traffic)",
+                     (at the end: {locator}, {} refits from the traffic{short})",
                     books.decoded_groups, books.located_liars, books.located_honest, books.refits
                 ),
                 None => String::new(),

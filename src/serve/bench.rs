@@ -173,6 +173,9 @@ pub struct ByzantineBooks {
     /// how many calibrations it had fitted from the run's traffic.
     pub locator: Option<String>,
     pub refits: u64,
+    /// Positions the learner had too few honest answers from to fit a calibration
+    /// ([`LocatorState::short_positions`](super::LocatorState::short_positions)).
+    pub short_positions: Vec<usize>,
 }
 
 /// The schemes serve-bench compares, in the order it runs them: uncoded first, so that its p95
@@ -341,7 +344,8 @@ pub fn run(
             located_liars,
             located_honest,
             locator: locator.as_ref().map(|l| l.locator.to_owned()),
-            refits: locator.map_or(0, |l| l.refits),
+            refits: locator.as_ref().map_or(0, |l| l.refits),
+            short_positions: locator.map_or_else(Vec::new, |l| l.short_positions),
         };
         report.per_worker = stats.workers;
         report.slow_batches = stats.slow_batches;

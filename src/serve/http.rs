@@ -244,6 +244,7 @@ struct LocatorMetrics {
     refits: Gauge,
     calibration_groups: Gauge,
     thresholds: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
+    short_positions: Family<WorkerLabels, Gauge>,
 }
 
 impl LocatorMetrics {
@@ -265,6 +266,11 @@ impl LocatorMetrics {
             "The active calibration's squared Mahalanobis threshold per worker position",
             self.thresholds.clone(),
         );
+        registry.register(
+            "locator_short_position",
+            "1 for a worker position without enough honest answers for the learner to fit a calibration",
+            self.short_positions.clone(),
+        );
     }
 
     fn set(&self, state: &LocatorState) {
@@ -278,6 +284,10 @@ impl LocatorMetrics {
         self.thresholds.clear();
         for (worker, &threshold) in state.thresholds.iter().enumerate() {
             self.thresholds.get_or_create(&WorkerLabels { worker }).set(threshold);
+        }
+        self.short_positions.clear();
+        for &worker in &state.short_positions {
+            self.short_positions.get_or_create(&WorkerLabels { worker }).set(1);
         }
     }
 }

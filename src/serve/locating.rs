@@ -47,6 +47,10 @@ pub struct LocatorState {
     pub calibration_groups: u64,
     /// The active calibration's threshold per worker position.
     pub thresholds: Vec<f64>,
+    /// Worker positions without enough honest answers among the groups learnt from: no
+    /// calibration can be fitted until they have them (a worker that always lies never
+    /// does: calibrate offline).
+    pub short_positions: Vec<usize>,
 }
 
 /// Agreeing groups of the full code: `[B, N, C]` answers and `[B, N]` responders.
@@ -158,7 +162,9 @@ fn learn(
             continue;
         }
         since_fit += builder.groups() - before;
-        if since_fit < learning.refit_every || !builder.ready() {
+        let short = builder.short_positions();
+        shared.state.lock().unwrap_or_else(PoisonError::into_inner).short_positions.clone_from(&short);
+        if since_fit < learning.refit_every || !short.is_empty() {
             continue;
         }
         since_fit = 0;

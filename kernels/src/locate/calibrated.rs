@@ -1305,6 +1305,8 @@ pub struct CalibrationBuilder {
     /// The groups kept: their rows as the representation compares them (`[N, row_len]`) and
     /// which workers answered with a row that can be honest (sorted).
     history: VecDeque<(Vec<f64>, Vec<usize>)>,
+    /// Per position, the groups kept that it answered.
+    samples: Vec<usize>,
 }
 
 impl CalibrationBuilder {
@@ -1322,6 +1324,7 @@ impl CalibrationBuilder {
             groups: 0,
             representation: None,
             history: VecDeque::new(),
+            samples: vec![0; code.params().workers()],
         })
     }
 
@@ -1349,8 +1352,10 @@ impl CalibrationBuilder {
                 continue;
             }
             if self.capacity != usize::MAX && self.history.len() >= self.capacity {
-                self.history.pop_front();
+                let (_, dropped) = self.history.pop_front().expect("a full history");
+                dropped.iter().for_each(|&w| self.samples[w] -= 1);
             }
+            keep.iter().for_each(|&w| self.samples[w] += 1);
             self.history.push_back((values.into_owned(), keep));
             self.groups += 1;
         }
@@ -1387,10 +1392,14 @@ impl CalibrationBuilder {
 
     /// Whether every position has enough samples for [`fit`](Self::fit).
     pub fn ready(&self) -> bool {
-        let f = feature_len(self.row_len);
-        let mut counts = vec![0usize; self.code.params().workers()];
-        self.history.iter().flat_map(|(_, keep)| keep).for_each(|&w| counts[w] += 1);
-        counts.iter().all(|&c| c >= SAMPLES_PER_FEATURE * f + 2)
+        self.short_positions().is_empty()
+    }
+
+    /// The positions with too few samples for [`fit`](Self::fit), increasing: in traffic, a
+    /// worker whose answers are never among the honest ones (one that always lies).
+    pub fn short_positions(&self) -> Vec<usize> {
+        let needed = SAMPLES_PER_FEATURE * feature_len(self.row_len) + 2;
+        (0..self.samples.len()).filter(|&w| self.samples[w] < needed).collect()
     }
 
     /// Fits every position; `false_alarm` in `(0, 0.5)`.
@@ -1610,6 +1619,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_position_missing_from_the_groups_kept_is_short_until_enough_of_them_hold_it() {
+        // One value per row: a feature of 3, so 8 samples per position; 10 groups kept.
+        let code = Code::new(crate::CodeParams::builder(2, 6).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+        let mut builder = CalibrationBuilder::new(&code, 1, 10).unwrap();
+        let groups = |missing: usize, count: usize| {
+            let outputs: Vec<f32> = (0..count * 6).map(|i| (i % 7) as f32).collect();
+            let masks: Vec<bool> = (0..count * 6).map(|i| i % 6 != missing).collect();
+            (outputs, masks)
+        };
+        assert_eq!(builder.short_positions(), vec![0, 1, 2, 3, 4, 5]);
+        let (outputs, masks) = groups(1, 12);
+        builder.observe(&outputs, &masks).unwrap();
+        assert_eq!(builder.short_positions(), vec![1]);
+        assert!(!builder.ready());
+        // The oldest groups make way: position 3 is now the one the groups kept lack.
+        let (outputs, masks) = groups(3, 10);
+        builder.observe(&outputs, &masks).unwrap();
+        assert_eq!(builder.short_positions(), vec![3]);
     }
 
     #[test]
