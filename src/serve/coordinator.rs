@@ -69,7 +69,7 @@ pub struct CoordinatorConfig {
     pub hedge_after: Option<Duration>,
     /// How a group's liars are found when the code has `A > 0` (and `N >= 2K + 2A + S - 1`):
     /// they are removed before decoding, on the CPU, whichever the codec. A calibrated locator
-    /// must describe `code`; partial groups are padded to `K`, so every group is coded by it.
+    /// must describe `code`; partial groups are padded to `K`, so it judges every group.
     pub locator: Locator,
     /// Learn a calibrated locator from the groups that agree (codes with `A > 0`), replacing
     /// `locator` once fitted ([`crate::serve::locating`]).

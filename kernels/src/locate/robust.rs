@@ -65,8 +65,8 @@ pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[us
         // Differences below the resolution say nothing: a group whose coded queries are all
         // one query (a serving coordinator pads a partial group with copies) answers the same
         // row everywhere but for rounding, and scaled by a MAD of 0, rounding is "far out"
-        // (measured: with nobody lying, an honest answer removed from one such group in four).
-        // Residuals are in the answers' units; typicality is already in spreads per rank.
+        // (the test below: 1e-7 of rounding in two rows got one of them removed). Residuals
+        // are in the answers' units; typicality is already in spreads per rank.
         let residuals = leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]]));
         let consistency = robust_z(&residuals, RESOLUTION * magnitude(&rows));
         let typicality = robust_z(&atypicality(&rows), RESOLUTION);
