@@ -1019,6 +1019,7 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "locator",
             "refits",
             "short_positions",
+            "suspected",
         ] {
             assert!(r.get(key).is_some(), "missing {key}: {r}");
         }

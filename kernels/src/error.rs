@@ -115,6 +115,11 @@ pub enum Error {
     })]
     InvalidCalibration { position: Option<usize>, positions: usize },
 
+    /// Suspected positions that are not distinct workers of the code in increasing order (a
+    /// calibration's, or those asked to be fitted without).
+    #[error("suspected worker positions must increase and be below {workers}: {suspected:?}")]
+    InvalidSuspects { suspected: Vec<usize>, workers: usize },
+
     /// Too few honest answers at a worker position to learn how they vary.
     #[error(
         "calibration samples >= {needed} violated at worker {position}: {samples} honest answers (calibrate on more groups)"

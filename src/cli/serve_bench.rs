@@ -331,6 +331,10 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
                 [] => String::new(),
                 short => format!("; too few honest answers to learn from at positions {short:?}"),
             };
+            let short = match &books.suspected[..] {
+                [] => short,
+                suspected => format!("{short}; fitted without positions {suspected:?}, whose answers it removes first"),
+            };
             let located = match &books.locator {
                 Some(locator) => format!(
                     "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {} \

@@ -176,6 +176,9 @@ pub struct ByzantineBooks {
     /// Positions the learner had too few honest answers from to fit a calibration
     /// ([`LocatorState::short_positions`](super::LocatorState::short_positions)).
     pub short_positions: Vec<usize>,
+    /// Positions the calibration in use at the end was fitted without
+    /// ([`LocatorState::suspected`](super::LocatorState::suspected)).
+    pub suspected: Vec<usize>,
 }
 
 /// The schemes serve-bench compares, in the order it runs them: uncoded first, so that its p95
@@ -345,6 +348,7 @@ pub fn run(
             located_honest,
             locator: locator.as_ref().map(|l| l.locator.to_owned()),
             refits: locator.as_ref().map_or(0, |l| l.refits),
+            suspected: locator.as_ref().map_or_else(Vec::new, |l| l.suspected.clone()),
             short_positions: locator.map_or_else(Vec::new, |l| l.short_positions),
         };
         report.per_worker = stats.workers;

@@ -245,6 +245,7 @@ struct LocatorMetrics {
     calibration_groups: Gauge,
     thresholds: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
     short_positions: Family<WorkerLabels, Gauge>,
+    suspected: Family<WorkerLabels, Gauge>,
 }
 
 impl LocatorMetrics {
@@ -268,8 +269,13 @@ impl LocatorMetrics {
         );
         registry.register(
             "locator_short_position",
-            "1 for a worker position without enough honest answers for the learner to fit a calibration",
+            "1 for a worker position without enough honest answers among the groups learnt from",
             self.short_positions.clone(),
+        );
+        registry.register(
+            "locator_suspected_position",
+            "1 for a worker position the active calibration was fitted without: its answers are removed first",
+            self.suspected.clone(),
         );
     }
 
@@ -288,6 +294,10 @@ impl LocatorMetrics {
         self.short_positions.clear();
         for &worker in &state.short_positions {
             self.short_positions.get_or_create(&WorkerLabels { worker }).set(1);
+        }
+        self.suspected.clear();
+        for &worker in &state.suspected {
+            self.suspected.get_or_create(&WorkerLabels { worker }).set(1);
         }
     }
 }

@@ -7,6 +7,14 @@
 //! calibration replaces the active locator at the next batch. It starts from a calibration
 //! file or, without one, from the robust locator. Learning never blocks serving: when the
 //! learner falls behind, groups are not learnt from.
+//!
+//! A worker that always lies leaves its position without honest answers to learn from: once
+//! every other position has enough, the calibration is fitted without it (at most `A` such
+//! positions), and its answers are removed first ([`CalibrationBuilder::fit_excluding`]).
+//! Groups in which only such workers were removed are learnt from, and each of their
+//! answers with them that the robust locator (which needs nothing learnt) does not name: a
+//! worker that was down or lying for a while and answers honestly again is learnt back, and
+//! judged like the others from the next fit on.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -47,14 +55,16 @@ pub struct LocatorState {
     pub calibration_groups: u64,
     /// The active calibration's threshold per worker position.
     pub thresholds: Vec<f64>,
-    /// Worker positions without enough honest answers among the groups learnt from: no
-    /// calibration can be fitted until they have them (a worker that always lies never
-    /// does: calibrate offline).
+    /// Worker positions without enough honest answers among the groups learnt from (a worker
+    /// that always lies never has them).
     pub short_positions: Vec<usize>,
+    /// Positions the active calibration was fitted without, whose answers it removes first.
+    pub suspected: Vec<usize>,
 }
 
-/// Agreeing groups of the full code: `[B, N, C]` answers and `[B, N]` responders.
-type Observation = (Vec<f32>, Vec<bool>);
+/// Agreeing groups of the full code: `[B, N, C]` answers, `[B, N]` responders and the
+/// positions whose answers among them are vetted by the robust locator before they are learnt.
+type Observation = (Vec<f32>, Vec<bool>, Vec<usize>);
 
 /// Groups in flight to the learner before new ones are dropped.
 const QUEUE: usize = 64;
@@ -83,15 +93,17 @@ impl OnlineLocator {
             calibration.check(code, output_len).map_err(|e| e.to_string())?;
         }
         let state = LocatorState { learning: learning.is_some(), ..describe(&initial) };
+        let byzantine = code.params().byzantine();
         let shared = Arc::new(Shared { active: Mutex::new(initial), state: Mutex::new(state) });
         let learner = match learning {
             Some(learning) => {
                 let builder = CalibrationBuilder::new(code, output_len, learning.window).map_err(|e| e.to_string())?;
                 let (sender, receiver) = crossbeam_channel::bounded::<Observation>(QUEUE);
                 let shared = shared.clone();
+                let code = code.clone();
                 std::thread::Builder::new()
                     .name("approxifer-locator".into())
-                    .spawn(move || learn(builder, learning, receiver, &shared))
+                    .spawn(move || learn((builder, &code), (learning, byzantine), receiver, &shared))
                     .map_err(|e| format!("cannot start the locator's learner: {e}"))?;
                 Some(sender)
             }
@@ -110,17 +122,22 @@ impl OnlineLocator {
     }
 
     /// Hands the groups of `outputs` (`[B, N, C]`, `masks` the responders before location)
-    /// in which nobody was `located` to the learner, if it learns and `code` is its code.
+    /// in which nobody was `located` to the learner, if it learns and `code` is its code; and
+    /// those in which only workers the active calibration suspects were, theirs to be vetted.
     pub fn observe(&self, code: &Code, outputs: &[f32], masks: &[bool], located: &[Vec<usize>]) {
         let Some(learner) = &self.learner else { return };
         if code.params() != self.code.params() {
             return;
         }
+        let suspected = match &*self.shared.active.lock().unwrap_or_else(PoisonError::into_inner) {
+            Locator::Calibrated(calibration) => calibration.suspected.clone(),
+            _ => Vec::new(),
+        };
         let (n, c) = (code.params().workers(), self.output_len);
         let mut answers = Vec::new();
         let mut responders = Vec::new();
         for (g, found) in located.iter().enumerate() {
-            if found.is_empty() {
+            if found.iter().all(|w| suspected.contains(w)) {
                 answers.extend_from_slice(&outputs[g * n * c..(g + 1) * n * c]);
                 responders.extend_from_slice(&masks[g * n..(g + 1) * n]);
             }
@@ -129,7 +146,7 @@ impl OnlineLocator {
             return;
         }
         let groups = (responders.len() / n) as u64;
-        match learner.try_send((answers, responders)) {
+        match learner.try_send((answers, responders, suspected)) {
             Ok(()) => self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).observed_groups += groups,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
         }
@@ -149,13 +166,14 @@ impl OnlineLocator {
 /// The learner thread: observes agreeing groups and refits; ends when the coordinator drops
 /// its sender.
 fn learn(
-    mut builder: CalibrationBuilder,
-    learning: Learning,
+    (mut builder, code): (CalibrationBuilder, &Code),
+    (learning, byzantine): (Learning, usize),
     observations: crossbeam_channel::Receiver<Observation>,
     shared: &Shared,
 ) {
     let mut since_fit = 0;
-    for (answers, masks) in observations {
+    for (answers, mut masks, vetted) in observations {
+        vet(code, (&answers, &mut masks), &vetted);
         let before = builder.groups();
         // The coordinator checked these shapes when it located them.
         if builder.observe(&answers, &masks).is_err() {
@@ -164,12 +182,13 @@ fn learn(
         since_fit += builder.groups() - before;
         let short = builder.short_positions();
         shared.state.lock().unwrap_or_else(PoisonError::into_inner).short_positions.clone_from(&short);
-        if since_fit < learning.refit_every || !short.is_empty() {
+        // More positions without honest answers than a group can remove: wait for them.
+        if since_fit < learning.refit_every || short.len() > byzantine {
             continue;
         }
         since_fit = 0;
         // A fit can fail only on degenerate traffic; the active locator then stays.
-        let Ok(calibration) = builder.fit(learning.false_alarm) else { continue };
+        let Ok(calibration) = builder.fit_excluding(learning.false_alarm, &short) else { continue };
         let locator = Locator::Calibrated(Arc::new(calibration));
         let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         *state = LocatorState {
@@ -183,6 +202,23 @@ fn learn(
     }
 }
 
+/// Leaves out of `masks` (`[B, N]`) the answers of `vetted` positions that the robust locator
+/// names in their group (all of them where it cannot judge the groups).
+fn vet(code: &Code, (answers, masks): (&[f32], &mut [bool]), vetted: &[usize]) {
+    if vetted.is_empty() {
+        return;
+    }
+    let n = code.params().workers();
+    let output_len = answers.len() / masks.len().max(1);
+    let located = match crate::kernels::locate(code, &Locator::Robust, answers, output_len, masks) {
+        Ok(location) => location.located,
+        Err(_) => vec![vetted.to_vec(); masks.len() / n],
+    };
+    for (mask, named) in masks.chunks_exact_mut(n).zip(&located) {
+        vetted.iter().filter(|w| named.contains(w)).for_each(|&w| mask[w] = false);
+    }
+}
+
 /// The state fields a locator itself decides.
 fn describe(locator: &Locator) -> LocatorState {
     let calibration: Option<&Calibration> = match locator {
@@ -192,6 +228,7 @@ fn describe(locator: &Locator) -> LocatorState {
     LocatorState {
         locator: locator.name(),
         calibration_groups: calibration.map_or(0, |c| c.groups as u64),
+        suspected: calibration.map_or_else(Vec::new, |c| c.suspected.clone()),
         thresholds: calibration.map_or_else(Vec::new, |c| c.summary().iter().map(|p| p.threshold).collect()),
         ..LocatorState::default()
     }

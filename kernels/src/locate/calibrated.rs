@@ -227,6 +227,11 @@ pub struct Calibration {
     pub false_alarm: f64,
     /// Honest groups learnt from.
     pub groups: usize,
+    /// Positions fitted without a single honest answer ([`CalibrationBuilder::fit_excluding`]:
+    /// in traffic, a worker that always lies), increasing: their answers are removed first,
+    /// and a missing one is filled in from the others by the code's own interpolant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspected: Vec<usize>,
     positions: Vec<Position>,
     /// Per position, how much larger honest residuals are when responders next to it are
     /// missing (`[N, GAP_LEVELS, GAP_LEVELS]`, by the distance to the nearest responder on
@@ -376,6 +381,21 @@ impl Position {
         let residuals: Vec<&[f64]> = kept.iter().map(|r| &r[f - row_len..]).collect();
         let consistency = Gaussian::fit(&residuals, position, 1.0 - (1.0 - JOINT_SHARE) * false_alarm)?;
         Ok(Position { joint, consistency, paired: Memo::default() })
+    }
+
+    /// A suspected position's: nothing learnt (no samples, an identity whitening, the largest
+    /// threshold, finite for JSON: it scores 0), never judged, as its answers are removed
+    /// unscored.
+    fn unfitted(f: usize, row_len: usize) -> Position {
+        let nothing = |len: usize| Gaussian {
+            samples: 0,
+            mean: vec![0.0; len],
+            whitening: vec![1.0; len],
+            threshold: f64::MAX,
+            typicality_rows: Memo::default(),
+            residual_rows: Memo::default(),
+        };
+        Position { joint: nothing(f), consistency: nothing(row_len), paired: Memo::default() }
     }
 
     /// The part of the score a responder's own row decides (`centred`: scratch of the
@@ -681,6 +701,7 @@ impl Calibration {
         if self.predictor.as_ref().is_some_and(|p| !p.is_whole(self.workers, row_len)) {
             return Err(Error::InvalidCalibration { position: None, positions: self.positions.len() });
         }
+        check_suspects(&self.suspected, self.workers)?;
         match self.positions.iter().position(|p| !p.is_whole(f, row_len)) {
             Some(position) => Err(Error::InvalidCalibration { position: Some(position), positions: self.workers }),
             None => Ok(()),
@@ -709,6 +730,17 @@ impl Calibration {
             let values = super::widen(group);
             let (mut values, _) = self.representation.apply(&values, row_len);
             predictor.impute(values.to_mut(), row_len, &keep);
+            // A suspected position's row, which the predictor knows nothing of: the code's own
+            // interpolant of every other row (now all filled in) at its node.
+            let inverse = self.inverse_differences.0.get_or_init(|| inverse_differences(code));
+            for &w in self.suspected.iter().filter(|&&w| !mask[w]) {
+                let values = values.to_mut();
+                let mut row = vec![0.0; row_len];
+                let others =
+                    (0..n).filter(|&l| l != w).map(|l| (&values[l * row_len..(l + 1) * row_len], inverse[w * n + l]));
+                loo::interpolant_at(others, &mut row);
+                values[w * row_len..(w + 1) * row_len].copy_from_slice(&row);
+            }
             for (w, row) in values.to_mut().chunks_exact_mut(row_len).enumerate().filter(|(w, _)| !mask[*w]) {
                 if self.representation == Representation::LogRatios {
                     // Back from centred log-ratios: the probabilities they are the logarithms of.
@@ -931,11 +963,19 @@ impl Calibration {
         head.is_nan() || head > self.positions[w].joint.threshold
     }
 
-    /// Per position: the samples fitted and the threshold; for `/metrics` and reports.
+    /// Per position: the samples fitted and the threshold (infinite for a suspected one:
+    /// nothing it answers is kept); for `/metrics` and reports.
     pub fn summary(&self) -> Vec<PositionSummary> {
         self.positions
             .iter()
-            .map(|p| PositionSummary { samples: p.joint.samples, threshold: p.joint.threshold })
+            .enumerate()
+            .map(|(w, p)| {
+                let suspected = self.suspected.binary_search(&w).is_ok();
+                PositionSummary {
+                    samples: p.joint.samples,
+                    threshold: if suspected { f64::INFINITY } else { p.joint.threshold },
+                }
+            })
             .collect()
     }
 }
@@ -1048,6 +1088,30 @@ pub struct PositionSummary {
 /// undoes the removals that, with several liars, went to the wrong worker, and [`restore`]
 /// those the rest of the group explains.
 pub(super) fn suspects(
+    calibration: &Calibration,
+    code: &Code,
+    group: &[f64],
+    workers: &[usize],
+    budget: usize,
+) -> Vec<usize> {
+    if calibration.suspected.is_empty() {
+        return judged_suspects(calibration, code, group, workers, budget);
+    }
+    // Answers from the suspected positions go first, unjudged (nothing was learnt of them);
+    // past the budget they stay, and score 0 ([`Position::unfitted`]), their rows no part of
+    // the others' predictions (the predictor learnt them independent of every position).
+    let (mut first, mut judged): (Vec<usize>, Vec<usize>) =
+        workers.iter().partition(|w| calibration.suspected.binary_search(w).is_ok());
+    judged.extend(first.split_off(first.len().min(budget)));
+    judged.sort_unstable();
+    let mut removed = judged_suspects(calibration, code, group, &judged, budget - first.len());
+    removed.extend(first);
+    removed.sort_unstable();
+    removed
+}
+
+/// [`suspects`] among the positions the calibration learnt.
+fn judged_suspects(
     calibration: &Calibration,
     code: &Code,
     group: &[f64],
@@ -1427,10 +1491,22 @@ impl CalibrationBuilder {
 
     /// Fits every position; `false_alarm` in `(0, 0.5)`.
     pub fn fit(&self, false_alarm: f64) -> Result<Calibration> {
+        self.fit_excluding(false_alarm, &[])
+    }
+
+    /// Fits every position but the `suspected` ones (increasing), learning nothing of them:
+    /// the calibration removes their answers first ([`Calibration::suspected`]). For traffic
+    /// in which those workers never gave an honest answer, the [`short_positions`] of a
+    /// worker that always lies: the others are still judged on what was learnt of them, where
+    /// a calibration of every position would wait for honest answers that never come.
+    ///
+    /// [`short_positions`]: Self::short_positions
+    pub fn fit_excluding(&self, false_alarm: f64, suspected: &[usize]) -> Result<Calibration> {
         if !(false_alarm > 0.0 && false_alarm < 0.5) {
             return Err(Error::InvalidFalseAlarm { false_alarm });
         }
         let (n, row_len) = (self.code.params().workers(), self.row_len);
+        check_suspects(suspected, n)?;
         let (f, t) = (feature_len(row_len), typicality_len(row_len));
         if self.history.is_empty() {
             return Err(Error::TooFewCalibrationSamples {
@@ -1439,8 +1515,19 @@ impl CalibrationBuilder {
                 needed: SAMPLES_PER_FEATURE * f + 2,
             });
         }
-        let history = self.history.iter().map(|(values, keep)| (values.as_slice(), keep.as_slice()));
-        let predictor = Predictor::learn(history.clone(), n, row_len)?;
+        // The suspected positions' answers, were any kept, are not learnt from.
+        let kept: Vec<Vec<usize>> = self
+            .history
+            .iter()
+            .map(|(_, keep)| keep.iter().copied().filter(|w| suspected.binary_search(w).is_err()).collect())
+            .collect();
+        let history = self
+            .history
+            .iter()
+            .zip(&kept)
+            .map(|((values, _), keep)| (values.as_slice(), keep.as_slice()))
+            .filter(|(_, keep)| keep.len() >= 3);
+        let predictor = Predictor::learn(history.clone(), (n, row_len), suspected)?;
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); n];
         let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); n * GAP_LEVELS * GAP_LEVELS];
         for (values, keep) in history {
@@ -1456,7 +1543,10 @@ impl CalibrationBuilder {
         let positions = samples
             .iter()
             .enumerate()
-            .map(|(w, samples)| Position::fit(w, samples, f, row_len, false_alarm))
+            .map(|(w, samples)| match suspected.binary_search(&w) {
+                Ok(_) => Ok(Position::unfitted(f, row_len)),
+                Err(_) => Position::fit(w, samples, f, row_len, false_alarm),
+            })
             .collect::<Result<Vec<_>>>()?;
         let p = self.code.params();
         Ok(Calibration {
@@ -1470,6 +1560,7 @@ impl CalibrationBuilder {
             representation: self.representation.unwrap_or_default(),
             false_alarm,
             groups: self.groups,
+            suspected: suspected.to_vec(),
             positions,
             gap_scales: gap_scales(&gaps),
             predictor: Some(predictor),
@@ -1477,6 +1568,15 @@ impl CalibrationBuilder {
             all_terms: Memo::default(),
             network: Memo::default(),
         })
+    }
+}
+
+/// Whether `suspected` are distinct positions of `workers`, increasing.
+fn check_suspects(suspected: &[usize], workers: usize) -> Result<()> {
+    if suspected.is_sorted_by(|a, b| a < b) && suspected.last().is_none_or(|&w| w < workers) {
+        Ok(())
+    } else {
+        Err(Error::InvalidSuspects { suspected: suspected.to_vec(), workers })
     }
 }
 
@@ -1544,19 +1644,20 @@ mod tests {
         (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
     }
 
-    /// A code with `A = 2` at the least `N`, a calibration learnt from a smooth nonlinear
-    /// model's honest answers (4 outputs), and `groups` of its answers with two sign-flipped
-    /// liars each (`[groups, N, 4]`).
-    fn attacked_groups(groups: usize) -> (Code, Calibration, Vec<f64>) {
+    /// A code with `A = 2` and `stragglers` at the least `N`, and its honest answers (4
+    /// outputs) to `groups` groups of random queries from `seed`, by a smooth nonlinear model
+    /// (`[groups, N, 4]`).
+    fn smooth_model(stragglers: usize) -> (Code, impl Fn(usize, u64) -> Vec<f64>) {
         use crate::params::{CodeParams, NodeFamily};
         let (k, a, dim, row_len) = (4, 2, 6, 4);
-        let n = CodeParams::workers_needed(k, 0, a);
-        let code =
-            Code::new(CodeParams::builder(k, n).byzantine(a).nodes(NodeFamily::Authors).build().unwrap()).unwrap();
+        let n = CodeParams::workers_needed(k, stragglers, a);
+        let params = CodeParams::builder(k, n).stragglers(stragglers).byzantine(a).nodes(NodeFamily::Authors);
+        let code = Code::new(params.build().unwrap()).unwrap();
         let weights = values(7, row_len * dim);
-        let answers = |groups: usize, seed: u64| -> Vec<f64> {
+        let coder = code.clone();
+        let answers = move |groups: usize, seed: u64| -> Vec<f64> {
             let queries = values(seed, groups * k * dim);
-            let coded = crate::cpu::encode_to_vec(&code, &queries, dim).unwrap();
+            let coded = crate::cpu::encode_to_vec(&coder, &queries, dim).unwrap();
             let model = |x: &[f64]| -> Vec<f64> {
                 weights
                     .chunks_exact(dim)
@@ -1565,6 +1666,14 @@ mod tests {
             };
             coded.chunks_exact(dim).flat_map(model).collect()
         };
+        (code, answers)
+    }
+
+    /// [`smooth_model`]'s code, a calibration learnt from 1500 of its honest groups, and
+    /// `groups` of its answers with two sign-flipped liars each (`[groups, N, 4]`).
+    fn attacked_groups(groups: usize) -> (Code, Calibration, Vec<f64>) {
+        let (code, answers) = smooth_model(0);
+        let (n, row_len) = (code.params().workers(), 4);
         let mut builder = CalibrationBuilder::new(&code, row_len, usize::MAX).unwrap();
         builder.observe(&answers(1500, 1), &vec![true; 1500 * n]).unwrap();
         let calibration = builder.fit(DEFAULT_FALSE_ALARM).unwrap();
@@ -1663,6 +1772,70 @@ mod tests {
         let (outputs, masks) = groups(3, 10);
         builder.observe(&outputs, &masks).unwrap();
         assert_eq!(builder.short_positions(), vec![3]);
+    }
+
+    #[test]
+    fn a_position_never_answering_honestly_is_fitted_without_and_its_answers_removed_first() {
+        // A straggler: traffic has groups without the worker that lies, to learn the others.
+        let (code, answers) = smooth_model(1);
+        let (n, row_len, never) = (code.params().workers(), 4, 3);
+        // Traffic in which worker 3's answers are never among the honest ones.
+        let mut masks = vec![true; 1500 * n];
+        masks.chunks_exact_mut(n).for_each(|m| m[never] = false);
+        let mut builder = CalibrationBuilder::new(&code, row_len, usize::MAX).unwrap();
+        builder.observe(&answers(1500, 1), &masks).unwrap();
+        assert_eq!(builder.short_positions(), [never]);
+        assert!(matches!(builder.fit(DEFAULT_FALSE_ALARM), Err(Error::TooFewCalibrationSamples { position: 3, .. })));
+        for bad in [vec![n], vec![4, 3], vec![3, 3]] {
+            let error = builder.fit_excluding(DEFAULT_FALSE_ALARM, &bad).unwrap_err();
+            assert!(matches!(error, Error::InvalidSuspects { .. }), "{bad:?}: {error}");
+        }
+        let calibration = builder.fit_excluding(DEFAULT_FALSE_ALARM, &[never]).unwrap();
+        assert_eq!(calibration.suspected, [never]);
+        calibration.check(&code, row_len).unwrap();
+        // Files keep it (and files from before it have none).
+        let read: Calibration = serde_json::from_str(&serde_json::to_string(&calibration).unwrap()).unwrap();
+        assert_eq!(read.suspected, [never]);
+        read.check(&code, row_len).unwrap();
+        let locator = crate::Locator::Calibrated(std::sync::Arc::new(calibration.clone()));
+
+        // It lies in every group, and one other worker in each: both removed.
+        let groups = 300;
+        let honest = answers(groups, 2);
+        let mut attacked = honest.clone();
+        let liar = |g: usize| (never + 1 + g * 5 % (n - 1)) % n;
+        for (g, group) in attacked.chunks_exact_mut(n * row_len).enumerate() {
+            for w in [never, liar(g)] {
+                group[w * row_len..(w + 1) * row_len].iter_mut().for_each(|v| *v = -*v);
+            }
+        }
+        let everyone = vec![true; groups * n];
+        let location = crate::locate(&code, &locator, &attacked, row_len, &everyone).unwrap();
+        let found = location.located.iter().enumerate().filter(|(g, l)| l.contains(&liar(*g))).count();
+        assert!(location.located.iter().all(|l| l.contains(&never)), "the suspected position is always removed");
+        assert!(found as f64 >= 0.9 * groups as f64, "the other liar found in {found} of {groups} groups");
+        // Nobody else lying: the suspected position, and rarely an honest answer more (the
+        // false alarms of a calibration of every position: under 1 %).
+        let location = crate::locate(&code, &locator, &honest, row_len, &everyone).unwrap();
+        assert!(location.located.iter().all(|l| l.contains(&never)));
+        let more: usize = location.located.iter().map(|l| l.len() - 1).sum();
+        assert!(
+            more as f64 <= 0.01 * (groups * (n - 1)) as f64,
+            "{more} honest answers of {} removed",
+            groups * (n - 1)
+        );
+
+        // Filled in when missing, by the code's interpolant of the others: near the honest row.
+        let mut missing = everyone.clone();
+        missing.chunks_exact_mut(n).enumerate().for_each(|(g, m)| (m[never], m[liar(g)]) = (false, false));
+        let mut filled = honest.clone();
+        assert!(calibration.impute(&code, &mut filled, row_len, &missing).unwrap());
+        let row = |v: &[f64], g: usize| v[(g * n + never) * row_len..(g * n + never + 1) * row_len].to_vec();
+        let distance = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>().sqrt();
+        let (error, size): (f64, f64) = (0..groups)
+            .map(|g| (distance(&row(&filled, g), &row(&honest, g)), distance(&row(&honest, g), &[0.0; 4])))
+            .fold((0.0, 0.0), |(e, s), (de, ds)| (e + de, s + ds));
+        assert!(error < 0.2 * size, "imputed rows off by {error} against rows of size {size}");
     }
 
     #[test]

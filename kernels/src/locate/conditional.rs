@@ -47,14 +47,16 @@ const OUTLIER_FACTOR: f64 = 4.0;
 impl Predictor {
     /// Learns from honest `groups`: each the rows of `n` workers (`[n, row_len]`) and which of
     /// them answered (sorted). Liars among them are left out of a second fit by their
-    /// residuals under the first.
+    /// residuals under the first. The `absent` positions (sorted) must answer in none of the
+    /// groups: nothing is learnt of them, and the others are predicted without them (they come
+    /// out independent of every other position, so marginalising them out changes nothing).
     pub(super) fn learn<'g>(
         groups: impl Iterator<Item = (&'g [f64], &'g [usize])>,
-        n: usize,
-        row_len: usize,
+        (n, row_len): (usize, usize),
+        absent: &[usize],
     ) -> Result<Predictor> {
         let groups: Vec<(&[f64], &[usize])> = groups.collect();
-        let first = Self::fit(&groups, n, row_len)?;
+        let first = Self::fit(&groups, (n, row_len), absent)?;
         // Per group, each responder's residual's squared norm under the first fit; per
         // position, the cut above which a row is left out.
         let norms: Vec<Vec<f64>> = groups
@@ -84,12 +86,12 @@ impl Predictor {
             .collect();
         let trimmed: Vec<(&[f64], &[usize])> =
             groups.iter().zip(&kept).map(|(&(values, _), kept)| (values, kept.as_slice())).collect();
-        Self::fit(&trimmed, n, row_len)
+        Self::fit(&trimmed, (n, row_len), absent)
     }
 
     /// The means and the ridged covariance's inverse, each pair of positions' covariance from
     /// the groups both answered in.
-    fn fit(groups: &[(&[f64], &[usize])], n: usize, row_len: usize) -> Result<Predictor> {
+    fn fit(groups: &[(&[f64], &[usize])], (n, row_len): (usize, usize), absent: &[usize]) -> Result<Predictor> {
         let mut mean = vec![0.0; n * row_len];
         let mut counts = vec![0usize; n];
         for &(values, keep) in groups {
@@ -99,10 +101,10 @@ impl Predictor {
                 mean[w * row_len..(w + 1) * row_len].iter_mut().zip(row).for_each(|(m, v)| *m += v);
             }
         }
-        if let Some(position) = counts.iter().position(|&c| c < 2) {
+        if let Some(position) = (0..n).find(|w| counts[*w] < 2 && absent.binary_search(w).is_err()) {
             return Err(Error::TooFewCalibrationSamples { position, samples: counts[position], needed: 2 });
         }
-        for (w, count) in counts.iter().enumerate() {
+        for (w, count) in counts.iter().enumerate().filter(|(_, count)| **count > 0) {
             mean[w * row_len..(w + 1) * row_len].iter_mut().for_each(|m| *m /= *count as f64);
         }
         let mut sums = DMatrix::<f64>::zeros(n, n);
@@ -422,7 +424,8 @@ fn cholesky_solve(a: &mut [f64], e: usize, b: &mut [f64]) -> bool {
             }
         }
         let diagonal = a[j * e + j];
-        if !(diagonal > 0.0) {
+        // nalgebra refuses a zero, a negative and a NaN pivot alike.
+        if diagonal.is_nan() || diagonal <= 0.0 {
             return false;
         }
         let root = diagonal.sqrt();
@@ -543,7 +546,7 @@ mod tests {
         }
         // Indefinite, and singular: no factor, the right-hand side untouched.
         for block in [vec![1.0, 2.0, 2.0, 1.0], vec![1.0, 1.0, 1.0, 1.0], vec![f64::NAN, 0.0, 0.0, 1.0]] {
-            assert_eq!(DMatrix::from_row_slice(2, 2, &block).cholesky().is_some(), false);
+            assert!(DMatrix::from_row_slice(2, 2, &block).cholesky().is_none());
             let mut x = vec![1.0, 2.0];
             assert!(!cholesky_solve(&mut block.clone(), 2, &mut x));
             assert_eq!(x, [1.0, 2.0]);
@@ -573,7 +576,7 @@ mod tests {
                 (values, keep)
             })
             .collect();
-        let learnt = Predictor::learn(groups.iter().map(|(v, k)| (v.as_slice(), k.as_slice())), N, C).unwrap();
+        let learnt = Predictor::learn(groups.iter().map(|(v, k)| (v.as_slice(), k.as_slice())), (N, C), &[]).unwrap();
         assert!(learnt.is_whole(N, C));
         // The ridge (1 % of the mean variance) and sampling noise aside, the same precision.
         let expected = (covariance.clone() + DMatrix::identity(N, N) * (RIDGE * covariance.trace() / N as f64))
@@ -596,7 +599,7 @@ mod tests {
         let values = vec![1.5; N * C];
         let keep: Vec<usize> = (0..N).collect();
         let groups = vec![(values.as_slice(), keep.as_slice()); 50];
-        let learnt = Predictor::learn(groups.into_iter(), N, C).unwrap();
+        let learnt = Predictor::learn(groups.into_iter(), (N, C), &[]).unwrap();
         assert!(learnt.is_whole(N, C));
         assert!(Conditional::new(&learnt, &values, C, &keep).residuals().iter().all(|r| *r == 0.0));
     }
