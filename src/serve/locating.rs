@@ -233,3 +233,35 @@ fn describe(locator: &Locator) -> LocatorState {
         ..LocatorState::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{CodeParams, cpu};
+
+    #[test]
+    fn vetting_keeps_a_suspected_positions_answer_the_robust_locator_accepts_and_drops_one_it_names() {
+        // K = 3, A = 1, N = 8: a smooth model's answers to two groups; worker 2's answer is
+        // honest in the first and a hundred times too large in the second.
+        let code = Code::new(CodeParams::builder(3, 8).byzantine(1).build().unwrap()).unwrap();
+        let (n, dim, c) = (8, 3, 4);
+        let queries: Vec<f32> = (0..2 * 3 * dim).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
+        let coded = cpu::encode_to_vec(&code, &queries, dim).unwrap();
+        let mut answers: Vec<f32> = coded
+            .chunks_exact(dim)
+            .flat_map(|x| {
+                (0..c).map(move |k| (x.iter().enumerate().map(|(j, v)| v * (j + k) as f32).sum::<f32>()).tanh())
+            })
+            .collect();
+        answers[(n + 2) * c..(n + 3) * c].iter_mut().for_each(|v| *v *= 100.0);
+        let mut masks = vec![true; 2 * n];
+        vet(&code, (&answers, &mut masks), &[2]);
+        assert!(masks[2], "the honest answer is learnt");
+        assert!(!masks[n + 2], "the lie is not");
+        assert_eq!(masks.iter().filter(|m| !**m).count(), 1, "only vetted positions are left out: {masks:?}");
+        // Nothing to vet: the masks as they were.
+        let mut untouched = vec![true; 2 * n];
+        vet(&code, (&answers, &mut untouched), &[]);
+        assert!(untouched.iter().all(|m| *m));
+    }
+}
