@@ -224,6 +224,7 @@ fn metrics_show_which_worker_straggles_and_which_lies() {
     // answers by 100 (the locator removes it from every group) and worker 3 is ten times
     // slower than the others (2 ms injected per request): per worker, /metrics shows the
     // requests, the answers, the groups located and the time busy, as the stop's books do.
+    // Every group goes to the locator's learner, less the liar's answer.
     let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
     let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
     let workers: Vec<Arc<dyn Worker>> = (0..5)
@@ -234,7 +235,10 @@ fn metrics_show_which_worker_straggles_and_which_lies() {
     faults[3].slowdown = 10.0;
     let plan = FaultPlan { latency: Latency::Constant { ms: 2.0 }, workers: faults, random_slowdown: None };
     let locations: Vec<String> = workers.iter().map(|w| w.location()).collect();
-    let config = coordinator_config(code, Some(plan), 1000, Duration::from_millis(5000));
+    let config = CoordinatorConfig {
+        learning: Some(Learning::default()),
+        ..coordinator_config(code, Some(plan), 1000, Duration::from_millis(5000))
+    };
     let server = Server::start(Box::new(Coordinator::start(config, workers).unwrap()));
     let groups = 12;
     for group in 0..groups {
@@ -244,6 +248,7 @@ fn metrics_show_which_worker_straggles_and_which_lies() {
     let metrics = metrics_once(&server, "approxifer_decoded_groups_total", groups as f64);
     let stats = server.stop();
     assert_eq!((stats.decoded_groups, stats.failed_groups), (groups as u64, 0), "{stats:?}");
+    assert_eq!(sample(&metrics, "approxifer_locator_observed_groups"), groups as f64, "{metrics}");
     assert_eq!(stats.workers.len(), 5);
     // Which worker is where: one info series per worker.
     for (w, location) in locations.iter().enumerate() {

@@ -43,16 +43,16 @@ impl LocatorChoice {
 /// How a coded scheme with `--byzantine` finds wrong answers (`serve`, `serve-bench`).
 #[derive(Debug, Args)]
 pub(super) struct LocatorArgs {
-    /// How wrong answers are found with --byzantine: calibrated (ours, learnt from the groups
-    /// that agree; it starts as robust, or from --calibration), robust (ours, nothing learnt)
-    /// or paper.
+    /// How wrong answers are found with --byzantine: calibrated (ours, learnt from the traffic
+    /// less the answers it removes; it starts as robust, or from --calibration), robust (ours,
+    /// nothing learnt) or paper.
     #[arg(long, value_enum, default_value_t = LocatorChoice::Calibrated)]
     locator: LocatorChoice,
     /// With --byzantine: start the calibrated locator from this calibration (what `approxifer
     /// calibrate` writes for the hosted model and code, with --nodes authors).
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
-    /// With --locator calibrated: refit after this many more agreeing groups (0: never learn,
+    /// With --locator calibrated: refit after this many more groups (0: never learn,
     /// keep --calibration as it is). Up to A positions with no honest answers among them (a
     /// worker that always lies) are fitted without, and their answers removed first.
     #[arg(long, value_name = "GROUPS", default_value_t = Learning::default().refit_every)]

@@ -71,8 +71,8 @@ pub struct CoordinatorConfig {
     /// they are removed before decoding, on the CPU, whichever the codec. A calibrated locator
     /// must describe `code`; partial groups are padded to `K`, so it judges every group.
     pub locator: Locator,
-    /// Learn a calibrated locator from the groups that agree (codes with `A > 0`), replacing
-    /// `locator` once fitted ([`crate::serve::locating`]).
+    /// Learn a calibrated locator from the traffic, less the answers located (codes with
+    /// `A > 0`), replacing `locator` once fitted ([`crate::serve::locating`]).
     pub learning: Option<Learning>,
     /// With a private code (`T > 0`): the masks' standard deviation, in the units of the
     /// queries. The masks come from a generator seeded by the operating system

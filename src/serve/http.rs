@@ -253,7 +253,7 @@ impl LocatorMetrics {
         registry.register("locator", "The Byzantine locator in use (1) by name", self.active.clone());
         registry.register(
             "locator_observed_groups",
-            "Groups in which nobody was located, handed to the calibrated locator's learner",
+            "Groups handed to the calibrated locator's learner (less the answers located in them)",
             self.observed_groups.clone(),
         );
         registry.register("locator_refits", "Calibrations fitted from traffic", self.refits.clone());

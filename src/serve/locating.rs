@@ -1,9 +1,9 @@
 //! The coordinator's Byzantine locator, kept up to date from its own traffic.
 //!
 //! A calibrated locator ([`crate::kernels::locate::calibrated`]) learns how honest answers vary
-//! at every worker position. A service sees thousands of groups, most of them honest: the
-//! groups in which the active locator found nobody to remove are handed to a learner thread,
-//! which keeps each position's most recent features and refits every so often; the new
+//! at every worker position. A service sees thousands of groups, most answers in them honest:
+//! every group is handed to a learner thread less the answers the active locator removed, and
+//! the learner keeps each position's most recent features and refits every so often; the new
 //! calibration replaces the active locator at the next batch. It starts from a calibration
 //! file or, without one, from the robust locator. Learning never blocks serving: when the
 //! learner falls behind, groups are not learnt from.
@@ -11,10 +11,9 @@
 //! A worker that always lies leaves its position without honest answers to learn from: once
 //! every other position has enough, the calibration is fitted without it (at most `A` such
 //! positions), and its answers are removed first ([`CalibrationBuilder::fit_excluding`]).
-//! Groups in which only such workers were removed are learnt from, and each of their
-//! answers with them that the robust locator (which needs nothing learnt) does not name: a
-//! worker that was down or lying for a while and answers honestly again is learnt back, and
-//! judged like the others from the next fit on.
+//! Those answers are learnt from where the robust locator (which needs nothing learnt) does
+//! not name them in their group: a worker that was down or lying for a while and answers
+//! honestly again can be learnt back, and is judged like the others once it has enough.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -28,9 +27,9 @@ use crate::kernels::{Calibration, CalibrationBuilder, Code, Locator};
 pub struct Learning {
     /// The probability that an honest answer is flagged.
     pub false_alarm: f64,
-    /// Agreeing groups kept to learn from (the most recent).
+    /// Groups kept to learn from (the most recent).
     pub window: usize,
-    /// Refit after this many more agreeing groups.
+    /// Refit after this many more groups learnt from.
     pub refit_every: usize,
 }
 
@@ -47,7 +46,7 @@ pub struct LocatorState {
     pub locator: &'static str,
     /// Whether it learns from traffic.
     pub learning: bool,
-    /// Agreeing groups handed to the learner.
+    /// Groups handed to the learner.
     pub observed_groups: u64,
     /// Calibrations fitted from traffic.
     pub refits: u64,
@@ -62,8 +61,9 @@ pub struct LocatorState {
     pub suspected: Vec<usize>,
 }
 
-/// Agreeing groups of the full code: `[B, N, C]` answers, `[B, N]` responders and the
-/// positions whose answers among them are vetted by the robust locator before they are learnt.
+/// Groups of the full code: `[B, N, C]` answers (those located NaN), `[B, N]` responders
+/// and the positions whose answers among them are vetted by the robust locator before they
+/// are learnt.
 type Observation = (Vec<f32>, Vec<bool>, Vec<usize>);
 
 /// Groups in flight to the learner before new ones are dropped.
@@ -121,9 +121,9 @@ impl OnlineLocator {
         }
     }
 
-    /// Hands the groups of `outputs` (`[B, N, C]`, `masks` the responders before location)
-    /// in which nobody was `located` to the learner, if it learns and `code` is its code; and
-    /// those in which only workers the active calibration suspects were, theirs to be vetted.
+    /// Hands the groups of `outputs` (`[B, N, C]`, `masks` the responders before location) to
+    /// the learner, if it learns and `code` is its code, less the answers `located` in them
+    /// (those of the positions the active calibration suspects to be vetted).
     pub fn observe(&self, code: &Code, outputs: &[f32], masks: &[bool], located: &[Vec<usize>]) {
         let Some(learner) = &self.learner else { return };
         if code.params() != self.code.params() {
@@ -134,18 +134,20 @@ impl OnlineLocator {
             _ => Vec::new(),
         };
         let (n, c) = (code.params().workers(), self.output_len);
-        let mut answers = Vec::new();
-        let mut responders = Vec::new();
-        for (g, found) in located.iter().enumerate() {
-            if found.iter().all(|w| suspected.contains(w)) {
-                answers.extend_from_slice(&outputs[g * n * c..(g + 1) * n * c]);
-                responders.extend_from_slice(&masks[g * n..(g + 1) * n]);
+        // The answers located are blanked (NaN: the learner skips them), but for the
+        // suspected positions', which the learner vets: a worker that lies in every group
+        // (it is located in every one) must not keep the others from being learnt.
+        let mut answers = outputs.to_vec();
+        for (group, found) in answers.chunks_exact_mut(n * c).zip(located) {
+            for &w in found.iter().filter(|w| !suspected.contains(w)) {
+                group[w * c..(w + 1) * c].fill(f32::NAN);
             }
         }
-        if responders.is_empty() {
+        let responders = masks.to_vec();
+        if located.is_empty() {
             return;
         }
-        let groups = (responders.len() / n) as u64;
+        let groups = located.len() as u64;
         match learner.try_send((answers, responders, suspected)) {
             Ok(()) => self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).observed_groups += groups,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
@@ -163,7 +165,7 @@ impl OnlineLocator {
     }
 }
 
-/// The learner thread: observes agreeing groups and refits; ends when the coordinator drops
+/// The learner thread: observes groups and refits; ends when the coordinator drops
 /// its sender.
 fn learn(
     (mut builder, code): (CalibrationBuilder, &Code),
@@ -172,8 +174,8 @@ fn learn(
     shared: &Shared,
 ) {
     let mut since_fit = 0;
-    for (answers, mut masks, vetted) in observations {
-        vet(code, (&answers, &mut masks), &vetted);
+    for (mut answers, masks, vetted) in observations {
+        vet(code, (&mut answers, &masks), &vetted);
         let before = builder.groups();
         // The coordinator checked these shapes when it located them.
         if builder.observe(&answers, &masks).is_err() {
@@ -195,6 +197,7 @@ fn learn(
             learning: true,
             observed_groups: state.observed_groups,
             refits: state.refits + 1,
+            short_positions: short,
             ..describe(&locator)
         };
         drop(state);
@@ -202,9 +205,11 @@ fn learn(
     }
 }
 
-/// Leaves out of `masks` (`[B, N]`) the answers of `vetted` positions that the robust locator
-/// names in their group (all of them where it cannot judge the groups).
-fn vet(code: &Code, (answers, masks): (&[f32], &mut [bool]), vetted: &[usize]) {
+/// Turns into NaN, which the learner skips, the answers (`[B, N, C]`, responders `masks`) of
+/// `vetted` positions that the robust locator names in their group (all of them where it
+/// cannot judge the groups). Not their masks: a group must keep the responders its code
+/// decodes from to be learnt from at all.
+fn vet(code: &Code, (answers, masks): (&mut [f32], &[bool]), vetted: &[usize]) {
     if vetted.is_empty() {
         return;
     }
@@ -214,8 +219,10 @@ fn vet(code: &Code, (answers, masks): (&[f32], &mut [bool]), vetted: &[usize]) {
         Ok(location) => location.located,
         Err(_) => vec![vetted.to_vec(); masks.len() / n],
     };
-    for (mask, named) in masks.chunks_exact_mut(n).zip(&located) {
-        vetted.iter().filter(|w| named.contains(w)).for_each(|&w| mask[w] = false);
+    for (group, named) in answers.chunks_exact_mut(n * output_len).zip(&located) {
+        for &w in vetted.iter().filter(|w| named.contains(w)) {
+            group[w * output_len..(w + 1) * output_len].fill(f32::NAN);
+        }
     }
 }
 
@@ -240,7 +247,7 @@ mod tests {
     use crate::kernels::{CodeParams, cpu};
 
     #[test]
-    fn vetting_keeps_a_suspected_positions_answer_the_robust_locator_accepts_and_drops_one_it_names() {
+    fn vetting_keeps_a_suspected_positions_answer_the_robust_locator_accepts_and_blanks_one_it_names() {
         // K = 3, A = 1, N = 8: a smooth model's answers to two groups; worker 2's answer is
         // honest in the first and a hundred times too large in the second.
         let code = Code::new(CodeParams::builder(3, 8).byzantine(1).build().unwrap()).unwrap();
@@ -254,14 +261,17 @@ mod tests {
             })
             .collect();
         answers[(n + 2) * c..(n + 3) * c].iter_mut().for_each(|v| *v *= 100.0);
-        let mut masks = vec![true; 2 * n];
-        vet(&code, (&answers, &mut masks), &[2]);
-        assert!(masks[2], "the honest answer is learnt");
-        assert!(!masks[n + 2], "the lie is not");
-        assert_eq!(masks.iter().filter(|m| !**m).count(), 1, "only vetted positions are left out: {masks:?}");
-        // Nothing to vet: the masks as they were.
-        let mut untouched = vec![true; 2 * n];
-        vet(&code, (&answers, &mut untouched), &[]);
-        assert!(untouched.iter().all(|m| *m));
+        let masks = vec![true; 2 * n];
+        let mut vetted = answers.clone();
+        vet(&code, (&mut vetted, &masks), &[2]);
+        let row = |v: &[f32], row: usize| v[row * c..(row + 1) * c].to_vec();
+        assert_eq!(row(&vetted, 2), row(&answers, 2), "the honest answer is learnt");
+        assert!(row(&vetted, n + 2).iter().all(|v| v.is_nan()), "the lie is not");
+        let left_out = vetted.chunks_exact(c).filter(|r| r.iter().any(|v| v.is_nan())).count();
+        assert_eq!(left_out, 1, "only vetted positions are left out");
+        // Nothing to vet: the answers as they were.
+        let mut untouched = answers.clone();
+        vet(&code, (&mut untouched, &masks), &[]);
+        assert_eq!(untouched, answers);
     }
 }
