@@ -1231,7 +1231,8 @@ fn restore(
 /// looks both scores up: the score's bits in `f64::total_cmp`'s order, the lowest
 /// [`INDEX_BITS`] of them replaced by the index. Scores that differ only there (under a part
 /// in 10^12) count as ties; ties go lowest index first, as a stable sort leaves them (measured:
-/// 5 % of locating sign flips, `cargo bench --bench locate`, against sorting indices).
+/// 5 % of locating the sign flips of `cargo bench --bench locate`, its groups timed best of
+/// 20, against sorting indices).
 fn rank_descending(scores: &[f64], keys: &mut Vec<u64>, order: &mut Vec<usize>) {
     let mask = (1u64 << INDEX_BITS) - 1;
     // `total_cmp`'s order as unsigned integers, reversed (the highest first).

@@ -411,8 +411,8 @@ pub(super) fn residual_against(
 /// operations of nalgebra's `Cholesky::new` and `solve_mut`, in their order (to the bit below
 /// eight rows, past which nalgebra sums its dot products in eight lanes), without its general
 /// matrices: the blocks [`residual_against`] solves have a few rows, and building, factoring
-/// and unpacking them there cost more than the arithmetic (measured: 2 % of locating sign
-/// flips, `cargo bench --bench locate`).
+/// and unpacking them there cost more than the arithmetic (measured: about 2 % of locating
+/// the sign flips of `cargo bench --bench locate`, its groups timed best of 20).
 fn cholesky_solve(a: &mut [f64], e: usize, b: &mut [f64]) -> bool {
     // Left-looking, column by column, the factor in the lower triangle (column `j` of `a` is
     // `a[j * e..]`: the matrix is symmetric, so row- and column-major are the same).
