@@ -732,13 +732,16 @@ impl Calibration {
             predictor.impute(values.to_mut(), row_len, &keep);
             // A suspected position's row, which the predictor knows nothing of: the code's own
             // interpolant of every other row (now all filled in) at its node.
-            let inverse = self.inverse_differences.0.get_or_init(|| inverse_differences(code));
+            let nodes = &code.nodes().workers;
             for &w in self.suspected.iter().filter(|&&w| !mask[w]) {
+                let others: Vec<usize> = (0..n).filter(|&l| l != w).collect();
+                let mut weights = vec![0.0; others.len()];
+                crate::berrut::weights_into(others.iter().map(|&l| nodes[w].cos_difference(nodes[l])), &mut weights);
                 let values = values.to_mut();
                 let mut row = vec![0.0; row_len];
-                let others =
-                    (0..n).filter(|&l| l != w).map(|l| (&values[l * row_len..(l + 1) * row_len], inverse[w * n + l]));
-                loo::interpolant_at(others, &mut row);
+                for (&l, weight) in others.iter().zip(&weights) {
+                    row.iter_mut().zip(&values[l * row_len..(l + 1) * row_len]).for_each(|(r, v)| *r += weight * v);
+                }
                 values[w * row_len..(w + 1) * row_len].copy_from_slice(&row);
             }
             for (w, row) in values.to_mut().chunks_exact_mut(row_len).enumerate().filter(|(w, _)| !mask[*w]) {

@@ -206,23 +206,6 @@ fn inverse_and_gain(denominator: f64, squares: f64) -> (f64, f64) {
 /// a [`LeaveOneOut`] pass makes one per row.
 pub(super) fn residual_against<'r>(target: &[f64], others: impl Iterator<Item = (&'r [f64], f64)>, out: &mut [f64]) {
     // The numerator is summed in `out`, then turned into the residual in place.
-    let (denominator, squares) = weighted_sum(others, out);
-    let (inverse, inverse_gain) = inverse_and_gain(denominator, squares);
-    for (r, y) in out.iter_mut().zip(target) {
-        *r = (y - *r * inverse) * inverse_gain;
-    }
-}
-
-/// The Berrut interpolant of `others` (as [`residual_against`] takes them) at the target's
-/// node, into `out`.
-pub(super) fn interpolant_at<'r>(others: impl Iterator<Item = (&'r [f64], f64)>, out: &mut [f64]) {
-    let (denominator, _) = weighted_sum(others, out);
-    out.iter_mut().for_each(|v| *v /= denominator);
-}
-
-/// Berrut's numerator (the rows' weighted sum) into `out`; returns the denominator and the
-/// sum of the squared weights.
-fn weighted_sum<'r>(others: impl Iterator<Item = (&'r [f64], f64)>, out: &mut [f64]) -> (f64, f64) {
     out.fill(0.0);
     let (mut denominator, mut squares) = (0.0, 0.0);
     for (l, (row, inverse)) in others.enumerate() {
@@ -231,7 +214,10 @@ fn weighted_sum<'r>(others: impl Iterator<Item = (&'r [f64], f64)>, out: &mut [f
         squares += term * term;
         out.iter_mut().zip(row).for_each(|(acc, y)| *acc += term * y);
     }
-    (denominator, squares)
+    let (inverse, inverse_gain) = inverse_and_gain(denominator, squares);
+    for (r, y) in out.iter_mut().zip(target) {
+        *r = (y - *r * inverse) * inverse_gain;
+    }
 }
 
 #[cfg(test)]
