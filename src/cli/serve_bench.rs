@@ -327,14 +327,13 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
                 continue;
             }
             let liars = books.liars.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
-            let short = match &books.short_positions[..] {
-                [] => String::new(),
-                short => format!("; too few honest answers to learn from at positions {short:?}"),
-            };
-            let short = match &books.suspected[..] {
-                [] => short,
-                suspected => format!("{short}; fitted without positions {suspected:?}, whose answers it removes first"),
-            };
+            let mut short = String::new();
+            if !books.short_positions.is_empty() {
+                short += &format!("; too few honest answers to learn from at positions {:?}", books.short_positions);
+            }
+            if !books.suspected.is_empty() {
+                short += &format!("; fitted without positions {:?}, whose answers it removes first", books.suspected);
+            }
             let located = match &books.locator {
                 Some(locator) => format!(
                     "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {} \

@@ -403,12 +403,11 @@ impl Loop {
     }
 
     /// Pads a code with liars' partial group to `K` queries with copies of its own (their
-    /// replies `None`: nobody gets their answers). A
-    /// group coded for its `K'` would be judged by the robust locator, as the calibrated one
-    /// describes the full code only, and not filled in: with a calibration, nobody lying and
-    /// most batches one partial group, honest answers were removed from 171 of 1133 groups
-    /// unpadded and 68 of 1134 padded (README, "Byzantine workers"). Codes without liars
-    /// code the rest for `K'` and pad nothing.
+    /// replies `None`: nobody gets their answers). A group coded for its `K'` would be judged
+    /// by the robust locator, as the calibrated one describes the full code only, and not
+    /// filled in: with a calibration, nobody lying and most batches one partial group, honest
+    /// answers were removed from 171 of 1133 groups unpadded and 68 of 1134 padded (README,
+    /// "Byzantine workers"). Codes without liars code the rest for `K'` and pad nothing.
     fn pad(&self, queries: &mut Vec<f32>, replies: &mut Vec<Option<Sender<Result<Answer, ServeError>>>>) {
         let (k, d, count) = (self.config.code.params().queries(), self.config.input_len, replies.len());
         let rest = count % k;

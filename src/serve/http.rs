@@ -291,14 +291,16 @@ impl LocatorMetrics {
         for (worker, &threshold) in state.thresholds.iter().enumerate() {
             self.thresholds.get_or_create(&WorkerLabels { worker }).set(threshold);
         }
-        self.short_positions.clear();
-        for &worker in &state.short_positions {
-            self.short_positions.get_or_create(&WorkerLabels { worker }).set(1);
-        }
-        self.suspected.clear();
-        for &worker in &state.suspected {
-            self.suspected.get_or_create(&WorkerLabels { worker }).set(1);
-        }
+        flag(&self.short_positions, &state.short_positions);
+        flag(&self.suspected, &state.suspected);
+    }
+}
+
+/// Sets `family` to 1 for each of `workers`, and to nothing for the others.
+fn flag(family: &Family<WorkerLabels, Gauge>, workers: &[usize]) {
+    family.clear();
+    for &worker in workers {
+        family.get_or_create(&WorkerLabels { worker }).set(1);
     }
 }
 

@@ -20,9 +20,10 @@
 //! removal (a liar also spoils its neighbours' consistency), while the score exceeds
 //! [`THRESHOLD`]. Nothing here depends on the attack. On logits about 1% of honest workers
 //! are removed when nobody lies at `K = 12` (3 % at `K = 4`, `N = 10`: a median and MAD over
-//! nine responders are noisy; README, "Byzantine workers"). Class probabilities are judged on their log-ratios: as they
-//! are, their sorted profiles are bimodal (near one-hot answers to nearly pure queries, shared
-//! mass for blends) and `A` honest workers per group were removed (README).
+//! nine responders are noisy; README, "Byzantine workers"). Class probabilities are judged on
+//! their log-ratios: as they are, their sorted profiles are bimodal (near one-hot answers to
+//! nearly pure queries, shared mass for blends) and `A` honest workers per group were removed
+//! (README).
 
 use super::composition::{centred_log_ratios, is_composition};
 use super::loo::LeaveOneOut;
