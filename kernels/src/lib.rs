@@ -49,6 +49,7 @@ mod family;
 mod matrix;
 mod params;
 mod shape;
+mod vectorized;
 
 pub use code::{Code, Responders};
 pub use error::{Error, Result};

@@ -51,6 +51,7 @@ use crate::error::{Error, Result};
 use crate::family::NodeFamily;
 use crate::params::{Layout, MaskPlacement};
 use crate::shape::{expect_len, whole_groups};
+use crate::vectorized::vectorized;
 
 /// The default probability that an honest answer scores above its position's threshold.
 /// When nobody lies, about twice this fraction of honest workers is removed on held-out
@@ -124,6 +125,7 @@ fn residual_against(
 
 /// Writes `row`'s typicality features into `out` (`typicality_len` values): the row sorted,
 /// largest first, then the logarithm of its spread.
+#[inline(always)]
 fn typicality(row: &[f64], network: &SortingNetwork, out: &mut [f64]) {
     let row_len = row.len();
     let sorted = &mut out[..row_len];
@@ -173,6 +175,7 @@ impl SortingNetwork {
     }
 
     /// Sorts finite `values` (of the length the network was made for) largest first.
+    #[inline(always)]
     fn sort_descending(&self, values: &mut [f64]) {
         match &self.pairs {
             Some(pairs) => {
@@ -403,6 +406,7 @@ impl Position {
     ///
     /// With a [`Paired`] layout, `tail` also takes the joint test's whitened mean, which
     /// [`Position::score`] then leaves out.
+    #[inline(always)]
     fn prepare(&self, typicality: &[f64], centred: &mut [f64], tail: &mut [f64]) -> f64 {
         let head = self.joint.prepare(typicality, centred, tail);
         if let Some(paired) = self.paired(tail.len()) {
@@ -413,6 +417,7 @@ impl Position {
 
     /// Both tests' residual rows side by side, for residuals of `c` values (none where either
     /// whitening is diagonal).
+    #[inline(always)]
     fn paired(&self, c: usize) -> Option<&Paired> {
         self.paired.0.get_or_init(|| Paired::new(&self.joint, &self.consistency, c)).as_ref()
     }
@@ -420,6 +425,7 @@ impl Position {
     /// The score (above 1: suspect) of the responder whose typicality was prepared into
     /// `(head, tail)` ([`Self::prepare`]) and whose leave-one-out residual is `residual`
     /// (`scratch`: three times its length).
+    #[inline(always)]
     fn score(&self, prepared: (f64, &[f64]), residual: Residual, scratch: &mut [f64]) -> f64 {
         let c = residual.values.len();
         let (joint, consistency) = match self.paired(c) {
@@ -443,6 +449,7 @@ impl Position {
 /// Both tests' squared distances in one pass over [`Paired`] rows: what the two
 /// [`Gaussian::finish`] calls give (up to rounding: the means are whitened apart), with
 /// `tail` prepared by [`Position::prepare`].
+#[inline(always)]
 fn paired_distances(paired: &Paired, (head, tail): (f64, &[f64]), residual: Residual) -> (f64, f64) {
     let Residual { values: residual, scale } = residual;
     let c = residual.len();
@@ -518,6 +525,7 @@ impl Interleaved {
 
     /// Calls `each(i, sums)` for every block, `i` its first row (counted from the first of
     /// `rows`) and `sums` its four rows' products with `x` (the columns' values).
+    #[inline(always)]
     fn products(&self, x: &[f64], mut each: impl FnMut(usize, &[f64; 4])) {
         let mut offset = 0;
         for (block, &width) in self.widths.iter().enumerate() {
@@ -557,6 +565,7 @@ impl Gaussian {
     /// contribution to the remaining whitened coordinates into `tail` (`F - t` values);
     /// `centred` is scratch of the typicality's length. No allocation: this runs for every
     /// responder of every group.
+    #[inline(always)]
     fn prepare(&self, typicality: &[f64], centred: &mut [f64], tail: &mut [f64]) -> f64 {
         let (f, t) = (self.mean.len(), typicality.len());
         for ((c, x), m) in centred.iter_mut().zip(typicality).zip(&self.mean) {
@@ -583,6 +592,7 @@ impl Gaussian {
     /// The squared Mahalanobis distance of the feature whose typicality part was `prepared`
     /// (none: the feature is the residual alone) and whose residual part is `residual`; the
     /// same as [`distance`](Self::distance). `scratch` has the residual's length.
+    #[inline(always)]
     fn finish(&self, prepared: Option<(f64, &[f64])>, residual: &[f64], scratch: &mut [f64]) -> f64 {
         let (f, c) = (self.mean.len(), residual.len());
         let t = f - c;
@@ -824,16 +834,22 @@ impl Calibration {
     /// typicality, whitened); a row no honest worker returns (`possible` false) scores
     /// infinite.
     fn prepare(&self, group: &[f64], workers: &[usize], possible: &[bool]) -> Prepared {
-        let (row_len, t) = (self.row_len, typicality_len(self.row_len));
-        let (mut feature, mut centred) = (vec![0.0; t], vec![0.0; t]);
-        let network = self.network.0.get_or_init(|| SortingNetwork::new(row_len));
-        let mut prepared = Prepared { heads: vec![f64::NAN; self.workers], tails: vec![0.0; self.workers * row_len] };
-        for &w in workers.iter().filter(|&&w| possible[w]) {
-            typicality(&group[w * row_len..(w + 1) * row_len], network, &mut feature);
-            let tail = &mut prepared.tails[w * row_len..(w + 1) * row_len];
-            prepared.heads[w] = self.positions[w].prepare(&feature, &mut centred, tail);
-        }
-        prepared
+        vectorized(
+            #[inline(always)]
+            || {
+                let (row_len, t) = (self.row_len, typicality_len(self.row_len));
+                let (mut feature, mut centred) = (vec![0.0; t], vec![0.0; t]);
+                let network = self.network.0.get_or_init(|| SortingNetwork::new(row_len));
+                let mut prepared =
+                    Prepared { heads: vec![f64::NAN; self.workers], tails: vec![0.0; self.workers * row_len] };
+                for &w in workers.iter().filter(|&&w| possible[w]) {
+                    typicality(&group[w * row_len..(w + 1) * row_len], network, &mut feature);
+                    let tail = &mut prepared.tails[w * row_len..(w + 1) * row_len];
+                    prepared.heads[w] = self.positions[w].prepare(&feature, &mut centred, tail);
+                }
+                prepared
+            },
+        )
     }
 
     /// The scores of `keep` given their leave-one-out pass, each residual judged on the scale
@@ -870,38 +886,43 @@ impl Calibration {
         trials: &mut [Trial],
         buffers: &mut Buffers,
     ) -> usize {
-        let Buffers { residual, scratch, .. } = buffers;
-        // Per candidate: its total so far and how far along `order` it is.
-        let mut races = [(0.0f64, 0usize); CANDIDATES];
-        let races = &mut races[..candidates.len()];
-        for trial in trials.iter_mut() {
-            trial.sums.resize(keep.len() - 1, self.row_len);
-            trial.scores.resize(keep.len() - 1, 0.0);
-        }
-        loop {
-            let leader = (0..candidates.len())
-                .min_by(|&a, &b| races[a].0.total_cmp(&races[b].0).then(a.cmp(&b)))
-                .expect("at least one candidate");
-            let candidate = candidates[leader];
-            let (total, next) = &mut races[leader];
-            let Trial { sums, scores } = &mut trials[leader];
-            let mut scored = 0;
-            while scored < STRIDE {
-                if order.get(*next) == Some(&candidate) {
-                    *next += 1;
+        vectorized(
+            #[inline(always)]
+            || {
+                let Buffers { residual, scratch, .. } = buffers;
+                // Per candidate: its total so far and how far along `order` it is.
+                let mut races = [(0.0f64, 0usize); CANDIDATES];
+                let races = &mut races[..candidates.len()];
+                for trial in trials.iter_mut() {
+                    trial.sums.resize(keep.len() - 1, self.row_len);
+                    trial.scores.resize(keep.len() - 1, 0.0);
                 }
-                let Some(&i) = order.get(*next) else { break };
-                *next += 1;
-                let at = if i < candidate { i } else { i - 1 };
-                let residual = loo.residual_without(candidate, i, (&mut *sums, at), residual);
-                scores[at] = self.score(keep[i], 0, residual, prepared, scratch);
-                *total += scores[at];
-                scored += 1;
-            }
-            if scored == 0 {
-                return leader;
-            }
-        }
+                loop {
+                    let leader = (0..candidates.len())
+                        .min_by(|&a, &b| races[a].0.total_cmp(&races[b].0).then(a.cmp(&b)))
+                        .expect("at least one candidate");
+                    let candidate = candidates[leader];
+                    let (total, next) = &mut races[leader];
+                    let Trial { sums, scores } = &mut trials[leader];
+                    let mut scored = 0;
+                    while scored < STRIDE {
+                        if order.get(*next) == Some(&candidate) {
+                            *next += 1;
+                        }
+                        let Some(&i) = order.get(*next) else { break };
+                        *next += 1;
+                        let at = if i < candidate { i } else { i - 1 };
+                        let residual = loo.residual_without(candidate, i, (&mut *sums, at), residual);
+                        scores[at] = self.score(keep[i], 0, residual, prepared, scratch);
+                        *total += scores[at];
+                        scored += 1;
+                    }
+                    if scored == 0 {
+                        return leader;
+                    }
+                }
+            },
+        )
     }
 
     /// `keep`'s scores after a removal whose trial scored them with raw residuals: the
@@ -920,16 +941,21 @@ impl Calibration {
     /// Worker `w`'s score with leave-one-out `residual` in gap class `gap` (`scratch`: three
     /// times the residual's length).
     fn score(&self, w: usize, gap: usize, residual: Residual, prepared: &Prepared, scratch: &mut [f64]) -> f64 {
-        let row_len = self.row_len;
-        let head = prepared.heads[w];
-        if head.is_nan() {
-            return f64::INFINITY;
-        }
-        let residual = match self.gap_scales.get(w * GAP_LEVELS * GAP_LEVELS + gap) {
-            Some(&scale) if gap > 0 && scale != 1.0 => Residual { scale: residual.scale / scale, ..residual },
-            _ => residual,
-        };
-        self.positions[w].score((head, &prepared.tails[w * row_len..(w + 1) * row_len]), residual, scratch)
+        vectorized(
+            #[inline(always)]
+            || {
+                let row_len = self.row_len;
+                let head = prepared.heads[w];
+                if head.is_nan() {
+                    return f64::INFINITY;
+                }
+                let residual = match self.gap_scales.get(w * GAP_LEVELS * GAP_LEVELS + gap) {
+                    Some(&scale) if gap > 0 && scale != 1.0 => Residual { scale: residual.scale / scale, ..residual },
+                    _ => residual,
+                };
+                self.positions[w].score((head, &prepared.tails[w * row_len..(w + 1) * row_len]), residual, scratch)
+            },
+        )
     }
 
     /// The score `w` (not in `keep`) would have were it kept: its residual against the
@@ -1007,6 +1033,7 @@ impl<'a> Pass<'a> {
 
     /// Row `i`'s residual with row `c` left out as well, its sums into `trial`'s row (Berrut's
     /// residual written into `out`).
+    #[inline(always)]
     fn residual_without<'s>(
         &self,
         c: usize,
@@ -1652,8 +1679,13 @@ mod tests {
     /// outputs) to `groups` groups of random queries from `seed`, by a smooth nonlinear model
     /// (`[groups, N, 4]`).
     fn smooth_model(stragglers: usize) -> (Code, impl Fn(usize, u64) -> Vec<f64>) {
+        smooth_model_of(stragglers, 4)
+    }
+
+    /// [`smooth_model`] with `row_len` outputs.
+    fn smooth_model_of(stragglers: usize, row_len: usize) -> (Code, impl Fn(usize, u64) -> Vec<f64>) {
         use crate::params::{CodeParams, NodeFamily};
-        let (k, a, dim, row_len) = (4, 2, 6, 4);
+        let (k, a, dim) = (4, 2, 6);
         let n = CodeParams::workers_needed(k, stragglers, a);
         let params = CodeParams::builder(k, n).stragglers(stragglers).byzantine(a).nodes(NodeFamily::Authors);
         let code = Code::new(params.build().unwrap()).unwrap();
@@ -1840,6 +1872,37 @@ mod tests {
             .map(|g| (distance(&row(&filled, g), &row(&honest, g)), distance(&row(&honest, g), &[0.0; 4])))
             .fold((0.0, 0.0), |(e, s), (de, ds)| (e + de, s + ds));
         assert!(error < 0.2 * size, "imputed rows off by {error} against rows of size {size}");
+    }
+
+    #[test]
+    fn vectorized_and_as_built_the_same_workers_are_located_with_the_same_scores_to_the_bit() {
+        // Rows of 4 (the lanes' width) and of 10 (a classifier's, with a remainder), everyone
+        // answering and one worker missing. Where the processor has no AVX2 both runs are the
+        // build's own and agree trivially.
+        for row_len in [4, 10] {
+            let (code, answers) = smooth_model_of(1, row_len);
+            let n = code.params().workers();
+            let mut builder = CalibrationBuilder::new(&code, row_len, usize::MAX).unwrap();
+            builder.observe(&answers(1500, 1), &vec![true; 1500 * n]).unwrap();
+            let calibration = builder.fit(DEFAULT_FALSE_ALARM).unwrap();
+            let mut attacked = answers(40, 2);
+            let mut located = 0;
+            for (g, group) in attacked.chunks_exact_mut(n * row_len).enumerate() {
+                for liar in [g % n, (g * 5 + 3) % n] {
+                    group[liar * row_len..(liar + 1) * row_len].iter_mut().for_each(|v| *v = -*v);
+                }
+                let workers: Vec<usize> = (0..n).filter(|&w| g % 2 == 0 || w != (g + 1) % n).collect();
+                let run =
+                    || (suspects(&calibration, &code, group, &workers, 2), calibration.scores(&code, group, &workers));
+                let (vectorized, plain) = (run(), crate::vectorized::plain(run));
+                assert_eq!(vectorized.0, plain.0, "rows of {row_len}, group {g}");
+                let bits = |scores: &[f64]| scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&vectorized.1), bits(&plain.1), "rows of {row_len}, group {g}");
+                located += vectorized.0.len();
+            }
+            // The groups exercised the removals, not only a first pass.
+            assert!(located >= 40, "{located} removals in 40 groups");
+        }
     }
 
     #[test]

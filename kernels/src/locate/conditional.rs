@@ -22,6 +22,7 @@ use nalgebra::{Cholesky, DMatrix, DMatrixView, DMatrixViewMut, Dyn};
 
 use super::loo::Sums;
 use crate::error::{Error, Result};
+use crate::vectorized::vectorized;
 
 /// What the learnt predictor knows: per position and output coordinate the honest mean
 /// (`[N, row_len]`), and the precision of the positions (`[N, N]`, symmetric positive
@@ -310,6 +311,7 @@ impl<'a> Conditional<'a> {
     /// Row `i`'s residual with row `c` left out as well (`i != c`), as [`Self::unscaled`] gives
     /// it: the sums go into `trial`'s row `at` (`trial` sized for one row fewer; its `q`
     /// there), the factor is returned.
+    #[inline(always)]
     pub(super) fn unscaled_without(&self, c: usize, i: usize, (trial, at): (&mut Sums, usize)) -> f64 {
         let (m, row_len) = (self.len(), self.row_len);
         // The same factor as `without`'s update of row `i`, so that both agree to the bit.
@@ -328,31 +330,37 @@ impl<'a> Conditional<'a> {
     /// The same set without its `c`-th row, from the `sums` [`Self::unscaled_without`] left
     /// for every other row, or computed here (the same values).
     pub(super) fn without(&self, c: usize, sums: Option<Sums>) -> Conditional<'a> {
-        let (m, row_len) = (self.len(), self.row_len);
-        let p = &self.precision;
-        let pcc = p[c * m + c];
-        let mut precision = Vec::with_capacity((m - 1) * (m - 1));
-        let column = &p[c * m..(c + 1) * m];
-        for a in (0..m).filter(|&a| a != c) {
-            let (row, factor) = (&p[a * m..(a + 1) * m], p[a * m + c] / pcc);
-            let update = |(value, from_c): (&f64, &f64)| value - factor * from_c;
-            precision.extend(row[..c].iter().zip(&column[..c]).map(update));
-            precision.extend(row[c + 1..].iter().zip(&column[c + 1..]).map(update));
-        }
-        let sums = sums.unwrap_or_else(|| {
-            let mut trial = Sums::default();
-            trial.resize(m - 1, row_len);
-            for (at, i) in (0..m).filter(|&i| i != c).enumerate() {
-                self.unscaled_without(c, i, (&mut trial, at));
-            }
-            trial
-        });
-        Conditional { row_len, precision: Cow::Owned(precision), sums }
+        vectorized(
+            #[inline(always)]
+            || {
+                let (m, row_len) = (self.len(), self.row_len);
+                let p = &self.precision;
+                let pcc = p[c * m + c];
+                let mut precision = Vec::with_capacity((m - 1) * (m - 1));
+                let column = &p[c * m..(c + 1) * m];
+                for a in (0..m).filter(|&a| a != c) {
+                    let (row, factor) = (&p[a * m..(a + 1) * m], p[a * m + c] / pcc);
+                    let update = |(value, from_c): (&f64, &f64)| value - factor * from_c;
+                    precision.extend(row[..c].iter().zip(&column[..c]).map(update));
+                    precision.extend(row[c + 1..].iter().zip(&column[c + 1..]).map(update));
+                }
+                let sums = sums.unwrap_or_else(|| {
+                    let mut trial = Sums::default();
+                    trial.resize(m - 1, row_len);
+                    for (at, i) in (0..m).filter(|&i| i != c).enumerate() {
+                        self.unscaled_without(c, i, (&mut trial, at));
+                    }
+                    trial
+                });
+                Conditional { row_len, precision: Cow::Owned(precision), sums }
+            },
+        )
     }
 }
 
 /// `1 / sqrt(diagonal)`: the residual `q / diagonal` on the scale of its standard deviation
 /// `1 / sqrt(diagonal)` is `q` times this.
+#[inline(always)]
 fn scale(diagonal: f64) -> f64 {
     1.0 / diagonal.sqrt()
 }
@@ -369,41 +377,47 @@ pub(super) fn residual_against(
     out: &mut [f64],
     solve: &mut Solve,
 ) {
-    let n = predictor.workers();
-    let p = |a: usize, b: usize| predictor.precision[a * n + b];
-    // Row `w` of the marginal precision over `others` and `w`: `P_wl - P_wE x_l` with
-    // `x = P_EE^-1 P_Ew`.
-    let Solve { excluded, block, x, row } = solve;
-    outside_into(n, others, Some(w), excluded);
-    let e = excluded.len();
-    x.clear();
-    x.extend(excluded.iter().map(|&k| p(k, w)));
-    block.clear();
-    block.extend(excluded.iter().flat_map(|&a| excluded.iter().map(move |&b| p(a, b))));
-    // No correction where the block has no factor (only a damaged file's: a principal block of
-    // a positive definite matrix is positive definite).
-    let solved = e > 0 && cholesky_solve(block, e, x);
-    // The whole row at once, `x_k` times the precision's row `k` off it for each excluded `k`
-    // (contiguous, where a sum per column strides).
-    row.clear();
-    row.extend_from_slice(&predictor.precision[w * n..(w + 1) * n]);
-    if solved {
-        for (&k, x) in excluded.iter().zip(x.iter()) {
-            row.iter_mut().zip(&predictor.precision[k * n..(k + 1) * n]).for_each(|(r, p)| *r -= x * p);
-        }
-    }
-    let diagonal = row[w];
-    let centred = |l: usize| {
-        let (row, mean) = (&group[l * row_len..(l + 1) * row_len], &predictor.mean[l * row_len..(l + 1) * row_len]);
-        row.iter().zip(mean).map(|(v, m)| v - m)
-    };
-    out.iter_mut().zip(centred(w)).for_each(|(q, d)| *q = diagonal * d);
-    for &l in others {
-        let weight = row[l];
-        out.iter_mut().zip(centred(l)).for_each(|(q, d)| *q += weight * d);
-    }
-    let inverse = scale(diagonal);
-    out.iter_mut().for_each(|q| *q *= inverse);
+    vectorized(
+        #[inline(always)]
+        || {
+            let n = predictor.workers();
+            let p = |a: usize, b: usize| predictor.precision[a * n + b];
+            // Row `w` of the marginal precision over `others` and `w`: `P_wl - P_wE x_l` with
+            // `x = P_EE^-1 P_Ew`.
+            let Solve { excluded, block, x, row } = solve;
+            outside_into(n, others, Some(w), excluded);
+            let e = excluded.len();
+            x.clear();
+            x.extend(excluded.iter().map(|&k| p(k, w)));
+            block.clear();
+            block.extend(excluded.iter().flat_map(|&a| excluded.iter().map(move |&b| p(a, b))));
+            // No correction where the block has no factor (only a damaged file's: a principal block of
+            // a positive definite matrix is positive definite).
+            let solved = e > 0 && cholesky_solve(block, e, x);
+            // The whole row at once, `x_k` times the precision's row `k` off it for each excluded `k`
+            // (contiguous, where a sum per column strides).
+            row.clear();
+            row.extend_from_slice(&predictor.precision[w * n..(w + 1) * n]);
+            if solved {
+                for (&k, x) in excluded.iter().zip(x.iter()) {
+                    row.iter_mut().zip(&predictor.precision[k * n..(k + 1) * n]).for_each(|(r, p)| *r -= x * p);
+                }
+            }
+            let diagonal = row[w];
+            let centred = |l: usize| {
+                let (row, mean) =
+                    (&group[l * row_len..(l + 1) * row_len], &predictor.mean[l * row_len..(l + 1) * row_len]);
+                row.iter().zip(mean).map(|(v, m)| v - m)
+            };
+            out.iter_mut().zip(centred(w)).for_each(|(q, d)| *q = diagonal * d);
+            for &l in others {
+                let weight = row[l];
+                out.iter_mut().zip(centred(l)).for_each(|(q, d)| *q += weight * d);
+            }
+            let inverse = scale(diagonal);
+            out.iter_mut().for_each(|q| *q *= inverse);
+        },
+    )
 }
 
 /// Solves `A x = b` for the symmetric positive definite `a` (`[e, e]`; overwritten by its
@@ -413,6 +427,7 @@ pub(super) fn residual_against(
 /// matrices: the blocks [`residual_against`] solves have a few rows, and building, factoring
 /// and unpacking them there cost more than the arithmetic (measured: about 2 % of locating
 /// the sign flips of `cargo bench --bench locate`, its groups timed best of 20).
+#[inline(always)]
 fn cholesky_solve(a: &mut [f64], e: usize, b: &mut [f64]) -> bool {
     // Left-looking, column by column, the factor in the lower triangle (column `j` of `a` is
     // `a[j * e..]`: the matrix is symmetric, so row- and column-major are the same).
