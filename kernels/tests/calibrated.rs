@@ -64,7 +64,7 @@ impl Model {
 fn honest(model: Model, code: &Code, groups: usize, rng: &mut impl Rng) -> Vec<f64> {
     let mut fixed = rand::rngs::StdRng::seed_from_u64(99);
     let weights: Vec<f64> = (0..11 * DIM).map(|_| fixed.random_range(-1.0..1.0)).collect();
-    let queries: Vec<f64> = (0..groups * K * DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let queries: Vec<f64> = (0..groups * code.params().queries() * DIM).map(|_| rng.random_range(-1.0..1.0)).collect();
     let coded = cpu::encode_to_vec(code, &queries, DIM).unwrap();
     coded.chunks_exact(DIM).flat_map(|x| model.answer(x, &weights)).collect()
 }
@@ -574,4 +574,28 @@ fn only_a_learnt_predictor_fills_rows_in() {
             .is_err()
     );
     assert!(learnt.imputed(&one, &answers[..10 * n * 2], 2, &masks).is_err());
+}
+
+#[test]
+fn a_code_for_one_query_finds_its_liar_among_three_responders() {
+    // K = 1, A = 1, S = 1: N = 4 workers answer the query itself, and with a straggler three
+    // answer, two of them honestly and alike. Leaving one out leaves two, too few for the
+    // learnt scores to weigh; the median of three tells the odd one out.
+    let code = Code::new(CodeParams::builder(1, 4).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+    let groups = 100;
+    for model in [Model::Regression, Model::Logits, Model::Probabilities] {
+        let locator = Locator::Calibrated(calibrated(model, &code, 300, 5));
+        let mut answers = honest(model, &code, groups, &mut rand::rngs::StdRng::seed_from_u64(6));
+        let c = model.outputs();
+        let mut masks = vec![true; groups * 4];
+        for g in 0..groups {
+            let (liar, straggler) = (g % 4, (g + 1) % 4);
+            answers[(g * 4 + liar) * c..(g * 4 + liar + 1) * c].iter_mut().for_each(|v| *v = 2.0 * *v + 1.0);
+            masks[g * 4 + straggler] = false;
+        }
+        let location = locate(&code, &locator, &answers, c, &masks).unwrap();
+        for (g, located) in location.located.iter().enumerate() {
+            assert_eq!(located, &vec![g % 4], "{model:?}, group {g}");
+        }
+    }
 }

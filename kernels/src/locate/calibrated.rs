@@ -1124,6 +1124,12 @@ pub(super) fn suspects(
     workers: &[usize],
     budget: usize,
 ) -> Vec<usize> {
+    // Three responders (a code for one query with one liar, a straggler gone): leaving one
+    // out leaves two, too few for the learnt scores to weigh (the loop below needs four),
+    // while the honest two answer alike and the median of three names the odd one out.
+    if workers.len() <= 3 {
+        return super::robust::suspects(code, group, calibration.row_len, workers, budget);
+    }
     if calibration.suspected.is_empty() {
         return judged_suspects(calibration, code, group, workers, budget);
     }
