@@ -111,7 +111,8 @@ fn metrics_once(server: &Server, name: &str, least: f64) -> String {
 #[test]
 fn metrics_export_the_byzantine_locators_state() {
     // K = 2, A = 1, N = 5, honest workers: the calibrated locator learns from every group and
-    // takes over after 40; /metrics shows which locator is active and what it has learnt.
+    // takes over once every position has enough answers, a fifth of 40 groups at the
+    // earliest; /metrics shows which locator is active and what it has learnt.
     let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
     let workers: Vec<Arc<dyn Worker>> =
         (0..5).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 1000)) as Arc<dyn Worker>).collect();
@@ -131,8 +132,8 @@ fn metrics_export_the_byzantine_locators_state() {
     let metrics = metrics_once(&server, "approxifer_locator_refits", 1.0);
     assert_eq!(sample(&metrics, "approxifer_locator{locator=\"calibrated\"}"), 1.0, "{metrics}");
     assert_eq!(sample(&metrics, "approxifer_locator{locator=\"robust\"}"), 0.0, "{metrics}");
-    assert!(sample(&metrics, "approxifer_locator_calibration_groups") >= 40.0, "{metrics}");
-    assert!(sample(&metrics, "approxifer_locator_observed_groups") >= 40.0, "{metrics}");
+    assert!(sample(&metrics, "approxifer_locator_calibration_groups") >= 8.0, "{metrics}");
+    assert!(sample(&metrics, "approxifer_locator_observed_groups") >= 8.0, "{metrics}");
     for worker in 0..5 {
         let threshold = sample(&metrics, &format!("approxifer_locator_threshold{{worker=\"{worker}\"}}"));
         assert!(threshold.is_finite() && threshold > 0.0, "{metrics}");

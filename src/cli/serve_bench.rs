@@ -334,6 +334,10 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             if !books.suspected.is_empty() {
                 short += &format!("; fitted without positions {:?}, whose answers it removes first", books.suspected);
             }
+            if !books.partial_refits.is_empty() {
+                let (queries, refits): (Vec<usize>, Vec<u64>) = books.partial_refits.iter().copied().unzip();
+                short += &format!("; for partial groups of {queries:?} queries, {refits:?} refits");
+            }
             let located = match &books.locator {
                 Some(locator) => format!(
                     "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {} \

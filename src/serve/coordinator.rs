@@ -5,9 +5,8 @@
 //!
 //! A batch holds up to `max_batch` full groups of `K` queries; when the delay closes it with
 //! `K' < K` queries left over, those form one group coded for `K'` queries (`N' =` what `K'`
-//! and the same `S` need, on a rotating subset of the workers), never padded; but a code with
-//! liars (`A > 0`) pads that group to `K` with copies of its queries, so that every group is
-//! judged by the locator learnt for the full code. Workers
+//! and the same `S`, `A` and `T` need, on a rotating subset of the workers), never padded; with
+//! liars (`A > 0`) each such code has a locator of its own ([`super::locating`]). Workers
 //! form their coded queries on their own device ([`super::batch`]); the coordinator itself
 //! only sees raw queries and predictions.
 //!
@@ -69,7 +68,7 @@ pub struct CoordinatorConfig {
     pub hedge_after: Option<Duration>,
     /// How a group's liars are found when the code has `A > 0` (and `N >= 2K + 2A + S - 1`):
     /// they are removed before decoding, on the CPU, whichever the codec. A calibrated locator
-    /// must describe `code`; partial groups are padded to `K`, so it judges every group.
+    /// must describe `code`; partial groups' codes start robust and learn their own.
     pub locator: Locator,
     /// Learn a calibrated locator from the traffic, less the answers located (codes with
     /// `A > 0`), replacing `locator` once fitted ([`crate::serve::locating`]).
@@ -402,26 +401,6 @@ impl Loop {
         }
     }
 
-    /// Pads a code with liars' partial group to `K` queries with copies of its own (their
-    /// replies `None`: nobody gets their answers). A group coded for its `K'` would be judged
-    /// by the robust locator, as the calibrated one describes the full code only, and not
-    /// filled in: with a calibration, nobody lying and most batches one partial group, honest
-    /// answers were removed from 171 of 1133 groups unpadded and 68 of 1134 padded (README,
-    /// "Byzantine workers"). Codes without liars code the rest for `K'` and pad nothing.
-    fn pad(&self, queries: &mut Vec<f32>, replies: &mut Vec<Option<Sender<Result<Answer, ServeError>>>>) {
-        let (k, d, count) = (self.config.code.params().queries(), self.config.input_len, replies.len());
-        let rest = count % k;
-        if self.config.code.params().byzantine() == 0 || rest == 0 {
-            return;
-        }
-        let first = count - rest;
-        for i in 0..k - rest {
-            let copy = first + i % rest;
-            queries.extend_from_within(copy * d..(copy + 1) * d);
-            replies.push(None);
-        }
-    }
-
     /// The coding of groups of `k` queries (the configured code's `S`, `A`, `T` and nodes).
     fn coding(&mut self, k: usize) -> Result<Arc<Coding>, CodingError> {
         if let Some(coding) = self.codings.get(&k) {
@@ -498,16 +477,15 @@ impl Loop {
         }
     }
 
-    /// Sends batches of every shape this coordinator sends (a group of each `K' < K` unless
-    /// they are padded, and 1, 2, 4, ... up to `max_batch` full groups) through every worker
+    /// Sends batches of every shape this coordinator sends (a group of each `K' < K`, and 1,
+    /// 2, 4, ... up to `max_batch` full groups) through every worker
     /// once, with zero queries and no faults, and waits for the answers (a minute at most in
     /// all), so that the first queries' deadlines do not pay for compiling kernels
     /// ([`warm_up`]).
     fn warm_up(&mut self) {
         let (k, d) = (self.config.code.params().queries(), self.config.input_len);
         let until = Instant::now() + Duration::from_secs(60);
-        let partial = if self.config.code.params().byzantine() == 0 { 1..k } else { 0..0 };
-        let counts = partial.chain(warm_up_sizes(self.config.max_batch).into_iter().map(|g| g * k));
+        let counts = (1..k).chain(warm_up_sizes(self.config.max_batch).into_iter().map(|g| g * k));
         for count in counts {
             let Ok(BatchLayout { segments, parts, .. }) = self.layout(count) else { continue };
             let dispatch = Arc::new(Dispatch::new(vec![0.0; count * d], d, segments));
@@ -534,8 +512,6 @@ impl Loop {
             queries.extend_from_slice(&submission.query);
             replies.push(Some(submission.reply));
         }
-        let submitted = replies.len();
-        self.pad(&mut queries, &mut replies);
         let count = replies.len();
         self.stats.batches += 1;
         let (full, rest) = (count / k, count % k);
@@ -577,7 +553,7 @@ impl Loop {
             hedge: Hedge::after(hedge_after, now),
             trace: self.config.trace_slower_than.map(|_| BatchTrace {
                 batch: id,
-                queries: submitted,
+                queries: count,
                 hedge_after,
                 took: Duration::ZERO,
                 events: std::iter::once(BatchEvent::Sent { workers: sent.iter().map(|&(w, _)| w).collect() })

@@ -216,6 +216,11 @@ struct WorkerLabels {
     worker: usize,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueriesLabels {
+    queries: usize,
+}
+
 /// A worker and where it runs: the per-worker series carry the index alone, and this maps
 /// it to a machine (the info-metric idiom: one series per worker, value 1).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -246,6 +251,7 @@ struct LocatorMetrics {
     thresholds: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
     short_positions: Family<WorkerLabels, Gauge>,
     suspected: Family<WorkerLabels, Gauge>,
+    partial_refits: Family<QueriesLabels, Gauge>,
 }
 
 impl LocatorMetrics {
@@ -277,6 +283,11 @@ impl LocatorMetrics {
             "1 for a worker position the active calibration was fitted without: its answers are removed first",
             self.suspected.clone(),
         );
+        registry.register(
+            "locator_partial_refits",
+            "Calibrations fitted for the code of a partial group of this many queries (0 or none: it is located robustly)",
+            self.partial_refits.clone(),
+        );
     }
 
     fn set(&self, state: &LocatorState) {
@@ -293,6 +304,9 @@ impl LocatorMetrics {
         }
         flag(&self.short_positions, &state.short_positions);
         flag(&self.suspected, &state.suspected);
+        for &(queries, refits) in &state.partial_refits {
+            self.partial_refits.get_or_create(&QueriesLabels { queries }).set(count(refits));
+        }
     }
 }
 
