@@ -112,7 +112,8 @@ fn metrics_once(server: &Server, name: &str, least: f64) -> String {
 fn metrics_export_the_byzantine_locators_state() {
     // K = 2, A = 1, N = 5, honest workers: the calibrated locator learns from every group and
     // takes over once every position has enough answers, a fifth of 40 groups at the
-    // earliest; /metrics shows which locator is active and what it has learnt.
+    // earliest; /metrics shows which locator is active and what it has learnt, also for the
+    // code of partial groups.
     let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
     let workers: Vec<Arc<dyn Worker>> =
         (0..5).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 1000)) as Arc<dyn Worker>).collect();
@@ -138,6 +139,17 @@ fn metrics_export_the_byzantine_locators_state() {
         let threshold = sample(&metrics, &format!("approxifer_locator_threshold{{worker=\"{worker}\"}}"));
         assert!(threshold.is_finite() && threshold > 0.0, "{metrics}");
     }
+    // Requests of one query are partial groups (K' = 1, N' = 3): their code learns a
+    // calibration of its own.
+    let partial = "approxifer_locator_partial_refits{queries=\"1\"}";
+    assert_eq!(sample(&metrics, partial), 0.0, "{metrics}");
+    for q in 0..60 {
+        let (status, _, body) = server.post(&rows(q..q + 1).to_string());
+        assert_eq!(status, 200, "{body}");
+    }
+    let metrics = metrics_once(&server, partial, 1.0);
+    assert!(sample(&metrics, partial) >= 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "approxifer_locator{locator=\"calibrated\"}"), 1.0, "{metrics}");
     server.stop();
 }
 

@@ -478,10 +478,9 @@ impl Loop {
     }
 
     /// Sends batches of every shape this coordinator sends (a group of each `K' < K`, and 1,
-    /// 2, 4, ... up to `max_batch` full groups) through every worker
-    /// once, with zero queries and no faults, and waits for the answers (a minute at most in
-    /// all), so that the first queries' deadlines do not pay for compiling kernels
-    /// ([`warm_up`]).
+    /// 2, 4, ... up to `max_batch` full groups) through every worker once, with zero queries
+    /// and no faults, and waits for the answers (a minute at most in all), so that the first
+    /// queries' deadlines do not pay for compiling kernels ([`warm_up`]).
     fn warm_up(&mut self) {
         let (k, d) = (self.config.code.params().queries(), self.config.input_len);
         let until = Instant::now() + Duration::from_secs(60);
