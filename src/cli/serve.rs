@@ -53,7 +53,9 @@ pub(super) struct LocatorArgs {
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
     /// With --locator calibrated: refit after this many more groups (0: never learn,
-    /// keep --calibration as it is). Up to A positions with no honest answers among them (a
+    /// keep --calibration as it is). Each code learns its own, the full one and each partial
+    /// group's (K' < K queries): its first calibration after a fifth of these groups, then as
+    /// its groups double, up to this. Up to A positions with no honest answers among them (a
     /// worker that always lies) are fitted without, and their answers removed first.
     #[arg(long, value_name = "GROUPS", default_value_t = Learning::default().refit_every)]
     refit_every: usize,
