@@ -159,6 +159,9 @@ impl OnlineLocator {
     /// calibration suspects to be vetted).
     pub fn observe(&self, code: &Code, outputs: &[f32], masks: &[bool], located: &[Vec<usize>]) {
         let Some(learner) = &self.learner else { return };
+        if located.is_empty() {
+            return;
+        }
         let suspected = match self.shared.active(code.params()) {
             Some(Locator::Calibrated(calibration)) => calibration.suspected.clone(),
             _ => Vec::new(),
@@ -174,9 +177,6 @@ impl OnlineLocator {
             }
         }
         let responders = masks.to_vec();
-        if located.is_empty() {
-            return;
-        }
         let groups = located.len() as u64;
         match learner.try_send((code.clone(), answers, responders, suspected)) {
             Ok(()) => self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).observed_groups += groups,
@@ -364,11 +364,10 @@ mod tests {
         let learning = Learning { refit_every: 200, ..Learning::default() };
         let online = OnlineLocator::start(&full, 4, Locator::Robust, Some(learning)).unwrap();
         assert_eq!(online.for_code(&partial), Locator::Robust, "robust until it has its own");
+        // Fewer batches than the learner's queue holds: none is dropped.
         for batch in 0..30 {
             let outputs = answers(&partial, 10, batch * 1000);
             online.observe(&partial, &outputs, &[true; 50], &vec![Vec::new(); 10]);
-            // The learner takes a batch at a time; a full queue drops groups, not wanted here.
-            std::thread::sleep(std::time::Duration::from_millis(2));
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while online.state().partial_refits.is_empty() && std::time::Instant::now() < deadline {

@@ -391,11 +391,11 @@ pub(super) fn residual_against(
             x.extend(excluded.iter().map(|&k| p(k, w)));
             block.clear();
             block.extend(excluded.iter().flat_map(|&a| excluded.iter().map(move |&b| p(a, b))));
-            // No correction where the block has no factor (only a damaged file's: a principal block of
-            // a positive definite matrix is positive definite).
+            // No correction where the block has no factor (only a damaged file's: a principal
+            // block of a positive definite matrix is positive definite).
             let solved = e > 0 && cholesky_solve(block, e, x);
-            // The whole row at once, `x_k` times the precision's row `k` off it for each excluded `k`
-            // (contiguous, where a sum per column strides).
+            // The whole row at once, `x_k` times the precision's row `k` off it for each
+            // excluded `k` (contiguous, where a sum per column strides).
             row.clear();
             row.extend_from_slice(&predictor.precision[w * n..(w + 1) * n]);
             if solved {
