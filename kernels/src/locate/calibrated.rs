@@ -44,7 +44,7 @@ use nalgebra::DMatrix;
 
 use super::composition::{centred_log_ratios, is_composition};
 use super::conditional::{self, Conditional, Predictor, Solve};
-use super::loo::{self, LeaveOneOut, Sums, Terms};
+use super::loo::{self, LeaveOneOut, Pool, Sums, Terms};
 use crate::code::Code;
 use crate::cpu::{Accumulator, Element};
 use crate::error::{Error, Result};
@@ -772,7 +772,8 @@ impl Calibration {
     /// Each of `keep`'s (squared Mahalanobis distance / threshold): above 1 is suspect.
     pub fn scores(&self, code: &Code, group: &[f64], keep: &[usize]) -> Vec<f64> {
         let (group, possible) = self.representation.apply(group, self.row_len);
-        let prepared = self.prepare(&group, keep, &possible);
+        let mut prepared = Prepared::default();
+        self.prepare(&group, keep, &possible, &mut prepared);
         self.pass_scores(code, &group, keep, &prepared, &mut Buffers::new(self.row_len))
     }
 
@@ -788,20 +789,23 @@ impl Calibration {
         (visit, bound): (impl Iterator<Item = usize>, f64),
         buffers: &mut Buffers,
     ) -> Option<Vec<f64>> {
-        let loo = self.leave_one_out(code, group, keep);
-        let Buffers { residual, scratch, .. } = buffers;
-        let mut scores = vec![f64::NAN; keep.len()];
+        let loo = self.leave_one_out(code, group, keep, &mut buffers.pool);
+        let Buffers { residual, scratch, pool, .. } = buffers;
+        let mut scores = Some(vec![f64::NAN; keep.len()]);
         let mut running = 0.0;
         for w in visit {
             let j = keep.binary_search(&w).expect("a worker of keep");
             let residual = loo.residual(j, residual);
-            scores[j] = self.score(w, gap_index(keep, j, self.workers), residual, prepared, scratch);
-            running += scores[j];
+            let score = self.score(w, gap_index(keep, j, self.workers), residual, prepared, scratch);
+            running += score;
             if running >= bound {
-                return None;
+                scores = None;
+                break;
             }
+            scores.as_mut().expect("scoring")[j] = score;
         }
-        Some(scores)
+        loo.recycle(pool);
+        scores
     }
 
     /// The scores of `keep`, from one leave-one-out pass over their rows.
@@ -813,13 +817,17 @@ impl Calibration {
         prepared: &Prepared,
         buffers: &mut Buffers,
     ) -> Vec<f64> {
-        self.scores_of(keep, &self.leave_one_out(code, group, keep), prepared, buffers)
+        let loo = self.leave_one_out(code, group, keep, &mut buffers.pool);
+        let scores = self.scores_of(keep, &loo, prepared, buffers);
+        loo.recycle(&mut buffers.pool);
+        scores
     }
 
-    fn leave_one_out<'a>(&'a self, code: &Code, group: &'a [f64], keep: &[usize]) -> Pass<'a> {
+    /// `keep`'s leave-one-out pass (the learnt predictor's buffers from `pool`).
+    fn leave_one_out<'a>(&'a self, code: &Code, group: &'a [f64], keep: &[usize], pool: &mut Pool) -> Pass<'a> {
         let (n, row_len) = (self.workers, self.row_len);
         if let Some(predictor) = &self.predictor {
-            return Pass::Learned(Conditional::new(predictor, group, row_len, keep));
+            return Pass::Learned(Conditional::new(predictor, group, row_len, keep, pool));
         }
         let inverse = self.inverse_differences.0.get_or_init(|| inverse_differences(code));
         if keep.len() < n {
@@ -831,23 +839,25 @@ impl Calibration {
     }
 
     /// The part of every `workers`' score that does not depend on the other responders (its
-    /// typicality, whitened); a row no honest worker returns (`possible` false) scores
-    /// infinite.
-    fn prepare(&self, group: &[f64], workers: &[usize], possible: &[bool]) -> Prepared {
+    /// typicality, whitened), into `prepared` (whatever it held before); a row no honest worker
+    /// returns (`possible` false) scores infinite.
+    fn prepare(&self, group: &[f64], workers: &[usize], possible: &[bool], prepared: &mut Prepared) {
         vectorized(
             #[inline(always)]
             || {
                 let (row_len, t) = (self.row_len, typicality_len(self.row_len));
-                let (mut feature, mut centred) = (vec![0.0; t], vec![0.0; t]);
+                prepared.typicality.resize(2 * t, 0.0);
+                let (feature, centred) = prepared.typicality.split_at_mut(t);
                 let network = self.network.0.get_or_init(|| SortingNetwork::new(row_len));
-                let mut prepared =
-                    Prepared { heads: vec![f64::NAN; self.workers], tails: vec![0.0; self.workers * row_len] };
+                prepared.heads.clear();
+                prepared.heads.resize(self.workers, f64::NAN);
+                // Only the prepared workers' tails are read (the others' heads are NaN).
+                prepared.tails.resize(self.workers * row_len, 0.0);
                 for &w in workers.iter().filter(|&&w| possible[w]) {
-                    typicality(&group[w * row_len..(w + 1) * row_len], network, &mut feature);
+                    typicality(&group[w * row_len..(w + 1) * row_len], network, feature);
                     let tail = &mut prepared.tails[w * row_len..(w + 1) * row_len];
-                    prepared.heads[w] = self.positions[w].prepare(&feature, &mut centred, tail);
+                    prepared.heads[w] = self.positions[w].prepare(feature, centred, tail);
                 }
-                prepared
             },
         )
     }
@@ -970,7 +980,7 @@ impl Calibration {
         buffers: &mut Buffers,
     ) -> f64 {
         let n = self.workers;
-        let Buffers { residual, scratch, solve } = buffers;
+        let Buffers { residual, scratch, solve, .. } = buffers;
         match &self.predictor {
             Some(predictor) => {
                 conditional::residual_against(predictor, group, self.row_len, (keep, w), residual, solve)
@@ -1053,35 +1063,64 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// The pass's sums, for a trial to reuse.
-    fn into_sums(self) -> Sums {
+    /// The pass's sums, for a trial to reuse (its other buffers to `pool`).
+    fn into_sums(self, pool: &mut Pool) -> Sums {
         match self {
             Pass::Berrut(loo) => loo.into_sums(),
-            Pass::Learned(conditional) => conditional.into_sums(),
+            Pass::Learned(conditional) => conditional.into_sums(pool),
         }
     }
 
-    fn without(&self, c: usize, sums: Option<Sums>) -> Pass<'a> {
+    /// Gives its buffers to `pool`.
+    fn recycle(self, pool: &mut Pool) {
+        let sums = self.into_sums(pool);
+        pool.give_sums(sums);
+    }
+
+    fn without(&self, c: usize, sums: Option<Sums>, pool: &mut Pool) -> Pass<'a> {
         match self {
             Pass::Berrut(loo) => Pass::Berrut(loo.without(c, sums)),
-            Pass::Learned(conditional) => Pass::Learned(conditional.without(c, sums)),
+            Pass::Learned(conditional) => Pass::Learned(conditional.without(c, sums, pool)),
         }
     }
 }
 
 /// Scratch for scoring one row at a time: a residual, what [`Calibration::score`] needs
-/// (three residuals' length) and what a single prediction solves. Made once per group.
-#[derive(Debug)]
+/// (three residuals' length) and what a single prediction solves; and the buffers of passes
+/// done with.
+#[derive(Debug, Default)]
 struct Buffers {
     residual: Vec<f64>,
     scratch: Vec<f64>,
     solve: Solve,
+    pool: Pool,
 }
 
 impl Buffers {
     fn new(row_len: usize) -> Self {
-        Buffers { residual: vec![0.0; row_len], scratch: vec![0.0; 3 * row_len], solve: Solve::default() }
+        let mut buffers = Buffers::default();
+        buffers.fit(row_len);
+        buffers
     }
+
+    /// Sized for rows of `row_len` (the contents are scratch, written before they are read).
+    fn fit(&mut self, row_len: usize) {
+        self.residual.resize(row_len, 0.0);
+        self.scratch.resize(3 * row_len, 0.0);
+    }
+}
+
+/// What locating needs besides the calibration, kept from one group to the next (one per
+/// thread, [`super::locate`]), so that a group allocates little: its passes' buffers, its
+/// removals' trials and its responders' prepared scores.
+#[derive(Debug, Default)]
+pub(super) struct Workspace {
+    buffers: Buffers,
+    trials: [Trial; CANDIDATES],
+    prepared: Prepared,
+    /// [`rank_descending`]'s.
+    order: Vec<usize>,
+    ranking: Vec<u64>,
 }
 
 /// A removal tried ([`Calibration::choose_removal`]): the pass's sums without the candidate and
@@ -1094,11 +1133,13 @@ struct Trial {
 
 /// Every responder's score, the part its own row decides: per worker, the whitened
 /// typicality's squared norm (NaN: not prepared, a row no honest worker returns) and its
-/// contribution to the residual's whitened coordinates (`row_len` values).
-#[derive(Clone, Debug)]
+/// contribution to the residual's whitened coordinates (`row_len` values); and scratch for
+/// [`Calibration::prepare`].
+#[derive(Clone, Debug, Default)]
 struct Prepared {
     heads: Vec<f64>,
     tails: Vec<f64>,
+    typicality: Vec<f64>,
 }
 
 /// What [`Calibration::summary`] reports per worker position.
@@ -1123,6 +1164,7 @@ pub(super) fn suspects(
     group: &[f64],
     workers: &[usize],
     budget: usize,
+    workspace: &mut Workspace,
 ) -> Vec<usize> {
     // Three responders (a code for one query with one liar, a straggler gone): leaving one
     // out leaves two, too few for the learnt scores to weigh (the loop below needs four),
@@ -1131,7 +1173,7 @@ pub(super) fn suspects(
         return super::robust::suspects(code, group, calibration.row_len, workers, budget);
     }
     if calibration.suspected.is_empty() {
-        return judged_suspects(calibration, code, group, workers, budget);
+        return judged_suspects(calibration, code, group, workers, budget, workspace);
     }
     // Answers from the suspected positions go first, unjudged (nothing was learnt of them);
     // past the budget they stay, and score 0 ([`Position::unfitted`]), their rows no part of
@@ -1140,7 +1182,7 @@ pub(super) fn suspects(
         workers.iter().partition(|w| calibration.suspected.binary_search(w).is_ok());
     judged.extend(first.split_off(first.len().min(budget)));
     judged.sort_unstable();
-    let mut removed = judged_suspects(calibration, code, group, &judged, budget - first.len());
+    let mut removed = judged_suspects(calibration, code, group, &judged, budget - first.len(), workspace);
     removed.extend(first);
     removed.sort_unstable();
     removed
@@ -1153,10 +1195,14 @@ fn judged_suspects(
     group: &[f64],
     workers: &[usize],
     budget: usize,
+    workspace: &mut Workspace,
 ) -> Vec<usize> {
+    let Workspace { buffers, trials, prepared, order, ranking } = workspace;
+    buffers.fit(calibration.row_len);
     let (group, possible) = calibration.representation.apply(group, calibration.row_len);
     let group = &group[..];
-    let prepared = calibration.prepare(group, workers, &possible);
+    calibration.prepare(group, workers, &possible, prepared);
+    let prepared = &*prepared;
     // An answer far beyond its threshold on its own row alone scores above it whoever else is
     // kept: the loop below would go on until it is removed, `restore` never puts it back and
     // `refine` only for a kept answer scoring higher still. So it goes first, the most
@@ -1176,17 +1222,14 @@ fn judged_suspects(
     // Whether every kept answer was seen below its threshold (nothing left to refine).
     let mut settled = false;
     // `keep`'s leave-one-out pass: a removal's trial leaves the next one behind.
-    let mut loo = calibration.leave_one_out(code, group, &keep);
-    let mut trials: [Trial; CANDIDATES] = Default::default();
-    let mut buffers = Buffers::new(calibration.row_len);
-    let (mut order, mut ranking) = (Vec::new(), Vec::new());
-    let mut scores = calibration.scores_of(&keep, &loo, &prepared, &mut buffers);
+    let mut loo = calibration.leave_one_out(code, group, &keep, &mut buffers.pool);
+    let mut scores = calibration.scores_of(&keep, &loo, prepared, buffers);
     while removed.len() < budget && keep.len() > 3 {
         if scores.iter().all(|s| *s <= 1.0) {
             settled = true;
             break;
         }
-        rank_descending(&scores, &mut ranking, &mut order);
+        rank_descending(&scores, ranking, order);
         // One clear outlier goes without trying the others (the common case, and cheap). Not
         // the highest of several, however far out: a liar's neighbour can score above it.
         let (removal, carried) = if scores[order[0]] >= CLEAR && scores[order[1]] <= 1.0 {
@@ -1196,8 +1239,7 @@ fn judged_suspects(
             // neighbours' residuals by what it had added to them, which the gap's scale would
             // partly hide (measured: a few percent more liars found at A = 1, as many at A = 2, 3).
             let candidates = &order[..CANDIDATES.min(order.len())];
-            let chosen =
-                calibration.choose_removal(&loo, &keep, (&order, candidates), &prepared, &mut trials, &mut buffers);
+            let chosen = calibration.choose_removal(&loo, &keep, (order, candidates), prepared, trials, buffers);
             (candidates[chosen], Some(chosen))
         };
         removed.push(keep.remove(removal));
@@ -1205,21 +1247,23 @@ fn judged_suspects(
             Some(chosen) => {
                 // The winner's trial becomes the pass; the pass's buffers, a trial's.
                 let Trial { sums, scores: trial } = std::mem::take(&mut trials[chosen]);
-                let next = loo.without(removal, Some(sums));
-                let sums = std::mem::replace(&mut loo, next).into_sums();
+                let next = loo.without(removal, Some(sums), &mut buffers.pool);
+                let sums = std::mem::replace(&mut loo, next).into_sums(&mut buffers.pool);
                 trials[chosen] = Trial { sums, scores: std::mem::replace(&mut scores, trial) };
-                calibration.rescore_gaps(&keep, &loo, &mut scores, &prepared, &mut buffers);
+                calibration.rescore_gaps(&keep, &loo, &mut scores, prepared, buffers);
             }
             None => {
-                loo = loo.without(removal, None);
-                scores = calibration.scores_of(&keep, &loo, &prepared, &mut buffers);
+                let next = loo.without(removal, None, &mut buffers.pool);
+                std::mem::replace(&mut loo, next).recycle(&mut buffers.pool);
+                scores = calibration.scores_of(&keep, &loo, prepared, buffers);
             }
         }
     }
+    loo.recycle(&mut buffers.pool);
     if !settled {
-        refine(calibration, (code, group), &prepared, scores, (&mut keep, &mut removed), &mut buffers);
+        refine(calibration, (code, group), prepared, scores, (&mut keep, &mut removed), buffers);
     }
-    restore(calibration, (code, group), &prepared, (&mut keep, &mut removed), &mut buffers);
+    restore(calibration, (code, group), prepared, (&mut keep, &mut removed), buffers);
     removed.sort_unstable();
     removed
 }
@@ -1567,8 +1611,11 @@ impl CalibrationBuilder {
         let predictor = Predictor::learn(history.clone(), (n, row_len), suspected)?;
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); n];
         let mut gaps: Vec<Vec<f64>> = vec![Vec::new(); n * GAP_LEVELS * GAP_LEVELS];
+        let mut pool = Pool::default();
         for (values, keep) in history {
-            let residuals = Conditional::new(&predictor, values, row_len, keep).residuals();
+            let pass = Conditional::new(&predictor, values, row_len, keep, &mut pool);
+            let residuals = pass.residuals();
+            pass.recycle(&mut pool);
             for (&w, residual) in keep.iter().zip(residuals.chunks_exact(row_len)) {
                 let start = samples[w].len();
                 samples[w].resize(start + f, 0.0);
@@ -1734,9 +1781,10 @@ mod tests {
         let (n, row_len) = (code.params().workers(), calibration.row_len);
         let keep: Vec<usize> = (0..n).collect();
         let mut buffers = Buffers::new(row_len);
+        let mut prepared = Prepared::default();
         for group in attacked.chunks_exact(n * row_len) {
-            let prepared = calibration.prepare(group, &keep, &vec![true; n]);
-            let loo = calibration.leave_one_out(&code, group, &keep);
+            calibration.prepare(group, &keep, &vec![true; n], &mut prepared);
+            let loo = calibration.leave_one_out(&code, group, &keep, &mut buffers.pool);
             let scores = calibration.scores_of(&keep, &loo, &prepared, &mut buffers);
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
@@ -1749,7 +1797,7 @@ mod tests {
                 .iter()
                 .map(|&c| {
                     let rest: Vec<usize> = keep.iter().copied().filter(|&w| w != keep[c]).collect();
-                    let pass = loo.without(c, None);
+                    let pass = loo.without(c, None, &mut buffers.pool);
                     let raw = (0..rest.len())
                         .map(|j| {
                             let residual = pass.residual(j, &mut buffers.residual);
@@ -1773,10 +1821,11 @@ mod tests {
         let (code, calibration, attacked) = attacked_groups(20);
         let (n, row_len) = (code.params().workers(), calibration.row_len);
         let mut buffers = Buffers::new(row_len);
+        let mut prepared = Prepared::default();
         for (g, group) in attacked.chunks_exact(n * row_len).enumerate() {
             // A responder set with a worker missing, visited in an order of its own.
             let keep: Vec<usize> = (0..n).filter(|&w| w != g % n).collect();
-            let prepared = calibration.prepare(group, &keep, &vec![true; n]);
+            calibration.prepare(group, &keep, &vec![true; n], &mut prepared);
             let full = calibration.pass_scores(&code, group, &keep, &prepared, &mut buffers);
             let total: f64 = full.iter().sum();
             let visit = || keep.iter().rev().copied();
@@ -1898,8 +1947,10 @@ mod tests {
                     group[liar * row_len..(liar + 1) * row_len].iter_mut().for_each(|v| *v = -*v);
                 }
                 let workers: Vec<usize> = (0..n).filter(|&w| g % 2 == 0 || w != (g + 1) % n).collect();
-                let run =
-                    || (suspects(&calibration, &code, group, &workers, 2), calibration.scores(&code, group, &workers));
+                let run = || {
+                    let located = suspects(&calibration, &code, group, &workers, 2, &mut Workspace::default());
+                    (located, calibration.scores(&code, group, &workers))
+                };
                 let (vectorized, plain) = (run(), crate::vectorized::plain(run));
                 assert_eq!(vectorized.0, plain.0, "rows of {row_len}, group {g}");
                 let bits = |scores: &[f64]| scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
@@ -1909,6 +1960,24 @@ mod tests {
             // The groups exercised the removals, not only a first pass.
             assert!(located >= 40, "{located} removals in 40 groups");
         }
+    }
+
+    #[test]
+    fn a_workspace_kept_from_group_to_group_locates_as_a_new_one_to_the_bit() {
+        let (code, calibration, attacked) = attacked_groups(60);
+        let (n, row_len) = (code.params().workers(), calibration.row_len);
+        let mut kept = Workspace::default();
+        let mut located = 0;
+        for (g, group) in attacked.chunks_exact(n * row_len).enumerate() {
+            // Responder sets of every size from all to three missing, so that the buffers
+            // left by one group are larger or smaller than the next one's.
+            let workers: Vec<usize> = (0..n).filter(|&w| (w + g) % n >= g % 4).collect();
+            let with_kept = suspects(&calibration, &code, group, &workers, 2, &mut kept);
+            assert_eq!(with_kept, suspects(&calibration, &code, group, &workers, 2, &mut Workspace::default()), "{g}");
+            located += with_kept.len();
+        }
+        // The groups went through the removals, the race and the swaps, not only a first pass.
+        assert!(located >= 60, "{located} removals in 60 groups");
     }
 
     #[test]

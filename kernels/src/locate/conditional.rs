@@ -20,7 +20,7 @@ use std::borrow::Cow;
 
 use nalgebra::{Cholesky, DMatrix, DMatrixView, DMatrixViewMut, Dyn};
 
-use super::loo::Sums;
+use super::loo::{Pool, Sums};
 use crate::error::{Error, Result};
 use crate::vectorized::vectorized;
 
@@ -63,7 +63,7 @@ impl Predictor {
         let norms: Vec<Vec<f64>> = groups
             .iter()
             .map(|&(values, keep)| {
-                let residuals = Conditional::new(&first, values, row_len, keep).residuals();
+                let residuals = Conditional::new(&first, values, row_len, keep, &mut Pool::default()).residuals();
                 residuals.chunks_exact(row_len).map(|r| r.iter().map(|v| v * v).sum()).collect()
             })
             .collect();
@@ -259,23 +259,41 @@ pub(super) struct Conditional<'a> {
 }
 
 impl<'a> Conditional<'a> {
-    /// The responders `keep` (sorted, at least two) of `group` (`[N, row_len]`).
-    pub(super) fn new(predictor: &'a Predictor, group: &[f64], row_len: usize, keep: &[usize]) -> Conditional<'a> {
+    /// The responders `keep` (sorted, at least two) of `group` (`[N, row_len]`), its buffers
+    /// from `pool`.
+    pub(super) fn new(
+        predictor: &'a Predictor,
+        group: &[f64],
+        row_len: usize,
+        keep: &[usize],
+        pool: &mut Pool,
+    ) -> Conditional<'a> {
         let m = keep.len();
         let precision = predictor.marginal(keep);
-        let mut centred = Vec::with_capacity(m * row_len);
+        let mut centred = pool.vector();
         for &w in keep {
             let (row, mean) = (&group[w * row_len..(w + 1) * row_len], &predictor.mean[w * row_len..(w + 1) * row_len]);
             centred.extend(row.iter().zip(mean).map(|(v, m)| v - m));
         }
         // `q = P D` (`[m, m] x [m, row_len]`, row-major); in nalgebra's column-major terms
         // `q^T = D^T P` (`P` symmetric) over the same buffers: a blocked, vectorised product.
-        let mut numerators = vec![0.0; m * row_len];
+        let mut sums = pool.sums();
+        sums.resize(m, row_len);
         let centred_t = DMatrixView::from_slice(&centred, row_len, m);
         let precision_t = DMatrixView::from_slice(&precision, m, m);
-        DMatrixViewMut::from_slice(&mut numerators, row_len, m).gemm(1.0, &centred_t, &precision_t, 0.0);
-        let denominators = (0..m).map(|a| precision[a * m + a]).collect();
-        Conditional { row_len, precision, sums: Sums { numerators, denominators } }
+        DMatrixViewMut::from_slice(&mut sums.numerators, row_len, m).gemm(1.0, &centred_t, &precision_t, 0.0);
+        pool.give_vector(centred);
+        sums.denominators.iter_mut().enumerate().for_each(|(a, d)| *d = precision[a * m + a]);
+        Conditional { row_len, precision, sums }
+    }
+
+    /// Gives its buffers to `pool`.
+    pub(super) fn recycle(self, pool: &mut Pool) {
+        let Conditional { precision, sums, .. } = self;
+        pool.give_sums(sums);
+        if let Cow::Owned(precision) = precision {
+            pool.give_vector(precision);
+        }
     }
 
     fn len(&self) -> usize {
@@ -303,9 +321,13 @@ impl<'a> Conditional<'a> {
         (&self.sums.numerators[i * self.row_len..(i + 1) * self.row_len], scale(self.sums.denominators[i]))
     }
 
-    /// Its sums, for another pass to reuse as buffers.
-    pub(super) fn into_sums(self) -> Sums {
-        self.sums
+    /// Its sums, for another pass to reuse as buffers (the rest to `pool`).
+    pub(super) fn into_sums(self, pool: &mut Pool) -> Sums {
+        let Conditional { precision, sums, .. } = self;
+        if let Cow::Owned(precision) = precision {
+            pool.give_vector(precision);
+        }
+        sums
     }
 
     /// Row `i`'s residual with row `c` left out as well (`i != c`), as [`Self::unscaled`] gives
@@ -328,15 +350,16 @@ impl<'a> Conditional<'a> {
     }
 
     /// The same set without its `c`-th row, from the `sums` [`Self::unscaled_without`] left
-    /// for every other row, or computed here (the same values).
-    pub(super) fn without(&self, c: usize, sums: Option<Sums>) -> Conditional<'a> {
+    /// for every other row, or computed here (the same values); its other buffers from `pool`.
+    pub(super) fn without(&self, c: usize, sums: Option<Sums>, pool: &mut Pool) -> Conditional<'a> {
         vectorized(
             #[inline(always)]
             || {
                 let (m, row_len) = (self.len(), self.row_len);
                 let p = &self.precision;
                 let pcc = p[c * m + c];
-                let mut precision = Vec::with_capacity((m - 1) * (m - 1));
+                let mut precision = pool.vector();
+                precision.reserve((m - 1) * (m - 1));
                 let column = &p[c * m..(c + 1) * m];
                 for a in (0..m).filter(|&a| a != c) {
                     let (row, factor) = (&p[a * m..(a + 1) * m], p[a * m + c] / pcc);
@@ -345,7 +368,7 @@ impl<'a> Conditional<'a> {
                     precision.extend(row[c + 1..].iter().zip(&column[c + 1..]).map(update));
                 }
                 let sums = sums.unwrap_or_else(|| {
-                    let mut trial = Sums::default();
+                    let mut trial = pool.sums();
                     trial.resize(m - 1, row_len);
                     for (at, i) in (0..m).filter(|&i| i != c).enumerate() {
                         self.unscaled_without(c, i, (&mut trial, at));
@@ -518,8 +541,12 @@ mod tests {
         let (predictor, covariance, group) = fixture();
         // Everyone, and a set with two workers missing (marginalised out).
         for keep in [(0..N).collect::<Vec<_>>(), vec![0, 2, 3, 5, 6]] {
-            let pass = Conditional::new(&predictor, &group, C, &keep);
+            // Buffers from a pool that holds another set's, to show that nothing of them leaks.
+            let mut pool = Pool::default();
+            Conditional::new(&predictor, &group, C, &[1, 4], &mut pool).without(0, None, &mut pool).recycle(&mut pool);
+            let pass = Conditional::new(&predictor, &group, C, &keep, &mut pool);
             let residuals = pass.residuals();
+            assert_eq!(residuals, Conditional::new(&predictor, &group, C, &keep, &mut Pool::default()).residuals());
             for (j, &w) in keep.iter().enumerate() {
                 let others: Vec<usize> = keep.iter().copied().filter(|&l| l != w).collect();
                 let expected = direct(&predictor, &covariance, &group, &others, w);
@@ -539,10 +566,12 @@ mod tests {
                     close(&without, &direct(&predictor, &covariance, &group, &others, keep[i]), "without");
                 }
                 // The trial's sums are the smaller set's pass, as is one computed anew, to the bit.
-                let adopted = pass.without(c, Some(trial)).residuals();
-                let computed = pass.without(c, None).residuals();
-                assert_eq!(adopted, computed);
-                close(&computed, &Conditional::new(&predictor, &group, C, &rest).residuals(), "next pass");
+                let adopted = pass.without(c, Some(trial), &mut pool).residuals();
+                let computed = pass.without(c, None, &mut pool);
+                assert_eq!(adopted, computed.residuals());
+                let anew = Conditional::new(&predictor, &group, C, &rest, &mut pool).residuals();
+                close(&computed.residuals(), &anew, "next pass");
+                computed.recycle(&mut pool);
             }
         }
     }
@@ -616,7 +645,8 @@ mod tests {
         let groups = vec![(values.as_slice(), keep.as_slice()); 50];
         let learnt = Predictor::learn(groups.into_iter(), (N, C), &[]).unwrap();
         assert!(learnt.is_whole(N, C));
-        assert!(Conditional::new(&learnt, &values, C, &keep).residuals().iter().all(|r| *r == 0.0));
+        let pass = Conditional::new(&learnt, &values, C, &keep, &mut Pool::default());
+        assert!(pass.residuals().iter().all(|r| *r == 0.0));
     }
 
     #[test]

@@ -93,6 +93,38 @@ impl Sums {
     }
 }
 
+/// The buffers of passes done with, for the next passes to take: locating one group makes
+/// several passes over it, each with buffers of a few kilobytes (past what the allocator keeps
+/// per thread for quick reuse). Allocating and freeing them took about 6 % of locating the
+/// sign flips of `cargo bench --bench locate` (under `perf`), 4 % with them kept.
+#[derive(Debug, Default)]
+pub(super) struct Pool {
+    sums: Vec<Sums>,
+    vectors: Vec<Vec<f64>>,
+}
+
+impl Pool {
+    /// Sums given back before, or new ones (contents unspecified: [`Sums::resize`] them).
+    pub(super) fn sums(&mut self) -> Sums {
+        self.sums.pop().unwrap_or_default()
+    }
+
+    /// An empty vector, with the room of one given back before where there is one.
+    pub(super) fn vector(&mut self) -> Vec<f64> {
+        let mut vector = self.vectors.pop().unwrap_or_default();
+        vector.clear();
+        vector
+    }
+
+    pub(super) fn give_sums(&mut self, sums: Sums) {
+        self.sums.push(sums);
+    }
+
+    pub(super) fn give_vector(&mut self, vector: Vec<f64>) {
+        self.vectors.push(vector);
+    }
+}
+
 impl<'a> LeaveOneOut<'a> {
     /// `rows` are the responders' rows in node order (decreasing node values) and
     /// `inverse(a, b) = 1 / (beta_a - beta_b)` for their indices in `rows` (a table lookup

@@ -93,15 +93,25 @@ impl Locator {
     }
 
     /// Up to `budget` suspects among `group`'s rows (`[N, row_len]`, all finite on the
-    /// responders `workers`, which are sorted), as worker indices.
-    fn suspects(&self, code: &Code, group: &[f64], row_len: usize, workers: &[usize], budget: usize) -> Vec<usize> {
+    /// responders `workers`, which are sorted), as worker indices; `workspace` is scratch kept
+    /// between groups.
+    fn suspects(
+        &self,
+        code: &Code,
+        (group, row_len): (&[f64], usize),
+        workers: &[usize],
+        budget: usize,
+        workspace: &mut calibrated::Workspace,
+    ) -> Vec<usize> {
         if budget == 0 {
             return Vec::new();
         }
         match self {
             Locator::Paper => rational::suspects(code, group, row_len, workers, budget),
             Locator::Robust => robust::suspects(code, group, row_len, workers, budget),
-            Locator::Calibrated(calibration) => calibrated::suspects(calibration, code, group, workers, budget),
+            Locator::Calibrated(calibration) => {
+                calibrated::suspects(calibration, code, group, workers, budget, workspace)
+            }
         }
     }
 }
@@ -161,8 +171,12 @@ pub fn locate<T: Element>(
         .par_chunks_exact(n * row_len)
         .zip(masks.par_chunks_exact(n))
         .enumerate()
-        .map(|(index, (group, mask))| {
-            let values = widen(group);
+        // Scratch per rayon job, not per group (a group's buffers are a few kilobytes:
+        // [`loo::Pool`]).
+        .map_init(Scratch::<T>::default, |scratch, (index, (group, mask))| {
+            let Scratch { wide, values, workspace } = scratch;
+            widen_into(group, wide, values);
+            let values = &values[..];
             let responders = (0..n).filter(|&w| mask[w]);
             let (non_finite, finite): (Vec<usize>, Vec<usize>) =
                 responders.partition(|&w| values[w * row_len..(w + 1) * row_len].iter().any(|v| !v.is_finite()));
@@ -171,7 +185,7 @@ pub fn locate<T: Element>(
             }
             let budget = byzantine - non_finite.len();
             let mut removed = non_finite;
-            removed.extend(locator.suspects(code, &values, row_len, &finite, budget));
+            removed.extend(locator.suspects(code, (values, row_len), &finite, budget, workspace));
             removed.sort_unstable();
             Ok(removed)
         })
@@ -187,7 +201,29 @@ pub fn locate<T: Element>(
 
 /// `values` in `f64`, as both the locators and calibration read them.
 fn widen<T: Element>(values: &[T]) -> Vec<f64> {
-    let mut wide = vec![T::Acc::default(); values.len()];
-    T::widen(values, &mut wide);
-    wide.iter().map(|v| v.to_f64()).collect()
+    let mut out = Vec::new();
+    widen_into(values, &mut Vec::new(), &mut out);
+    out
+}
+
+/// [`widen`] into `out`, through `wide` (both overwritten).
+fn widen_into<T: Element>(values: &[T], wide: &mut Vec<T::Acc>, out: &mut Vec<f64>) {
+    wide.clear();
+    wide.resize(values.len(), T::Acc::default());
+    T::widen(values, wide);
+    out.clear();
+    out.extend(wide.iter().map(|v| v.to_f64()));
+}
+
+/// What [`locate`] keeps from one group to the next.
+struct Scratch<T: Element> {
+    wide: Vec<T::Acc>,
+    values: Vec<f64>,
+    workspace: calibrated::Workspace,
+}
+
+impl<T: Element> Default for Scratch<T> {
+    fn default() -> Self {
+        Scratch { wide: Vec::new(), values: Vec::new(), workspace: calibrated::Workspace::default() }
+    }
 }
