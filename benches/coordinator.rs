@@ -111,6 +111,7 @@ fn settings() -> SchemeConfig {
         stragglers: 1,
         byzantine: 0,
         locator: Default::default(),
+        partial_calibrations: Vec::new(),
         learning: None,
         privacy: Default::default(),
         copies: 2,

@@ -9,6 +9,7 @@ mod reference;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use approxifer::kernels::{Code, CodeParams};
 use approxifer::npy::{self, Data};
 use assert_cmd::Command;
 use process::Running;
@@ -608,8 +609,42 @@ fn calibrate_writes_what_decode_and_eval_use_and_both_refuse_another_code() {
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["locator"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(locators, ["calibrated", "robust", "paper"]);
+    // Each setting needs its code's calibration, checked before any is measured.
     let curve = [&eval[..], &["--n", "5,6"]].concat();
-    assert_one_line_error(&curve, "a calibration file describes one code");
+    assert_one_line_error(&curve, "the calibration describes K = 2, N = 5");
+
+    // --partial: the code's and its partial groups' (K' = 1), in one file; eval finds each
+    // setting's.
+    let partial = dir.path().join("partial.json");
+    let flags = ["calibrate", "--k", "2", "--byzantine", "1", "--stragglers", "1", "--partial", "--groups", "100"];
+    let out = approxifer(&[&flags[..], &["-o", path_str(&partial)], &model].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&partial).unwrap()).unwrap();
+    let shapes: Vec<(u64, u64)> = written["calibrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["queries"].as_u64().unwrap(), c["workers"].as_u64().unwrap()))
+        .collect();
+    let code = Code::new(CodeParams::builder(2, 6).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+    let n_one = code.for_queries(1).unwrap().params().workers() as u64;
+    assert_eq!(shapes, [(2, 6), (1, n_one)]);
+    let each = [
+        &["eval", "--k", "1,2", "--stragglers", "1", "--byzantine", "1", "--attack", "none", "--queries", "20"][..],
+        &["--json", "--calibration", path_str(&partial)],
+        &model,
+    ]
+    .concat();
+    let out = approxifer(&each);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let calibrated: Vec<(u64, u64)> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|row| row["locator"] == "calibrated")
+        .map(|row| (row["k"].as_u64().unwrap(), row["n"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(calibrated, [(1, n_one), (2, 6)]);
 
     // decode: the same code and nodes locate with it; another code is refused, naming both.
     let (outputs, decoded) = (dir.path().join("outputs.npy"), dir.path().join("decoded.npy"));

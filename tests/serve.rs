@@ -848,6 +848,7 @@ fn scheme_settings(stragglers: usize, max_batch: usize) -> approxifer::serve::Sc
         stragglers,
         byzantine: 0,
         locator: Locator::Robust,
+        partial_calibrations: Vec::new(),
         learning: None,
         privacy: Default::default(),
         copies: 2,

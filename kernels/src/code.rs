@@ -69,6 +69,36 @@ impl Code {
         Err(last)
     }
 
+    /// The code of a group of `k` queries (fewer than this code's `K`) served alongside this
+    /// one: the same `S`, `A`, `T`, masks, nodes and layout on the fewest workers `k` needs (at
+    /// least as many as the node family is defined for, and for `T > 0` a worker more where
+    /// one would receive its query unmasked). What `serve` codes a batch's partial group with,
+    /// and what `approxifer calibrate --partial` calibrates. An error where that takes more
+    /// workers than this code has (never for the codes `serve` builds).
+    pub fn for_queries(&self, k: usize) -> Result<Code> {
+        let p = &self.params;
+        let n = CodeParams::workers_needed(k + p.privacy(), p.stragglers(), p.byzantine()).max(p.nodes().min_nodes());
+        let params = CodeParams::builder(k, n)
+            .stragglers(p.stragglers())
+            .byzantine(p.byzantine())
+            .privacy(p.privacy())
+            .masks(p.masks())
+            .nodes(p.nodes())
+            .layout(p.layout());
+        let code = Code::with_masked_workers(params)?;
+        if code.params().workers() > p.workers() {
+            return Err(Error::TooFewWorkersForPrivacy {
+                workers: p.workers(),
+                needed: code.params().workers(),
+                queries: k,
+                privacy: p.privacy(),
+                stragglers: p.stragglers(),
+                byzantine: p.byzantine(),
+            });
+        }
+        Ok(code)
+    }
+
     /// The code that decodes a Byzantine code's groups once the liars are removed: the same
     /// nodes (hence the same weights for any responder set), `A = 0`, and `S + A` stragglers,
     /// since located workers are dropped like stragglers. The code itself when `A = 0`.

@@ -306,3 +306,23 @@ proptest! {
         prop_assert!(Tolerance::STRICT.is_close(w.iter().sum(), 1.0));
     }
 }
+
+#[test]
+fn a_partial_groups_code_keeps_all_but_k_and_takes_the_fewest_workers() {
+    let params = CodeParams::builder(4, 12).stragglers(1).byzantine(1).nodes(NodeFamily::Authors).build().unwrap();
+    let code = Code::new(params).unwrap();
+    for k in 1..4 {
+        let p = *code.for_queries(k).unwrap().params();
+        let kept = (p.stragglers(), p.byzantine(), p.privacy(), p.nodes(), p.layout());
+        assert_eq!(kept, (1, 1, 0, NodeFamily::Authors, code.params().layout()), "K' = {k}");
+        let least = CodeParams::workers_needed(k, 1, 1).max(NodeFamily::Authors.min_nodes());
+        assert_eq!((p.queries(), p.workers()), (k, least), "K' = {k}");
+    }
+    // A private code's partial groups keep every query masked, within the code's workers.
+    let private = Code::with_masked_workers(CodeParams::builder(8, 11).stragglers(1).privacy(2)).unwrap();
+    for k in 1..8 {
+        let partial = private.for_queries(k).unwrap();
+        assert_eq!((partial.params().queries(), partial.params().privacy()), (k, 2));
+        assert!(partial.params().workers() <= 11, "K' = {k}: {:?}", partial.params());
+    }
+}

@@ -49,6 +49,12 @@ pub(super) struct CalibrateArgs {
     /// The probability that an honest answer is flagged.
     #[arg(long, value_name = "P", default_value_t = DEFAULT_FALSE_ALARM)]
     false_alarm: f64,
+    /// Also calibrate the codes `serve` forms for a batch's partial groups (K' = 1 to K - 1
+    /// queries left when the queue delay fires), each from as many groups, into the same
+    /// file: `serve --calibration FILE` then starts every code calibrated, where a partial
+    /// code otherwise starts from the robust locator.
+    #[arg(long)]
+    partial: bool,
     /// Where the calibration goes (JSON).
     #[arg(long, short, value_name = "FILE")]
     output: PathBuf,
@@ -87,20 +93,32 @@ pub(super) fn run(args: &CalibrateArgs, out: &mut impl Write) -> anyhow::Result<
         batch_groups: args.batch_groups,
         seed: args.seed,
     };
-    let bar = super::progress_bar(args.groups as u64, "groups");
-    let calibration =
-        calibrate(&model, &images, &code, &config, &burn.device, |done, _| bar.set_position(done as u64))?;
+    // The configured code first, then the partial groups' from the largest.
+    let mut codes = vec![code.clone()];
+    if args.partial {
+        codes.extend((1..k).rev().map(|k| code.for_queries(k)).collect::<Result<Vec<_>, _>>()?);
+    }
+    let bar = super::progress_bar((args.groups * codes.len()) as u64, "groups");
+    let mut calibrations = Vec::new();
+    for (i, code) in codes.iter().enumerate() {
+        let progress = |done: usize, _| bar.set_position((i * args.groups + done) as u64);
+        calibrations.push(calibrate(&model, &images, code, &config, &burn.device, progress)?);
+    }
     bar.finish_and_clear();
-    crate::eval::calibrate::write(staged.path(), &calibration)?;
+    crate::eval::calibrate::write(staged.path(), &calibrations)?;
     staged.persist()?;
+    let row_len = calibrations[0].row_len;
+    let groups = calibrations[0].groups;
     writeln!(
         out,
-        "calibration of {} on {} for K = {k}, N = {n}, S = {s}, {nodes} nodes, {} outputs, from {} honest groups: {}",
+        "calibration of {} on {} for K = {k}, N = {n}, S = {s}, {nodes} nodes, {row_len} outputs, from {groups} honest groups: {}",
         architecture.name(),
         args.dataset.name(),
-        calibration.row_len,
-        calibration.groups,
         args.output.display()
     )?;
+    for calibration in &calibrations[1..] {
+        let (k, n) = (calibration.queries, calibration.workers);
+        writeln!(out, "  and for partial groups of K' = {k} (N' = {n}), from {} honest groups", calibration.groups)?;
+    }
     Ok(())
 }

@@ -168,15 +168,6 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         args.privacy.is_none() || matches!(args.layout, None | Some(LayoutChoice::NonSystematic)),
         "--privacy evaluates the non-systematic layout only: the systematic one sends raw queries"
     );
-    let one = |values: Option<&Vec<usize>>| values.is_none_or(|v| v.len() == 1);
-    anyhow::ensure!(
-        args.calibration.is_none()
-            || (args.k.len() == 1
-                && one(args.byzantine.as_ref())
-                && one(args.stragglers.as_ref())
-                && args.workers.len() <= 1),
-        "a calibration file describes one code: give one --k, --byzantine, --stragglers and at most one --n"
-    );
     let explicit = !args.scheme.is_empty();
     let schemes = if explicit { args.scheme.clone() } else { vec![EvalScheme::Approxifer, EvalScheme::Parm] };
     anyhow::ensure!(
@@ -192,7 +183,8 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         super::model::hosted_for(args.dataset, args.model, args.weights.as_deref(), &dir, &device)?;
     let test = data::load(&dir, args.dataset, Split::Test)?;
     let plot = args.plot.as_deref().map(super::output::Staged::new).transpose()?;
-    eprintln!("{}", burn.notice());
+    // Said once the settings are known good (a bad one is refused in one line).
+    let notice = || eprintln!("{}", burn.notice());
     let byzantine = args.byzantine.is_some();
     let private = args.privacy.is_some();
     // The Byzantine evaluation runs the non-systematic layout, without stragglers, on logits
@@ -249,6 +241,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
                 })
                 .transpose()?,
         };
+        notice();
         // JSON rows go out as they are measured (a sweep takes minutes per row on a CPU).
         let mut written: std::io::Result<()> = Ok(());
         let rows = with_progress(|progress| {
@@ -274,7 +267,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     if let Some(byzantine) = &args.byzantine {
         let attacks = args.attack.clone().unwrap_or_else(|| std::iter::once(Attack::None).chain(Attack::ALL).collect());
         let calibration = if let Some(path) = &args.calibration {
-            Some(CalibrationSource::Given(Arc::new(crate::eval::calibrate::read(path)?)))
+            Some(CalibrationSource::Given(crate::eval::calibrate::read(path)?))
         } else if args.calibration_groups > 0 {
             let images = Arc::new(data::load(&dir, args.dataset, Split::Train)?);
             Some(CalibrationSource::Learn { images, groups: args.calibration_groups, false_alarm: args.false_alarm })
@@ -288,6 +281,8 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
             attacks,
             calibration,
         };
+        config.codes()?;
+        notice();
         let rows = with_progress(|progress| evaluate_byzantine(&model, &test, &config, &device, progress))?;
         if args.json {
             super::write_json_lines(&rows, out)?;
@@ -300,6 +295,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    notice();
     let mut rows = if schemes.contains(&EvalScheme::Approxifer) {
         evaluate_with_progress(&model, &test, &config, &device)?
     } else {

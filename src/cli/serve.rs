@@ -13,10 +13,10 @@ use super::model::ModelArgs;
 use super::workers::{RemoteArgs, WorkerArgs};
 use super::{CodecArg, ms};
 use crate::attack::Attack;
-use crate::kernels::Locator;
 use crate::kernels::MaskPlacement;
 use crate::kernels::gpu::AdapterChoice;
 use crate::kernels::privacy::DEFAULT_MASK_SIGMA;
+use crate::kernels::{Calibration, Locator};
 use crate::serve::Learning;
 use crate::serve::http::{HttpConfig, ModelSpec, serve_v2};
 use crate::serve::pool::{background_loads, local_workers};
@@ -49,7 +49,8 @@ pub(super) struct LocatorArgs {
     #[arg(long, value_enum, default_value_t = LocatorChoice::Calibrated)]
     locator: LocatorChoice,
     /// With --byzantine: start the calibrated locator from this calibration (what `approxifer
-    /// calibrate` writes for the hosted model and code, with --nodes authors).
+    /// calibrate` writes for the hosted model and code, with --nodes authors; with --partial,
+    /// it also starts the partial groups' codes).
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
     /// With --locator calibrated: refit after this many more groups (0: never learn,
@@ -62,23 +63,32 @@ pub(super) struct LocatorArgs {
 }
 
 impl LocatorArgs {
-    /// The locator to start from and how it learns from traffic.
-    pub(super) fn build(&self) -> anyhow::Result<(Locator, Option<Learning>)> {
+    /// The locator to start from for codes of `k` queries, the calibrations of the partial
+    /// groups' codes (a file from `calibrate --partial`), and how it learns from traffic.
+    pub(super) fn build(&self, k: usize) -> anyhow::Result<(Locator, Vec<Arc<Calibration>>, Option<Learning>)> {
         anyhow::ensure!(
             self.calibration.is_none() || self.locator == LocatorChoice::Calibrated,
             "--calibration is the calibrated locator's; it does not go with --locator {}",
             self.locator.name()
         );
-        let locator = match (self.locator, &self.calibration) {
-            (LocatorChoice::Paper, _) => Locator::Paper,
-            (LocatorChoice::Robust, _) | (LocatorChoice::Calibrated, None) => Locator::Robust,
+        let (locator, partial) = match (self.locator, &self.calibration) {
+            (LocatorChoice::Paper, _) => (Locator::Paper, Vec::new()),
+            (LocatorChoice::Robust, _) | (LocatorChoice::Calibrated, None) => (Locator::Robust, Vec::new()),
             (LocatorChoice::Calibrated, Some(path)) => {
-                Locator::Calibrated(Arc::new(crate::eval::calibrate::read(path)?))
+                let calibrations = crate::eval::calibrate::read(path)?;
+                let Some(configured) = calibrations.with_queries(k) else {
+                    anyhow::bail!(
+                        "calibration {} has none for K = {k} (it has K = {:?})",
+                        path.display(),
+                        calibrations.queries()
+                    );
+                };
+                (Locator::Calibrated(configured), calibrations.without_queries(k))
             }
         };
         let learning = (self.locator == LocatorChoice::Calibrated && self.refit_every > 0)
             .then(|| Learning { refit_every: self.refit_every, ..Learning::default() });
-        Ok((locator, learning))
+        Ok((locator, partial, learning))
     }
 }
 
@@ -211,12 +221,13 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         !shape.is_empty() && shape.iter().all(|&d| d > 0) && output_len > 0,
         "--input-shape and --output-len must be positive"
     );
-    let (locator, learning) = args.locating.build()?;
+    let (locator, partial_calibrations, learning) = args.locating.build(args.k)?;
     let settings = SchemeConfig {
         k: args.k,
         stragglers: args.stragglers,
         byzantine: args.byzantine,
         locator,
+        partial_calibrations,
         learning,
         privacy: Privacy { colluders: args.privacy, placement: args.mask_placement, sigma: args.mask_sigma },
         copies: args.copies,

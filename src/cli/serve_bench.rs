@@ -180,7 +180,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         "--lie-probability must be in [0, 1], not {}",
         args.lie_probability
     );
-    let (locator, learning) = args.locating.build()?;
+    let (locator, partial_calibrations, learning) = args.locating.build(args.k)?;
     let mut config = ServeBenchConfig {
         k: args.k,
         queries: args.queries,
@@ -200,6 +200,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         trace_slower_than: args.trace_slow_ms.map(|v| ms(v, "--trace-slow-ms")).transpose()?,
         byzantine: args.byzantine,
         locator,
+        partial_calibrations,
         learning,
         liars: Liars {
             count: args.liars.unwrap_or(if args.faults.is_some() { 0 } else { args.byzantine }),

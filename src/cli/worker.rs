@@ -69,6 +69,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
         stragglers: 0,
         byzantine: 0,
         locator: Default::default(),
+        partial_calibrations: Vec::new(),
         learning: None,
         privacy: Default::default(),
         copies: 1,

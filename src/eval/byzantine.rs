@@ -16,12 +16,12 @@ use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 
-use super::calibrate::{CalibrateConfig, MAX_CODED_BATCH, calibrate, coded_answers, coded_runner};
+use super::calibrate::{CalibrateConfig, Calibrations, MAX_CODED_BATCH, calibrate, coded_answers, coded_runner};
 use super::{EvalConfig, EvalError, Outputs, default_nodes};
 use crate::attack::Attack;
 use crate::data::Images;
 use crate::demo::argmax;
-use crate::kernels::{Calibration, Code, CodeParams, Layout, Locator, cpu, locate};
+use crate::kernels::{Code, CodeParams, Layout, Locator, cpu, locate};
 use crate::models::Classifier;
 use crate::train::{argmax_rows, image_tensor};
 
@@ -45,8 +45,9 @@ pub struct ByzantineConfig {
 /// The calibrated locator's calibration in a Byzantine evaluation.
 #[derive(Clone, Debug)]
 pub enum CalibrationSource {
-    /// One calibration, for the one setting it describes.
-    Given(Arc<Calibration>),
+    /// A file's calibrations: each setting uses the one learnt for its code (a setting the
+    /// file has none for is an error that says what differs).
+    Given(Calibrations),
     /// Learnt per setting from these images (the training set) before measuring.
     Learn { images: Arc<Images>, groups: usize, false_alarm: f64 },
 }
@@ -86,6 +87,46 @@ struct Tally {
     correct: usize,
 }
 
+impl ByzantineConfig {
+    /// Every setting's code, in the order they are measured; an error for a setting no code
+    /// can serve, or (with a calibration file) one the file has no calibration for. What
+    /// [`evaluate_byzantine`] checks before it measures anything.
+    pub fn codes(&self) -> Result<Vec<Code>, EvalError> {
+        let eval = &self.eval;
+        if eval.settings.iter().any(|s| s.layout != Layout::NonSystematic) {
+            return Err(EvalError::Unsupported("Byzantine evaluation runs the non-systematic layout only"));
+        }
+        let nodes = eval.nodes.unwrap_or(default_nodes(Layout::NonSystematic));
+        let mut codes = Vec::new();
+        for setting in &eval.settings {
+            for &a in &self.byzantine {
+                let least = CodeParams::workers_needed(setting.k, setting.stragglers, a);
+                let workers: Vec<usize> = if self.workers.is_empty() {
+                    vec![least]
+                } else {
+                    self.workers.iter().copied().filter(|&n| n >= least).collect()
+                };
+                if workers.is_empty() {
+                    return Err(EvalError::NoWorkerCount { least, k: setting.k, byzantine: a });
+                }
+                for n in workers {
+                    let params =
+                        CodeParams::builder(setting.k, n).stragglers(setting.stragglers).byzantine(a).nodes(nodes);
+                    codes.push(Code::new(params.build()?)?);
+                }
+            }
+        }
+        // The rows' length is checked as they are located.
+        if let Some(CalibrationSource::Given(calibrations)) = &self.calibration {
+            for code in &codes {
+                let calibration = calibrations.for_code(code);
+                calibration.check(code, calibration.row_len)?;
+            }
+        }
+        Ok(codes)
+    }
+}
+
 /// Evaluates every setting, attack and locator; `progress(done, total)` counts groups (those
 /// calibrated on, then those measured).
 pub fn evaluate_byzantine(
@@ -96,33 +137,8 @@ pub fn evaluate_byzantine(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<ByzantineRow>, EvalError> {
     let (eval, attacks) = (&config.eval, &config.attacks);
-    if eval.settings.iter().any(|s| s.layout != Layout::NonSystematic) {
-        return Err(EvalError::Unsupported("Byzantine evaluation runs the non-systematic layout only"));
-    }
+    let codes = config.codes()?;
     let nodes = eval.nodes.unwrap_or(default_nodes(Layout::NonSystematic));
-    let mut codes = Vec::new();
-    for setting in &eval.settings {
-        for &a in &config.byzantine {
-            let least = CodeParams::workers_needed(setting.k, setting.stragglers, a);
-            let workers: Vec<usize> = if config.workers.is_empty() {
-                vec![least]
-            } else {
-                config.workers.iter().copied().filter(|&n| n >= least).collect()
-            };
-            if workers.is_empty() {
-                return Err(EvalError::NoWorkerCount { least, k: setting.k, byzantine: a });
-            }
-            for n in workers {
-                let params = CodeParams::builder(setting.k, n).stragglers(setting.stragglers).byzantine(a).nodes(nodes);
-                codes.push(Code::new(params.build()?)?);
-            }
-        }
-    }
-    if matches!(config.calibration, Some(CalibrationSource::Given(_))) && codes.len() > 1 {
-        return Err(EvalError::Unsupported(
-            "a calibration file describes one code: give one K, one S, one A and at most one N",
-        ));
-    }
     let queries = eval.queries.min(test.len());
     let learning = match &config.calibration {
         Some(CalibrationSource::Learn { groups, .. }) => *groups,
@@ -140,7 +156,9 @@ pub fn evaluate_byzantine(
         }
         let mut locators = Vec::new();
         match &config.calibration {
-            Some(CalibrationSource::Given(calibration)) => locators.push(Locator::Calibrated(calibration.clone())),
+            Some(CalibrationSource::Given(calibrations)) => {
+                locators.push(Locator::Calibrated(calibrations.for_code(code)))
+            }
             Some(CalibrationSource::Learn { images, groups, false_alarm }) => {
                 let learn = CalibrateConfig {
                     dataset: eval.dataset,

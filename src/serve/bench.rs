@@ -21,7 +21,7 @@ use super::remote::{Endpoint, RemoteConfig, RemoteWorker};
 use super::scheme::{Scheme, SchemeConfig, SchemeKind};
 use super::worker::{ServedModel, Worker};
 use crate::attack::Attack;
-use crate::kernels::Locator;
+use crate::kernels::{Calibration, Locator};
 
 /// How queries arrive.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -67,6 +67,7 @@ pub struct ServeBenchConfig {
     pub byzantine: usize,
     /// How ApproxIFER finds them, and whether it learns from its traffic.
     pub locator: Locator,
+    pub partial_calibrations: Vec<Arc<Calibration>>,
     pub learning: Option<Learning>,
     /// Workers of every scheme's pool that lie, on top of what the plan says.
     pub liars: Liars,
@@ -197,6 +198,7 @@ impl ServeBenchConfig {
             stragglers: 1,
             byzantine: self.byzantine,
             locator: self.locator.clone(),
+            partial_calibrations: self.partial_calibrations.clone(),
             learning: self.learning,
             privacy: Default::default(),
             copies: self.copies,

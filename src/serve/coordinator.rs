@@ -33,7 +33,7 @@ use super::trace::{BatchEvent, BatchTrace, keep_slowest};
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 use crate::kernels::gpu::GpuCodec;
 use crate::kernels::privacy::MaskSampler;
-use crate::kernels::{Code, CodeParams, Error as CodecError, Locator, cpu, locate};
+use crate::kernels::{Calibration, Code, Locator, cpu, locate};
 
 /// How the coordinator runs.
 #[derive(Clone, Debug)]
@@ -68,8 +68,13 @@ pub struct CoordinatorConfig {
     pub hedge_after: Option<Duration>,
     /// How a group's liars are found when the code has `A > 0` (and `N >= 2K + 2A + S - 1`):
     /// they are removed before decoding, on the CPU, whichever the codec. A calibrated locator
-    /// must describe `code`; partial groups' codes start robust and learn their own.
+    /// must describe `code`; partial groups' codes start from `partial_calibrations` or,
+    /// without one there, robust, and learn their own.
     pub locator: Locator,
+    /// Calibrations of the codes of partial groups (`approxifer calibrate --partial`), each
+    /// describing the code of some `K' < K` ([`Code::for_queries`]); a calibration that
+    /// describes none is an error.
+    pub partial_calibrations: Vec<Arc<Calibration>>,
     /// Learn a calibrated locator from the traffic, less the answers located (codes with
     /// `A > 0`), replacing `locator` once fitted ([`crate::serve::locating`]).
     pub learning: Option<Learning>,
@@ -145,8 +150,12 @@ impl Coordinator {
             _ => Some(MaskSampler::from_entropy(config.mask_sigma).map_err(|e| e.to_string())?),
         };
         let learning = config.learning.filter(|_| config.code.params().byzantine() > 0);
-        let locating =
-            Arc::new(OnlineLocator::start(&config.code, config.output_len, config.locator.clone(), learning)?);
+        let locating = Arc::new(OnlineLocator::start(
+            &config.code,
+            config.output_len,
+            (config.locator.clone(), &config.partial_calibrations),
+            learning,
+        )?);
         let (sizes, placed) = ((config.capacity, config.input_len), locations(&workers));
         let (ready, warm) = crossbeam_channel::bounded(1);
         let looped = locating.clone();
@@ -406,33 +415,7 @@ impl Loop {
         if let Some(coding) = self.codings.get(&k) {
             return Ok(coding.clone());
         }
-        let p = *self.config.code.params();
-        // What K' needs, and at least what the node family is defined for; a private code's
-        // partial group may take a worker more to keep every query masked (never more than N).
-        let n = CodeParams::workers_needed(k + p.privacy(), p.stragglers(), p.byzantine()).max(p.nodes().min_nodes());
-        let params = CodeParams::builder(k, n)
-            .stragglers(p.stragglers())
-            .byzantine(p.byzantine())
-            .privacy(p.privacy())
-            .masks(p.masks())
-            .nodes(p.nodes())
-            .layout(p.layout());
-        let code = Code::with_masked_workers(params)?;
-        if code.params().workers() > p.workers() {
-            // Not reached for the codes `serve` builds (N' <= N); a typed error if it were.
-            let needed = code.params().workers();
-            let (queries, privacy, stragglers, byzantine) = (k, p.privacy(), p.stragglers(), p.byzantine());
-            let workers = p.workers();
-            return Err(CodecError::TooFewWorkersForPrivacy {
-                workers,
-                needed,
-                queries,
-                privacy,
-                stragglers,
-                byzantine,
-            }
-            .into());
-        }
+        let code = self.config.code.for_queries(k)?;
         let coding = Arc::new(Coding::new(code)?);
         self.codings.insert(k, coding.clone());
         Ok(coding)

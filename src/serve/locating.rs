@@ -10,6 +10,7 @@
 //!
 //! A batch's partial group (`K' < K` queries left when the queue delay fires) is coded for its
 //! own `K'`, and a calibration describes one code: each partial code has a locator of its own,
+//! from a calibration file that holds one for it (`approxifer calibrate --partial`), else
 //! robust until its learner has seen enough of its groups (the same learner thread, one
 //! calibration per code).
 //!
@@ -112,15 +113,38 @@ impl Shared {
 }
 
 impl OnlineLocator {
-    /// Starts with `initial` for `code` (whose answers have `output_len` values), learning a
-    /// calibrated locator from traffic when `learning` is given. A calibration that does not
-    /// describe `code` is an error.
-    pub fn start(code: &Code, output_len: usize, initial: Locator, learning: Option<Learning>) -> Result<Self, String> {
+    /// Starts with `initial` for `code` (whose answers have `output_len` values) and the
+    /// `partial` calibrations for its partial groups' codes, learning a calibrated locator
+    /// from traffic when `learning` is given. A calibration that does not describe `code`, or
+    /// a partial one that describes none of its partial groups' codes, is an error.
+    pub fn start(
+        code: &Code,
+        output_len: usize,
+        (initial, partial): (Locator, &[Arc<Calibration>]),
+        learning: Option<Learning>,
+    ) -> Result<Self, String> {
         if let Locator::Calibrated(calibration) = &initial {
             calibration.check(code, output_len).map_err(|e| e.to_string())?;
         }
         let state = LocatorState { learning: learning.is_some(), ..describe(&initial) };
-        let shared = Arc::new(Shared { active: Mutex::new(vec![(*code.params(), initial)]), state: Mutex::new(state) });
+        let mut active = vec![(*code.params(), initial)];
+        for calibration in partial {
+            let k = code.params().queries();
+            let described = (1..k).filter_map(|k| code.for_queries(k).ok()).find(|c| calibration.describes(c));
+            let Some(described) = described else {
+                let (queries, workers) = (calibration.queries, calibration.workers);
+                return Err(format!(
+                    "a calibration for K = {queries}, N = {workers} describes none of the codes this service forms for \
+                     its partial groups (K' = 1 to {}, from K = {k}, S = {}, A = {})",
+                    k - 1,
+                    code.params().stragglers(),
+                    code.params().byzantine()
+                ));
+            };
+            calibration.check(&described, output_len).map_err(|e| e.to_string())?;
+            active.push((*described.params(), Locator::Calibrated(calibration.clone())));
+        }
+        let shared = Arc::new(Shared { active: Mutex::new(active), state: Mutex::new(state) });
         let learner = match learning {
             Some(learning) => {
                 // Checked here, where a bad setting can be refused: the partial codes'
@@ -141,8 +165,8 @@ impl OnlineLocator {
     }
 
     /// The locator for groups coded with `code`: its own, or until it has one (a partial
-    /// code before its first calibration) the robust locator where the configured code's is
-    /// calibrated, the configured one otherwise.
+    /// code with no calibration from the file, before its first from traffic) the robust
+    /// locator where the configured code's is calibrated, the configured one otherwise.
     pub fn for_code(&self, code: &Code) -> Locator {
         if let Some(locator) = self.shared.active(code.params()) {
             return locator;
@@ -246,7 +270,10 @@ fn learn(
             Some(at) => at,
             None => match CalibrationBuilder::new(&code, output_len, learning.window) {
                 Ok(builder) => {
-                    learners.push(Learner { params, builder, since_fit: 0, fitted_on: None });
+                    // As the configured code's: one from the file is refitted every `refit_every`.
+                    let from_file = matches!(shared.active(&params), Some(Locator::Calibrated(_)));
+                    let fitted_on = from_file.then_some(learning.refit_every);
+                    learners.push(Learner { params, builder, since_fit: 0, fitted_on });
                     learners.len() - 1
                 }
                 // Only a code no calibration can describe; its groups stay robust.
@@ -362,7 +389,7 @@ mod tests {
         let full = Code::new(CodeParams::builder(3, 7).byzantine(1).build().unwrap()).unwrap();
         let partial = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
         let learning = Learning { refit_every: 200, ..Learning::default() };
-        let online = OnlineLocator::start(&full, 4, Locator::Robust, Some(learning)).unwrap();
+        let online = OnlineLocator::start(&full, 4, (Locator::Robust, &[]), Some(learning)).unwrap();
         assert_eq!(online.for_code(&partial), Locator::Robust, "robust until it has its own");
         // Fewer batches than the learner's queue holds: none is dropped.
         for batch in 0..30 {
@@ -381,6 +408,33 @@ mod tests {
             other => panic!("the partial code is located by {other}"),
         }
         assert_eq!(online.for_code(&full), Locator::Robust);
+    }
+
+    #[test]
+    fn a_partial_groups_code_starts_from_the_files_calibration_and_one_for_no_such_code_is_refused() {
+        // K = 3, A = 1, N = 7: serve codes a partial group of K' = 2 with N' = 5.
+        let full = Code::new(CodeParams::builder(3, 7).byzantine(1).build().unwrap()).unwrap();
+        let partial = full.for_queries(2).unwrap();
+        assert_eq!((partial.params().queries(), partial.params().workers()), (2, 5));
+        let calibrated = |code: &Code| {
+            let n = code.params().workers();
+            let mut builder = CalibrationBuilder::new(code, 4, usize::MAX).unwrap();
+            builder.observe(&answers(code, 300, 0), &vec![true; 300 * n]).unwrap();
+            Arc::new(builder.fit(DEFAULT_FALSE_ALARM).unwrap())
+        };
+        let calibration = calibrated(&partial);
+        let online =
+            OnlineLocator::start(&full, 4, (Locator::Robust, std::slice::from_ref(&calibration)), None).unwrap();
+        assert_eq!(online.for_code(&partial), Locator::Calibrated(calibration.clone()));
+        assert_eq!(online.for_code(&full.for_queries(1).unwrap()), Locator::Robust, "no calibration for K' = 1");
+        assert_eq!(online.for_code(&full), Locator::Robust);
+        // A calibration for a code serve never forms here (N' = 6), or for answers of another
+        // length: refused at start, saying why.
+        let other = calibrated(&Code::new(CodeParams::builder(2, 6).byzantine(1).build().unwrap()).unwrap());
+        let refused = OnlineLocator::start(&full, 4, (Locator::Robust, &[other]), None).err().expect("refused");
+        assert!(refused.contains("K = 2, N = 6 describes none") && refused.contains("K' = 1 to 2"), "{refused}");
+        let refused = OnlineLocator::start(&full, 5, (Locator::Robust, &[calibration]), None).err().expect("refused");
+        assert!(refused.contains("4 outputs") && refused.contains("5 outputs"), "{refused}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::locating::{Learning, LocatorState};
 use super::parm::{Parm, ParmConfig};
 use super::worker::Worker;
 use crate::kernels::privacy::DEFAULT_MASK_SIGMA;
-use crate::kernels::{Code, CodeParams, Locator, MaskPlacement, NodeFamily};
+use crate::kernels::{Calibration, Code, CodeParams, Locator, MaskPlacement, NodeFamily};
 
 /// A running serving scheme: admission up to a capacity, one answer or error per accepted
 /// query, graceful shutdown.
@@ -161,6 +161,8 @@ pub struct SchemeConfig {
     /// Workers a coded group's answers may lie about (`A`), and how they are found.
     pub byzantine: usize,
     pub locator: Locator,
+    /// Calibrations of the partial groups' codes ([`CoordinatorConfig::partial_calibrations`]).
+    pub partial_calibrations: Vec<Arc<Calibration>>,
     /// Learn a calibrated locator from traffic ([`CoordinatorConfig::learning`]).
     pub learning: Option<Learning>,
     /// Masks against colluding workers (ApproxIFER only).
@@ -245,6 +247,7 @@ impl SchemeKind {
                     codec: config.codec.clone(),
                     hedge_after: config.coded_hedge_after,
                     locator: config.locator.clone(),
+                    partial_calibrations: config.partial_calibrations.clone(),
                     learning: config.learning,
                     mask_sigma: config.privacy.sigma,
                     trace_slower_than: config.trace_slower_than,

@@ -52,6 +52,7 @@ pub fn coordinator_config(
         codec: Codec::Cpu,
         hedge_after: None,
         locator: Locator::Robust,
+        partial_calibrations: Vec::new(),
         learning: None,
         mask_sigma: 1.0,
         trace_slower_than: None,

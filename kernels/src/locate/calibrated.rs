@@ -689,7 +689,7 @@ impl Calibration {
         let p = code.params();
         let ours = (self.queries, self.workers, self.nodes, self.layout, self.row_len, self.privacy, self.masks);
         let theirs = (p.queries(), p.workers(), p.nodes(), p.layout(), row_len, p.privacy(), p.masks());
-        if ours != theirs {
+        if !self.describes(code) || self.row_len != row_len {
             type Shape = (usize, usize, NodeFamily, Layout, usize, usize, MaskPlacement);
             let describe = |(k, n, nodes, layout, c, t, masks): Shape| {
                 let privacy = if t > 0 { format!(", T = {t} ({masks} masks)") } else { String::new() };
@@ -716,6 +716,14 @@ impl Calibration {
             Some(position) => Err(Error::InvalidCalibration { position: Some(position), positions: self.workers }),
             None => Ok(()),
         }
+    }
+
+    /// Whether it was learnt for `code` (its `K`, `N`, nodes, layout and privacy: what the
+    /// statistics depend on), whatever the rows' length; [`Self::check`] says what differs.
+    pub fn describes(&self, code: &Code) -> bool {
+        let p = code.params();
+        (self.queries, self.workers, self.nodes, self.layout, self.privacy, self.masks)
+            == (p.queries(), p.workers(), p.nodes(), p.layout(), p.privacy(), p.masks())
     }
 
     /// Fills, in place, the rows of the workers `masks` leaves out of each group (stragglers
