@@ -645,6 +645,16 @@ fn calibrate_writes_what_decode_and_eval_use_and_both_refuse_another_code() {
         .map(|row| (row["k"].as_u64().unwrap(), row["n"].as_u64().unwrap()))
         .collect();
     assert_eq!(calibrated, [(1, n_one), (2, 6)]);
+    // serve-bench (S = 1, as calibrated) starts the partial groups' code from it: requests
+    // of one query at a time are all partial groups of K' = 1.
+    let bench = [
+        &["serve-bench", "--schemes", "approxifer", "--k", "2", "--byzantine", "1", "--queries", "20"][..],
+        &["--latency-ms", "1", "--rate", "50", "--refit-every", "0", "--json", "--calibration", path_str(&partial)],
+    ]
+    .concat();
+    let report = stdout_json(&bench);
+    assert_eq!(report["partial_calibrated"], serde_json::json!([1]), "{report}");
+    assert_eq!(report["partial_refits"], serde_json::json!([]), "learning is off: {report}");
 
     // decode: the same code and nodes locate with it; another code is refused, naming both.
     let (outputs, decoded) = (dir.path().join("outputs.npy"), dir.path().join("decoded.npy"));
@@ -1053,6 +1063,8 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "located_honest",
             "locator",
             "refits",
+            "partial_refits",
+            "partial_calibrated",
             "short_positions",
             "suspected",
         ] {

@@ -143,12 +143,14 @@ fn metrics_export_the_byzantine_locators_state() {
     // calibration of its own.
     let partial = "approxifer_locator_partial_refits{queries=\"1\"}";
     assert_eq!(sample(&metrics, partial), 0.0, "{metrics}");
+    assert!(!metrics.contains("approxifer_locator_partial_calibrated{"), "{metrics}");
     for q in 0..60 {
         let (status, _, body) = server.post(&rows(q..q + 1).to_string());
         assert_eq!(status, 200, "{body}");
     }
     let metrics = metrics_once(&server, partial, 1.0);
     assert!(sample(&metrics, partial) >= 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "approxifer_locator_partial_calibrated{queries=\"1\"}"), 1.0, "{metrics}");
     assert_eq!(sample(&metrics, "approxifer_locator{locator=\"calibrated\"}"), 1.0, "{metrics}");
     server.stop();
 }

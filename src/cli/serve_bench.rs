@@ -339,6 +339,9 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
                 let (queries, refits): (Vec<usize>, Vec<u64>) = books.partial_refits.iter().copied().unzip();
                 short += &format!("; for partial groups of {queries:?} queries, {refits:?} refits");
             }
+            if !books.partial_calibrated.is_empty() {
+                short += &format!("; partial groups of {:?} queries located calibrated", books.partial_calibrated);
+            }
             let located = match &books.locator {
                 Some(locator) => format!(
                     "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {} \

@@ -180,9 +180,12 @@ pub struct ByzantineBooks {
     /// Positions the calibration in use at the end was fitted without
     /// ([`LocatorState::suspected`](super::LocatorState::suspected)).
     pub suspected: Vec<usize>,
-    /// Calibrations fitted for the codes of partial groups, `[K', refits]`
+    /// Calibrations fitted from traffic for the codes of partial groups, `[K', refits]`
     /// ([`LocatorState::partial_refits`](super::LocatorState::partial_refits)).
     pub partial_refits: Vec<(usize, u64)>,
+    /// The `K'` whose partial groups' code a calibration located at the end
+    /// ([`LocatorState::partial_calibrated`](super::LocatorState::partial_calibrated)).
+    pub partial_calibrated: Vec<usize>,
 }
 
 /// The schemes serve-bench compares, in the order it runs them: uncoded first, so that its p95
@@ -355,6 +358,7 @@ pub fn run(
             refits: locator.as_ref().map_or(0, |l| l.refits),
             suspected: locator.as_ref().map_or_else(Vec::new, |l| l.suspected.clone()),
             partial_refits: locator.as_ref().map_or_else(Vec::new, |l| l.partial_refits.clone()),
+            partial_calibrated: locator.as_ref().map_or_else(Vec::new, |l| l.partial_calibrated.clone()),
             short_positions: locator.map_or_else(Vec::new, |l| l.short_positions),
         };
         report.per_worker = stats.workers;

@@ -252,6 +252,7 @@ struct LocatorMetrics {
     short_positions: Family<WorkerLabels, Gauge>,
     suspected: Family<WorkerLabels, Gauge>,
     partial_refits: Family<QueriesLabels, Gauge>,
+    partial_calibrated: Family<QueriesLabels, Gauge>,
 }
 
 impl LocatorMetrics {
@@ -285,8 +286,13 @@ impl LocatorMetrics {
         );
         registry.register(
             "locator_partial_refits",
-            "Calibrations fitted for the code of a partial group of this many queries (0 or none: it is located robustly)",
+            "Calibrations fitted from traffic for the code of a partial group of this many queries",
             self.partial_refits.clone(),
+        );
+        registry.register(
+            "locator_partial_calibrated",
+            "1 for the code of partial groups of this many queries when a calibration (from the file or fitted from traffic) locates its liars; none: located robustly",
+            self.partial_calibrated.clone(),
         );
     }
 
@@ -306,6 +312,10 @@ impl LocatorMetrics {
         flag(&self.suspected, &state.suspected);
         for &(queries, refits) in &state.partial_refits {
             self.partial_refits.get_or_create(&QueriesLabels { queries }).set(count(refits));
+        }
+        self.partial_calibrated.clear();
+        for &queries in &state.partial_calibrated {
+            self.partial_calibrated.get_or_create(&QueriesLabels { queries }).set(1);
         }
     }
 }

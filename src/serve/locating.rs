@@ -65,9 +65,12 @@ pub struct LocatorState {
     pub short_positions: Vec<usize>,
     /// Positions the active calibration was fitted without, whose answers it removes first.
     pub suspected: Vec<usize>,
-    /// Per partial group size `K'` seen, the calibrations fitted for its code (`[K', refits]`,
-    /// increasing `K'`); its groups are located robustly until the first.
+    /// Per partial group size `K'` seen, the calibrations fitted for its code from traffic
+    /// (`[K', refits]`, increasing `K'`).
     pub partial_refits: Vec<(usize, u64)>,
+    /// The partial group sizes `K'` whose code is located by a calibration, from the file or
+    /// fitted from traffic (increasing); the others' groups are located robustly.
+    pub partial_calibrated: Vec<usize>,
 }
 
 /// Groups of one code: the code, `[B, N, C]` answers (those located NaN), `[B, N]`
@@ -126,7 +129,7 @@ impl OnlineLocator {
         if let Locator::Calibrated(calibration) = &initial {
             calibration.check(code, output_len).map_err(|e| e.to_string())?;
         }
-        let state = LocatorState { learning: learning.is_some(), ..describe(&initial) };
+        let mut state = LocatorState { learning: learning.is_some(), ..describe(&initial) };
         let mut active = vec![(*code.params(), initial)];
         for calibration in partial {
             let k = code.params().queries();
@@ -143,7 +146,10 @@ impl OnlineLocator {
             };
             calibration.check(&described, output_len).map_err(|e| e.to_string())?;
             active.push((*described.params(), Locator::Calibrated(calibration.clone())));
+            state.partial_calibrated.push(calibration.queries);
         }
+        state.partial_calibrated.sort_unstable();
+        state.partial_calibrated.dedup();
         let shared = Arc::new(Shared { active: Mutex::new(active), state: Mutex::new(state) });
         let learner = match learning {
             Some(learning) => {
@@ -309,6 +315,7 @@ fn learn(
                 refits: state.refits + 1,
                 short_positions: short,
                 partial_refits: std::mem::take(&mut state.partial_refits),
+                partial_calibrated: std::mem::take(&mut state.partial_calibrated),
                 ..describe(&locator)
             };
         } else {
@@ -319,6 +326,9 @@ fn learn(
                     state.partial_refits.push((queries, 1));
                     state.partial_refits.sort_unstable();
                 }
+            }
+            if let Err(at) = state.partial_calibrated.binary_search(&queries) {
+                state.partial_calibrated.insert(at, queries);
             }
         }
         drop(state);
@@ -402,6 +412,7 @@ mod tests {
         }
         let state = online.state();
         assert!(matches!(state.partial_refits[..], [(2, refits)] if refits >= 1), "{state:?}");
+        assert_eq!(state.partial_calibrated, [2]);
         assert_eq!((state.locator, state.refits), ("robust", 0), "the configured code saw no group");
         match online.for_code(&partial) {
             Locator::Calibrated(calibration) => calibration.check(&partial, 4).unwrap(),
@@ -428,6 +439,7 @@ mod tests {
         assert_eq!(online.for_code(&partial), Locator::Calibrated(calibration.clone()));
         assert_eq!(online.for_code(&full.for_queries(1).unwrap()), Locator::Robust, "no calibration for K' = 1");
         assert_eq!(online.for_code(&full), Locator::Robust);
+        assert_eq!((online.state().partial_calibrated, online.state().partial_refits), (vec![2], vec![]));
         // A calibration for a code serve never forms here (N' = 6), or for answers of another
         // length: refused at start, saying why.
         let other = calibrated(&Code::new(CodeParams::builder(2, 6).byzantine(1).build().unwrap()).unwrap());
