@@ -225,31 +225,63 @@ impl OnlineLocator {
     }
 }
 
-/// One code's learning: what it has seen, how many groups since its last fit, and how many
-/// that fit was on (`None`: its locator is not calibrated yet).
+/// One code's learning: what it has seen, how many groups since its last fit, how many that
+/// fit was on (`None`: its locator is not calibrated yet), and per position how many answers
+/// it saw and how many of them had been located.
 struct Learner {
     params: CodeParams,
     builder: CalibrationBuilder,
     since_fit: usize,
     fitted_on: Option<usize>,
+    located: Vec<(u64, u64)>,
 }
 
 impl Learner {
+    fn new(params: CodeParams, builder: CalibrationBuilder, fitted_on: Option<usize>) -> Self {
+        let located = vec![(0, 0); params.workers()];
+        Learner { params, builder, since_fit: 0, fitted_on, located }
+    }
+
+    /// Counts the answers of `answers` (`[B, N, C]`, responders `masks`; those located NaN).
+    fn count(&mut self, answers: &[f32], masks: &[bool]) {
+        let n = self.located.len();
+        let c = answers.len() / masks.len().max(1);
+        for (group, mask) in answers.chunks_exact(n * c).zip(masks.chunks_exact(n)) {
+            for (w, (seen, located)) in self.located.iter_mut().enumerate().filter(|(w, _)| mask[*w]) {
+                *seen += 1;
+                *located += u64::from(group[w * c..(w + 1) * c].iter().any(|v| v.is_nan()));
+            }
+        }
+    }
+
+    /// Whether position `w`'s answers were located in most of the groups it answered in (at
+    /// least [`LYING_SEEN`] of them): a liar's, not a position that rarely answers.
+    fn lying(&self, w: usize) -> bool {
+        let (seen, located) = self.located[w];
+        seen >= LYING_SEEN && 4 * located >= 3 * seen
+    }
+
     /// Whether it is time to fit, with `short` positions: after a fifth of `refit_every`
-    /// groups for the first calibration (then with every position's answers: one just short
-    /// of enough would be fitted without, its answers removed unjudged), then whenever the
-    /// groups learnt from have doubled, at most every `refit_every` groups. No more positions
-    /// without honest answers than a group can remove.
+    /// groups for the first calibration (then with every position's answers, or short only of
+    /// liars' positions: one merely short of enough would be fitted without, its answers
+    /// removed unjudged), then whenever the groups learnt from have doubled, at most every
+    /// `refit_every` groups. No more positions without honest answers than a group can remove.
     fn due(&self, refit_every: usize, short: &[usize]) -> bool {
         let first = (refit_every / 5).max(1);
         let after = self.fitted_on.map_or(first, |groups| groups.max(first)).min(refit_every);
-        let complete = short.is_empty() || (self.fitted_on.is_some() && short.len() <= self.params.byzantine());
+        let removable = short.len() <= self.params.byzantine();
+        let complete =
+            short.is_empty() || (removable && (self.fitted_on.is_some() || short.iter().all(|&w| self.lying(w))));
         match self.since_fit >= refit_every {
-            true => short.len() <= self.params.byzantine(),
+            true => removable,
             false => self.since_fit >= after && complete,
         }
     }
 }
+
+/// The answers a position must have given before most of them located make it a liar's
+/// ([`Learner::lying`]).
+const LYING_SEEN: u64 = 50;
 
 /// The learner thread: observes every code's groups and refits each code's calibration
 /// (`main`: the configured code's builder); ends when the coordinator drops its sender.
@@ -269,7 +301,7 @@ fn learn(
     // A calibration from a file is refitted from traffic every `refit_every` groups.
     let from_file = matches!(shared.active(&main.0), Some(Locator::Calibrated(_)));
     let fitted_on = from_file.then_some(learning.refit_every);
-    let mut learners = vec![Learner { params: main.0, builder: main.1, since_fit: 0, fitted_on }];
+    let mut learners = vec![Learner::new(main.0, main.1, fitted_on)];
     for (code, mut answers, masks, vetted) in observations {
         let params = *code.params();
         let at = match learners.iter().position(|l| l.params == params) {
@@ -279,7 +311,7 @@ fn learn(
                     // As the configured code's: one from the file is refitted every `refit_every`.
                     let from_file = matches!(shared.active(&params), Some(Locator::Calibrated(_)));
                     let fitted_on = from_file.then_some(learning.refit_every);
-                    learners.push(Learner { params, builder, since_fit: 0, fitted_on });
+                    learners.push(Learner::new(params, builder, fitted_on));
                     learners.len() - 1
                 }
                 // Only a code no calibration can describe; its groups stay robust.
@@ -287,6 +319,7 @@ fn learn(
             },
         };
         let learner = &mut learners[at];
+        learner.count(&answers, &masks);
         vet(&code, (&mut answers, &masks), &vetted);
         let before = learner.builder.groups();
         // The coordinator checked these shapes when it located them.
@@ -453,7 +486,7 @@ mod tests {
     fn a_code_is_fitted_early_then_as_its_sample_doubles_then_every_refit_every_groups() {
         let code = Code::new(CodeParams::builder(3, 7).byzantine(1).build().unwrap()).unwrap();
         let builder = CalibrationBuilder::new(&code, 4, 4096).unwrap();
-        let mut learner = Learner { params: *code.params(), builder, since_fit: 0, fitted_on: None };
+        let mut learner = Learner::new(*code.params(), builder, None);
         let mut due = |fitted_on: Option<usize>, since_fit: usize, short: &[usize]| {
             (learner.fitted_on, learner.since_fit) = (fitted_on, since_fit);
             learner.due(1000, short)
@@ -464,6 +497,35 @@ mod tests {
         // Then when the sample has doubled, a position short or not, every 1000 at most.
         assert!(!due(Some(300), 299, &[]) && due(Some(300), 300, &[4]));
         assert!(!due(Some(3000), 999, &[]) && due(Some(3000), 1000, &[]));
+    }
+
+    #[test]
+    fn a_position_whose_answers_were_mostly_located_does_not_hold_the_first_fit_back() {
+        // K = 3, A = 1, N = 7, 60 groups: position 4's answer located in 55 of them (a liar's),
+        // position 5's in 10 and missing from 20 more (a slow worker's, sometimes wrong).
+        let code = Code::new(CodeParams::builder(3, 7).byzantine(1).build().unwrap()).unwrap();
+        let builder = CalibrationBuilder::new(&code, 4, 4096).unwrap();
+        let mut learner = Learner::new(*code.params(), builder, None);
+        let (n, c) = (7, 4);
+        let mut answers = answers(&code, 60, 0);
+        let mut masks = vec![true; 60 * n];
+        for g in 0..60 {
+            let mut blank = |w: usize| answers[(g * n + w) * c..(g * n + w + 1) * c].fill(f32::NAN);
+            if g < 55 {
+                blank(4);
+            }
+            if g < 10 {
+                blank(5);
+            }
+            masks[g * n + 5] &= g < 40;
+        }
+        learner.count(&answers, &masks);
+        assert_eq!((learner.located[4], learner.located[5], learner.located[0]), ((60, 55), (40, 10), (60, 0)));
+        learner.since_fit = 200;
+        assert!(learner.due(1000, &[4]), "a liar's position is fitted without from the first fit");
+        assert!(!learner.due(1000, &[5]) && !learner.due(1000, &[4, 5]), "not a position merely short");
+        learner.since_fit = 199;
+        assert!(!learner.due(1000, &[4]), "the first fit waits for its groups all the same");
     }
 
     #[test]
