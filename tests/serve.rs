@@ -471,6 +471,11 @@ fn a_byzantine_code_removes_the_liar_before_decoding() {
     let (worst, stats) = with_a_liar(code, shift, |_| {});
     assert!(worst < 1.0, "the liar reached an answer: error {worst}");
     assert_eq!(stats.located_workers, stats.decoded_groups, "one liar located per group");
+    // S = 0: every group waits for every worker, and the locator judges every answer.
+    for (w, worker) in stats.workers.iter().enumerate() {
+        assert_eq!(worker.judged, stats.decoded_groups, "worker {w}: {stats:?}");
+        assert_eq!(worker.located, if w == 1 { stats.decoded_groups } else { 0 }, "worker {w}: {stats:?}");
+    }
 }
 
 #[test]

@@ -345,8 +345,8 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             let located = match &books.locator {
                 Some(locator) => format!(
                     "; of {} groups decoded, the locator removed a liar's answer {} times and an honest worker's {} \
-                     (at the end: {locator}, {} refits from the traffic{short})",
-                    books.decoded_groups, books.located_liars, books.located_honest, books.refits
+                     of {} judged (at the end: {locator}, {} refits from the traffic{short})",
+                    books.decoded_groups, books.located_liars, books.located_honest, books.judged_honest, books.refits
                 ),
                 None => String::new(),
             };

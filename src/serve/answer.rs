@@ -112,7 +112,9 @@ pub struct WorkerStats {
     pub late_answers: u64,
     /// Rows of its answers holding NaN or infinity (coded schemes).
     pub non_finite_rows: u64,
-    /// Groups whose answer from this worker the Byzantine locator removed.
+    /// Groups whose answer from this worker the Byzantine locator judged (codes with `A > 0`),
+    /// and of them those it removed the answer from.
+    pub judged: u64,
     pub located: u64,
     /// Time spent on the requests it answered, each from when the worker could start it (it
     /// was sent, or the worker's previous answer came), in nanoseconds: over `answers`, its

@@ -170,6 +170,10 @@ pub struct ByzantineBooks {
     pub decoded_groups: u64,
     pub located_liars: u64,
     pub located_honest: u64,
+    /// Honest workers' answers the locator judged, and the share of them it removed (`None`
+    /// where none was judged).
+    pub judged_honest: u64,
+    pub false_positive_rate: Option<f64>,
     /// The locator in use when the run ended (`None` without one: baselines, `A = 0`), and
     /// how many calibrations it had fitted from the run's traffic.
     pub locator: Option<String>,
@@ -349,11 +353,15 @@ pub fn run(
             stats.workers.iter().enumerate().fold((0, 0), |(l, h), (w, s)| {
                 if liars.contains(&w) { (l + s.located, h) } else { (l, h + s.located) }
             });
+        let honest = stats.workers.iter().enumerate().filter(|(w, _)| !liars.contains(w));
+        let judged_honest: u64 = honest.map(|(_, s)| s.judged).sum();
         report.byzantine = ByzantineBooks {
             liars,
             decoded_groups: stats.decoded_groups,
             located_liars,
             located_honest,
+            judged_honest,
+            false_positive_rate: (judged_honest > 0).then(|| located_honest as f64 / judged_honest as f64),
             locator: locator.as_ref().map(|l| l.locator.to_owned()),
             refits: locator.as_ref().map_or(0, |l| l.refits),
             suspected: locator.as_ref().map_or_else(Vec::new, |l| l.suspected.clone()),

@@ -786,6 +786,13 @@ impl Loop {
             let locator = self.locating.for_code(&coding.code);
             let location = locate(&coding.code, &locator, outputs, c, masks)?;
             self.locating.observe(&coding.code, outputs, masks, &location.located);
+            // Every responder's answer was judged (the located among them, below).
+            let n = coding.code.params().workers();
+            for (at, _) in masks.iter().enumerate().filter(|(_, answered)| **answered) {
+                if let Some(worker) = workers.get(at % n).and_then(|&w| self.stats.worker(w)) {
+                    worker.judged += 1;
+                }
+            }
             *masks = location.masks;
             self.stats.located_workers += location.located.iter().map(Vec::len).sum::<usize>() as u64;
             for &node in location.located.iter().flatten() {

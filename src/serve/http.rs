@@ -353,6 +353,7 @@ struct WorkerMetrics {
     answers: Family<WorkerLabels, Counter>,
     late_answers: Family<WorkerLabels, Counter>,
     non_finite_rows: Family<WorkerLabels, Counter>,
+    judged: Family<WorkerLabels, Counter>,
     located: Family<WorkerLabels, Counter>,
     busy_seconds: Family<WorkerLabels, Counter<f64, AtomicU64>>,
 }
@@ -368,6 +369,7 @@ impl WorkerMetrics {
                 &self.late_answers,
             ),
             ("worker_non_finite_rows", "Rows holding NaN or infinity in each worker's answers", &self.non_finite_rows),
+            ("worker_judged", "Groups whose answer from each worker the Byzantine locator judged", &self.judged),
             ("worker_located", "Groups whose answer from each worker the Byzantine locator removed", &self.located),
         ];
         for (name, help, family) in counts {
@@ -388,6 +390,7 @@ impl WorkerMetrics {
                 (&self.answers, stats.answers),
                 (&self.late_answers, stats.late_answers),
                 (&self.non_finite_rows, stats.non_finite_rows),
+                (&self.judged, stats.judged),
                 (&self.located, stats.located),
             ];
             for (family, value) in pairs {
