@@ -647,14 +647,26 @@ fn calibrate_writes_what_decode_and_eval_use_and_both_refuse_another_code() {
     assert_eq!(calibrated, [(1, n_one), (2, 6)]);
     // serve-bench (S = 1, as calibrated) starts the partial groups' code from it: requests
     // of one query at a time are all partial groups of K' = 1.
-    let bench = [
-        &["serve-bench", "--schemes", "approxifer", "--k", "2", "--byzantine", "1", "--queries", "20"][..],
-        &["--latency-ms", "1", "--rate", "50", "--refit-every", "0", "--json", "--calibration", path_str(&partial)],
-    ]
-    .concat();
-    let report = stdout_json(&bench);
+    let bench = |file: &Path| {
+        let flags = ["serve-bench", "--schemes", "approxifer", "--k", "2", "--byzantine", "1", "--queries", "20"];
+        let rest =
+            ["--latency-ms", "1", "--rate", "50", "--refit-every", "0", "--json", "--calibration", path_str(file)];
+        approxifer(&[&flags[..], &rest].concat())
+    };
+    let out = bench(&partial);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["partial_calibrated"], serde_json::json!([1]), "{report}");
     assert_eq!(report["partial_refits"], serde_json::json!([]), "learning is off: {report}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("full code only"));
+    // The full code's alone: the partial code is located robustly, and the user is told so.
+    let full_only = dir.path().join("full-only.json");
+    std::fs::write(&full_only, written["calibrations"][0].to_string()).unwrap();
+    let out = bench(&full_only);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("calibrates the full code only"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["partial_calibrated"], serde_json::json!([]), "{report}");
 
     // decode: the same code and nodes locate with it; another code is refused, naming both.
     let (outputs, decoded) = (dir.path().join("outputs.npy"), dir.path().join("decoded.npy"));

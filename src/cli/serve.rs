@@ -83,7 +83,16 @@ impl LocatorArgs {
                         calibrations.queries()
                     );
                 };
-                (Locator::Calibrated(configured), calibrations.without_queries(k))
+                let partial = calibrations.without_queries(k);
+                if partial.is_empty() && k > 1 {
+                    let until = if self.refit_every > 0 { " until learnt from traffic" } else { "" };
+                    eprintln!(
+                        "approxifer: {} calibrates the full code only: partial groups (K' < {k}) are located \
+                         robustly{until} (`approxifer calibrate --partial` calibrates them too)",
+                        path.display()
+                    );
+                }
+                (Locator::Calibrated(configured), partial)
             }
         };
         let learning = (self.locator == LocatorChoice::Calibrated && self.refit_every > 0)
