@@ -80,8 +80,9 @@ pub(super) struct EvalArgs {
     /// values below an A's least are left out of it) [default: the least, 2K + 2A + S - 1]
     #[arg(long = "n", value_name = "LIST", value_delimiter = ',', requires = "byzantine")]
     workers: Vec<usize>,
-    /// With --byzantine, the calibrated locator's calibration (what `approxifer calibrate`
-    /// writes; one setting) [default: learnt per setting from the training set]
+    /// With --byzantine, the calibrated locator's calibrations (what `approxifer calibrate`
+    /// writes: each setting uses the one for its code) [default: learnt per setting from the
+    /// training set]
     #[arg(long, value_name = "FILE", requires = "byzantine", conflicts_with = "calibration_groups")]
     calibration: Option<PathBuf>,
     /// With --byzantine, honest training groups the calibrated locator learns from per setting
