@@ -667,6 +667,9 @@ fn calibrate_writes_what_decode_and_eval_use_and_both_refuse_another_code() {
     assert!(out.status.success() && stderr.contains("calibrates the full code only"), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["partial_calibrated"], serde_json::json!([]), "{report}");
+    // A file with no calibration for the served K is refused before anything starts.
+    let other_k = ["serve-bench", "--k", "3", "--byzantine", "1", "--calibration", path_str(&partial)];
+    assert_one_line_error(&other_k, "has none for K = 3 (it has K = [2, 1])");
 
     // decode: the same code and nodes locate with it; another code is refused, naming both.
     let (outputs, decoded) = (dir.path().join("outputs.npy"), dir.path().join("decoded.npy"));
