@@ -483,6 +483,44 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_code_started_from_the_file_is_refitted_every_refit_every_groups_not_early() {
+        // K = 3, A = 1, N = 7; the partial code of K' = 2 (N' = 5) starts from a calibration
+        // of 300 groups. Learning with --refit-every 100: a code learnt from scratch would be
+        // fitted after 20 of its groups; one from the file keeps it until 100 have come.
+        let full = Code::new(CodeParams::builder(3, 7).byzantine(1).build().unwrap()).unwrap();
+        let partial = full.for_queries(2).unwrap();
+        let mut builder = CalibrationBuilder::new(&partial, 4, usize::MAX).unwrap();
+        builder.observe(&answers(&partial, 300, 0), &[true; 300 * 5]).unwrap();
+        let file = Arc::new(builder.fit(DEFAULT_FALSE_ALARM).unwrap());
+        let learning = Learning { refit_every: 100, ..Learning::default() };
+        let online = OnlineLocator::start(&full, 4, (Locator::Robust, std::slice::from_ref(&file)), Some(learning));
+        let online = online.unwrap();
+        let feed = |batches: std::ops::Range<usize>| {
+            for batch in batches {
+                let outputs = answers(&partial, 10, 100_000 + batch * 1000);
+                online.observe(&partial, &outputs, &[true; 50], &vec![Vec::new(); 10]);
+            }
+        };
+        let refits = || online.state().partial_refits;
+        let settle = |done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !done() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        // 90 groups: past a fifth of 100, short of 100.
+        feed(0..9);
+        settle(&|| online.state().observed_groups >= 90);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(refits(), vec![], "the file's calibration is kept");
+        assert_eq!(online.for_code(&partial), Locator::Calibrated(file.clone()));
+        feed(9..11);
+        settle(&|| !refits().is_empty());
+        assert_eq!(refits(), vec![(2, 1)], "refitted once 100 groups came");
+        assert!(matches!(online.for_code(&partial), Locator::Calibrated(c) if *c != *file));
+    }
+
+    #[test]
     fn a_code_is_fitted_early_then_as_its_sample_doubles_then_every_refit_every_groups() {
         let code = Code::new(CodeParams::builder(3, 7).byzantine(1).build().unwrap()).unwrap();
         let builder = CalibrationBuilder::new(&code, 4, 4096).unwrap();
