@@ -308,23 +308,20 @@ impl LocatorMetrics {
         for (worker, &threshold) in state.thresholds.iter().enumerate() {
             self.thresholds.get_or_create(&WorkerLabels { worker }).set(threshold);
         }
-        flag(&self.short_positions, &state.short_positions);
-        flag(&self.suspected, &state.suspected);
+        flag(&self.short_positions, state.short_positions.iter().map(|&worker| WorkerLabels { worker }));
+        flag(&self.suspected, state.suspected.iter().map(|&worker| WorkerLabels { worker }));
         for &(queries, refits) in &state.partial_refits {
             self.partial_refits.get_or_create(&QueriesLabels { queries }).set(count(refits));
         }
-        self.partial_calibrated.clear();
-        for &queries in &state.partial_calibrated {
-            self.partial_calibrated.get_or_create(&QueriesLabels { queries }).set(1);
-        }
+        flag(&self.partial_calibrated, state.partial_calibrated.iter().map(|&queries| QueriesLabels { queries }));
     }
 }
 
-/// Sets `family` to 1 for each of `workers`, and to nothing for the others.
-fn flag(family: &Family<WorkerLabels, Gauge>, workers: &[usize]) {
+/// Sets `family` to 1 for each of `labels`, and to nothing for the others.
+fn flag<L: Clone + std::hash::Hash + Eq>(family: &Family<L, Gauge>, labels: impl IntoIterator<Item = L>) {
     family.clear();
-    for &worker in workers {
-        family.get_or_create(&WorkerLabels { worker }).set(1);
+    for label in labels {
+        family.get_or_create(&label).set(1);
     }
 }
 

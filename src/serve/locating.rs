@@ -131,8 +131,8 @@ impl OnlineLocator {
         }
         let mut state = LocatorState { learning: learning.is_some(), ..describe(&initial) };
         let mut active = vec![(*code.params(), initial)];
+        let k = code.params().queries();
         for calibration in partial {
-            let k = code.params().queries();
             let described = (1..k).filter_map(|k| code.for_queries(k).ok()).find(|c| calibration.describes(c));
             let Some(described) = described else {
                 let (queries, workers) = (calibration.queries, calibration.workers);

@@ -686,10 +686,10 @@ impl Calibration {
     /// Whether this calibration describes `code` with rows of `row_len` values, and is whole;
     /// the error says what differs.
     pub fn check(&self, code: &Code, row_len: usize) -> Result<()> {
-        let p = code.params();
-        let ours = (self.queries, self.workers, self.nodes, self.layout, self.row_len, self.privacy, self.masks);
-        let theirs = (p.queries(), p.workers(), p.nodes(), p.layout(), row_len, p.privacy(), p.masks());
         if !self.describes(code) || self.row_len != row_len {
+            let p = code.params();
+            let ours = (self.queries, self.workers, self.nodes, self.layout, self.row_len, self.privacy, self.masks);
+            let theirs = (p.queries(), p.workers(), p.nodes(), p.layout(), row_len, p.privacy(), p.masks());
             type Shape = (usize, usize, NodeFamily, Layout, usize, usize, MaskPlacement);
             let describe = |(k, n, nodes, layout, c, t, masks): Shape| {
                 let privacy = if t > 0 { format!(", T = {t} ({masks} masks)") } else { String::new() };
@@ -799,21 +799,20 @@ impl Calibration {
     ) -> Option<Vec<f64>> {
         let loo = self.leave_one_out(code, group, keep, &mut buffers.pool);
         let Buffers { residual, scratch, pool, .. } = buffers;
-        let mut scores = Some(vec![f64::NAN; keep.len()]);
-        let mut running = 0.0;
+        let mut scores = vec![f64::NAN; keep.len()];
+        let (mut running, mut within) = (0.0, true);
         for w in visit {
             let j = keep.binary_search(&w).expect("a worker of keep");
             let residual = loo.residual(j, residual);
-            let score = self.score(w, gap_index(keep, j, self.workers), residual, prepared, scratch);
-            running += score;
+            scores[j] = self.score(w, gap_index(keep, j, self.workers), residual, prepared, scratch);
+            running += scores[j];
             if running >= bound {
-                scores = None;
+                within = false;
                 break;
             }
-            scores.as_mut().expect("scoring")[j] = score;
         }
         loo.recycle(pool);
-        scores
+        within.then_some(scores)
     }
 
     /// The scores of `keep`, from one leave-one-out pass over their rows.

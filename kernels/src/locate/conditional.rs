@@ -60,10 +60,13 @@ impl Predictor {
         let first = Self::fit(&groups, (n, row_len), absent)?;
         // Per group, each responder's residual's squared norm under the first fit; per
         // position, the cut above which a row is left out.
+        let mut pool = Pool::default();
         let norms: Vec<Vec<f64>> = groups
             .iter()
             .map(|&(values, keep)| {
-                let residuals = Conditional::new(&first, values, row_len, keep, &mut Pool::default()).residuals();
+                let pass = Conditional::new(&first, values, row_len, keep, &mut pool);
+                let residuals = pass.residuals();
+                pass.recycle(&mut pool);
                 residuals.chunks_exact(row_len).map(|r| r.iter().map(|v| v * v).sum()).collect()
             })
             .collect();

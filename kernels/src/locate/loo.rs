@@ -95,8 +95,9 @@ impl Sums {
 
 /// The buffers of passes done with, for the next passes to take: locating one group makes
 /// several passes over it, each with buffers of a few kilobytes (past what the allocator keeps
-/// per thread for quick reuse). Allocating and freeing them took about 6 % of locating the
-/// sign flips of `cargo bench --bench locate` (under `perf`), 4 % with them kept.
+/// per thread for quick reuse). Allocating and freeing took about 6 % of the samples of a
+/// profiled run locating the sign flips of `cargo bench --bench locate` (set-up included),
+/// 4 % with them kept.
 #[derive(Debug, Default)]
 pub(super) struct Pool {
     sums: Vec<Sums>,
