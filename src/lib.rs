@@ -13,6 +13,7 @@ pub use approxifer_kernels as kernels;
 pub mod attack;
 pub mod backend;
 pub mod bench;
+pub mod calibration_file;
 pub mod cli;
 pub mod data;
 pub mod demo;

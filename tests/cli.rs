@@ -697,6 +697,140 @@ fn calibrate_writes_what_decode_and_eval_use_and_both_refuse_another_code() {
     );
 }
 
+/// A nonlinear regression model of 6 inputs and 4 outputs, no classifier and none of the zoo:
+/// what a user brings from another engine.
+fn regression_model(x: &[f32]) -> Vec<f32> {
+    let hidden: Vec<f64> = (0..5)
+        .map(|h| (0..6).map(|i| ((h * 7 + i * 3) % 11) as f64 / 11.0 - 0.45).zip(x).map(|(w, &x)| w * x as f64).sum())
+        .map(f64::tanh)
+        .collect();
+    (0..4)
+        .map(|c| {
+            let mixed: f64 = hidden.iter().enumerate().map(|(h, v)| v * (((c * 5 + h * 2) % 7) as f64 - 3.0)).sum();
+            (mixed + 0.5 * (x[c] as f64).sin()) as f32
+        })
+        .collect()
+}
+
+/// `encode`s `groups` groups of seeded random queries with `code` and runs the regression
+/// model on every coded query: the queries and every worker's honest answer, `[G*N, 4]`.
+fn regression_traffic(dir: &Path, code: &[&str], n: usize, groups: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    use rand::{Rng, SeedableRng};
+    let k = code[code.iter().position(|f| *f == "--k").unwrap() + 1].parse::<usize>().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let queries: Vec<f32> = (0..groups * k * 6).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let (raw, coded) = (dir.join(format!("queries-{seed}.npy")), dir.join(format!("coded-{seed}.npy")));
+    npy::write(&raw, &[groups * k, 6], &Data::F32(queries.clone())).unwrap();
+    let encode = [&["encode"][..], code, &["--input", path_str(&raw), "--output", path_str(&coded)]].concat();
+    let out = approxifer(&encode);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let Data::F32(coded) = npy::read(&coded).unwrap().data else { panic!("float32 in, float32 out") };
+    assert_eq!(coded.len(), groups * n * 6);
+    (queries, coded.chunks_exact(6).flat_map(regression_model).collect())
+}
+
+#[test]
+fn calibrate_learns_from_answers_computed_elsewhere_and_decode_then_finds_liars_on_a_regression_model() {
+    // K = 3, A = 1, N = 7 on the codec's default nodes: the workflow of a model outside the zoo
+    // (encode -> the model anywhere -> calibrate --answers; then encode -> model -> decode).
+    let dir = temp_dir();
+    let d = dir.path();
+    let code = ["--k", "3", "--n", "7", "--byzantine", "1"];
+    let (n, groups) = (7, 200);
+    let (_, honest) = regression_traffic(d, &code, n, 600, 1);
+    let (answers, calibration) = (d.join("answers.npy"), d.join("calibration.json"));
+    npy::write(&answers, &[600 * n, 4], &Data::F32(honest)).unwrap();
+    let calibrate =
+        [&["calibrate", "--answers", path_str(&answers)][..], &code, &["-o", path_str(&calibration)]].concat();
+    let out = approxifer(&calibrate);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&calibration).unwrap()).unwrap();
+    assert_eq!((written["queries"].as_u64(), written["workers"].as_u64()), (Some(3), Some(7)));
+    assert_eq!((written["row_len"].as_u64(), written["groups"].as_u64()), (Some(4), Some(600)));
+    assert_eq!(written["nodes"], "chebyshev2", "encode's nodes, so decode takes it with the same flags");
+
+    // Fresh traffic, one worker per group lying in a way no locator was tuned on: its answer
+    // is another group's (a stale replay) in odd groups, and its outputs reversed in even ones.
+    let (queries, mut outputs) = regression_traffic(d, &code, n, groups, 2);
+    let honest = outputs.clone();
+    let liars: Vec<usize> = (0..groups).map(|g| (g * 5 + 2) % n).collect();
+    for (g, &w) in liars.iter().enumerate() {
+        let row = (g * n + w) * 4;
+        let lie: Vec<f32> = if g % 2 == 1 {
+            honest[((g + 7) % groups * n + w) * 4..][..4].to_vec()
+        } else {
+            honest[row..row + 4].iter().rev().copied().collect()
+        };
+        outputs[row..row + 4].copy_from_slice(&lie);
+    }
+    let truth: Vec<f32> = queries.chunks_exact(6).flat_map(regression_model).collect();
+    let all: Vec<String> = (0..n).map(|w| w.to_string()).collect();
+    let responders = all.join(",");
+    let decode = |input: &[f32], locator: &[&str]| -> (Vec<Vec<usize>>, f64) {
+        let (file, decoded) = (d.join("outputs.npy"), d.join("decoded.npy"));
+        npy::write(&file, &[groups * n, 4], &Data::F32(input.to_vec())).unwrap();
+        let args = [
+            &["decode"][..],
+            &code,
+            locator,
+            &[
+                "--backend",
+                "cpu",
+                "--responders",
+                &responders,
+                "--input",
+                path_str(&file),
+                "--output",
+                path_str(&decoded),
+            ],
+        ]
+        .concat();
+        let report = stdout_json(&args);
+        let located = report["located"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| numbers(g).iter().map(|&w| w as usize).collect())
+            .collect();
+        let Data::F32(decoded) = npy::read(&decoded).unwrap().data else { panic!("float32 in, float32 out") };
+        let mse = decoded.iter().zip(&truth).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / truth.len() as f64;
+        (located, mse)
+    };
+    let calibrated = ["--calibration", path_str(&calibration)];
+    let found = |located: &[Vec<usize>]| liars.iter().zip(located).filter(|(w, l)| l.contains(w)).count();
+    let honest_removed = |located: &[Vec<usize>]| {
+        located.iter().zip(&liars).map(|(l, w)| l.iter().filter(|&x| x != w).count()).sum::<usize>()
+    };
+    let (ours, ours_mse) = decode(&outputs, &calibrated);
+    let (papers, papers_mse) = decode(&outputs, &["--locator", "paper"]);
+    let (ours_found, papers_found) = (found(&ours), found(&papers));
+    assert!(ours_found >= papers_found, "calibrated found {ours_found}, the paper's {papers_found} of {groups}");
+    assert!(ours_found as f64 >= 0.9 * groups as f64, "calibrated found {ours_found} of {groups}");
+    assert!(ours_mse <= papers_mse, "decoded MSE {ours_mse} calibrated, {papers_mse} the paper's");
+    assert!(
+        honest_removed(&ours) as f64 <= 0.02 * (groups * (n - 1)) as f64,
+        "{} honest removed",
+        honest_removed(&ours)
+    );
+    // With nobody lying, hardly an honest answer removed.
+    let (clean, _) = decode(&honest, &calibrated);
+    let removed: usize = clean.iter().map(Vec::len).sum();
+    assert!(removed as f64 <= 0.01 * (groups * n) as f64, "{removed} of {} honest answers removed", groups * n);
+
+    // Bad answer files are one-line errors that write nothing.
+    let ragged = d.join("ragged.npy");
+    npy::write(&ragged, &[10, 4], &Data::F32(vec![0.0; 40])).unwrap();
+    let other = d.join("other.json");
+    let refused = |file: &Path, extra: &[&str], needle: &str| {
+        let args = [&["calibrate", "--answers", path_str(file)][..], &code, extra, &["-o", path_str(&other)]].concat();
+        assert_one_line_error(&args, needle);
+    };
+    refused(&ragged, &[], "not whole groups of N = 7");
+    refused(&answers, &["--groups", "601"], "the file holds 600 groups");
+    refused(&answers, &["--groups", "10"], "calibrate on more groups");
+    assert!(!other.exists());
+}
+
 #[test]
 fn help_and_version_succeed() {
     for flag in ["--help", "--version"] {

@@ -301,7 +301,7 @@ pub(super) fn decode(args: &DecodeCmd, out: &mut impl Write) -> anyhow::Result<(
     let mut masks = responders.to_mask().repeat(groups);
     // Byzantine codes: find the liars on the host, then decode the rest as stragglers.
     let locator = match &args.calibration {
-        Some(path) => Locator::Calibrated(crate::eval::calibrate::read(path)?.for_code(&code)),
+        Some(path) => Locator::Calibrated(crate::calibration_file::read(path)?.for_code(&code)),
         None => args.locator.clone(),
     };
     let mut data = input.data;

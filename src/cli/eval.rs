@@ -268,7 +268,7 @@ pub(super) fn run(args: &EvalArgs, out: &mut impl Write) -> anyhow::Result<()> {
     if let Some(byzantine) = &args.byzantine {
         let attacks = args.attack.clone().unwrap_or_else(|| std::iter::once(Attack::None).chain(Attack::ALL).collect());
         let calibration = if let Some(path) = &args.calibration {
-            Some(CalibrationSource::Given(crate::eval::calibrate::read(path)?))
+            Some(CalibrationSource::Given(crate::calibration_file::read(path)?))
         } else if args.calibration_groups > 0 {
             let images = Arc::new(data::load(&dir, args.dataset, Split::Train)?);
             Some(CalibrationSource::Learn { images, groups: args.calibration_groups, false_alarm: args.false_alarm })

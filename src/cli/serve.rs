@@ -75,7 +75,7 @@ impl LocatorArgs {
             (LocatorChoice::Paper, _) => (Locator::Paper, Vec::new()),
             (LocatorChoice::Robust, _) | (LocatorChoice::Calibrated, None) => (Locator::Robust, Vec::new()),
             (LocatorChoice::Calibrated, Some(path)) => {
-                let calibrations = crate::eval::calibrate::read(path)?;
+                let calibrations = crate::calibration_file::read(path)?;
                 let Some(configured) = calibrations.with_queries(k) else {
                     anyhow::bail!(
                         "calibration {} has none for K = {k} (it has K = {:?})",

@@ -16,9 +16,10 @@ use burn::tensor::Device;
 use rand::SeedableRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 
-use super::calibrate::{CalibrateConfig, Calibrations, MAX_CODED_BATCH, calibrate, coded_answers, coded_runner};
+use super::calibrate::{CalibrateConfig, MAX_CODED_BATCH, calibrate, coded_answers, coded_runner};
 use super::{EvalConfig, EvalError, Outputs, default_nodes};
 use crate::attack::Attack;
+use crate::calibration_file::Calibrations;
 use crate::data::Images;
 use crate::demo::argmax;
 use crate::kernels::{Code, CodeParams, Layout, Locator, cpu, locate};
