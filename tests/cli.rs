@@ -832,6 +832,44 @@ fn calibrate_learns_from_answers_computed_elsewhere_and_decode_then_finds_liars_
 }
 
 #[test]
+fn a_service_saves_what_it_learns_and_starts_calibrated_from_it_the_next_time() {
+    // serve-bench shares serve's locator flags. The first run starts robust (no file yet),
+    // learns every code it forms and saves them; the second starts from the file, with
+    // learning too slow to fit anything itself.
+    let dir = temp_dir();
+    let saved = dir.path().join("learnt.json");
+    let run = |queries: &str, refit_every: &str| {
+        let flags = ["serve-bench", "--schemes", "approxifer", "--k", "2", "--byzantine", "1", "--queries", queries];
+        let rest = ["--latency-ms", "1", "--rate", "200", "--json", "--refit-every", refit_every];
+        let out = approxifer(&[&flags[..], &rest, &["--save-calibration", path_str(&saved)]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        report
+    };
+    let first = run("600", "100");
+    let file = approxifer::calibration_file::read(&saved).unwrap();
+    let fitted = first["refits"].as_u64().unwrap() + first["partial_refits"].as_array().unwrap().len() as u64;
+    assert!(fitted >= 1, "{first}");
+    let learnt = file.queries();
+    assert!(!learnt.is_empty() && learnt.iter().all(|&k| k <= 2), "{learnt:?}");
+    let second = run("100", "100000");
+    assert_eq!(second["refits"], 0, "{second}");
+    assert_eq!(second["partial_refits"], serde_json::json!([]), "{second}");
+    let expected_locator = if learnt.contains(&2) { "calibrated" } else { "robust" };
+    assert_eq!(second["locator"], expected_locator, "{second}");
+    let partial: Vec<usize> = learnt.iter().copied().filter(|&k| k < 2).collect();
+    assert_eq!(second["partial_calibrated"], serde_json::json!(partial), "{second}");
+    // It saves what the calibrated locator learns: with nothing learnt there is nothing to save.
+    let flags = ["serve-bench", "--byzantine", "1", "--refit-every", "0", "--save-calibration", path_str(&saved)];
+    assert_one_line_error(&flags, "needs --locator calibrated and --refit-every above 0");
+    let nowhere = dir.path().join("no-such-directory").join("learnt.json");
+    assert_one_line_error(
+        &["serve-bench", "--byzantine", "1", "--save-calibration", path_str(&nowhere)],
+        "learnt.json",
+    );
+}
+
+#[test]
 fn help_and_version_succeed() {
     for flag in ["--help", "--version"] {
         let out = approxifer(&[flag]);

@@ -53,6 +53,11 @@ pub(super) struct LocatorArgs {
     /// it also starts the partial groups' codes).
     #[arg(long, value_name = "FILE")]
     calibration: Option<PathBuf>,
+    /// With --byzantine: save every code's calibration learnt from traffic to this file after
+    /// each fit, and start from it when it exists: a restarted service starts calibrated, for
+    /// any model (remote engines' included), with no offline `approxifer calibrate`.
+    #[arg(long, value_name = "FILE", conflicts_with = "calibration")]
+    save_calibration: Option<PathBuf>,
     /// With --locator calibrated: refit after this many more groups (0: never learn,
     /// keep --calibration as it is). Each code learns its own, the full one and each partial
     /// group's (K' < K queries): its first calibration after a fifth of these groups, then as
@@ -71,32 +76,59 @@ impl LocatorArgs {
             "--calibration is the calibrated locator's; it does not go with --locator {}",
             self.locator.name()
         );
-        let (locator, partial) = match (self.locator, &self.calibration) {
+        let learns = self.locator == LocatorChoice::Calibrated && self.refit_every > 0;
+        if let Some(path) = &self.save_calibration {
+            anyhow::ensure!(
+                learns,
+                "--save-calibration saves what the calibrated locator learns from traffic: it needs --locator \
+                 calibrated and --refit-every above 0"
+            );
+            // Refused now, not at the first fit, where its directory takes no new files.
+            drop(super::output::Staged::new(path)?);
+        }
+        // A saved file that does not exist yet is the first start's: nothing learnt so far.
+        let start = self.calibration.as_ref().or(self.save_calibration.as_ref().filter(|p| p.exists()));
+        let (locator, partial) = match (self.locator, start) {
             (LocatorChoice::Paper, _) => (Locator::Paper, Vec::new()),
             (LocatorChoice::Robust, _) | (LocatorChoice::Calibrated, None) => (Locator::Robust, Vec::new()),
             (LocatorChoice::Calibrated, Some(path)) => {
                 let calibrations = crate::calibration_file::read(path)?;
-                let Some(configured) = calibrations.with_queries(k) else {
-                    anyhow::bail!(
+                let partial = calibrations.without_queries(k);
+                let until = if learns { " until learnt from traffic" } else { "" };
+                let configured = match calibrations.with_queries(k) {
+                    Some(configured) => Locator::Calibrated(configured),
+                    // Only calibrations smaller than K: those of its partial groups' codes
+                    // (OnlineLocator::start refuses any that is not one of them).
+                    None if calibrations.queries().iter().all(|&q| q < k) => {
+                        eprintln!(
+                            "approxifer: {} has no calibration for K = {k}, only for K' = {:?}: the full code is \
+                             located robustly{until}",
+                            path.display(),
+                            calibrations.queries()
+                        );
+                        Locator::Robust
+                    }
+                    None => anyhow::bail!(
                         "calibration {} has none for K = {k} (it has K = {:?})",
                         path.display(),
                         calibrations.queries()
-                    );
+                    ),
                 };
-                let partial = calibrations.without_queries(k);
                 if partial.is_empty() && k > 1 {
-                    let until = if self.refit_every > 0 { " until learnt from traffic" } else { "" };
                     eprintln!(
                         "approxifer: {} calibrates the full code only: partial groups (K' < {k}) are located \
                          robustly{until} (`approxifer calibrate --partial` calibrates them too)",
                         path.display()
                     );
                 }
-                (Locator::Calibrated(configured), partial)
+                (configured, partial)
             }
         };
-        let learning = (self.locator == LocatorChoice::Calibrated && self.refit_every > 0)
-            .then(|| Learning { refit_every: self.refit_every, ..Learning::default() });
+        let learning = learns.then(|| Learning {
+            refit_every: self.refit_every,
+            save: self.save_calibration.clone(),
+            ..Learning::default()
+        });
         Ok((locator, partial, learning))
     }
 }

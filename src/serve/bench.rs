@@ -206,7 +206,7 @@ impl ServeBenchConfig {
             byzantine: self.byzantine,
             locator: self.locator.clone(),
             partial_calibrations: self.partial_calibrations.clone(),
-            learning: self.learning,
+            learning: self.learning.clone(),
             privacy: Default::default(),
             copies: self.copies,
             hedge_after: Duration::ZERO,

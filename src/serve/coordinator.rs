@@ -149,7 +149,7 @@ impl Coordinator {
             0 => None,
             _ => Some(MaskSampler::from_entropy(config.mask_sigma).map_err(|e| e.to_string())?),
         };
-        let learning = config.learning.filter(|_| config.code.params().byzantine() > 0);
+        let learning = config.learning.clone().filter(|_| config.code.params().byzantine() > 0);
         let locating = Arc::new(OnlineLocator::start(
             &config.code,
             config.output_len,

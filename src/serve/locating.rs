@@ -21,6 +21,7 @@
 //! not name them in their group: a worker that was down or lying for a while and answers
 //! honestly again can be learnt back, and is judged like the others once it has enough.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -29,7 +30,7 @@ use crate::kernels::locate::calibrated::DEFAULT_FALSE_ALARM;
 use crate::kernels::{Calibration, CalibrationBuilder, Code, CodeParams, Locator};
 
 /// How the coordinator learns its calibrated locator from traffic.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Learning {
     /// The probability that an honest answer is flagged.
     pub false_alarm: f64,
@@ -37,11 +38,15 @@ pub struct Learning {
     pub window: usize,
     /// Refit after this many more groups learnt from.
     pub refit_every: usize,
+    /// Where every calibrated code's calibration is saved after each fit (the configured
+    /// code's first), for the next start's calibration file: a restarted service then
+    /// starts calibrated, for any model, with no offline calibration.
+    pub save: Option<PathBuf>,
 }
 
 impl Default for Learning {
     fn default() -> Self {
-        Learning { false_alarm: DEFAULT_FALSE_ALARM, window: 4096, refit_every: 1000 }
+        Learning { false_alarm: DEFAULT_FALSE_ALARM, window: 4096, refit_every: 1000, save: None }
     }
 }
 
@@ -103,6 +108,16 @@ impl Shared {
     fn active(&self, code: &CodeParams) -> Option<Locator> {
         let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
         active.iter().find(|(params, _)| params == code).map(|(_, locator)| locator.clone())
+    }
+
+    /// Every code's calibration, of those located by one (the configured code's first).
+    fn calibrations(&self) -> Vec<Calibration> {
+        let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let calibrated = active.iter().filter_map(|(_, locator)| match locator {
+            Locator::Calibrated(calibration) => Some((**calibration).clone()),
+            _ => None,
+        });
+        calibrated.collect()
     }
 
     /// Makes `locator` `code`'s.
@@ -366,6 +381,12 @@ fn learn(
         }
         drop(state);
         shared.replace(&params, locator);
+        if let Some(path) = &learning.save {
+            // Off the serving path; a failure (a full disk) is said, and the next fit retries.
+            if let Err(e) = crate::calibration_file::save(path, &shared.calibrations()) {
+                eprintln!("approxifer: saving the learnt calibrations: {e}");
+            }
+        }
     }
 }
 
@@ -452,6 +473,51 @@ mod tests {
             other => panic!("the partial code is located by {other}"),
         }
         assert_eq!(online.for_code(&full), Locator::Robust);
+    }
+
+    #[test]
+    fn every_fit_saves_the_calibrated_codes_for_the_next_start_the_configured_one_first() {
+        // K = 3, A = 1: the partial code of K' = 2 (N' = 5) is fitted first, then the
+        // configured one (N = 7); after each fit the file holds every calibrated code's.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("learnt.json");
+        let full = Code::new(CodeParams::builder(3, 7).byzantine(1).build().unwrap()).unwrap();
+        let partial = full.for_queries(2).unwrap();
+        let learning = Learning { refit_every: 200, save: Some(path.clone()), ..Learning::default() };
+        let online = OnlineLocator::start(&full, 4, (Locator::Robust, &[]), Some(learning)).unwrap();
+        let settle = |done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !done() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let feed = |code: &Code, seed: usize| {
+            let n = code.params().workers();
+            for batch in 0..30 {
+                let outputs = answers(code, 10, seed + batch * 1000);
+                online.observe(code, &outputs, &vec![true; 10 * n], &vec![Vec::new(); 10]);
+            }
+        };
+        assert!(!path.exists(), "nothing learnt, nothing saved");
+        feed(&partial, 0);
+        settle(&|| !online.state().partial_refits.is_empty());
+        let saved = crate::calibration_file::read(&path).unwrap();
+        assert_eq!(saved.queries(), [2]);
+        assert!(saved.for_code(&partial).describes(&partial));
+        feed(&full, 500_000);
+        settle(&|| online.state().refits > 0);
+        settle(&|| crate::calibration_file::read(&path).is_ok_and(|saved| saved.queries().len() == 2));
+        let saved = crate::calibration_file::read(&path).unwrap();
+        assert_eq!(saved.queries(), [3, 2], "the configured code's first, as `calibrate --partial` writes");
+        let Locator::Calibrated(active) = online.for_code(&full) else { panic!("the configured code is calibrated") };
+        // The same calibration, read back to within a float's last bit (serde_json's reading).
+        let (saved, active) = (saved.for_code(&full).summary(), active.summary());
+        assert_eq!(
+            saved.iter().map(|p| p.samples).collect::<Vec<_>>(),
+            active.iter().map(|p| p.samples).collect::<Vec<_>>()
+        );
+        assert!(saved.iter().zip(&active).all(|(a, b)| (a.threshold - b.threshold).abs() <= 1e-12 * b.threshold));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "written beside and renamed: nothing left over");
     }
 
     #[test]

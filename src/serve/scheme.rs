@@ -248,7 +248,7 @@ impl SchemeKind {
                     hedge_after: config.coded_hedge_after,
                     locator: config.locator.clone(),
                     partial_calibrations: config.partial_calibrations.clone(),
-                    learning: config.learning,
+                    learning: config.learning.clone(),
                     mask_sigma: config.privacy.sigma,
                     trace_slower_than: config.trace_slower_than,
                 };
