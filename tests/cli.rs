@@ -667,9 +667,17 @@ fn calibrate_writes_what_decode_and_eval_use_and_both_refuse_another_code() {
     assert!(out.status.success() && stderr.contains("calibrates the full code only"), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["partial_calibrated"], serde_json::json!([]), "{report}");
-    // A file with no calibration for the served K is refused before anything starts.
-    let other_k = ["serve-bench", "--k", "3", "--byzantine", "1", "--calibration", path_str(&partial)];
-    assert_one_line_error(&other_k, "has none for K = 3 (it has K = [2, 1])");
+    // A file for a larger K calibrates the partial groups' codes of a service with the same
+    // S and A (they depend on K' alone), the full code starting robust, as the user is told;
+    // one that has a calibration for a code the service never forms is refused.
+    let flags = ["serve-bench", "--schemes", "approxifer", "--byzantine", "1", "--calibration", path_str(&partial)];
+    let rest = ["--queries", "20", "--latency-ms", "1", "--rate", "50", "--json"];
+    let out = approxifer(&[&flags[..], &["--k", "3"], &rest].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("no calibration for K = 3, only for K' = [2, 1]"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&report["locator"], &report["partial_calibrated"]), (&"robust".into(), &serde_json::json!([1, 2])));
+    assert_one_line_error(&[&flags[..], &["--k", "1"], &rest].concat(), "with K = 1 it forms no partial groups");
 
     // decode: the same code and nodes locate with it; another code is refused, naming both.
     let (outputs, decoded) = (dir.path().join("outputs.npy"), dir.path().join("decoded.npy"));

@@ -94,6 +94,12 @@ impl LocatorArgs {
             (LocatorChoice::Calibrated, Some(path)) => {
                 let calibrations = crate::calibration_file::read(path)?;
                 let partial = calibrations.without_queries(k);
+                anyhow::ensure!(
+                    k > 1 || partial.is_empty(),
+                    "calibration {} is not for this service: it has K = {:?}, and with K = 1 it forms no partial groups",
+                    path.display(),
+                    calibrations.queries()
+                );
                 let until = if learns { " until learnt from traffic" } else { "" };
                 let configured = match calibrations.with_queries(k) {
                     Some(configured) => Locator::Calibrated(configured),

@@ -151,6 +151,12 @@ impl OnlineLocator {
             let described = (1..k).filter_map(|k| code.for_queries(k).ok()).find(|c| calibration.describes(c));
             let Some(described) = described else {
                 let (queries, workers) = (calibration.queries, calibration.workers);
+                if k == 1 {
+                    return Err(format!(
+                        "a calibration for K = {queries}, N = {workers} is not for this service: with K = 1 it forms \
+                         no partial groups"
+                    ));
+                }
                 return Err(format!(
                     "a calibration for K = {queries}, N = {workers} describes none of the codes this service forms for \
                      its partial groups (K' = 1 to {}, from K = {k}, S = {}, A = {})",
@@ -544,8 +550,13 @@ mod tests {
         let other = calibrated(&Code::new(CodeParams::builder(2, 6).byzantine(1).build().unwrap()).unwrap());
         let refused = OnlineLocator::start(&full, 4, (Locator::Robust, &[other]), None).err().expect("refused");
         assert!(refused.contains("K = 2, N = 6 describes none") && refused.contains("K' = 1 to 2"), "{refused}");
-        let refused = OnlineLocator::start(&full, 5, (Locator::Robust, &[calibration]), None).err().expect("refused");
+        let refused = OnlineLocator::start(&full, 5, (Locator::Robust, std::slice::from_ref(&calibration)), None);
+        let refused = refused.err().expect("refused");
         assert!(refused.contains("4 outputs") && refused.contains("5 outputs"), "{refused}");
+        // A code of one query forms no partial groups at all.
+        let single = full.for_queries(1).unwrap();
+        let refused = OnlineLocator::start(&single, 4, (Locator::Robust, &[calibration]), None).err().expect("refused");
+        assert!(refused.contains("with K = 1 it forms no partial groups"), "{refused}");
     }
 
     #[test]
