@@ -123,6 +123,7 @@ fn settings() -> SchemeConfig {
         // A batch goes when it is full: all 32 groups are submitted at once.
         max_queue_delay: Duration::from_millis(50),
         coded_queue_delay: None,
+        decode_grace: approxifer::serve::DEFAULT_DECODE_GRACE,
         deadline: Duration::from_secs(5),
         capacity: 4 * GROUPS * K,
         faults: None,

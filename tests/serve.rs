@@ -864,6 +864,7 @@ fn scheme_settings(stragglers: usize, max_batch: usize) -> approxifer::serve::Sc
         max_batch,
         max_queue_delay: Duration::from_millis(50),
         coded_queue_delay: None,
+        decode_grace: approxifer::serve::DEFAULT_DECODE_GRACE,
         deadline: Duration::from_secs(5),
         capacity: 1000,
         faults: None,
@@ -1234,4 +1235,47 @@ fn a_private_codes_coded_queries_are_never_re_sent_to_a_worker_that_saw_another(
     let seen: Vec<usize> = rows_seen.iter().map(|r| r.load(std::sync::atomic::Ordering::Relaxed)).collect();
     assert_eq!(seen, vec![3, 0, 3, 3, 0, 3], "one coded query per group and worker");
     assert_eq!((stats.hedged_requests, stats.covered_parts), (0, 0), "{stats:?}");
+}
+
+#[test]
+fn a_decodable_batch_waits_a_grace_for_its_last_answer_but_not_for_a_straggler() {
+    use approxifer::serve::BatchEvent;
+    // K = 4, N = 5, S = 1, every answer after 100 ms, worker 4's later: 110 ms (a batch's
+    // spread) or 300 ms (a straggler). With a grace of a quarter of the median completion
+    // (about 25 ms once a batch has completed) the first is waited for, and the group decoded
+    // from all five; the second is not, and the batch decoded at about 125 ms from four.
+    let code = Code::new(CodeParams::builder(4, 5).stragglers(1).build().unwrap()).unwrap();
+    let run = |slowdown: f64, decode_grace: f64| {
+        let mut faults = vec![WorkerFaults::NONE; 5];
+        faults[4] = WorkerFaults { slowdown, ..WorkerFaults::NONE };
+        let plan = FaultPlan { latency: Latency::Constant { ms: 100.0 }, workers: faults, random_slowdown: None };
+        let config = CoordinatorConfig {
+            max_queue_delay: Duration::from_secs(1),
+            trace_slower_than: Some(Duration::ZERO),
+            decode_grace,
+            ..config(code.clone(), Some(plan), 100, 5000)
+        };
+        let coordinator = Coordinator::start(config, workers(5, 100)).unwrap();
+        for round in 0..4 {
+            let tickets = coordinator.submit_all((4 * round..4 * round + 4).map(query).collect()).unwrap();
+            tickets.into_iter().for_each(|t| drop(t.recv().unwrap().expect("answered")));
+        }
+        // Per batch after the first (the first has no completion time to size a grace),
+        // whether worker 4 answered before it was decoded, and how long it took.
+        let stats = coordinator.shutdown();
+        let mut traces = stats.slow_batches;
+        traces.sort_by_key(|t| t.batch);
+        let waited = |t: &approxifer::serve::BatchTrace| {
+            let at = |wanted: &dyn Fn(&BatchEvent) -> bool| t.events.iter().position(|(_, e)| wanted(e));
+            let four = at(&|e| matches!(e, BatchEvent::Answered { worker: 4 }));
+            four.is_some_and(|four| four < at(&|e| matches!(e, BatchEvent::Decoded)).unwrap())
+        };
+        traces[1..].iter().map(|t| (waited(t), t.took)).collect::<Vec<_>>()
+    };
+    let spread = run(1.1, 0.25);
+    assert!(spread.iter().all(|&(waited, _)| waited), "{spread:?}");
+    let at_once = run(1.1, 0.0);
+    assert!(at_once.iter().all(|&(waited, _)| !waited), "{at_once:?}");
+    let straggler = run(3.0, 0.25);
+    assert!(straggler.iter().all(|&(waited, took)| !waited && took < Duration::from_millis(250)), "{straggler:?}");
 }

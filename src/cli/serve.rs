@@ -166,6 +166,12 @@ pub(super) struct ServeArgs {
     /// Queries per coded group; the baselines use K workers (replication copies x K).
     #[arg(long = "k", default_value_t = 4)]
     k: usize,
+    /// Once a coded batch can be decoded (N - S answers), wait up to this fraction of the
+    /// recent batches' median completion time for its other answers: decoded from every
+    /// answer, a group is a better approximation; a straggler's batch pays the wait (0:
+    /// decode at the N - S-th answer).
+    #[arg(long, value_name = "FRACTION", default_value_t = crate::serve::DEFAULT_DECODE_GRACE)]
+    decode_grace: f64,
     /// Workers a coded group can do without: N = K + S (2K + 2A + S - 1 with --byzantine).
     #[arg(long, value_name = "S", default_value_t = 1)]
     stragglers: usize,
@@ -285,6 +291,7 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
         max_batch: args.workers.max_batch,
         max_queue_delay,
         coded_queue_delay: None,
+        decode_grace: args.decode_grace,
         deadline,
         capacity: args.capacity,
         faults,

@@ -97,6 +97,12 @@ pub(super) struct ServeBenchArgs {
     /// low load a longer delay makes fewer, fuller batches: less work for a later p50.
     #[arg(long, value_name = "MS")]
     coded_queue_delay_ms: Option<f64>,
+    /// Once a coded batch can be decoded (N - S answers), wait up to this fraction of the
+    /// recent batches' median completion time for its other answers: decoded from every
+    /// answer, a group is a better approximation; a straggler's batch pays the wait (0:
+    /// decode at the N - S-th answer).
+    #[arg(long, value_name = "FRACTION", default_value_t = crate::serve::DEFAULT_DECODE_GRACE)]
+    decode_grace: f64,
     /// Hedged requests send a backup after this many ms [default: the uncoded run's p95]
     #[arg(long, value_name = "MS")]
     hedge_after_ms: Option<f64>,
@@ -191,6 +197,7 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         max_batch,
         max_queue_delay,
         coded_queue_delay: args.coded_queue_delay_ms.map(|v| ms(v, "--coded-queue-delay-ms")).transpose()?,
+        decode_grace: args.decode_grace,
         workers_per_device: args.workers.workers_per_device,
         hedge_after: args.hedge_after_ms.map(|v| ms(v, "--hedge-after-ms")).transpose()?,
         copies: args.copies,

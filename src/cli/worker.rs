@@ -80,6 +80,7 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
         max_batch: args.workers.max_batch,
         max_queue_delay,
         coded_queue_delay: None,
+        decode_grace: crate::serve::DEFAULT_DECODE_GRACE,
         deadline,
         capacity: args.capacity,
         faults,

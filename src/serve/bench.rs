@@ -48,6 +48,9 @@ pub struct ServeBenchConfig {
     pub max_queue_delay: Duration,
     /// ApproxIFER's and ParM's queue delay (`None`: `max_queue_delay`).
     pub coded_queue_delay: Option<Duration>,
+    /// How long ApproxIFER waits for a decodable batch's last answers
+    /// ([`CoordinatorConfig::decode_grace`](super::CoordinatorConfig::decode_grace)).
+    pub decode_grace: f64,
     /// Workers per device (`None`: spread round robin over the devices).
     pub workers_per_device: Option<usize>,
     /// Hedged requests send a backup after this long; `None`: the uncoded run's p95.
@@ -216,6 +219,7 @@ impl ServeBenchConfig {
             max_batch: self.max_batch,
             max_queue_delay: self.max_queue_delay,
             coded_queue_delay: self.coded_queue_delay,
+            decode_grace: self.decode_grace,
             deadline: self.deadline,
             capacity: self.queries.max(1),
             faults: Some((self.plan.clone(), self.seed)),

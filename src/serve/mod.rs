@@ -31,7 +31,7 @@ pub use answer::{Answer, CodingError, ServeError, Stats, Ticket, WorkerStats};
 pub use baseline::{Baseline, BaselineConfig, Policy};
 pub use batch::{Coding, Dispatch, FormError, Part, Segment, Work};
 pub use bench::{Arrivals, ByzantineBooks, Liars, RepeatedReport, SchemeReport, ServeBenchConfig, Spread, summarize};
-pub use coordinator::{Codec, Coordinator, CoordinatorConfig, HEDGE_HISTORY};
+pub use coordinator::{Codec, Coordinator, CoordinatorConfig, DEFAULT_DECODE_GRACE, HEDGE_HISTORY};
 pub use faults::{FaultError, FaultFileError, FaultPlan, Latency, Outcome, RandomSlowdown, WorkerFaults};
 pub use locating::{Learning, LocatorState};
 pub use pool::{Placement, PlacementError};

@@ -185,6 +185,9 @@ pub struct SchemeConfig {
     /// load a longer delay buys fewer, fuller batches: the redundancy, not `N` times the
     /// fixed cost of a batch, is then what coding costs.
     pub coded_queue_delay: Option<Duration>,
+    /// How long ApproxIFER waits for a decodable batch's last answers
+    /// ([`CoordinatorConfig::decode_grace`]).
+    pub decode_grace: f64,
     pub deadline: Duration,
     pub capacity: usize,
     pub faults: Option<(FaultPlan, u64)>,
@@ -246,6 +249,7 @@ impl SchemeKind {
                     faults: config.faults.clone(),
                     codec: config.codec.clone(),
                     hedge_after: config.coded_hedge_after,
+                    decode_grace: config.decode_grace,
                     locator: config.locator.clone(),
                     partial_calibrations: config.partial_calibrations.clone(),
                     learning: config.learning.clone(),

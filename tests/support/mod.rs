@@ -56,5 +56,6 @@ pub fn coordinator_config(
         learning: None,
         mask_sigma: 1.0,
         trace_slower_than: None,
+        decode_grace: approxifer::serve::DEFAULT_DECODE_GRACE,
     }
 }
