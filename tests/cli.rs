@@ -1314,6 +1314,28 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
 }
 
 #[test]
+fn serve_bench_serves_another_zoo_model_on_its_own_dataset() {
+    // The pretrained digit CNN on MNIST's test images, not the embedded LeNet-5: each scheme's
+    // accuracy is the model's (about 0.99), and ApproxIFER's decoded answers close to it.
+    let data = data_dir();
+    let weights = format!("{data}/models/digit_recognizer.pth");
+    let flags = ["serve-bench", "--model", "digit-cnn", "--weights", &weights, "--data", &data];
+    let rest = ["--schemes", "uncoded,approxifer", "--queries", "200", "--rate", "200", "--latency-ms", "1", "--json"];
+    let reports = stdout_json_lines(&[&flags[..], &rest].concat());
+    let accuracy = |scheme: &str| {
+        let report = reports.iter().find(|r| r["scheme"] == scheme).unwrap_or_else(|| panic!("{scheme}: {reports:?}"));
+        assert_eq!(report["errors"], 0, "{report}");
+        report["accuracy"].as_f64().unwrap()
+    };
+    let (uncoded, coded) = (accuracy("uncoded"), accuracy("approxifer"));
+    assert!(uncoded >= 0.97, "the digit CNN answered {uncoded} of MNIST right");
+    assert!(coded >= uncoded - 0.05, "decoded {coded} against the model's {uncoded}");
+    // Another zoo model must say whose test images are its queries.
+    let mlp = ["serve-bench", "--model", "mlp", "--weights", &weights, "--queries", "10"];
+    assert_one_line_error(&mlp, "--model mlp: say which dataset's test images are its queries");
+}
+
+#[test]
 fn serve_bench_repeats_the_workload_over_seeds_and_reports_each_figure_spread() {
     let args = [
         "serve-bench",

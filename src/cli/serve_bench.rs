@@ -8,10 +8,13 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use clap::{Args, Parser, ValueEnum};
 
+use super::model::ModelArgs;
 use super::serve::LocatorArgs;
 use super::workers::{RemoteArgs, WorkerArgs};
 use super::{CodecArg, ms};
 use crate::attack::Attack;
+use crate::data::{self, Dataset, Images, Split};
+use crate::models::Architecture;
 use crate::serve::bench::{
     Arrivals, Liars, RepeatedReport, SCHEMES, SchemeReport, ServeBenchConfig, Spread, Workers, run, summarize,
 };
@@ -32,9 +35,20 @@ pub(super) struct ServeBenchArgs {
     /// replication copies x K).
     #[arg(long = "k", default_value_t = 4)]
     k: usize,
-    /// Remote workers (they must serve the embedded model); each scheme uses the first N.
+    /// Remote workers (they must serve the hosted model); each scheme uses the first N.
     #[command(flatten)]
     remote: RemoteArgs,
+    /// The hosted model [default: the embedded LeNet-5 and its Fashion-MNIST sample].
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Where the queries and their labels come from: this dataset's test split (from
+    /// scripts/fetch-data.sh) [default: the embedded sample of 1000 Fashion-MNIST test images;
+    /// with --model digit-cnn, MNIST]
+    #[arg(long, value_enum)]
+    dataset: Option<Dataset>,
+    /// The data directory [default: $APPROXIFER_DATA, else ./data]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
     /// Queries per scheme.
     #[arg(long, default_value_t = 2000)]
     queries: usize,
@@ -78,8 +92,9 @@ pub(super) struct ServeBenchArgs {
     attack: Attack,
     #[command(flatten)]
     locating: LocatorArgs,
-    /// ParM's parity model for the embedded model at --k (what `approxifer train-parity`
-    /// writes) [default: the shipped one; ParM is left out where there is none]
+    /// ParM's parity model for the hosted model at --k (what `approxifer train-parity`
+    /// writes) [default: the shipped one for the embedded model; ParM is left out where
+    /// there is none]
     #[arg(long, value_name = "FILE")]
     parity: Option<PathBuf>,
     /// Copies per query for replication.
@@ -227,11 +242,14 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
             || config.schemes.contains(&SchemeKind::Uncoded),
         "hedged requests back up after the uncoded run's p95: run uncoded too, or give --hedge-after-ms"
     );
+    let (dataset, sample) = queries(args)?;
     let plot = args.plot.as_deref().map(super::output::Staged::new).transpose()?;
     // ParM runs where it can: local workers (they answer logits) and a parity model for K.
     let explicit = |kind| args.schemes.contains(&kind);
     let parm_without = if remote {
         Some("it needs workers that answer logits; remote servers answer probabilities".to_string())
+    } else if args.parity.is_none() && args.model.architecture.is_some() {
+        Some("no parity model shipped for this model; --parity FILE names one (approxifer train-parity)".to_string())
     } else if args.parity.is_none()
         && !crate::embedded::parity_ks(crate::embedded::ARCHITECTURE, crate::embedded::DATASET).contains(&args.k)
     {
@@ -244,15 +262,16 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         eprintln!("parm: not run ({why})");
         config.schemes.retain(|&s| s != SchemeKind::Parm);
     }
-    // Workers run the embedded LeNet-5, a replica each on its device (or on remote servers);
-    // the queries are the embedded Fashion-MNIST sample.
-    let endpoints = args.remote.endpoints(crate::embedded::NAME)?;
-    let sample = crate::embedded::sample();
+    // Workers run the hosted model (the embedded LeNet-5 unless --model), a replica each on
+    // its device (or on remote servers); the queries are the embedded Fashion-MNIST sample or
+    // a dataset's test split.
+    let architecture = args.model.architecture();
+    let endpoints = args.remote.endpoints(&args.model.default_name())?;
     let shape = [1, sample.rows, sample.cols];
     let host = Device::flex();
     let inputs: Vec<Vec<f32>> = (0..sample.len())
         .map(|i| {
-            let t = crate::train::image_tensor(&sample, i..i + 1, crate::embedded::DATASET, &host);
+            let t = crate::train::image_tensor(&sample, i..i + 1, dataset, &host);
             t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
         })
         .collect();
@@ -260,10 +279,10 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         let (devices, notices) = args.workers.devices()?;
         config.placements(devices.len())?;
         notices.iter().for_each(|line| eprintln!("{line}"));
-        let model = crate::embedded::model(&devices[0])?;
+        let model = args.model.load(&devices[0])?;
         let parity = if config.schemes.contains(&SchemeKind::Parm) {
             Some(match &args.parity {
-                Some(path) => crate::models::load(crate::embedded::ARCHITECTURE, path, &devices[0])?,
+                Some(path) => crate::models::load(architecture, path, &devices[0])?,
                 None => crate::embedded::parity(
                     crate::embedded::ARCHITECTURE,
                     crate::embedded::DATASET,
@@ -306,10 +325,14 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
         None => String::new(),
     };
     eprintln!(
-        "approxifer: {} queries per scheme to the embedded {} ({} path, {} per batch, {} ms queue delay{}, \
+        "approxifer: {} queries per scheme to {} on {} ({} path, {} per batch, {} ms queue delay{}, \
          {} ms injected per batch); {:?}",
         args.queries,
-        crate::embedded::ARCHITECTURE.name(),
+        match args.model.architecture {
+            Some(architecture) => architecture.name().to_string(),
+            None => format!("the embedded {}", architecture.name()),
+        },
+        dataset.name(),
         if max_batch == 1 { "per-query" } else { "batched" },
         max_batch,
         max_queue_delay.as_secs_f64() * 1e3,
@@ -483,4 +506,20 @@ fn write_table(reports: &[SchemeReport], out: &mut impl Write) -> anyhow::Result
         )?;
     }
     Ok(())
+}
+
+/// The queries and their labels: a dataset's test split where `--dataset` names one (or the
+/// hosted model is the digit CNN, an MNIST model), else the embedded sample; and their dataset.
+fn queries(args: &ServeBenchArgs) -> anyhow::Result<(Dataset, Images)> {
+    let dataset = match (args.dataset, args.model.architecture) {
+        (Some(dataset), _) => dataset,
+        (None, Some(Architecture::DigitCnn)) => Dataset::Mnist,
+        (None, Some(architecture)) => anyhow::bail!(
+            "--model {}: say which dataset's test images are its queries (--dataset mnist or fashion-mnist)",
+            architecture.name()
+        ),
+        (None, None) => return Ok((crate::embedded::DATASET, crate::embedded::sample())),
+    };
+    let dir = args.data.clone().unwrap_or_else(data::default_dir);
+    Ok((dataset, data::load(&dir, dataset, Split::Test)?))
 }
