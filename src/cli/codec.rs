@@ -151,8 +151,9 @@ pub(super) struct DecodeCmd {
     /// Where to write the decoded predictions, shape [B*K, ...], same dtype.
     #[arg(long, value_name = "FILE")]
     output: PathBuf,
-    /// With --byzantine A > 0, how liars are found: robust (ours) or paper (the authors'
-    /// rational Berlekamp-Welch). Located workers are listed as JSON on stdout.
+    /// With --byzantine A > 0, how liars are found: robust (ours; fits classifiers) or paper
+    /// (the authors' rational Berlekamp-Welch; better on smooth models such as regressions).
+    /// Located workers are listed as JSON on stdout. Best of all: --calibration.
     #[arg(long, value_name = "LOCATOR", default_value_t = Locator::Robust, conflicts_with = "calibration")]
     locator: Locator,
     /// With --byzantine, locate with the calibrated locator learnt for this code and model
