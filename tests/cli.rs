@@ -1247,6 +1247,7 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "decode_us_per_batch",
             "hedged_requests",
             "covered_parts",
+            "grace_expired",
             "max_queue_delay_ms",
             "accuracy",
             "queries",

@@ -225,6 +225,7 @@ fn metrics_count_what_the_coordinator_did_to_answer() {
         ("approxifer_failed_groups_total", stats.failed_groups),
         ("approxifer_hedged_requests_total", stats.hedged_requests),
         ("approxifer_covered_parts_total", stats.covered_parts),
+        ("approxifer_grace_expired_total", stats.grace_expired),
         ("approxifer_located_workers_total", stats.located_workers),
     ];
     for (name, value) in exported {

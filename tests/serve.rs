@@ -1270,12 +1270,13 @@ fn a_decodable_batch_waits_a_grace_for_its_last_answer_but_not_for_a_straggler()
             let four = at(&|e| matches!(e, BatchEvent::Answered { worker: 4 }));
             four.is_some_and(|four| four < at(&|e| matches!(e, BatchEvent::Decoded)).unwrap())
         };
-        traces[1..].iter().map(|t| (waited(t), t.took)).collect::<Vec<_>>()
+        (traces[1..].iter().map(|t| (waited(t), t.took)).collect::<Vec<_>>(), stats.grace_expired)
     };
-    let spread = run(1.1, 0.25);
-    assert!(spread.iter().all(|&(waited, _)| waited), "{spread:?}");
-    let at_once = run(1.1, 0.0);
-    assert!(at_once.iter().all(|&(waited, _)| !waited), "{at_once:?}");
-    let straggler = run(3.0, 0.25);
+    let (spread, expired) = run(1.1, 0.25);
+    assert!(spread.iter().all(|&(waited, _)| waited) && expired == 0, "{spread:?}, {expired} expired");
+    let (at_once, expired) = run(1.1, 0.0);
+    assert!(at_once.iter().all(|&(waited, _)| !waited) && expired == 0, "{at_once:?}, {expired} expired");
+    let (straggler, expired) = run(3.0, 0.25);
     assert!(straggler.iter().all(|&(waited, took)| !waited && took < Duration::from_millis(250)), "{straggler:?}");
+    assert_eq!(expired, 3, "every batch after the first waited its grace out");
 }

@@ -56,6 +56,10 @@ pub struct Stats {
     /// Coded queries of a lagging worker also given to another at dispatch (see
     /// [`CoordinatorConfig::hedge_after`](super::CoordinatorConfig::hedge_after)).
     pub covered_parts: u64,
+    /// Batches decoded when their grace for their last answers ended, an answer or more still
+    /// missing: a straggler's (see
+    /// [`CoordinatorConfig::decode_grace`](super::CoordinatorConfig::decode_grace)).
+    pub grace_expired: u64,
     /// Answers holding NaN or infinity: dropped on arrival, as if never given.
     pub non_finite_answers: u64,
     /// Workers the locator removed from decoded groups (codes with `A > 0`).

@@ -142,6 +142,9 @@ pub struct SchemeReport {
     /// ApproxIFER's coded queries of lagging workers also given to others at dispatch (0 for
     /// the other schemes).
     pub covered_parts: u64,
+    /// ApproxIFER's batches decoded when their wait for their last answers ended, an answer
+    /// still missing (0 for the other schemes).
+    pub grace_expired: u64,
     /// Fraction of answered queries whose argmax is the label.
     pub accuracy: f64,
     pub queries: usize,
@@ -353,6 +356,7 @@ pub fn run(
         report.decode_us_per_batch = stats.decode_ns as f64 / 1e3 / stats.batches.max(1) as f64;
         report.hedged_requests = stats.hedged_requests;
         report.covered_parts = stats.covered_parts;
+        report.grace_expired = stats.grace_expired;
         let (located_liars, located_honest) =
             stats.workers.iter().enumerate().fold((0, 0), |(l, h), (w, s)| {
                 if liars.contains(&w) { (l + s.located, h) } else { (l, h + s.located) }
@@ -620,6 +624,7 @@ impl Outcome {
             decode_us_per_batch: 0.0,
             hedged_requests: 0,
             covered_parts: 0,
+            grace_expired: 0,
             accuracy: if answered > 0 { correct as f64 / answered as f64 } else { 0.0 },
             queries: self.results.len(),
             answered,
@@ -744,6 +749,7 @@ mod tests {
             decode_us_per_batch: 0.0,
             hedged_requests: 0,
             covered_parts: 0,
+            grace_expired: 0,
             accuracy: 0.9,
             queries: 10,
             answered: 9,

@@ -719,6 +719,7 @@ impl Loop {
         for id in due {
             let mut batch = self.pending.remove(&id).expect("listed as pending");
             let (_, answered) = batch.decode_at.take().expect("listed as due");
+            self.stats.grace_expired += 1;
             for (state, answered) in batch.segments.iter_mut().zip(answered) {
                 state.outputs.iter_mut().zip(answered).filter(|(_, a)| !a).for_each(|(o, _)| *o = None);
             }

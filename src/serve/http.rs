@@ -336,6 +336,7 @@ struct SchemeMetrics {
     late_responses: Counter,
     hedged_requests: Counter,
     covered_parts: Counter,
+    grace_expired: Counter,
     non_finite_answers: Counter,
     located_workers: Counter,
     decode_seconds: Counter<f64, AtomicU64>,
@@ -418,6 +419,11 @@ impl SchemeMetrics {
             ),
             ("covered_parts", "Coded queries of lagging workers also given to others at dispatch", &self.covered_parts),
             (
+                "grace_expired",
+                "Batches decoded when their wait for their last answers ended, an answer still missing",
+                &self.grace_expired,
+            ),
+            (
                 "non_finite_answers",
                 "Worker answers holding NaN or infinity, dropped on arrival",
                 &self.non_finite_answers,
@@ -444,6 +450,7 @@ impl SchemeMetrics {
             (&self.late_responses, stats.late_responses),
             (&self.hedged_requests, stats.hedged_requests),
             (&self.covered_parts, stats.covered_parts),
+            (&self.grace_expired, stats.grace_expired),
             (&self.non_finite_answers, stats.non_finite_answers),
             (&self.located_workers, stats.located_workers),
         ];
