@@ -94,6 +94,9 @@ pub struct OnlineLocator {
     output_len: usize,
     shared: Arc<Shared>,
     learner: Option<Sender<Observation>>,
+    /// The learner thread, joined on drop so that its last fit is saved
+    /// ([`Learning::save`]) before a stopping service exits.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 struct Shared {
@@ -172,7 +175,7 @@ impl OnlineLocator {
         state.partial_calibrated.sort_unstable();
         state.partial_calibrated.dedup();
         let shared = Arc::new(Shared { active: Mutex::new(active), state: Mutex::new(state) });
-        let learner = match learning {
+        let (learner, thread) = match learning {
             Some(learning) => {
                 // Checked here, where a bad setting can be refused: the partial codes'
                 // builders, made as their groups come, have the same output length.
@@ -180,15 +183,15 @@ impl OnlineLocator {
                 let (sender, receiver) = crossbeam_channel::bounded::<Observation>(QUEUE);
                 let shared = shared.clone();
                 let main = (*code.params(), builder);
-                std::thread::Builder::new()
+                let thread = std::thread::Builder::new()
                     .name("approxifer-locator".into())
                     .spawn(move || learn(main, (learning, output_len), receiver, &shared))
                     .map_err(|e| format!("cannot start the locator's learner: {e}"))?;
-                Some(sender)
+                (Some(sender), Some(thread))
             }
-            None => None,
+            None => (None, None),
         };
-        Ok(OnlineLocator { code: code.clone(), output_len, shared, learner })
+        Ok(OnlineLocator { code: code.clone(), output_len, shared, learner, thread })
     }
 
     /// The locator for groups coded with `code`: its own, or until it has one (a partial
@@ -243,6 +246,17 @@ impl OnlineLocator {
     /// What `/metrics` reports.
     pub fn state(&self) -> LocatorState {
         self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+impl Drop for OnlineLocator {
+    /// Ends the learner (its queue is closed) and waits for it: the groups already handed to
+    /// it are learnt, and a fit they make is saved.
+    fn drop(&mut self) {
+        self.learner.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -506,7 +520,8 @@ mod tests {
         };
         assert!(!path.exists(), "nothing learnt, nothing saved");
         feed(&partial, 0);
-        settle(&|| !online.state().partial_refits.is_empty());
+        settle(&|| crate::calibration_file::read(&path).is_ok());
+        assert!(!online.state().partial_refits.is_empty());
         let saved = crate::calibration_file::read(&path).unwrap();
         assert_eq!(saved.queries(), [2]);
         assert!(saved.for_code(&partial).describes(&partial));
