@@ -74,7 +74,8 @@ pub struct LocatorState {
     /// (`[K', refits]`, increasing `K'`).
     pub partial_refits: Vec<(usize, u64)>,
     /// The partial group sizes `K'` whose code is located by a calibration, from the file or
-    /// fitted from traffic (increasing); the others' groups are located robustly.
+    /// fitted from traffic (increasing); the others' groups are located robustly. Read from
+    /// the active locators when the state is taken.
     pub partial_calibrated: Vec<usize>,
 }
 
@@ -123,6 +124,18 @@ impl Shared {
         calibrated.collect()
     }
 
+    /// The `K'` of the codes other than `configured` that a calibration locates, increasing.
+    fn partial_calibrated(&self, configured: &CodeParams) -> Vec<usize> {
+        let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut queries: Vec<usize> = active
+            .iter()
+            .filter(|(params, locator)| params != configured && matches!(locator, Locator::Calibrated(_)))
+            .map(|(params, _)| params.queries())
+            .collect();
+        queries.sort_unstable();
+        queries
+    }
+
     /// Makes `locator` `code`'s.
     fn replace(&self, code: &CodeParams, locator: Locator) {
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
@@ -147,7 +160,7 @@ impl OnlineLocator {
         if let Locator::Calibrated(calibration) = &initial {
             calibration.check(code, output_len).map_err(|e| e.to_string())?;
         }
-        let mut state = LocatorState { learning: learning.is_some(), ..describe(&initial) };
+        let state = LocatorState { learning: learning.is_some(), ..describe(&initial) };
         let mut active = vec![(*code.params(), initial)];
         let k = code.params().queries();
         for calibration in partial {
@@ -170,10 +183,7 @@ impl OnlineLocator {
             };
             calibration.check(&described, output_len).map_err(|e| e.to_string())?;
             active.push((*described.params(), Locator::Calibrated(calibration.clone())));
-            state.partial_calibrated.push(calibration.queries);
         }
-        state.partial_calibrated.sort_unstable();
-        state.partial_calibrated.dedup();
         let shared = Arc::new(Shared { active: Mutex::new(active), state: Mutex::new(state) });
         let (learner, thread) = match learning {
             Some(learning) => {
@@ -245,7 +255,8 @@ impl OnlineLocator {
 
     /// What `/metrics` reports.
     pub fn state(&self) -> LocatorState {
-        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        LocatorState { partial_calibrated: self.shared.partial_calibrated(self.code.params()), ..state }
     }
 }
 
@@ -333,20 +344,19 @@ fn learn(
     observations: crossbeam_channel::Receiver<Observation>,
     shared: &Shared,
 ) {
-    // A calibration from a file is refitted from traffic every `refit_every` groups.
-    let from_file = matches!(shared.active(&main.0), Some(Locator::Calibrated(_)));
-    let fitted_on = from_file.then_some(learning.refit_every);
-    let mut learners = vec![Learner::new(main.0, main.1, fitted_on)];
+    // A code calibrated from a file is refitted from traffic every `refit_every` groups, as if
+    // its calibration had been fitted on as many.
+    let fitted_on = |params: &CodeParams| {
+        matches!(shared.active(params), Some(Locator::Calibrated(_))).then_some(learning.refit_every)
+    };
+    let mut learners = vec![Learner::new(main.0, main.1, fitted_on(&main.0))];
     for (code, mut answers, masks, vetted) in observations {
         let params = *code.params();
         let at = match learners.iter().position(|l| l.params == params) {
             Some(at) => at,
             None => match CalibrationBuilder::new(&code, output_len, learning.window) {
                 Ok(builder) => {
-                    // As the configured code's: one from the file is refitted every `refit_every`.
-                    let from_file = matches!(shared.active(&params), Some(Locator::Calibrated(_)));
-                    let fitted_on = from_file.then_some(learning.refit_every);
-                    learners.push(Learner::new(params, builder, fitted_on));
+                    learners.push(Learner::new(params, builder, fitted_on(&params)));
                     learners.len() - 1
                 }
                 // Only a code no calibration can describe; its groups stay robust.
@@ -375,6 +385,9 @@ fn learn(
         let Ok(calibration) = learner.builder.fit_excluding(learning.false_alarm, &short) else { continue };
         learner.fitted_on = Some(calibration.groups);
         let locator = Locator::Calibrated(Arc::new(calibration));
+        // In use before the state counts it, so that a state showing the refit shows its code
+        // calibrated too.
+        shared.replace(&params, locator.clone());
         let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         if configured {
             *state = LocatorState {
@@ -383,7 +396,6 @@ fn learn(
                 refits: state.refits + 1,
                 short_positions: short,
                 partial_refits: std::mem::take(&mut state.partial_refits),
-                partial_calibrated: std::mem::take(&mut state.partial_calibrated),
                 ..describe(&locator)
             };
         } else {
@@ -395,12 +407,8 @@ fn learn(
                     state.partial_refits.sort_unstable();
                 }
             }
-            if let Err(at) = state.partial_calibrated.binary_search(&queries) {
-                state.partial_calibrated.insert(at, queries);
-            }
         }
         drop(state);
-        shared.replace(&params, locator);
         if let Some(path) = &learning.save {
             // Off the serving path; a failure (a full disk) is said, and the next fit retries.
             if let Err(e) = crate::calibration_file::save(path, &shared.calibrations()) {
