@@ -195,7 +195,7 @@ fn workers_on_three_hosts_answer_through_a_partition_of_one() {
     let host2 = format!("{}/v2/models/lenet5-fashion-mnist", urls[2]);
     let started = Instant::now();
     let mut more = 0;
-    while !server.stderr().contains(&format!("worker 2 ({host2}) is ready again")) {
+    while !server.stderr().contains(&format!("worker 2 ({host2}) is answering again")) {
         assert!(started.elapsed() < Duration::from_secs(20), "host 2 not back: {}", server.stderr());
         infer(&url, &images(0..2)).expect("answered");
         more += 2;

@@ -34,7 +34,7 @@ fn remote(i: usize, (rest, grpc): Addrs, timeout: Duration) -> Arc<RemoteWorker>
         _ => format!("http://{rest}"),
     };
     let mut endpoint = Endpoint::parse(&url, MODEL).unwrap();
-    endpoint.binary = i % 3 == 1;
+    endpoint.binary = Some(i % 3 == 1);
     let config =
         RemoteConfig { endpoint, input_shape: vec![D], output_len: C, timeout, concurrency: 2, capacity: 1000 };
     Arc::new(RemoteWorker::connect(i, config))
@@ -189,4 +189,95 @@ fn an_uncoded_baseline_passes_over_a_remote_worker_that_is_down() {
         assert!(error < 1e-5, "query {i}");
     }
     assert_eq!(baseline.shutdown().errors, 0);
+}
+
+/// A v2 REST server that is ready, describes model [`MODEL`] and answers every inference with
+/// status 500 and a Python traceback (what MLServer does with a body it cannot parse); counts
+/// the inferences it was sent.
+fn ready_but_failing() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let inferences = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = inferences.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut head = String::new();
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        head.push_str(&line);
+                        line.clear();
+                    }
+                    if head.is_empty() {
+                        return;
+                    }
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .map_or(0, |v| v.parse().unwrap());
+                    reader.by_ref().take(length).read_to_end(&mut Vec::new()).unwrap();
+                    let (status, body) = if head.starts_with("POST") {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        (
+                            "500 Internal Server Error",
+                            "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad request\n"
+                                .to_owned(),
+                        )
+                    } else if head.contains("/ready ") {
+                        ("200 OK", String::new())
+                    } else {
+                        let tensor = |name: &str, len: usize| serde_json::json!({"name": name, "datatype": "FP32", "shape": [-1, len]});
+                        (
+                            "200 OK",
+                            serde_json::json!({"name": MODEL, "inputs": [tensor("x", D)], "outputs": [tensor("y", C)]})
+                                .to_string(),
+                        )
+                    };
+                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, inferences)
+}
+
+#[test]
+fn a_server_ready_but_failing_every_inference_is_tried_ever_more_rarely() {
+    // K = 1, N = 2: worker 0 answers every query; worker 1's server says it is ready and fails
+    // whatever it is sent. Each failure doubles the wait before it is tried again (100 ms,
+    // 200 ms, ...): a probe that succeeds does not start the backoff over, only an answer does.
+    let (failing, inferences) = ready_but_failing();
+    let up = Server::worker_on(any_ports(), model());
+    let workers: Vec<Arc<dyn Worker>> = vec![
+        remote(0, (up.addr, up.grpc), Duration::from_secs(5)),
+        remote(1, (failing, failing), Duration::from_secs(5)),
+    ];
+    let scheme = coordinator(1, 2, workers, Duration::from_secs(5));
+    let started = Instant::now();
+    let mut next = 0;
+    while started.elapsed() < Duration::from_millis(1600) {
+        for (i, output) in (next..next + 2).zip(answers(&scheme, next..next + 2)) {
+            let exact = expected(&query(i));
+            assert!(output.iter().zip(&exact).all(|(x, e)| (x - e).abs() < 1e-4), "query {i}: {output:?}");
+        }
+        next += 2;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats = scheme.shutdown();
+    assert_eq!((stats.answered, stats.errors), (next as u64, 0), "every query answered");
+    // Tried at about 0, 0.1, 0.3, 0.7 and 1.5 s, one request each (REST, binary): at most 6
+    // here, where starting the backoff over at each probe tried it every 100 ms.
+    let tried = inferences.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((2..=6).contains(&tried), "{tried} inferences sent in 1.6 s to a server that fails them all");
 }

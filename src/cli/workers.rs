@@ -93,7 +93,8 @@ pub(super) struct RemoteArgs {
     #[arg(long = "worker", value_name = "URL")]
     pub urls: Vec<String>,
     /// Remote workers listed in a TOML file: [[worker]] entries of url, model, version,
-    /// protocol ("grpc" or "rest"; default grpc), binary (REST: true).
+    /// protocol ("grpc" or "rest"; default grpc), binary (REST: true or false; left out: binary
+    /// tensors until the server refuses them and takes JSON).
     #[arg(long = "workers", value_name = "FILE", conflicts_with = "urls")]
     pub file: Option<std::path::PathBuf>,
     /// With remote workers: batches in flight to each at once.

@@ -49,14 +49,12 @@ pub struct Endpoint {
     /// gRPC unless told otherwise (in a file; on the command line the URL's scheme says).
     #[serde(default)]
     pub protocol: Protocol,
-    /// REST: send and ask for tensors as binary data (the extension Triton and
-    /// `approxifer worker` speak); `false` for servers that take JSON only.
-    #[serde(default = "yes")]
-    pub binary: bool,
-}
-
-fn yes() -> bool {
-    true
+    /// REST: send and ask for tensors as binary data (the extension Triton and `approxifer
+    /// worker` speak; `Some(true)`) or as JSON (`Some(false)`). `None` (the default) tries
+    /// binary data and moves to JSON for good if the server refuses it where it takes JSON
+    /// (MLServer answers binary requests with an error status).
+    #[serde(default)]
+    pub binary: Option<bool>,
 }
 
 /// Why an endpoint could not be read.
@@ -89,7 +87,7 @@ impl Endpoint {
             ["v2", "models", model, "versions", version] => ((*model).to_owned(), Some((*version).to_owned())),
             _ => return Err(bad()),
         };
-        Ok(Endpoint { url: format!("http://{host}"), model, version, protocol, binary: true })
+        Ok(Endpoint { url: format!("http://{host}"), model, version, protocol, binary: None })
     }
 
     /// The `[[worker]]` entries of a TOML file.
@@ -187,7 +185,8 @@ struct Health {
     tensors: Option<Tensors>,
     retry_at: Instant,
     backoff: Duration,
-    /// The last failure, reported once per outage.
+    /// The outage's first failure was reported; an outage ends with an answer, not with a
+    /// probe (a server whose readiness route answers may still fail every inference).
     reported: bool,
 }
 
@@ -197,6 +196,9 @@ struct Shared {
     config: RemoteConfig,
     transport: Transport,
     health: Mutex<Health>,
+    /// REST with `binary: None`: the server refused binary data and took JSON, which is sent
+    /// from then on.
+    json_only: AtomicBool,
     /// Set on drop: queued requests are then discarded.
     stop: AtomicBool,
     answered: AtomicU64,
@@ -248,6 +250,7 @@ impl RemoteWorker {
             index,
             transport,
             health: Mutex::new(Health { tensors: None, retry_at: now, backoff: FIRST_BACKOFF, reported: false }),
+            json_only: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -302,6 +305,7 @@ impl Shared {
             match result {
                 Ok(output) => {
                     self.answered.fetch_add(1, Ordering::Relaxed);
+                    self.answering();
                     let _ = reply.send(Response { id: request.id, worker: self.index, output });
                 }
                 Err(error) => {
@@ -326,12 +330,11 @@ impl Shared {
         }
         match self.probe() {
             Ok(tensors) => {
+                // The backoff and the report stay until an answer: a server that says it is
+                // ready and then fails every request is probed ever more slowly, and said once.
                 let mut health = self.health.lock().ok()?;
-                if health.reported {
-                    eprintln!("approxifer: worker {} ({}) is ready again", self.index, self.config.endpoint);
-                }
-                *health =
-                    Health { tensors: Some(tensors.clone()), retry_at: now, backoff: FIRST_BACKOFF, reported: false };
+                health.tensors = Some(tensors.clone());
+                health.retry_at = now;
                 Some(tensors)
             }
             Err(error) => {
@@ -351,10 +354,21 @@ impl Shared {
             );
             health.reported = true;
         }
-        let wait = if health.tensors.is_some() { FIRST_BACKOFF } else { health.backoff };
+        let wait = health.backoff;
         health.tensors = None;
         health.retry_at = Instant::now() + wait;
         health.backoff = (wait * 2).min(MAX_BACKOFF);
+    }
+
+    /// After an answer: an outage is over (said if it was reported) and the backoff starts
+    /// again from the first wait.
+    fn answering(&self) {
+        let Ok(mut health) = self.health.lock() else { return };
+        if health.reported {
+            eprintln!("approxifer: worker {} ({}) is answering again", self.index, self.config.endpoint);
+            health.reported = false;
+        }
+        health.backoff = FIRST_BACKOFF;
     }
 
     fn is_down(&self) -> bool {
@@ -433,7 +447,7 @@ impl Shared {
                 let input = (tensors.input.as_str(), tensors.datatype, shape);
                 grpc.infer(request.id.to_string(), input, &values, &tensors.output)?
             }
-            Transport::Rest(agent) => self.infer_rest(agent, request.id, tensors, shape, values)?,
+            Transport::Rest(agent) => self.infer_rest_negotiated(agent, request.id, tensors, shape, values)?,
         };
         let expected = rows * self.config.output_len;
         if output.len() != expected {
@@ -446,8 +460,10 @@ impl Shared {
         Ok(output)
     }
 
-    /// One v2 REST inference: `values` as a tensor of `shape`, the output's values back.
-    fn infer_rest(
+    /// [`infer_rest`](Self::infer_rest) in the encoding the endpoint asks for, or, left to
+    /// the worker, in binary data until the server answers an error status to it and the same
+    /// request as JSON: then in JSON for good, said once.
+    fn infer_rest_negotiated(
         &self,
         agent: &ureq::Agent,
         id: u64,
@@ -455,21 +471,58 @@ impl Shared {
         shape: Vec<i64>,
         values: Vec<f32>,
     ) -> Result<Vec<f32>, CallError> {
-        let binary = self.config.endpoint.binary;
+        let query = (&shape[..], &values[..]);
+        if let Some(binary) = self.config.endpoint.binary {
+            return self.infer_rest(agent, id, tensors, query, binary);
+        }
+        if self.json_only.load(Ordering::Relaxed) {
+            return self.infer_rest(agent, id, tensors, query, false);
+        }
+        match self.infer_rest(agent, id, tensors, query, true) {
+            Err(refused @ CallError::Status { .. }) => {
+                let json = || self.infer_rest(agent, id, tensors, query, false);
+                // A server that failed on the binary request may close that connection after
+                // its answer (uvicorn does, MLServer's front), and the pool hands it to the
+                // retry: once more, on a new one.
+                let answer = json()
+                    .or_else(|error| if let CallError::Transport(_) = error { json() } else { Err(error) })
+                    .map_err(|_| refused)?;
+                if !self.json_only.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "approxifer: worker {} ({}) refuses binary tensor data and takes JSON: sending JSON",
+                        self.index, self.config.endpoint
+                    );
+                }
+                Ok(answer)
+            }
+            other => other,
+        }
+    }
+
+    /// One v2 REST inference: `values` as a tensor of `shape`, in binary data or JSON, the
+    /// output's values back.
+    fn infer_rest(
+        &self,
+        agent: &ureq::Agent,
+        id: u64,
+        tensors: &Tensors,
+        (shape, values): (&[i64], &[f32]),
+        binary: bool,
+    ) -> Result<Vec<f32>, CallError> {
         let output_parameters = binary.then(|| serde_json::Map::from_iter([("binary_data".into(), true.into())]));
         let mut input = v2::Tensor {
             name: tensors.input.clone(),
-            shape,
+            shape: shape.to_vec(),
             datatype: tensors.datatype.name().into(),
             parameters: None,
             data: None,
         };
         let payload = if binary {
-            let bytes = tensors.datatype.encode(&values);
+            let bytes = tensors.datatype.encode(values);
             input.parameters = Some(serde_json::Map::from_iter([(v2::BINARY_DATA_SIZE.into(), bytes.len().into())]));
             bytes
         } else {
-            input.data = Some(values);
+            input.data = Some(values.to_vec());
             Vec::new()
         };
         let body = v2::InferRequest {
@@ -500,11 +553,15 @@ impl Shared {
     }
 }
 
-/// An error status with the server's `{"error": ...}` message, or its body's start.
+/// An error status with the server's `{"error": ...}` message, or else one line of its body:
+/// the last that is not blank, where a Python server's traceback puts the exception (MLServer
+/// answers a request it cannot parse with a whole traceback as text), cut to 200 characters.
 fn status_error(status: u16, body: &[u8]) -> CallError {
-    let message = serde_json::from_slice::<v2::ErrorBody>(body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    let message = serde_json::from_slice::<v2::ErrorBody>(body).map(|e| e.error).unwrap_or_else(|_| {
+        let text = String::from_utf8_lossy(body);
+        let line = text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or_default();
+        line.chars().take(200).collect()
+    });
     CallError::Status { status, message }
 }
 
@@ -568,6 +625,19 @@ mod tests {
     }
 
     #[test]
+    fn an_error_status_says_the_servers_message_in_one_line() {
+        let message = |body: &[u8]| match status_error(500, body) {
+            CallError::Status { status: 500, message } => message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(message(br#"{"error": "unknown model"}"#), "unknown model");
+        let traceback = b"Traceback (most recent call last):\n  File \"app.py\", line 3\nValueError: bad input\n\n";
+        assert_eq!(message(traceback), "ValueError: bad input");
+        assert_eq!(message(&[b'x'; 500]).len(), 200);
+        assert_eq!(message(b""), "");
+    }
+
+    #[test]
     fn a_workers_file_lists_endpoints_and_refuses_unknown_keys() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("workers.toml");
@@ -580,7 +650,7 @@ mod tests {
         assert_eq!(endpoints.len(), 3);
         assert_eq!(
             (endpoints[0].binary, endpoints[1].binary, endpoints[1].version.as_deref()),
-            (true, false, Some("2"))
+            (None, Some(false), Some("2"))
         );
         let protocols: Vec<Protocol> = endpoints.iter().map(|e| e.protocol).collect();
         assert_eq!(protocols, [Protocol::Grpc, Protocol::Rest, Protocol::Grpc], "gRPC unless told otherwise");

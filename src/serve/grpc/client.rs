@@ -29,12 +29,29 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 pub enum GrpcError {
     #[error("bad address: {0}")]
     Address(#[from] tonic::transport::Error),
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{}", status_text(.0))]
     Status(#[from] tonic::Status),
     #[error(transparent)]
     Protocol(#[from] v2::ProtocolError),
     #[error("{0}")]
     Answer(String),
+}
+
+/// A status's code and message, and for a transport failure the cause at the bottom of its
+/// chain (a killed server's call says `Unknown: transport error` alone, not that the
+/// connection was refused or reset).
+fn status_text(status: &tonic::Status) -> String {
+    let mut text = format!("{}: {}", status.code(), status.message());
+    let mut cause = std::error::Error::source(status);
+    let mut deepest = None;
+    while let Some(error) = cause {
+        deepest = Some(error);
+        cause = error.source();
+    }
+    if let Some(error) = deepest {
+        text = format!("{text} ({error})");
+    }
+    text
 }
 
 impl GrpcError {
