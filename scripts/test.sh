@@ -14,6 +14,9 @@ export APPROXIFER_PYTHON
 # NVIDIA Triton Inference Server (from PyPI), the third-party server the worker tests front.
 APPROXIFER_TRITON="$(scripts/triton.sh)"
 export APPROXIFER_TRITON
+# Seldon's MLServer (from PyPI), another: its REST front takes JSON tensors only.
+APPROXIFER_MLSERVER="$(scripts/mlserver.sh)"
+export APPROXIFER_MLSERVER
 
 # The Vulkan loader warns on every start when this is unset; give it a private directory.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then

@@ -20,7 +20,7 @@ trap cleanup EXIT
 
 mkdir -p "$work/repository/lenet5/1"
 cp scripts/triton/config.pbtxt "$work/repository/lenet5/"
-cp scripts/triton/model.py "$work/repository/lenet5/1/"
+cp scripts/triton/model.py scripts/zoo_numpy.py "$work/repository/lenet5/1/"
 "$bin" export-weights --output "$work/repository/lenet5/1/weights" >/dev/null
 urls=()
 for i in $(seq 0 "$k"); do
