@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use approxifer::kernels::{Code, CodeParams, Layout};
 use approxifer::serve::v2;
 use approxifer::serve::{
-    Coordinator, CoordinatorConfig, FaultPlan, Latency, Learning, LocalWorker, Scheme, Stats, Worker, WorkerFaults,
+    Baseline, BaselineConfig, Coordinator, CoordinatorConfig, FaultPlan, Latency, Learning, LocalWorker, Policy,
+    Scheme, Stats, Worker, WorkerFaults,
 };
 use burn::tensor::Device;
 use rand::rngs::StdRng;
@@ -678,4 +679,77 @@ fn grpc_clients_send_typed_or_raw_tensors_and_get_raw_answers_or_status_codes() 
     assert!(stopping.elapsed() < server::DRAIN + Duration::from_secs(3), "{:?}", stopping.elapsed());
     assert_eq!((stats.answered, stats.errors), (12, 0));
     drop((client, runtime));
+}
+
+/// A model that takes 150 ms a batch.
+fn slow_model() -> approxifer::serve::ServedModel {
+    let inner = model();
+    Arc::new(move |x: burn::tensor::Tensor<2>| {
+        std::thread::sleep(Duration::from_millis(150));
+        inner.forward(x)
+    })
+}
+
+/// Six clients each send three queries to `scheme` at once and hang up after 60 ms: the
+/// scheme's books once it has let go of every query, at least `least_cancelled` of them
+/// cancelled (as `/metrics` counts them).
+fn impatient_clients(scheme: Box<dyn Scheme>, least_cancelled: usize) -> Stats {
+    let server = Server::start(scheme);
+    let impatient: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(60))).build().into();
+    let clients = 6;
+    std::thread::scope(|scope| {
+        for client in 0..clients {
+            let (impatient, addr) = (&impatient, server.addr);
+            scope.spawn(move || {
+                let sent = impatient
+                    .post(format!("http://{addr}/v1/predict"))
+                    .header("content-type", "application/json")
+                    .send(rows(client * 3..client * 3 + 3).to_string());
+                assert!(sent.is_err(), "client {client} hung up before its answer");
+            });
+        }
+    });
+    let metrics = metrics_once(&server, "approxifer_cancelled_queries_total", least_cancelled as f64);
+    assert!(sample(&metrics, "approxifer_cancelled_queries_total") >= least_cancelled as f64, "{metrics}");
+    let stats = server.stop();
+    assert_eq!(stats.answered + stats.errors + stats.cancelled, 3 * clients as u64, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
+    stats
+}
+
+#[test]
+fn a_client_that_goes_away_has_its_queries_dropped_not_computed() {
+    // Coded: five slow workers, each client's queries one group (K = 3). The first batch runs;
+    // the others wait in the workers' queues and are cancelled once the coordinator sees
+    // nobody waits for them (at the first answers), so no worker runs more than the first two
+    // batches, where all six would run.
+    let code = Code::new(CodeParams::builder(3, 5).stragglers(2).build().unwrap()).unwrap();
+    let workers: Vec<Arc<dyn Worker>> = (0..5)
+        .map(|i| Arc::new(LocalWorker::start(i, slow_model(), Device::flex(), 1000)) as Arc<dyn Worker>)
+        .collect();
+    let config = CoordinatorConfig {
+        hedge_after: None,
+        max_queue_delay: Duration::ZERO,
+        ..coordinator_config(code, None, 1000, Duration::from_secs(10))
+    };
+    let stats = impatient_clients(Box::new(Coordinator::start(config, workers).unwrap()), 12);
+    for (w, worker) in stats.workers.iter().enumerate() {
+        assert!(worker.answers <= 2, "worker {w} ran {} batches of 6: {stats:?}", worker.answers);
+    }
+    // Uncoded: one slow worker, whatever batches the queries formed; it runs the first one or
+    // two, where it would run them all (at least six).
+    let worker: Arc<dyn Worker> = Arc::new(LocalWorker::start(0, slow_model(), Device::flex(), 1000));
+    let config = BaselineConfig {
+        policy: Policy::Uncoded,
+        input_len: D,
+        output_len: C,
+        max_batch: 3,
+        max_queue_delay: Duration::ZERO,
+        deadline: Duration::from_secs(10),
+        capacity: 1000,
+        faults: None,
+    };
+    let stats = impatient_clients(Box::new(Baseline::start(config, vec![worker]).unwrap()), 9);
+    assert!(stats.workers[0].answers <= 2, "the worker ran {} batches: {stats:?}", stats.workers[0].answers);
 }

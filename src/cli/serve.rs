@@ -379,8 +379,9 @@ pub(super) fn run_cmd(args: &ServeArgs) -> anyhow::Result<()> {
     let stats =
         host((args.listen, args.grpc_listen), scheme, config, &format!("the {name} scheme over {pool} workers"))?;
     eprintln!(
-        "approxifer: stopped; {} queries answered, {} errors, {} groups decoded, {} failed, {} liars removed",
-        stats.answered, stats.errors, stats.decoded_groups, stats.failed_groups, stats.located_workers
+        "approxifer: stopped; {} queries answered, {} errors, {} cancelled (their clients went away), {} groups \
+         decoded, {} failed, {} liars removed",
+        stats.answered, stats.errors, stats.cancelled, stats.decoded_groups, stats.failed_groups, stats.located_workers
     );
     for (w, (worker, location)) in stats.workers.iter().zip(&locations).enumerate() {
         // Busy time per answer: the worker's mean service time, where a straggler shows.

@@ -31,6 +31,10 @@ pub enum ServeError {
     WorkersUnavailable { available: usize, needed: usize },
     #[error("the coordinator is shutting down")]
     ShuttingDown,
+    /// Whoever waited for the query went away first (an HTTP client that closed its
+    /// connection): it was dropped before its work was sent, or its batch was cancelled.
+    #[error("the client went away before its answer")]
+    Cancelled,
     #[error("coding failed: {0}")]
     Coding(Arc<CodingError>),
 }
@@ -47,7 +51,11 @@ pub struct Stats {
     pub decoded_groups: u64,
     pub failed_groups: u64,
     pub answered: u64,
+    /// Queries that got an error, those cancelled aside.
     pub errors: u64,
+    /// Queries whose client went away before their answer ([`ServeError::Cancelled`]): not
+    /// errors, and not worked on from then on.
+    pub cancelled: u64,
     /// Worker answers that came after their group was decoded or failed.
     pub late_responses: u64,
     /// Coded queries re-sent to another worker (see

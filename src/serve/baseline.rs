@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Dispatch, Work};
 use super::faults::FaultPlan;
-use super::front::{Batcher, Front, Submission, answer, locations};
+use super::front::{self, Batcher, Front, Submission, answer, locations};
 use super::lag::Lag;
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 
@@ -111,6 +111,12 @@ impl Baseline {
         self.front.submit_all(queries)
     }
 
+    /// As [`submit_all`](Self::submit_all), with the handle that abandons the queries
+    /// ([`Scheme::submit_cancellable`](super::Scheme::submit_cancellable)).
+    pub fn submit_cancellable(&self, queries: Vec<Vec<f32>>) -> Result<(Vec<Ticket>, Cancel), ServeError> {
+        self.front.submit_cancellable(queries)
+    }
+
     /// Where each of its workers runs, in index order.
     pub fn worker_locations(&self) -> &[String] {
         self.front.worker_locations()
@@ -143,6 +149,8 @@ struct Pending {
     requests: Vec<u64>,
     /// Cancels the copies not yet started once one has answered or the deadline passed.
     cancel: Cancel,
+    /// Its queries' abandonment flags ([`front::abandonments`]): all set, it is cancelled.
+    abandonments: Vec<Cancel>,
 }
 
 struct Loop {
@@ -190,6 +198,7 @@ impl Loop {
                 default(timeout) => {}
             }
             let now = Instant::now();
+            self.drop_abandoned();
             while self.batcher.due(now, !open) {
                 let batch = self.batcher.take();
                 self.dispatch(batch);
@@ -207,6 +216,7 @@ impl Loop {
         self.next_batch += 1;
         self.stats.batches += 1;
         self.stats.groups += submissions.len() as u64;
+        let abandonments = front::abandonments(&submissions);
         let mut queries = Vec::with_capacity(submissions.len() * self.config.input_len);
         let mut replies = Vec::with_capacity(submissions.len());
         for submission in submissions {
@@ -227,6 +237,7 @@ impl Loop {
             sent_to: Vec::new(),
             requests: Vec::new(),
             cancel: Cancel::default(),
+            abandonments,
         };
         self.send(id, &mut pending, copies);
         if pending.sent_to.is_empty() && pending.hedge_at.is_none() {
@@ -327,6 +338,24 @@ impl Loop {
     }
 
     /// Drops the routes of cancelled `requests`.
+    /// As the coordinator's: answers [`ServeError::Cancelled`] to the queries nobody waits
+    /// for, those not sent and the batches of nothing else, whose requests are cancelled.
+    fn drop_abandoned(&mut self) {
+        for submission in self.batcher.take_abandoned() {
+            self.answer(submission.reply, Err(ServeError::Cancelled));
+        }
+        let abandoned: Vec<u64> =
+            self.pending.iter().filter(|(_, p)| front::all_abandoned(&p.abandonments)).map(|(&id, _)| id).collect();
+        for id in abandoned {
+            let pending = self.pending.remove(&id).expect("listed as pending");
+            pending.cancel.cancel();
+            self.forget(&pending.requests);
+            for reply in pending.replies {
+                self.answer(reply, Err(ServeError::Cancelled));
+            }
+        }
+    }
+
     fn forget(&mut self, requests: &[u64]) {
         for r in requests {
             if let Some((_, w)) = self.routes.remove(r) {

@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use super::answer::{Answer, CodingError, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Coding, Dispatch, Part, Segment, Work};
 use super::faults::FaultPlan;
-use super::front::{Batcher, Front, Submission, answer, locations};
+use super::front::{self, Batcher, Front, Submission, answer, locations};
 use super::lag::Lag;
 use super::locating::{Learning, LocatorState, OnlineLocator};
 use super::trace::{BatchEvent, BatchTrace, keep_slowest};
@@ -199,6 +199,12 @@ impl Coordinator {
         self.front.submit_all(queries)
     }
 
+    /// As [`submit_all`](Self::submit_all), with the handle that abandons the queries
+    /// ([`Scheme::submit_cancellable`](super::Scheme::submit_cancellable)).
+    pub fn submit_cancellable(&self, queries: Vec<Vec<f32>>) -> Result<(Vec<Ticket>, Cancel), ServeError> {
+        self.front.submit_cancellable(queries)
+    }
+
     /// Where each of its workers runs, in index order.
     pub fn worker_locations(&self) -> &[String] {
         self.front.worker_locations()
@@ -281,6 +287,8 @@ struct Batch {
     trace: Option<BatchTrace>,
     /// Cancels the batch's requests not yet started once it is decoded or has failed.
     cancel: Cancel,
+    /// Its queries' abandonment flags ([`front::abandonments`]): all set, it is cancelled.
+    abandonments: Vec<Cancel>,
 }
 
 impl Batch {
@@ -422,6 +430,7 @@ impl Loop {
                 default(timeout) => {}
             }
             let now = Instant::now();
+            self.drop_abandoned();
             while self.batcher.due(now, !open) {
                 let batch = self.batcher.take();
                 self.dispatch(batch);
@@ -514,6 +523,7 @@ impl Loop {
     /// sends each worker its rows of them in one request.
     fn dispatch(&mut self, submissions: Vec<Submission>) {
         let (k, n, d) = (self.config.code.params().queries(), self.workers.len(), self.config.input_len);
+        let abandonments = front::abandonments(&submissions);
         let mut queries = Vec::with_capacity(submissions.len() * d);
         let mut replies = Vec::with_capacity(submissions.len());
         for submission in submissions {
@@ -571,8 +581,28 @@ impl Loop {
                     .collect(),
             }),
             cancel,
+            abandonments,
         };
         self.pending.insert(id, batch);
+    }
+
+    /// Answers [`ServeError::Cancelled`] to the queries nobody waits for any more: those not
+    /// sent yet, and the batches all of whose queries are abandoned, whose requests are
+    /// cancelled (a worker skips one it has not started).
+    fn drop_abandoned(&mut self) {
+        for submission in self.batcher.take_abandoned() {
+            self.answer(Some(submission.reply), Err(ServeError::Cancelled));
+        }
+        let abandoned: Vec<u64> =
+            self.pending.iter().filter(|(_, b)| front::all_abandoned(&b.abandonments)).map(|(&id, _)| id).collect();
+        for id in abandoned {
+            let batch = self.pending.remove(&id).expect("listed as pending");
+            batch.cancel.cancel();
+            self.forget(&batch.requests);
+            for reply in batch.replies {
+                self.answer(reply, Err(ServeError::Cancelled));
+            }
+        }
     }
 
     /// Sends batch `id`'s `parts` to each of `workers` (one request each, the workers of one

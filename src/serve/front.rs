@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
-use super::worker::Worker;
+use super::worker::{Cancel, Worker};
 
 /// Where each of `workers` runs ([`Worker::location`]), in their order.
 pub(crate) fn locations(workers: &[Arc<dyn Worker>]) -> Vec<String> {
@@ -20,6 +20,10 @@ pub(crate) fn locations(workers: &[Arc<dyn Worker>]) -> Vec<String> {
 pub(crate) struct Submission {
     pub query: Vec<f32>,
     pub reply: Sender<Result<Answer, ServeError>>,
+    /// Set when nobody waits for the result any more (shared by the queries submitted
+    /// together): the query is then dropped if it has not gone out, and a batch whose every
+    /// query is abandoned is cancelled ([`ServeError::Cancelled`]).
+    pub abandoned: Cancel,
 }
 
 pub(crate) struct Front {
@@ -71,6 +75,13 @@ impl Front {
     /// Accepts every query of `queries` or none: a batch is refused whole, before any of it is
     /// queued, when it does not fit in the capacity left or one query has the wrong length.
     pub fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
+        self.submit_cancellable(queries).map(|(tickets, _)| tickets)
+    }
+
+    /// As [`submit_all`](Self::submit_all), with the handle that abandons the queries: what
+    /// has not gone to a worker is dropped and a batch of nothing but abandoned queries is
+    /// cancelled, each ticket then answered [`ServeError::Cancelled`].
+    pub fn submit_cancellable(&self, queries: Vec<Vec<f32>>) -> Result<(Vec<Ticket>, Cancel), ServeError> {
         if let Some(bad) = queries.iter().find(|q| q.len() != self.input_len) {
             return Err(ServeError::BadInput { expected: self.input_len, actual: bad.len() });
         }
@@ -83,10 +94,11 @@ impl Front {
             self.in_flight.fetch_sub(count, Ordering::AcqRel);
             return Err(ServeError::Overloaded { in_flight: before });
         }
+        let abandoned = Cancel::default();
         let mut tickets = Vec::with_capacity(count);
         for (sent, query) in queries.into_iter().enumerate() {
             let (reply, ticket) = crossbeam_channel::bounded(1);
-            if submissions.send(Submission { query, reply }).is_err() {
+            if submissions.send(Submission { query, reply, abandoned: abandoned.clone() }).is_err() {
                 // Only when the scheme's thread has died: what was sent is answered by it or
                 // dropped with it; release the slots of the rest.
                 self.in_flight.fetch_sub(count - sent, Ordering::AcqRel);
@@ -94,7 +106,7 @@ impl Front {
             }
             tickets.push(ticket);
         }
-        Ok(tickets)
+        Ok((tickets, abandoned))
     }
 
     /// Where each of the scheme's workers runs, in index order.
@@ -134,14 +146,30 @@ pub(crate) fn answer(
     reply: Sender<Result<Answer, ServeError>>,
     result: Result<Answer, ServeError>,
 ) {
-    if result.is_ok() {
-        stats.answered += 1;
-    } else {
-        stats.errors += 1;
+    match result {
+        Ok(_) => stats.answered += 1,
+        Err(ServeError::Cancelled) => stats.cancelled += 1,
+        Err(_) => stats.errors += 1,
     }
     in_flight.fetch_sub(1, Ordering::AcqRel);
     let _ = reply.send(result);
     drop(reply);
+}
+
+/// The abandonment flags of `submissions`, each once (the queries of one request share one).
+pub(crate) fn abandonments(submissions: &[Submission]) -> Vec<Cancel> {
+    let mut flags: Vec<Cancel> = Vec::new();
+    for submission in submissions {
+        if !flags.iter().any(|f| f.same(&submission.abandoned)) {
+            flags.push(submission.abandoned.clone());
+        }
+    }
+    flags
+}
+
+/// Whether everyone who waits for a batch's answers has gone (`flags`: [`abandonments`]).
+pub(crate) fn all_abandoned(flags: &[Cancel]) -> bool {
+    !flags.is_empty() && flags.iter().all(Cancel::is_cancelled)
 }
 
 /// Triton's dynamic batcher: queries gather until a batch is full, or until its oldest query
@@ -181,11 +209,54 @@ impl Batcher {
         self.forming.is_empty()
     }
 
+    /// Takes out the queries nobody waits for any more, to be answered
+    /// [`ServeError::Cancelled`] instead of sent.
+    pub fn take_abandoned(&mut self) -> Vec<Submission> {
+        if !self.forming.iter().any(|s| s.abandoned.is_cancelled()) {
+            return Vec::new();
+        }
+        let (abandoned, kept) = std::mem::take(&mut self.forming).into_iter().partition(|s| s.abandoned.is_cancelled());
+        self.forming = kept;
+        if self.forming.is_empty() {
+            self.since = None;
+        }
+        abandoned
+    }
+
     /// The next batch: up to a full batch of the oldest queries. What is left waits anew.
     pub fn take(&mut self) -> Vec<Submission> {
         let rest = self.forming.split_off(self.forming.len().min(self.max_queries));
         let batch = std::mem::replace(&mut self.forming, rest);
         self.since = (!self.forming.is_empty()).then(Instant::now);
         batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn submission(abandoned: &Cancel, value: f32) -> Submission {
+        Submission { query: vec![value], reply: crossbeam_channel::bounded(1).0, abandoned: abandoned.clone() }
+    }
+
+    #[test]
+    fn abandoned_queries_leave_the_forming_batch_and_a_batch_is_abandoned_when_all_its_requests_are() {
+        let (gone, waiting) = (Cancel::default(), Cancel::default());
+        let mut batcher = Batcher::new(8, Duration::from_secs(1));
+        for (flag, value) in [(&gone, 0.0), (&waiting, 1.0), (&gone, 2.0)] {
+            batcher.push(submission(flag, value));
+        }
+        assert!(batcher.take_abandoned().is_empty(), "nobody has gone yet");
+        let flags = abandonments(&batcher.forming);
+        assert_eq!(flags.len(), 2, "one flag per request");
+        gone.cancel();
+        assert!(!all_abandoned(&flags));
+        let dropped: Vec<f32> = batcher.take_abandoned().iter().map(|s| s.query[0]).collect();
+        assert_eq!(dropped, [0.0, 2.0]);
+        assert_eq!(batcher.take().iter().map(|s| s.query[0]).collect::<Vec<_>>(), [1.0]);
+        waiting.cancel();
+        assert!(all_abandoned(&flags));
+        assert!(!all_abandoned(&[]), "a batch of no request is not abandoned");
     }
 }

@@ -40,6 +40,7 @@ use super::answer::{Answer, ServeError, Stats, WorkerStats};
 use super::locating::LocatorState;
 use super::scheme::Scheme;
 use super::v2;
+use super::worker::Cancel;
 
 /// The model a server hosts, as the protocol's metadata describes it.
 #[derive(Clone, Debug)]
@@ -177,6 +178,8 @@ impl From<ServeError> for Failure {
             ServeError::DeadlineMissed { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline_missed"),
             ServeError::WorkersUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "workers_unavailable"),
             ServeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            // Only ever sent to a client that has gone (nginx's 499 has no standard name).
+            ServeError::Cancelled => (StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), "cancelled"),
             ServeError::Coding(_) => (StatusCode::INTERNAL_SERVER_ERROR, "coding_failed"),
         };
         Failure { status, code, message: error.to_string() }
@@ -337,6 +340,7 @@ struct SchemeMetrics {
     hedged_requests: Counter,
     covered_parts: Counter,
     grace_expired: Counter,
+    cancelled_queries: Counter,
     non_finite_answers: Counter,
     located_workers: Counter,
     decode_seconds: Counter<f64, AtomicU64>,
@@ -424,6 +428,11 @@ impl SchemeMetrics {
                 &self.grace_expired,
             ),
             (
+                "cancelled_queries",
+                "Queries whose client went away before their answer: dropped before they went out, or their batch cancelled",
+                &self.cancelled_queries,
+            ),
+            (
                 "non_finite_answers",
                 "Worker answers holding NaN or infinity, dropped on arrival",
                 &self.non_finite_answers,
@@ -451,6 +460,7 @@ impl SchemeMetrics {
             (&self.hedged_requests, stats.hedged_requests),
             (&self.covered_parts, stats.covered_parts),
             (&self.grace_expired, stats.grace_expired),
+            (&self.cancelled_queries, stats.cancelled),
             (&self.non_finite_answers, stats.non_finite_answers),
             (&self.located_workers, stats.located_workers),
         ];
@@ -682,16 +692,20 @@ async fn run(app: &App, queries: Vec<Vec<f32>>) -> Result<Vec<Result<Answer, Fai
     if app.draining.load(Ordering::SeqCst) {
         return Err(ServeError::ShuttingDown.into());
     }
-    let tickets = {
+    let (tickets, abandon) = {
         let scheme = app.scheme.read().map_err(|_| Failure::from(ServeError::ShuttingDown))?;
         let scheme = scheme.as_ref().ok_or(ServeError::ShuttingDown)?;
-        scheme.submit_all(queries)?
+        scheme.submit_cancellable(queries)?
     };
+    // When the client goes away, the server drops this future at the await below: the guard
+    // then abandons the queries, so the scheme stops working on them (what has not gone out
+    // is dropped, a batch of nothing else is cancelled) and answers the tickets it holds.
+    let guard = AbandonOnDrop(Some(abandon));
     // A ticket is a blocking channel: wait on the blocking pool, not on the async workers.
-    // If the client goes away, the answers are still received there and dropped.
     let results = tokio::task::spawn_blocking(move || tickets.iter().map(|t| t.recv().ok()).collect::<Vec<_>>())
         .await
         .map_err(|e| Failure { status: StatusCode::INTERNAL_SERVER_ERROR, code: "internal", message: e.to_string() })?;
+    guard.disarm();
     Ok(results
         .into_iter()
         .map(|result| {
@@ -712,6 +726,24 @@ async fn run(app: &App, queries: Vec<Vec<f32>>) -> Result<Vec<Result<Answer, Fai
             result
         })
         .collect())
+}
+
+/// Abandons a request's queries when dropped before [`disarm`](Self::disarm): a handler
+/// future dropped mid-wait is a client that went away.
+struct AbandonOnDrop(Option<Cancel>);
+
+impl AbandonOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(abandon) = &self.0 {
+            abandon.cancel();
+        }
+    }
 }
 
 /// The request's queries as rows of `input_len` finite numbers, at most `max_batch` of them.

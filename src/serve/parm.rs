@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use super::answer::{Answer, LiveStats, ServeError, Stats, Ticket};
 use super::batch::{Dispatch, Work};
 use super::faults::FaultPlan;
-use super::front::{Batcher, Front, Submission, answer, locations};
+use super::front::{self, Batcher, Front, Submission, answer, locations};
 use super::lag::Lag;
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 
@@ -100,6 +100,12 @@ impl Parm {
         self.front.submit_all(queries)
     }
 
+    /// As [`submit_all`](Self::submit_all), with the handle that abandons the queries
+    /// ([`Scheme::submit_cancellable`](super::Scheme::submit_cancellable)).
+    pub fn submit_cancellable(&self, queries: Vec<Vec<f32>>) -> Result<(Vec<Ticket>, Cancel), ServeError> {
+        self.front.submit_cancellable(queries)
+    }
+
     /// Where each of its workers runs, in index order.
     pub fn worker_locations(&self) -> &[String] {
         self.front.worker_locations()
@@ -129,6 +135,8 @@ struct Pending {
     deadline: Instant,
     requests: Vec<u64>,
     cancel: Cancel,
+    /// Its queries' abandonment flags ([`front::abandonments`]): all set, it is cancelled.
+    abandonments: Vec<Cancel>,
 }
 
 struct Loop {
@@ -183,6 +191,7 @@ impl Loop {
                 default(timeout) => {}
             }
             let now = Instant::now();
+            self.drop_abandoned();
             while self.batcher.due(now, !open) {
                 let batch = self.batcher.take();
                 self.dispatch(batch);
@@ -197,6 +206,7 @@ impl Loop {
 
     fn dispatch(&mut self, submissions: Vec<Submission>) {
         let (k, d) = (self.config.k, self.config.input_len);
+        let abandonments = front::abandonments(&submissions);
         let id = self.next_batch;
         self.next_batch += 1;
         self.stats.batches += 1;
@@ -225,6 +235,7 @@ impl Loop {
             deadline: Instant::now() + self.config.deadline,
             requests: Vec::new(),
             cancel: Cancel::default(),
+            abandonments,
         };
         // One dispatch, one draw: a random slowdown strikes one of its workers, as for the
         // coordinator's groups.
@@ -324,6 +335,24 @@ impl Loop {
     }
 
     /// Drops the routes of cancelled `requests`.
+    /// As the coordinator's: answers [`ServeError::Cancelled`] to the queries nobody waits
+    /// for, those not sent and the batches of nothing else, whose requests are cancelled.
+    fn drop_abandoned(&mut self) {
+        for submission in self.batcher.take_abandoned() {
+            self.answer(submission.reply, Err(ServeError::Cancelled));
+        }
+        let abandoned: Vec<u64> =
+            self.pending.iter().filter(|(_, p)| front::all_abandoned(&p.abandonments)).map(|(&id, _)| id).collect();
+        for id in abandoned {
+            let pending = self.pending.remove(&id).expect("listed as pending");
+            pending.cancel.cancel();
+            self.forget(&pending.requests);
+            for reply in pending.replies.into_iter().flatten() {
+                self.answer(reply, Err(ServeError::Cancelled));
+            }
+        }
+    }
+
     fn forget(&mut self, requests: &[u64]) {
         for r in requests {
             if let Some((_, w)) = self.routes.remove(r) {

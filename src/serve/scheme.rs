@@ -10,7 +10,7 @@ use super::coordinator::{Codec, Coordinator, CoordinatorConfig};
 use super::faults::FaultPlan;
 use super::locating::{Learning, LocatorState};
 use super::parm::{Parm, ParmConfig};
-use super::worker::Worker;
+use super::worker::{Cancel, Worker};
 use crate::kernels::privacy::DEFAULT_MASK_SIGMA;
 use crate::kernels::{Calibration, Code, CodeParams, Locator, MaskPlacement, NodeFamily};
 
@@ -22,6 +22,10 @@ pub trait Scheme: Send + Sync {
     fn submit(&self, query: Vec<f32>) -> Result<Ticket, ServeError>;
     /// Accepts all of `queries` or none of them.
     fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError>;
+    /// As [`submit_all`](Self::submit_all), with the handle to call when nobody waits for the
+    /// answers any more: the queries not sent yet are dropped, a batch of nothing else is
+    /// cancelled, and each ticket gets [`ServeError::Cancelled`].
+    fn submit_cancellable(&self, queries: Vec<Vec<f32>>) -> Result<(Vec<Ticket>, Cancel), ServeError>;
     /// Queries accepted and not yet answered.
     fn in_flight(&self) -> usize;
     /// Stops accepting queries, answers everything accepted, and returns the books.
@@ -43,6 +47,9 @@ impl Scheme for Coordinator {
     }
     fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
         Coordinator::submit_all(self, queries)
+    }
+    fn submit_cancellable(&self, queries: Vec<Vec<f32>>) -> Result<(Vec<Ticket>, Cancel), ServeError> {
+        Coordinator::submit_cancellable(self, queries)
     }
     fn in_flight(&self) -> usize {
         Coordinator::in_flight(self)
@@ -68,6 +75,9 @@ impl Scheme for Parm {
     fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
         Parm::submit_all(self, queries)
     }
+    fn submit_cancellable(&self, queries: Vec<Vec<f32>>) -> Result<(Vec<Ticket>, Cancel), ServeError> {
+        Parm::submit_cancellable(self, queries)
+    }
     fn in_flight(&self) -> usize {
         Parm::in_flight(self)
     }
@@ -88,6 +98,9 @@ impl Scheme for Baseline {
     }
     fn submit_all(&self, queries: Vec<Vec<f32>>) -> Result<Vec<Ticket>, ServeError> {
         Baseline::submit_all(self, queries)
+    }
+    fn submit_cancellable(&self, queries: Vec<Vec<f32>>) -> Result<(Vec<Ticket>, Cancel), ServeError> {
+        Baseline::submit_cancellable(self, queries)
     }
     fn in_flight(&self) -> usize {
         Baseline::in_flight(self)

@@ -47,6 +47,11 @@ impl Cancel {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Whether `self` and `other` are clones of one flag.
+    pub fn same(&self, other: &Cancel) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// A worker's answer to one [`Request`]: `rows x C` values, row-major, in the order of the
