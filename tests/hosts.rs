@@ -6,6 +6,8 @@
 //! Making namespaces needs root (CAP_NET_ADMIN). Where they cannot be made the test fails,
 //! saying why, unless APPROXIFER_SKIP_NETNS=1 asks to skip it, which it then says loudly.
 
+#[path = "support/engines.rs"]
+mod engines;
 #[path = "support/process.rs"]
 mod process;
 
@@ -13,8 +15,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use engines::{argmax, images, infer};
 use process::Running;
-use serde_json::Value;
 
 /// `ip args...`; its stderr when it fails.
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -91,32 +93,6 @@ impl Drop for Hosts {
     }
 }
 
-/// A v2 JSON inference of `rows` 28 x 28 queries at `url`: the flat outputs.
-fn infer(url: &str, queries: &[f32]) -> Result<Vec<f64>, String> {
-    let rows = queries.len() / 784;
-    let body = serde_json::json!({"inputs": [{"name": "input", "shape": [rows, 1, 28, 28], "datatype": "FP32", "data": queries}]});
-    let mut response =
-        ureq::post(url).config().http_status_as_error(false).build().send_json(&body).map_err(|e| e.to_string())?;
-    let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    if response.status() != 200 {
-        return Err(format!("{}: {text}", response.status()));
-    }
-    let answer: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let values: Vec<f64> =
-        answer["outputs"][0]["data"].as_array().ok_or("no data")?.iter().filter_map(Value::as_f64).collect();
-    if values.len() != rows * 10 {
-        return Err(format!("{} values for {rows} queries", values.len()));
-    }
-    Ok(values)
-}
-
-fn images(range: std::ops::Range<usize>) -> Vec<f32> {
-    let sample = approxifer::embedded::sample();
-    let device = burn::tensor::Device::flex();
-    let tensor = approxifer::train::image_tensor(&sample, range, approxifer::embedded::DATASET, &device);
-    tensor.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-}
-
 #[test]
 fn workers_on_three_hosts_answer_through_a_partition_of_one() {
     let hosts = match Hosts::make(3) {
@@ -160,11 +136,9 @@ fn workers_on_three_hosts_answer_through_a_partition_of_one() {
                         .unwrap_or_else(|e| panic!("client {client}, request {request}: {e}"));
                     slowest_ms.fetch_max(sent.elapsed().as_millis() as usize, Ordering::Relaxed);
                     let hits = answer
-                        .chunks_exact(10)
+                        .chunks_exact(engines::CLASSES)
                         .zip(&labels[start..start + rows])
-                        .filter(|(row, label)| {
-                            (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])) == Some(**label as usize)
-                        })
+                        .filter(|(row, label)| argmax(row) == **label as usize)
                         .count();
                     right.fetch_add(hits, Ordering::Relaxed);
                     done.fetch_add(1, Ordering::Relaxed);

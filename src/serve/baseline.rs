@@ -344,10 +344,7 @@ impl Loop {
         for submission in self.batcher.take_abandoned() {
             self.answer(submission.reply, Err(ServeError::Cancelled));
         }
-        let abandoned: Vec<u64> =
-            self.pending.iter().filter(|(_, p)| front::all_abandoned(&p.abandonments)).map(|(&id, _)| id).collect();
-        for id in abandoned {
-            let pending = self.pending.remove(&id).expect("listed as pending");
+        for pending in front::take_abandoned(&mut self.pending, |p| &p.abandonments) {
             pending.cancel.cancel();
             self.forget(&pending.requests);
             for reply in pending.replies {

@@ -593,10 +593,7 @@ impl Loop {
         for submission in self.batcher.take_abandoned() {
             self.answer(Some(submission.reply), Err(ServeError::Cancelled));
         }
-        let abandoned: Vec<u64> =
-            self.pending.iter().filter(|(_, b)| front::all_abandoned(&b.abandonments)).map(|(&id, _)| id).collect();
-        for id in abandoned {
-            let batch = self.pending.remove(&id).expect("listed as pending");
+        for batch in front::take_abandoned(&mut self.pending, |b| &b.abandonments) {
             batch.cancel.cancel();
             self.forget(&batch.requests);
             for reply in batch.replies {

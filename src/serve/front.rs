@@ -1,6 +1,7 @@
 //! The front every scheme shares: admission up to a capacity, a ticket per accepted query,
 //! the thread that owns the scheme's state, joined on shutdown, and the dynamic batcher.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -170,6 +171,13 @@ pub(crate) fn abandonments(submissions: &[Submission]) -> Vec<Cancel> {
 /// Whether everyone who waits for a batch's answers has gone (`flags`: [`abandonments`]).
 pub(crate) fn all_abandoned(flags: &[Cancel]) -> bool {
     !flags.is_empty() && flags.iter().all(Cancel::is_cancelled)
+}
+
+/// Takes out of `pending` the batches nobody waits for any more (`flags`: a batch's
+/// [`abandonments`]), for the scheme to cancel and answer [`ServeError::Cancelled`].
+pub(crate) fn take_abandoned<B>(pending: &mut HashMap<u64, B>, flags: impl Fn(&B) -> &[Cancel]) -> Vec<B> {
+    let ids: Vec<u64> = pending.iter().filter(|(_, b)| all_abandoned(flags(b))).map(|(&id, _)| id).collect();
+    ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
 }
 
 /// Triton's dynamic batcher: queries gather until a batch is full, or until its oldest query
