@@ -690,29 +690,62 @@ fn slow_model() -> approxifer::serve::ServedModel {
     })
 }
 
-/// Six clients each send three queries to `scheme` at once and hang up after 60 ms: the
-/// scheme's books once it has let go of every query, at least `least_cancelled` of them
-/// cancelled (as `/metrics` counts them).
-fn impatient_clients(scheme: Box<dyn Scheme>, least_cancelled: usize) -> Stats {
+/// Six clients each send three queries to `scheme` at once and hang up after 60 ms (over
+/// REST, closing their connections; over gRPC, cancelling their calls on one connection that
+/// stays open): the scheme's books once it has let go of every query, at least
+/// `least_cancelled` of them cancelled (as `/metrics` counts them).
+fn impatient_clients(scheme: Box<dyn Scheme>, grpc: bool, least_cancelled: usize) -> Stats {
+    use approxifer::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use approxifer::serve::grpc::proto::{ModelInferRequest, model_infer_request::InferInputTensor};
     let server = Server::start(scheme);
-    let impatient: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(60))).build().into();
     let clients = 6;
-    std::thread::scope(|scope| {
-        for client in 0..clients {
-            let (impatient, addr) = (&impatient, server.addr);
-            scope.spawn(move || {
-                let sent = impatient
-                    .post(format!("http://{addr}/v1/predict"))
-                    .header("content-type", "application/json")
-                    .send(rows(client * 3..client * 3 + 3).to_string());
-                assert!(sent.is_err(), "client {client} hung up before its answer");
-            });
-        }
+    let patience = Duration::from_millis(60);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let channel = grpc.then(|| {
+        runtime.block_on(GrpcInferenceServiceClient::connect(format!("http://{}", server.inner.grpc))).unwrap()
     });
+    if let Some(channel) = &channel {
+        let calls: Vec<_> = (0..clients)
+            .map(|client| {
+                let values: Vec<f32> = (client * 3..client * 3 + 3).flat_map(query).collect();
+                let request = ModelInferRequest {
+                    model_name: server::MODEL.into(),
+                    inputs: vec![InferInputTensor {
+                        name: "input".into(),
+                        datatype: "FP32".into(),
+                        shape: vec![3, D as i64],
+                        ..Default::default()
+                    }],
+                    raw_input_contents: vec![v2::DataType::Fp32.encode(&values)],
+                    ..Default::default()
+                };
+                let mut channel = channel.clone();
+                runtime
+                    .spawn(async move { tokio::time::timeout(patience, channel.model_infer(request)).await.is_err() })
+            })
+            .collect();
+        for (client, call) in calls.into_iter().enumerate() {
+            assert!(runtime.block_on(call).unwrap(), "client {client} gave up before its answer");
+        }
+    } else {
+        let impatient: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(patience)).build().into();
+        std::thread::scope(|scope| {
+            for client in 0..clients {
+                let (impatient, addr) = (&impatient, server.addr);
+                scope.spawn(move || {
+                    let sent = impatient
+                        .post(format!("http://{addr}/v1/predict"))
+                        .header("content-type", "application/json")
+                        .send(rows(client * 3..client * 3 + 3).to_string());
+                    assert!(sent.is_err(), "client {client} hung up before its answer");
+                });
+            }
+        });
+    }
     let metrics = metrics_once(&server, "approxifer_cancelled_queries_total", least_cancelled as f64);
     assert!(sample(&metrics, "approxifer_cancelled_queries_total") >= least_cancelled as f64, "{metrics}");
     let stats = server.stop();
+    drop((channel, runtime));
     assert_eq!(stats.answered + stats.errors + stats.cancelled, 3 * clients as u64, "{stats:?}");
     assert_eq!(stats.errors, 0, "{stats:?}");
     stats
@@ -723,19 +756,21 @@ fn a_client_that_goes_away_has_its_queries_dropped_not_computed() {
     // Coded: five slow workers, each client's queries one group (K = 3). The first batch runs;
     // the others wait in the workers' queues and are cancelled once the coordinator sees
     // nobody waits for them (at the first answers), so no worker runs more than the first two
-    // batches, where all six would run.
-    let code = Code::new(CodeParams::builder(3, 5).stragglers(2).build().unwrap()).unwrap();
-    let workers: Vec<Arc<dyn Worker>> = (0..5)
-        .map(|i| Arc::new(LocalWorker::start(i, slow_model(), Device::flex(), 1000)) as Arc<dyn Worker>)
-        .collect();
-    let config = CoordinatorConfig {
-        hedge_after: None,
-        max_queue_delay: Duration::ZERO,
-        ..coordinator_config(code, None, 1000, Duration::from_secs(10))
-    };
-    let stats = impatient_clients(Box::new(Coordinator::start(config, workers).unwrap()), 12);
-    for (w, worker) in stats.workers.iter().enumerate() {
-        assert!(worker.answers <= 2, "worker {w} ran {} batches of 6: {stats:?}", worker.answers);
+    // batches, where all six would run. Over REST and over gRPC.
+    for grpc in [false, true] {
+        let code = Code::new(CodeParams::builder(3, 5).stragglers(2).build().unwrap()).unwrap();
+        let workers: Vec<Arc<dyn Worker>> = (0..5)
+            .map(|i| Arc::new(LocalWorker::start(i, slow_model(), Device::flex(), 1000)) as Arc<dyn Worker>)
+            .collect();
+        let config = CoordinatorConfig {
+            hedge_after: None,
+            max_queue_delay: Duration::ZERO,
+            ..coordinator_config(code, None, 1000, Duration::from_secs(10))
+        };
+        let stats = impatient_clients(Box::new(Coordinator::start(config, workers).unwrap()), grpc, 12);
+        for (w, worker) in stats.workers.iter().enumerate() {
+            assert!(worker.answers <= 2, "gRPC {grpc}: worker {w} ran {} batches of 6: {stats:?}", worker.answers);
+        }
     }
     // Uncoded: one slow worker, whatever batches the queries formed; it runs the first one or
     // two, where it would run them all (at least six).
@@ -750,6 +785,6 @@ fn a_client_that_goes_away_has_its_queries_dropped_not_computed() {
         capacity: 1000,
         faults: None,
     };
-    let stats = impatient_clients(Box::new(Baseline::start(config, vec![worker]).unwrap()), 9);
+    let stats = impatient_clients(Box::new(Baseline::start(config, vec![worker]).unwrap()), false, 9);
     assert!(stats.workers[0].answers <= 2, "the worker ran {} batches: {stats:?}", stats.workers[0].answers);
 }
