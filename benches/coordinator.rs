@@ -16,7 +16,7 @@ use approxifer::serve::grpc::proto::model_infer_response::InferOutputTensor;
 use approxifer::serve::grpc::proto::model_metadata_response::TensorMetadata;
 use approxifer::serve::grpc::proto::*;
 use approxifer::serve::v2::DataType;
-use approxifer::serve::{Codec, Endpoint, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
+use approxifer::serve::{Cancel, Codec, Endpoint, RemoteConfig, RemoteWorker, SchemeConfig, SchemeKind, Worker};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tonic::{Request, Response, Status};
 
@@ -181,7 +181,9 @@ fn coordinator_over_grpc(c: &mut Criterion) {
                     let rows = &rows;
                     scope.spawn(move || {
                         let shape = vec![GROUPS as i64, 1, 28, 28];
-                        client.infer("0".into(), ("input", DataType::Fp32, shape), rows, "output").unwrap()
+                        client
+                            .infer("0".into(), ("input", DataType::Fp32, shape), rows, "output", &Cancel::default())
+                            .unwrap()
                     });
                 }
             })

@@ -281,3 +281,50 @@ fn a_server_ready_but_failing_every_inference_is_tried_ever_more_rarely() {
     let tried = inferences.load(std::sync::atomic::Ordering::Relaxed);
     assert!((2..=6).contains(&tried), "{tried} inferences sent in 1.6 s to a server that fails them all");
 }
+
+#[test]
+fn a_straggling_servers_calls_are_cancelled_once_their_batch_is_decoded_and_it_drops_their_work() {
+    // K = 2, N = 3: two servers answer at once, the third takes 500 ms a batch. Every batch
+    // decodes from the first two; the straggler's calls (gRPC, up to eight in flight) are then
+    // cancelled, and its server (what `approxifer worker` is) drops the work of those still
+    // queued: it computes one or two batches of the eight it was sent, where it computed all.
+    let servers: Vec<Server> = vec![
+        Server::worker_on(any_ports(), model()),
+        Server::worker_on(any_ports(), model()),
+        Server::worker_on(any_ports(), slow(Duration::from_millis(500))),
+    ];
+    let workers: Vec<Arc<dyn Worker>> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, server)| {
+            let endpoint = Endpoint::parse(&format!("grpc://{}", server.grpc), MODEL).unwrap();
+            let config = RemoteConfig {
+                endpoint,
+                input_shape: vec![D],
+                output_len: C,
+                timeout: Duration::from_secs(10),
+                concurrency: 8,
+                capacity: 1000,
+            };
+            Arc::new(RemoteWorker::connect(i, config)) as Arc<dyn Worker>
+        })
+        .collect();
+    let scheme = coordinator(2, 3, workers, Duration::from_secs(10));
+    let groups = 8;
+    for group in 0..groups {
+        for (i, output) in (2 * group..2 * group + 2).zip(answers(&scheme, 2 * group..2 * group + 2)) {
+            let exact = expected(&query(i));
+            assert!(output.iter().zip(&exact).all(|(x, e)| (x - e).abs() < 1.0), "query {i}: {output:?}");
+        }
+    }
+    let stats = scheme.shutdown();
+    assert_eq!((stats.answered, stats.errors), (2 * groups as u64, 0));
+    assert!(stats.workers[2].requests >= groups as u64 - 1, "the straggler was sent the batches: {stats:?}");
+    let straggler = servers.into_iter().last().unwrap().stop();
+    assert!(
+        straggler.workers[0].answers <= 2,
+        "the straggler computed {} batches: {straggler:?}",
+        straggler.workers[0].answers
+    );
+    assert!(straggler.cancelled >= 6, "{straggler:?}");
+}

@@ -308,6 +308,9 @@ impl Shared {
                     self.answering();
                     let _ = reply.send(Response { id: request.id, worker: self.index, output });
                 }
+                // Given up because nobody needs the answer (its batch is decoded or was
+                // cancelled): no failure of the server's.
+                Err(CallError::Grpc(GrpcError::Cancelled)) => {}
                 Err(error) => {
                     self.failed.fetch_add(1, Ordering::Relaxed);
                     // Late or failed, the server is rested until a probe succeeds: a server
@@ -445,7 +448,7 @@ impl Shared {
             Transport::Grpc(grpc) => {
                 let grpc = grpc.as_ref().map_err(|e| CallError::Model(e.clone()))?;
                 let input = (tensors.input.as_str(), tensors.datatype, shape);
-                grpc.infer(request.id.to_string(), input, &values, &tensors.output)?
+                grpc.infer(request.id.to_string(), input, &values, &tensors.output, &request.cancel)?
             }
             Transport::Rest(agent) => self.infer_rest_negotiated(agent, request.id, tensors, shape, values)?,
         };

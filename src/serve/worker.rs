@@ -35,17 +35,40 @@ pub struct Request {
 /// Cancels requests whose answer is no longer needed: the rest of a batch once it has been
 /// decoded, the other copies once one has answered, anything past its deadline. A worker
 /// queued behind a straggling request then skips the stale work instead of adding it to the
-/// delay of every request after it. Clones share one flag.
+/// delay of every request after it; a call in flight to a remote server waits on
+/// [`cancelled`](Cancel::cancelled) beside its answer and is given up. Clones share one flag.
 #[derive(Clone, Debug, Default)]
-pub struct Cancel(Arc<AtomicBool>);
+pub struct Cancel(Arc<CancelState>);
+
+#[derive(Debug, Default)]
+struct CancelState {
+    cancelled: AtomicBool,
+    /// Wakes the tasks waiting in [`Cancel::cancelled`] (no timer: a woken task, once).
+    waiters: tokio::sync::Notify,
+}
 
 impl Cancel {
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.cancelled.store(true, Ordering::Release);
+        self.0.waiters.notify_waiters();
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Completes once cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            // Registered before the flag is read, so a cancel in between is not missed.
+            let notified = self.0.waiters.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Whether `self` and `other` are clones of one flag.

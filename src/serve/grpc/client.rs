@@ -10,6 +10,7 @@ use super::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use super::proto::{ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, model_infer_request};
 use super::{WINDOW, tensor_values};
 use crate::serve::v2::{self, DataType};
+use crate::serve::worker::Cancel;
 
 /// The runtime gRPC calls run on: two threads are plenty, the calls mostly wait.
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -35,6 +36,10 @@ pub enum GrpcError {
     Protocol(#[from] v2::ProtocolError),
     #[error("{0}")]
     Answer(String),
+    /// The caller cancelled the call (its answer was no longer needed); the stream was reset,
+    /// so the server can drop the work too.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// A status's code and message, and for a transport failure the cause at the bottom of its
@@ -102,13 +107,17 @@ impl Client {
     }
 
     /// Runs the model on `values` (a tensor `input` of `shape` and `datatype`, sent as raw
-    /// contents) and returns output `output`'s values, raw or typed.
+    /// contents) and returns output `output`'s values, raw or typed. Once `cancel` is set the
+    /// call is given up ([`GrpcError::Cancelled`]) and its stream reset: a server that drops
+    /// the work of a cancelled call (Triton, `approxifer worker`) does not compute an answer
+    /// nobody reads.
     pub fn infer(
         &self,
         id: String,
         (input, datatype, shape): (&str, DataType, Vec<i64>),
         values: &[f32],
         output: &str,
+        cancel: &Cancel,
     ) -> Result<Vec<f32>, GrpcError> {
         let request = ModelInferRequest {
             model_name: self.model.clone(),
@@ -130,7 +139,16 @@ impl Client {
         let mut request = tonic::Request::new(request);
         request.set_timeout(self.timeout);
         let mut inner = self.inner.clone();
-        let response = runtime().block_on(async move { inner.model_infer(request).await })?.into_inner();
+        let cancel = cancel.clone();
+        let response = runtime()
+            .block_on(async move {
+                // Dropping the call's future resets its stream.
+                tokio::select! {
+                    answer = inner.model_infer(request) => answer.map_err(GrpcError::from),
+                    () = cancel.cancelled() => Err(GrpcError::Cancelled),
+                }
+            })?
+            .into_inner();
         let Some(position) = response.outputs.iter().position(|t| t.name == output) else {
             return Err(GrpcError::Answer(format!("the answer has no output '{output}'")));
         };
