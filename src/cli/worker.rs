@@ -113,6 +113,9 @@ pub(super) fn run_cmd(args: &WorkerCmd) -> anyhow::Result<()> {
         config,
         &format!("a worker, {instances} instance(s) on one device"),
     )?;
-    eprintln!("approxifer: worker stopped; {} queries answered, {} errors", stats.answered, stats.errors);
+    eprintln!(
+        "approxifer: worker stopped; {} queries answered, {} errors, {} cancelled (their callers went away)",
+        stats.answered, stats.errors, stats.cancelled
+    );
     Ok(())
 }

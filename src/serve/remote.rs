@@ -205,6 +205,10 @@ struct Shared {
     failed: AtomicU64,
     /// Nanoseconds requests spent in flight (the worker's busy time, as the coordinator sees it).
     busy_ns: AtomicU64,
+    /// When the oldest call sent since the last answer started: a server whose calls are all
+    /// given up (their batches decoded from others) for longer than the timeout is not
+    /// answering, though no call of its timed out (a partitioned host's).
+    unanswered_since: Mutex<Option<Instant>>,
 }
 
 /// How a remote worker reaches its server.
@@ -255,6 +259,7 @@ impl RemoteWorker {
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            unanswered_since: Mutex::new(None),
             config,
         });
         shared.tensors();
@@ -300,6 +305,9 @@ impl Shared {
             }
             let Some(tensors) = self.tensors() else { continue };
             let started = Instant::now();
+            if let Ok(mut since) = self.unanswered_since.lock() {
+                since.get_or_insert(started);
+            }
             let result = self.infer(&request, &tensors);
             self.busy_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             match result {
@@ -309,8 +317,18 @@ impl Shared {
                     let _ = reply.send(Response { id: request.id, worker: self.index, output });
                 }
                 // Given up because nobody needs the answer (its batch is decoded or was
-                // cancelled): no failure of the server's.
-                Err(CallError::Grpc(GrpcError::Cancelled)) => {}
+                // cancelled): no failure of the server's, unless nothing has come back for
+                // longer than a call may take.
+                Err(CallError::Grpc(GrpcError::Cancelled)) => {
+                    let since = self.unanswered_since.lock().ok().and_then(|since| *since);
+                    if let Some(quiet) = since.map(|since| since.elapsed()).filter(|&q| q > self.config.timeout) {
+                        self.failed.fetch_add(1, Ordering::Relaxed);
+                        self.down(&CallError::Model(format!(
+                            "no answer in {} ms; its calls were given up unanswered",
+                            quiet.as_millis()
+                        )));
+                    }
+                }
                 Err(error) => {
                     self.failed.fetch_add(1, Ordering::Relaxed);
                     // Late or failed, the server is rested until a probe succeeds: a server
@@ -347,8 +365,12 @@ impl Shared {
         }
     }
 
-    /// Marks the server down after `error`, to be probed again after the backoff.
+    /// Marks the server down after `error`, to be probed again after the backoff (the quiet
+    /// time counts again from the next call).
     fn down(&self, error: &CallError) {
+        if let Ok(mut since) = self.unanswered_since.lock() {
+            *since = None;
+        }
         let Ok(mut health) = self.health.lock() else { return };
         if !health.reported {
             eprintln!(
@@ -366,6 +388,9 @@ impl Shared {
     /// After an answer: an outage is over (said if it was reported) and the backoff starts
     /// again from the first wait.
     fn answering(&self) {
+        if let Ok(mut since) = self.unanswered_since.lock() {
+            *since = None;
+        }
         let Ok(mut health) = self.health.lock() else { return };
         if health.reported {
             eprintln!("approxifer: worker {} ({}) is answering again", self.index, self.config.endpoint);
