@@ -109,8 +109,8 @@ impl Client {
     /// Runs the model on `values` (a tensor `input` of `shape` and `datatype`, sent as raw
     /// contents) and returns output `output`'s values, raw or typed. Once `cancel` is set the
     /// call is given up ([`GrpcError::Cancelled`]) and its stream reset: a server that drops
-    /// the work of a cancelled call (Triton, `approxifer worker`) does not compute an answer
-    /// nobody reads.
+    /// the work of a cancelled call (`approxifer worker`; Triton documents it for queued
+    /// requests, not tried here) does not compute an answer nobody reads.
     pub fn infer(
         &self,
         id: String,
