@@ -191,19 +191,22 @@ fn an_uncoded_baseline_passes_over_a_remote_worker_that_is_down() {
     assert_eq!(baseline.shutdown().errors, 0);
 }
 
-/// A v2 REST server that is ready, describes model [`MODEL`] and answers every inference with
-/// status 500 and a Python traceback (what MLServer does with a body it cannot parse); counts
-/// the inferences it was sent.
-fn ready_but_failing() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+/// What a [`scripted`] server answers its `i`-th inference (from 0), sent in binary data or
+/// not: `None` the model's answer (in JSON), else an error status and its body.
+type Script = fn(usize, bool) -> Option<(&'static str, &'static str)>;
+
+/// A v2 REST server that is ready, describes model [`MODEL`] and answers inferences as
+/// `script` says; returns its address and, per inference it was sent, whether in binary data.
+fn scripted(script: Script) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<bool>>>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let inferences = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = inferences.clone();
+    let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = sent.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            let counted = counted.clone();
+            let log = log.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut stream = stream;
@@ -211,26 +214,30 @@ fn ready_but_failing() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUs
                     let mut head = String::new();
                     let mut line = String::new();
                     while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                        head.push_str(&line);
+                        head.push_str(&line.to_ascii_lowercase());
                         line.clear();
                     }
                     if head.is_empty() {
                         return;
                     }
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                        })
-                        .map_or(0, |v| v.parse().unwrap());
-                    reader.by_ref().take(length).read_to_end(&mut Vec::new()).unwrap();
-                    let (status, body) = if head.starts_with("POST") {
-                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        (
-                            "500 Internal Server Error",
-                            "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad request\n"
-                                .to_owned(),
-                        )
+                    let header = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_owned()))
+                    };
+                    let length = header("content-length").map_or(0, |v| v.parse().unwrap());
+                    let mut body = Vec::new();
+                    reader.by_ref().take(length).read_to_end(&mut body).unwrap();
+                    let (status, body) = if head.starts_with("post") {
+                        let binary = header("inference-header-content-length");
+                        let i = {
+                            let mut log = log.lock().unwrap();
+                            log.push(binary.is_some());
+                            log.len() - 1
+                        };
+                        match script(i, binary.is_some()) {
+                            Some((status, message)) => (status, message.to_owned()),
+                            None => ("200 OK", model_answer(&body, binary.map(|n| n.parse().unwrap()))),
+                        }
                     } else if head.contains("/ready ") {
                         ("200 OK", String::new())
                     } else {
@@ -249,7 +256,32 @@ fn ready_but_failing() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUs
             });
         }
     });
-    (addr, inferences)
+    (addr, sent)
+}
+
+/// The v2 answer, in JSON, of the support model to the inference request `body` (its JSON
+/// header `header_length` bytes long, then the input's binary data, where given).
+fn model_answer(body: &[u8], header_length: Option<usize>) -> String {
+    let header: serde_json::Value = serde_json::from_slice(&body[..header_length.unwrap_or(body.len())]).unwrap();
+    let values: Vec<f32> = match header_length {
+        Some(n) => body[n..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+        None => header["inputs"][0]["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
+    };
+    let outputs: Vec<f32> = values.chunks_exact(D).flat_map(expected).collect();
+    let rows = values.len() / D;
+    serde_json::json!({"model_name": MODEL, "outputs": [{"name": "y", "datatype": "FP32", "shape": [rows, C], "data": outputs}]})
+        .to_string()
+}
+
+/// A server that is ready and fails every inference with status 500 and a Python traceback
+/// (what MLServer does with a body it cannot parse).
+fn ready_but_failing() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<bool>>>) {
+    scripted(|_, _| {
+        Some((
+            "500 Internal Server Error",
+            "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad request\n",
+        ))
+    })
 }
 
 #[test]
@@ -278,7 +310,7 @@ fn a_server_ready_but_failing_every_inference_is_tried_ever_more_rarely() {
     assert_eq!((stats.answered, stats.errors), (next as u64, 0), "every query answered");
     // Tried at about 0, 0.1, 0.3, 0.7 and 1.5 s, one request each (REST, binary): at most 6
     // here, where starting the backoff over at each probe tried it every 100 ms.
-    let tried = inferences.load(std::sync::atomic::Ordering::Relaxed);
+    let tried = inferences.lock().unwrap().len();
     assert!((2..=6).contains(&tried), "{tried} inferences sent in 1.6 s to a server that fails them all");
 }
 
@@ -327,4 +359,42 @@ fn a_straggling_servers_calls_are_cancelled_once_their_batch_is_decoded_and_it_d
         straggler.workers[0].answers
     );
     assert!(straggler.cancelled >= 6, "{straggler:?}");
+}
+
+#[test]
+fn a_rest_worker_moves_to_json_for_a_server_that_refuses_binary_data_not_for_one_briefly_overloaded() {
+    // K = 1, N = 2, each worker left to find out whether its server takes binary data. One
+    // server refuses binary data (status 500) and takes JSON; the other takes either and is
+    // overloaded for its first inference (status 503), which its JSON retry would have outlived.
+    let (refusing, refusing_sent) = scripted(|_, binary| binary.then_some(("500 Internal Server Error", "no binary")));
+    let (busy, busy_sent) =
+        scripted(|i, _| (i == 0).then_some(("503 Service Unavailable", "{\"error\": \"overloaded\"}")));
+    let negotiating = |i: usize, addr: std::net::SocketAddr| -> Arc<dyn Worker> {
+        let endpoint = Endpoint::parse(&format!("http://{addr}"), MODEL).unwrap();
+        assert_eq!(endpoint.binary, None);
+        let timeout = Duration::from_secs(5);
+        let config =
+            RemoteConfig { endpoint, input_shape: vec![D], output_len: C, timeout, concurrency: 1, capacity: 1000 };
+        Arc::new(RemoteWorker::connect(i, config))
+    };
+    let scheme = coordinator(1, 2, vec![negotiating(0, refusing), negotiating(1, busy)], Duration::from_secs(5));
+    let started = Instant::now();
+    let mut next = 0;
+    let enough = || refusing_sent.lock().unwrap().len() >= 4 && busy_sent.lock().unwrap().len() >= 4;
+    while !enough() && started.elapsed() < Duration::from_secs(5) {
+        for (i, output) in (next..next + 2).zip(answers(&scheme, next..next + 2)) {
+            let exact = expected(&query(i));
+            assert!(output.iter().zip(&exact).all(|(x, e)| (x - e).abs() < 1e-4), "query {i}: {output:?}");
+        }
+        next += 2;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stats = scheme.shutdown();
+    assert_eq!((stats.answered, stats.errors), (next as u64, 0), "every query answered");
+    let (refusing_sent, busy_sent) = (refusing_sent.lock().unwrap(), busy_sent.lock().unwrap());
+    assert!(refusing_sent.len() >= 4 && busy_sent.len() >= 4, "{refusing_sent:?} {busy_sent:?}");
+    // Binary data once, then JSON for good.
+    assert!(refusing_sent[0] && refusing_sent[1..].iter().all(|&binary| !binary), "{refusing_sent:?}");
+    // Binary data throughout: a 503 is no refusal of it.
+    assert!(busy_sent.iter().all(|&binary| binary), "{busy_sent:?}");
 }

@@ -490,7 +490,8 @@ impl Shared {
 
     /// [`infer_rest`](Self::infer_rest) in the encoding the endpoint asks for, or, left to
     /// the worker, in binary data until the server answers an error status to it and the same
-    /// request as JSON: then in JSON for good, said once.
+    /// request as JSON: then in JSON for good, said once. A transient status (overloaded,
+    /// unavailable, timed out: [`is_transient`]) is an error like any other, not a refusal.
     fn infer_rest_negotiated(
         &self,
         agent: &ureq::Agent,
@@ -507,7 +508,7 @@ impl Shared {
             return self.infer_rest(agent, id, tensors, query, false);
         }
         match self.infer_rest(agent, id, tensors, query, true) {
-            Err(refused @ CallError::Status { .. }) => {
+            Err(refused @ CallError::Status { status, .. }) if !is_transient(status) => {
                 let json = || self.infer_rest(agent, id, tensors, query, false);
                 // A server that failed on the binary request may close that connection after
                 // its answer (uvicorn does, MLServer's front), and the pool hands it to the
@@ -579,6 +580,13 @@ impl Shared {
             .and_then(|p| values.into_iter().nth(p))
             .ok_or_else(|| CallError::Model(format!("the answer has no output '{}'", tensors.output)))
     }
+}
+
+/// Whether `status` says the server (or a proxy in front of it) could not take the request
+/// now, whatever its encoding: timed out, overloaded, unavailable. Such a refusal of binary
+/// data says nothing of whether the server reads it.
+fn is_transient(status: u16) -> bool {
+    matches!(status, 408 | 429 | 502 | 503 | 504)
 }
 
 /// An error status with the server's `{"error": ...}` message, or else one line of its body:
