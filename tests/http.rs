@@ -112,9 +112,8 @@ fn metrics_once(server: &Server, name: &str, least: f64) -> String {
 #[test]
 fn metrics_export_the_byzantine_locators_state() {
     // K = 2, A = 1, N = 5, honest workers: the calibrated locator learns from every group and
-    // takes over once every position has enough answers, a fifth of 40 groups at the
-    // earliest; /metrics shows which locator is active and what it has learnt, also for the
-    // code of partial groups.
+    // takes over once every position has enough answers; /metrics shows which locator is
+    // active and what it has learnt, also for the code of partial groups.
     let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
     let workers: Vec<Arc<dyn Worker>> =
         (0..5).map(|i| Arc::new(LocalWorker::start(i, model(), Device::flex(), 1000)) as Arc<dyn Worker>).collect();

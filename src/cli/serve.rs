@@ -60,7 +60,7 @@ pub(super) struct LocatorArgs {
     save_calibration: Option<PathBuf>,
     /// With --locator calibrated: refit after this many more groups (0: never learn,
     /// keep --calibration as it is). Each code learns its own, the full one and each partial
-    /// group's (K' < K queries): its first calibration after a fifth of these groups, then as
+    /// group's (K' < K queries): its first calibration after a twentieth of these groups, then as
     /// its groups double, up to this. Up to A positions with no honest answers among them (a
     /// worker that always lies) are fitted without, and their answers removed first.
     #[arg(long, value_name = "GROUPS", default_value_t = Learning::default().refit_every)]

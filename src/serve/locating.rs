@@ -307,13 +307,13 @@ impl Learner {
         seen >= LYING_SEEN && 4 * located >= 3 * seen
     }
 
-    /// Whether it is time to fit, with `short` positions: after a fifth of `refit_every`
+    /// Whether it is time to fit, with `short` positions: after a twentieth of `refit_every`
     /// groups for the first calibration (then with every position's answers, or short only of
     /// liars' positions: one merely short of enough would be fitted without, its answers
     /// removed unjudged), then whenever the groups learnt from have doubled, at most every
     /// `refit_every` groups. No more positions without honest answers than a group can remove.
     fn due(&self, refit_every: usize, short: &[usize]) -> bool {
-        let first = (refit_every / 5).max(1);
+        let first = (refit_every / FIRST_FIT).max(1);
         let after = self.fitted_on.map_or(first, |groups| groups.max(first)).min(refit_every);
         let removable = short.len() <= self.params.byzantine();
         let complete =
@@ -325,6 +325,9 @@ impl Learner {
     }
 }
 
+/// The first calibration comes after `refit_every / FIRST_FIT` groups.
+const FIRST_FIT: usize = 20;
+
 /// The answers a position must have given before most of them located make it a liar's
 /// ([`Learner::lying`]).
 const LYING_SEEN: u64 = 50;
@@ -332,12 +335,13 @@ const LYING_SEEN: u64 = 50;
 /// The learner thread: observes every code's groups and refits each code's calibration
 /// (`main`: the configured code's builder); ends when the coordinator drops its sender.
 ///
-/// A code's first calibration comes after a fifth of `refit_every` groups ([`Learner::due`]):
-/// until then its groups are located robustly, and the robust locator's false alarms at small
-/// `N` (3 to 6.5 % of honest answers at `K = 2` to `4`, `A = 1`, `S = 1`: `eval --byzantine 1
-/// --k 2,3,4 --stragglers 1 --model lenet5 --dataset fashion-mnist`) cost more than those of a
-/// calibration fitted on 200 groups (1.1 to 1.8 %, `--calibration-groups 200 --outputs
-/// softmax`; 0.2 to 0.4 % on 1000).
+/// A code's first calibration comes after a twentieth of `refit_every` groups
+/// ([`Learner::due`]), as soon as every position has enough answers at the default: until
+/// then its groups are located robustly, and the robust locator's false alarms at small `N` (3
+/// to 6.5 % of honest answers at `K = 2` to `4`, `A = 1`, `S = 1`: `eval --byzantine 1 --k
+/// 2,3,4 --stragglers 1 --model lenet5 --dataset fashion-mnist`) cost more than those of a
+/// calibration fitted on 60 groups (0.8 to 0.9 %, `--calibration-groups 60 --outputs
+/// softmax`; 0.3 to 0.8 % on 100, 0.1 to 0.3 % on 1000).
 fn learn(
     main: (CodeParams, CalibrationBuilder),
     (learning, output_len): (Learning, usize),
@@ -629,8 +633,8 @@ mod tests {
             (learner.fitted_on, learner.since_fit) = (fitted_on, since_fit);
             learner.due(1000, short)
         };
-        // The first: after 200 groups, with every position's answers until 1000 (A = 1).
-        assert!(!due(None, 199, &[]) && due(None, 200, &[]));
+        // The first: after 50 groups, with every position's answers until 1000 (A = 1).
+        assert!(!due(None, 49, &[]) && due(None, 50, &[]));
         assert!(!due(None, 999, &[4]) && due(None, 1000, &[4]) && !due(None, 1000, &[4, 5]));
         // Then when the sample has doubled, a position short or not, every 1000 at most.
         assert!(!due(Some(300), 299, &[]) && due(Some(300), 300, &[4]));
@@ -659,10 +663,10 @@ mod tests {
         }
         learner.count(&answers, &masks);
         assert_eq!((learner.located[4], learner.located[5], learner.located[0]), ((60, 55), (40, 10), (60, 0)));
-        learner.since_fit = 200;
+        learner.since_fit = 50;
         assert!(learner.due(1000, &[4]), "a liar's position is fitted without from the first fit");
         assert!(!learner.due(1000, &[5]) && !learner.due(1000, &[4, 5]), "not a position merely short");
-        learner.since_fit = 199;
+        learner.since_fit = 49;
         assert!(!learner.due(1000, &[4]), "the first fit waits for its groups all the same");
     }
 
