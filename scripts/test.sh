@@ -17,6 +17,9 @@ export APPROXIFER_TRITON
 # Seldon's MLServer (from PyPI), another: its REST front takes JSON tensors only.
 APPROXIFER_MLSERVER="$(scripts/mlserver.sh)"
 export APPROXIFER_MLSERVER
+# KServe's Python model server (from PyPI), the third: gRPC answers in typed contents.
+APPROXIFER_KSERVE="$(scripts/kserve.sh)"
+export APPROXIFER_KSERVE
 
 # The Vulkan loader warns on every start when this is unset; give it a private directory.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then

@@ -1,5 +1,6 @@
 """approxifer's zoo models with numpy, for third-party inference servers (Triton's Python
-backend: scripts/triton/model.py; MLServer: scripts/mlserver/runtime.py).
+backend: scripts/triton/model.py; MLServer: scripts/mlserver/runtime.py; KServe:
+scripts/kserve/server.py).
 
 The weights are the arrays `approxifer export-weights` writes (Burn's layouts, named as in its
 `manifest.json`). A model answers the softmax of its logits, as `approxifer worker` does, so

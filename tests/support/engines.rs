@@ -1,4 +1,4 @@
-//! Third-party v2 servers (Triton, MLServer) as the coordinator's workers: each runs the
+//! Third-party v2 servers (Triton, MLServer, KServe) as the coordinator's workers: each runs the
 //! embedded LeNet-5 with numpy (scripts/zoo_numpy.py) from the weights `approxifer
 //! export-weights` writes, in a process group of its own, killed with it. The v2 JSON client
 //! and the embedded images serve the tests of worker processes on other hosts too.
