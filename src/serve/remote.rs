@@ -77,7 +77,7 @@ impl Endpoint {
             _ => return Err(bad()),
         };
         let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
-        if host.is_empty() || host.contains(char::is_whitespace) {
+        if !is_host_and_port(host) {
             return Err(bad());
         }
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -105,8 +105,11 @@ impl Endpoint {
                 endpoint.url = format!("http://{host}");
                 endpoint.protocol = Protocol::Grpc;
             }
-            if !endpoint.url.starts_with("http://") {
+            let Some(rest) = endpoint.url.strip_prefix("http://") else {
                 return Err(error(format!("url '{}' must start with grpc:// or http://", endpoint.url)));
+            };
+            if !is_host_and_port(rest.split('/').next().unwrap_or_default()) {
+                return Err(error(format!("url '{}': the host or port is not valid", endpoint.url)));
             }
         }
         Ok(file.worker)
@@ -120,6 +123,17 @@ impl Endpoint {
             None => format!("{base}/v2/models/{}", self.model),
         }
     }
+}
+
+/// Whether `authority` is a host with, if any, a port that exists (a typo such as `:181822`
+/// is refused at start, not met as a server that never answers).
+fn is_host_and_port(authority: &str) -> bool {
+    let Ok(parsed) = authority.parse::<tonic::codegen::http::uri::Authority>() else { return false };
+    // Its port is what follows the host (`[::1]` with its brackets), if anything does.
+    let port = &authority[parsed.host().len().min(authority.len())..];
+    !parsed.host().is_empty()
+        && !authority.contains('@')
+        && (port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok()))
 }
 
 /// The endpoint as a URL names it: `grpc://host:port/v2/models/m` or `http://...`.
@@ -650,12 +664,24 @@ mod tests {
         let named = Endpoint::parse("http://h:1/v2/models/m/versions/3", "lenet").unwrap();
         assert_eq!((named.model.as_str(), named.version.as_deref()), ("m", Some("3")));
         assert_eq!(named.model_url(), "http://h:1/v2/models/m/versions/3");
+        for good in ["http://[::1]:8000", "grpc://h", "http://host.example:65535/v2/models/m"] {
+            assert!(Endpoint::parse(good, "m").is_ok(), "{good}");
+        }
         let grpc = Endpoint::parse("grpc://h:2/v2/models/m", "lenet").unwrap();
         assert_eq!((grpc.protocol, plain.protocol, grpc.url.as_str()), (Protocol::Grpc, Protocol::Rest, "http://h:2"));
         // Messages name an endpoint as its URL would.
         assert_eq!(grpc.to_string(), "grpc://h:2/v2/models/m");
         assert_eq!(plain.to_string(), "http://10.0.0.2:8000/v2/models/lenet");
-        for bad in ["h:1", "http://", "http://h:1/v1/predict", "grpcx://h:1", "http://h:1/v2/models"] {
+        for bad in [
+            "h:1",
+            "http://",
+            "http://h:1/v1/predict",
+            "grpcx://h:1",
+            "http://h:1/v2/models",
+            "grpc://h:181822",
+            "http://h:x",
+            "http://a b:1",
+        ] {
             assert!(Endpoint::parse(bad, "m").is_err(), "{bad}");
         }
     }
@@ -694,6 +720,8 @@ mod tests {
         std::fs::write(&path, "[[worker]]\nurl = \"http://a:1\"\nmodel = \"x\"\nport = 3\n").unwrap();
         assert!(matches!(Endpoint::from_file(&path), Err(EndpointError::File { .. })));
         std::fs::write(&path, "[[worker]]\nurl = \"a:1\"\nmodel = \"x\"\n").unwrap();
+        assert!(matches!(Endpoint::from_file(&path), Err(EndpointError::File { .. })));
+        std::fs::write(&path, "[[worker]]\nurl = \"grpc://a:70000\"\nmodel = \"x\"\n").unwrap();
         assert!(matches!(Endpoint::from_file(&path), Err(EndpointError::File { .. })));
     }
 }
