@@ -191,6 +191,43 @@ fn an_uncoded_baseline_passes_over_a_remote_worker_that_is_down() {
     assert_eq!(baseline.shutdown().errors, 0);
 }
 
+#[test]
+fn an_uncoded_baseline_sends_a_batch_its_server_failed_to_another_at_once() {
+    // Worker 0's server is ready and fails every inference; worker 1's answers. A batch sent
+    // to worker 0 goes to worker 1 once the failure is known, as a load balancer retries,
+    // where it waited for its deadline and failed.
+    let (failing, inferences) = ready_but_failing();
+    let up = Server::worker_on(any_ports(), model());
+    let workers: Vec<Arc<dyn Worker>> = vec![
+        remote(1, (failing, failing), Duration::from_secs(5)),
+        remote(4, (up.addr, up.grpc), Duration::from_secs(5)),
+    ];
+    let config = BaselineConfig {
+        policy: Policy::Uncoded,
+        input_len: D,
+        output_len: C,
+        max_batch: 1,
+        max_queue_delay: Duration::ZERO,
+        deadline: Duration::from_secs(5),
+        capacity: 100,
+        faults: None,
+    };
+    let baseline = Baseline::start(config, workers).unwrap();
+    let started = Instant::now();
+    for round in 0..8 {
+        let tickets: Vec<_> = (0..4).map(|i| baseline.submit(query(round * 4 + i)).unwrap()).collect();
+        for (i, ticket) in tickets.iter().enumerate() {
+            let answer = ticket.recv_timeout(Duration::from_secs(10)).unwrap().expect("answered");
+            let exact = expected(&query(round * 4 + i));
+            assert!(answer.output.iter().zip(&exact).all(|(a, e)| (a - e).abs() < 1e-5), "query {i} of round {round}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "no batch waited for its deadline: {:?}", started.elapsed());
+    assert!(!inferences.lock().unwrap().is_empty(), "the failing server was sent batches");
+    assert_eq!(baseline.shutdown().errors, 0);
+}
+
 /// What a [`scripted`] server answers its `i`-th inference (from 0), sent in binary data or
 /// not: `None` the model's answer (in JSON), else an error status and its body.
 type Script = fn(usize, bool) -> Option<(&'static str, &'static str)>;

@@ -231,6 +231,36 @@ fn baselines_give_the_models_own_answers_and_replication_and_hedging_survive_a_d
 }
 
 #[test]
+fn a_baseline_sends_a_batch_whose_model_failed_to_another_worker_at_once() {
+    use approxifer::serve::{Baseline, Policy};
+    // Worker 0's model answers one row too many for every batch (a failure the worker
+    // reports): each uncoded query sent there is answered by another worker, long before its
+    // deadline.
+    let inner = model();
+    let failing: ServedModel = Arc::new(move |x: Tensor<2>| {
+        let y = inner.forward(x);
+        Tensor::cat(vec![y.clone(), y.narrow(0, 0, 1)], 0)
+    });
+    let mut pool: Vec<Arc<dyn Worker>> = vec![Arc::new(worker(0, failing, 1000))];
+    pool.extend((1..3).map(|i| Arc::new(worker(i, model(), 1000)) as Arc<dyn Worker>));
+    let config = approxifer::serve::BaselineConfig {
+        max_batch: 2,
+        ..one_query_per_batch(Policy::Uncoded, None, Duration::from_secs(30), 1000)
+    };
+    let baseline = Baseline::start(config, pool).unwrap();
+    let started = std::time::Instant::now();
+    let tickets: Vec<_> = (0..40).map(|i| baseline.submit(query(i)).unwrap()).collect();
+    for (i, ticket) in tickets.into_iter().enumerate() {
+        let answer = ticket.recv_timeout(Duration::from_secs(20)).unwrap().expect("answered");
+        assert!(max_error(&answer.output, &expected(&query(i))) < 1e-5, "query {i}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "no batch waited for its deadline");
+    let stats = baseline.shutdown();
+    assert_eq!((stats.answered, stats.errors), (40, 0));
+    assert!(stats.workers[0].requests > 0, "the failing worker was sent batches: {:?}", stats.workers);
+}
+
+#[test]
 fn a_panicking_model_loses_requests_not_the_worker() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let code = Code::new(CodeParams::builder(2, 4).stragglers(2).build().unwrap()).unwrap();

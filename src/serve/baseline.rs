@@ -298,18 +298,31 @@ impl Loop {
     fn receive(&mut self, response: Response) {
         let busy = self.lag.answered(response.worker, response.id, Instant::now());
         let id = self.routes.remove(&response.id).map(|(id, _)| id);
-        let pending = id.and_then(|id| self.pending.get(&id));
-        self.stats.answered(response.worker, busy, pending.is_none());
-        let (Some(id), Some(pending)) = (id, pending) else { return };
         let c = self.config.output_len;
-        if response.output.len() != pending.replies.len() * c {
-            return;
-        }
+        let expected = id.and_then(|id| self.pending.get(&id)).map(|p| p.replies.len() * c);
+        let (output, id) = match (response.output, id, expected) {
+            (Some(output), Some(id), Some(len)) if output.len() == len => (output, id),
+            // No answer, or one that cannot be split into the batch's rows: as a load balancer
+            // retries, the batch goes at once to a worker it was not sent to.
+            (_, Some(id), Some(_)) => {
+                let mut pending = self.pending.remove(&id).expect("the batch is pending");
+                self.send(id, &mut pending, 1);
+                self.pending.insert(id, pending);
+                return;
+            }
+            // An answer to a batch already answered or expired.
+            (Some(_), _, _) => {
+                self.stats.answered(response.worker, busy, true);
+                return;
+            }
+            (None, _, _) => return,
+        };
+        self.stats.answered(response.worker, busy, false);
         let pending = self.pending.remove(&id).expect("the batch is pending");
         pending.cancel.cancel();
         self.forget(&pending.requests);
         self.stats.decoded_groups += pending.replies.len() as u64;
-        for (reply, output) in pending.replies.into_iter().zip(response.output.chunks_exact(c)) {
+        for (reply, output) in pending.replies.into_iter().zip(output.chunks_exact(c)) {
             self.answer(reply, Ok(Answer { output: output.to_vec(), approximate: false }));
         }
     }

@@ -652,6 +652,9 @@ impl Loop {
         let c = self.config.output_len;
         let busy = self.lag.answered(response.worker, response.id, Instant::now());
         let route = self.routes.remove(&response.id);
+        // A worker that could not answer is a straggler: its rows come from the others, or
+        // from a hedge.
+        let Some(output) = response.output else { return };
         let batch = route.as_ref().and_then(|route| self.pending.get_mut(&route.batch));
         self.stats.answered(response.worker, busy, batch.is_none());
         let (Some(Route { batch: id, parts, .. }), Some(batch)) = (route, batch) else { return };
@@ -659,17 +662,17 @@ impl Loop {
         // A wrong-sized answer cannot be split into its rows: it counts as no answer.
         let segments = batch.dispatch.segments();
         let rows: usize = parts.iter().map(|p| segments[p.segment].groups).sum();
-        if response.output.len() != rows * c {
+        if output.len() != rows * c {
             return;
         }
         // Hedges go to workers that answered with numbers only.
         if let Some(answered) = batch.answered.get_mut(response.worker) {
-            *answered |= finite(&response.output);
+            *answered |= finite(&output);
         }
         let mut offset = 0;
         for part in parts {
             let len = segments[part.segment].groups * c;
-            let rows = &response.output[offset..offset + len];
+            let rows = &output[offset..offset + len];
             offset += len;
             // A NaN or an infinity is known bad: its row counts as no answer (decoding masks
             // it out) rather than spending the locator's budget, and its group waits for

@@ -267,14 +267,16 @@ impl Loop {
     fn receive(&mut self, response: Response) {
         let busy = self.lag.answered(response.worker, response.id, Instant::now());
         let route = self.routes.remove(&response.id);
+        // A worker that could not answer is a straggler the parity covers.
+        let Some(output) = response.output else { return };
         let pending = route.and_then(|(id, _)| self.pending.get_mut(&id));
         self.stats.answered(response.worker, busy, pending.is_none());
         let (Some((id, w)), Some(pending)) = (route, pending) else { return };
         let c = self.config.output_len;
-        if response.output.len() != pending.groups * c {
+        if output.len() != pending.groups * c {
             return; // a malformed answer is a missing one
         }
-        pending.answers[w] = Some(response.output);
+        pending.answers[w] = Some(output);
         self.settle(id);
     }
 

@@ -317,7 +317,13 @@ impl Shared {
             if self.stop.load(Ordering::Relaxed) || request.cancel.is_cancelled() {
                 continue;
             }
-            let Some(tensors) = self.tensors() else { continue };
+            let failed = || {
+                let _ = reply.send(Response { id: request.id, worker: self.index, output: None });
+            };
+            let Some(tensors) = self.tensors() else {
+                failed();
+                continue;
+            };
             let started = Instant::now();
             if let Ok(mut since) = self.unanswered_since.lock() {
                 since.get_or_insert(started);
@@ -328,7 +334,7 @@ impl Shared {
                 Ok(output) => {
                     self.answered.fetch_add(1, Ordering::Relaxed);
                     self.answering();
-                    let _ = reply.send(Response { id: request.id, worker: self.index, output });
+                    let _ = reply.send(Response { id: request.id, worker: self.index, output: Some(output) });
                 }
                 // Given up because nobody needs the answer (its batch is decoded or was
                 // cancelled): no failure of the server's, unless nothing has come back for
@@ -349,6 +355,7 @@ impl Shared {
                     // that is down must not be hammered, and one too slow for the deadline
                     // would only queue work nobody waits for.
                     self.down(&error);
+                    failed();
                 }
             }
         }

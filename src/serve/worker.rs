@@ -78,12 +78,13 @@ impl Cancel {
 }
 
 /// A worker's answer to one [`Request`]: `rows x C` values, row-major, in the order of the
-/// request's rows.
+/// request's rows; `None` when it could not answer (its model failed, its server failed or
+/// is down), said at once so that a scheme can send the work elsewhere rather than wait.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
     pub id: u64,
     pub worker: usize,
-    pub output: Vec<f32>,
+    pub output: Option<Vec<f32>>,
 }
 
 /// Why a worker did not take a request.
@@ -215,19 +216,20 @@ impl Runner {
                 }
                 _ => {}
             }
-            // A model that panics or fails loses this request (the scheme sees no answer), not
-            // the worker.
+            // A model that panics or fails loses this request (the scheme is told it has no
+            // answer), not the worker.
             let output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.answer(&request.work)));
             self.counters.busy_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let Ok(Some(mut output)) = output else {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let _ = reply.send(Response { id: request.id, worker: self.index, output: None });
                 continue;
             };
             if matches!(request.injected, Some(Outcome::Tampered(_))) {
                 self.tamper_rows(&mut output, request.work.rows());
             }
             // The scheme may have stopped listening (shutdown): nothing left to do then.
-            let _ = reply.send(Response { id: request.id, worker: self.index, output });
+            let _ = reply.send(Response { id: request.id, worker: self.index, output: Some(output) });
         }
     }
 
