@@ -1751,16 +1751,18 @@ fn held_out(d2: &[f64]) -> Vec<f64> {
 fn tail_quantile(values: &[f64], level: f64) -> f64 {
     let m = values.len();
     let beyond = (1.0 - level) * m as f64;
-    if beyond >= 1.0 || m <= TAIL_SAMPLES {
+    // An overflowed distance (infinite) says nothing of the tail's shape.
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if beyond >= 1.0 || sorted.len() <= TAIL_SAMPLES {
         return quantile(values, level);
     }
-    let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let k = (m / 10).max(TAIL_SAMPLES);
-    let base = sorted[m - 1 - k];
+    let finite = sorted.len();
+    let k = (finite / 10).max(TAIL_SAMPLES);
+    let base = sorted[finite - 1 - k];
     // The mean excess over the base is the exponential's scale; the base is exceeded by `k`
     // of the `m` samples, the quantile by `beyond` of them.
-    let scale = sorted[m - k..].iter().map(|v| v - base).sum::<f64>() / k as f64;
+    let scale = sorted[finite - k..].iter().map(|v| v - base).sum::<f64>() / k as f64;
     base + scale * (k as f64 / beyond).ln()
 }
 
@@ -1817,6 +1819,11 @@ mod tests {
         assert_eq!(tail_quantile(&samples, 0.99), quantile(&samples, 0.99));
         // Too few samples to fit a tail: their largest.
         assert_eq!(tail_quantile(&[1.0, 3.0, 2.0], 0.9999), 3.0);
+        // An overflowed distance is left out of the tail, not taken as its scale.
+        let mut overflowed = samples.clone();
+        overflowed[299] = f64::INFINITY;
+        let without = tail_quantile(&overflowed, 0.9999);
+        assert!(without.is_finite() && (without - truth).abs() < 0.1 * truth, "{without}");
     }
 
     /// Deterministic values in `[-1, 1)`.
