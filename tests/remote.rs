@@ -166,12 +166,9 @@ fn servers_that_are_down_die_start_late_or_answer_late_are_stragglers_not_errors
     assert!(late.stop().answered > 0);
 }
 
-#[test]
-fn an_uncoded_baseline_passes_over_a_remote_worker_that_is_down() {
-    let up = Server::worker_on(any_ports(), model());
-    let workers: Vec<Arc<dyn Worker>> =
-        vec![remote(0, free_ports(), Duration::from_secs(5)), remote(1, (up.addr, up.grpc), Duration::from_secs(5))];
-    let config = BaselineConfig {
+/// The uncoded baseline, each query sent alone and at once, with a 5 s deadline.
+fn uncoded_one_query_per_batch() -> BaselineConfig {
+    BaselineConfig {
         policy: Policy::Uncoded,
         input_len: D,
         output_len: C,
@@ -180,8 +177,15 @@ fn an_uncoded_baseline_passes_over_a_remote_worker_that_is_down() {
         deadline: Duration::from_secs(5),
         capacity: 100,
         faults: None,
-    };
-    let baseline = Baseline::start(config, workers).unwrap();
+    }
+}
+
+#[test]
+fn an_uncoded_baseline_passes_over_a_remote_worker_that_is_down() {
+    let up = Server::worker_on(any_ports(), model());
+    let workers: Vec<Arc<dyn Worker>> =
+        vec![remote(0, free_ports(), Duration::from_secs(5)), remote(1, (up.addr, up.grpc), Duration::from_secs(5))];
+    let baseline = Baseline::start(uncoded_one_query_per_batch(), workers).unwrap();
     let tickets: Vec<_> = (0..20).map(|i| baseline.submit(query(i)).unwrap()).collect();
     for (i, ticket) in tickets.iter().enumerate() {
         let answer = ticket.recv_timeout(Duration::from_secs(10)).unwrap().expect("answered by the server that is up");
@@ -202,17 +206,7 @@ fn an_uncoded_baseline_sends_a_batch_its_server_failed_to_another_at_once() {
         remote(1, (failing, failing), Duration::from_secs(5)),
         remote(4, (up.addr, up.grpc), Duration::from_secs(5)),
     ];
-    let config = BaselineConfig {
-        policy: Policy::Uncoded,
-        input_len: D,
-        output_len: C,
-        max_batch: 1,
-        max_queue_delay: Duration::ZERO,
-        deadline: Duration::from_secs(5),
-        capacity: 100,
-        faults: None,
-    };
-    let baseline = Baseline::start(config, workers).unwrap();
+    let baseline = Baseline::start(uncoded_one_query_per_batch(), workers).unwrap();
     let started = Instant::now();
     for round in 0..8 {
         let tickets: Vec<_> = (0..4).map(|i| baseline.submit(query(round * 4 + i)).unwrap()).collect();
