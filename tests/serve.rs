@@ -243,10 +243,7 @@ fn a_baseline_sends_a_batch_whose_model_failed_to_another_worker_at_once() {
     });
     let mut pool: Vec<Arc<dyn Worker>> = vec![Arc::new(worker(0, failing, 1000))];
     pool.extend((1..3).map(|i| Arc::new(worker(i, model(), 1000)) as Arc<dyn Worker>));
-    let config = approxifer::serve::BaselineConfig {
-        max_batch: 2,
-        ..one_query_per_batch(Policy::Uncoded, None, Duration::from_secs(30), 1000)
-    };
+    let config = one_query_per_batch(Policy::Uncoded, None, Duration::from_secs(30), 1000);
     let baseline = Baseline::start(config, pool).unwrap();
     let started = std::time::Instant::now();
     let tickets: Vec<_> = (0..40).map(|i| baseline.submit(query(i)).unwrap()).collect();
