@@ -222,6 +222,21 @@ fn an_uncoded_baseline_sends_a_batch_its_server_failed_to_another_at_once() {
     assert_eq!(baseline.shutdown().errors, 0);
 }
 
+/// Two queries at a time, `pause` apart, while `more` says so, each answer checked against
+/// the model's own (a `K = 1` code decodes exactly); returns how many were asked.
+fn exact_pairs_while(scheme: &Coordinator, pause: Duration, more: impl Fn() -> bool) -> u64 {
+    let mut next = 0;
+    while more() {
+        for (i, output) in (next..next + 2).zip(answers(scheme, next..next + 2)) {
+            let exact = expected(&query(i));
+            assert!(output.iter().zip(&exact).all(|(x, e)| (x - e).abs() < 1e-4), "query {i}: {output:?}");
+        }
+        next += 2;
+        std::thread::sleep(pause);
+    }
+    next as u64
+}
+
 /// What a [`scripted`] server answers its `i`-th inference (from 0), sent in binary data or
 /// not: `None` the model's answer (in JSON), else an error status and its body.
 type Script = fn(usize, bool) -> Option<(&'static str, &'static str)>;
@@ -328,17 +343,10 @@ fn a_server_ready_but_failing_every_inference_is_tried_ever_more_rarely() {
     ];
     let scheme = coordinator(1, 2, workers, Duration::from_secs(5));
     let started = Instant::now();
-    let mut next = 0;
-    while started.elapsed() < Duration::from_millis(1600) {
-        for (i, output) in (next..next + 2).zip(answers(&scheme, next..next + 2)) {
-            let exact = expected(&query(i));
-            assert!(output.iter().zip(&exact).all(|(x, e)| (x - e).abs() < 1e-4), "query {i}: {output:?}");
-        }
-        next += 2;
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let asked =
+        exact_pairs_while(&scheme, Duration::from_millis(10), || started.elapsed() < Duration::from_millis(1600));
     let stats = scheme.shutdown();
-    assert_eq!((stats.answered, stats.errors), (next as u64, 0), "every query answered");
+    assert_eq!((stats.answered, stats.errors), (asked, 0), "every query answered");
     // Tried at about 0, 0.1, 0.3, 0.7 and 1.5 s, one request each (REST, binary): at most 6
     // here, where starting the backoff over at each probe tried it every 100 ms.
     let tried = inferences.lock().unwrap().len();
@@ -410,18 +418,12 @@ fn a_rest_worker_moves_to_json_for_a_server_that_refuses_binary_data_not_for_one
     };
     let scheme = coordinator(1, 2, vec![negotiating(0, refusing), negotiating(1, busy)], Duration::from_secs(5));
     let started = Instant::now();
-    let mut next = 0;
     let enough = || refusing_sent.lock().unwrap().len() >= 4 && busy_sent.lock().unwrap().len() >= 4;
-    while !enough() && started.elapsed() < Duration::from_secs(5) {
-        for (i, output) in (next..next + 2).zip(answers(&scheme, next..next + 2)) {
-            let exact = expected(&query(i));
-            assert!(output.iter().zip(&exact).all(|(x, e)| (x - e).abs() < 1e-4), "query {i}: {output:?}");
-        }
-        next += 2;
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let asked = exact_pairs_while(&scheme, Duration::from_millis(20), || {
+        !enough() && started.elapsed() < Duration::from_secs(5)
+    });
     let stats = scheme.shutdown();
-    assert_eq!((stats.answered, stats.errors), (next as u64, 0), "every query answered");
+    assert_eq!((stats.answered, stats.errors), (asked, 0), "every query answered");
     let (refusing_sent, busy_sent) = (refusing_sent.lock().unwrap(), busy_sent.lock().unwrap());
     assert!(refusing_sent.len() >= 4 && busy_sent.len() >= 4, "{refusing_sent:?} {busy_sent:?}");
     // Binary data once, then JSON for good.

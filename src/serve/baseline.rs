@@ -350,7 +350,6 @@ impl Loop {
         }
     }
 
-    /// Drops the routes of cancelled `requests`.
     /// As the coordinator's: answers [`ServeError::Cancelled`] to the queries nobody waits
     /// for, those not sent and the batches of nothing else, whose requests are cancelled.
     fn drop_abandoned(&mut self) {
@@ -366,6 +365,7 @@ impl Loop {
         }
     }
 
+    /// Drops the routes of cancelled `requests`.
     fn forget(&mut self, requests: &[u64]) {
         for r in requests {
             if let Some((_, w)) = self.routes.remove(r) {

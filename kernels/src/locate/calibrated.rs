@@ -632,10 +632,8 @@ impl Gaussian {
         let f = rows[0].len();
         let mut fitted = Gaussian::moments(rows, f, position)?;
         let distances: Vec<f64> = rows.iter().map(|r| fitted.distance(r)).collect();
-        let distances = match fitted.whitening.len() == f * f {
-            true => held_out(&distances),
-            false => distances,
-        };
+        // The closed form holds for a full covariance; a diagonal one keeps its own.
+        let distances = if fitted.whitening.len() == f * f { held_out(&distances) } else { distances };
         fitted.threshold = tail_quantile(&distances, level);
         Ok(fitted)
     }
