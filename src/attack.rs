@@ -4,7 +4,10 @@
 //! Every attack acts on the rows the liars of one group would have returned honestly. The
 //! scales are those of the answers themselves (a random answer stays in the honest row's
 //! range, a targeted one overshoots it by one spread) except Gaussian noise, whose `sigma` is
-//! absolute, as in the paper.
+//! absolute, as in the paper. Two attacks only move an honest row's values between its
+//! coordinates (`rotate`, `swap-top`): the lie keeps the row's sorted profile, its spread and,
+//! for class probabilities, its being a probability vector, so nothing in the row alone gives
+//! it away; only its disagreement with the other workers' answers does.
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -33,6 +36,12 @@ pub enum Attack {
     Targeted { class: usize },
     /// All liars of a group return the same vector: the first liar's targeted answer.
     Colluding { class: usize },
+    /// Every value moves to the next coordinate (the last to the first): a classifier's
+    /// answer names another class with the same confidence.
+    Rotate,
+    /// The largest value and the second largest trade places: the answer names the
+    /// runner-up class with the winner's confidence, the most plausible wrong answer.
+    SwapTop,
 }
 
 /// The class targeted and colluding liars push.
@@ -40,7 +49,7 @@ pub const TARGET_CLASS: usize = 0;
 
 impl Attack {
     /// Every attack the issue names, the paper's three noise levels included.
-    pub const ALL: [Attack; 8] = [
+    pub const ALL: [Attack; 10] = [
         Attack::Gaussian { sigma: 1.0 },
         Attack::Gaussian { sigma: 10.0 },
         Attack::Gaussian { sigma: 100.0 },
@@ -49,6 +58,8 @@ impl Attack {
         Attack::Constant,
         Attack::Targeted { class: TARGET_CLASS },
         Attack::Colluding { class: TARGET_CLASS },
+        Attack::Rotate,
+        Attack::SwapTop,
     ];
 
     /// The name used on the command line and in JSON.
@@ -61,6 +72,8 @@ impl Attack {
             Attack::Constant => "constant".into(),
             Attack::Targeted { .. } => "targeted".into(),
             Attack::Colluding { .. } => "colluding".into(),
+            Attack::Rotate => "rotate".into(),
+            Attack::SwapTop => "swap-top".into(),
         }
     }
 
@@ -94,6 +107,12 @@ impl Attack {
                 row.fill(mean);
             }
             Attack::Targeted { class } | Attack::Colluding { class } => target(row, class),
+            Attack::Rotate => row.rotate_right(1),
+            Attack::SwapTop => {
+                if let Some((first, second)) = top_two(row) {
+                    row.swap(first, second);
+                }
+            }
         }
     }
 
@@ -114,6 +133,15 @@ fn target(row: &mut [f32], class: usize) {
     if let Some(v) = row.get_mut(class.min(row.len().saturating_sub(1))) {
         *v = high + (high - low).max(1.0);
     }
+}
+
+/// The indices of a row's largest and second largest values (`None` for fewer than two
+/// values); NaN sorts below everything.
+fn top_two(row: &[f32]) -> Option<(usize, usize)> {
+    let key = |i: usize| if row[i].is_nan() { f32::NEG_INFINITY } else { row[i] };
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
+    (row.len() >= 2).then(|| (order[0], order[1]))
 }
 
 /// The smallest and largest finite values of a row (0, 0 when it has none).
@@ -138,7 +166,8 @@ impl std::fmt::Display for Attack {
 impl FromStr for Attack {
     type Err = String;
 
-    /// `none`, `gaussian-SIGMA`, `sign-flip`, `random`, `constant`, `targeted`, `colluding`.
+    /// `none`, `gaussian-SIGMA`, `sign-flip`, `random`, `constant`, `targeted`, `colluding`,
+    /// `rotate`, `swap-top`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(sigma) = s.strip_prefix("gaussian-") {
             return match sigma.parse::<f32>() {
@@ -153,9 +182,11 @@ impl FromStr for Attack {
             "constant" => Ok(Attack::Constant),
             "targeted" => Ok(Attack::Targeted { class: TARGET_CLASS }),
             "colluding" => Ok(Attack::Colluding { class: TARGET_CLASS }),
+            "rotate" => Ok(Attack::Rotate),
+            "swap-top" => Ok(Attack::SwapTop),
             _ => Err(format!(
                 "unknown attack '{s}'; expected none, gaussian-SIGMA (e.g. gaussian-10), sign-flip, random, constant, \
-                 targeted or colluding"
+                 targeted, colluding, rotate or swap-top"
             )),
         }
     }
@@ -206,6 +237,26 @@ mod tests {
         let targeted = corrupt(Attack::Targeted { class: 1 });
         assert_eq!(targeted[1], 7.5 + 8.5);
         assert_eq!(crate::demo::argmax(&targeted), 1);
+        assert_eq!(corrupt(Attack::Rotate), [0.25, 3.0, -1.0, 7.5]);
+        assert_eq!(corrupt(Attack::SwapTop), [7.5, -1.0, 3.0, 0.25]);
+    }
+
+    #[test]
+    fn permuting_attacks_keep_a_probability_vector_one() {
+        let honest = [0.05f32, 0.7, 0.2, 0.05];
+        for attack in [Attack::Rotate, Attack::SwapTop] {
+            let mut row = honest;
+            attack.corrupt(&mut [&mut row[..]], &mut rng());
+            let (mut sorted, mut before) = (row, honest);
+            sorted.sort_by(f32::total_cmp);
+            before.sort_by(f32::total_cmp);
+            assert_eq!(sorted, before, "{attack}");
+            assert_ne!(crate::demo::argmax(&row), 1, "{attack}");
+        }
+        // A row too short to permute is left as it is, not indexed out of range.
+        let mut one = [4.0f32];
+        Attack::SwapTop.corrupt(&mut [&mut one[..]], &mut rng());
+        assert_eq!(one, [4.0]);
     }
 
     #[test]

@@ -72,8 +72,8 @@ pub(super) struct EvalArgs {
     #[arg(long, value_name = "A", value_delimiter = ',')]
     byzantine: Option<Vec<usize>>,
     /// With --byzantine, the attacks, comma-separated: none, gaussian-SIGMA, sign-flip,
-    /// random, constant, targeted, colluding [default: none and all of the others, with
-    /// gaussian-1, gaussian-10 and gaussian-100]
+    /// random, constant, targeted, colluding, rotate, swap-top [default: none and all of the
+    /// others, with gaussian-1, gaussian-10 and gaussian-100]
     #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "byzantine")]
     attack: Option<Vec<Attack>>,
     /// With --byzantine, worker counts N to measure, comma-separated (the redundancy curve;

@@ -191,7 +191,7 @@ pub(super) struct ServeArgs {
     #[command(flatten)]
     locating: LocatorArgs,
     /// How a worker lies when the --faults plan makes it Byzantine: gaussian-SIGMA,
-    /// sign-flip, random, constant, targeted or colluding.
+    /// sign-flip, random, constant, targeted, colluding, rotate or swap-top.
     #[arg(long, default_value = "sign-flip")]
     attack: Attack,
     #[arg(long, default_value_t = 2)]

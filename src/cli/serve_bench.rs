@@ -87,7 +87,8 @@ pub(super) struct ServeBenchArgs {
     #[arg(long, value_name = "P", default_value_t = 1.0)]
     lie_probability: f64,
     /// How a liar alters each row of its answer: gaussian-SIGMA, sign-flip, random, constant,
-    /// targeted or colluding (also for a --faults plan's byzantine_probability).
+    /// targeted, colluding, rotate or swap-top (also for a --faults plan's
+    /// byzantine_probability).
     #[arg(long, default_value = "sign-flip")]
     attack: Attack,
     #[command(flatten)]
