@@ -1265,6 +1265,7 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
             "partial_calibrated",
             "short_positions",
             "suspected",
+            "suspected_workers",
         ] {
             assert!(r.get(key).is_some(), "missing {key}: {r}");
         }
@@ -1555,6 +1556,38 @@ fn serve_bench_puts_the_same_liars_in_every_pool_and_the_coded_scheme_removes_th
     for r in stdout_json_lines(&planned) {
         assert_eq!(r["liars"], serde_json::json!([1]), "{r}");
     }
+}
+
+#[test]
+fn serve_bench_finds_a_liar_whose_answers_keep_an_honest_ones_profile_over_many_batches() {
+    // A liar that moves each probability to the next class: its answer is a probability
+    // vector with an honest profile, which no group alone gives away (README, "Byzantine
+    // workers"). Placed on a different node every batch, it stands out over many.
+    let args = [
+        "serve-bench",
+        "--schemes",
+        "uncoded,approxifer",
+        "--byzantine",
+        "1",
+        "--attack",
+        "rotate",
+        "--queries",
+        "2000",
+        "--rate",
+        "800",
+        "--latency-ms",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    let rows = stdout_json_lines(&args);
+    let (uncoded, coded) = (&rows[0], &rows[1]);
+    assert_eq!(coded["suspected_workers"], coded["liars"], "{coded}");
+    assert_eq!(uncoded["suspected_workers"], serde_json::json!([]), "{uncoded}");
+    let accuracy = |r: &Value| r["accuracy"].as_f64().unwrap();
+    assert!(accuracy(coded) > accuracy(uncoded) + 0.1, "{} vs {}", accuracy(coded), accuracy(uncoded));
+    assert!(coded["located_liars"].as_u64().unwrap() > 10 * coded["located_honest"].as_u64().unwrap(), "{coded}");
 }
 
 #[test]

@@ -370,6 +370,12 @@ pub(super) fn run_cmd(args: &ServeBenchArgs, out: &mut impl Write) -> anyhow::Re
                 let (queries, refits): (Vec<usize>, Vec<u64>) = books.partial_refits.iter().copied().unzip();
                 short += &format!("; for partial groups of {queries:?} queries, {refits:?} refits");
             }
+            if !books.suspected_workers.is_empty() {
+                short += &format!(
+                    "; workers {:?} suspected over many batches, their answers removed from every group",
+                    books.suspected_workers
+                );
+            }
             if !books.partial_calibrated.is_empty() {
                 short += &format!("; partial groups of {:?} queries located calibrated", books.partial_calibrated);
             }

@@ -196,6 +196,10 @@ pub struct ByzantineBooks {
     /// The `K'` whose partial groups' code a calibration located at the end
     /// ([`LocatorState::partial_calibrated`](super::LocatorState::partial_calibrated)).
     pub partial_calibrated: Vec<usize>,
+    /// The workers suspected of lying over many batches at the end, whose answers were being
+    /// removed from every group
+    /// ([`LocatorState::suspected_workers`](super::LocatorState::suspected_workers)).
+    pub suspected_workers: Vec<usize>,
 }
 
 /// The schemes serve-bench compares, in the order it runs them: uncoded first, so that its p95
@@ -375,6 +379,7 @@ pub fn run(
             suspected: locator.as_ref().map_or_else(Vec::new, |l| l.suspected.clone()),
             partial_refits: locator.as_ref().map_or_else(Vec::new, |l| l.partial_refits.clone()),
             partial_calibrated: locator.as_ref().map_or_else(Vec::new, |l| l.partial_calibrated.clone()),
+            suspected_workers: locator.as_ref().map_or_else(Vec::new, |l| l.suspected_workers.clone()),
             short_positions: locator.map_or_else(Vec::new, |l| l.short_positions),
         };
         report.per_worker = stats.workers;

@@ -99,6 +99,10 @@ pub struct CoordinatorConfig {
 /// ([`CoordinatorConfig::hedge_after`]); fewer than this and the configured delay holds.
 pub const HEDGE_HISTORY: usize = 32;
 
+/// Seeds the placement of workers on nodes (codes with liars), mixed with the fault plan's
+/// seed where there is one, so that a benchmark's run repeats.
+const PLACEMENT_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// The default [`CoordinatorConfig::decode_grace`]: a quarter of the median completion time
 /// (measured in README, "Decoding from every answer").
 pub const DEFAULT_DECODE_GRACE: f64 = 0.25;
@@ -243,9 +247,22 @@ struct SegmentState {
     workers: Vec<usize>,
     /// Per node, once answered: its rows for the segment's groups, `[groups, C]`.
     outputs: Vec<Option<Vec<f32>>>,
+    /// Per node, the worker whose answer `outputs` holds (another than `workers`' after a
+    /// hedge or a cover).
+    answered_by: Vec<Option<usize>>,
 }
 
 impl SegmentState {
+    fn new(workers: Vec<usize>) -> Self {
+        let nodes = workers.len();
+        SegmentState { workers, outputs: vec![None; nodes], answered_by: vec![None; nodes] }
+    }
+
+    /// Per node, the worker that answered it, or the one it was sent to.
+    fn served_by(&self) -> Vec<usize> {
+        self.workers.iter().zip(&self.answered_by).map(|(&sent, by)| by.unwrap_or(sent)).collect()
+    }
+
     /// Nodes whose answer for group `g` (of `c` values) holds only numbers.
     fn finite_answers(&self, g: usize, c: usize) -> usize {
         self.outputs.iter().flatten().filter(|rows| finite(&rows[g * c..(g + 1) * c])).count()
@@ -349,6 +366,11 @@ struct Loop {
     batcher: Batcher,
     /// Where partial groups' nodes start, rotating so that their work spreads over the workers.
     rotation: usize,
+    /// With liars tolerated (`A > 0`), every batch's workers are placed on the code's nodes
+    /// at random: a worker then serves every position, so what is learnt of a position is
+    /// not one liar's, and a liar's answers can be told from the others' over many batches
+    /// ([`super::reputation`]).
+    placement: StdRng,
     pending: HashMap<u64, Batch>,
     /// Request id -> where it went and what its answer holds: the requests outstanding.
     routes: HashMap<u64, Route>,
@@ -381,6 +403,9 @@ impl Loop {
             lag: Lag::new(n),
             batcher: Batcher::new(config.max_batch.saturating_mul(k), config.max_queue_delay),
             rotation: 0,
+            placement: StdRng::seed_from_u64(
+                config.faults.as_ref().map_or(PLACEMENT_SEED, |(_, seed)| seed ^ PLACEMENT_SEED),
+            ),
             pending: HashMap::new(),
             routes: HashMap::new(),
             next_batch: 0,
@@ -463,20 +488,28 @@ impl Loop {
         let (full, rest) = (count / k, count % k);
         let mut segments = Vec::new();
         let mut states = Vec::new();
+        let shuffled = self.config.code.params().byzantine() > 0;
         if full > 0 {
             let coding = self.coding(k)?;
             let masks = self.masks(&coding, full);
             segments.push(Segment { coding, first_query: 0, groups: full, masks });
-            states.push(SegmentState { workers: (0..n).collect(), outputs: vec![None; n] });
+            let workers = match shuffled {
+                true => rand::seq::index::sample(&mut self.placement, n, n).into_vec(),
+                false => (0..n).collect(),
+            };
+            states.push(SegmentState::new(workers));
         }
         if rest > 0 {
             let coding = self.coding(rest)?;
             let nodes = coding.workers();
-            let workers: Vec<usize> = (0..nodes).map(|i| (self.rotation + i) % n).collect();
+            let workers: Vec<usize> = match shuffled {
+                true => rand::seq::index::sample(&mut self.placement, n, nodes).into_vec(),
+                false => (0..nodes).map(|i| (self.rotation + i) % n).collect(),
+            };
             self.rotation = (self.rotation + nodes) % n;
             let masks = self.masks(&coding, 1);
             segments.push(Segment { coding, first_query: full * k, groups: 1, masks });
-            states.push(SegmentState { workers, outputs: vec![None; nodes] });
+            states.push(SegmentState::new(workers));
         }
         let mut parts: Vec<Vec<Part>> = vec![Vec::new(); n];
         for (segment, state) in states.iter().enumerate() {
@@ -682,8 +715,12 @@ impl Loop {
             if let Some(worker) = self.stats.worker(response.worker) {
                 worker.non_finite_rows += non_finite;
             }
-            match &mut batch.segments[part.segment].outputs[part.node] {
-                slot @ None => *slot = Some(rows.to_vec()),
+            let state = &mut batch.segments[part.segment];
+            match &mut state.outputs[part.node] {
+                slot @ None => {
+                    *slot = Some(rows.to_vec());
+                    state.answered_by[part.node] = Some(response.worker);
+                }
                 Some(held) => {
                     for (held, row) in held.chunks_exact_mut(c).zip(rows.chunks_exact(c)) {
                         if !finite(held) && finite(row) {
@@ -866,7 +903,7 @@ impl Loop {
             }
             let queries = segment.first_query..segment.first_query + groups * k;
             let segment_replies: Vec<_> = replies[queries.clone()].iter_mut().map(Option::take).collect();
-            match self.decode_segment(coding, &state.workers, &outputs, &mut masks) {
+            match self.decode_segment(coding, &state.served_by(), outputs, &mut masks) {
                 Ok(decoded) => {
                     self.stats.decoded_groups += groups as u64;
                     for (q, reply) in segment_replies.into_iter().enumerate() {
@@ -883,20 +920,36 @@ impl Loop {
 
     /// Removes located liars (codes with `A > 0`) from `masks`, then decodes, from every node
     /// once the missing rows are filled in where the locator learnt a predictor
-    /// ([`Locator::imputed`]; `workers`: who served each node).
+    /// ([`Locator::imputed`]; `workers`: who served each node). The answers of workers
+    /// suspected over many batches ([`OnlineLocator::suspected_workers`]) are removed first,
+    /// as known bad (NaN), each one of the code's `A`.
     fn decode_segment(
         &mut self,
         coding: &Coding,
         workers: &[usize],
-        outputs: &[f32],
+        mut outputs: Vec<f32>,
         masks: &mut Vec<bool>,
     ) -> Result<Vec<f32>, CodingError> {
         let (c, start) = (self.config.output_len, Instant::now());
         let mut filled = None;
         if coding.code.params().byzantine() > 0 {
+            let suspected = self.locating.suspected_workers();
+            // At most `A` of them: a worker that also answered another node (a hedge) would
+            // otherwise exceed what the code can remove; the locator judges the rest.
+            let blanked: Vec<usize> = (0..workers.len())
+                .filter(|node| suspected.contains(&workers[*node]))
+                .take(coding.code.params().byzantine())
+                .collect();
+            let raw = if blanked.is_empty() { None } else { Some(outputs.clone()) };
+            let n = workers.len();
+            for group in outputs.chunks_exact_mut(n * c) {
+                for &node in &blanked {
+                    group[node * c..(node + 1) * c].fill(f32::NAN);
+                }
+            }
             let locator = self.locating.for_code(&coding.code);
-            let location = locate(&coding.code, &locator, outputs, c, masks)?;
-            self.locating.observe(&coding.code, outputs, masks, &location.located);
+            let location = locate(&coding.code, &locator, &outputs, c, masks)?;
+            self.locating.observe(&coding.code, raw.as_deref().unwrap_or(&outputs), masks, &location.located, workers);
             // Every responder's answer was judged (the located among them, below).
             let n = coding.code.params().workers();
             for (at, _) in masks.iter().enumerate().filter(|(_, answered)| **answered) {
@@ -912,11 +965,11 @@ impl Loop {
                 }
             }
             // With a learnt predictor the missing rows are filled in and every node decodes.
-            filled = locator.imputed(&coding.code, outputs, c, masks)?;
+            filled = locator.imputed(&coding.code, &outputs, c, masks)?;
         }
         let decoded = match filled {
             Some(filled) => self.config.codec.decode(&coding.code, &filled, c, &vec![true; masks.len()]),
-            None => self.config.codec.decode(&coding.erasure, outputs, c, masks),
+            None => self.config.codec.decode(&coding.erasure, &outputs, c, masks),
         };
         self.stats.decode_ns += start.elapsed().as_nanos() as u64;
         decoded
@@ -954,6 +1007,12 @@ impl Loop {
         let lagging = self.lag.lagging(lag_after, now);
         let mut busy: Vec<bool> =
             self.outstanding().iter().zip(&lagging).map(|(&requests, &lagging)| requests > 0 || lagging).collect();
+        // Nor does a worker suspected of lying serve another node of a group.
+        for w in self.locating.suspected_workers() {
+            if let Some(busy) = busy.get_mut(w) {
+                *busy = true;
+            }
+        }
         for id in due {
             let Some(batch) = self.pending.get_mut(&id) else { continue };
             let helpers: Vec<usize> = (0..n).filter(|&w| batch.answered[w] && !busy[w]).collect();

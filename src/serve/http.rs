@@ -254,6 +254,7 @@ struct LocatorMetrics {
     thresholds: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
     short_positions: Family<WorkerLabels, Gauge>,
     suspected: Family<WorkerLabels, Gauge>,
+    suspected_workers: Family<WorkerLabels, Gauge>,
     partial_refits: Family<QueriesLabels, Gauge>,
     partial_calibrated: Family<QueriesLabels, Gauge>,
 }
@@ -288,6 +289,11 @@ impl LocatorMetrics {
             self.suspected.clone(),
         );
         registry.register(
+            "locator_suspected_worker",
+            "1 for a worker whose answers disagreed with the others' over many batches, wherever it was placed: they are removed from every group before locating",
+            self.suspected_workers.clone(),
+        );
+        registry.register(
             "locator_partial_refits",
             "Calibrations fitted from traffic for the code of a partial group of this many queries",
             self.partial_refits.clone(),
@@ -313,6 +319,7 @@ impl LocatorMetrics {
         }
         flag(&self.short_positions, state.short_positions.iter().map(|&worker| WorkerLabels { worker }));
         flag(&self.suspected, state.suspected.iter().map(|&worker| WorkerLabels { worker }));
+        flag(&self.suspected_workers, state.suspected_workers.iter().map(|&worker| WorkerLabels { worker }));
         for &(queries, refits) in &state.partial_refits {
             self.partial_refits.get_or_create(&QueriesLabels { queries }).set(count(refits));
         }

@@ -20,12 +20,19 @@
 //! Those answers are learnt from where the robust locator (which needs nothing learnt) does
 //! not name them in their group: a worker that was down or lying for a while and answers
 //! honestly again can be learnt back, and is judged like the others once it has enough.
+//!
+//! The same thread keeps each worker's [`Reputation`]: a worker whose answers disagree with
+//! the others' over many batches, wherever it was placed, is suspected, its answers removed
+//! from every group before locating ([`OnlineLocator::suspected_workers`]) and not learnt
+//! from. This finds the liars no single group gives away, which the calibration would
+//! otherwise learn as honest.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crossbeam_channel::{Sender, TrySendError};
 
+use super::reputation::Reputation;
 use crate::kernels::locate::calibrated::DEFAULT_FALSE_ALARM;
 use crate::kernels::{Calibration, CalibrationBuilder, Code, CodeParams, Locator};
 
@@ -77,12 +84,26 @@ pub struct LocatorState {
     /// fitted from traffic (increasing); the others' groups are located robustly. Read from
     /// the active locators when the state is taken.
     pub partial_calibrated: Vec<usize>,
+    /// The workers whose answers disagreed with the others' over many batches
+    /// ([`Reputation`]), removed from every group before locating (increasing).
+    pub suspected_workers: Vec<usize>,
 }
 
-/// Groups of one code: the code, `[B, N, C]` answers (those located NaN), `[B, N]`
-/// responders and the positions whose answers among them are vetted by the robust locator
-/// before they are learnt.
-type Observation = (Code, Vec<f32>, Vec<bool>, Vec<usize>);
+/// Groups of one code as the workers answered them, and what was made of them.
+struct Observation {
+    code: Code,
+    /// `[B, N, C]`.
+    answers: Vec<f32>,
+    /// `[B, N]`: who answered.
+    masks: Vec<bool>,
+    /// Per group, the nodes located (learnt from only where vetted).
+    located: Vec<Vec<usize>>,
+    /// Per node, the worker that answered it.
+    placed: Vec<usize>,
+    /// The positions whose answers the robust locator vets before they are learnt (those the
+    /// code's active calibration suspects).
+    vetted: Vec<usize>,
+}
 
 /// Groups in flight to the learner before new ones are dropped.
 const QUEUE: usize = 64;
@@ -92,7 +113,6 @@ pub struct OnlineLocator {
     /// The configured code, whose locator `/metrics` describes; its partial groups' codes
     /// have locators of their own.
     code: Code,
-    output_len: usize,
     shared: Arc<Shared>,
     learner: Option<Sender<Observation>>,
     /// The learner thread, joined on drop so that its last fit is saved
@@ -105,6 +125,8 @@ struct Shared {
     /// it has a calibration of its own.
     active: Mutex<Vec<(CodeParams, Locator)>>,
     state: Mutex<LocatorState>,
+    /// [`Reputation::suspected`], as the learner last judged.
+    suspected_workers: Mutex<Vec<usize>>,
 }
 
 impl Shared {
@@ -184,7 +206,11 @@ impl OnlineLocator {
             calibration.check(&described, output_len).map_err(|e| e.to_string())?;
             active.push((*described.params(), Locator::Calibrated(calibration.clone())));
         }
-        let shared = Arc::new(Shared { active: Mutex::new(active), state: Mutex::new(state) });
+        let shared = Arc::new(Shared {
+            active: Mutex::new(active),
+            state: Mutex::new(state),
+            suspected_workers: Mutex::new(Vec::new()),
+        });
         let (learner, thread) = match learning {
             Some(learning) => {
                 // Checked here, where a bad setting can be refused: the partial codes'
@@ -193,15 +219,16 @@ impl OnlineLocator {
                 let (sender, receiver) = crossbeam_channel::bounded::<Observation>(QUEUE);
                 let shared = shared.clone();
                 let main = (*code.params(), builder);
+                let reputation = Reputation::new(code.params().workers(), code.params().byzantine());
                 let thread = std::thread::Builder::new()
                     .name("approxifer-locator".into())
-                    .spawn(move || learn(main, (learning, output_len), receiver, &shared))
+                    .spawn(move || learn(main, (learning, output_len), (receiver, reputation), &shared))
                     .map_err(|e| format!("cannot start the locator's learner: {e}"))?;
                 (Some(sender), Some(thread))
             }
             None => (None, None),
         };
-        Ok(OnlineLocator { code: code.clone(), output_len, shared, learner, thread })
+        Ok(OnlineLocator { code: code.clone(), shared, learner, thread })
     }
 
     /// The locator for groups coded with `code`: its own, or until it has one (a partial
@@ -217,35 +244,39 @@ impl OnlineLocator {
         }
     }
 
-    /// Hands the groups of `outputs` (`[B, N, C]`, `masks` the responders before location),
-    /// coded with `code` (the configured one or a partial group's), to the learner, if it
-    /// learns, less the answers `located` in them (those of the positions the code's active
-    /// calibration suspects to be vetted).
-    pub fn observe(&self, code: &Code, outputs: &[f32], masks: &[bool], located: &[Vec<usize>]) {
+    /// Hands the groups of `outputs` (`[B, N, C]` as the workers answered, `masks` the
+    /// responders before location), coded with `code` (the configured one or a partial
+    /// group's) and answered by the workers `placed` (per node), to the learner, if it learns:
+    /// it scores every answer for the workers' reputations and learns from them less those
+    /// `located` (those of the positions the code's active calibration suspects are vetted).
+    pub fn observe(&self, code: &Code, outputs: &[f32], masks: &[bool], located: &[Vec<usize>], placed: &[usize]) {
         let Some(learner) = &self.learner else { return };
         if located.is_empty() {
             return;
         }
-        let suspected = match self.shared.active(code.params()) {
+        let vetted = match self.shared.active(code.params()) {
             Some(Locator::Calibrated(calibration)) => calibration.suspected.clone(),
             _ => Vec::new(),
         };
-        let (n, c) = (code.params().workers(), self.output_len);
-        // The answers located are blanked (NaN: the learner skips them), but for the
-        // suspected positions', which the learner vets: a worker that lies in every group
-        // (it is located in every one) must not keep the others from being learnt.
-        let mut answers = outputs.to_vec();
-        for (group, found) in answers.chunks_exact_mut(n * c).zip(located) {
-            for &w in found.iter().filter(|w| !suspected.contains(w)) {
-                group[w * c..(w + 1) * c].fill(f32::NAN);
-            }
-        }
-        let responders = masks.to_vec();
+        let observation = Observation {
+            code: code.clone(),
+            answers: outputs.to_vec(),
+            masks: masks.to_vec(),
+            located: located.to_vec(),
+            placed: placed.to_vec(),
+            vetted,
+        };
         let groups = located.len() as u64;
-        match learner.try_send((code.clone(), answers, responders, suspected)) {
+        match learner.try_send(observation) {
             Ok(()) => self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).observed_groups += groups,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
         }
+    }
+
+    /// The workers suspected of lying over many batches ([`Reputation`]), increasing: their
+    /// answers are to be removed from every group before locating. None unless learning.
+    pub fn suspected_workers(&self) -> Vec<usize> {
+        self.shared.suspected_workers.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The code's `A`.
@@ -256,7 +287,11 @@ impl OnlineLocator {
     /// What `/metrics` reports.
     pub fn state(&self) -> LocatorState {
         let state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        LocatorState { partial_calibrated: self.shared.partial_calibrated(self.code.params()), ..state }
+        LocatorState {
+            partial_calibrated: self.shared.partial_calibrated(self.code.params()),
+            suspected_workers: self.suspected_workers(),
+            ..state
+        }
     }
 }
 
@@ -345,7 +380,7 @@ const LYING_SEEN: u64 = 50;
 fn learn(
     main: (CodeParams, CalibrationBuilder),
     (learning, output_len): (Learning, usize),
-    observations: crossbeam_channel::Receiver<Observation>,
+    (observations, mut reputation): (crossbeam_channel::Receiver<Observation>, Reputation),
     shared: &Shared,
 ) {
     // A code calibrated from a file is refitted from traffic every `refit_every` groups, as if
@@ -354,7 +389,23 @@ fn learn(
         matches!(shared.active(params), Some(Locator::Calibrated(_))).then_some(learning.refit_every)
     };
     let mut learners = vec![Learner::new(main.0, main.1, fitted_on(&main.0))];
-    for (code, mut answers, masks, vetted) in observations {
+    for Observation { code, mut answers, masks, located, placed, vetted } in observations {
+        reputation.observe(&code, &answers, &masks, &placed);
+        let suspected = reputation.suspected();
+        let changed = *shared.suspected_workers.lock().unwrap_or_else(PoisonError::into_inner) != suspected;
+        if changed {
+            suspected.clone_into(&mut shared.suspected_workers.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        // The answers located are blanked (NaN: the builder skips them), but for the
+        // vetted positions': a worker that lies in every group (it is located in every one)
+        // must not keep the others from being learnt.
+        let n = code.params().workers();
+        let c = answers.len() / masks.len().max(1);
+        for (group, found) in answers.chunks_exact_mut(n * c).zip(&located) {
+            for &w in found.iter().filter(|w| !vetted.contains(w)) {
+                group[w * c..(w + 1) * c].fill(f32::NAN);
+            }
+        }
         let params = *code.params();
         let at = match learners.iter().position(|l| l.params == params) {
             Some(at) => at,
@@ -490,7 +541,7 @@ mod tests {
         // Fewer batches than the learner's queue holds: none is dropped.
         for batch in 0..30 {
             let outputs = answers(&partial, 10, batch * 1000);
-            online.observe(&partial, &outputs, &[true; 50], &vec![Vec::new(); 10]);
+            online.observe(&partial, &outputs, &[true; 50], &vec![Vec::new(); 10], &[0, 1, 2, 3, 4]);
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while online.state().partial_refits.is_empty() && std::time::Instant::now() < deadline {
@@ -527,7 +578,7 @@ mod tests {
             let n = code.params().workers();
             for batch in 0..30 {
                 let outputs = answers(code, 10, seed + batch * 1000);
-                online.observe(code, &outputs, &vec![true; 10 * n], &vec![Vec::new(); 10]);
+                online.observe(code, &outputs, &vec![true; 10 * n], &vec![Vec::new(); 10], &(0..n).collect::<Vec<_>>());
             }
         };
         assert!(!path.exists(), "nothing learnt, nothing saved");
@@ -602,7 +653,7 @@ mod tests {
         let feed = |batches: std::ops::Range<usize>| {
             for batch in batches {
                 let outputs = answers(&partial, 10, 100_000 + batch * 1000);
-                online.observe(&partial, &outputs, &[true; 50], &vec![Vec::new(); 10]);
+                online.observe(&partial, &outputs, &[true; 50], &vec![Vec::new(); 10], &[0, 1, 2, 3, 4]);
             }
         };
         let refits = || online.state().partial_refits;

@@ -22,6 +22,7 @@ pub mod parm;
 pub mod pool;
 pub mod remote;
 pub mod replica;
+pub mod reputation;
 pub mod scheme;
 pub mod trace;
 pub mod v2;

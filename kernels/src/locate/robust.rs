@@ -43,36 +43,14 @@ const MAD_TO_SIGMA: f64 = 1.4826;
 
 /// Up to `budget` suspects among `workers` (sorted, finite rows of `group`).
 pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[usize], budget: usize) -> Vec<usize> {
-    let nodes = &code.nodes().workers;
-    let mut keep: Vec<usize> = workers.to_vec();
-    let mut removed = Vec::new();
-    // Class probabilities are compositions: judged as they are, the near one-hot answers to
-    // nearly pure coded queries make every blend look atypical. Where most answers are
-    // probability vectors, the others cannot be honest, and the rest are judged on their
-    // centred log-probabilities (the logits up to a constant, Aitchison's clr transform).
-    let composition = |w: usize| is_composition(&group[w * row_len..(w + 1) * row_len]);
-    let log_ratios;
-    let group = if row_len >= 2 && 2 * workers.iter().filter(|&&w| composition(w)).count() > workers.len() {
-        let mut outside: Vec<usize> = workers.iter().copied().filter(|&w| !composition(w)).collect();
-        outside.truncate(budget);
-        keep.retain(|w| !outside.contains(w));
-        removed = outside;
-        log_ratios = centred_log_ratios(group, row_len);
-        &log_ratios[..]
-    } else {
-        group
-    };
+    let judged = Judged::new(group, row_len, workers);
+    let mut removed: Vec<usize> = judged.outside.iter().copied().take(budget).collect();
+    let mut keep: Vec<usize> = workers.iter().copied().filter(|w| !judged.outside.contains(w)).collect();
+    // More outsiders than the budget: the rest stay, judged with the others.
+    keep.extend(judged.outside.iter().skip(budget));
+    keep.sort_unstable();
     while removed.len() < budget && keep.len() > 2 {
-        let rows: Vec<&[f64]> = keep.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
-        // Differences below the resolution say nothing: a group whose coded queries are all
-        // one query (a serving coordinator pads a partial group with copies) answers the same
-        // row everywhere but for rounding, and scaled by a MAD of 0, rounding is "far out"
-        // (the test below: 1e-7 of rounding in two rows got one of them removed). Residuals
-        // are in the answers' units; typicality is already in spreads per rank.
-        let residuals = leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]]));
-        let consistency = robust_z(&residuals, RESOLUTION * magnitude(&rows));
-        let typicality = robust_z(&atypicality(&rows), RESOLUTION);
-        let scores: Vec<f64> = consistency.iter().zip(&typicality).map(|(c, t)| c + t).collect();
+        let scores = combined_scores(code, &judged.values, row_len, &keep);
         let worst = worst(&scores);
         // NaN (from an overflow) counts as far outside.
         if scores[worst] <= THRESHOLD {
@@ -82,6 +60,66 @@ pub(super) fn suspects(code: &Code, group: &[f64], row_len: usize, workers: &[us
     }
     removed.sort_unstable();
     removed
+}
+
+/// Every one of `workers`' (sorted, finite rows of `group`) score as [`suspects`] first ranks
+/// them, nobody removed: the combined robust z-score of consistency and typicality, infinite
+/// for a row that is not a probability vector where most are (NaN where an overflow made
+/// one). One group's score barely tells an honest blend from a liar whose answer keeps an
+/// honest row's profile (its values moved between classes); summed over many groups, in
+/// which a worker serves different positions, it does: a serving coordinator accumulates
+/// them per worker (`approxifer::serve`'s reputation).
+pub fn scores(code: &Code, group: &[f64], row_len: usize, workers: &[usize]) -> Vec<f64> {
+    let judged = Judged::new(group, row_len, workers);
+    let inside: Vec<usize> = workers.iter().copied().filter(|w| !judged.outside.contains(w)).collect();
+    let mut scores = vec![f64::INFINITY; workers.len()];
+    if inside.len() > 2 {
+        let inner = combined_scores(code, &judged.values, row_len, &inside);
+        for (&w, score) in inside.iter().zip(inner) {
+            let at = workers.binary_search(&w).expect("inside is a subset of workers");
+            scores[at] = score;
+        }
+    } else {
+        inside.iter().for_each(|w| scores[workers.binary_search(w).expect("a subset")] = 0.0);
+    }
+    scores
+}
+
+/// A group as the robust locator judges it. Class probabilities are compositions: judged as
+/// they are, the near one-hot answers to nearly pure coded queries make every blend look
+/// atypical. Where most answers are probability vectors, the others cannot be honest
+/// (`outside`), and the rest are judged on their centred log-probabilities (the logits up to a
+/// constant, Aitchison's clr transform).
+struct Judged<'a> {
+    values: std::borrow::Cow<'a, [f64]>,
+    outside: Vec<usize>,
+}
+
+impl<'a> Judged<'a> {
+    fn new(group: &'a [f64], row_len: usize, workers: &[usize]) -> Self {
+        let composition = |w: usize| is_composition(&group[w * row_len..(w + 1) * row_len]);
+        if row_len >= 2 && 2 * workers.iter().filter(|&&w| composition(w)).count() > workers.len() {
+            let outside = workers.iter().copied().filter(|&w| !composition(w)).collect();
+            Judged { values: centred_log_ratios(group, row_len).into(), outside }
+        } else {
+            Judged { values: group.into(), outside: Vec::new() }
+        }
+    }
+}
+
+/// The combined robust z-scores of `keep`'s rows (sorted, at least three) of `group`.
+fn combined_scores(code: &Code, group: &[f64], row_len: usize, keep: &[usize]) -> Vec<f64> {
+    let nodes = &code.nodes().workers;
+    let rows: Vec<&[f64]> = keep.iter().map(|&w| &group[w * row_len..(w + 1) * row_len]).collect();
+    // Differences below the resolution say nothing: a group whose coded queries are all
+    // one query (a serving coordinator pads a partial group with copies) answers the same
+    // row everywhere but for rounding, and scaled by a MAD of 0, rounding is "far out"
+    // (the test below: 1e-7 of rounding in two rows got one of them removed). Residuals
+    // are in the answers' units; typicality is already in spreads per rank.
+    let residuals = leave_one_out(&rows, |a, b| nodes[keep[a]].cos_difference(nodes[keep[b]]));
+    let consistency = robust_z(&residuals, RESOLUTION * magnitude(&rows));
+    let typicality = robust_z(&atypicality(&rows), RESOLUTION);
+    consistency.iter().zip(&typicality).map(|(c, t)| c + t).collect()
 }
 
 /// `|y_i - B_{rows \ i}(beta_i)|` scaled by its noise gain, per row ([`LeaveOneOut`]).
@@ -196,6 +234,31 @@ mod tests {
         assert_eq!(suspects(&code, &group, row_len, &workers, 1), Vec::<usize>::new());
         group[6 * row_len..7 * row_len].iter_mut().for_each(|v| *v = -*v);
         assert_eq!(suspects(&code, &group, row_len, &workers, 1), vec![6]);
+    }
+
+    #[test]
+    fn scores_rank_every_responder_as_the_first_pass_of_suspects_does() {
+        let (n, row_len) = (10, 4);
+        let code = Code::new(crate::CodeParams::builder(4, n).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+        // Class probabilities that vary smoothly over the workers; worker 6 answers a
+        // probability vector negated, worker 3 does not answer.
+        let row = |w: usize| {
+            let p = 0.4 + 0.03 * w as f64;
+            vec![p, 0.9 - p, 0.06, 0.04]
+        };
+        let mut group: Vec<f64> = (0..n).flat_map(row).collect();
+        group[6 * row_len..7 * row_len].iter_mut().for_each(|v| *v = -*v);
+        let workers: Vec<usize> = (0..n).filter(|&w| w != 3).collect();
+        let scores = scores(&code, &group, row_len, &workers);
+        assert_eq!(scores.len(), workers.len());
+        // Not a probability vector where the others are: infinite, and the one suspected.
+        assert_eq!(scores[workers.binary_search(&6).unwrap()], f64::INFINITY);
+        assert!(scores.iter().enumerate().all(|(i, s)| workers[i] == 6 || s.is_finite()), "{scores:?}");
+        assert_eq!(suspects(&code, &group, row_len, &workers, 1), vec![6]);
+        // With the liar's row honest again, nobody stands out.
+        let honest: Vec<f64> = (0..n).flat_map(row).collect();
+        let scores = super::scores(&code, &honest, row_len, &workers);
+        assert!(scores.iter().all(|&s| s.is_finite() && s <= THRESHOLD), "{scores:?}");
     }
 
     #[test]
