@@ -6,7 +6,9 @@
 //! A batch holds up to `max_batch` full groups of `K` queries; when the delay closes it with
 //! `K' < K` queries left over, those form one group coded for `K'` queries (`N' =` what `K'`
 //! and the same `S`, `A` and `T` need, on a rotating subset of the workers), never padded; with
-//! liars (`A > 0`) each such code has a locator of its own ([`super::locating`]). Workers
+//! liars (`A > 0`) each such code has a locator of its own ([`super::locating`]), and every
+//! batch's workers are placed on its codes' nodes at random, so that a liar is judged against
+//! the others wherever it served ([`super::reputation`]). Workers
 //! form their coded queries on their own device ([`super::batch`]); the coordinator itself
 //! only sees raw queries and predictions.
 //!
