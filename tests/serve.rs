@@ -258,6 +258,37 @@ fn a_baseline_sends_a_batch_whose_model_failed_to_another_worker_at_once() {
 }
 
 #[test]
+fn a_coded_batch_whose_workers_failed_beyond_what_its_code_spares_is_hedged_at_once() {
+    // K = 2, N = 3, S = 1: workers 0 and 1's models answer one row too many (a failure the
+    // workers report), so each group has one answer where it needs two. The batch's hedge is
+    // three seconds off, and every batch is answered long before: worker 2 gets the failed
+    // rows the moment the code cannot spare them.
+    let inner = model();
+    let failing: ServedModel = Arc::new(move |x: Tensor<2>| {
+        let y = inner.forward(x);
+        Tensor::cat(vec![y.clone(), y.narrow(0, 0, 1)], 0)
+    });
+    let mut pool: Vec<Arc<dyn Worker>> =
+        (0..2).map(|i| Arc::new(worker(i, failing.clone(), 1000)) as Arc<dyn Worker>).collect();
+    pool.push(Arc::new(worker(2, model(), 1000)));
+    let code = Code::new(CodeParams::builder(2, 3).stragglers(1).build().unwrap()).unwrap();
+    let config = CoordinatorConfig { hedge_after: Some(Duration::from_secs(3)), ..config(code, None, 1000, 30_000) };
+    let coordinator = Coordinator::start(config, pool).unwrap();
+    let started = std::time::Instant::now();
+    for pair in 0..3 {
+        let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let answer = ticket.recv_timeout(Duration::from_secs(20)).unwrap().expect("answered");
+            assert!(max_error(&answer.output, &expected(&query(2 * pair + i))) < 1.0, "query {}", 2 * pair + i);
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "a batch waited for its hedge: {:?}", started.elapsed());
+    let stats = coordinator.shutdown();
+    assert_eq!((stats.decoded_groups, stats.errors), (3, 0));
+    assert!(stats.hedged_requests >= 3, "{stats:?}");
+}
+
+#[test]
 fn a_panicking_model_loses_requests_not_the_worker() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let code = Code::new(CodeParams::builder(2, 4).stragglers(2).build().unwrap()).unwrap();

@@ -252,12 +252,14 @@ struct SegmentState {
     /// Per node, the worker whose answer `outputs` holds (another than `workers`' after a
     /// hedge or a cover).
     answered_by: Vec<Option<usize>>,
+    /// Requests for its nodes that their worker said it could not answer.
+    failed: usize,
 }
 
 impl SegmentState {
     fn new(workers: Vec<usize>) -> Self {
         let nodes = workers.len();
-        SegmentState { workers, outputs: vec![None; nodes], answered_by: vec![None; nodes] }
+        SegmentState { workers, outputs: vec![None; nodes], answered_by: vec![None; nodes], failed: 0 }
     }
 
     /// Per node, the worker that answered it, or the one it was sent to.
@@ -688,8 +690,14 @@ impl Loop {
         let busy = self.lag.answered(response.worker, response.id, Instant::now());
         let route = self.routes.remove(&response.id);
         // A worker that could not answer is a straggler: its rows come from the others, or
-        // from a hedge.
-        let Some(output) = response.output else { return };
+        // from a hedge, at once where the code cannot spare them (its failure is not a delay
+        // the hedge delay should wait out).
+        let Some(output) = response.output else {
+            if let Some(route) = route {
+                self.failed(&route);
+            }
+            return;
+        };
         let batch = route.as_ref().and_then(|route| self.pending.get_mut(&route.batch));
         self.stats.answered(response.worker, busy, batch.is_none());
         let (Some(Route { batch: id, parts, .. }), Some(batch)) = (route, batch) else { return };
@@ -751,6 +759,28 @@ impl Loop {
         if complete || grace.is_zero() {
             let batch = self.pending.remove(&id).expect("the batch is pending");
             self.decode(batch);
+        }
+    }
+
+    /// Counts `route`'s nodes as failed, and makes its batch's hedge due now once a segment has
+    /// more of them than its code's `S`.
+    fn failed(&mut self, route: &Route) {
+        let Some(batch) = self.pending.get_mut(&route.batch) else { return };
+        for part in &route.parts {
+            if let Some(state) = batch.segments.get_mut(part.segment) {
+                state.failed += 1;
+            }
+        }
+        let segments = batch.dispatch.segments();
+        let short = batch
+            .segments
+            .iter()
+            .zip(segments)
+            .any(|(state, segment)| state.failed > segment.coding.code.params().stragglers());
+        let now = Instant::now();
+        if short && batch.decode_at.is_none() && matches!(batch.hedge, Hedge::At(at) if at > now) {
+            batch.hedge = Hedge::At(now);
+            batch.note(BatchEvent::Failed { worker: route.worker });
         }
     }
 

@@ -25,6 +25,11 @@ pub enum BatchEvent {
     Answered {
         worker: usize,
     },
+    /// A worker said it could not answer, leaving the batch short of what its code spares:
+    /// its hedge is due at once.
+    Failed {
+        worker: usize,
+    },
     /// Its hedge was due, and no worker that had answered it was free to take it.
     HedgeWaiting,
     /// Its unanswered coded queries went to these workers.
@@ -66,6 +71,7 @@ impl fmt::Display for BatchTrace {
                 BatchEvent::Sent { workers } => write!(f, "sent to {}", list(workers))?,
                 BatchEvent::Covered { lagging, helper } => write!(f, "w{lagging}'s rows also to w{helper}")?,
                 BatchEvent::Answered { worker } => write!(f, "w{worker}")?,
+                BatchEvent::Failed { worker } => write!(f, "w{worker} failed, hedge due")?,
                 BatchEvent::HedgeWaiting => write!(f, "hedge waits for a free helper")?,
                 BatchEvent::Hedged { helpers } => write!(f, "hedged to {}", list(helpers))?,
                 BatchEvent::Decoded => write!(f, "decoded")?,
