@@ -101,8 +101,8 @@ pub struct CoordinatorConfig {
 /// ([`CoordinatorConfig::hedge_after`]); fewer than this and the configured delay holds.
 pub const HEDGE_HISTORY: usize = 32;
 
-/// Seeds the placement of workers on nodes (codes with liars), mixed with the fault plan's
-/// seed where there is one, so that a benchmark's run repeats.
+/// Mixed with a fault plan's seed to seed the placement of workers on nodes (codes with
+/// liars), so that a benchmark's run repeats.
 const PLACEMENT_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The default [`CoordinatorConfig::decode_grace`]: a quarter of the median completion time
@@ -407,9 +407,11 @@ impl Loop {
             lag: Lag::new(n),
             batcher: Batcher::new(config.max_batch.saturating_mul(k), config.max_queue_delay),
             rotation: 0,
-            placement: StdRng::seed_from_u64(
-                config.faults.as_ref().map_or(PLACEMENT_SEED, |(_, seed)| seed ^ PLACEMENT_SEED),
-            ),
+            // Unpredictable to the workers, but for a benchmark's run, which repeats.
+            placement: match &config.faults {
+                Some((_, seed)) => StdRng::seed_from_u64(seed ^ PLACEMENT_SEED),
+                None => StdRng::from_os_rng(),
+            },
             pending: HashMap::new(),
             routes: HashMap::new(),
             next_batch: 0,
