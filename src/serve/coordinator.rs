@@ -975,7 +975,7 @@ impl Loop {
                 .take(coding.code.params().byzantine())
                 .collect();
             let raw = if blanked.is_empty() { None } else { Some(outputs.clone()) };
-            let n = workers.len();
+            let n = coding.code.params().workers();
             for group in outputs.chunks_exact_mut(n * c) {
                 for &node in &blanked {
                     group[node * c..(node + 1) * c].fill(f32::NAN);
@@ -985,7 +985,6 @@ impl Loop {
             let location = locate(&coding.code, &locator, &outputs, c, masks)?;
             self.locating.observe(&coding.code, raw.as_deref().unwrap_or(&outputs), masks, &location.located, workers);
             // Every responder's answer was judged (the located among them, below).
-            let n = coding.code.params().workers();
             for (at, _) in masks.iter().enumerate().filter(|(_, answered)| **answered) {
                 if let Some(worker) = workers.get(at % n).and_then(|&w| self.stats.worker(w)) {
                     worker.judged += 1;

@@ -416,8 +416,10 @@ fn learn(
         // The answers located are blanked (NaN: the builder skips them), but for the
         // vetted positions': a worker that lies in every group (it is located in every one)
         // must not keep the others from being learnt.
-        let n = code.params().workers();
-        let c = answers.len() / masks.len().max(1);
+        let (n, c) = (code.params().workers(), output_len);
+        if answers.len() != masks.len() * c {
+            continue;
+        }
         for (group, found) in answers.chunks_exact_mut(n * c).zip(&located) {
             for &w in found.iter().filter(|w| !vetted.contains(w)) {
                 group[w * c..(w + 1) * c].fill(f32::NAN);
