@@ -24,6 +24,8 @@ pub mod remote;
 pub mod replica;
 pub mod reputation;
 pub mod scheme;
+#[cfg(test)]
+mod testing;
 pub mod trace;
 pub mod v2;
 pub mod worker;

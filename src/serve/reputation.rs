@@ -184,23 +184,9 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::seq::SliceRandom;
 
+    use super::super::testing::answers;
     use super::*;
-    use crate::kernels::{CodeParams, cpu};
-
-    /// A smooth model's answers (`[groups, N, 4]`) to the coded queries of `groups` groups.
-    fn answers(code: &Code, groups: usize, seed: usize) -> Vec<f32> {
-        let (dim, c) = (3, 4);
-        let k = code.params().queries();
-        let queries: Vec<f32> =
-            (0..groups * k * dim).map(|i| (((i + seed) * 7919 % 211) as f32 - 105.0) / 105.0).collect();
-        let coded = cpu::encode_to_vec(code, &queries, dim).unwrap();
-        coded
-            .chunks_exact(dim)
-            .flat_map(|x| {
-                (0..c).map(move |k| (x.iter().enumerate().map(|(j, v)| v * (j + k) as f32).sum::<f32>()).tanh())
-            })
-            .collect()
-    }
+    use crate::kernels::CodeParams;
 
     /// Feeds `segments` segments of 4 groups, every one with the workers placed at random and
     /// worker `liar`'s rows shifted by `lie`; returns in how many groups the robust locator
