@@ -47,9 +47,6 @@ const CLIP: f64 = 8.0;
 /// Scores kept per node of each code, of every worker that served it.
 const NODE_HISTORY: usize = 512;
 
-/// The normal distribution's MAD-to-sigma factor.
-const MAD_TO_SIGMA: f64 = 1.4826;
-
 /// Per-worker evidence of lying.
 #[derive(Clone, Debug)]
 pub struct Reputation {
@@ -133,15 +130,17 @@ impl Reputation {
             return vec![None; self.samples.len()];
         }
         let centre = median(&judged);
-        // The spread of one sample about its worker's mean, pooled over the workers.
-        let deviations: Vec<f64> = self
+        // The standard deviation of one sample about its worker's mean, pooled over the
+        // workers: a mean's standard error is that of the samples as they are, heavy tails
+        // and all (a MAD leaves the tails out, and a worker's mean then stood out by chance).
+        let (sum, count) = self
             .samples
             .iter()
             .zip(&means)
-            .filter_map(|(s, mean)| mean.map(|m| s.iter().map(move |v| (v - m).abs())))
+            .filter_map(|(s, mean)| mean.map(|m| s.iter().map(move |v| (v - m) * (v - m))))
             .flatten()
-            .collect();
-        let spread = (MAD_TO_SIGMA * median(&deviations)).max(1e-9);
+            .fold((0.0, 0usize), |(sum, count), d| (sum + d, count + 1));
+        let spread = (sum / count.saturating_sub(1).max(1) as f64).sqrt().max(1e-9);
         means
             .iter()
             .zip(&self.samples)
@@ -180,9 +179,9 @@ fn median(values: &[f64]) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use rand::SeedableRng;
     use rand::rngs::StdRng;
     use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
 
     use super::super::testing::answers;
     use super::*;
@@ -243,6 +242,36 @@ mod tests {
         assert_eq!(reputation.suspected(), [2]);
         feed(&mut reputation, &code, WINDOW, 2, 0.0);
         assert!(reputation.suspected().is_empty(), "{:?}", reputation.standings());
+    }
+
+    #[test]
+    fn honest_workers_with_rare_far_out_answers_are_not_suspected() {
+        // Every worker alike. Most segments are groups whose answers are all one row (a code
+        // for one query), where every score is the usual one; in the others one worker,
+        // drawn at random, answers far out now and then (as an honest answer at the end of
+        // the interval sometimes scores). Most samples then sit exactly at the usual score: a
+        // spread read off them alone (a MAD) is about nothing, and a worker that drew one
+        // more outlier than the others stood out.
+        let code = code();
+        let (n, c) = (8, 4);
+        let mut reputation = Reputation::new(n, 1);
+        let mut rng = StdRng::seed_from_u64(11);
+        for segment in 0..600 {
+            let mut placed: Vec<usize> = (0..n).collect();
+            placed.shuffle(&mut rng);
+            let mut outputs = answers(&code, 1, segment * 17);
+            for group in outputs.chunks_exact_mut(n * c) {
+                if rng.random::<f64>() < 0.8 {
+                    let first = group[..c].to_vec();
+                    group.chunks_exact_mut(c).for_each(|row| row.copy_from_slice(&first));
+                } else if rng.random::<f64>() < 0.3 {
+                    let node = rng.random_range(0..n);
+                    group[node * c..(node + 1) * c].iter_mut().for_each(|v| *v += 1.0);
+                }
+            }
+            reputation.observe(&code, &outputs, &[true; 8], &placed);
+            assert!(reputation.suspected().is_empty(), "segment {segment}: {:?}", reputation.standings());
+        }
     }
 
     #[test]
