@@ -18,7 +18,8 @@
 //!
 //! Workers are removed one at a time, largest combined score first, re-scoring after each
 //! removal (a liar also spoils its neighbours' consistency), while the score exceeds
-//! [`THRESHOLD`]. Nothing here depends on the attack. On logits about 1% of honest workers
+//! [`THRESHOLD`] ([`COMPOSITION_THRESHOLD`] for probabilities). Nothing here depends on the
+//! attack. On logits about 1% of honest workers
 //! are removed when nobody lies at `K = 12` (3 % at `K = 4`, `N = 10`: a median and MAD over
 //! nine responders are noisy; README, "Byzantine workers"). Class probabilities are judged on
 //! their log-ratios: as they are, their sorted profiles are bimodal (near one-hot answers to
@@ -40,7 +41,7 @@ pub const THRESHOLD: f64 = 6.0;
 /// score of one group finds), and at 6 a median and MAD over a small code's few responders
 /// removed 3 to 6 % of the honest answers (`eval --byzantine 1,2 --k 2,3,4 --stragglers 1
 /// --model lenet5 --dataset fashion-mnist --outputs softmax --calibration-groups 0`): at 10,
-/// 0.9 to 3.3 %, with `constant` liars found 0.02-0.20 of the time instead of 0.14-0.40, at
+/// 0.85 to 3.3 %, with `constant` liars found 0.02-0.20 of the time instead of 0.14-0.40, at
 /// about the same accuracy (README, "Byzantine workers").
 pub const COMPOSITION_THRESHOLD: f64 = 10.0;
 
