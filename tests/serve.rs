@@ -537,6 +537,42 @@ fn a_byzantine_code_removes_the_liar_before_decoding() {
 }
 
 #[test]
+fn a_liar_that_answers_a_hedges_copy_too_has_both_its_answers_removed() {
+    // K = 2, A = 1, S = 1: N = 6. Workers 4 and 5 hang, so every group is one answer short
+    // and hedged after 100 ms: its two missing coded queries go to the first two workers that
+    // answered, 0 (ten times slower) and 1, the liar, whose copy comes back first. The group
+    // then holds two shifted answers from one worker, one more than the locator looks for:
+    // both must go.
+    let code = Code::new(CodeParams::builder(2, 6).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+    let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
+    let mut faults = vec![WorkerFaults::NONE; 6];
+    faults[0].slowdown = 10.0;
+    faults[1].byzantine_probability = 1.0;
+    faults[4].hang_probability = 1.0;
+    faults[5].hang_probability = 1.0;
+    let plan = FaultPlan { latency: Latency::Constant { ms: 5.0 }, workers: faults, random_slowdown: None };
+    let workers: Vec<Arc<dyn Worker>> = (0..6)
+        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, shift.clone())) as Arc<dyn Worker>)
+        .collect();
+    let config =
+        CoordinatorConfig { hedge_after: Some(Duration::from_millis(100)), ..config(code, Some(plan), 100, 5000) };
+    let coordinator = Coordinator::start(config, workers).unwrap();
+    let mut worst = 0.0f32;
+    for pair in 0..8 {
+        let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let answer = ticket.recv().unwrap().unwrap();
+            worst = worst.max(max_error(&answer.output, &expected(&query(2 * pair + i))));
+        }
+    }
+    let stats = coordinator.shutdown();
+    assert_eq!(stats.decoded_groups, 8, "{stats:?}");
+    assert!(stats.hedged_requests >= 16, "every group hedged: {stats:?}");
+    assert!(worst < 1.0, "a liar's second answer reached the decode: error {worst}");
+    assert!(stats.workers[1].located >= 2 * 8, "both its answers in every group: {stats:?}");
+}
+
+#[test]
 fn the_coordinator_learns_a_calibrated_locator_from_the_groups_that_agree() {
     // K = 2, A = 1, N = 5; worker 1 shifts its answer by 100 on half of its batches. The robust
     // locator removes it; the groups less the answers removed teach the calibrated locator,

@@ -35,7 +35,7 @@ use super::trace::{BatchEvent, BatchTrace, keep_slowest};
 use super::worker::{Cancel, Request, Response, Worker, warm_up, warm_up_sizes};
 use crate::kernels::gpu::GpuCodec;
 use crate::kernels::privacy::MaskSampler;
-use crate::kernels::{Calibration, Code, Locator, cpu, locate};
+use crate::kernels::{Calibration, Code, Location, Locator, cpu, locate};
 
 /// How the coordinator runs.
 #[derive(Clone, Debug)]
@@ -270,6 +270,25 @@ impl SegmentState {
     /// Nodes whose answer for group `g` (of `c` values) holds only numbers.
     fn finite_answers(&self, g: usize, c: usize) -> usize {
         self.outputs.iter().flatten().filter(|rows| finite(&rows[g * c..(g + 1) * c])).count()
+    }
+
+    /// Finite answers for group `g` that count towards decoding it with a code that removes
+    /// `byzantine` liars: a worker that answered several nodes (a hedge's copy) loses all of
+    /// them if located ([`remove_their_other_answers`]), so the `byzantine` workers holding
+    /// the most answers count once each.
+    fn usable_answers(&self, g: usize, c: usize, byzantine: usize) -> usize {
+        let mut per_worker: HashMap<usize, usize> = HashMap::new();
+        for (rows, by) in self.outputs.iter().zip(&self.answered_by) {
+            if let (Some(rows), Some(by)) = (rows, by)
+                && finite(&rows[g * c..(g + 1) * c])
+            {
+                *per_worker.entry(*by).or_default() += 1;
+            }
+        }
+        let answers: usize = per_worker.values().sum();
+        let mut held: Vec<usize> = per_worker.into_values().collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        answers - held.iter().take(byzantine).map(|&h| h - 1).sum::<usize>()
     }
 }
 
@@ -906,8 +925,8 @@ impl Loop {
         let c = self.config.output_len;
         let Some(batch) = self.pending.get(&id) else { return false };
         batch.segments.iter().zip(batch.dispatch.segments()).all(|(state, segment)| {
-            let needed = segment.coding.code.params().min_responders();
-            (0..segment.groups).all(|g| state.finite_answers(g, c) >= needed)
+            let params = segment.coding.code.params();
+            (0..segment.groups).all(|g| state.usable_answers(g, c, params.byzantine()) >= params.min_responders())
         })
     }
 
@@ -982,7 +1001,8 @@ impl Loop {
                 }
             }
             let locator = self.locating.for_code(&coding.code);
-            let location = locate(&coding.code, &locator, &outputs, c, masks)?;
+            let mut location = locate(&coding.code, &locator, &outputs, c, masks)?;
+            remove_their_other_answers(&mut location, workers);
             self.locating.observe(&coding.code, raw.as_deref().unwrap_or(&outputs), masks, &location.located, workers);
             // Every responder's answer was judged (the located among them, below).
             for (at, _) in masks.iter().enumerate().filter(|(_, answered)| **answered) {
@@ -1152,6 +1172,25 @@ impl Loop {
 /// Whether every value is a number (no NaN, no infinity).
 fn finite(values: &[f32]) -> bool {
     values.iter().all(|v| v.is_finite())
+}
+
+/// A worker that answered two nodes of a group (the second a hedge's copy) lied in both if
+/// the locator found it in one: a liar's every answer in a group goes with the one located,
+/// where the locator, looking for `A` liars, would leave the second to be decoded.
+/// (`workers`: who served each node.)
+fn remove_their_other_answers(location: &mut Location, workers: &[usize]) {
+    let n = workers.len();
+    for (g, located) in location.located.iter_mut().enumerate() {
+        let liars: Vec<usize> = located.iter().map(|&node| workers[node]).collect();
+        for node in 0..n {
+            let answered = &mut location.masks[g * n + node];
+            if *answered && liars.contains(&workers[node]) {
+                *answered = false;
+                located.push(node);
+            }
+        }
+        located.sort_unstable();
+    }
 }
 
 /// How long after dispatch a batch is hedged, given the configured delay (`floor`) and the
