@@ -573,6 +573,71 @@ fn a_liar_that_answers_a_hedges_copy_too_has_both_its_answers_removed() {
 }
 
 #[test]
+fn a_hedge_gives_no_worker_more_than_one_other_node_of_a_group_with_liars() {
+    // K = 2, A = 1, S = 1: N = 6. Workers 4 and 5 hang, 1-3 take 100 ms, and worker 0, the
+    // liar, answers in 10 ms: at the hedge (30 ms) it is the one helper for the five nodes
+    // not answered yet. Given them all it would answer the whole group, every answer a lie
+    // (error 100 before this rule); it takes one, and the rest go to workers 1-3 once they
+    // have answered.
+    let code = Code::new(CodeParams::builder(2, 6).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+    let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
+    let mut faults = vec![WorkerFaults { slowdown: 10.0, ..WorkerFaults::NONE }; 6];
+    faults[0] = WorkerFaults { byzantine_probability: 1.0, ..WorkerFaults::NONE };
+    faults[4].hang_probability = 1.0;
+    faults[5].hang_probability = 1.0;
+    let plan = FaultPlan { latency: Latency::Constant { ms: 10.0 }, workers: faults, random_slowdown: None };
+    let workers: Vec<Arc<dyn Worker>> = (0..6)
+        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, shift.clone())) as Arc<dyn Worker>)
+        .collect();
+    let config = CoordinatorConfig {
+        hedge_after: Some(Duration::from_millis(30)),
+        trace_slower_than: Some(Duration::ZERO),
+        ..config(code, Some(plan), 100, 5000)
+    };
+    let coordinator = Coordinator::start(config, workers).unwrap();
+    let mut worst = 0.0f32;
+    for pair in 0..4 {
+        let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let answer = ticket.recv().unwrap().expect("answered before the deadline");
+            worst = worst.max(max_error(&answer.output, &expected(&query(2 * pair + i))));
+        }
+    }
+    let stats = coordinator.shutdown();
+    let traces: Vec<String> = stats.slow_batches.iter().map(ToString::to_string).collect();
+    assert!(worst < 1.0, "the liar's answers reached the decode: error {worst}: {traces:#?}");
+    assert_eq!(stats.decoded_groups, 4, "{stats:?}");
+    // Its own node and one copy per group, both removed.
+    assert_eq!(stats.workers[0].located, 2 * 4, "{stats:?}");
+}
+
+#[test]
+fn a_code_with_no_spare_answer_decodes_once_a_hedges_copy_completes_its_groups() {
+    // K = 2, A = 1, S = 0: N = 5, and a group needs every node. Worker 4 hangs, so its node is
+    // hedged to a worker that then holds two nodes of the group: were it located, both would
+    // go, one more than the code spares. With every node answered nothing more can come, so
+    // the group decodes (removing what the code can) rather than wait for its deadline.
+    let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
+    let mut faults = vec![WorkerFaults::NONE; 5];
+    faults[4].hang_probability = 1.0;
+    let plan = FaultPlan { latency: Latency::Constant { ms: 5.0 }, workers: faults, random_slowdown: None };
+    let config =
+        CoordinatorConfig { hedge_after: Some(Duration::from_millis(30)), ..config(code, Some(plan), 100, 3000) };
+    let coordinator = Coordinator::start(config, workers(5, 100)).unwrap();
+    let start = std::time::Instant::now();
+    for pair in 0..4 {
+        let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let answer = ticket.recv().unwrap().expect("answered before the deadline");
+            assert!(max_error(&answer.output, &expected(&query(2 * pair + i))) < 1.0, "query {}", 2 * pair + i);
+        }
+    }
+    assert!(start.elapsed() < Duration::from_millis(2000), "{:?}", start.elapsed());
+    let stats = coordinator.shutdown();
+    assert_eq!((stats.decoded_groups, stats.hedged_requests), (4, 4), "{stats:?}");
+}
+
+#[test]
 fn the_coordinator_learns_a_calibrated_locator_from_the_groups_that_agree() {
     // K = 2, A = 1, N = 5; worker 1 shifts its answer by 100 on half of its batches. The robust
     // locator removes it; the groups less the answers removed teach the calibrated locator,
@@ -840,6 +905,33 @@ fn a_due_hedge_waits_for_an_idle_helper_and_goes_the_moment_one_is() {
     let stats = coordinator.shutdown();
     assert!(elapsed < Duration::from_millis(920), "{elapsed:?}: a hedge waited longer than for worker 2");
     assert_eq!(stats.hedged_requests, 2, "one hedge per group, each to the idle worker 2");
+}
+
+#[test]
+fn a_hedges_copy_lost_with_its_helper_is_sent_again_to_another() {
+    // K = 2, N = 4, S = 1: a group needs three answers. Workers 2 and 3 hang; worker 1 takes
+    // 100 ms; worker 0 answers its first request in 10 ms, then crashes. At the hedge (30 ms)
+    // worker 0 is the one helper, and both copies go to it and are lost. Worker 1 answers
+    // (100 ms), a third answer is still missing, and the hedge goes again, to worker 1: the
+    // group is answered at about 200 ms, where a batch hedged only once waited for its
+    // deadline.
+    let mut faults = vec![WorkerFaults { hang_probability: 1.0, ..WorkerFaults::NONE }; 4];
+    faults[0] = WorkerFaults { crash_after: Some(1), ..WorkerFaults::NONE };
+    faults[1] = WorkerFaults { slowdown: 10.0, ..WorkerFaults::NONE };
+    let plan = FaultPlan { latency: Latency::Constant { ms: 10.0 }, workers: faults, random_slowdown: None };
+    let code = Code::new(CodeParams::builder(2, 4).stragglers(1).build().unwrap()).unwrap();
+    let config =
+        CoordinatorConfig { hedge_after: Some(Duration::from_millis(30)), ..config(code, Some(plan), 100, 3000) };
+    let coordinator = Coordinator::start(config, workers(4, 100)).unwrap();
+    let start = std::time::Instant::now();
+    for (i, ticket) in coordinator.submit_all(vec![query(0), query(1)]).unwrap().into_iter().enumerate() {
+        let answer = ticket.recv().unwrap().expect("answered before the deadline");
+        assert!(max_error(&answer.output, &expected(&query(i))) < 1.0, "query {i}");
+    }
+    let elapsed = start.elapsed();
+    let stats = coordinator.shutdown();
+    assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+    assert_eq!(stats.hedged_requests, 2, "a copy to worker 0, then one to worker 1: {stats:?}");
 }
 
 #[test]

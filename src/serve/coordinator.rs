@@ -343,7 +343,7 @@ impl Batch {
 /// When a batch's unanswered coded queries are re-sent ([`Loop::hedge`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hedge {
-    /// Not: hedging is off, or the hedge has gone out.
+    /// Not: hedging is off.
     Never,
     At(Instant),
     /// Due, but every worker that answered the batch had a request outstanding: it goes to the
@@ -926,7 +926,14 @@ impl Loop {
         let Some(batch) = self.pending.get(&id) else { return false };
         batch.segments.iter().zip(batch.dispatch.segments()).all(|(state, segment)| {
             let params = segment.coding.code.params();
-            (0..segment.groups).all(|g| state.usable_answers(g, c, params.byzantine()) >= params.min_responders())
+            (0..segment.groups).all(|g| {
+                // Once every node has answered nothing more can come: decode, removing what
+                // the code can ([`remove_their_other_answers`]).
+                let finite = state.finite_answers(g, c);
+                finite >= params.min_responders()
+                    && (finite == state.outputs.len()
+                        || state.usable_answers(g, c, params.byzantine()) >= params.min_responders())
+            })
         })
     }
 
@@ -1002,7 +1009,7 @@ impl Loop {
             }
             let locator = self.locating.for_code(&coding.code);
             let mut location = locate(&coding.code, &locator, &outputs, c, masks)?;
-            remove_their_other_answers(&mut location, workers);
+            remove_their_other_answers(&mut location, workers, coding.erasure.params().min_responders());
             self.locating.observe(&coding.code, raw.as_deref().unwrap_or(&outputs), masks, &location.located, workers);
             // Every responder's answer was judged (the located among them, below).
             for (at, _) in masks.iter().enumerate().filter(|(_, answered)| **answered) {
@@ -1039,7 +1046,9 @@ impl Loop {
     /// to busy workers took ApproxIFER's p50 from 26 to 273 ms): with no idle helper, the
     /// batch waits for one, and its hedge goes out the moment one has nothing outstanding
     /// (looking again a hedge period later, though a helper is free within one service time,
-    /// measured 30-42 ms p99.9 - p50 at 600 q/s against 25-26).
+    /// measured 30-42 ms p99.9 - p50 at 600 q/s against 25-26). A batch still short about a
+    /// median completion time after its hedge is hedged again: a copy can meet a straggler
+    /// or a crash too.
     fn hedge(&mut self, now: Instant) {
         let n = self.workers.len();
         // A decodable batch waiting for its last answers needs no hedge.
@@ -1056,8 +1065,8 @@ impl Loop {
         // back as long: it is as busy as one with requests outstanding. (One merely running
         // such a request is not: it is free within about a service time, and waiting for it
         // to have nothing at all to run lets new batches take it first.)
-        let lag_after = self.hedge_delay().map_or(Duration::MAX, |delay| delay.mul_f64(LAG_FRACTION));
-        let lagging = self.lag.lagging(lag_after, now);
+        let Some(delay) = self.hedge_delay() else { return };
+        let lagging = self.lag.lagging(delay.mul_f64(LAG_FRACTION), now);
         let mut busy: Vec<bool> =
             self.outstanding().iter().zip(&lagging).map(|(&requests, &lagging)| requests > 0 || lagging).collect();
         // Nor does a worker suspected of lying serve another node of a group.
@@ -1076,7 +1085,10 @@ impl Loop {
                 batch.hedge = Hedge::WhenIdle;
                 continue;
             }
-            batch.hedge = Hedge::Never;
+            // Hedged again if still short once the copies should have been answered (about
+            // a median completion time: they went to workers with nothing else to run), as a
+            // copy can meet a straggler too.
+            batch.hedge = Hedge::At(now + delay.div_f64(HEDGE_MARGIN));
             let mut parts: Vec<Vec<Part>> = vec![Vec::new(); n];
             let missing = batch.segments.iter().enumerate().flat_map(|(segment, state)| {
                 state
@@ -1086,8 +1098,29 @@ impl Loop {
                     .filter(|(_, o)| o.as_ref().is_none_or(|rows| !finite(rows)))
                     .map(move |(node, _)| Part { segment, node })
             });
-            for (i, part) in missing.enumerate() {
-                parts[helpers[i % helpers.len()]].push(part);
+            // With liars tolerated, a helper takes at most one node of a segment besides its
+            // own: a liar holding more would be more lies in a group than the locator looks
+            // for. The rest wait for the next round's helpers.
+            let segments = batch.dispatch.segments();
+            let mut held: HashMap<(usize, usize), usize> = HashMap::new();
+            for (segment, state) in batch.segments.iter().enumerate() {
+                for &by in state.answered_by.iter().flatten() {
+                    *held.entry((by, segment)).or_default() += 1;
+                }
+            }
+            let mut next = 0;
+            for part in missing {
+                let open = |w: &usize| {
+                    segments[part.segment].coding.code.params().byzantine() == 0
+                        || held.get(&(*w, part.segment)).is_none_or(|&nodes| nodes < 2)
+                };
+                let Some(at) = (0..helpers.len()).map(|i| (next + i) % helpers.len()).find(|&at| open(&helpers[at]))
+                else {
+                    continue;
+                };
+                next = at + 1;
+                *held.entry((helpers[at], part.segment)).or_default() += 1;
+                parts[helpers[at]].push(part);
             }
             let (dispatch, cancel) = (batch.dispatch.clone(), batch.cancel.clone());
             let (mut sent, mut hedged_to) = (Vec::new(), Vec::new());
@@ -1103,7 +1136,9 @@ impl Loop {
                 sent.extend(self.send(id, &dispatch, &[w], own, &cancel).into_iter().map(|(_, r)| r));
             }
             self.stats.hedged_requests += sent.len() as u64;
-            if let Some(batch) = self.pending.get_mut(&id) {
+            if let Some(batch) = self.pending.get_mut(&id)
+                && !hedged_to.is_empty()
+            {
                 batch.note(BatchEvent::Hedged { helpers: hedged_to });
                 batch.requests.extend(sent);
             }
@@ -1130,6 +1165,20 @@ impl Loop {
             for (state, segment) in batch.segments.iter().zip(batch.dispatch.segments()) {
                 let needed = segment.coding.code.params().min_responders();
                 let answered = (0..segment.groups).map(|g| state.finite_answers(g, c)).min().unwrap_or(0);
+                eprintln!(
+                    "DEBUG expire: k {} n {} needed {} nodes {} groups {} finite {:?} usable {:?} by {:?} workers {:?}",
+                    segment.coding.queries(),
+                    segment.coding.workers(),
+                    needed,
+                    state.outputs.len(),
+                    segment.groups,
+                    (0..segment.groups).map(|g| state.finite_answers(g, c)).collect::<Vec<_>>(),
+                    (0..segment.groups)
+                        .map(|g| state.usable_answers(g, c, segment.coding.code.params().byzantine()))
+                        .collect::<Vec<_>>(),
+                    state.answered_by,
+                    state.workers
+                );
                 let k = segment.coding.queries();
                 let queries = segment.first_query..segment.first_query + segment.groups * k;
                 let segment_replies = replies[queries].iter_mut().map(Option::take).collect();
@@ -1176,26 +1225,25 @@ fn finite(values: &[f32]) -> bool {
 
 /// A worker that answered two nodes of a group (the second a hedge's copy) lied in both if
 /// the locator found it in one: a liar's every answer in a group goes with the one located,
-/// where the locator, looking for `A` liars, would leave the second to be decoded.
-/// (`workers`: who served each node.)
-fn remove_their_other_answers(location: &mut Location, workers: &[usize]) {
+/// where the locator, looking for `A` liars, would leave the second to be decoded. As many
+/// as leave the group `min_responders` to decode from. (`workers`: who served each node.)
+fn remove_their_other_answers(location: &mut Location, workers: &[usize], min_responders: usize) {
     let n = workers.len();
     for (g, located) in location.located.iter_mut().enumerate() {
+        let masks = &mut location.masks[g * n..(g + 1) * n];
+        let mut spare = masks.iter().filter(|&&answered| answered).count().saturating_sub(min_responders);
         let liars: Vec<usize> = located.iter().map(|&node| workers[node]).collect();
-        for node in 0..n {
-            let answered = &mut location.masks[g * n + node];
-            if *answered && liars.contains(&workers[node]) {
-                *answered = false;
+        for (node, worker) in workers.iter().enumerate() {
+            if spare > 0 && masks[node] && liars.contains(worker) {
+                masks[node] = false;
                 located.push(node);
+                spare -= 1;
             }
         }
         located.sort_unstable();
     }
 }
 
-/// How long after dispatch a batch is hedged, given the configured delay (`floor`) and the
-/// last batches' completion times (dispatch to decodable): the floor until [`HEDGE_HISTORY`]
-/// have completed, then the larger of it and [`HEDGE_MARGIN`] times their median.
 fn hedge_delay(floor: Duration, completions: &VecDeque<Duration>) -> Duration {
     match median(completions) {
         Some(median) if completions.len() == HEDGE_HISTORY => floor.max(median.mul_f64(HEDGE_MARGIN)),
