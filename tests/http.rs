@@ -559,6 +559,17 @@ fn bad_v2_requests_get_the_protocols_error_body_and_a_4xx() {
             400,
         ),
         (input("input", json!([MAX_BATCH + 1, D]), "FP32", json!(vec![0.0; (MAX_BATCH + 1) * D])), 413),
+        // Extensions not implemented are refused, not answered as if not asked.
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32", "data": query(0)}],
+                   "outputs": [{"name": "output", "parameters": {"classification": 3}}]}),
+            400,
+        ),
+        (
+            json!({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32",
+                               "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 4 * D}}]}),
+            400,
+        ),
     ];
     for (body, status) in &cases {
         let (got, _, text) = infer(&server, "/v2/models/smooth/infer", body.to_string().as_bytes(), None);
@@ -590,10 +601,13 @@ fn bad_v2_requests_get_the_protocols_error_body_and_a_4xx() {
 #[test]
 fn grpc_clients_send_typed_or_raw_tensors_and_get_raw_answers_or_status_codes() {
     use approxifer::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use approxifer::serve::grpc::proto::infer_parameter::ParameterChoice::Int64Param;
+    use approxifer::serve::grpc::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
     use approxifer::serve::grpc::proto::{
-        InferTensorContents, ModelInferRequest, ModelMetadataRequest, ModelReadyRequest, ServerLiveRequest,
-        model_infer_request::InferInputTensor,
+        InferParameter, InferTensorContents, ModelInferRequest, ModelMetadataRequest, ModelReadyRequest,
+        ServerLiveRequest,
     };
+    use std::collections::HashMap;
     let server = Server::start(coordinator(None, 100, 2000));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let url = format!("http://{}", server.inner.grpc);
@@ -661,6 +675,17 @@ fn grpc_clients_send_typed_or_raw_tensors_and_get_raw_answers_or_status_codes() 
     assert_eq!(code(request("FP32", None, vec![v2::DataType::Fp32.encode(&values)], 2)), tonic::Code::InvalidArgument);
     assert_eq!(code(request("FP16", None, vec![], 3)), tonic::Code::InvalidArgument);
     assert_eq!(code(request("FP32", None, vec![vec![0; 3]], 3)), tonic::Code::InvalidArgument);
+    let mut classes = request("FP32", None, vec![v2::DataType::Fp32.encode(&values)], 3);
+    classes.outputs = vec![InferRequestedOutputTensor {
+        name: "output".into(),
+        parameters: HashMap::from([(
+            "classification".into(),
+            InferParameter { parameter_choice: Some(Int64Param(3)) },
+        )]),
+    }];
+    let refused = runtime.block_on(client.clone().model_infer(classes)).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("classification"), "{refused:?}");
     let mut other = request("FP32", None, vec![v2::DataType::Fp32.encode(&values)], 3);
     other.model_name = "other".into();
     assert_eq!(code(other), tonic::Code::NotFound);

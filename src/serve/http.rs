@@ -966,6 +966,10 @@ async fn v2_infer(
         None => None,
     };
     let (request, binary) = v2::split_body::<v2::InferRequest>(body, header_length).map_err(protocol)?;
+    let asked = request.inputs.iter().map(|t| (&t.name, &t.parameters));
+    for (name, parameters) in asked.chain(request.outputs.iter().flatten().map(|o| (&o.name, &o.parameters))) {
+        v2::refuse_unsupported(name, |key| v2::flag(parameters, key)).map_err(protocol)?;
+    }
     let inputs: Vec<&str> = request.inputs.iter().map(|t| t.name.as_str()).collect();
     let mut binary_output = v2::flag(&request.parameters, "binary_data_output");
     let outputs: Vec<&str> = request.outputs.iter().flatten().map(|o| o.name.as_str()).collect();

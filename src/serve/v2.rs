@@ -97,6 +97,27 @@ pub enum ProtocolError {
     NoData { name: String },
     #[error("tensor '{name}' of shape {shape:?} holds {values} values")]
     ShapeMismatch { name: String, shape: Vec<i64>, values: usize },
+    #[error("tensor '{name}' asks for {what} ('{parameter}'), which this server does not implement")]
+    Unsupported { name: String, parameter: &'static str, what: &'static str },
+}
+
+/// Tensor parameters of protocol extensions this server does not implement, and what they ask
+/// for: Triton's classification extension (an output's top classes as strings) and shared
+/// memory (a tensor's values in a region the client registered). Answered as if not asked, a
+/// client would read something other than it asked for (raw scores, or nothing where it looks),
+/// so a request that sets one is refused.
+pub const UNSUPPORTED_PARAMETERS: [(&str, &str); 3] = [
+    ("classification", "its top classes (the classification extension)"),
+    ("shared_memory_region", "shared memory"),
+    ("shared_memory_byte_size", "shared memory"),
+];
+
+/// Refuses tensor `name` if `is_set` says it sets one of the [`UNSUPPORTED_PARAMETERS`].
+pub fn refuse_unsupported(name: &str, is_set: impl Fn(&str) -> bool) -> Result<(), ProtocolError> {
+    match UNSUPPORTED_PARAMETERS.iter().find(|(parameter, _)| is_set(parameter)) {
+        Some(&(parameter, what)) => Err(ProtocolError::Unsupported { name: name.into(), parameter, what }),
+        None => Ok(()),
+    }
 }
 
 /// An inference request.

@@ -32,6 +32,19 @@ fn string_parameter(value: String) -> InferParameter {
     InferParameter { parameter_choice: Some(ParameterChoice::StringParam(value)) }
 }
 
+/// Whether a parameter is set as the REST form's [`v2::flag`](crate::serve::v2::flag) reads
+/// it: true, a non-zero number or any string.
+fn is_set(parameter: &InferParameter) -> bool {
+    match &parameter.parameter_choice {
+        Some(ParameterChoice::BoolParam(value)) => *value,
+        Some(ParameterChoice::Int64Param(value)) => *value != 0,
+        Some(ParameterChoice::Uint64Param(value)) => *value != 0,
+        Some(ParameterChoice::DoubleParam(value)) => *value != 0.0,
+        Some(ParameterChoice::StringParam(_)) => true,
+        None => false,
+    }
+}
+
 /// `version` as the protocol sends it: empty for the server's choice.
 fn version(version: &str) -> Option<&str> {
     (!version.is_empty()).then_some(version)

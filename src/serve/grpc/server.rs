@@ -19,9 +19,9 @@ use super::proto::{
     ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
     ServerReadyRequest, ServerReadyResponse, model_infer_response,
 };
-use super::{WINDOW, bool_parameter, string_parameter, tensor_values, version};
+use super::{WINDOW, bool_parameter, is_set, string_parameter, tensor_values, version};
 use crate::serve::http::{App, Failure, Inference, check_tensors, hosted, infer_tensor, list};
-use crate::serve::v2::DataType;
+use crate::serve::v2::{self, DataType};
 
 /// Serves the gRPC service on `listener` until `shutdown` completes, then lets the calls in
 /// progress finish.
@@ -81,6 +81,11 @@ impl Service {
         let spec = hosted(&self.app, &request.model_name, version(&request.model_version))?;
         let inputs: Vec<&str> = request.inputs.iter().map(|t| t.name.as_str()).collect();
         let outputs: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
+        let asked = request.inputs.iter().map(|t| (&t.name, &t.parameters));
+        for (name, parameters) in asked.chain(request.outputs.iter().map(|o| (&o.name, &o.parameters))) {
+            v2::refuse_unsupported(name, |key| parameters.get(key).is_some_and(is_set))
+                .map_err(|e| Failure::bad_input(e.to_string()))?;
+        }
         check_tensors(spec, &inputs, &outputs)?;
         let values = Self::input_values(&request)?;
         let Inference { data, rows, approximate_rows } =
