@@ -689,6 +689,40 @@ fn the_coordinator_learns_a_calibrated_locator_from_the_groups_that_agree() {
 }
 
 #[test]
+fn a_locator_that_does_not_learn_still_has_liars_suspected_over_many_batches_but_the_papers() {
+    // K = 2, A = 1, S = 1, N = 6, nothing learnt (the robust locator, a fixed calibration):
+    // worker 1 flips the sign of every answer. Its reputation over many batches suspects it;
+    // the paper's locator is kept as published, with no reputation.
+    let suspected = |locator: Locator| {
+        let code = Code::new(CodeParams::builder(2, 6).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+        let flip: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v = -*v));
+        let workers: Vec<Arc<dyn Worker>> = (0..6)
+            .map(|i| {
+                Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, flip.clone())) as Arc<dyn Worker>
+            })
+            .collect();
+        let mut faults = vec![WorkerFaults::NONE; 6];
+        faults[1].byzantine_probability = 1.0;
+        let plan = FaultPlan { latency: Latency::Constant { ms: 1.0 }, workers: faults, random_slowdown: None };
+        let config = CoordinatorConfig { locator, learning: None, ..config(code, Some(plan), 100, 5000) };
+        let coordinator = Coordinator::start(config, workers).unwrap();
+        for pair in 0..150 {
+            for ticket in coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap() {
+                ticket.recv().unwrap().unwrap();
+            }
+        }
+        // The learner thread judges on its own time.
+        let started = std::time::Instant::now();
+        while coordinator.locator_state().suspected_workers.is_empty() && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        coordinator.locator_state().suspected_workers
+    };
+    assert_eq!(suspected(Locator::Robust), [1]);
+    assert_eq!(suspected(Locator::Paper), Vec::<usize>::new());
+}
+
+#[test]
 fn a_calibration_for_another_code_is_refused_at_start() {
     let code = Code::new(CodeParams::builder(2, 5).byzantine(1).build().unwrap()).unwrap();
     let other = Code::new(CodeParams::builder(2, 6).byzantine(1).build().unwrap()).unwrap();

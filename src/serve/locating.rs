@@ -184,6 +184,7 @@ impl OnlineLocator {
             calibration.check(code, output_len).map_err(|e| e.to_string())?;
         }
         let state = LocatorState { learning: learning.is_some(), ..describe(&initial) };
+        let paper = matches!(initial, Locator::Paper);
         let mut active = vec![(*code.params(), initial)];
         let k = code.params().queries();
         for calibration in partial {
@@ -212,22 +213,31 @@ impl OnlineLocator {
             state: Mutex::new(state),
             suspected_workers: Mutex::new(Vec::new()),
         });
-        let (learner, thread) = match learning {
-            Some(learning) => {
+        // The learner thread keeps the workers' reputations wherever liars are tolerated (but
+        // for the paper's locator, kept as published: a baseline), and learns calibrations
+        // when asked to.
+        let reputed = code.params().byzantine() > 0 && !paper;
+        let (learner, thread) = if learning.is_some() || reputed {
+            let main = match learning {
                 // Checked here, where a bad setting can be refused: the partial codes'
                 // builders, made as their groups come, have the same output length.
-                let builder = CalibrationBuilder::new(code, output_len, learning.window).map_err(|e| e.to_string())?;
-                let (sender, receiver) = crossbeam_channel::bounded::<Observation>(QUEUE);
-                let shared = shared.clone();
-                let main = (*code.params(), builder);
-                let reputation = Reputation::new(code.params().workers(), code.params().byzantine());
-                let thread = std::thread::Builder::new()
-                    .name("approxifer-locator".into())
-                    .spawn(move || learn(main, (learning, output_len), (receiver, reputation), &shared))
-                    .map_err(|e| format!("cannot start the locator's learner: {e}"))?;
-                (Some(sender), Some(thread))
-            }
-            None => (None, None),
+                Some(learning) => Some((
+                    *code.params(),
+                    CalibrationBuilder::new(code, output_len, learning.window).map_err(|e| e.to_string())?,
+                    learning,
+                )),
+                None => None,
+            };
+            let (sender, receiver) = crossbeam_channel::bounded::<Observation>(QUEUE);
+            let shared = shared.clone();
+            let reputation = Reputation::new(code.params().workers(), code.params().byzantine());
+            let thread = std::thread::Builder::new()
+                .name("approxifer-locator".into())
+                .spawn(move || learn(main, output_len, (receiver, reputation), &shared))
+                .map_err(|e| format!("cannot start the locator's learner: {e}"))?;
+            (Some(sender), Some(thread))
+        } else {
+            (None, None)
         };
         Ok(OnlineLocator { code: code.clone(), shared, learner, thread })
     }
@@ -247,9 +257,10 @@ impl OnlineLocator {
 
     /// Hands the groups of `outputs` (`[B, N, C]` as the workers answered, `masks` the
     /// responders before location), coded with `code` (the configured one or a partial
-    /// group's) and answered by the workers `placed` (per node), to the learner, if it learns:
-    /// it scores every answer for the workers' reputations and learns from them less those
-    /// `located` (those of the positions the code's active calibration suspects are vetted).
+    /// group's) and answered by the workers `placed` (per node), to the learner thread, if
+    /// there is one: it scores every answer for the workers' reputations and, if it learns,
+    /// learns from them less those `located` (those of the positions the code's active
+    /// calibration suspects are vetted).
     pub fn observe(&self, code: &Code, outputs: &[f32], masks: &[bool], located: &[Vec<usize>], placed: &[usize]) {
         let Some(learner) = &self.learner else { return };
         if located.is_empty() {
@@ -275,7 +286,8 @@ impl OnlineLocator {
     }
 
     /// The workers suspected of lying over many batches ([`Reputation`]), increasing: their
-    /// answers are to be removed from every group before locating. None unless learning.
+    /// answers are to be removed from every group before locating. None with the paper's
+    /// locator, which is kept as published.
     pub fn suspected_workers(&self) -> Vec<usize> {
         self.shared.suspected_workers.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -395,17 +407,22 @@ const LYING_SEEN: u64 = 50;
 /// calibration fitted on 60 groups (0.8 to 0.9 %, `--calibration-groups 60 --outputs
 /// softmax`; 0.3 to 0.8 % on 100, 0.1 to 0.3 % on 1000).
 fn learn(
-    main: (CodeParams, CalibrationBuilder),
-    (learning, output_len): (Learning, usize),
+    main: Option<(CodeParams, CalibrationBuilder, Learning)>,
+    output_len: usize,
     (observations, mut reputation): (crossbeam_channel::Receiver<Observation>, Reputation),
     shared: &Shared,
 ) {
     // A code calibrated from a file is refitted from traffic every `refit_every` groups, as if
     // its calibration had been fitted on as many.
-    let fitted_on = |params: &CodeParams| {
+    let fitted_on = |params: &CodeParams, learning: &Learning| {
         matches!(shared.active(params), Some(Locator::Calibrated(_))).then_some(learning.refit_every)
     };
-    let mut learners = vec![Learner::new(main.0, main.1, fitted_on(&main.0))];
+    let (mut learners, learning) = match main {
+        Some((params, builder, learning)) => {
+            (vec![Learner::new(params, builder, fitted_on(&params, &learning))], Some(learning))
+        }
+        None => (Vec::new(), None),
+    };
     for Observation { code, mut answers, masks, located, placed, vetted } in observations {
         reputation.observe(&code, &answers, &masks, &placed);
         let suspected = reputation.suspected();
@@ -413,6 +430,7 @@ fn learn(
         if changed {
             suspected.clone_into(&mut shared.suspected_workers.lock().unwrap_or_else(PoisonError::into_inner));
         }
+        let Some(learning) = &learning else { continue };
         // The answers located are blanked (NaN: the builder skips them), but for the
         // vetted positions': a worker that lies in every group (it is located in every one)
         // must not keep the others from being learnt.
@@ -430,7 +448,7 @@ fn learn(
             Some(at) => at,
             None => match CalibrationBuilder::new(&code, output_len, learning.window) {
                 Ok(builder) => {
-                    learners.push(Learner::new(params, builder, fitted_on(&params)));
+                    learners.push(Learner::new(params, builder, fitted_on(&params, learning)));
                     learners.len() - 1
                 }
                 // Only a code no calibration can describe; its groups stay robust.
