@@ -97,7 +97,7 @@ pub enum ProtocolError {
     NoData { name: String },
     #[error("tensor '{name}' of shape {shape:?} holds {values} values")]
     ShapeMismatch { name: String, shape: Vec<i64>, values: usize },
-    #[error("tensor '{name}' asks for {what} ('{parameter}'), which this server does not implement")]
+    #[error("tensor '{name}' asks for {what} with parameter '{parameter}', which this server does not implement")]
     Unsupported { name: String, parameter: &'static str, what: &'static str },
 }
 
@@ -107,9 +107,9 @@ pub enum ProtocolError {
 /// client would read something other than it asked for (raw scores, or nothing where it looks),
 /// so a request that sets one is refused.
 pub const UNSUPPORTED_PARAMETERS: [(&str, &str); 3] = [
-    ("classification", "its top classes (the classification extension)"),
-    ("shared_memory_region", "shared memory"),
-    ("shared_memory_byte_size", "shared memory"),
+    ("classification", "its top classes (Triton's classification extension)"),
+    ("shared_memory_region", "shared memory (the shared-memory extension)"),
+    ("shared_memory_byte_size", "shared memory (the shared-memory extension)"),
 ];
 
 /// Refuses tensor `name` if `is_set` says it sets one of the [`UNSUPPORTED_PARAMETERS`].
