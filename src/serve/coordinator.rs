@@ -920,7 +920,8 @@ impl Loop {
         Some(hedge_delay(self.config.hedge_after?, &self.completions))
     }
 
-    /// Whether every group of batch `id` has at least `N - S` finite answers.
+    /// Whether every group of batch `id` has at least `N - S` finite answers, counted as
+    /// [`SegmentState::usable_answers`] where liars are tolerated until every node has answered.
     fn decodable(&self, id: u64) -> bool {
         let c = self.config.output_len;
         let Some(batch) = self.pending.get(&id) else { return false };
@@ -1165,20 +1166,6 @@ impl Loop {
             for (state, segment) in batch.segments.iter().zip(batch.dispatch.segments()) {
                 let needed = segment.coding.code.params().min_responders();
                 let answered = (0..segment.groups).map(|g| state.finite_answers(g, c)).min().unwrap_or(0);
-                eprintln!(
-                    "DEBUG expire: k {} n {} needed {} nodes {} groups {} finite {:?} usable {:?} by {:?} workers {:?}",
-                    segment.coding.queries(),
-                    segment.coding.workers(),
-                    needed,
-                    state.outputs.len(),
-                    segment.groups,
-                    (0..segment.groups).map(|g| state.finite_answers(g, c)).collect::<Vec<_>>(),
-                    (0..segment.groups)
-                        .map(|g| state.usable_answers(g, c, segment.coding.code.params().byzantine()))
-                        .collect::<Vec<_>>(),
-                    state.answered_by,
-                    state.workers
-                );
                 let k = segment.coding.queries();
                 let queries = segment.first_query..segment.first_query + segment.groups * k;
                 let segment_replies = replies[queries].iter_mut().map(Option::take).collect();
@@ -1244,6 +1231,9 @@ fn remove_their_other_answers(location: &mut Location, workers: &[usize], min_re
     }
 }
 
+/// How long after dispatch a batch is hedged, given the configured delay (`floor`) and the
+/// last batches' completion times (dispatch to decodable): the floor until [`HEDGE_HISTORY`]
+/// have completed, then the larger of it and [`HEDGE_MARGIN`] times their median.
 fn hedge_delay(floor: Duration, completions: &VecDeque<Duration>) -> Duration {
     match median(completions) {
         Some(median) if completions.len() == HEDGE_HISTORY => floor.max(median.mul_f64(HEDGE_MARGIN)),
