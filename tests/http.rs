@@ -566,8 +566,8 @@ fn bad_v2_requests_get_the_protocols_error_body_and_a_4xx() {
             400,
         ),
         (
-            json!({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32",
-                               "parameters": {"shared_memory_region": "in", "shared_memory_byte_size": 4 * D}}]}),
+            json!({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32", "data": query(0)}],
+                   "outputs": [{"name": "output", "parameters": {"shared_memory_region": "out"}}]}),
             400,
         ),
     ];
