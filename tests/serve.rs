@@ -23,6 +23,14 @@ fn workers(n: usize, capacity: usize) -> Vec<Arc<dyn Worker>> {
     (0..n).map(|i| Arc::new(worker(i, model(), capacity)) as Arc<dyn Worker>).collect()
 }
 
+/// `n` workers over the test model whose answers pass through `tamper` when their fault plan
+/// says so.
+fn tampering_workers(n: usize, tamper: &approxifer::serve::Tamper) -> Vec<Arc<dyn Worker>> {
+    (0..n)
+        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, tamper.clone())) as Arc<dyn Worker>)
+        .collect()
+}
+
 fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> CoordinatorConfig {
     coordinator_config(code, faults, capacity, Duration::from_millis(deadline_ms))
 }
@@ -479,11 +487,7 @@ fn byzantine_answers_pass_through_the_workers_tamper_hook_and_corrupt_plain_deco
     };
     let worst_error = |plan: FaultPlan| -> f32 {
         let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
-        let workers: Vec<Arc<dyn Worker>> = (0..3)
-            .map(|i| {
-                Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, shift.clone())) as Arc<dyn Worker>
-            })
-            .collect();
+        let workers = tampering_workers(3, &shift);
         let code = Code::new(CodeParams::builder(2, 3).build().unwrap()).unwrap();
         let coordinator = Coordinator::start(config(code, Some(plan), 100, 2000), workers).unwrap();
         (0..20)
@@ -506,9 +510,7 @@ fn with_a_liar(code: Code, tamper: approxifer::serve::Tamper, adjust: impl FnOnc
     faults[1].byzantine_probability = 1.0;
     let mut plan = FaultPlan { latency: Latency::Constant { ms: 0.0 }, workers: faults, random_slowdown: None };
     adjust(&mut plan);
-    let workers: Vec<Arc<dyn Worker>> = (0..n)
-        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, tamper.clone())) as Arc<dyn Worker>)
-        .collect();
+    let workers = tampering_workers(n, &tamper);
     let coordinator = Coordinator::start(config(code, Some(plan), 100, 2000), workers).unwrap();
     // Two queries at a time: one full group each, which every worker (the liar too) serves.
     let worst = (0..10)
@@ -551,9 +553,7 @@ fn a_liar_that_answers_a_hedges_copy_too_has_both_its_answers_removed() {
     faults[4].hang_probability = 1.0;
     faults[5].hang_probability = 1.0;
     let plan = FaultPlan { latency: Latency::Constant { ms: 5.0 }, workers: faults, random_slowdown: None };
-    let workers: Vec<Arc<dyn Worker>> = (0..6)
-        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, shift.clone())) as Arc<dyn Worker>)
-        .collect();
+    let workers = tampering_workers(6, &shift);
     let config =
         CoordinatorConfig { hedge_after: Some(Duration::from_millis(100)), ..config(code, Some(plan), 100, 5000) };
     let coordinator = Coordinator::start(config, workers).unwrap();
@@ -586,9 +586,7 @@ fn a_hedge_gives_no_worker_more_than_one_other_node_of_a_group_with_liars() {
     faults[4].hang_probability = 1.0;
     faults[5].hang_probability = 1.0;
     let plan = FaultPlan { latency: Latency::Constant { ms: 10.0 }, workers: faults, random_slowdown: None };
-    let workers: Vec<Arc<dyn Worker>> = (0..6)
-        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, shift.clone())) as Arc<dyn Worker>)
-        .collect();
+    let workers = tampering_workers(6, &shift);
     let config = CoordinatorConfig {
         hedge_after: Some(Duration::from_millis(30)),
         trace_slower_than: Some(Duration::ZERO),
@@ -647,9 +645,7 @@ fn the_coordinator_learns_a_calibrated_locator_from_the_groups_that_agree() {
     faults[1].byzantine_probability = 0.5;
     let plan = FaultPlan { latency: Latency::Constant { ms: 0.0 }, workers: faults, random_slowdown: None };
     let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
-    let workers: Vec<Arc<dyn Worker>> = (0..5)
-        .map(|i| Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, shift.clone())) as Arc<dyn Worker>)
-        .collect();
+    let workers = tampering_workers(5, &shift);
     let learning = Learning { refit_every: 30, ..Learning::default() };
     let config = CoordinatorConfig { learning: Some(learning), ..config(code, Some(plan), 100, 2000) };
     let coordinator = Coordinator::start(config, workers).unwrap();
@@ -696,11 +692,7 @@ fn a_locator_that_does_not_learn_still_has_liars_suspected_over_many_batches_but
     let suspected = |locator: Locator| {
         let code = Code::new(CodeParams::builder(2, 6).stragglers(1).byzantine(1).build().unwrap()).unwrap();
         let flip: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v = -*v));
-        let workers: Vec<Arc<dyn Worker>> = (0..6)
-            .map(|i| {
-                Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, flip.clone())) as Arc<dyn Worker>
-            })
-            .collect();
+        let workers = tampering_workers(6, &flip);
         let mut faults = vec![WorkerFaults::NONE; 6];
         faults[1].byzantine_probability = 1.0;
         let plan = FaultPlan { latency: Latency::Constant { ms: 1.0 }, workers: faults, random_slowdown: None };
@@ -763,11 +755,7 @@ fn a_non_finite_answer_is_re_sent_to_a_worker_that_answered_with_numbers() {
     let plan = FaultPlan { latency: Latency::Constant { ms: 0.0 }, workers: faults, random_slowdown: None };
     let nan: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o[0] = f32::NAN);
     let run = |hedge_after: Option<Duration>| {
-        let workers: Vec<Arc<dyn Worker>> = (0..3)
-            .map(|i| {
-                Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, nan.clone())) as Arc<dyn Worker>
-            })
-            .collect();
+        let workers = tampering_workers(3, &nan);
         let config = CoordinatorConfig { hedge_after, ..config(code.clone(), Some(plan.clone()), 100, 300) };
         let coordinator = Coordinator::start(config, workers).unwrap();
         let tickets = coordinator.submit_all((0..4).map(query).collect()).unwrap();
