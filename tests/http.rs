@@ -539,6 +539,115 @@ fn v2_clients_get_health_metadata_and_answers_in_json_and_binary() {
     assert_eq!(stats.errors, 0);
 }
 
+/// Parses Triton's classification strings, `"value:index"`, of `rows x columns`; checks each
+/// row's are in decreasing order and, for rows decoded exactly, that they are the model's top
+/// classes for query `first_query + row`.
+fn check_classes(classes: &[String], rows: usize, columns: usize, approximate: &[usize], first_query: usize) {
+    assert_eq!(classes.len(), rows * columns, "{classes:?}");
+    for (r, row) in classes.chunks_exact(columns).enumerate() {
+        let parsed: Vec<(f32, usize)> = row
+            .iter()
+            .map(|class| {
+                let (value, index) = class.split_once(':').unwrap();
+                (value.parse().unwrap(), index.parse().unwrap())
+            })
+            .collect();
+        assert!(parsed.windows(2).all(|w| w[0].0 >= w[1].0), "row {r}: {row:?}");
+        if !approximate.contains(&r) {
+            let exact = expected(&query(first_query + r));
+            let mut order: Vec<usize> = (0..C).collect();
+            order.sort_by(|&a, &b| exact[b].total_cmp(&exact[a]));
+            for (&(value, index), &top) in parsed.iter().zip(&order) {
+                assert_eq!(index, top, "row {r}: {row:?} against {exact:?}");
+                assert!((value - exact[index]).abs() < 1e-5, "row {r}: {row:?} against {exact:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn v2_classification_answers_each_rows_top_classes_as_strings_in_json_binary_and_grpc() {
+    use approxifer::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use approxifer::serve::grpc::proto::infer_parameter::ParameterChoice::Int64Param;
+    use approxifer::serve::grpc::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    use approxifer::serve::grpc::proto::{InferParameter, ModelInferRequest};
+    let server = Server::start(coordinator(None, 100, 2000));
+    let approximate_rows = |output: &Value| -> Vec<usize> {
+        output["parameters"]["approximate_rows"]
+            .as_str()
+            .map(|s| s.split(',').map(|i| i.parse().unwrap()).collect())
+            .unwrap_or_default()
+    };
+    for binary in [false, true] {
+        let data: Vec<f32> = (0..4).flat_map(query).collect();
+        let request = json!({"inputs": [{"name": "input", "shape": [4, D], "datatype": "FP32", "data": data}],
+                             "outputs": [{"name": "output", "parameters": {"classification": 2, "binary_data": binary}}]});
+        let (status, header, body) = infer(&server, "/v2/models/smooth/infer", request.to_string().as_bytes(), None);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let json_len = header.unwrap_or(body.len());
+        let response: Value = serde_json::from_slice(&body[..json_len]).unwrap();
+        let output = &response["outputs"][0];
+        assert_eq!((output["datatype"].as_str(), &output["shape"]), (Some("BYTES"), &json!([4, 2])), "{response}");
+        let classes: Vec<String> = if binary {
+            let mut bytes = &body[json_len..];
+            let mut classes = Vec::new();
+            while let Some((length, rest)) = bytes.split_first_chunk::<4>() {
+                let (class, rest) = rest.split_at(u32::from_le_bytes(*length) as usize);
+                classes.push(String::from_utf8(class.to_vec()).unwrap());
+                bytes = rest;
+            }
+            assert_eq!(output["parameters"]["binary_data_size"].as_u64(), Some((body.len() - json_len) as u64));
+            classes
+        } else {
+            serde_json::from_value(output["data"].clone()).unwrap()
+        };
+        check_classes(&classes, 4, 2, &approximate_rows(output), 0);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("http://{}", server.inner.grpc);
+    let mut client = runtime.block_on(GrpcInferenceServiceClient::connect(url)).unwrap();
+    let values: Vec<f32> = (0..3).flat_map(query).collect();
+    let request = ModelInferRequest {
+        model_name: "smooth".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![3, D as i64],
+            ..Default::default()
+        }],
+        outputs: vec![InferRequestedOutputTensor {
+            name: "output".into(),
+            parameters: std::collections::HashMap::from([(
+                "classification".into(),
+                InferParameter { parameter_choice: Some(Int64Param(5)) },
+            )]),
+        }],
+        raw_input_contents: vec![v2::DataType::Fp32.encode(&values)],
+        ..Default::default()
+    };
+    let answer = runtime.block_on(client.model_infer(request)).unwrap().into_inner();
+    let output = &answer.outputs[0];
+    // Five asked of three classes: all three.
+    assert_eq!((output.datatype.as_str(), output.shape.as_slice()), ("BYTES", [3, C as i64].as_slice()));
+    let (mut bytes, mut classes) = (answer.raw_output_contents[0].as_slice(), Vec::new());
+    while let Some((length, rest)) = bytes.split_first_chunk::<4>() {
+        let (class, rest) = rest.split_at(u32::from_le_bytes(*length) as usize);
+        classes.push(String::from_utf8(class.to_vec()).unwrap());
+        bytes = rest;
+    }
+    let approximate: Vec<usize> =
+        match output.parameters.get("approximate_rows").and_then(|p| p.parameter_choice.clone()) {
+            Some(approxifer::serve::grpc::proto::infer_parameter::ParameterChoice::StringParam(rows)) => {
+                rows.split(',').map(|i| i.parse().unwrap()).collect()
+            }
+            _ => Vec::new(),
+        };
+    check_classes(&classes, 3, C, &approximate, 0);
+    drop((client, runtime));
+    let stats = server.stop();
+    assert_eq!((stats.answered, stats.errors), (11, 0));
+}
+
 #[test]
 fn bad_v2_requests_get_the_protocols_error_body_and_a_4xx() {
     let server = Server::start(coordinator(None, 100, 2000));
@@ -559,12 +668,12 @@ fn bad_v2_requests_get_the_protocols_error_body_and_a_4xx() {
             400,
         ),
         (input("input", json!([MAX_BATCH + 1, D]), "FP32", json!(vec![0.0; (MAX_BATCH + 1) * D])), 413),
-        // Extensions not implemented are refused, not answered as if not asked.
         (
             json!({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32", "data": query(0)}],
-                   "outputs": [{"name": "output", "parameters": {"classification": 3}}]}),
+                   "outputs": [{"name": "output", "parameters": {"classification": "three"}}]}),
             400,
         ),
+        // Extensions not implemented are refused, not answered as if not asked.
         (
             json!({"inputs": [{"name": "input", "shape": [1, D], "datatype": "FP32", "data": query(0)}],
                    "outputs": [{"name": "output", "parameters": {"shared_memory_region": "out"}}]}),
@@ -680,7 +789,7 @@ fn grpc_clients_send_typed_or_raw_tensors_and_get_raw_answers_or_status_codes() 
         name: "output".into(),
         parameters: HashMap::from([(
             "classification".into(),
-            InferParameter { parameter_choice: Some(Int64Param(3)) },
+            InferParameter { parameter_choice: Some(Int64Param(-3)) },
         )]),
     }];
     let refused = runtime.block_on(client.clone().model_infer(classes)).unwrap_err();

@@ -975,6 +975,11 @@ async fn v2_infer(
     let outputs: Vec<&str> = request.outputs.iter().flatten().map(|o| o.name.as_str()).collect();
     binary_output |= request.outputs.iter().flatten().any(|o| v2::flag(&o.parameters, "binary_data"));
     check_tensors(spec, &inputs, &outputs)?;
+    // Checked before any work is done for it.
+    let mut classes = None;
+    for output in request.outputs.iter().flatten() {
+        classes = classes.or(v2::classification(&output.parameters).map_err(protocol)?);
+    }
     let values = v2::tensor_values(&request.inputs, binary).map_err(protocol)?.pop().unwrap_or_default();
     let Inference { data, rows, approximate_rows } = infer_tensor(app, spec, &request.inputs[0].shape, values).await?;
     let c = spec.output_len;
@@ -983,27 +988,47 @@ async fn v2_infer(
     if !approximate_rows.is_empty() {
         parameters.insert("approximate_rows".into(), list(&approximate_rows).into());
     }
-    let binary = if binary_output {
-        parameters.insert(v2::BINARY_DATA_SIZE.into(), (data.len() * 4).into());
-        v2::DataType::Fp32.encode(&data)
-    } else {
-        Vec::new()
+    fn respond<T>(spec: &ModelSpec, id: Option<String>, output: T) -> v2::InferResponse<T> {
+        let (model_name, model_version) = (spec.name.clone(), Some(spec.version.clone()));
+        v2::InferResponse { model_name, model_version, id, parameters: None, outputs: vec![output] }
+    }
+    let (body, header_length) = match classes {
+        None => {
+            let binary = if binary_output {
+                parameters.insert(v2::BINARY_DATA_SIZE.into(), (data.len() * 4).into());
+                v2::DataType::Fp32.encode(&data)
+            } else {
+                Vec::new()
+            };
+            let output = v2::Tensor {
+                name: spec.output_name.clone(),
+                shape: vec![rows as i64, c as i64],
+                datatype: "FP32".into(),
+                parameters: Some(parameters),
+                data: (!binary_output).then_some(data),
+            };
+            v2::join_body(&respond(spec, request.id, output), &binary)
+        }
+        // Triton's classification extension: each row's top classes as strings.
+        Some(count) => {
+            let classes = v2::classify(&data, c, count);
+            let binary = if binary_output {
+                let bytes = v2::encode_bytes(&classes);
+                parameters.insert(v2::BINARY_DATA_SIZE.into(), bytes.len().into());
+                bytes
+            } else {
+                Vec::new()
+            };
+            let output = v2::BytesTensor {
+                name: spec.output_name.clone(),
+                shape: vec![rows as i64, count.min(c) as i64],
+                datatype: "BYTES",
+                parameters: Some(parameters),
+                data: (!binary_output).then_some(classes),
+            };
+            v2::join_body(&respond(spec, request.id, output), &binary)
+        }
     };
-    let output = v2::Tensor {
-        name: spec.output_name.clone(),
-        shape: vec![rows as i64, c as i64],
-        datatype: "FP32".into(),
-        parameters: Some(parameters),
-        data: (!binary_output).then_some(data),
-    };
-    let response = v2::InferResponse {
-        model_name: spec.name.clone(),
-        model_version: Some(spec.version.clone()),
-        id: request.id,
-        parameters: None,
-        outputs: vec![output],
-    };
-    let (body, header_length) = v2::join_body(&response, &binary);
     let mut response = body.into_response();
     let headers = response.headers_mut();
     match header_length {

@@ -97,17 +97,21 @@ pub enum ProtocolError {
     NoData { name: String },
     #[error("tensor '{name}' of shape {shape:?} holds {values} values")]
     ShapeMismatch { name: String, shape: Vec<i64>, values: usize },
+    #[error("'classification' asks for a number of top classes, a positive integer; got {0}")]
+    Classification(String),
     #[error("tensor '{name}' asks for {what} with parameter '{parameter}', which this server does not implement")]
     Unsupported { name: String, parameter: &'static str, what: &'static str },
 }
 
+/// The output parameter of Triton's classification extension: the number of top classes to
+/// answer, as strings ([`classify`]), in place of the scores.
+pub const CLASSIFICATION: &str = "classification";
+
 /// Tensor parameters of protocol extensions this server does not implement, and what they ask
-/// for: Triton's classification extension (an output's top classes as strings) and shared
-/// memory (a tensor's values in a region the client registered). Answered as if not asked, a
-/// client would read something other than it asked for (raw scores, or nothing where it looks),
-/// so a request that sets one is refused.
-pub const UNSUPPORTED_PARAMETERS: [(&str, &str); 3] = [
-    ("classification", "its top classes (Triton's classification extension)"),
+/// for: shared memory (a tensor's values in a region the client registered). Answered as if
+/// not asked, a client would read something other than it asked for (nothing where it
+/// looks), so a request that sets one is refused.
+pub const UNSUPPORTED_PARAMETERS: [(&str, &str); 2] = [
     ("shared_memory_region", "shared memory (the shared-memory extension)"),
     ("shared_memory_byte_size", "shared memory (the shared-memory extension)"),
 ];
@@ -153,9 +157,9 @@ pub struct RequestedOutput {
     pub parameters: Parameters,
 }
 
-/// An inference response.
+/// An inference response; its outputs numeric [`Tensor`]s, or strings ([`BytesTensor`]).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct InferResponse {
+pub struct InferResponse<T = Tensor> {
     #[serde(default)]
     pub model_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,7 +168,56 @@ pub struct InferResponse {
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Parameters,
-    pub outputs: Vec<Tensor>,
+    pub outputs: Vec<T>,
+}
+
+/// An output tensor of strings (`BYTES`): its elements in `data` (JSON) or, with
+/// `binary_data_size` among its parameters, in the binary part of the body ([`encode_bytes`]).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BytesTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Parameters,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Vec<String>>,
+}
+
+/// The number of top classes an output asks for with Triton's classification extension
+/// (`classification` among its parameters), if it asks: a positive integer.
+pub fn classification(parameters: &Parameters) -> Result<Option<usize>, ProtocolError> {
+    let Some(value) = parameters.as_ref().and_then(|p| p.get(CLASSIFICATION)) else { return Ok(None) };
+    match value.as_u64() {
+        Some(0) => Ok(None),
+        Some(count) => Ok(usize::try_from(count).ok()),
+        None => Err(ProtocolError::Classification(value.to_string())),
+    }
+}
+
+/// Per row of `scores` (`cols` each), its `count` largest (at most `cols`; ties to the lower
+/// index) as Triton's classification extension writes them, `"value:index"`, largest first.
+pub fn classify(scores: &[f32], cols: usize, count: usize) -> Vec<String> {
+    let count = count.min(cols);
+    scores
+        .chunks_exact(cols.max(1))
+        .flat_map(|row| {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            order.into_iter().take(count).map(move |i| format!("{:.6}:{i}", row[i]))
+        })
+        .collect()
+}
+
+/// `BYTES` elements as the binary extension and gRPC's raw contents carry them: each a
+/// 4-byte little-endian length, then its bytes.
+pub fn encode_bytes(elements: &[String]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(elements.iter().map(|e| 4 + e.len()).sum());
+    for element in elements {
+        bytes.extend_from_slice(&(element.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(element.as_bytes());
+    }
+    bytes
 }
 
 /// A model's metadata (`GET /v2/models/{name}`).
@@ -329,6 +382,21 @@ impl<'de> Visitor<'de> for Flatten<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classification_answers_each_rows_top_classes_largest_first_as_triton_writes_them() {
+        let scores = [0.1, 0.7, 0.2, 0.5, 0.5, -1.0];
+        assert_eq!(classify(&scores, 3, 2), ["0.700000:1", "0.200000:2", "0.500000:0", "0.500000:1"]);
+        // More classes than the model has: all of them.
+        assert_eq!(classify(&scores[..3], 3, 5), ["0.700000:1", "0.200000:2", "0.100000:0"]);
+        let asked = |value: serde_json::Value| classification(&Some(Map::from_iter([(CLASSIFICATION.into(), value)])));
+        assert_eq!(asked(3.into()).unwrap(), Some(3));
+        assert_eq!(asked(0.into()).unwrap(), None);
+        assert_eq!(classification(&None).unwrap(), None);
+        assert!(matches!(asked("three".into()), Err(ProtocolError::Classification(_))));
+        assert!(matches!(asked((-2).into()), Err(ProtocolError::Classification(_))));
+        assert_eq!(encode_bytes(&["ab".into(), String::new()]), [2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
+    }
 
     #[test]
     fn data_reads_flat_nested_and_null() {

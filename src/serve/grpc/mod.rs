@@ -45,6 +45,24 @@ fn is_set(parameter: &InferParameter) -> bool {
     }
 }
 
+/// The number of top classes a `classification` parameter asks for (Triton sends an int64),
+/// if any: a positive integer.
+fn classification(parameter: Option<&InferParameter>) -> Result<Option<usize>, crate::serve::http::Failure> {
+    let count = match parameter.and_then(|p| p.parameter_choice.as_ref()) {
+        None => return Ok(None),
+        Some(ParameterChoice::Int64Param(count)) => u64::try_from(*count).ok(),
+        Some(ParameterChoice::Uint64Param(count)) => Some(*count),
+        Some(_) => None,
+    };
+    match count {
+        Some(0) => Ok(None),
+        Some(count) => Ok(usize::try_from(count).ok()),
+        None => Err(crate::serve::http::Failure::bad_input(format!(
+            "'classification' asks for a number of top classes, a positive integer; got {parameter:?}"
+        ))),
+    }
+}
+
 /// `version` as the protocol sends it: empty for the server's choice.
 fn version(version: &str) -> Option<&str> {
     (!version.is_empty()).then_some(version)

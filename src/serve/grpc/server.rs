@@ -19,7 +19,7 @@ use super::proto::{
     ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
     ServerReadyRequest, ServerReadyResponse, model_infer_response,
 };
-use super::{WINDOW, bool_parameter, is_set, string_parameter, tensor_values, version};
+use super::{WINDOW, bool_parameter, classification, is_set, string_parameter, tensor_values, version};
 use crate::serve::http::{App, Failure, Inference, check_tensors, hosted, infer_tensor, list};
 use crate::serve::v2::{self, DataType};
 
@@ -87,6 +87,11 @@ impl Service {
                 .map_err(|e| Failure::bad_input(e.to_string()))?;
         }
         check_tensors(spec, &inputs, &outputs)?;
+        // Triton's classification extension, checked before any work is done for it.
+        let mut classes = None;
+        for output in &request.outputs {
+            classes = classes.or(classification(output.parameters.get(v2::CLASSIFICATION))?);
+        }
         let values = Self::input_values(&request)?;
         let Inference { data, rows, approximate_rows } =
             infer_tensor(&self.app, spec, &request.inputs[0].shape, values).await?;
@@ -94,10 +99,15 @@ impl Service {
         if !approximate_rows.is_empty() {
             parameters.insert("approximate_rows".to_owned(), string_parameter(list(&approximate_rows)));
         }
+        let c = spec.output_len;
+        let (datatype, columns, raw) = match classes {
+            None => ("FP32", c, DataType::Fp32.encode(&data)),
+            Some(count) => ("BYTES", count.min(c), v2::encode_bytes(&v2::classify(&data, c, count))),
+        };
         let output = model_infer_response::InferOutputTensor {
             name: spec.output_name.clone(),
-            datatype: "FP32".into(),
-            shape: vec![rows as i64, spec.output_len as i64],
+            datatype: datatype.into(),
+            shape: vec![rows as i64, columns as i64],
             parameters,
             contents: None,
         };
@@ -107,7 +117,7 @@ impl Service {
             id: request.id,
             parameters: HashMap::new(),
             outputs: vec![output],
-            raw_output_contents: vec![DataType::Fp32.encode(&data)],
+            raw_output_contents: vec![raw],
         })
     }
 }
