@@ -1,6 +1,6 @@
 """NVIDIA's tritonclient (HTTP and gRPC) against `approxifer serve`: health, metadata, infer
 (binary and JSON tensors over HTTP, raw over gRPC), the request id, the approximate-rows
-parameter, and a bad request of each kind (a class_count too, not implemented). Run by tests/cli.rs with the server's addresses;
+parameter, the classification extension (class_count), and a bad request of each kind. Run by tests/cli.rs with the server's addresses;
 exits non-zero, saying why, on the first mismatch.
 
     python tritonclient_conformance.py REST_ADDR GRPC_ADDR MODEL
@@ -77,10 +77,24 @@ for name, client_module, url in (("http", httpclient, rest), ("grpc", grpcclient
     ok = client_module.InferInput(input_name, list(queries.shape), "FP32")
     ok.set_data_from_numpy(queries)
     refused(lambda: client.infer("no-such-model", [ok]), f"{name}: another model's inference", "404" if name == "http" else "NOT_FOUND")
-    # The classification extension is not implemented: asked for, it is refused, never
-    # answered with the raw scores.
-    top = client_module.InferRequestedOutput("output", class_count=3)
-    refused(lambda: client.infer(model, [ok], outputs=[top]), f"{name}: class_count", "400" if name == "http" else "INVALID_ARGUMENT")
+    # The classification extension: each row's top classes as "value:index" strings, largest
+    # first, agreeing with the probabilities' order for the rows decoded exactly.
+    exact = client.infer(model, [ok]).as_numpy("output")
+    for binary in (True, False) if name == "http" else (True,):
+        if name == "http":
+            top = client_module.InferRequestedOutput("output", binary_data=binary, class_count=3)
+        else:
+            top = client_module.InferRequestedOutput("output", class_count=3)
+        classes = client.infer(model, [ok], outputs=[top]).as_numpy("output")
+        check(classes is not None and classes.shape == (6, 3), f"{name}: class_count shape {None if classes is None else classes.shape}")
+        # Binary BYTES come back as bytes, JSON ones as str.
+        text = [[c.decode() if isinstance(c, bytes) else c for c in row] for row in classes]
+        parsed = [[(float(c.split(":")[0]), int(c.split(":")[1])) for c in row] for row in text]
+        for row in parsed:
+            check(all(a[0] >= b[0] for a, b in zip(row, row[1:])), f"{name}: classes in decreasing order {row}")
+            check(all(0 <= index < 10 for _, index in row), f"{name}: class indices {row}")
+        agree = sum(row[0][1] == int(np.argmax(p)) for row, p in zip(parsed, exact))
+        check(agree >= 4, f"{name}: top classes agree with the probabilities' in {agree} of 6 rows")
     client.close()
 
 print("tritonclient conformance: ok")
