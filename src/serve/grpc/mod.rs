@@ -57,9 +57,9 @@ fn classification(parameter: Option<&InferParameter>) -> Result<Option<usize>, c
     match count {
         Some(0) => Ok(None),
         Some(count) => Ok(usize::try_from(count).ok()),
-        None => Err(crate::serve::http::Failure::bad_input(format!(
-            "'classification' asks for a number of top classes, a positive integer; got {parameter:?}"
-        ))),
+        None => Err(crate::serve::http::Failure::bad_input(
+            crate::serve::v2::ProtocolError::Classification(format!("{parameter:?}")).to_string(),
+        )),
     }
 }
 
