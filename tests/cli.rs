@@ -1749,6 +1749,30 @@ fn tritonclient_talks_to_serve_over_http_and_grpc() {
     assert!(server.terminate().success);
 }
 
+/// The interpreter of the environment scripts/kserve.sh installs KServe, and its client, into.
+fn kserve_python() -> String {
+    let python = std::env::var("APPROXIFER_KSERVE")
+        .unwrap_or_else(|_| format!("{}/target/kserve/bin/python", env!("CARGO_MANIFEST_DIR")));
+    assert!(Path::new(&python).exists(), "{python}: run scripts/kserve.sh (scripts/test.sh does)");
+    python
+}
+
+#[test]
+fn kserves_client_talks_to_serve_over_http_and_grpc() {
+    let server =
+        Running::start(&["serve", "--device", "cpu", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
+    let grpc = server.grpc.clone().expect("the banner names the gRPC address");
+    let script = format!("{}/tests/kserve_client_conformance.py", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(kserve_python())
+        .args([script.as_str(), &server.addr, &grpc, "lenet5-fashion-mnist"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("kserve client conformance: ok"), "{stdout}");
+    assert!(server.terminate().success);
+}
+
 #[test]
 fn export_weights_writes_every_parameter_and_a_manifest() {
     let dir = temp_dir();

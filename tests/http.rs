@@ -475,13 +475,18 @@ fn check_rows(response: &v2::InferResponse, binary: &[u8], first_query: usize) -
 fn v2_clients_get_health_metadata_and_answers_in_json_and_binary() {
     let server = Server::start(coordinator(None, 100, 2000));
     let model = server::MODEL;
-    for path in ["/v2/health/live", "/v2/health/ready", "/v2/models/smooth/ready", "/v2/models/smooth/versions/1/ready"]
-    {
-        assert_eq!(server.get(path).0, 200, "{path}");
+    // The status says it, and a JSON body too (KServe's client parses it).
+    let (status, body) = server.get("/v2/health/live");
+    assert_eq!((status, json(&body)), (200, json!({"live": true})));
+    let (status, body) = server.get("/v2/health/ready");
+    assert_eq!((status, json(&body)), (200, json!({"ready": true})));
+    for path in ["/v2/models/smooth/ready", "/v2/models/smooth/versions/1/ready"] {
+        let (status, body) = server.get(path);
+        assert_eq!((status, json(&body)), (200, json!({"name": model, "ready": true})), "{path}");
     }
     let (status, body) = server.get("/v2");
     assert_eq!(status, 200);
-    assert_eq!(json(&body)["extensions"], json!(["binary_tensor_data"]));
+    assert_eq!(json(&body)["extensions"], json!(["binary_tensor_data", "classification"]));
     for path in ["/v2/models/smooth", "/v2/models/smooth/versions/1"] {
         let (status, body) = server.get(path);
         assert_eq!(status, 200, "{body}");

@@ -868,21 +868,25 @@ async fn server_metadata(State(app): State<Arc<App>>) -> Response {
     Json(serde_json::json!({
         "name": "approxifer",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "classification"],
     }))
     .into_response()
 }
 
-async fn live(State(app): State<Arc<App>>) -> StatusCode {
+/// The health answers carry their result twice: in the status, which the specification and
+/// Triton's clients read, and as `{"live": true}` / `{"ready": ...}`, which KServe's client
+/// parses (it fails on an empty body).
+async fn live(State(app): State<Arc<App>>) -> Response {
     app.metrics.request("/v2/health/live", StatusCode::OK);
-    StatusCode::OK
+    Json(serde_json::json!({"live": true})).into_response()
 }
 
 /// Ready while accepting requests; 503 once draining.
-async fn ready(State(app): State<Arc<App>>) -> StatusCode {
-    let status = if app.draining.load(Ordering::SeqCst) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let ready = !app.draining.load(Ordering::SeqCst);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     app.metrics.request("/v2/health/ready", status);
-    status
+    (status, Json(serde_json::json!({"ready": ready}))).into_response()
 }
 
 async fn model_metadata(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
@@ -915,8 +919,11 @@ async fn model_ready_version(State(app): State<Arc<App>>, Path((model, version))
 
 fn readiness_of(app: &App, model: &str, version: Option<&str>) -> Response {
     let response = match hosted(app, model, version) {
-        Ok(_) if app.draining.load(Ordering::SeqCst) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-        Ok(_) => StatusCode::OK.into_response(),
+        Ok(spec) => {
+            let ready = !app.draining.load(Ordering::SeqCst);
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (status, Json(serde_json::json!({"name": spec.name, "ready": ready}))).into_response()
+        }
         Err(failure) => v2_failure(failure),
     };
     app.metrics.request("/v2/models/ready", response.status());
