@@ -1733,20 +1733,27 @@ fn python_clients() -> String {
     python
 }
 
-#[test]
-fn tritonclient_talks_to_serve_over_http_and_grpc() {
+/// Runs a client library's conformance script (`tests/{name}_conformance.py`) with `python`
+/// against `serve` over REST and gRPC; it prints `{name} conformance: ok` when every check
+/// holds.
+fn conformance(python: String, name: &str) {
     let server =
         Running::start(&["serve", "--device", "cpu", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
     let grpc = server.grpc.clone().expect("the banner names the gRPC address");
-    let script = format!("{}/tests/tritonclient_conformance.py", env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(python_clients())
+    let script = format!("{}/tests/{}_conformance.py", env!("CARGO_MANIFEST_DIR"), name.replace(' ', "_"));
+    let out = std::process::Command::new(python)
         .args([script.as_str(), &server.addr, &grpc, "lenet5-fashion-mnist"])
         .output()
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("tritonclient conformance: ok"), "{stdout}");
+    assert!(stdout.contains(&format!("{name} conformance: ok")), "{stdout}");
     assert!(server.terminate().success);
+}
+
+#[test]
+fn tritonclient_talks_to_serve_over_http_and_grpc() {
+    conformance(python_clients(), "tritonclient");
 }
 
 /// The interpreter of the environment scripts/kserve.sh installs KServe, and its client, into.
@@ -1759,18 +1766,7 @@ fn kserve_python() -> String {
 
 #[test]
 fn kserves_client_talks_to_serve_over_http_and_grpc() {
-    let server =
-        Running::start(&["serve", "--device", "cpu", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
-    let grpc = server.grpc.clone().expect("the banner names the gRPC address");
-    let script = format!("{}/tests/kserve_client_conformance.py", env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(kserve_python())
-        .args([script.as_str(), &server.addr, &grpc, "lenet5-fashion-mnist"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("kserve client conformance: ok"), "{stdout}");
-    assert!(server.terminate().success);
+    conformance(kserve_python(), "kserve client");
 }
 
 #[test]
