@@ -38,6 +38,9 @@ for name, client_module, url in (("http", httpclient, rest), ("grpc", grpcclient
     check(client.is_server_ready(), f"{name}: ready")
     check(client.is_model_ready(model), f"{name}: model ready")
     check(not client.is_model_ready("no-such-model"), f"{name}: another model is not ready")
+    server = client.get_server_metadata()
+    extensions = server["extensions"] if name == "http" else list(server.extensions)
+    check("classification" in extensions, f"{name}: server metadata lists the classification extension: {extensions}")
     metadata = client.get_model_metadata(model)
     if name == "http":
         inputs, outputs = metadata["inputs"], metadata["outputs"]

@@ -868,7 +868,7 @@ async fn server_metadata(State(app): State<Arc<App>>) -> Response {
     Json(serde_json::json!({
         "name": "approxifer",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "classification"],
+        "extensions": ["binary_tensor_data", v2::CLASSIFICATION],
     }))
     .into_response()
 }

@@ -150,7 +150,8 @@ impl GrpcInferenceService for Service {
         Ok(Response::new(ServerMetadataResponse {
             name: "approxifer".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: Vec::new(),
+            // Its extensions that gRPC has (binary tensor data is REST's).
+            extensions: vec![v2::CLASSIFICATION.into()],
         }))
     }
 
