@@ -932,7 +932,8 @@ impl Loop {
                 // the code can ([`remove_their_other_answers`]).
                 let finite = state.finite_answers(g, c);
                 finite >= params.min_responders()
-                    && (finite == state.outputs.len()
+                    && (params.byzantine() == 0
+                        || finite == state.outputs.len()
                         || state.usable_answers(g, c, params.byzantine()) >= params.min_responders())
             })
         })
