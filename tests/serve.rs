@@ -31,6 +31,15 @@ fn tampering_workers(n: usize, tamper: &approxifer::serve::Tamper) -> Vec<Arc<dy
         .collect()
 }
 
+/// The test model answering one row too many for every batch: a failure its worker reports.
+fn one_row_too_many() -> ServedModel {
+    let inner = model();
+    Arc::new(move |x: Tensor<2>| {
+        let y = inner.forward(x);
+        Tensor::cat(vec![y.clone(), y.narrow(0, 0, 1)], 0)
+    })
+}
+
 fn config(code: Code, faults: Option<FaultPlan>, capacity: usize, deadline_ms: u64) -> CoordinatorConfig {
     coordinator_config(code, faults, capacity, Duration::from_millis(deadline_ms))
 }
@@ -244,11 +253,7 @@ fn a_baseline_sends_a_batch_whose_model_failed_to_another_worker_at_once() {
     // Worker 0's model answers one row too many for every batch (a failure the worker
     // reports): each uncoded query sent there is answered by another worker, long before its
     // deadline.
-    let inner = model();
-    let failing: ServedModel = Arc::new(move |x: Tensor<2>| {
-        let y = inner.forward(x);
-        Tensor::cat(vec![y.clone(), y.narrow(0, 0, 1)], 0)
-    });
+    let failing = one_row_too_many();
     let mut pool: Vec<Arc<dyn Worker>> = vec![Arc::new(worker(0, failing, 1000))];
     pool.extend((1..3).map(|i| Arc::new(worker(i, model(), 1000)) as Arc<dyn Worker>));
     let config = one_query_per_batch(Policy::Uncoded, None, Duration::from_secs(30), 1000);
@@ -271,11 +276,7 @@ fn a_coded_batch_whose_workers_failed_beyond_what_its_code_spares_is_hedged_at_o
     // workers report), so each group has one answer where it needs two. The batch's hedge is
     // three seconds off, and every batch is answered long before: worker 2 gets the failed
     // rows the moment the code cannot spare them.
-    let inner = model();
-    let failing: ServedModel = Arc::new(move |x: Tensor<2>| {
-        let y = inner.forward(x);
-        Tensor::cat(vec![y.clone(), y.narrow(0, 0, 1)], 0)
-    });
+    let failing = one_row_too_many();
     let mut pool: Vec<Arc<dyn Worker>> =
         (0..2).map(|i| Arc::new(worker(i, failing.clone(), 1000)) as Arc<dyn Worker>).collect();
     pool.push(Arc::new(worker(2, model(), 1000)));
