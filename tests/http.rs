@@ -486,7 +486,24 @@ fn v2_clients_get_health_metadata_and_answers_in_json_and_binary() {
     }
     let (status, body) = server.get("/v2");
     assert_eq!(status, 200);
-    assert_eq!(json(&body)["extensions"], json!(["binary_tensor_data", "classification"]));
+    assert_eq!(json(&body)["extensions"], json!(["binary_tensor_data", "classification", "model_configuration"]));
+    // Triton's model configuration: the batch a request may hold, the tensors without it.
+    for path in ["/v2/models/smooth/config", "/v2/models/smooth/versions/1/config"] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, 200, "{body}");
+        let config = json(&body);
+        assert_eq!((config["name"].as_str(), config["max_batch_size"].as_u64()), (Some(model), Some(MAX_BATCH as u64)));
+        assert_eq!(
+            config["input"],
+            json!([{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [D]}])
+        );
+        assert_eq!(config["output"][0]["dims"], json!([C]), "{body}");
+    }
+    for path in ["/v2/models/other/config", "/v2/models/smooth/versions/2/config"] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, 404, "{path}");
+        assert!(json(&body)["error"].is_string(), "{body}");
+    }
     for path in ["/v2/models/smooth", "/v2/models/smooth/versions/1"] {
         let (status, body) = server.get(path);
         assert_eq!(status, 200, "{body}");
@@ -815,6 +832,79 @@ fn grpc_clients_send_typed_or_raw_tensors_and_get_raw_answers_or_status_codes() 
     drop((client, runtime));
 }
 
+#[test]
+fn grpc_streams_answer_every_request_with_failures_in_line_and_model_config_describes_the_model() {
+    use approxifer::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use approxifer::serve::grpc::proto::model_infer_request::InferInputTensor;
+    use approxifer::serve::grpc::proto::{DataType, ModelConfigRequest, ModelInferRequest};
+    let server = Server::start(coordinator(None, 100, 2000));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let url = format!("http://{}", server.inner.grpc);
+    let mut client = runtime.block_on(GrpcInferenceServiceClient::connect(url)).unwrap();
+
+    // Triton's model configuration: what a client needs to form requests.
+    let asked = |name: &str| ModelConfigRequest { name: name.into(), version: String::new() };
+    let config = runtime.block_on(client.model_config(asked(server::MODEL))).unwrap().into_inner().config.unwrap();
+    assert_eq!((config.name.as_str(), config.max_batch_size), (server::MODEL, MAX_BATCH as i32));
+    let (input, output) = (&config.input[0], &config.output[0]);
+    assert_eq!((input.name.as_str(), input.dims.as_slice()), ("input", &[D as i64][..]));
+    assert_eq!((output.name.as_str(), output.dims.as_slice()), ("output", &[C as i64][..]));
+    assert_eq!((input.data_type, output.data_type), (DataType::TypeFp32 as i32, DataType::TypeFp32 as i32));
+    let refused = runtime.block_on(client.model_config(asked("other"))).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound);
+
+    // Four requests on one stream, the second for a model not served: an answer each, the
+    // failure as an error message with its id, the others' rows the model's.
+    let request = |i: usize, model: &str| {
+        let values: Vec<f32> = (2 * i..2 * i + 2).flat_map(query).collect();
+        ModelInferRequest {
+            model_name: model.into(),
+            id: format!("q{i}"),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![2, D as i64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![v2::DataType::Fp32.encode(&values)],
+            ..Default::default()
+        }
+    };
+    let requests =
+        vec![request(0, server::MODEL), request(1, "other"), request(2, server::MODEL), request(3, server::MODEL)];
+    let answers = runtime.block_on(async {
+        let mut stream = client.model_stream_infer(tokio_stream::iter(requests)).await.unwrap().into_inner();
+        let mut answers = Vec::new();
+        while let Some(answer) = stream.message().await.unwrap() {
+            answers.push(answer);
+        }
+        answers
+    });
+    let mut ids: Vec<String> = answers.iter().map(|a| a.infer_response.as_ref().unwrap().id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["q0", "q1", "q2", "q3"]);
+    for answer in &answers {
+        let response = answer.infer_response.as_ref().unwrap();
+        if response.id == "q1" {
+            assert!(answer.error_message.contains("unknown model 'other'"), "{answer:?}");
+            assert!(response.outputs.is_empty());
+            continue;
+        }
+        assert!(answer.error_message.is_empty(), "{answer:?}");
+        let first: usize = response.id[1..].parse().unwrap();
+        let approximate = response.outputs[0].parameters.contains_key("approximate_rows");
+        let values = v2::DataType::Fp32.decode(&response.raw_output_contents[0]).unwrap();
+        for (r, row) in values.chunks_exact(C).enumerate() {
+            let exact = expected(&query(2 * first + r));
+            let error = row.iter().zip(&exact).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
+            assert!(error < if approximate { 1.0 } else { 1e-5 }, "{}: row {r}: {row:?} vs {exact:?}", response.id);
+        }
+    }
+    let stats = server.stop();
+    assert_eq!((stats.answered, stats.errors), (6, 0));
+    drop((client, runtime));
+}
+
 /// A model that takes 150 ms a batch.
 fn slow_model() -> approxifer::serve::ServedModel {
     let inner = model();
@@ -824,57 +914,85 @@ fn slow_model() -> approxifer::serve::ServedModel {
     })
 }
 
-/// Six clients each send three queries to `scheme` at once and hang up after 60 ms (over
-/// REST, closing their connections; over gRPC, cancelling their calls on one connection that
-/// stays open): the scheme's books once it has let go of every query, at least
-/// `least_cancelled` of them cancelled (as `/metrics` counts them).
-fn impatient_clients(scheme: Box<dyn Scheme>, grpc: bool, least_cancelled: usize) -> Stats {
+/// How the impatient clients call.
+#[derive(Clone, Copy, Debug)]
+enum Impatient {
+    /// REST, each closing its connection.
+    Rest,
+    /// gRPC, each cancelling its call on one connection that stays open.
+    Grpc,
+    /// One gRPC stream carrying every client's request, dropped.
+    GrpcStream,
+}
+
+/// Six clients each send three queries to `scheme` at once and hang up after 60 ms (`how`):
+/// the scheme's books once it has let go of every query, at least `least_cancelled` of them
+/// cancelled (as `/metrics` counts them).
+fn impatient_clients(scheme: Box<dyn Scheme>, how: Impatient, least_cancelled: usize) -> Stats {
     use approxifer::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
     use approxifer::serve::grpc::proto::{ModelInferRequest, model_infer_request::InferInputTensor};
     let server = Server::start(scheme);
     let clients = 6;
     let patience = Duration::from_millis(60);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let channel = grpc.then(|| {
+    let request = |client: usize| {
+        let values: Vec<f32> = (client * 3..client * 3 + 3).flat_map(query).collect();
+        ModelInferRequest {
+            model_name: server::MODEL.into(),
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![3, D as i64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![v2::DataType::Fp32.encode(&values)],
+            ..Default::default()
+        }
+    };
+    let channel = (!matches!(how, Impatient::Rest)).then(|| {
         runtime.block_on(GrpcInferenceServiceClient::connect(format!("http://{}", server.inner.grpc))).unwrap()
     });
-    if let Some(channel) = &channel {
-        let calls: Vec<_> = (0..clients)
-            .map(|client| {
-                let values: Vec<f32> = (client * 3..client * 3 + 3).flat_map(query).collect();
-                let request = ModelInferRequest {
-                    model_name: server::MODEL.into(),
-                    inputs: vec![InferInputTensor {
-                        name: "input".into(),
-                        datatype: "FP32".into(),
-                        shape: vec![3, D as i64],
-                        ..Default::default()
-                    }],
-                    raw_input_contents: vec![v2::DataType::Fp32.encode(&values)],
-                    ..Default::default()
-                };
-                let mut channel = channel.clone();
-                runtime
-                    .spawn(async move { tokio::time::timeout(patience, channel.model_infer(request)).await.is_err() })
-            })
-            .collect();
-        for (client, call) in calls.into_iter().enumerate() {
-            assert!(runtime.block_on(call).unwrap(), "client {client} gave up before its answer");
-        }
-    } else {
-        let impatient: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(patience)).build().into();
-        std::thread::scope(|scope| {
-            for client in 0..clients {
-                let (impatient, addr) = (&impatient, server.addr);
-                scope.spawn(move || {
-                    let sent = impatient
-                        .post(format!("http://{addr}/v1/predict"))
-                        .header("content-type", "application/json")
-                        .send(rows(client * 3..client * 3 + 3).to_string());
-                    assert!(sent.is_err(), "client {client} hung up before its answer");
-                });
+    match (how, &channel) {
+        (Impatient::Grpc, Some(channel)) => {
+            let calls: Vec<_> = (0..clients)
+                .map(|client| {
+                    let (mut channel, request) = (channel.clone(), request(client));
+                    runtime.spawn(
+                        async move { tokio::time::timeout(patience, channel.model_infer(request)).await.is_err() },
+                    )
+                })
+                .collect();
+            for (client, call) in calls.into_iter().enumerate() {
+                assert!(runtime.block_on(call).unwrap(), "client {client} gave up before its answer");
             }
-        });
+        }
+        (Impatient::GrpcStream, Some(channel)) => {
+            let (mut channel, requests) = (channel.clone(), (0..clients).map(request).collect::<Vec<_>>());
+            let gave_up = runtime.block_on(async move {
+                let answers = async {
+                    let mut stream = channel.model_stream_infer(tokio_stream::iter(requests)).await?.into_inner();
+                    while stream.message().await?.is_some() {}
+                    Ok::<_, tonic::Status>(())
+                };
+                tokio::time::timeout(patience, answers).await.is_err()
+            });
+            assert!(gave_up, "the stream's answers all came before its client gave up");
+        }
+        _ => {
+            let impatient: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(patience)).build().into();
+            std::thread::scope(|scope| {
+                for client in 0..clients {
+                    let (impatient, addr) = (&impatient, server.addr);
+                    scope.spawn(move || {
+                        let sent = impatient
+                            .post(format!("http://{addr}/v1/predict"))
+                            .header("content-type", "application/json")
+                            .send(rows(client * 3..client * 3 + 3).to_string());
+                        assert!(sent.is_err(), "client {client} hung up before its answer");
+                    });
+                }
+            });
+        }
     }
     let metrics = metrics_once(&server, "approxifer_cancelled_queries_total", least_cancelled as f64);
     assert!(sample(&metrics, "approxifer_cancelled_queries_total") >= least_cancelled as f64, "{metrics}");
@@ -890,8 +1008,8 @@ fn a_client_that_goes_away_has_its_queries_dropped_not_computed() {
     // Coded: five slow workers, each client's queries one group (K = 3). The first batch runs;
     // the others wait in the workers' queues and are cancelled once the coordinator sees
     // nobody waits for them (at the first answers), so no worker runs more than the first two
-    // batches, where all six would run. Over REST and over gRPC.
-    for grpc in [false, true] {
+    // batches, where all six would run. Over REST, over gRPC and on a gRPC stream.
+    for how in [Impatient::Rest, Impatient::Grpc, Impatient::GrpcStream] {
         let code = Code::new(CodeParams::builder(3, 5).stragglers(2).build().unwrap()).unwrap();
         let workers: Vec<Arc<dyn Worker>> = (0..5)
             .map(|i| Arc::new(LocalWorker::start(i, slow_model(), Device::flex(), 1000)) as Arc<dyn Worker>)
@@ -901,9 +1019,9 @@ fn a_client_that_goes_away_has_its_queries_dropped_not_computed() {
             max_queue_delay: Duration::ZERO,
             ..coordinator_config(code, None, 1000, Duration::from_secs(10))
         };
-        let stats = impatient_clients(Box::new(Coordinator::start(config, workers).unwrap()), grpc, 12);
+        let stats = impatient_clients(Box::new(Coordinator::start(config, workers).unwrap()), how, 12);
         for (w, worker) in stats.workers.iter().enumerate() {
-            assert!(worker.answers <= 2, "gRPC {grpc}: worker {w} ran {} batches of 6: {stats:?}", worker.answers);
+            assert!(worker.answers <= 2, "{how:?}: worker {w} ran {} batches of 6: {stats:?}", worker.answers);
         }
     }
     // Uncoded: one slow worker, whatever batches the queries formed; it runs the first one or
@@ -919,6 +1037,6 @@ fn a_client_that_goes_away_has_its_queries_dropped_not_computed() {
         capacity: 1000,
         faults: None,
     };
-    let stats = impatient_clients(Box::new(Baseline::start(config, vec![worker]).unwrap()), false, 9);
+    let stats = impatient_clients(Box::new(Baseline::start(config, vec![worker]).unwrap()), Impatient::Rest, 9);
     assert!(stats.workers[0].answers <= 2, "the worker ran {} batches: {stats:?}", stats.workers[0].answers);
 }

@@ -96,6 +96,30 @@ impl ModelSpec {
             }],
         }
     }
+
+    /// The configuration Triton's model configuration extension answers, for requests of up
+    /// to `max_batch` queries.
+    pub(super) fn config(&self, max_batch: usize) -> v2::ModelConfig {
+        let dims = |shape: &[usize]| shape.iter().map(|&d| d as i64).collect();
+        v2::ModelConfig {
+            name: self.name.clone(),
+            platform: self.platform.clone(),
+            backend: self.platform.clone(),
+            max_batch_size: i32::try_from(max_batch).unwrap_or(i32::MAX),
+            input: vec![v2::ConfigInput {
+                name: self.input_name.clone(),
+                data_type: "TYPE_FP32".into(),
+                format: "FORMAT_NONE".into(),
+                dims: dims(&self.input_shape),
+            }],
+            output: vec![v2::ConfigOutput {
+                name: self.output_name.clone(),
+                data_type: "TYPE_FP32".into(),
+                dims: dims(&[self.output_len]),
+                label_filename: String::new(),
+            }],
+        }
+    }
 }
 
 /// What the server reports about itself and how it bounds requests.
@@ -574,6 +598,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config_version))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{model}/infer", post(infer))
@@ -868,7 +894,7 @@ async fn server_metadata(State(app): State<Arc<App>>) -> Response {
     Json(serde_json::json!({
         "name": "approxifer",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", v2::CLASSIFICATION],
+        "extensions": ["binary_tensor_data", v2::CLASSIFICATION, v2::MODEL_CONFIGURATION],
     }))
     .into_response()
 }
@@ -906,6 +932,23 @@ fn metadata_of(app: &App, model: &str, version: Option<&str>) -> Response {
         Err(failure) => v2_failure(failure),
     };
     app.metrics.request("/v2/models", response.status());
+    response
+}
+
+async fn model_config(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
+    config_of(&app, &model, None)
+}
+
+async fn model_config_version(State(app): State<Arc<App>>, Path((model, version)): Path<(String, String)>) -> Response {
+    config_of(&app, &model, Some(&version))
+}
+
+fn config_of(app: &App, model: &str, version: Option<&str>) -> Response {
+    let response = match hosted(app, model, version) {
+        Ok(spec) => Json(spec.config(app.config.max_batch)).into_response(),
+        Err(failure) => v2_failure(failure),
+    };
+    app.metrics.request("/v2/models/config", response.status());
     response
 }
 

@@ -240,6 +240,42 @@ pub struct TensorMetadata {
     pub shape: Vec<i64>,
 }
 
+/// Triton's model configuration extension: `GET /v2/models/{name}/config`, gRPC `ModelConfig`.
+pub const MODEL_CONFIGURATION: &str = "model_configuration";
+
+/// A model's configuration as Triton's model configuration extension answers it, in the field
+/// names of its `ModelConfig`: the fields its clients read to form requests (the most queries
+/// in one, each tensor's type and dimensions).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub platform: String,
+    pub backend: String,
+    /// The most queries one request may hold; tensors' `dims` leave that dimension out.
+    pub max_batch_size: i32,
+    pub input: Vec<ConfigInput>,
+    pub output: Vec<ConfigOutput>,
+}
+
+/// An input of a [`ModelConfig`]: Triton's type name (`TYPE_FP32`), its image layout
+/// (`FORMAT_NONE`: not an image the server reorders) and its dimensions without the batch.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ConfigInput {
+    pub name: String,
+    pub data_type: String,
+    pub format: String,
+    pub dims: Vec<i64>,
+}
+
+/// An output of a [`ModelConfig`]; `label_filename` is empty: no class labels are served.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ConfigOutput {
+    pub name: String,
+    pub data_type: String,
+    pub dims: Vec<i64>,
+    pub label_filename: String,
+}
+
 /// An error body.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ErrorBody {

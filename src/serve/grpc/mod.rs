@@ -117,3 +117,37 @@ impl From<ModelMetadataResponse> for v2::ModelMetadata {
         }
     }
 }
+
+impl From<v2::ModelConfig> for proto::ModelConfig {
+    /// A type or format name Triton does not have becomes its invalid (zero) value.
+    fn from(config: v2::ModelConfig) -> Self {
+        let data_type = |name: &str| proto::DataType::from_str_name(name).unwrap_or_default() as i32;
+        let format = |name: &str| proto::model_input::Format::from_str_name(name).unwrap_or_default() as i32;
+        proto::ModelConfig {
+            input: config
+                .input
+                .into_iter()
+                .map(|t| proto::ModelInput {
+                    data_type: data_type(&t.data_type),
+                    format: format(&t.format),
+                    name: t.name,
+                    dims: t.dims,
+                })
+                .collect(),
+            output: config
+                .output
+                .into_iter()
+                .map(|t| proto::ModelOutput {
+                    data_type: data_type(&t.data_type),
+                    name: t.name,
+                    dims: t.dims,
+                    label_filename: t.label_filename,
+                })
+                .collect(),
+            name: config.name,
+            platform: config.platform,
+            backend: config.backend,
+            max_batch_size: config.max_batch_size,
+        }
+    }
+}

@@ -1,23 +1,28 @@
 //! `inference.GRPCInferenceService` in front of a scheme: the same model, checks, admission,
 //! metrics and shutdown as the REST routes ([`super::super::http`]), tensors in typed or raw
 //! contents, answers in raw contents (as Triton answers), approximate rows in the output's
-//! parameters.
+//! parameters; inferences one call each or many on one stream (Triton's `ModelStreamInfer`),
+//! and the model's configuration (Triton's `ModelConfig`).
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::http::StatusCode;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::TcpIncoming;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use super::proto::{
-    ModelInferRequest, ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest,
-    ModelReadyResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse, model_infer_response,
+    ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
+    ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStreamInferResponse, ServerLiveRequest,
+    ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
+    model_infer_response,
 };
 use super::{WINDOW, bool_parameter, classification, is_set, string_parameter, tensor_values, version};
 use crate::serve::http::{App, Failure, Inference, check_tensors, hosted, infer_tensor, list};
@@ -40,6 +45,10 @@ pub(in crate::serve) async fn serve(
         .await
 }
 
+/// A stream's answers that may wait to be sent before its inferences wait for the client.
+const STREAM_BUFFER: usize = 64;
+
+#[derive(Clone)]
 struct Service {
     app: Arc<App>,
 }
@@ -75,6 +84,25 @@ impl Service {
         }
         let raw = request.raw_input_contents.first().map(Vec::as_slice);
         tensor_values(datatype, raw, input.contents.as_ref()).map_err(Failure::bad_input)
+    }
+
+    /// [`infer`](Self::infer), counted in the metrics under `route`.
+    async fn observed_infer(
+        &self,
+        request: ModelInferRequest,
+        route: &'static str,
+    ) -> Result<ModelInferResponse, Status> {
+        let started = Instant::now();
+        match self.infer(request).await {
+            Ok(response) => {
+                self.app.observe(route, StatusCode::OK, None, Some(started));
+                Ok(response)
+            }
+            Err(failure) => {
+                self.app.observe(route, failure.status, Some(failure.code), Some(started));
+                Err(status(failure))
+            }
+        }
     }
 
     async fn infer(&self, request: ModelInferRequest) -> Result<ModelInferResponse, Failure> {
@@ -151,7 +179,7 @@ impl GrpcInferenceService for Service {
             name: "approxifer".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             // Its extensions that gRPC has (binary tensor data is REST's).
-            extensions: vec![v2::CLASSIFICATION.into()],
+            extensions: vec![v2::CLASSIFICATION.into(), v2::MODEL_CONFIGURATION.into()],
         }))
     }
 
@@ -169,16 +197,63 @@ impl GrpcInferenceService for Service {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        let started = Instant::now();
-        match self.infer(request.into_inner()).await {
-            Ok(response) => {
-                self.app.observe("grpc ModelInfer", StatusCode::OK, None, Some(started));
-                Ok(Response::new(response))
+        self.observed_infer(request.into_inner(), "grpc ModelInfer").await.map(Response::new)
+    }
+
+    type ModelStreamInferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+    /// Serves each request of the stream as it comes, concurrently (the scheme batches them as
+    /// it batches separate calls), and answers each as it completes; a failed one is answered
+    /// with its error message and its id, and the stream goes on. A client that goes away
+    /// drops the answers' receiver, and with it the inferences in progress (their queries are
+    /// cancelled, as a closed call's are); one that closes its side gets every answer first.
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let mut requests = request.into_inner();
+        let (answers, stream) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let service = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(request)) = requests.message().await {
+                let (service, answers) = (service.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let failed = ModelInferResponse {
+                        model_name: request.model_name.clone(),
+                        model_version: request.model_version.clone(),
+                        id: request.id.clone(),
+                        ..ModelInferResponse::default()
+                    };
+                    let answer = tokio::select! {
+                        answer = service.observed_infer(request, "grpc ModelStreamInfer") => answer,
+                        () = answers.closed() => return,
+                    };
+                    let answer = match answer {
+                        Ok(response) => {
+                            ModelStreamInferResponse { error_message: String::new(), infer_response: Some(response) }
+                        }
+                        Err(status) => ModelStreamInferResponse {
+                            error_message: status.message().to_owned(),
+                            infer_response: Some(failed),
+                        },
+                    };
+                    let _ = answers.send(Ok(answer)).await;
+                });
             }
-            Err(failure) => {
-                self.app.observe("grpc ModelInfer", failure.status, Some(failure.code), Some(started));
-                Err(status(failure))
-            }
-        }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Result<Response<ModelConfigResponse>, Status> {
+        let request = request.into_inner();
+        let spec = hosted(&self.app, &request.name, version(&request.version)).map_err(|failure| {
+            self.app.observe("grpc ModelConfig", failure.status, None, None);
+            status(failure)
+        })?;
+        self.app.observe("grpc ModelConfig", StatusCode::OK, None, None);
+        Ok(Response::new(ModelConfigResponse { config: Some(spec.config(self.app.config.max_batch).into()) }))
     }
 }
