@@ -45,6 +45,9 @@ pub(in crate::serve) async fn serve(
         .await
 }
 
+/// A stream of answers, as the generated trait's defaults have it.
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
 /// A stream's answers that may wait to be sent before its inferences wait for the client.
 const STREAM_BUFFER: usize = 64;
 
@@ -200,8 +203,6 @@ impl GrpcInferenceService for Service {
         self.observed_infer(request.into_inner(), "grpc ModelInfer").await.map(Response::new)
     }
 
-    type ModelStreamInferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
-
     /// Serves each request of the stream as it comes, concurrently (the scheme batches them as
     /// it batches separate calls), and answers each as it completes; a failed one is answered
     /// with its error message and its id, and the stream goes on. A client that goes away
@@ -210,7 +211,7 @@ impl GrpcInferenceService for Service {
     async fn model_stream_infer(
         &self,
         request: Request<Streaming<ModelInferRequest>>,
-    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+    ) -> Result<Response<BoxStream<ModelStreamInferResponse>>, Status> {
         let mut requests = request.into_inner();
         let (answers, stream) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
