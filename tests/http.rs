@@ -486,7 +486,10 @@ fn v2_clients_get_health_metadata_and_answers_in_json_and_binary() {
     }
     let (status, body) = server.get("/v2");
     assert_eq!(status, 200);
-    assert_eq!(json(&body)["extensions"], json!(["binary_tensor_data", "classification", "model_configuration"]));
+    assert_eq!(
+        json(&body)["extensions"],
+        json!(["binary_tensor_data", "classification", "model_configuration", "statistics"])
+    );
     // Triton's model configuration: the batch a request may hold, the tensors without it.
     for path in ["/v2/models/smooth/config", "/v2/models/smooth/versions/1/config"] {
         let (status, body) = server.get(path);
@@ -903,6 +906,62 @@ fn grpc_streams_answer_every_request_with_failures_in_line_and_model_config_desc
     let stats = server.stop();
     assert_eq!((stats.answered, stats.errors), (6, 0));
     drop((client, runtime));
+}
+
+#[test]
+fn statistics_count_the_requests_queries_and_batches_and_their_time_over_rest_and_grpc() {
+    use approxifer::serve::grpc::proto::ModelStatisticsRequest;
+    use approxifer::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    let server = Server::start(coordinator(None, 100, 2000));
+    let started = std::time::SystemTime::now();
+    let (status, body) = server.get("/v2/models/smooth/stats");
+    assert_eq!(status, 200, "{body}");
+    let none: v2::StatisticsResponse = serde_json::from_str(&body).unwrap();
+    assert_eq!((none.model_stats[0].inference_count, none.model_stats[0].last_inference), (0, 0), "{body}");
+    // Two requests of three queries answered, one failed (another model).
+    let request = |first: usize| {
+        let data: Vec<f32> = (first..first + 3).flat_map(query).collect();
+        json!({"inputs": [{"name": "input", "shape": [3, D], "datatype": "FP32", "data": data}]}).to_string()
+    };
+    for (path, first, expected) in
+        [("/v2/models/smooth/infer", 0, 200), ("/v2/models/smooth/infer", 3, 200), ("/v2/models/other/infer", 6, 404)]
+    {
+        let (status, _, _) = infer(&server, path, request(first).as_bytes(), None);
+        assert_eq!(status, expected, "{path}");
+    }
+    for path in ["/v2/models/stats", "/v2/models/smooth/stats", "/v2/models/smooth/versions/1/stats"] {
+        let (status, body) = server.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        let response: v2::StatisticsResponse = serde_json::from_str(&body).unwrap();
+        let model = &response.model_stats[0];
+        let stats = model.inference_stats;
+        assert_eq!((model.name.as_str(), model.version.as_str()), (server::MODEL, "1"), "{body}");
+        assert_eq!((model.inference_count, stats.success.count, stats.fail.count), (6, 2, 1), "{body}");
+        assert!(model.execution_count >= 1 && stats.queue.count == 6, "{body}");
+        // Each batch's coded queries went to several workers (as many as its code has nodes).
+        assert!(stats.compute_infer.count > model.execution_count && stats.compute_infer.ns > 0, "{body}");
+        assert!(stats.success.ns > 0 && stats.compute_output.count == model.execution_count, "{body}");
+        let since_epoch =
+            |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!((since_epoch(started)..=since_epoch(std::time::SystemTime::now())).contains(&model.last_inference));
+    }
+    assert_eq!(server.get("/v2/models/other/stats").0, 404);
+    // gRPC: the same books.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("http://{}", server.inner.grpc);
+    let mut client = runtime.block_on(GrpcInferenceServiceClient::connect(url)).unwrap();
+    for name in ["", server::MODEL] {
+        let asked = ModelStatisticsRequest { name: name.into(), version: String::new() };
+        let response = runtime.block_on(client.model_statistics(asked)).unwrap().into_inner();
+        let model = &response.model_stats[0];
+        let stats = model.inference_stats.unwrap();
+        assert_eq!((model.inference_count, stats.success.unwrap().count, stats.fail.unwrap().count), (6, 2, 1));
+        assert_eq!(stats.queue.unwrap().count, 6);
+    }
+    let other = ModelStatisticsRequest { name: "other".into(), version: String::new() };
+    assert_eq!(runtime.block_on(client.model_statistics(other)).unwrap_err().code(), tonic::Code::NotFound);
+    drop((client, runtime));
+    server.stop();
 }
 
 /// A model that takes 150 ms a batch.

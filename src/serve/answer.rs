@@ -74,6 +74,9 @@ pub struct Stats {
     pub located_workers: u64,
     /// Time spent locating and decoding, in nanoseconds (the coordinator's share of coding).
     pub decode_ns: u64,
+    /// Queries dispatched, and their total wait in the batcher from acceptance to dispatch.
+    pub queued_queries: u64,
+    pub queue_ns: u64,
     /// Per worker, what it was sent and how it answered: where a straggler or a liar shows.
     pub workers: Vec<WorkerStats>,
     /// The slowest batches' timelines, slowest first (coded schemes, when asked:

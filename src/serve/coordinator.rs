@@ -482,7 +482,7 @@ impl Loop {
             let now = Instant::now();
             self.drop_abandoned();
             while self.batcher.due(now, !open) {
-                let batch = self.batcher.take();
+                let batch = self.batcher.take(&mut self.stats);
                 self.dispatch(batch);
             }
             self.decode_after_grace(now);

@@ -25,6 +25,8 @@ pub(crate) struct Submission {
     /// together): the query is then dropped if it has not gone out, and a batch whose every
     /// query is abandoned is cancelled ([`ServeError::Cancelled`]).
     pub abandoned: Cancel,
+    /// When it was accepted: its wait in the batcher is counted at dispatch.
+    pub arrived: Instant,
 }
 
 pub(crate) struct Front {
@@ -99,7 +101,8 @@ impl Front {
         let mut tickets = Vec::with_capacity(count);
         for (sent, query) in queries.into_iter().enumerate() {
             let (reply, ticket) = crossbeam_channel::bounded(1);
-            if submissions.send(Submission { query, reply, abandoned: abandoned.clone() }).is_err() {
+            let submission = Submission { query, reply, abandoned: abandoned.clone(), arrived: Instant::now() };
+            if submissions.send(submission).is_err() {
                 // Only when the scheme's thread has died: what was sent is answered by it or
                 // dropped with it; release the slots of the rest.
                 self.in_flight.fetch_sub(count - sent, Ordering::AcqRel);
@@ -232,10 +235,14 @@ impl Batcher {
     }
 
     /// The next batch: up to a full batch of the oldest queries. What is left waits anew.
-    pub fn take(&mut self) -> Vec<Submission> {
+    /// Their waits since they were accepted are added to `stats`.
+    pub fn take(&mut self, stats: &mut Stats) -> Vec<Submission> {
         let rest = self.forming.split_off(self.forming.len().min(self.max_queries));
         let batch = std::mem::replace(&mut self.forming, rest);
         self.since = (!self.forming.is_empty()).then(Instant::now);
+        let now = Instant::now();
+        stats.queued_queries += batch.len() as u64;
+        stats.queue_ns += batch.iter().map(|s| now.saturating_duration_since(s.arrived).as_nanos() as u64).sum::<u64>();
         batch
     }
 }
@@ -245,7 +252,12 @@ mod tests {
     use super::*;
 
     fn submission(abandoned: &Cancel, value: f32) -> Submission {
-        Submission { query: vec![value], reply: crossbeam_channel::bounded(1).0, abandoned: abandoned.clone() }
+        Submission {
+            query: vec![value],
+            reply: crossbeam_channel::bounded(1).0,
+            abandoned: abandoned.clone(),
+            arrived: Instant::now(),
+        }
     }
 
     #[test]
@@ -262,7 +274,9 @@ mod tests {
         assert!(!all_abandoned(&flags));
         let dropped: Vec<f32> = batcher.take_abandoned().iter().map(|s| s.query[0]).collect();
         assert_eq!(dropped, [0.0, 2.0]);
-        assert_eq!(batcher.take().iter().map(|s| s.query[0]).collect::<Vec<_>>(), [1.0]);
+        let mut stats = Stats::default();
+        assert_eq!(batcher.take(&mut stats).iter().map(|s| s.query[0]).collect::<Vec<_>>(), [1.0]);
+        assert_eq!(stats.queued_queries, 1);
         waiting.cancel();
         assert!(all_abandoned(&flags));
         assert!(!all_abandoned(&[]), "a batch of no request is not abandoned");

@@ -18,8 +18,8 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
@@ -555,6 +555,17 @@ pub(super) struct App {
     metrics: Metrics,
     /// Set when shutdown begins: new requests are refused, `/health` reports `draining`.
     pub draining: AtomicBool,
+    /// Inference requests answered and failed, for the statistics extension.
+    inferences: Mutex<Inferences>,
+}
+
+/// Inference requests' outcomes and durations, every route's.
+#[derive(Default)]
+struct Inferences {
+    success: v2::StatisticDuration,
+    fail: v2::StatisticDuration,
+    /// When the last one ended, in milliseconds since the Unix epoch.
+    last_ms: u64,
 }
 
 impl App {
@@ -572,7 +583,14 @@ impl App {
             self.metrics.refusals.get_or_create(&OutcomeLabels { outcome: code }).inc();
         }
         if let Some(started) = started {
-            self.metrics.latency.observe(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            self.metrics.latency.observe(took.as_secs_f64());
+            let mut inferences = self.inferences.lock().unwrap_or_else(PoisonError::into_inner);
+            let outcome = if status.is_success() { &mut inferences.success } else { &mut inferences.fail };
+            outcome.count += 1;
+            outcome.ns += took.as_nanos() as u64;
+            let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            inferences.last_ms = since_epoch.as_millis() as u64;
         }
     }
 
@@ -587,6 +605,31 @@ impl App {
     fn stats(&self) -> Option<Stats> {
         self.scheme.read().ok().and_then(|s| s.as_ref().map(|s| s.stats()))
     }
+
+    /// The served model's statistics (Triton's statistics extension): the requests' outcomes
+    /// as every route saw them, the scheme's books for the rest.
+    pub(super) fn statistics(&self) -> v2::ModelStatistics {
+        let inferences = self.inferences.lock().unwrap_or_else(PoisonError::into_inner);
+        let stats = self.stats().unwrap_or_default();
+        let duration = |count: u64, ns: u64| v2::StatisticDuration { count, ns };
+        let workers = |f: fn(&WorkerStats) -> u64| stats.workers.iter().map(f).sum::<u64>();
+        v2::ModelStatistics {
+            name: self.config.model.name.clone(),
+            version: self.config.model.version.clone(),
+            last_inference: inferences.last_ms,
+            inference_count: stats.answered,
+            execution_count: stats.batches,
+            inference_stats: v2::InferStatistics {
+                success: inferences.success,
+                fail: inferences.fail,
+                queue: duration(stats.queued_queries, stats.queue_ns),
+                compute_infer: duration(workers(|w| w.answers), workers(|w| w.busy_ns)),
+                compute_output: duration(stats.batches, stats.decode_ns),
+                ..v2::InferStatistics::default()
+            },
+            batch_stats: Vec::new(),
+        }
+    }
 }
 
 /// The routes of [`serve`], with the body limit every route shares.
@@ -600,6 +643,9 @@ fn router(app: Arc<App>) -> Router {
         .route("/v2/models/{model}/versions/{version}", get(model_metadata_version))
         .route("/v2/models/{model}/config", get(model_config))
         .route("/v2/models/{model}/versions/{version}/config", get(model_config_version))
+        .route("/v2/models/stats", get(all_statistics))
+        .route("/v2/models/{model}/stats", get(model_statistics))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_statistics_version))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{model}/infer", post(infer))
@@ -639,7 +685,13 @@ pub async fn serve_v2(
         return Err(std::io::Error::other("max_batch and input_len must be at least 1"));
     }
     let metrics = Metrics::new(&scheme.worker_locations());
-    let app = Arc::new(App { scheme: RwLock::new(Some(scheme)), config, metrics, draining: false.into() });
+    let app = Arc::new(App {
+        scheme: RwLock::new(Some(scheme)),
+        config,
+        metrics,
+        draining: false.into(),
+        inferences: Mutex::default(),
+    });
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let draining = app.clone();
     tokio::spawn(async move {
@@ -894,7 +946,7 @@ async fn server_metadata(State(app): State<Arc<App>>) -> Response {
     Json(serde_json::json!({
         "name": "approxifer",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", v2::CLASSIFICATION, v2::MODEL_CONFIGURATION],
+        "extensions": ["binary_tensor_data", v2::CLASSIFICATION, v2::MODEL_CONFIGURATION, v2::STATISTICS],
     }))
     .into_response()
 }
@@ -949,6 +1001,32 @@ fn config_of(app: &App, model: &str, version: Option<&str>) -> Response {
         Err(failure) => v2_failure(failure),
     };
     app.metrics.request("/v2/models/config", response.status());
+    response
+}
+
+/// Every model's statistics: the one served.
+async fn all_statistics(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/v2/models/stats", StatusCode::OK);
+    Json(v2::StatisticsResponse { model_stats: vec![app.statistics()] }).into_response()
+}
+
+async fn model_statistics(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
+    statistics_of(&app, &model, None)
+}
+
+async fn model_statistics_version(
+    State(app): State<Arc<App>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    statistics_of(&app, &model, Some(&version))
+}
+
+fn statistics_of(app: &App, model: &str, version: Option<&str>) -> Response {
+    let response = match hosted(app, model, version) {
+        Ok(_) => Json(v2::StatisticsResponse { model_stats: vec![app.statistics()] }).into_response(),
+        Err(failure) => v2_failure(failure),
+    };
+    app.metrics.request("/v2/models/stats", response.status());
     response
 }
 

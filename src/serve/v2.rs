@@ -276,6 +276,60 @@ pub struct ConfigOutput {
     pub label_filename: String,
 }
 
+/// Triton's statistics extension: `GET /v2/models[/{name}[/versions/{v}]]/stats`, gRPC
+/// `ModelStatistics`.
+pub const STATISTICS: &str = "statistics";
+
+/// What the statistics extension answers: one entry per model asked for.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct StatisticsResponse {
+    pub model_stats: Vec<ModelStatistics>,
+}
+
+/// A model's counts since the server started, in the field names of Triton's
+/// `ModelStatistics`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ModelStatistics {
+    pub name: String,
+    pub version: String,
+    /// When the last inference request ended, in milliseconds since the Unix epoch (0: none).
+    pub last_inference: u64,
+    /// Queries answered (each row of a request counts).
+    pub inference_count: u64,
+    /// Batches the scheme dispatched (one dispatch serves many requests' queries).
+    pub execution_count: u64,
+    pub inference_stats: InferStatistics,
+    /// Per batch size: not kept (empty).
+    pub batch_stats: Vec<serde_json::Value>,
+}
+
+/// Counts and cumulative durations of an inference's phases, Triton's meanings.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct InferStatistics {
+    /// Requests answered, and their time from arrival to answer.
+    pub success: StatisticDuration,
+    /// Requests failed, and their time.
+    pub fail: StatisticDuration,
+    /// Queries dispatched, and their wait in the batcher.
+    pub queue: StatisticDuration,
+    /// Nothing: the coded queries are formed inside the workers' requests (`compute_infer`).
+    pub compute_input: StatisticDuration,
+    /// The workers' requests, and their time: forming their input, the model, reading back.
+    pub compute_infer: StatisticDuration,
+    /// The batches, and the time spent locating liars and decoding their answers.
+    pub compute_output: StatisticDuration,
+    /// No response cache: zero.
+    pub cache_hit: StatisticDuration,
+    pub cache_miss: StatisticDuration,
+}
+
+/// A count and a cumulative duration in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct StatisticDuration {
+    pub count: u64,
+    pub ns: u64,
+}
+
 /// An error body.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ErrorBody {

@@ -151,3 +151,32 @@ impl From<v2::ModelConfig> for proto::ModelConfig {
         }
     }
 }
+
+impl From<v2::StatisticDuration> for proto::StatisticDuration {
+    fn from(duration: v2::StatisticDuration) -> Self {
+        proto::StatisticDuration { count: duration.count, ns: duration.ns }
+    }
+}
+
+impl From<v2::ModelStatistics> for proto::ModelStatistics {
+    fn from(statistics: v2::ModelStatistics) -> Self {
+        let stats = statistics.inference_stats;
+        proto::ModelStatistics {
+            name: statistics.name,
+            version: statistics.version,
+            last_inference: statistics.last_inference,
+            inference_count: statistics.inference_count,
+            execution_count: statistics.execution_count,
+            inference_stats: Some(proto::InferStatistics {
+                success: Some(stats.success.into()),
+                fail: Some(stats.fail.into()),
+                queue: Some(stats.queue.into()),
+                compute_input: Some(stats.compute_input.into()),
+                compute_infer: Some(stats.compute_infer.into()),
+                compute_output: Some(stats.compute_output.into()),
+                cache_hit: Some(stats.cache_hit.into()),
+                cache_miss: Some(stats.cache_miss.into()),
+            }),
+        }
+    }
+}

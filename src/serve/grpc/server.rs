@@ -2,7 +2,7 @@
 //! metrics and shutdown as the REST routes ([`super::super::http`]), tensors in typed or raw
 //! contents, answers in raw contents (as Triton answers), approximate rows in the output's
 //! parameters; inferences one call each or many on one stream (Triton's `ModelStreamInfer`),
-//! and the model's configuration (Triton's `ModelConfig`).
+//! the model's configuration and statistics (Triton's `ModelConfig`, `ModelStatistics`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,9 +20,9 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use super::proto::{
     ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
-    ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStreamInferResponse, ServerLiveRequest,
-    ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
-    model_infer_response,
+    ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse,
+    ModelStreamInferResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
+    ServerReadyRequest, ServerReadyResponse, model_infer_response,
 };
 use super::{WINDOW, bool_parameter, classification, is_set, string_parameter, tensor_values, version};
 use crate::serve::http::{App, Failure, Inference, check_tensors, hosted, infer_tensor, list};
@@ -182,7 +182,7 @@ impl GrpcInferenceService for Service {
             name: "approxifer".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             // Its extensions that gRPC has (binary tensor data is REST's).
-            extensions: vec![v2::CLASSIFICATION.into(), v2::MODEL_CONFIGURATION.into()],
+            extensions: vec![v2::CLASSIFICATION.into(), v2::MODEL_CONFIGURATION.into(), v2::STATISTICS.into()],
         }))
     }
 
@@ -256,5 +256,21 @@ impl GrpcInferenceService for Service {
         })?;
         self.app.observe("grpc ModelConfig", StatusCode::OK, None, None);
         Ok(Response::new(ModelConfigResponse { config: Some(spec.config(self.app.config.max_batch).into()) }))
+    }
+
+    /// Every model's (the one served) when no name is given.
+    async fn model_statistics(
+        &self,
+        request: Request<ModelStatisticsRequest>,
+    ) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let request = request.into_inner();
+        if !request.name.is_empty() {
+            hosted(&self.app, &request.name, version(&request.version)).map_err(|failure| {
+                self.app.observe("grpc ModelStatistics", failure.status, None, None);
+                status(failure)
+            })?;
+        }
+        self.app.observe("grpc ModelStatistics", StatusCode::OK, None, None);
+        Ok(Response::new(ModelStatisticsResponse { model_stats: vec![self.app.statistics().into()] }))
     }
 }
