@@ -838,9 +838,10 @@ fn grpc_clients_send_typed_or_raw_tensors_and_get_raw_answers_or_status_codes() 
 #[test]
 fn grpc_streams_answer_every_request_with_failures_in_line_and_model_config_describes_the_model() {
     use approxifer::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use approxifer::serve::grpc::proto::infer_parameter::ParameterChoice::StringParam;
     use approxifer::serve::grpc::proto::model_infer_request::InferInputTensor;
-    use approxifer::serve::grpc::proto::{DataType, ModelConfigRequest, ModelInferRequest};
-    let server = Server::start(coordinator(None, 100, 2000));
+    use approxifer::serve::grpc::proto::{DataType, InferParameter, ModelConfigRequest, ModelInferRequest};
+    let server = Server::start(coordinator(None, 1000, 2000));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let url = format!("http://{}", server.inner.grpc);
     let mut client = runtime.block_on(GrpcInferenceServiceClient::connect(url)).unwrap();
@@ -856,8 +857,9 @@ fn grpc_streams_answer_every_request_with_failures_in_line_and_model_config_desc
     let refused = runtime.block_on(client.model_config(asked("other"))).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::NotFound);
 
-    // Four requests on one stream, the second for a model not served: an answer each, the
-    // failure as an error message with its id, the others' rows the model's.
+    // A hundred requests on one stream (more than wait for a slot at once), the second for a
+    // model not served: an answer each, the failure as an error message with its id, the
+    // others' rows the model's.
     let request = |i: usize, model: &str| {
         let values: Vec<f32> = (2 * i..2 * i + 2).flat_map(query).collect();
         ModelInferRequest {
@@ -873,8 +875,7 @@ fn grpc_streams_answer_every_request_with_failures_in_line_and_model_config_desc
             ..Default::default()
         }
     };
-    let requests =
-        vec![request(0, server::MODEL), request(1, "other"), request(2, server::MODEL), request(3, server::MODEL)];
+    let requests: Vec<_> = (0..100).map(|i| request(i, if i == 1 { "other" } else { server::MODEL })).collect();
     let answers = runtime.block_on(async {
         let mut stream = client.model_stream_infer(tokio_stream::iter(requests)).await.unwrap().into_inner();
         let mut answers = Vec::new();
@@ -885,7 +886,9 @@ fn grpc_streams_answer_every_request_with_failures_in_line_and_model_config_desc
     });
     let mut ids: Vec<String> = answers.iter().map(|a| a.infer_response.as_ref().unwrap().id.clone()).collect();
     ids.sort();
-    assert_eq!(ids, ["q0", "q1", "q2", "q3"]);
+    let mut expected_ids: Vec<String> = (0..100).map(|i| format!("q{i}")).collect();
+    expected_ids.sort();
+    assert_eq!(ids, expected_ids);
     for answer in &answers {
         let response = answer.infer_response.as_ref().unwrap();
         if response.id == "q1" {
@@ -895,16 +898,26 @@ fn grpc_streams_answer_every_request_with_failures_in_line_and_model_config_desc
         }
         assert!(answer.error_message.is_empty(), "{answer:?}");
         let first: usize = response.id[1..].parse().unwrap();
-        let approximate = response.outputs[0].parameters.contains_key("approximate_rows");
+        let approximate: Vec<usize> = match response.outputs[0].parameters.get("approximate_rows") {
+            Some(InferParameter { parameter_choice: Some(StringParam(rows)) }) => {
+                rows.split(',').map(|r| r.parse().unwrap()).collect()
+            }
+            _ => Vec::new(),
+        };
         let values = v2::DataType::Fp32.decode(&response.raw_output_contents[0]).unwrap();
-        for (r, row) in values.chunks_exact(C).enumerate() {
+        assert_eq!(values.len(), 2 * C, "{}", response.id);
+        // Rows decoded exactly are the model's own answers to this request's queries: its
+        // rows, in order. (An approximate row's accuracy is another test's: with a hundred
+        // requests at once on two cores some groups decode from their first N - S answers.)
+        for (r, row) in values.chunks_exact(C).enumerate().filter(|(r, _)| !approximate.contains(r)) {
             let exact = expected(&query(2 * first + r));
             let error = row.iter().zip(&exact).map(|(a, e)| (a - e).abs()).fold(0.0f32, f32::max);
-            assert!(error < if approximate { 1.0 } else { 1e-5 }, "{}: row {r}: {row:?} vs {exact:?}", response.id);
+            assert!(error < 1e-5, "{}: row {r}: {row:?} vs {exact:?}", response.id);
         }
+        assert!(values.iter().all(|v| v.is_finite()), "{}", response.id);
     }
     let stats = server.stop();
-    assert_eq!((stats.answered, stats.errors), (6, 0));
+    assert_eq!((stats.answered, stats.errors), (198, 0));
     drop((client, runtime));
 }
 

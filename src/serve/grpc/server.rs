@@ -205,9 +205,12 @@ impl GrpcInferenceService for Service {
 
     /// Serves each request of the stream as it comes, concurrently (the scheme batches them as
     /// it batches separate calls), and answers each as it completes; a failed one is answered
-    /// with its error message and its id, and the stream goes on. A client that goes away
-    /// drops the answers' receiver, and with it the inferences in progress (their queries are
-    /// cancelled, as a closed call's are); one that closes its side gets every answer first.
+    /// with its error message and its id, and the stream goes on. A request is read only once
+    /// its answer has a slot ([`STREAM_BUFFER`] per stream): a client that sends without
+    /// reading its answers is held back by flow control, not buffered without bound. A client
+    /// that goes away drops the answers' receiver, and with it the inferences in progress
+    /// (their queries are cancelled, as a closed call's are); one that closes its side gets
+    /// every answer first.
     async fn model_stream_infer(
         &self,
         request: Request<Streaming<ModelInferRequest>>,
@@ -216,8 +219,10 @@ impl GrpcInferenceService for Service {
         let (answers, stream) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         let service = self.clone();
         tokio::spawn(async move {
-            while let Ok(Some(request)) = requests.message().await {
-                let (service, answers) = (service.clone(), answers.clone());
+            while let Ok(slot) = answers.clone().reserve_owned().await
+                && let Ok(Some(request)) = requests.message().await
+            {
+                let (service, gone) = (service.clone(), answers.clone());
                 tokio::spawn(async move {
                     let failed = ModelInferResponse {
                         model_name: request.model_name.clone(),
@@ -227,7 +232,7 @@ impl GrpcInferenceService for Service {
                     };
                     let answer = tokio::select! {
                         answer = service.observed_infer(request, "grpc ModelStreamInfer") => answer,
-                        () = answers.closed() => return,
+                        () = gone.closed() => return,
                     };
                     let answer = match answer {
                         Ok(response) => {
@@ -238,7 +243,7 @@ impl GrpcInferenceService for Service {
                             infer_response: Some(failed),
                         },
                     };
-                    let _ = answers.send(Ok(answer)).await;
+                    slot.send(Ok(answer));
                 });
             }
         });
