@@ -1318,11 +1318,26 @@ fn serve_bench_reports_every_scheme_with_the_documented_keys() {
 #[test]
 fn serve_bench_serves_another_zoo_model_on_its_own_dataset() {
     // The pretrained digit CNN on MNIST's test images, not the embedded LeNet-5: each scheme's
-    // accuracy is the model's (about 0.99), and ApproxIFER's decoded answers close to it.
+    // accuracy is the model's (about 0.99), and ApproxIFER's decoded answers close to it. With
+    // no straggler injected, its groups wait for their last answers as long as the code lets
+    // them (a median completion time): on a loaded host the default quarter let some decode
+    // from N - S answers, the rougher approximation, and 0.935 once.
     let data = data_dir();
     let weights = format!("{data}/models/digit_recognizer.pth");
     let flags = ["serve-bench", "--model", "digit-cnn", "--weights", &weights, "--data", &data];
-    let rest = ["--schemes", "uncoded,approxifer", "--queries", "200", "--rate", "200", "--latency-ms", "1", "--json"];
+    let rest = [
+        "--schemes",
+        "uncoded,approxifer",
+        "--queries",
+        "200",
+        "--rate",
+        "200",
+        "--latency-ms",
+        "1",
+        "--decode-grace",
+        "1",
+        "--json",
+    ];
     let reports = stdout_json_lines(&[&flags[..], &rest].concat());
     let accuracy = |scheme: &str| {
         let report = reports.iter().find(|r| r["scheme"] == scheme).unwrap_or_else(|| panic!("{scheme}: {reports:?}"));
