@@ -609,19 +609,22 @@ impl App {
     /// The served model's statistics (Triton's statistics extension): the requests' outcomes
     /// as every route saw them, the scheme's books for the rest.
     pub(super) fn statistics(&self) -> v2::ModelStatistics {
-        let inferences = self.inferences.lock().unwrap_or_else(PoisonError::into_inner);
+        let (success, fail, last_ms) = {
+            let inferences = self.inferences.lock().unwrap_or_else(PoisonError::into_inner);
+            (inferences.success, inferences.fail, inferences.last_ms)
+        };
         let stats = self.stats().unwrap_or_default();
         let duration = |count: u64, ns: u64| v2::StatisticDuration { count, ns };
         let workers = |f: fn(&WorkerStats) -> u64| stats.workers.iter().map(f).sum::<u64>();
         v2::ModelStatistics {
             name: self.config.model.name.clone(),
             version: self.config.model.version.clone(),
-            last_inference: inferences.last_ms,
+            last_inference: last_ms,
             inference_count: stats.answered,
             execution_count: stats.batches,
             inference_stats: v2::InferStatistics {
-                success: inferences.success,
-                fail: inferences.fail,
+                success,
+                fail,
                 queue: duration(stats.queued_queries, stats.queue_ns),
                 compute_infer: duration(workers(|w| w.answers), workers(|w| w.busy_ns)),
                 compute_output: duration(stats.batches, stats.decode_ns),
