@@ -981,13 +981,24 @@ async fn model_metadata_version(
     metadata_of(&app, &model, Some(&version))
 }
 
-fn metadata_of(app: &App, model: &str, version: Option<&str>) -> Response {
+/// What `answer` says of the model a route names, or the protocol's 404, counted under
+/// `route`.
+fn about(
+    app: &App,
+    (model, version): (&str, Option<&str>),
+    route: &'static str,
+    answer: impl FnOnce(&ModelSpec) -> Response,
+) -> Response {
     let response = match hosted(app, model, version) {
-        Ok(spec) => Json(spec.metadata()).into_response(),
+        Ok(spec) => answer(spec),
         Err(failure) => v2_failure(failure),
     };
-    app.metrics.request("/v2/models", response.status());
+    app.metrics.request(route, response.status());
     response
+}
+
+fn metadata_of(app: &App, model: &str, version: Option<&str>) -> Response {
+    about(app, (model, version), "/v2/models", |spec| Json(spec.metadata()).into_response())
 }
 
 async fn model_config(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
@@ -999,12 +1010,7 @@ async fn model_config_version(State(app): State<Arc<App>>, Path((model, version)
 }
 
 fn config_of(app: &App, model: &str, version: Option<&str>) -> Response {
-    let response = match hosted(app, model, version) {
-        Ok(spec) => Json(spec.config(app.config.max_batch)).into_response(),
-        Err(failure) => v2_failure(failure),
-    };
-    app.metrics.request("/v2/models/config", response.status());
-    response
+    about(app, (model, version), "/v2/models/config", |spec| Json(spec.config(app.config.max_batch)).into_response())
 }
 
 /// Every model's statistics: the one served.
@@ -1025,12 +1031,9 @@ async fn model_statistics_version(
 }
 
 fn statistics_of(app: &App, model: &str, version: Option<&str>) -> Response {
-    let response = match hosted(app, model, version) {
-        Ok(_) => Json(v2::StatisticsResponse { model_stats: vec![app.statistics()] }).into_response(),
-        Err(failure) => v2_failure(failure),
-    };
-    app.metrics.request("/v2/models/stats", response.status());
-    response
+    about(app, (model, version), "/v2/models/stats", |_| {
+        Json(v2::StatisticsResponse { model_stats: vec![app.statistics()] }).into_response()
+    })
 }
 
 async fn model_ready(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
@@ -1042,16 +1045,11 @@ async fn model_ready_version(State(app): State<Arc<App>>, Path((model, version))
 }
 
 fn readiness_of(app: &App, model: &str, version: Option<&str>) -> Response {
-    let response = match hosted(app, model, version) {
-        Ok(spec) => {
-            let ready = !app.draining.load(Ordering::SeqCst);
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            (status, Json(serde_json::json!({"name": spec.name, "ready": ready}))).into_response()
-        }
-        Err(failure) => v2_failure(failure),
-    };
-    app.metrics.request("/v2/models/ready", response.status());
-    response
+    about(app, (model, version), "/v2/models/ready", |spec| {
+        let ready = !app.draining.load(Ordering::SeqCst);
+        let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        (status, Json(serde_json::json!({"name": spec.name, "ready": ready}))).into_response()
+    })
 }
 
 async fn infer(State(app): State<Arc<App>>, Path(model): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
