@@ -981,6 +981,39 @@ fn statistics_count_the_requests_queries_and_batches_and_their_time_over_rest_an
     server.stop();
 }
 
+#[test]
+fn the_repository_index_lists_the_model_served_and_loading_another_is_refused() {
+    use approxifer::serve::grpc::proto::RepositoryIndexRequest;
+    use approxifer::serve::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    let server = Server::start(coordinator(None, 100, 2000));
+    let index = |body: &str| {
+        let mut response = server.agent.post(server.url("/v2/repository/index")).send(body).unwrap();
+        (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+    };
+    let served = json!([{"name": server::MODEL, "version": "1", "state": "READY"}]);
+    for body in ["", "{}", r#"{"ready": true}"#, r#"{"repository_name": "", "ready": false}"#] {
+        let (status, text) = index(body);
+        assert_eq!((status, json(&text)), (200, served.clone()), "{body:?}");
+    }
+    let (status, text) = index("{not json");
+    assert_eq!(status, 400, "{text}");
+    for path in ["/v2/repository/models/other/load", "/v2/repository/models/smooth/unload"] {
+        let mut response = server.agent.post(server.url(path)).send("").unwrap();
+        let text = response.body_mut().read_to_string().unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{path}");
+        assert!(json(&text)["error"].as_str().unwrap().contains("fixed when it starts"), "{text}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("http://{}", server.inner.grpc);
+    let mut client = runtime.block_on(GrpcInferenceServiceClient::connect(url)).unwrap();
+    let asked = RepositoryIndexRequest { repository_name: String::new(), ready: true };
+    let models = runtime.block_on(client.repository_index(asked)).unwrap().into_inner().models;
+    let listed: Vec<_> = models.iter().map(|m| (m.name.as_str(), m.version.as_str(), m.state.as_str())).collect();
+    assert_eq!(listed, [(server::MODEL, "1", "READY")]);
+    drop((client, runtime));
+    server.stop();
+}
+
 /// A model that takes 150 ms a batch.
 fn slow_model() -> approxifer::serve::ServedModel {
     let inner = model();

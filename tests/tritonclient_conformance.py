@@ -1,7 +1,8 @@
 """NVIDIA's tritonclient (HTTP and gRPC) against `approxifer serve`: health, metadata, infer
 (binary and JSON tensors over HTTP, raw over gRPC), the request id, the approximate-rows
 parameter, the classification extension (class_count), the model configuration, the
-statistics, streaming inference over gRPC, and a bad request of each kind. Run by tests/cli.rs with the server's addresses;
+statistics, the repository index, streaming inference over gRPC, and a bad request of each
+kind. Run by tests/cli.rs with the server's addresses;
 exits non-zero, saying why, on the first mismatch.
 
     python tritonclient_conformance.py REST_ADDR GRPC_ADDR MODEL
@@ -131,6 +132,13 @@ for name, client_module, url in (("http", httpclient, rest), ("grpc", grpcclient
         check(ids == [f"stream-{i}" for i in range(4)], f"grpc: streamed answers' ids {ids}")
         check(all(np.allclose(r.as_numpy("output").sum(axis=1), 1.0, atol=1e-3) for r in results), "grpc: streamed rows are probabilities")
         check(len(errors) == 1 and "no-such-model" in errors[0].message(), f"grpc: the stream's failure {[e.message() for e in errors]}")
+    # Triton's repository index: the one model served, ready.
+    index = client.get_model_repository_index()
+    if name == "http":
+        listed = [(m["name"], m["state"]) for m in index]
+    else:
+        listed = [(m.name, m.state) for m in index.models]
+    check(listed == [(model, "READY")], f"{name}: repository index {listed}")
     # Triton's statistics: the inferences above counted (JSON over HTTP, a message over gRPC).
     check("statistics" in extensions, f"{name}: server metadata lists statistics: {extensions}")
     statistics = client.get_inference_statistics(model)

@@ -606,6 +606,21 @@ impl App {
         self.scheme.read().ok().and_then(|s| s.as_ref().map(|s| s.stats()))
     }
 
+    /// The repository index (Triton's model repository extension): the one model served,
+    /// ready unless the server is shutting down; with `ready`, only if it is.
+    pub(super) fn index(&self, ready: bool) -> Vec<v2::ModelIndex> {
+        let spec = &self.config.model;
+        let draining = self.draining.load(Ordering::SeqCst);
+        let (state, reason) = if draining { ("UNAVAILABLE", "the server is shutting down") } else { ("READY", "") };
+        let model = v2::ModelIndex {
+            name: spec.name.clone(),
+            version: spec.version.clone(),
+            state: state.into(),
+            reason: reason.into(),
+        };
+        if ready && draining { Vec::new() } else { vec![model] }
+    }
+
     /// The served model's statistics (Triton's statistics extension): the requests' outcomes
     /// as every route saw them, the scheme's books for the rest.
     pub(super) fn statistics(&self) -> v2::ModelStatistics {
@@ -649,6 +664,9 @@ fn router(app: Arc<App>) -> Router {
         .route("/v2/models/stats", get(all_statistics))
         .route("/v2/models/{model}/stats", get(model_statistics))
         .route("/v2/models/{model}/versions/{version}/stats", get(model_statistics_version))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load_or_unload))
+        .route("/v2/repository/models/{model}/unload", post(load_or_unload))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready_version))
         .route("/v2/models/{model}/infer", post(infer))
@@ -1034,6 +1052,32 @@ fn statistics_of(app: &App, model: &str, version: Option<&str>) -> Response {
     about(app, (model, version), "/v2/models/stats", |_| {
         Json(v2::StatisticsResponse { model_stats: vec![app.statistics()] }).into_response()
     })
+}
+
+/// The models served (`{"ready": true}`: those ready only); an empty body asks for all.
+async fn repository_index(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let asked = if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(v2::IndexRequest::default())
+    } else {
+        serde_json::from_slice::<v2::IndexRequest>(&body)
+    };
+    let response = match asked {
+        Ok(asked) => Json(app.index(asked.ready)).into_response(),
+        Err(e) => v2_failure(Failure::bad_input(format!("a repository index request: {e}"))),
+    };
+    app.metrics.request("/v2/repository/index", response.status());
+    response
+}
+
+/// Refused: the model served is fixed when the server starts.
+async fn load_or_unload(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {
+    let message = format!(
+        "cannot load or unload '{model}': this server serves '{}', fixed when it starts",
+        app.config.model.name
+    );
+    let response = v2_failure(Failure::bad_input(message));
+    app.metrics.request("/v2/repository/models", response.status());
+    response
 }
 
 async fn model_ready(State(app): State<Arc<App>>, Path(model): Path<String>) -> Response {

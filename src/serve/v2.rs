@@ -330,6 +330,28 @@ pub struct StatisticDuration {
     pub ns: u64,
 }
 
+/// A model of a server's repository index (Triton's model repository extension: `POST
+/// /v2/repository/index`, gRPC `RepositoryIndex`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ModelIndex {
+    pub name: String,
+    pub version: String,
+    /// `READY`, or `UNAVAILABLE` with a reason.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// What a repository index request may ask.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct IndexRequest {
+    #[serde(default)]
+    pub repository_name: String,
+    /// Only the models ready for inference.
+    #[serde(default)]
+    pub ready: bool,
+}
+
 /// An error body.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ErrorBody {

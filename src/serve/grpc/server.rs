@@ -21,8 +21,9 @@ use super::proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInfe
 use super::proto::{
     ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse, ModelMetadataRequest,
     ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest, ModelStatisticsResponse,
-    ModelStreamInferResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse, model_infer_response,
+    ModelStreamInferResponse, RepositoryIndexRequest, RepositoryIndexResponse, ServerLiveRequest, ServerLiveResponse,
+    ServerMetadataRequest, ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse, model_infer_response,
+    repository_index_response,
 };
 use super::{WINDOW, bool_parameter, classification, is_set, string_parameter, tensor_values, version};
 use crate::serve::http::{App, Failure, Inference, check_tensors, hosted, infer_tensor, list};
@@ -277,5 +278,23 @@ impl GrpcInferenceService for Service {
         }
         self.app.observe("grpc ModelStatistics", StatusCode::OK, None, None);
         Ok(Response::new(ModelStatisticsResponse { model_stats: vec![self.app.statistics().into()] }))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<RepositoryIndexRequest>,
+    ) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let models = self.app.index(request.into_inner().ready);
+        self.app.observe("grpc RepositoryIndex", StatusCode::OK, None, None);
+        let models = models
+            .into_iter()
+            .map(|m| repository_index_response::ModelIndex {
+                name: m.name,
+                version: m.version,
+                state: m.state,
+                reason: m.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
     }
 }
