@@ -574,6 +574,46 @@ fn a_liar_that_answers_a_hedges_copy_too_has_both_its_answers_removed() {
 }
 
 #[test]
+fn a_liars_rows_filling_a_nan_answer_are_its_own_and_removed_with_its_other_answer() {
+    // K = 2, A = 1, S = 1: N = 6. Workers 4 and 5 answer NaN: their nodes' rows are hedged
+    // after 100 ms and filled from the copies of the first two workers that answered, 0 (ten
+    // times slower) and 1, the liar, whose copy comes first. The group then holds two
+    // shifted answers from the liar, one in a node another worker answered first (with NaN):
+    // both are the liar's, and both must go.
+    let code = Code::new(CodeParams::builder(2, 6).stragglers(1).byzantine(1).build().unwrap()).unwrap();
+    let shift: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.iter_mut().for_each(|v| *v += 100.0));
+    let nan: approxifer::serve::Tamper = Arc::new(|o: &mut Vec<f32>| o.fill(f32::NAN));
+    let mut faults = vec![WorkerFaults::NONE; 6];
+    faults[0].slowdown = 10.0;
+    for liar in [1, 4, 5] {
+        faults[liar].byzantine_probability = 1.0;
+    }
+    let plan = FaultPlan { latency: Latency::Constant { ms: 5.0 }, workers: faults, random_slowdown: None };
+    let workers: Vec<Arc<dyn Worker>> = (0..6)
+        .map(|i| {
+            let tamper = if i >= 4 { nan.clone() } else { shift.clone() };
+            Arc::new(LocalWorker::with_tamper(i, model(), Device::flex(), 100, tamper)) as Arc<dyn Worker>
+        })
+        .collect();
+    let config =
+        CoordinatorConfig { hedge_after: Some(Duration::from_millis(100)), ..config(code, Some(plan), 100, 5000) };
+    let coordinator = Coordinator::start(config, workers).unwrap();
+    let mut worst = 0.0f32;
+    for pair in 0..8 {
+        let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let answer = ticket.recv().unwrap().unwrap();
+            worst = worst.max(max_error(&answer.output, &expected(&query(2 * pair + i))));
+        }
+    }
+    let stats = coordinator.shutdown();
+    assert_eq!(stats.decoded_groups, 8, "{stats:?}");
+    assert!(worst < 1.0, "a liar's second answer reached the decode: error {worst}");
+    assert!(stats.workers[1].located >= 2 * 8, "both its answers in every group: {stats:?}");
+    assert_eq!(stats.workers[4].located + stats.workers[5].located, 0, "{stats:?}");
+}
+
+#[test]
 fn a_hedge_gives_no_worker_more_than_one_other_node_of_a_group_with_liars() {
     // K = 2, A = 1, S = 1: N = 6. Workers 4 and 5 hang, 1-3 take 100 ms, and worker 0, the
     // liar, answers in 10 ms: at the hedge (30 ms) it is the one helper for the five nodes

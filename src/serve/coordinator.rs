@@ -252,6 +252,9 @@ struct SegmentState {
     /// Per node, the worker whose answer `outputs` holds (another than `workers`' after a
     /// hedge or a cover).
     answered_by: Vec<Option<usize>>,
+    /// `(node, group, worker)`: a row that `worker`'s answer filled in where the node's first
+    /// answer had a NaN or an infinity. It is that worker's, for the rules about liars.
+    filled_by: Vec<(usize, usize, usize)>,
     /// Requests for its nodes that their worker said it could not answer.
     failed: usize,
 }
@@ -259,12 +262,37 @@ struct SegmentState {
 impl SegmentState {
     fn new(workers: Vec<usize>) -> Self {
         let nodes = workers.len();
-        SegmentState { workers, outputs: vec![None; nodes], answered_by: vec![None; nodes], failed: 0 }
+        SegmentState {
+            workers,
+            outputs: vec![None; nodes],
+            answered_by: vec![None; nodes],
+            filled_by: Vec::new(),
+            failed: 0,
+        }
     }
 
     /// Per node, the worker that answered it, or the one it was sent to.
     fn served_by(&self) -> Vec<usize> {
         self.workers.iter().zip(&self.answered_by).map(|(&sent, by)| by.unwrap_or(sent)).collect()
+    }
+
+    /// Per group and node (`[groups, N]`), whose answer its row is: [`served_by`]'s, or the
+    /// worker whose answer filled it in.
+    fn placement(&self, groups: usize) -> Vec<usize> {
+        let n = self.workers.len();
+        let mut placement = self.served_by().repeat(groups);
+        for &(node, g, worker) in &self.filled_by {
+            if let Some(at) = placement.get_mut(g * n + node) {
+                *at = worker;
+            }
+        }
+        placement
+    }
+
+    /// Whose answer node `node`'s row of group `g` is, if it has one.
+    fn answered_row(&self, node: usize, g: usize) -> Option<usize> {
+        let filled = self.filled_by.iter().find(|&&(at, group, _)| (at, group) == (node, g));
+        filled.map(|&(_, _, worker)| worker).or(self.answered_by[node])
     }
 
     /// Nodes whose answer for group `g` (of `c` values) holds only numbers.
@@ -278,11 +306,11 @@ impl SegmentState {
     /// the most answers count once each.
     fn usable_answers(&self, g: usize, c: usize, byzantine: usize) -> usize {
         let mut per_worker: HashMap<usize, usize> = HashMap::new();
-        for (rows, by) in self.outputs.iter().zip(&self.answered_by) {
-            if let (Some(rows), Some(by)) = (rows, by)
+        for (node, rows) in self.outputs.iter().enumerate() {
+            if let (Some(rows), Some(by)) = (rows, self.answered_row(node, g))
                 && finite(&rows[g * c..(g + 1) * c])
             {
-                *per_worker.entry(*by).or_default() += 1;
+                *per_worker.entry(by).or_default() += 1;
             }
         }
         let answers: usize = per_worker.values().sum();
@@ -753,9 +781,13 @@ impl Loop {
                     state.answered_by[part.node] = Some(response.worker);
                 }
                 Some(held) => {
-                    for (held, row) in held.chunks_exact_mut(c).zip(rows.chunks_exact(c)) {
+                    let chunks = held.chunks_exact_mut(c).zip(rows.chunks_exact(c));
+                    for (g, (held, row)) in chunks.enumerate() {
                         if !finite(held) && finite(row) {
                             held.copy_from_slice(row);
+                            if state.answered_by[part.node] != Some(response.worker) {
+                                state.filled_by.push((part.node, g, response.worker));
+                            }
                         }
                     }
                 }
@@ -965,7 +997,8 @@ impl Loop {
             }
             let queries = segment.first_query..segment.first_query + groups * k;
             let segment_replies: Vec<_> = replies[queries.clone()].iter_mut().map(Option::take).collect();
-            match self.decode_segment(coding, &state.served_by(), outputs, &mut masks) {
+            let placed = (state.served_by(), state.placement(groups));
+            match self.decode_segment(coding, (&placed.0, &placed.1), outputs, &mut masks) {
                 Ok(decoded) => {
                     self.stats.decoded_groups += groups as u64;
                     for (q, reply) in segment_replies.into_iter().enumerate() {
@@ -982,48 +1015,57 @@ impl Loop {
 
     /// Removes located liars (codes with `A > 0`) from `masks`, then decodes, from every node
     /// once the missing rows are filled in where the locator learnt a predictor
-    /// ([`Locator::imputed`]; `workers`: who served each node). The answers of workers
+    /// ([`Locator::imputed`]; `served`: who answered each node, `placement`: whose answer
+    /// each group's row of it is, another worker's where a hedge filled in a NaN). The answers of workers
     /// suspected over many batches ([`OnlineLocator::suspected_workers`]) are removed first,
     /// as known bad (NaN), each one of the code's `A`.
     fn decode_segment(
         &mut self,
         coding: &Coding,
-        workers: &[usize],
+        (served, placement): (&[usize], &[usize]),
         mut outputs: Vec<f32>,
         masks: &mut Vec<bool>,
     ) -> Result<Vec<f32>, CodingError> {
         let (c, start) = (self.config.output_len, Instant::now());
         let mut filled = None;
         if coding.code.params().byzantine() > 0 {
+            let (n, byzantine) = (coding.code.params().workers(), coding.code.params().byzantine());
             let suspected = self.locating.suspected_workers();
-            // At most `A` of them: a worker that also answered another node (a hedge) would
-            // otherwise exceed what the code can remove; the locator judges the rest.
-            let blanked: Vec<usize> = (0..workers.len())
-                .filter(|node| suspected.contains(&workers[*node]))
-                .take(coding.code.params().byzantine())
+            // At most `A` of them per group: a worker that also answered another node (a
+            // hedge) would otherwise exceed what the code can remove; the locator judges the
+            // rest. The learner sees the answers as given.
+            let blanked: Vec<(usize, usize)> = placement
+                .chunks_exact(n)
+                .enumerate()
+                .flat_map(|(g, placed)| {
+                    (0..n).filter(|&node| suspected.contains(&placed[node])).take(byzantine).map(move |node| (g, node))
+                })
                 .collect();
             let raw = if blanked.is_empty() { None } else { Some(outputs.clone()) };
-            let n = coding.code.params().workers();
-            for group in outputs.chunks_exact_mut(n * c) {
-                for &node in &blanked {
-                    group[node * c..(node + 1) * c].fill(f32::NAN);
-                }
+            for &(g, node) in &blanked {
+                outputs[(g * n + node) * c..][..c].fill(f32::NAN);
             }
             let locator = self.locating.for_code(&coding.code);
             let mut location = locate(&coding.code, &locator, &outputs, c, masks)?;
-            remove_their_other_answers(&mut location, workers, coding.erasure.params().min_responders());
-            self.locating.observe(&coding.code, raw.as_deref().unwrap_or(&outputs), masks, &location.located, workers);
+            remove_their_other_answers(&mut location, placement, coding.erasure.params().min_responders());
+            // It learns each node's worker from the node's own answers: a row another worker
+            // filled in is left out.
+            let own: Vec<bool> =
+                masks.iter().zip(placement).enumerate().map(|(at, (&m, &w))| m && w == served[at % n]).collect();
+            self.locating.observe(&coding.code, raw.as_deref().unwrap_or(&outputs), &own, &location.located, served);
             // Every responder's answer was judged (the located among them, below).
             for (at, _) in masks.iter().enumerate().filter(|(_, answered)| **answered) {
-                if let Some(worker) = workers.get(at % n).and_then(|&w| self.stats.worker(w)) {
+                if let Some(worker) = placement.get(at).and_then(|&w| self.stats.worker(w)) {
                     worker.judged += 1;
                 }
             }
             *masks = location.masks;
             self.stats.located_workers += location.located.iter().map(Vec::len).sum::<usize>() as u64;
-            for &node in location.located.iter().flatten() {
-                if let Some(worker) = workers.get(node).and_then(|&w| self.stats.worker(w)) {
-                    worker.located += 1;
+            for (g, located) in location.located.iter().enumerate() {
+                for &node in located {
+                    if let Some(worker) = placement.get(g * n + node).and_then(|&w| self.stats.worker(w)) {
+                        worker.located += 1;
+                    }
                 }
             }
             // With a learnt predictor the missing rows are filled in and every node decodes.
@@ -1107,6 +1149,13 @@ impl Loop {
             let mut held: HashMap<(usize, usize), usize> = HashMap::new();
             for (segment, state) in batch.segments.iter().enumerate() {
                 for &by in state.answered_by.iter().flatten() {
+                    *held.entry((by, segment)).or_default() += 1;
+                }
+                // A node whose rows a worker filled in counts as one it holds.
+                let mut filled: Vec<(usize, usize)> = state.filled_by.iter().map(|&(node, _, w)| (w, node)).collect();
+                filled.sort_unstable();
+                filled.dedup();
+                for (by, _) in filled {
                     *held.entry((by, segment)).or_default() += 1;
                 }
             }
@@ -1214,11 +1263,13 @@ fn finite(values: &[f32]) -> bool {
 /// A worker that answered two nodes of a group (the second a hedge's copy) lied in both if
 /// the locator found it in one: a liar's every answer in a group goes with the one located,
 /// where the locator, looking for `A` liars, would leave the second to be decoded. As many
-/// as leave the group `min_responders` to decode from. (`workers`: who served each node.)
-fn remove_their_other_answers(location: &mut Location, workers: &[usize], min_responders: usize) {
-    let n = workers.len();
+/// as leave the group `min_responders` to decode from. (`placement`: whose answer each row
+/// is, `[groups, N]`.)
+fn remove_their_other_answers(location: &mut Location, placement: &[usize], min_responders: usize) {
+    let n = location.masks.len() / location.located.len().max(1);
     for (g, located) in location.located.iter_mut().enumerate() {
         let masks = &mut location.masks[g * n..(g + 1) * n];
+        let workers = &placement[g * n..(g + 1) * n];
         let mut spare = masks.iter().filter(|&&answered| answered).count().saturating_sub(min_responders);
         let liars: Vec<usize> = located.iter().map(|&node| workers[node]).collect();
         for (node, worker) in workers.iter().enumerate() {
