@@ -997,8 +997,8 @@ impl Loop {
             }
             let queries = segment.first_query..segment.first_query + groups * k;
             let segment_replies: Vec<_> = replies[queries.clone()].iter_mut().map(Option::take).collect();
-            let placed = (state.served_by(), state.placement(groups));
-            match self.decode_segment(coding, (&placed.0, &placed.1), outputs, &mut masks) {
+            let (served, placement) = (state.served_by(), state.placement(groups));
+            match self.decode_segment(coding, (&served, &placement), outputs, &mut masks) {
                 Ok(decoded) => {
                     self.stats.decoded_groups += groups as u64;
                     for (q, reply) in segment_replies.into_iter().enumerate() {
@@ -1015,10 +1015,10 @@ impl Loop {
 
     /// Removes located liars (codes with `A > 0`) from `masks`, then decodes, from every node
     /// once the missing rows are filled in where the locator learnt a predictor
-    /// ([`Locator::imputed`]; `served`: who answered each node, `placement`: whose answer
-    /// each group's row of it is, another worker's where a hedge filled in a NaN). The answers of workers
-    /// suspected over many batches ([`OnlineLocator::suspected_workers`]) are removed first,
-    /// as known bad (NaN), each one of the code's `A`.
+    /// ([`Locator::imputed`]). `served`: who answered each node; `placement`: whose answer
+    /// each group's row of it is (another worker's where a hedge filled in a NaN). The
+    /// answers of workers suspected over many batches ([`OnlineLocator::suspected_workers`])
+    /// are removed first, as known bad (NaN), each one of the code's `A`.
     fn decode_segment(
         &mut self,
         coding: &Coding,
@@ -1033,7 +1033,7 @@ impl Loop {
             let suspected = self.locating.suspected_workers();
             // At most `A` of them per group: a worker that also answered another node (a
             // hedge) would otherwise exceed what the code can remove; the locator judges the
-            // rest. The learner sees the answers as given.
+            // rest. The learner sees the answers as given (`raw`).
             let blanked: Vec<(usize, usize)> = placement
                 .chunks_exact(n)
                 .enumerate()
