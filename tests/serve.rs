@@ -68,6 +68,20 @@ fn max_error(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max)
 }
 
+/// Submits `pairs` groups of two queries one after the other to a code with `K = 2`: the
+/// largest error of their answers against the model's.
+fn worst_error_of_pairs(coordinator: &Coordinator, pairs: usize) -> f32 {
+    let mut worst = 0.0f32;
+    for pair in 0..pairs {
+        let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
+        for (i, ticket) in tickets.into_iter().enumerate() {
+            let answer = ticket.recv().unwrap().expect("answered before the deadline");
+            worst = worst.max(max_error(&answer.output, &expected(&query(2 * pair + i))));
+        }
+    }
+    worst
+}
+
 #[test]
 fn a_hundred_thousand_queries_under_faults_balance_the_books() {
     let code = Code::new(CodeParams::builder(4, 6).stragglers(2).layout(Layout::Systematic).build().unwrap()).unwrap();
@@ -558,14 +572,7 @@ fn a_liar_that_answers_a_hedges_copy_too_has_both_its_answers_removed() {
     let config =
         CoordinatorConfig { hedge_after: Some(Duration::from_millis(100)), ..config(code, Some(plan), 100, 5000) };
     let coordinator = Coordinator::start(config, workers).unwrap();
-    let mut worst = 0.0f32;
-    for pair in 0..8 {
-        let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
-        for (i, ticket) in tickets.into_iter().enumerate() {
-            let answer = ticket.recv().unwrap().unwrap();
-            worst = worst.max(max_error(&answer.output, &expected(&query(2 * pair + i))));
-        }
-    }
+    let worst = worst_error_of_pairs(&coordinator, 8);
     let stats = coordinator.shutdown();
     assert_eq!(stats.decoded_groups, 8, "{stats:?}");
     assert!(stats.hedged_requests >= 16, "every group hedged: {stats:?}");
@@ -598,14 +605,7 @@ fn a_liars_rows_filling_a_nan_answer_are_its_own_and_removed_with_its_other_answ
     let config =
         CoordinatorConfig { hedge_after: Some(Duration::from_millis(100)), ..config(code, Some(plan), 100, 5000) };
     let coordinator = Coordinator::start(config, workers).unwrap();
-    let mut worst = 0.0f32;
-    for pair in 0..8 {
-        let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
-        for (i, ticket) in tickets.into_iter().enumerate() {
-            let answer = ticket.recv().unwrap().unwrap();
-            worst = worst.max(max_error(&answer.output, &expected(&query(2 * pair + i))));
-        }
-    }
+    let worst = worst_error_of_pairs(&coordinator, 8);
     let stats = coordinator.shutdown();
     assert_eq!(stats.decoded_groups, 8, "{stats:?}");
     assert!(worst < 1.0, "a liar's second answer reached the decode: error {worst}");
@@ -634,14 +634,7 @@ fn a_hedge_gives_no_worker_more_than_one_other_node_of_a_group_with_liars() {
         ..config(code, Some(plan), 100, 5000)
     };
     let coordinator = Coordinator::start(config, workers).unwrap();
-    let mut worst = 0.0f32;
-    for pair in 0..4 {
-        let tickets = coordinator.submit_all(vec![query(2 * pair), query(2 * pair + 1)]).unwrap();
-        for (i, ticket) in tickets.into_iter().enumerate() {
-            let answer = ticket.recv().unwrap().expect("answered before the deadline");
-            worst = worst.max(max_error(&answer.output, &expected(&query(2 * pair + i))));
-        }
-    }
+    let worst = worst_error_of_pairs(&coordinator, 4);
     let stats = coordinator.shutdown();
     let traces: Vec<String> = stats.slow_batches.iter().map(ToString::to_string).collect();
     assert!(worst < 1.0, "the liar's answers reached the decode: error {worst}: {traces:#?}");
