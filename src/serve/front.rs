@@ -239,8 +239,8 @@ impl Batcher {
     pub fn take(&mut self, stats: &mut Stats) -> Vec<Submission> {
         let rest = self.forming.split_off(self.forming.len().min(self.max_queries));
         let batch = std::mem::replace(&mut self.forming, rest);
-        self.since = (!self.forming.is_empty()).then(Instant::now);
         let now = Instant::now();
+        self.since = (!self.forming.is_empty()).then_some(now);
         stats.queued_queries += batch.len() as u64;
         stats.queue_ns += batch.iter().map(|s| now.saturating_duration_since(s.arrived).as_nanos() as u64).sum::<u64>();
         batch
