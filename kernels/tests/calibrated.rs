@@ -223,10 +223,12 @@ fn several_liars_are_found_without_removing_their_honest_neighbours() {
         let paper = rates_of_several(&locate(&code, &Locator::Paper, &answers, c, &masks).unwrap().located, &liars, n);
         eprintln!("{attack:?}: ours {ours:?}, the paper's {paper:?}");
         assert!(ours.0 >= paper.0 && ours.1 <= paper.1, "{attack:?}: ours {ours:?}, the paper's {paper:?}");
-        // A reversed row has an honest row's profile: only its consistency gives it away.
+        // A reversed row has an honest row's profile: only its consistency gives it away, and
+        // an honest neighbour predicted from it can look the worse. Judging the removals
+        // together finds it (without: 0.79 of them found, 0.030 of the honest removed).
         let (detection, false_positives) = match attack {
             Attack::Scale => (0.99, 0.01),
-            _ => (0.7, 0.05),
+            _ => (0.87, 0.015),
         };
         assert!(ours.0 >= detection && ours.1 <= false_positives, "{attack:?}: {ours:?}");
     }
@@ -239,7 +241,8 @@ fn two_neighbouring_liars_do_not_leave_two_honest_answers_removed() {
     // both liars and can be removed first; swapping either back alone returns it next to a
     // liar still kept, so the locator also tries pairs of swaps (without them: 0.85 of the
     // liars found, 0.018 of the honest answers removed, a flank of the pair in 131 groups of
-    // 600). With N = 4K workers: at the least N the answers are too far apart to tell.
+    // 600) and then judges the removals together (without that: 0.966, 0.0045 and 34 groups).
+    // With N = 4K workers: at the least N the answers are too far apart to tell.
     let params = CodeParams::builder(K, 4 * K).byzantine(3).nodes(NodeFamily::Authors).build().unwrap();
     let code = Code::new(params).unwrap();
     let (n, model) = (code.params().workers(), Model::Logits);
@@ -274,8 +277,8 @@ fn two_neighbouring_liars_do_not_leave_two_honest_answers_removed() {
         })
         .count();
     eprintln!("detection {detection}, false positives {false_positives}, a flank removed in {flanked} groups");
-    assert!(detection >= 0.93 && false_positives <= 0.01, "detection {detection}, false positives {false_positives}");
-    assert!(flanked * 10 <= groups, "a flank of the pair removed in {flanked} groups of {groups}");
+    assert!(detection >= 0.98 && false_positives <= 0.003, "detection {detection}, false positives {false_positives}");
+    assert!(flanked * 40 <= groups, "a flank of the pair removed in {flanked} groups of {groups}");
 }
 
 #[test]
