@@ -405,9 +405,9 @@ impl Conditional<'_> {
     /// their block has no inverse (only a damaged calibration's).
     pub(super) fn leave_out(&self, rows: &[usize], left_out: &mut LeftOut) -> bool {
         let (m, k, row_len) = (self.len(), rows.len(), self.row_len);
-        let LeftOut { rows: kept_rows, inverse, weighted, block, column } = left_out;
-        kept_rows.clear();
-        kept_rows.extend_from_slice(rows);
+        let LeftOut { rows: left_rows, inverse, weighted, block, column } = left_out;
+        left_rows.clear();
+        left_rows.extend_from_slice(rows);
         inverse.clear();
         for unit in 0..k {
             block.clear();
