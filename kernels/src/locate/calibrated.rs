@@ -1274,13 +1274,15 @@ fn judged_suspects(
             }
         }
     }
-    let settled_on = keep.clone();
+    // Nothing removed, nothing to refine, restore or reconsider: no copy of `keep` either (the
+    // common, honest group).
+    let settled_on = (!removed.is_empty()).then(|| keep.clone());
     if !settled {
         refine(calibration, (code, group), prepared, scores, (&mut keep, &mut removed), buffers);
     }
     let against = restore(calibration, (code, group), prepared, (&mut keep, &mut removed), buffers);
     // The loop's last pass is still `keep`'s unless refining or restoring changed it.
-    let pass = (keep == settled_on).then_some(&loo);
+    let pass = (settled_on.as_ref() == Some(&keep)).then_some(&loo);
     reconsider(calibration, (code, group), prepared, (&mut keep, &mut removed), (budget, &against, pass), buffers);
     loo.recycle(&mut buffers.pool);
     removed.sort_unstable();
